@@ -1,0 +1,10 @@
+module github.com/goplugins/goplugins
+
+go 1.26.8
+
+require (
+	github.com/Masterminds/semver/v3 v3.5.0
+	github.com/agilira/go-errors v1.1.2
+)
+
+require github.com/agilira/go-timecache v1.0.3 // indirect
