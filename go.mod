@@ -7,4 +7,8 @@ require (
 	github.com/agilira/go-errors v1.1.2
 )
 
-require github.com/agilira/go-timecache v1.0.3 // indirect
+require (
+	github.com/agilira/go-timecache v1.0.3 // indirect
+	github.com/stretchr/testify v1.12.1 // indirect
+	go.uber.org/goleak v1.3.0 // indirect
+)
