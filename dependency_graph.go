@@ -466,7 +466,7 @@ func topoOrder(n int, start, adj []int32) (order []int32, placed []bool) {
 		pending[j]++
 	}
 	// Ascending ids make a valid min-heap as they are.
-	ready := make(idHeap, 0, n)
+	ready := make(readyHeap, 0, n)
 	for i := range int32(n) {
 		if pending[i] == 0 {
 			ready = append(ready, i)
@@ -574,10 +574,10 @@ func (x *graphIndex) shortestCycle(s int32, group []int32) []int32 {
 	return []int32{s, s}
 }
 
-// idHeap is a binary min-heap of ids.
-type idHeap []int32
+// readyHeap is a binary min-heap of ids.
+type readyHeap []int32
 
-func (h *idHeap) push(v int32) {
+func (h *readyHeap) push(v int32) {
 	s := append(*h, v)
 	for i := len(s) - 1; i > 0; {
 		p := (i - 1) / 2
@@ -590,7 +590,7 @@ func (h *idHeap) push(v int32) {
 	*h = s
 }
 
-func (h *idHeap) pop() int32 {
+func (h *readyHeap) pop() int32 {
 	s := *h
 	top := s[0]
 	last := len(s) - 1

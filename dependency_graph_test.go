@@ -18,13 +18,15 @@ type graphNodeSpec struct {
 	deps          []Dependency
 }
 
-func node(name, version string, deps ...Dependency) graphNodeSpec {
+func graphPlugin(name, version string, deps ...Dependency) graphNodeSpec {
 	return graphNodeSpec{name, version, deps}
 }
 
-func req(name, constraint string) Dependency { return Dependency{Name: name, Constraint: constraint} }
+func graphNeed(name, constraint string) Dependency {
+	return Dependency{Name: name, Constraint: constraint}
+}
 
-func opt(name, constraint string) Dependency {
+func graphMayNeed(name, constraint string) Dependency {
 	return Dependency{Name: name, Constraint: constraint, Optional: true}
 }
 
@@ -38,7 +40,7 @@ func buildGraph(t *testing.T, nodes ...graphNodeSpec) *DependencyGraph {
 }
 
 // joined returns the errors err joins, or err alone.
-func joined(err error) []error {
+func joinedErrors(err error) []error {
 	var j interface{ Unwrap() []error }
 	if errors.As(err, &j) {
 		return j.Unwrap()
@@ -49,11 +51,11 @@ func joined(err error) []error {
 	return []error{err}
 }
 
-// assertProblems asserts that err joins exactly len(want) errors, the i-th
+// assertGraphProblems asserts that err joins exactly len(want) errors, the i-th
 // matching want[i].is and containing every want[i].contains.
-func assertProblems(t *testing.T, err error, want []problem) {
+func assertGraphProblems(t *testing.T, err error, want []graphProblem) {
 	t.Helper()
-	got := joined(err)
+	got := joinedErrors(err)
 	require.Len(t, got, len(want), "problems: %v", err)
 	for i, w := range want {
 		assert.ErrorIs(t, got[i], w.is, "problem %d", i)
@@ -64,7 +66,7 @@ func assertProblems(t *testing.T, err error, want []problem) {
 	}
 }
 
-type problem struct {
+type graphProblem struct {
 	is       error
 	contains []string
 }
@@ -83,16 +85,16 @@ func TestDependencyGraphLoadOrder(t *testing.T) {
 		},
 		{
 			name:       "independent plugins load in name order",
-			nodes:      []graphNodeSpec{node("x", "1.0.0"), node("m", "1.0.0"), node("a", "1.0.0")},
+			nodes:      []graphNodeSpec{graphPlugin("x", "1.0.0"), graphPlugin("m", "1.0.0"), graphPlugin("a", "1.0.0")},
 			wantOrder:  []string{"a", "m", "x"},
 			wantLevels: [][]string{{"a", "m", "x"}},
 		},
 		{
 			name: "chain against name order",
 			nodes: []graphNodeSpec{
-				node("a", "1.0.0", req("b", "^1.0.0")),
-				node("b", "1.2.0", req("c", "~2.1")),
-				node("c", "2.1.7"),
+				graphPlugin("a", "1.0.0", graphNeed("b", "^1.0.0")),
+				graphPlugin("b", "1.2.0", graphNeed("c", "~2.1")),
+				graphPlugin("c", "2.1.7"),
 			},
 			wantOrder:  []string{"c", "b", "a"},
 			wantLevels: [][]string{{"c"}, {"b"}, {"a"}},
@@ -100,10 +102,10 @@ func TestDependencyGraphLoadOrder(t *testing.T) {
 		{
 			name: "diamond",
 			nodes: []graphNodeSpec{
-				node("app", "3.0.0", req("zeta", ">=1.0.0, <2.0.0"), req("beta", "1.x")),
-				node("zeta", "1.0.0", req("core", "^0.3.0")),
-				node("beta", "1.9.0", req("core", "0.3.1")),
-				node("core", "0.3.1"),
+				graphPlugin("app", "3.0.0", graphNeed("zeta", ">=1.0.0, <2.0.0"), graphNeed("beta", "1.x")),
+				graphPlugin("zeta", "1.0.0", graphNeed("core", "^0.3.0")),
+				graphPlugin("beta", "1.9.0", graphNeed("core", "0.3.1")),
+				graphPlugin("core", "0.3.1"),
 			},
 			wantOrder:  []string{"core", "beta", "zeta", "app"},
 			wantLevels: [][]string{{"core"}, {"beta", "zeta"}, {"app"}},
@@ -111,10 +113,10 @@ func TestDependencyGraphLoadOrder(t *testing.T) {
 		{
 			name: "a plugin freed later but with a smaller name goes first",
 			nodes: []graphNodeSpec{
-				node("b", "1.0.0", req("d", "*")),
-				node("a", "1.0.0", req("c", "*")),
-				node("c", "1.0.0"),
-				node("d", "1.0.0"),
+				graphPlugin("b", "1.0.0", graphNeed("d", "*")),
+				graphPlugin("a", "1.0.0", graphNeed("c", "*")),
+				graphPlugin("c", "1.0.0"),
+				graphPlugin("d", "1.0.0"),
 			},
 			// d is free from the start, a only after c; a still goes before d.
 			wantOrder:  []string{"c", "a", "d", "b"},
@@ -123,9 +125,9 @@ func TestDependencyGraphLoadOrder(t *testing.T) {
 		{
 			name: "level is the longest path, not the shortest",
 			nodes: []graphNodeSpec{
-				node("top", "1.0.0", req("base", "*"), req("mid", "*")),
-				node("mid", "1.0.0", req("base", "*")),
-				node("base", "1.0.0"),
+				graphPlugin("top", "1.0.0", graphNeed("base", "*"), graphNeed("mid", "*")),
+				graphPlugin("mid", "1.0.0", graphNeed("base", "*")),
+				graphPlugin("base", "1.0.0"),
 			},
 			wantOrder:  []string{"base", "mid", "top"},
 			wantLevels: [][]string{{"base"}, {"mid"}, {"top"}},
@@ -133,8 +135,8 @@ func TestDependencyGraphLoadOrder(t *testing.T) {
 		{
 			name: "optional dependency absent is ignored",
 			nodes: []graphNodeSpec{
-				node("a", "1.0.0", opt("metrics", "~2.1"), req("b", "^1")),
-				node("b", "1.0.0"),
+				graphPlugin("a", "1.0.0", graphMayNeed("metrics", "~2.1"), graphNeed("b", "^1")),
+				graphPlugin("b", "1.0.0"),
 			},
 			wantOrder:  []string{"b", "a"},
 			wantLevels: [][]string{{"b"}, {"a"}},
@@ -142,8 +144,8 @@ func TestDependencyGraphLoadOrder(t *testing.T) {
 		{
 			name: "optional dependency present and satisfied orders the load",
 			nodes: []graphNodeSpec{
-				node("a", "1.0.0", opt("metrics", "~2.1")),
-				node("metrics", "2.1.4"),
+				graphPlugin("a", "1.0.0", graphMayNeed("metrics", "~2.1")),
+				graphPlugin("metrics", "2.1.4"),
 			},
 			wantOrder:  []string{"metrics", "a"},
 			wantLevels: [][]string{{"metrics"}, {"a"}},
@@ -151,8 +153,8 @@ func TestDependencyGraphLoadOrder(t *testing.T) {
 		{
 			name: "prerelease accepted by a prerelease constraint",
 			nodes: []graphNodeSpec{
-				node("a", "1.0.0", req("b", ">=2.0.0-0")),
-				node("b", "2.0.0-rc.1"),
+				graphPlugin("a", "1.0.0", graphNeed("b", ">=2.0.0-0")),
+				graphPlugin("b", "2.0.0-rc.1"),
 			},
 			wantOrder:  []string{"b", "a"},
 			wantLevels: [][]string{{"b"}, {"a"}},
@@ -176,92 +178,92 @@ func TestDependencyGraphProblems(t *testing.T) {
 	tests := []struct {
 		name  string
 		nodes []graphNodeSpec
-		want  []problem
+		want  []graphProblem
 	}{
 		{
 			name:  "missing required dependency",
-			nodes: []graphNodeSpec{node("a", "1.0.0", req("b", "^1.2.0"))},
-			want: []problem{{ErrDependencyMissing,
+			nodes: []graphNodeSpec{graphPlugin("a", "1.0.0", graphNeed("b", "^1.2.0"))},
+			want: []graphProblem{{ErrDependencyMissing,
 				[]string{`plugin "a"`, `dependency "b"`, "^1.2.0", "mark the dependency optional"}}},
 		},
 		{
 			name:  "unsatisfied constraint",
-			nodes: []graphNodeSpec{node("a", "1.0.0", req("b", "^2.0.0")), node("b", "1.4.0")},
-			want: []problem{{ErrIncompatibleVersion,
+			nodes: []graphNodeSpec{graphPlugin("a", "1.0.0", graphNeed("b", "^2.0.0")), graphPlugin("b", "1.4.0")},
+			want: []graphProblem{{ErrIncompatibleVersion,
 				[]string{`plugin "a"`, `dependency "b"`, "1.4.0", "^2.0.0", `"1.4.0" is less than "2.0.0"`}}},
 		},
 		{
 			name:  "optional dependency present and unsatisfied",
-			nodes: []graphNodeSpec{node("a", "1.0.0", opt("b", "~1.3")), node("b", "1.4.0")},
-			want: []problem{{ErrIncompatibleVersion,
+			nodes: []graphNodeSpec{graphPlugin("a", "1.0.0", graphMayNeed("b", "~1.3")), graphPlugin("b", "1.4.0")},
+			want: []graphProblem{{ErrIncompatibleVersion,
 				[]string{`plugin "a"`, `dependency "b"`, "1.4.0", "~1.3", "does not have same major and minor version"}}},
 		},
 		{
 			name:  "prerelease excluded by a release constraint",
-			nodes: []graphNodeSpec{node("a", "1.0.0", req("b", ">=1.0.0")), node("b", "1.1.0-beta.1")},
-			want: []problem{{ErrIncompatibleVersion,
+			nodes: []graphNodeSpec{graphPlugin("a", "1.0.0", graphNeed("b", ">=1.0.0")), graphPlugin("b", "1.1.0-beta.1")},
+			want: []graphProblem{{ErrIncompatibleVersion,
 				[]string{`plugin "a"`, "1.1.0-beta.1", ">=1.0.0", "prerelease"}}},
 		},
 		{
 			name:  "cycle of length 1",
-			nodes: []graphNodeSpec{node("a", "1.0.0", req("a", "*"))},
-			want:  []problem{{ErrDependencyCycle, []string{`plugin "a"`, "dependency cycle a -> a;"}}},
+			nodes: []graphNodeSpec{graphPlugin("a", "1.0.0", graphNeed("a", "*"))},
+			want:  []graphProblem{{ErrDependencyCycle, []string{`plugin "a"`, "dependency cycle a -> a;"}}},
 		},
 		{
 			name: "cycle of length 2",
 			nodes: []graphNodeSpec{
-				node("b", "1.0.0", req("a", "*")),
-				node("a", "1.0.0", req("b", "*")),
+				graphPlugin("b", "1.0.0", graphNeed("a", "*")),
+				graphPlugin("a", "1.0.0", graphNeed("b", "*")),
 			},
-			want: []problem{{ErrDependencyCycle, []string{"dependency cycle a -> b -> a;"}}},
+			want: []graphProblem{{ErrDependencyCycle, []string{"dependency cycle a -> b -> a;"}}},
 		},
 		{
 			name: "cycle of length 3",
 			nodes: []graphNodeSpec{
-				node("c", "1.0.0", req("a", "*")),
-				node("b", "1.0.0", req("c", "*")),
-				node("a", "1.0.0", req("b", "*")),
+				graphPlugin("c", "1.0.0", graphNeed("a", "*")),
+				graphPlugin("b", "1.0.0", graphNeed("c", "*")),
+				graphPlugin("a", "1.0.0", graphNeed("b", "*")),
 			},
-			want: []problem{{ErrDependencyCycle, []string{"dependency cycle a -> b -> c -> a;"}}},
+			want: []graphProblem{{ErrDependencyCycle, []string{"dependency cycle a -> b -> c -> a;"}}},
 		},
 		{
 			name: "cycle of length 4 starts at its smallest name",
 			nodes: []graphNodeSpec{
-				node("m", "1.0.0", req("x", "*")),
-				node("x", "1.0.0", req("c", "*")),
-				node("c", "1.0.0", req("q", "*")),
-				node("q", "1.0.0", req("m", "*")),
+				graphPlugin("m", "1.0.0", graphNeed("x", "*")),
+				graphPlugin("x", "1.0.0", graphNeed("c", "*")),
+				graphPlugin("c", "1.0.0", graphNeed("q", "*")),
+				graphPlugin("q", "1.0.0", graphNeed("m", "*")),
 			},
-			want: []problem{{ErrDependencyCycle, []string{`plugin "c"`, "dependency cycle c -> q -> m -> x -> c;"}}},
+			want: []graphProblem{{ErrDependencyCycle, []string{`plugin "c"`, "dependency cycle c -> q -> m -> x -> c;"}}},
 		},
 		{
 			name: "cycle through an optional dependency, with plugins before and after it",
 			nodes: []graphNodeSpec{
-				node("app", "1.0.0", req("b", "*")),
-				node("b", "1.0.0", req("c", "*")),
-				node("c", "1.0.0", opt("b", "*"), req("base", "*")),
-				node("base", "1.0.0"),
+				graphPlugin("app", "1.0.0", graphNeed("b", "*")),
+				graphPlugin("b", "1.0.0", graphNeed("c", "*")),
+				graphPlugin("c", "1.0.0", graphMayNeed("b", "*"), graphNeed("base", "*")),
+				graphPlugin("base", "1.0.0"),
 			},
-			want: []problem{{ErrDependencyCycle, []string{"dependency cycle b -> c -> b;"}}},
+			want: []graphProblem{{ErrDependencyCycle, []string{"dependency cycle b -> c -> b;"}}},
 		},
 		{
 			name: "two cycles in one group: the shortest through the smallest name",
 			nodes: []graphNodeSpec{
-				node("a", "1.0.0", req("c", "*"), req("b", "*")),
-				node("b", "1.0.0", req("a", "*")),
-				node("c", "1.0.0", req("d", "*")),
-				node("d", "1.0.0", req("a", "*")),
+				graphPlugin("a", "1.0.0", graphNeed("c", "*"), graphNeed("b", "*")),
+				graphPlugin("b", "1.0.0", graphNeed("a", "*")),
+				graphPlugin("c", "1.0.0", graphNeed("d", "*")),
+				graphPlugin("d", "1.0.0", graphNeed("a", "*")),
 			},
-			want: []problem{{ErrDependencyCycle, []string{"dependency cycle a -> b -> a;"}}},
+			want: []graphProblem{{ErrDependencyCycle, []string{"dependency cycle a -> b -> a;"}}},
 		},
 		{
 			name: "two separate cycles, sorted",
 			nodes: []graphNodeSpec{
-				node("y", "1.0.0", req("z", "*")),
-				node("z", "1.0.0", req("y", "*")),
-				node("k", "1.0.0", req("k", "*")),
+				graphPlugin("y", "1.0.0", graphNeed("z", "*")),
+				graphPlugin("z", "1.0.0", graphNeed("y", "*")),
+				graphPlugin("k", "1.0.0", graphNeed("k", "*")),
 			},
-			want: []problem{
+			want: []graphProblem{
 				{ErrDependencyCycle, []string{"dependency cycle k -> k;"}},
 				{ErrDependencyCycle, []string{"dependency cycle y -> z -> y;"}},
 			},
@@ -269,11 +271,11 @@ func TestDependencyGraphProblems(t *testing.T) {
 		{
 			name: "every problem at once, in plugin order, cycles last",
 			nodes: []graphNodeSpec{
-				node("a", "1.0.0", req("gone", "^1"), req("b", "^2.0.0")),
-				node("b", "1.0.0", req("c", "*")),
-				node("c", "1.0.0", req("b", "*"), req("lost", "~1.1")),
+				graphPlugin("a", "1.0.0", graphNeed("gone", "^1"), graphNeed("b", "^2.0.0")),
+				graphPlugin("b", "1.0.0", graphNeed("c", "*")),
+				graphPlugin("c", "1.0.0", graphNeed("b", "*"), graphNeed("lost", "~1.1")),
 			},
-			want: []problem{
+			want: []graphProblem{
 				{ErrDependencyMissing, []string{`plugin "a"`, `"gone"`, "^1"}},
 				{ErrIncompatibleVersion, []string{`plugin "a"`, `dependency "b"`, "1.0.0", "^2.0.0"}},
 				{ErrDependencyMissing, []string{`plugin "c"`, `"lost"`, "~1.1"}},
@@ -286,11 +288,11 @@ func TestDependencyGraphProblems(t *testing.T) {
 			g := buildGraph(t, tt.nodes...)
 			order, err := g.LoadOrder()
 			assert.Nil(t, order)
-			assertProblems(t, err, tt.want)
+			assertGraphProblems(t, err, tt.want)
 			levels, err := g.Levels()
 			assert.Nil(t, levels)
-			assertProblems(t, err, tt.want)
-			assertProblems(t, g.Check(), tt.want)
+			assertGraphProblems(t, err, tt.want)
+			assertGraphProblems(t, g.Check(), tt.want)
 		})
 	}
 }
@@ -301,22 +303,22 @@ func TestDependencyGraphAdd(t *testing.T) {
 		plugin  string
 		version string
 		deps    []Dependency
-		want    []problem
+		want    []graphProblem
 	}{
 		{"invalid name", "Auth", "1.0.0", nil,
-			[]problem{{ErrInvalidName, []string{`"Auth"`}}}},
+			[]graphProblem{{ErrInvalidName, []string{`"Auth"`}}}},
 		{"v prefix", "auth", "v1.0.0", nil,
-			[]problem{{ErrInvalidVersion, []string{`plugin "auth"`, `"v1.0.0"`, "strict"}}}},
-		{"invalid dependency name", "auth", "1.0.0", []Dependency{req("../db", "^1")},
-			[]problem{{ErrInvalidName, []string{`plugin "auth"`, `"../db"`}}}},
-		{"empty constraint", "auth", "1.0.0", []Dependency{req("db", " ")},
-			[]problem{{ErrInvalidConstraint, []string{`plugin "auth"`, `"db"`, "empty", `"*"`}}}},
-		{"constraint does not parse", "auth", "1.0.0", []Dependency{req("db", ">>1")},
-			[]problem{{ErrInvalidConstraint, []string{`plugin "auth"`, `"db"`, `">>1"`, "does not parse"}}}},
-		{"dependency declared twice", "auth", "1.0.0", []Dependency{req("db", "^1"), opt("db", "<1.5")},
-			[]problem{{ErrInvalidConfig, []string{`plugin "auth"`, `"db"`, "twice"}}}},
-		{"every problem reported", "auth", "1.2", []Dependency{req("db", ""), req("Log", "*"), req("cache", ">>2")},
-			[]problem{
+			[]graphProblem{{ErrInvalidVersion, []string{`plugin "auth"`, `"v1.0.0"`, "strict"}}}},
+		{"invalid dependency name", "auth", "1.0.0", []Dependency{graphNeed("../db", "^1")},
+			[]graphProblem{{ErrInvalidName, []string{`plugin "auth"`, `"../db"`}}}},
+		{"empty constraint", "auth", "1.0.0", []Dependency{graphNeed("db", " ")},
+			[]graphProblem{{ErrInvalidConstraint, []string{`plugin "auth"`, `"db"`, "empty", `"*"`}}}},
+		{"constraint does not parse", "auth", "1.0.0", []Dependency{graphNeed("db", ">>1")},
+			[]graphProblem{{ErrInvalidConstraint, []string{`plugin "auth"`, `"db"`, `">>1"`, "does not parse"}}}},
+		{"dependency declared twice", "auth", "1.0.0", []Dependency{graphNeed("db", "^1"), graphMayNeed("db", "<1.5")},
+			[]graphProblem{{ErrInvalidConfig, []string{`plugin "auth"`, `"db"`, "twice"}}}},
+		{"every problem reported", "auth", "1.2", []Dependency{graphNeed("db", ""), graphNeed("Log", "*"), graphNeed("cache", ">>2")},
+			[]graphProblem{
 				{ErrInvalidVersion, []string{`"1.2"`}},
 				{ErrInvalidConstraint, []string{`"db"`, "empty"}},
 				{ErrInvalidName, []string{`"Log"`}},
@@ -325,13 +327,13 @@ func TestDependencyGraphAdd(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g := buildGraph(t, node("auth", "1.0.0", req("db", "^1")), node("db", "1.0.0"))
-			assertProblems(t, g.Add(tt.plugin, tt.version, tt.deps...), tt.want)
+			g := buildGraph(t, graphPlugin("auth", "1.0.0", graphNeed("db", "^1")), graphPlugin("db", "1.0.0"))
+			assertGraphProblems(t, g.Add(tt.plugin, tt.version, tt.deps...), tt.want)
 			// A refused Add changes nothing.
 			v, ok := g.Version("auth")
 			assert.True(t, ok)
 			assert.Equal(t, "1.0.0", v)
-			assert.Equal(t, []Dependency{req("db", "^1")}, g.Dependencies("auth"))
+			assert.Equal(t, []Dependency{graphNeed("db", "^1")}, g.Dependencies("auth"))
 			assert.Equal(t, []string{"auth"}, g.Dependents("db"))
 			if tt.plugin != "auth" {
 				assert.False(t, g.Has(tt.plugin))
@@ -351,7 +353,7 @@ func TestDependencyGraphAccessors(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, order)
 
-	deps := []Dependency{req("db", "^1"), opt("metrics", "~2.1")}
+	deps := []Dependency{graphNeed("db", "^1"), graphMayNeed("metrics", "~2.1")}
 	require.NoError(t, g.Add("auth", "1.4.0-rc.1+build.7", deps...))
 	assert.True(t, g.Has("auth"))
 	v, ok := g.Version("auth")
@@ -361,15 +363,15 @@ func TestDependencyGraphAccessors(t *testing.T) {
 	assert.Equal(t, deps, got)
 	got[0].Constraint = "^9"
 	deps[1].Name = "changed"
-	assert.Equal(t, []Dependency{req("db", "^1"), opt("metrics", "~2.1")}, g.Dependencies("auth"),
+	assert.Equal(t, []Dependency{graphNeed("db", "^1"), graphMayNeed("metrics", "~2.1")}, g.Dependencies("auth"),
 		"neither the caller's slice nor the returned one aliases the graph")
 }
 
 func TestDependencyGraphRemoveAndReplace(t *testing.T) {
 	g := buildGraph(t,
-		node("api", "1.0.0", req("db", "^1.2.0"), opt("cache", "^1")),
-		node("db", "1.3.0"),
-		node("cache", "1.0.0"),
+		graphPlugin("api", "1.0.0", graphNeed("db", "^1.2.0"), graphMayNeed("cache", "^1")),
+		graphPlugin("db", "1.3.0"),
+		graphPlugin("cache", "1.0.0"),
 	)
 	order, err := g.LoadOrder()
 	require.NoError(t, err)
@@ -380,7 +382,7 @@ func TestDependencyGraphRemoveAndReplace(t *testing.T) {
 	assert.False(t, g.Remove("db"), "a second Remove finds nothing")
 	assert.False(t, g.Has("db"))
 	_, err = g.LoadOrder()
-	assertProblems(t, err, []problem{{ErrDependencyMissing, []string{`plugin "api"`, `"db"`, "^1.2.0"}}})
+	assertGraphProblems(t, err, []graphProblem{{ErrDependencyMissing, []string{`plugin "api"`, `"db"`, "^1.2.0"}}})
 	assert.Equal(t, []string{"api"}, g.Dependents("db"), "a missing plugin still has dependents")
 
 	// Removing an optional dependency leaves nothing to report.
@@ -393,23 +395,23 @@ func TestDependencyGraphRemoveAndReplace(t *testing.T) {
 	// Replacing a dependency with a version its dependents reject, and back.
 	require.NoError(t, g.Add("db", "2.0.0"))
 	_, err = g.LoadOrder()
-	assertProblems(t, err, []problem{{ErrIncompatibleVersion, []string{`plugin "api"`, "2.0.0", "^1.2.0"}}})
+	assertGraphProblems(t, err, []graphProblem{{ErrIncompatibleVersion, []string{`plugin "api"`, "2.0.0", "^1.2.0"}}})
 	require.NoError(t, g.Add("db", "1.5.0"))
 	require.NoError(t, g.Check())
 
 	// Replacing a dependent replaces its dependencies.
-	require.NoError(t, g.Add("api", "1.1.0", req("cache", "^1")))
+	require.NoError(t, g.Add("api", "1.1.0", graphNeed("cache", "^1")))
 	assert.Nil(t, g.Dependents("db"))
 	assert.Equal(t, []string{"api"}, g.Dependents("cache"))
 	_, err = g.LoadOrder()
-	assertProblems(t, err, []problem{{ErrDependencyMissing, []string{`plugin "api"`, `"cache"`}}})
+	assertGraphProblems(t, err, []graphProblem{{ErrDependencyMissing, []string{`plugin "api"`, `"cache"`}}})
 	require.NoError(t, g.Add("cache", "1.0.0"))
 	order, err = g.LoadOrder()
 	require.NoError(t, err)
 	assert.Equal(t, []string{"cache", "api", "db"}, order, "api no longer waits for db")
 
 	// Removing a plugin with a self-dependency clears its cycle.
-	require.NoError(t, g.Add("self", "1.0.0", req("self", "*")))
+	require.NoError(t, g.Add("self", "1.0.0", graphNeed("self", "*")))
 	require.ErrorIs(t, g.Check(), ErrDependencyCycle)
 	assert.True(t, g.Remove("self"))
 	require.NoError(t, g.Check())
@@ -418,11 +420,11 @@ func TestDependencyGraphRemoveAndReplace(t *testing.T) {
 
 func TestDependencyGraphDependents(t *testing.T) {
 	diamond := []graphNodeSpec{
-		node("app", "1.0.0", req("zeta", "*"), req("beta", "*")),
-		node("zeta", "1.0.0", req("core", "*")),
-		node("beta", "1.0.0", req("core", "*")),
-		node("core", "1.0.0"),
-		node("tool", "1.0.0", opt("app", "*")),
+		graphPlugin("app", "1.0.0", graphNeed("zeta", "*"), graphNeed("beta", "*")),
+		graphPlugin("zeta", "1.0.0", graphNeed("core", "*")),
+		graphPlugin("beta", "1.0.0", graphNeed("core", "*")),
+		graphPlugin("core", "1.0.0"),
+		graphPlugin("tool", "1.0.0", graphMayNeed("app", "*")),
 	}
 	tests := []struct {
 		name  string
@@ -438,10 +440,10 @@ func TestDependencyGraphDependents(t *testing.T) {
 		{
 			name: "chain",
 			nodes: []graphNodeSpec{
-				node("a", "1.0.0", req("b", "*")),
-				node("b", "1.0.0", req("c", "*")),
-				node("c", "1.0.0", req("d", "*")),
-				node("d", "1.0.0"),
+				graphPlugin("a", "1.0.0", graphNeed("b", "*")),
+				graphPlugin("b", "1.0.0", graphNeed("c", "*")),
+				graphPlugin("c", "1.0.0", graphNeed("d", "*")),
+				graphPlugin("d", "1.0.0"),
 			},
 			of:   "d",
 			want: []string{"a", "b", "c"},
@@ -449,10 +451,10 @@ func TestDependencyGraphDependents(t *testing.T) {
 		{
 			name: "ties by name",
 			nodes: []graphNodeSpec{
-				node("z", "1.0.0", req("base", "*")),
-				node("m", "1.0.0", req("base", "*"), req("x", "*")),
-				node("x", "1.0.0", req("base", "*")),
-				node("base", "1.0.0"),
+				graphPlugin("z", "1.0.0", graphNeed("base", "*")),
+				graphPlugin("m", "1.0.0", graphNeed("base", "*"), graphNeed("x", "*")),
+				graphPlugin("x", "1.0.0", graphNeed("base", "*")),
+				graphPlugin("base", "1.0.0"),
 			},
 			of:   "base",
 			want: []string{"m", "x", "z"},
@@ -460,10 +462,10 @@ func TestDependencyGraphDependents(t *testing.T) {
 		{
 			name: "dependents on a cycle come last in name order",
 			nodes: []graphNodeSpec{
-				node("top", "1.0.0", req("y", "*")),
-				node("y", "1.0.0", req("x", "*")),
-				node("x", "1.0.0", req("y", "*"), req("base", "*")),
-				node("base", "1.0.0"),
+				graphPlugin("top", "1.0.0", graphNeed("y", "*")),
+				graphPlugin("y", "1.0.0", graphNeed("x", "*")),
+				graphPlugin("x", "1.0.0", graphNeed("y", "*"), graphNeed("base", "*")),
+				graphPlugin("base", "1.0.0"),
 			},
 			of:   "base",
 			want: []string{"top", "x", "y"},
@@ -471,8 +473,8 @@ func TestDependencyGraphDependents(t *testing.T) {
 		{
 			name: "a cycle through the plugin itself leaves it out",
 			nodes: []graphNodeSpec{
-				node("a", "1.0.0", req("b", "*")),
-				node("b", "1.0.0", req("a", "*")),
+				graphPlugin("a", "1.0.0", graphNeed("b", "*")),
+				graphPlugin("b", "1.0.0", graphNeed("a", "*")),
 			},
 			of:   "a",
 			want: []string{"b"},
@@ -488,13 +490,13 @@ func TestDependencyGraphDependents(t *testing.T) {
 
 func TestDependencyGraphLoadOrderFor(t *testing.T) {
 	g := buildGraph(t,
-		node("web", "1.0.0", req("auth", "^1"), opt("cache", "*"), opt("absent", "*")),
-		node("auth", "1.0.0", req("db", "^1")),
-		node("db", "1.0.0"),
-		node("cache", "1.0.0"),
-		node("batch", "1.0.0", req("db", "^1"), req("queue", "^1")), // queue is missing
-		node("lonely", "1.0.0"),
-		node("loop", "1.0.0", req("loop", "*")),
+		graphPlugin("web", "1.0.0", graphNeed("auth", "^1"), graphMayNeed("cache", "*"), graphMayNeed("absent", "*")),
+		graphPlugin("auth", "1.0.0", graphNeed("db", "^1")),
+		graphPlugin("db", "1.0.0"),
+		graphPlugin("cache", "1.0.0"),
+		graphPlugin("batch", "1.0.0", graphNeed("db", "^1"), graphNeed("queue", "^1")), // queue is missing
+		graphPlugin("lonely", "1.0.0"),
+		graphPlugin("loop", "1.0.0", graphNeed("loop", "*")),
 	)
 	_, err := g.LoadOrder()
 	require.ErrorIs(t, err, ErrDependencyMissing, "the whole graph has problems")
@@ -520,7 +522,7 @@ func TestDependencyGraphLoadOrderFor(t *testing.T) {
 	t.Run("problems of the subset", func(t *testing.T) {
 		order, err := g.LoadOrderFor("batch", "loop", "lonely")
 		assert.Nil(t, order)
-		assertProblems(t, err, []problem{
+		assertGraphProblems(t, err, []graphProblem{
 			{ErrDependencyMissing, []string{`plugin "batch"`, `"queue"`}},
 			{ErrDependencyCycle, []string{"loop -> loop"}},
 		})
@@ -528,7 +530,7 @@ func TestDependencyGraphLoadOrderFor(t *testing.T) {
 	t.Run("unknown plugins", func(t *testing.T) {
 		order, err := g.LoadOrderFor("ghost", "web", "queue")
 		assert.Nil(t, order)
-		assertProblems(t, err, []problem{
+		assertGraphProblems(t, err, []graphProblem{
 			{ErrNotFound, []string{`plugin "ghost"`}},
 			{ErrNotFound, []string{`plugin "queue"`}},
 		})
@@ -537,21 +539,21 @@ func TestDependencyGraphLoadOrderFor(t *testing.T) {
 
 func TestDependencyGraphCopy(t *testing.T) {
 	g := buildGraph(t,
-		node("api", "1.0.0", req("db", "^1")),
-		node("db", "1.0.0"),
+		graphPlugin("api", "1.0.0", graphNeed("db", "^1")),
+		graphPlugin("db", "1.0.0"),
 	)
 	c := g.Copy()
 
 	// Changes to the original do not reach the copy.
 	require.NoError(t, g.Add("db", "2.0.0"))
-	require.NoError(t, g.Add("api", "1.1.0", req("db", "^2"), req("log", "*")))
+	require.NoError(t, g.Add("api", "1.1.0", graphNeed("db", "^2"), graphNeed("log", "*")))
 	require.NoError(t, g.Add("log", "1.0.0"))
 	assert.True(t, g.Remove("log"))
-	require.NoError(t, g.Add("extra", "1.0.0", req("api", "*")))
+	require.NoError(t, g.Add("extra", "1.0.0", graphNeed("api", "*")))
 
 	v, _ := c.Version("db")
 	assert.Equal(t, "1.0.0", v)
-	assert.Equal(t, []Dependency{req("db", "^1")}, c.Dependencies("api"))
+	assert.Equal(t, []Dependency{graphNeed("db", "^1")}, c.Dependencies("api"))
 	assert.False(t, c.Has("extra"))
 	assert.Equal(t, []string{"api"}, c.Dependents("db"))
 	order, err := c.LoadOrder()
@@ -562,14 +564,14 @@ func TestDependencyGraphCopy(t *testing.T) {
 	require.NoError(t, c.Add("db", "3.0.0"))
 	assert.True(t, c.Remove("api"))
 	_, err = g.LoadOrder()
-	assertProblems(t, err, []problem{{ErrDependencyMissing, []string{`plugin "api"`, `"log"`}}})
+	assertGraphProblems(t, err, []graphProblem{{ErrDependencyMissing, []string{`plugin "api"`, `"log"`}}})
 	v, _ = g.Version("db")
 	assert.Equal(t, "2.0.0", v)
 	assert.Equal(t, []string{"extra", "api"}, g.Dependents("db"))
-	assert.Equal(t, []string{"db"}, mustLoadOrder(t, c))
+	assert.Equal(t, []string{"db"}, mustGraphLoadOrder(t, c))
 }
 
-func mustLoadOrder(t *testing.T, g *DependencyGraph) []string {
+func mustGraphLoadOrder(t *testing.T, g *DependencyGraph) []string {
 	t.Helper()
 	order, err := g.LoadOrder()
 	require.NoError(t, err)
@@ -589,7 +591,7 @@ func TestDependencyGraphConcurrent(t *testing.T) {
 		want[i] = fmt.Sprintf("p%02d", i)
 		var deps []Dependency
 		if i > 0 {
-			deps = []Dependency{req(want[i-1], "^1.0.0")}
+			deps = []Dependency{graphNeed(want[i-1], "^1.0.0")}
 		}
 		require.NoError(t, g.Add(want[i], "1.0.0", deps...))
 	}
@@ -609,13 +611,13 @@ func TestDependencyGraphConcurrent(t *testing.T) {
 				i := (k*7 + w) % chain
 				var deps []Dependency
 				if i > 0 {
-					deps = []Dependency{req(want[i-1], "^1.0.0")}
+					deps = []Dependency{graphNeed(want[i-1], "^1.0.0")}
 				}
 				if err := g.Add(want[i], fmt.Sprintf("1.%d.%d", k%5, w), deps...); err != nil {
 					report("Add: %v", err)
 				}
 				if w == 0 {
-					if err := g.Add("zz-leaf", "1.0.0", req(want[chain-1], "^1")); err != nil {
+					if err := g.Add("zz-leaf", "1.0.0", graphNeed(want[chain-1], "^1")); err != nil {
 						report("Add leaf: %v", err)
 					}
 				} else {
@@ -663,7 +665,7 @@ func TestDependencyGraphCycleMessageNamesEveryPlugin(t *testing.T) {
 		names[i] = fmt.Sprintf("n%02d", i)
 	}
 	for i := range n {
-		require.NoError(t, g.Add(names[i], "1.0.0", req(names[(i+1)%n], "*")))
+		require.NoError(t, g.Add(names[i], "1.0.0", graphNeed(names[(i+1)%n], "*")))
 	}
 	err := g.Check()
 	require.ErrorIs(t, err, ErrDependencyCycle)
