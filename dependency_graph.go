@@ -69,10 +69,10 @@ func NewDependencyGraph() *DependencyGraph {
 // plugin may depend on itself: LoadOrder and Check report what is missing,
 // incompatible or cyclic.
 func (g *DependencyGraph) Add(name, version string, deps ...Dependency) error {
-	if err := ValidateName(name); err != nil {
-		return err
-	}
 	var errs []error
+	if err := ValidateName(name); err != nil {
+		errs = append(errs, err)
+	}
 	v, err := ParseVersion(name, version)
 	if err != nil {
 		errs = append(errs, err)
@@ -393,14 +393,16 @@ func (g *DependencyGraph) index(names []string) (*graphIndex, []error) {
 		ids[name] = int32(i)
 	}
 	x := &graphIndex{names: names, depStart: make([]int32, len(names)+1)}
+	nodes := make([]*graphNode, len(names))
 	edges := 0
-	for _, name := range names {
-		edges += len(g.nodes[name].deps)
+	for i, name := range names {
+		nodes[i] = g.nodes[name]
+		edges += len(nodes[i].deps)
 	}
 	x.depIDs = make([]int32, 0, edges)
 	var problems []error
 	for i, name := range names {
-		for _, e := range g.nodes[name].deps {
+		for _, e := range nodes[i].deps {
 			j, ok := ids[e.Name]
 			if !ok {
 				if !e.Optional && g.nodes[e.Name] == nil {

@@ -307,6 +307,8 @@ func TestDependencyGraphAdd(t *testing.T) {
 	}{
 		{"invalid name", "Auth", "1.0.0", nil,
 			[]graphProblem{{ErrInvalidName, []string{`"Auth"`}}}},
+		{"invalid name and version", "-a", "1.0", nil,
+			[]graphProblem{{ErrInvalidName, []string{`"-a"`}}, {ErrInvalidVersion, []string{`"1.0"`}}}},
 		{"v prefix", "auth", "v1.0.0", nil,
 			[]graphProblem{{ErrInvalidVersion, []string{`plugin "auth"`, `"v1.0.0"`, "strict"}}}},
 		{"invalid dependency name", "auth", "1.0.0", []Dependency{graphNeed("../db", "^1")},
