@@ -7,9 +7,7 @@ require (
 	github.com/agilira/go-errors v1.1.2
 	github.com/stretchr/testify v1.12.1
 	go.uber.org/goleak v1.3.0
+	go.yaml.in/yaml/v3 v3.0.5
 )
 
-require (
-	github.com/agilira/go-timecache v1.0.3 // indirect
-	go.yaml.in/yaml/v3 v3.0.5 // indirect
-)
+require github.com/agilira/go-timecache v1.0.3 // indirect
