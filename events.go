@@ -20,6 +20,10 @@ const (
 	EventHealthChanged
 	EventReloaded
 	EventReloadFailed
+	// EventPending: the DynamicLoader is waiting for a plugin's dependency.
+	EventPending
+	// EventLoadFailed: the DynamicLoader could not load a plugin.
+	EventLoadFailed
 )
 
 var eventKindNames = [...]string{
@@ -31,6 +35,8 @@ var eventKindNames = [...]string{
 	EventHealthChanged:   "health-changed",
 	EventReloaded:        "reloaded",
 	EventReloadFailed:    "reload-failed",
+	EventPending:         "pending",
+	EventLoadFailed:      "load-failed",
 }
 
 // String returns the kind's name, such as "breaker-opened".

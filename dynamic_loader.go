@@ -1,0 +1,879 @@
+package goplugins
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goerrors "github.com/agilira/go-errors"
+)
+
+// Factory makes the plugin a manifest describes. Factories are registered
+// per transport with DynamicLoader.RegisterFactory. The returned plugin is
+// owned by the loader from then on; on error the factory must have released
+// whatever it started.
+type Factory[Req, Resp any] func(ctx context.Context, m *Manifest) (Plugin[Req, Resp], error)
+
+// LoadState is where a plugin stands in the DynamicLoader.
+type LoadState int
+
+// Load states.
+const (
+	// StateDiscovered: known from a manifest, not loaded (auto-loading is
+	// off and nobody asked for it).
+	StateDiscovered LoadState = iota + 1
+	// StatePending: wanted, but a dependency is missing or unsatisfied; it
+	// loads by itself once the dependency appears.
+	StatePending
+	// StateLoading: being made and registered.
+	StateLoading
+	// StateLoaded: registered with the manager and serving.
+	StateLoaded
+	// StateFailed: the last load failed; Status.Err says why.
+	StateFailed
+	// StateUnloading: being unregistered.
+	StateUnloading
+)
+
+var loadStateNames = [...]string{
+	StateDiscovered: "discovered", StatePending: "pending", StateLoading: "loading",
+	StateLoaded: "loaded", StateFailed: "failed", StateUnloading: "unloading",
+}
+
+// String returns the state's name, such as "pending".
+func (s LoadState) String() string {
+	if s > 0 && int(s) < len(loadStateNames) {
+		return loadStateNames[s]
+	}
+	return "unknown"
+}
+
+// PluginStatus is the loader's view of one plugin.
+type PluginStatus struct {
+	Name string
+	// Version is the discovered version; Loaded the version serving, if any.
+	Version, Loaded string
+	State           LoadState
+	// Err is why the plugin is pending or failed, or why the last update
+	// was refused while the old version kept serving.
+	Err error
+	// Manifest is the latest valid manifest.
+	Manifest *Manifest
+	// Since is when State last changed.
+	Since time.Time
+}
+
+// UnloadPolicy says what Unload does with loaded dependents.
+type UnloadPolicy int
+
+const (
+	// UnloadRefuse refuses with ErrDependentsLoaded while dependents are
+	// loaded.
+	UnloadRefuse UnloadPolicy = iota
+	// UnloadCascade unloads the dependents first, in reverse load order.
+	UnloadCascade
+)
+
+// LoaderMetrics counts what a DynamicLoader did.
+type LoaderMetrics struct {
+	// Loads, Reloads and Unloads count successful operations;
+	// LoadFailures and ReloadFailures failed ones (a refused update is a
+	// reload failure).
+	Loads, LoadFailures, Reloads, ReloadFailures, Unloads uint64
+	// Events counts discovery events consumed.
+	Events uint64
+	// Loaded, Pending and Failed are the numbers of plugins in those states now.
+	Loaded, Pending, Failed int
+}
+
+// LoaderOption configures a DynamicLoader.
+type LoaderOption interface{ applyLoader(*loaderConfig) }
+
+type loaderConfig struct {
+	autoLoad bool
+	policy   *VersionPolicy
+	logger   *slog.Logger
+	register func(*Manifest) []RegisterOption
+}
+
+type loaderOption func(*loaderConfig)
+
+func (f loaderOption) applyLoader(c *loaderConfig) { f(c) }
+
+// WithAutoLoad makes the loader load discovered plugins (and reload updated
+// ones) by itself. Default true.
+func WithAutoLoad(on bool) LoaderOption {
+	return loaderOption(func(c *loaderConfig) { c.autoLoad = on })
+}
+
+// WithHostPolicy makes the loader check each manifest's "requires.host"
+// against the policy's host version and its per-plugin rules. Without it,
+// host constraints are not checked.
+func WithHostPolicy(p *VersionPolicy) LoaderOption {
+	return loaderOption(func(c *loaderConfig) { c.policy = p })
+}
+
+// WithLoaderLogger sets the loader's logger (default: discard).
+func WithLoaderLogger(l *slog.Logger) LoaderOption {
+	return loaderOption(func(c *loaderConfig) {
+		if l != nil {
+			c.logger = l
+		}
+	})
+}
+
+// WithRegisterOptions adds options to every Register the loader makes, on
+// top of those the manifest implies (its timeout and health settings).
+func WithRegisterOptions(f func(*Manifest) []RegisterOption) LoaderOption {
+	return loaderOption(func(c *loaderConfig) { c.register = f })
+}
+
+// DynamicLoader loads plugins from manifests into a Manager: it consumes a
+// ManifestSource's events, checks versions (the host constraint, the
+// dependency constraints against the versions loaded or discovered),
+// resolves the dependency graph and loads plugins in order.
+//
+//   - discovered: loaded when auto-loading is on (after its dependencies; a
+//     plugin whose dependency is missing waits as pending and loads by itself
+//     when the dependency appears);
+//   - updated: reloaded through Manager.Reload, refused while a loaded
+//     dependent's constraint would break;
+//   - removed: unloaded; loaded dependents are unloaded first and wait as
+//     pending for it to come back;
+//   - invalid: reported in Status; a running version keeps serving.
+//
+// Operations are serialized. A DynamicLoader is safe for concurrent use.
+type DynamicLoader[Req, Resp any] struct {
+	m   *Manager[Req, Resp]
+	src ManifestSource
+	cfg loaderConfig
+
+	op sync.Mutex // serializes operations
+
+	mu        sync.Mutex // guards what follows
+	factories map[string]Factory[Req, Resp]
+	known     map[string]*Manifest
+	status    map[string]*PluginStatus
+	wanted    map[string]bool // asked to load (explicitly or by auto-load)
+	graph     *DependencyGraph
+
+	loads, loadFailures, reloads, reloadFailures, unloads, events atomic.Uint64
+
+	ctx     context.Context // cancelled by Close
+	cancel  context.CancelFunc
+	started atomic.Bool
+	stopped chan struct{} // closed when the event loop ends
+	closed  atomic.Bool
+}
+
+// NewDynamicLoader returns a loader that loads into m what src describes.
+// src may be nil for a loader driven only by Add, Load and Unload. Call
+// Start to consume src's events.
+func NewDynamicLoader[Req, Resp any](m *Manager[Req, Resp], src ManifestSource, opts ...LoaderOption) *DynamicLoader[Req, Resp] {
+	cfg := loaderConfig{autoLoad: true, logger: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o.applyLoader(&cfg)
+	}
+	l := &DynamicLoader[Req, Resp]{
+		m: m, src: src, cfg: cfg,
+		factories: make(map[string]Factory[Req, Resp]),
+		known:     make(map[string]*Manifest),
+		status:    make(map[string]*PluginStatus),
+		wanted:    make(map[string]bool),
+		graph:     NewDependencyGraph(),
+		stopped:   make(chan struct{}),
+	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	return l
+}
+
+// RegisterFactory sets the factory for manifests whose transport is
+// transport ("inprocess", "subprocess", "grpc", or a host's own).
+func (l *DynamicLoader[Req, Resp]) RegisterFactory(transport string, f Factory[Req, Resp]) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.factories[transport] = f
+}
+
+// Start takes the source's current manifests (loading them, level by level,
+// when auto-loading is on) and then consumes its events on a goroutine of
+// its own until Close.
+func (l *DynamicLoader[Req, Resp]) Start(ctx context.Context) error {
+	if l.closed.Load() {
+		return newError(CodeShuttingDown, "", "the loader is closed")
+	}
+	if l.src == nil || !l.started.CompareAndSwap(false, true) {
+		return nil
+	}
+	for _, mf := range l.src.Manifests() {
+		l.Add(mf)
+	}
+	var err error
+	if l.cfg.autoLoad {
+		err = l.LoadAll(ctx)
+	}
+	go l.consume()
+	return err
+}
+
+func (l *DynamicLoader[Req, Resp]) consume() {
+	defer close(l.stopped)
+	events := l.src.Events()
+	for {
+		select {
+		case <-l.ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			l.events.Add(1)
+			l.handle(ev)
+		}
+	}
+}
+
+// handle applies one discovery event. Errors are recorded in Status and
+// logged; the loop goes on.
+func (l *DynamicLoader[Req, Resp]) handle(ev DiscoveryEvent) {
+	ctx := l.ctx
+	var err error
+	switch ev.Kind {
+	case ManifestDiscovered, ManifestUpdated:
+		err = l.apply(ctx, ev.Manifest)
+	case ManifestRemoved:
+		err = l.remove(ctx, ev.Name)
+	case ManifestInvalid:
+		if ev.Name != "" {
+			l.mu.Lock()
+			if st := l.status[ev.Name]; st != nil {
+				st.Err = ev.Err
+			}
+			l.mu.Unlock()
+		}
+		err = ev.Err
+	}
+	if err != nil {
+		l.cfg.logger.Warn("goplugins: discovery event not applied", "event", ev.Kind.String(), "plugin", ev.Name, "path", ev.Path, "error", err)
+	}
+}
+
+// Add records a manifest (as a discovery event would) without loading it.
+// A manifest for a known name replaces the old one.
+func (l *DynamicLoader[Req, Resp]) Add(mf *Manifest) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.addLocked(mf)
+}
+
+func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
+	deps := make([]Dependency, len(mf.Dependencies))
+	for i, d := range mf.Dependencies {
+		deps[i] = Dependency(d)
+	}
+	if err := l.graph.Add(mf.Name, mf.Version, deps...); err != nil {
+		return err
+	}
+	l.known[mf.Name] = mf
+	st := l.status[mf.Name]
+	if st == nil {
+		st = &PluginStatus{Name: mf.Name, State: StateDiscovered, Since: time.Now()}
+		l.status[mf.Name] = st
+	}
+	st.Version, st.Manifest = mf.Version, mf
+	return nil
+}
+
+// apply handles a discovered or updated manifest.
+func (l *DynamicLoader[Req, Resp]) apply(ctx context.Context, mf *Manifest) error {
+	l.op.Lock()
+	defer l.op.Unlock()
+	l.mu.Lock()
+	prev := l.known[mf.Name]
+	loaded := l.status[mf.Name] != nil && l.status[mf.Name].State == StateLoaded
+	if loaded {
+		// Refuse before recording: the graph keeps the running version.
+		if err := l.checkDependentsLocked(mf); err != nil {
+			l.status[mf.Name].Err = err
+			l.mu.Unlock()
+			l.reloadFailures.Add(1)
+			l.m.emit(Event{Kind: EventReloadFailed, Plugin: mf.Name, Version: mf.Version, Err: err})
+			return err
+		}
+	}
+	err := l.addLocked(mf)
+	auto := l.cfg.autoLoad
+	if auto {
+		l.wanted[mf.Name] = true
+	}
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	switch {
+	case loaded && (prev == nil || prev.Hash != mf.Hash):
+		if !auto {
+			return nil
+		}
+		return l.reloadLocked(ctx, mf)
+	case !loaded && auto:
+		_, err := l.loadLocked(ctx, mf.Name)
+		if errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion) {
+			err = nil // pending: it loads when its dependency appears
+		}
+		if err == nil {
+			l.loadPendingLocked(ctx)
+		}
+		return err
+	}
+	return nil
+}
+
+// checkDependentsLocked refuses mf if a loaded dependent's constraint
+// rejects its version.
+func (l *DynamicLoader[Req, Resp]) checkDependentsLocked(mf *Manifest) error {
+	for _, dc := range l.loadedDependentsLocked(mf.Name) {
+		if err := CheckDependency(dc.dependent, mf.Name, dc.constraint, mf.Version); err != nil {
+			return wrapError(err, CodeIncompatibleVersion, mf.Name,
+				"update to %s refused: loaded plugin %q needs %s; the running version keeps serving", mf.Version, dc.dependent, dc.constraint)
+		}
+	}
+	return nil
+}
+
+// loadedDependentsLocked returns the loaded plugins that depend directly on
+// name, with their constraints.
+func (l *DynamicLoader[Req, Resp]) loadedDependentsLocked(name string) []dependentConstraint {
+	var out []dependentConstraint
+	for _, n := range slices.Sorted(maps.Keys(l.known)) {
+		st := l.status[n]
+		if st == nil || st.State != StateLoaded {
+			continue
+		}
+		for _, d := range l.known[n].Dependencies {
+			if d.Name == name {
+				out = append(out, dependentConstraint{dependent: n, constraint: d.Constraint})
+			}
+		}
+	}
+	return out
+}
+
+// reloadLocked swaps the loaded plugin for the one mf describes.
+func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifest) error {
+	next, err := l.make(ctx, mf)
+	if err != nil {
+		l.reloadFailures.Add(1)
+		l.setErr(mf.Name, err)
+		return err
+	}
+	l.mu.Lock()
+	var opts []ReloadOption
+	for _, dc := range l.loadedDependentsLocked(mf.Name) {
+		opts = append(opts, WithDependentConstraint(dc.dependent, dc.constraint))
+	}
+	l.mu.Unlock()
+	if _, err := l.m.Reload(ctx, mf.Name, next, opts...); err != nil {
+		closeQuietly(next)
+		l.reloadFailures.Add(1)
+		l.setErr(mf.Name, err)
+		return err
+	}
+	l.reloads.Add(1)
+	l.mu.Lock()
+	st := l.status[mf.Name]
+	st.Loaded, st.Err = mf.Version, nil
+	l.mu.Unlock()
+	return nil
+}
+
+// Load loads the named plugin, loading its missing dependencies first, in
+// order. If a dependency is missing or unsatisfied the plugin waits as
+// pending (and loads by itself once it can) and Load returns an error
+// matching ErrDependencyMissing or ErrIncompatibleVersion. If a load fails,
+// the plugins this call loaded are unloaded again.
+func (l *DynamicLoader[Req, Resp]) Load(ctx context.Context, name string) error {
+	l.op.Lock()
+	defer l.op.Unlock()
+	l.mu.Lock()
+	if l.known[name] == nil {
+		l.mu.Unlock()
+		return newError(CodeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
+	}
+	l.wanted[name] = true
+	l.mu.Unlock()
+	_, err := l.loadLocked(ctx, name)
+	if err == nil {
+		l.loadPendingLocked(ctx)
+	}
+	return err
+}
+
+// loadLocked loads name and its dependencies; on failure it unloads what
+// it loaded and returns the error. It returns what it loaded.
+func (l *DynamicLoader[Req, Resp]) loadLocked(ctx context.Context, name string) ([]string, error) {
+	l.mu.Lock()
+	order, err := l.graph.LoadOrderFor(name)
+	if err != nil {
+		state := StateFailed
+		if errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion) {
+			state = StatePending
+		}
+		l.setStateLocked(name, state, err)
+		l.mu.Unlock()
+		if state == StatePending {
+			l.m.emit(Event{Kind: EventPending, Plugin: name, Err: err})
+		}
+		return nil, err
+	}
+	l.mu.Unlock()
+	var done []string
+	for _, n := range order {
+		if l.isLoaded(n) {
+			continue
+		}
+		if err := l.loadOne(ctx, n); err != nil {
+			l.rollback(done)
+			return nil, err
+		}
+		done = append(done, n)
+	}
+	return done, nil
+}
+
+// LoadAll loads every known plugin that can be loaded, level by level, the
+// plugins of a level in parallel. What can be known before loading anything
+// is screened first: plugins with a missing or unsatisfied dependency become
+// pending, plugins in a cycle or refused by the host's version policy fail
+// (and their dependents wait as pending); LoadAll loads the rest and returns
+// those failures joined. If a load itself fails, everything this call
+// loaded is unloaded again and that error is returned.
+func (l *DynamicLoader[Req, Resp]) LoadAll(ctx context.Context) error {
+	l.op.Lock()
+	defer l.op.Unlock()
+	l.mu.Lock()
+	sub := l.graph.Copy()
+	var problems []error
+	excluded := map[string]bool{}
+	names := slices.Sorted(maps.Keys(l.known))
+	for _, n := range names {
+		l.wanted[n] = true
+		if l.status[n].State == StateLoaded {
+			continue
+		}
+		_, err := l.graph.LoadOrderFor(n)
+		state := StateFailed
+		switch {
+		case errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion):
+			state = StatePending
+		case err == nil:
+			err = l.checkPolicyLocked(l.known[n])
+		}
+		if err != nil {
+			if state == StateFailed {
+				problems = append(problems, err)
+			}
+			l.setStateLocked(n, state, err)
+			excluded[n] = true
+		}
+	}
+	for _, n := range names {
+		if !excluded[n] {
+			continue
+		}
+		for _, d := range l.graph.Dependents(n) {
+			if !excluded[d] && l.status[d].State != StateLoaded {
+				excluded[d] = true
+				l.setStateLocked(d, StatePending, newError(CodeDependencyMissing, d, "dependency %q cannot load", n))
+			}
+		}
+	}
+	for n := range excluded {
+		sub.Remove(n)
+	}
+	l.mu.Unlock()
+	levels, err := sub.Levels()
+	if err != nil {
+		return err
+	}
+	var done []string
+	for _, level := range levels {
+		var (
+			wg     sync.WaitGroup
+			mu     sync.Mutex
+			failed []error
+		)
+		for _, n := range level {
+			if l.isLoaded(n) {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := l.loadOne(ctx, n)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					failed = append(failed, err)
+				} else {
+					done = append(done, n)
+				}
+			}()
+		}
+		wg.Wait()
+		if len(failed) > 0 {
+			l.rollback(done)
+			return errors.Join(failed...)
+		}
+	}
+	return errors.Join(problems...)
+}
+
+// loadPendingLocked retries the pending plugins, until no more load.
+func (l *DynamicLoader[Req, Resp]) loadPendingLocked(ctx context.Context) {
+	for progress := true; progress; {
+		progress = false
+		l.mu.Lock()
+		var pending []string
+		for n, st := range l.status {
+			if st.State == StatePending && l.wanted[n] {
+				pending = append(pending, n)
+			}
+		}
+		l.mu.Unlock()
+		slices.Sort(pending)
+		for _, n := range pending {
+			if done, err := l.loadLocked(ctx, n); err == nil && len(done) > 0 {
+				progress = true
+			}
+		}
+	}
+}
+
+// loadOne makes and registers one plugin whose dependencies are loaded.
+func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) error {
+	l.mu.Lock()
+	mf := l.known[name]
+	err := l.checkLoadLocked(mf)
+	if err != nil {
+		l.setStateLocked(name, StateFailed, err)
+		l.mu.Unlock()
+		l.loadFailures.Add(1)
+		l.m.emit(Event{Kind: EventLoadFailed, Plugin: name, Version: mf.Version, Err: err})
+		return err
+	}
+	l.setStateLocked(name, StateLoading, nil)
+	l.mu.Unlock()
+
+	p, err := l.make(ctx, mf)
+	if err == nil {
+		var opts []RegisterOption
+		if mf.Timeout > 0 {
+			opts = append(opts, WithTimeout(mf.Timeout))
+		}
+		if mf.Health.Interval > 0 || mf.Health.Timeout > 0 {
+			opts = append(opts, WithHealthCheck(HealthConfig{Interval: mf.Health.Interval, Timeout: mf.Health.Timeout}))
+		}
+		if l.cfg.register != nil {
+			opts = append(opts, l.cfg.register(mf)...)
+		}
+		if err = l.m.Register(p, opts...); err != nil {
+			closeQuietly(p)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		l.setStateLocked(name, StateFailed, err)
+		l.loadFailures.Add(1)
+		l.m.emit(Event{Kind: EventLoadFailed, Plugin: name, Version: mf.Version, Err: err})
+		return err
+	}
+	l.setStateLocked(name, StateLoaded, nil)
+	l.status[name].Loaded = mf.Version
+	l.loads.Add(1)
+	return nil
+}
+
+// checkLoadLocked checks the host constraint and the dependencies' loaded
+// versions.
+func (l *DynamicLoader[Req, Resp]) checkLoadLocked(mf *Manifest) error {
+	if err := l.checkPolicyLocked(mf); err != nil {
+		return err
+	}
+	for _, d := range mf.Dependencies {
+		info, ok := l.m.Info(d.Name)
+		if !ok {
+			if d.Optional {
+				continue
+			}
+			return newError(CodeDependencyMissing, mf.Name, "dependency %q (%s) is not loaded", d.Name, d.Constraint)
+		}
+		if err := CheckDependency(mf.Name, d.Name, d.Constraint, info.Version); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPolicyLocked checks mf against the host version policy, if any.
+func (l *DynamicLoader[Req, Resp]) checkPolicyLocked(mf *Manifest) error {
+	if l.cfg.policy == nil {
+		return nil
+	}
+	if err := l.cfg.policy.CheckHost(mf.Name, mf.Requires.Host); err != nil {
+		return err
+	}
+	return l.cfg.policy.CheckPlugin(mf.Name, mf.Version)
+}
+
+// make runs the transport's factory for mf.
+func (l *DynamicLoader[Req, Resp]) make(ctx context.Context, mf *Manifest) (p Plugin[Req, Resp], err error) {
+	transport := mf.Transport
+	if transport == "" {
+		transport = "inprocess"
+	}
+	l.mu.Lock()
+	f := l.factories[transport]
+	l.mu.Unlock()
+	if f == nil {
+		return nil, newError(CodeNoFactory, mf.Name, "no factory for transport %q; register one with RegisterFactory", transport)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = newError(CodePanic, mf.Name, "the %s factory panicked: %v", transport, r)
+		}
+	}()
+	p, err = f(ctx, mf)
+	if err != nil {
+		return nil, wrapError(err, codeOr(err, CodeInvalidPlugin), mf.Name, "the %s factory failed", transport)
+	}
+	if p == nil {
+		return nil, newError(CodeInvalidPlugin, mf.Name, "the %s factory returned no plugin", transport)
+	}
+	if info, err := pluginInfo(p); err != nil || info.Name != mf.Name || info.Version != mf.Version {
+		closeQuietly(p)
+		if err == nil {
+			err = newError(CodeInvalidPlugin, mf.Name, "the plugin reports %s %s but its manifest says %s %s",
+				info.Name, info.Version, mf.Name, mf.Version)
+		}
+		return nil, err
+	}
+	return p, nil
+}
+
+// rollback unloads, in reverse order, plugins loaded by a failed call.
+func (l *DynamicLoader[Req, Resp]) rollback(loaded []string) {
+	ctx := context.Background()
+	for i := len(loaded) - 1; i >= 0; i-- {
+		if err := l.unloadOne(ctx, loaded[i], StateDiscovered); err != nil {
+			l.cfg.logger.Error("goplugins: rollback could not unload plugin", "plugin", loaded[i], "error", err)
+		}
+	}
+}
+
+// Unload unloads the named plugin. With UnloadRefuse it fails with
+// ErrDependentsLoaded while loaded plugins depend on it; with UnloadCascade
+// it unloads them first, dependents before their dependencies. Unloaded
+// plugins stay known (StateDiscovered) and are not loaded again by
+// auto-loading until Load is called.
+func (l *DynamicLoader[Req, Resp]) Unload(ctx context.Context, name string, policy UnloadPolicy) error {
+	l.op.Lock()
+	defer l.op.Unlock()
+	if !l.isLoaded(name) {
+		return newError(CodeNotFound, name, "the plugin is not loaded")
+	}
+	l.mu.Lock()
+	var loadedDeps []string
+	for _, d := range l.graph.Dependents(name) {
+		if st := l.status[d]; st != nil && st.State == StateLoaded {
+			loadedDeps = append(loadedDeps, d)
+		}
+	}
+	l.mu.Unlock()
+	if len(loadedDeps) > 0 && policy == UnloadRefuse {
+		return newError(CodeDependentsLoaded, name,
+			"loaded plugins depend on it: %v; unload them first or use UnloadCascade", loadedDeps)
+	}
+	for _, n := range append(loadedDeps, name) {
+		l.mu.Lock()
+		delete(l.wanted, n)
+		l.mu.Unlock()
+		if err := l.unloadOne(ctx, n, StateDiscovered); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// remove handles a removed manifest: loaded dependents are unloaded and
+// wait as pending, then the plugin is unloaded and forgotten.
+func (l *DynamicLoader[Req, Resp]) remove(ctx context.Context, name string) error {
+	l.op.Lock()
+	defer l.op.Unlock()
+	var errs []error
+	if l.isLoaded(name) {
+		l.mu.Lock()
+		var loadedDeps []string
+		for _, d := range l.graph.Dependents(name) {
+			if st := l.status[d]; st != nil && st.State == StateLoaded {
+				loadedDeps = append(loadedDeps, d)
+			}
+		}
+		l.mu.Unlock()
+		for _, d := range loadedDeps {
+			errs = append(errs, l.unloadOne(ctx, d, StatePending))
+		}
+		errs = append(errs, l.unloadOne(ctx, name, StateDiscovered))
+	}
+	l.mu.Lock()
+	l.graph.Remove(name)
+	delete(l.known, name)
+	delete(l.status, name)
+	delete(l.wanted, name)
+	l.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// unloadOne unregisters one plugin and leaves it in state after.
+func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, after LoadState) error {
+	l.mu.Lock()
+	l.setStateLocked(name, StateUnloading, nil)
+	l.mu.Unlock()
+	err := l.m.Unregister(ctx, name)
+	if errors.Is(err, ErrNotFound) {
+		err = nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var reason error
+	if after == StatePending {
+		reason = newError(CodeDependencyMissing, name, "waiting for a dependency that was removed")
+	}
+	l.setStateLocked(name, after, reason)
+	if st := l.status[name]; st != nil {
+		st.Loaded = ""
+	}
+	if err == nil {
+		l.unloads.Add(1)
+	}
+	return err
+}
+
+func (l *DynamicLoader[Req, Resp]) isLoaded(name string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.status[name]
+	return st != nil && st.State == StateLoaded
+}
+
+func (l *DynamicLoader[Req, Resp]) setErr(name string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if st := l.status[name]; st != nil {
+		st.Err = err
+	}
+}
+
+func (l *DynamicLoader[Req, Resp]) setStateLocked(name string, s LoadState, err error) {
+	st := l.status[name]
+	if st == nil {
+		return
+	}
+	if st.State != s {
+		st.State, st.Since = s, time.Now()
+	}
+	st.Err = err
+}
+
+// Status returns the loader's view of every known plugin, sorted by name.
+func (l *DynamicLoader[Req, Resp]) Status() []PluginStatus {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]PluginStatus, 0, len(l.status))
+	for _, n := range slices.Sorted(maps.Keys(l.status)) {
+		out = append(out, *l.status[n])
+	}
+	return out
+}
+
+// Metrics returns the loader's counters.
+func (l *DynamicLoader[Req, Resp]) Metrics() LoaderMetrics {
+	out := LoaderMetrics{
+		Loads: l.loads.Load(), LoadFailures: l.loadFailures.Load(),
+		Reloads: l.reloads.Load(), ReloadFailures: l.reloadFailures.Load(),
+		Unloads: l.unloads.Load(), Events: l.events.Load(),
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, st := range l.status {
+		switch st.State {
+		case StateLoaded:
+			out.Loaded++
+		case StatePending:
+			out.Pending++
+		case StateFailed:
+			out.Failed++
+		}
+	}
+	return out
+}
+
+// Close stops consuming events and unloads every plugin the loader loaded,
+// dependents first. It does not close the source or the manager. Close is
+// idempotent.
+func (l *DynamicLoader[Req, Resp]) Close(ctx context.Context) error {
+	if !l.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	l.cancel()
+	if l.started.Load() {
+		select {
+		case <-l.stopped:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	l.op.Lock()
+	defer l.op.Unlock()
+	l.mu.Lock()
+	loaded := l.graph.Copy()
+	for n, st := range l.status {
+		if st.State != StateLoaded {
+			loaded.Remove(n)
+		}
+	}
+	order, err := loaded.LoadOrder()
+	if err != nil { // cannot happen for loaded plugins; unload by name then
+		order = slices.Sorted(maps.Keys(l.status))
+	}
+	l.mu.Unlock()
+	var errs []error
+	for i := len(order) - 1; i >= 0; i-- {
+		if l.isLoaded(order[i]) {
+			errs = append(errs, l.unloadOne(ctx, order[i], StateDiscovered))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// closeQuietly closes a plugin the loader made but will not use.
+func closeQuietly[Req, Resp any](p Plugin[Req, Resp]) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	defer func() { _ = recover() }()
+	_ = p.Close(ctx)
+}
+
+// codeOr returns err's library code, or def when it has none.
+func codeOr(err error, def goerrors.ErrorCode) goerrors.ErrorCode {
+	if c := ErrorCode(err); c != "" {
+		return c
+	}
+	return def
+}

@@ -1,0 +1,393 @@
+package goplugins
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// memSource is an in-memory ManifestSource.
+type memSource struct {
+	initial []*Manifest
+	events  chan DiscoveryEvent
+}
+
+func newMemSource(initial ...*Manifest) *memSource {
+	return &memSource{initial: initial, events: make(chan DiscoveryEvent)}
+}
+
+func (s *memSource) Manifests() []*Manifest        { return s.initial }
+func (s *memSource) Events() <-chan DiscoveryEvent { return s.events }
+
+// manifest builds an in-process manifest; deps maps a dependency name to its
+// constraint ("?" prefix: optional).
+func manifest(t testing.TB, name, version string, deps map[string]string, extra ...string) *Manifest {
+	t.Helper()
+	raw := map[string]any{"name": name, "version": version, "transport": "inprocess"}
+	if len(deps) > 0 {
+		d := map[string]any{}
+		for n, c := range deps {
+			if c[0] == '?' {
+				d[n] = map[string]any{"version": c[1:], "optional": true}
+			} else {
+				d[n] = c
+			}
+		}
+		raw["dependencies"] = d
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		raw[extra[i]] = map[string]any{"host": extra[i+1]}
+	}
+	data, err := json.Marshal(raw)
+	require.NoError(t, err)
+	mf, err := ParseManifest("/plugins/"+name+"/plugin.json", data)
+	require.NoError(t, err)
+	return mf
+}
+
+// echoFactory makes echo plugins and can be told to fail for a name.
+type echoFactory struct {
+	mu    sync.Mutex
+	fail  map[string]error
+	made  map[string]int
+	close map[string]*echo
+}
+
+func newEchoFactory() *echoFactory {
+	return &echoFactory{fail: map[string]error{}, made: map[string]int{}, close: map[string]*echo{}}
+}
+
+func (f *echoFactory) make(_ context.Context, mf *Manifest) (Plugin[int, int], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail[mf.Name]; err != nil {
+		return nil, err
+	}
+	f.made[mf.Name]++
+	p := newEcho(mf.Name, mf.Version)
+	f.close[mf.Name] = p
+	return p, nil
+}
+
+func (f *echoFactory) setFail(name string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail[name] = err
+}
+
+func newTestLoader(t *testing.T, src ManifestSource, opts ...LoaderOption) (*DynamicLoader[int, int], *Manager[int, int], *echoFactory) {
+	t.Helper()
+	m := newTestManager(t)
+	l := NewDynamicLoader(m, src, opts...)
+	f := newEchoFactory()
+	l.RegisterFactory("inprocess", f.make)
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	return l, m, f
+}
+
+func states(l *DynamicLoader[int, int]) map[string]LoadState {
+	out := map[string]LoadState{}
+	for _, st := range l.Status() {
+		out[st.Name] = st.State
+	}
+	return out
+}
+
+func registered(m *Manager[int, int]) []string {
+	var names []string
+	for _, p := range m.Plugins() {
+		names = append(names, p.Name)
+	}
+	return names
+}
+
+// send delivers an event and waits until the loader has applied it (the
+// next event is only read after the previous one was handled).
+func send(src *memSource, evs ...DiscoveryEvent) {
+	for _, ev := range evs {
+		src.events <- ev
+	}
+	src.events <- DiscoveryEvent{Kind: ManifestInvalid} // a no-op barrier
+}
+
+func TestLoaderLoadAllInOrder(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "app", "1.0.0", map[string]string{"auth": "^1.0.0", "log": "^1.0.0"}),
+		manifest(t, "auth", "1.2.0", map[string]string{"log": "^1.0.0"}),
+		manifest(t, "log", "1.0.0", nil),
+		manifest(t, "metrics", "2.0.0", map[string]string{"tracing": "?^1.0.0"}),
+	)
+	l, m, _ := newTestLoader(t, src)
+	var order []string
+	var mu sync.Mutex
+	done := make(chan struct{})
+	m.Subscribe(func(ev Event) {
+		if ev.Kind == EventRegistered {
+			mu.Lock()
+			order = append(order, ev.Plugin)
+			if len(order) == 4 {
+				close(done)
+			}
+			mu.Unlock()
+		}
+	})
+	require.NoError(t, l.Start(context.Background()))
+	<-done
+	require.Equal(t, []string{"app", "auth", "log", "metrics"}, registered(m))
+	pos := map[string]int{}
+	for i, n := range order {
+		pos[n] = i
+	}
+	require.Less(t, pos["log"], pos["auth"])
+	require.Less(t, pos["auth"], pos["app"])
+	require.Equal(t, LoaderMetrics{Loads: 4, Loaded: 4}, l.Metrics())
+}
+
+func TestLoaderOutOfOrderDiscoveryWaitsAsPending(t *testing.T) {
+	src := newMemSource()
+	l, m, _ := newTestLoader(t, src)
+	require.NoError(t, l.Start(context.Background()))
+
+	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "app", Manifest: manifest(t, "app", "1.0.0", map[string]string{"auth": "^1.0.0"})})
+	require.Equal(t, StatePending, states(l)["app"])
+	st := l.Status()[0]
+	require.ErrorIs(t, st.Err, ErrDependencyMissing)
+	require.Contains(t, st.Err.Error(), "auth")
+	require.Empty(t, registered(m))
+
+	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "auth", Manifest: manifest(t, "auth", "1.0.0", nil)})
+	require.Equal(t, map[string]LoadState{"app": StateLoaded, "auth": StateLoaded}, states(l))
+	require.Equal(t, []string{"app", "auth"}, registered(m))
+}
+
+func TestLoaderVersionConflicts(t *testing.T) {
+	host, err := NewVersionPolicy("1.5.0")
+	require.NoError(t, err)
+	src := newMemSource(
+		manifest(t, "app", "1.0.0", map[string]string{"auth": "^2.0.0"}),
+		manifest(t, "auth", "1.9.0", nil),
+		manifest(t, "old", "1.0.0", nil, "requires", "<1.0.0"),
+	)
+	l, m, _ := newTestLoader(t, src, WithHostPolicy(host))
+	err = l.Start(context.Background())
+	require.ErrorIs(t, err, ErrIncompatibleVersion, "the host-refused plugin is reported")
+	require.Contains(t, err.Error(), `"old"`)
+	s := states(l)
+	require.Equal(t, StatePending, s["app"], "auth 1.9.0 does not satisfy ^2.0.0")
+	require.Equal(t, StateLoaded, s["auth"])
+	require.Equal(t, StateFailed, s["old"])
+	for _, st := range l.Status() {
+		switch st.Name {
+		case "app":
+			require.ErrorIs(t, st.Err, ErrIncompatibleVersion)
+			require.Contains(t, st.Err.Error(), "1.9.0")
+		case "old":
+			require.ErrorIs(t, st.Err, ErrIncompatibleVersion)
+			require.Contains(t, st.Err.Error(), "1.5.0")
+		}
+	}
+	require.Equal(t, []string{"auth"}, registered(m))
+}
+
+func TestLoaderUnloadRefuseAndCascade(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "app", "1.0.0", map[string]string{"auth": "^1.0.0"}),
+		manifest(t, "auth", "1.0.0", map[string]string{"log": "^1.0.0"}),
+		manifest(t, "log", "1.0.0", nil),
+	)
+	l, m, f := newTestLoader(t, src)
+	ctx := context.Background()
+	require.NoError(t, l.Start(ctx))
+
+	err := l.Unload(ctx, "log", UnloadRefuse)
+	require.ErrorIs(t, err, ErrDependentsLoaded)
+	require.Contains(t, err.Error(), "app")
+	require.Contains(t, err.Error(), "auth")
+	require.Equal(t, []string{"app", "auth", "log"}, registered(m), "nothing unloaded")
+
+	var unregistered []string
+	done := make(chan struct{})
+	m.Subscribe(func(ev Event) {
+		if ev.Kind == EventUnregistered {
+			unregistered = append(unregistered, ev.Plugin)
+			if len(unregistered) == 3 {
+				close(done)
+			}
+		}
+	})
+	require.NoError(t, l.Unload(ctx, "log", UnloadCascade))
+	<-done
+	require.Equal(t, []string{"app", "auth", "log"}, unregistered, "dependents first")
+	require.Empty(t, registered(m))
+	for _, n := range []string{"app", "auth", "log"} {
+		require.Equal(t, int32(1), f.close[n].closed.Load(), n)
+	}
+	require.Equal(t, StateDiscovered, states(l)["log"])
+}
+
+func TestLoaderUpdateReloads(t *testing.T) {
+	src := newMemSource(manifest(t, "auth", "1.0.0", nil))
+	l, m, _ := newTestLoader(t, src)
+	require.NoError(t, l.Start(context.Background()))
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.1.0", nil)})
+	info, ok := m.Info("auth")
+	require.True(t, ok)
+	require.Equal(t, "1.1.0", info.Version)
+	require.Equal(t, uint64(2), m.Metrics().Plugins["auth"].Generation)
+	require.Equal(t, uint64(1), l.Metrics().Reloads)
+}
+
+func TestLoaderUpdateRefusedByDependentConstraint(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "app", "1.0.0", map[string]string{"auth": "~1.0.0"}),
+		manifest(t, "auth", "1.0.0", nil),
+	)
+	l, m, _ := newTestLoader(t, src)
+	failed := make(chan Event, 1)
+	m.Subscribe(func(ev Event) {
+		if ev.Kind == EventReloadFailed {
+			failed <- ev
+		}
+	})
+	require.NoError(t, l.Start(context.Background()))
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.1.0", nil)})
+	ev := <-failed
+	require.ErrorIs(t, ev.Err, ErrIncompatibleVersion)
+	require.Contains(t, ev.Err.Error(), `"app"`)
+	info, _ := m.Info("auth")
+	require.Equal(t, "1.0.0", info.Version, "the running version keeps serving")
+	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+
+	// A compatible update still goes through.
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.0.1", nil)})
+	info, _ = m.Info("auth")
+	require.Equal(t, "1.0.1", info.Version)
+}
+
+func TestLoaderLoadAllRollsBackOnFailure(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "a", "1.0.0", nil),
+		manifest(t, "b", "1.0.0", nil),
+		manifest(t, "c", "1.0.0", map[string]string{"a": "*"}),
+		manifest(t, "d", "1.0.0", map[string]string{"b": "*"}),
+	)
+	l, m, f := newTestLoader(t, src, WithAutoLoad(false))
+	require.NoError(t, l.Start(context.Background()))
+	require.Empty(t, registered(m), "auto-loading is off")
+	boom := errors.New("binary missing")
+	f.setFail("d", boom)
+	err := l.LoadAll(context.Background())
+	require.ErrorIs(t, err, boom)
+	require.Contains(t, err.Error(), `"d"`)
+	require.Empty(t, registered(m), "a, b and c were rolled back")
+	for _, n := range []string{"a", "b", "c"} {
+		require.Equal(t, int32(1), f.close[n].closed.Load(), "%s closed by the rollback", n)
+	}
+	require.Equal(t, StateFailed, states(l)["d"])
+
+	f.setFail("d", nil)
+	require.NoError(t, l.LoadAll(context.Background()))
+	require.Equal(t, []string{"a", "b", "c", "d"}, registered(m))
+}
+
+func TestLoaderLoadLoadsDependenciesFirst(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "app", "1.0.0", map[string]string{"auth": "*"}),
+		manifest(t, "auth", "1.0.0", nil),
+		manifest(t, "other", "1.0.0", nil),
+	)
+	l, m, _ := newTestLoader(t, src, WithAutoLoad(false))
+	require.NoError(t, l.Start(context.Background()))
+	require.NoError(t, l.Load(context.Background(), "app"))
+	require.Equal(t, []string{"app", "auth"}, registered(m))
+	require.ErrorIs(t, l.Load(context.Background(), "nope"), ErrNotFound)
+}
+
+func TestLoaderRemovedDependencyMakesDependentsPending(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "app", "1.0.0", map[string]string{"auth": "^1.0.0"}),
+		manifest(t, "auth", "1.0.0", nil),
+	)
+	l, m, _ := newTestLoader(t, src)
+	require.NoError(t, l.Start(context.Background()))
+	send(src, DiscoveryEvent{Kind: ManifestRemoved, Name: "auth"})
+	require.Empty(t, registered(m))
+	require.Equal(t, map[string]LoadState{"app": StatePending}, states(l))
+
+	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "auth", Manifest: manifest(t, "auth", "1.0.0", nil)})
+	require.Equal(t, []string{"app", "auth"}, registered(m), "the dependent loads again by itself")
+}
+
+func TestLoaderNoFactory(t *testing.T) {
+	src := newMemSource(manifest(t, "a", "1.0.0", nil))
+	m := newTestManager(t)
+	l := NewDynamicLoader(m, src)
+	defer l.Close(context.Background())
+	err := l.Start(context.Background())
+	require.ErrorIs(t, err, ErrNoFactory)
+	require.Equal(t, StateFailed, states(l)["a"])
+}
+
+func TestLoaderConcurrentEvents(t *testing.T) {
+	verifyNoLeaks(t)
+	src := newMemSource()
+	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	l := NewDynamicLoader(m, src)
+	f := newEchoFactory()
+	l.RegisterFactory("inprocess", f.make)
+	ctx := context.Background()
+	require.NoError(t, l.Start(ctx))
+
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				name := fmt.Sprintf("p%d", (i+w)%5)
+				switch i % 3 {
+				case 0:
+					src.events <- DiscoveryEvent{Kind: ManifestDiscovered, Name: name, Manifest: manifest(t, name, "1.0.0", nil)}
+				case 1:
+					src.events <- DiscoveryEvent{Kind: ManifestUpdated, Name: name, Manifest: manifest(t, name, fmt.Sprintf("1.0.%d", i), nil)}
+				case 2:
+					src.events <- DiscoveryEvent{Kind: ManifestRemoved, Name: name}
+				}
+			}
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				l.Status()
+				l.Metrics()
+				_, _ = m.Execute(ctx, "p1", 1)
+			}
+		}()
+	}
+	wg.Wait()
+	require.NoError(t, l.Close(ctx))
+	require.NoError(t, m.Shutdown(ctx))
+	require.Empty(t, registered(m))
+	require.Equal(t, uint64(90), l.Metrics().Events)
+}
+
+func TestLoaderCloseUnloadsEverything(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "app", "1.0.0", map[string]string{"auth": "*"}),
+		manifest(t, "auth", "1.0.0", nil),
+	)
+	l, m, f := newTestLoader(t, src)
+	require.NoError(t, l.Start(context.Background()))
+	require.NoError(t, l.Close(context.Background()))
+	require.NoError(t, l.Close(context.Background()), "idempotent")
+	require.Empty(t, registered(m))
+	require.Equal(t, int32(1), f.close["app"].closed.Load())
+	require.Equal(t, int32(1), f.close["auth"].closed.Load())
+	require.ErrorIs(t, l.Start(context.Background()), ErrShuttingDown)
+}
