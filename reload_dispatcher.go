@@ -193,8 +193,8 @@ func dispatch(ctx context.Context, plan []ReloadKind, h *Handoff, rollbackTimeou
 		if k.Transfer == nil {
 			continue
 		}
-		if err = ctx.Err(); err != nil {
-			err = failStep(k.Surface, "transfer", err)
+		if ctx.Err() != nil {
+			err = failStep(k.Surface, "transfer", context.Cause(ctx))
 			break
 		}
 		var undo func(context.Context) error
@@ -212,6 +212,11 @@ func dispatch(ctx context.Context, plan []ReloadKind, h *Handoff, rollbackTimeou
 			break
 		}
 		steps = append(steps, k.Surface)
+	}
+	if err == nil && ctx.Err() != nil {
+		// The last transfer finished but ctx ended: the reload must not
+		// commit, and the undos are still at hand.
+		err = fmt.Errorf("ctx ended after the handoffs, before the commit: %w", context.Cause(ctx))
 	}
 	if err == nil {
 		return steps, nil, nil
@@ -288,11 +293,19 @@ var streamKind = ReloadKind{
 			return nil, failStep(SurfaceStream, "checkpoint", err)
 		}
 		h.Record(SurfaceStream, pos)
-		undo := func(ctx context.Context) error { return old.Resume(ctx, pos) }
-		if err := h.Next.(StreamPlugin).Resume(ctx, pos); err != nil {
-			return undo, failStep(SurfaceStream, "resume", err)
+		resumeOld := func(ctx context.Context) error { return old.Resume(ctx, pos) }
+		next := h.Next.(StreamPlugin)
+		if err := next.Resume(ctx, pos); err != nil {
+			return resumeOld, failStep(SurfaceStream, "resume", err)
 		}
-		return undo, nil
+		// Undo after the next plugin resumed: stop it first, so that the
+		// stream is never processed by both.
+		return func(ctx context.Context) error {
+			if _, err := next.Checkpoint(ctx); err != nil {
+				return fmt.Errorf("stopping the next plugin's stream: %w", err)
+			}
+			return resumeOld(ctx)
+		}, nil
 	},
 }
 

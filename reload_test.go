@@ -1,0 +1,589 @@
+package goplugins
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"maps"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// holdReq is the request that makes a swappable with a hold channel block.
+const holdReq = -1
+
+// swappable is a test plugin with every reload surface it declares: it
+// counts the calls it served (its state, handed over with
+// PersistState/RestoreState), runs a stream whose position advances with
+// every call while it streams (Checkpoint/Resume), and checks
+// compatibility (CheckCompat). A test injects a failure into any of them.
+type swappable struct {
+	name, version string
+	surfaces      []Surface
+
+	failPersist, failRestore, failCheckpoint, failResume, failCompat error
+
+	// hold, when set, makes Execute(holdReq) send on held and then block
+	// until hold is closed.
+	hold chan struct{}
+	held chan struct{}
+
+	mu          sync.Mutex
+	n           int    // calls served: the state
+	pos         uint64 // stream position
+	streaming   bool
+	resumes     int
+	checkpoints int
+
+	execs  atomic.Int64 // Execute calls that ran on this value
+	closed atomic.Int32
+}
+
+// newSwappable returns a plugin that declares surfaces. It does not stream
+// until it is resumed (or its streaming field is set, as for a plugin that
+// started its stream on its own).
+func newSwappable(name, version string, surfaces ...Surface) *swappable {
+	return &swappable{name: name, version: version, surfaces: surfaces}
+}
+
+func (p *swappable) Info() PluginInfo {
+	return PluginInfo{Name: p.name, Version: p.version, Surfaces: p.surfaces}
+}
+
+func (p *swappable) Execute(_ context.Context, req int) (int, error) {
+	if req == holdReq && p.hold != nil {
+		p.held <- struct{}{}
+		<-p.hold
+	}
+	p.execs.Add(1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n++
+	if p.streaming {
+		p.pos++
+	}
+	return p.n, nil
+}
+
+func (p *swappable) Health(context.Context) error { return nil }
+func (p *swappable) Close(context.Context) error  { p.closed.Add(1); return nil }
+
+func (p *swappable) PersistState(context.Context) ([]byte, error) {
+	if p.failPersist != nil {
+		return nil, p.failPersist
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return encodeInt(p.n), nil
+}
+
+func (p *swappable) RestoreState(_ context.Context, b []byte) error {
+	if p.failRestore != nil {
+		return p.failRestore
+	}
+	n, err := decodeInt(b)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.n = n
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *swappable) Checkpoint(context.Context) ([]byte, error) {
+	if p.failCheckpoint != nil {
+		return nil, p.failCheckpoint
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.streaming = false
+	p.checkpoints++
+	return encodeInt(int(p.pos)), nil
+}
+
+func (p *swappable) Resume(_ context.Context, pos []byte) error {
+	if p.failResume != nil {
+		return p.failResume
+	}
+	n, err := decodeInt(pos)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pos, p.streaming = uint64(n), true
+	p.resumes++
+	return nil
+}
+
+func (p *swappable) CheckCompat(context.Context, PluginInfo) error { return p.failCompat }
+
+// snapshot returns the plugin's state, stream position and whether it streams.
+func (p *swappable) snapshot() (n int, pos uint64, streaming bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n, p.pos, p.streaming
+}
+
+// load is a set of goroutines that call Execute without pause and count
+// every call.
+type load struct {
+	ok, failed atomic.Int64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+
+	mu   sync.Mutex
+	errs []error
+}
+
+// startLoad starts workers callers of the named plugin and returns once each
+// has completed a call.
+func startLoad(t *testing.T, m *Manager[int, int], name string, workers int) *load {
+	t.Helper()
+	l := &load{stop: make(chan struct{})}
+	started := make(chan struct{}, workers)
+	for i := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for first := true; ; first = false {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				if _, err := m.Execute(context.Background(), name, i); err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					if len(l.errs) < 5 {
+						l.errs = append(l.errs, err)
+					}
+					l.mu.Unlock()
+				} else {
+					l.ok.Add(1)
+				}
+				if first {
+					started <- struct{}{}
+				}
+			}
+		}()
+	}
+	for range workers {
+		<-started
+	}
+	return l
+}
+
+// end stops the callers, fails t if any call failed and returns how many
+// calls succeeded.
+func (l *load) end(t *testing.T) int64 {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	if n := l.failed.Load(); n != 0 {
+		t.Errorf("%d call(s) of the concurrent load failed, e.g. %v", n, l.errs)
+	}
+	return l.ok.Load()
+}
+
+// newReloadManager returns a manager without periodic health checks, shut
+// down when the test ends.
+func newReloadManager(t *testing.T, opts ...Option) *Manager[int, int] {
+	t.Helper()
+	m := NewManager[int, int](append([]Option{WithHealthCheck(HealthConfig{Interval: -1})}, opts...)...)
+	t.Cleanup(func() { require.NoError(t, m.Shutdown(context.Background())) })
+	return m
+}
+
+// collectEvents subscribes to m and returns a channel of its events of the
+// given kinds.
+func collectEvents(m *Manager[int, int], kinds ...EventKind) <-chan Event {
+	ch := make(chan Event, 64)
+	m.Subscribe(func(ev Event) {
+		if slices.Contains(kinds, ev.Kind) {
+			ch <- ev
+		}
+	})
+	return ch
+}
+
+func awaitEvent(t *testing.T, ch <-chan Event) Event {
+	t.Helper()
+	select {
+	case ev := <-ch:
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+		return Event{}
+	}
+}
+
+// gateOf returns the gate set on the plugin's serving generation, or nil.
+func gateOf(m *Manager[int, int], name string) *gate {
+	if e := m.reg.Load().entries[name]; e != nil {
+		if g := e.gen.Load(); g != nil {
+			return g.gate.Load()
+		}
+	}
+	return nil
+}
+
+// waitParked waits until n calls are parked on the plugin's gate. Parking
+// sends no event, so it polls, with a deadline.
+func waitParked(t *testing.T, m *Manager[int, int], name string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if gt := gateOf(m, name); gt != nil {
+			gt.mu.Lock()
+			parked := len(gt.starts)
+			gt.mu.Unlock()
+			if parked >= n {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d call(s) to %q not parked within 10s", n, name)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitBlockedIn waits until some goroutine's stack holds every one of
+// frames (substrings of function names), such as a caller blocked in a
+// lock. Blocking sends no event, so it polls the stacks, with a deadline.
+func waitBlockedIn(t *testing.T, frames ...string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		for _, g := range strings.Split(stacks, "\n\n") {
+			if !strings.Contains(g, "[chan send") && !strings.Contains(g, "[select") {
+				continue
+			}
+			if !slices.ContainsFunc(frames, func(f string) bool { return !strings.Contains(g, f) }) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine blocked in %v within 10s", frames)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// blockingKind is a host-owned reload kind whose transfer reports that it
+// started and then waits for release (or ctx).
+func blockingKind(surface Surface, entered chan<- struct{}, release <-chan struct{}) ReloadKind {
+	return ReloadKind{
+		Surface: surface,
+		Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+			entered <- struct{}{}
+			select {
+			case <-release:
+				return nil, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		},
+	}
+}
+
+func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
+	errInjected := errors.New("injected failure")
+	type row struct {
+		name string
+		// old and next declare these surfaces; next is nil if nilNext.
+		oldSurfaces, nextSurfaces []Surface
+		nextName, nextVersion     string
+		nilNext                   bool
+		// inject sets up the failure; it may return reload options, a
+		// manager option, and hold a call in flight on old.
+		inject  func(t *testing.T, old, next *swappable, cancel context.CancelFunc) []ReloadOption
+		mgrOpts func(t *testing.T) []Option
+		hold    bool // keep a call in flight on old through the reload
+		// cancelInDrain cancels the reload's ctx once the plugin is gated.
+		cancelInDrain bool
+
+		want        []error // the error matches each
+		phase, kind string
+		step        string
+		handed      []Surface // the error carries bytes for these kinds
+		oldResumes  int       // times the old plugin resumed its stream (undo)
+	}
+	all := []Surface{SurfaceSchema, SurfaceState, SurfaceStream}
+	rows := []row{
+		{
+			name: "compat rejects", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, next *swappable, _ context.CancelFunc) []ReloadOption {
+				next.failCompat = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, ErrSchemaIncompatible, errInjected}, phase: "preflight", kind: "schema", step: "preflight",
+		},
+		{
+			name: "version rule", oldSurfaces: all, nextSurfaces: all, nextVersion: "2.0.0",
+			mgrOpts: func(t *testing.T) []Option {
+				p, err := NewVersionPolicy("1.0.0")
+				require.NoError(t, err)
+				require.NoError(t, p.SetRule("sw", "^1.0.0"))
+				return []Option{WithVersionPolicy(p)}
+			},
+			want: []error{ErrReloadFailed, ErrIncompatibleVersion}, phase: "preflight",
+		},
+		{
+			name: "dependent constraint", oldSurfaces: all, nextSurfaces: all, nextVersion: "2.0.0",
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithDependentConstraint("app", "~1.0")}
+			},
+			want: []error{ErrReloadFailed, ErrIncompatibleVersion}, phase: "preflight",
+		},
+		{
+			name: "wrong name", oldSurfaces: all, nextSurfaces: all, nextName: "other",
+			want: []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
+		},
+		{
+			name: "invalid version", oldSurfaces: all, nextSurfaces: all, nextVersion: "v1.2",
+			want: []error{ErrReloadFailed, ErrInvalidVersion}, phase: "preflight",
+		},
+		{
+			name: "nil next", oldSurfaces: all, nilNext: true,
+			want: []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
+		},
+		{
+			name: "next drops a surface", oldSurfaces: all, nextSurfaces: []Surface{SurfaceSchema, SurfaceState},
+			want: []error{ErrReloadFailed}, phase: "preflight",
+		},
+		{
+			name: "ctx cancelled before the reload", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
+				cancel()
+				return nil
+			},
+			want: []error{ErrReloadFailed, context.Canceled}, phase: "preflight",
+		},
+		{
+			name: "drain timeout", oldSurfaces: all, nextSurfaces: all, hold: true,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond)}
+			},
+			want: []error{ErrReloadFailed, ErrDrainTimeout}, phase: "drain",
+		},
+		{
+			name: "ctx cancelled during drain", oldSurfaces: all, nextSurfaces: all, hold: true,
+			cancelInDrain: true,
+			want:          []error{ErrReloadFailed, context.Canceled}, phase: "drain",
+		},
+		{
+			name: "persist fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, old, _ *swappable, _ context.CancelFunc) []ReloadOption {
+				old.failPersist = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "persist",
+		},
+		{
+			name: "restore fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, next *swappable, _ context.CancelFunc) []ReloadOption {
+				next.failRestore = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "restore",
+			handed: []Surface{SurfaceState},
+		},
+		{
+			name: "checkpoint fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, old, _ *swappable, _ context.CancelFunc) []ReloadOption {
+				old.failCheckpoint = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "stream", step: "checkpoint",
+			handed: []Surface{SurfaceState},
+		},
+		{
+			name: "resume fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, next *swappable, _ context.CancelFunc) []ReloadOption {
+				next.failResume = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "stream", step: "resume",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
+			name: "host kind fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(_ context.Context, h *Handoff) (func(context.Context) error, error) {
+						h.Record("conn", []byte("fd:7"))
+						return nil, errInjected
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "conn", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream, "conn"}, oldResumes: 1,
+		},
+		{
+			name: "host kind panics", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+						panic("host handoff bug")
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed}, phase: "dispatch", kind: "conn", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
+			name: "ctx cancelled mid-dispatch", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+						cancel()
+						<-ctx.Done()
+						return nil, ctx.Err()
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed, context.Canceled}, phase: "dispatch", kind: "conn", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
+			name: "ctx cancelled after the last handoff", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+						cancel()
+						return nil, nil
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed, context.Canceled}, phase: "dispatch",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+	}
+	for _, r := range rows {
+		t.Run(r.name, func(t *testing.T) {
+			verifyNoLeaks(t)
+			var mopts []Option
+			if r.mgrOpts != nil {
+				mopts = r.mgrOpts(t)
+			}
+			m := newReloadManager(t, mopts...)
+			events := collectEvents(m, EventReloaded, EventReloadFailed)
+			old := newSwappable("sw", "1.0.0", r.oldSurfaces...)
+			old.hold, old.held = make(chan struct{}), make(chan struct{})
+			old.streaming = true
+			require.NoError(t, m.Register(old))
+			nextName, nextVersion := cmp.Or(r.nextName, "sw"), cmp.Or(r.nextVersion, "1.1.0")
+			next := newSwappable(nextName, nextVersion, r.nextSurfaces...)
+
+			heldDone := make(chan error, 1)
+			if r.hold {
+				go func() {
+					_, err := m.Execute(context.Background(), "sw", holdReq)
+					heldDone <- err
+				}()
+				<-old.held
+			}
+			l := startLoad(t, m, "sw", 3)
+			// Let the callers run before the reload starts.
+			for l.ok.Load() < 100 {
+				runtime.Gosched()
+			}
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var opts []ReloadOption
+			if r.inject != nil {
+				opts = r.inject(t, old, next, cancel)
+			}
+			if r.cancelInDrain {
+				go cancelWhenGated(m, "sw", cancel)
+			}
+			var nextPlugin Plugin[int, int] = next
+			if r.nilNext {
+				nextPlugin = nil
+			}
+			_, posBefore, _ := old.snapshot()
+			rep, err := m.Reload(ctx, "sw", nextPlugin, opts...)
+			if r.hold {
+				close(old.hold)
+				require.NoError(t, <-heldDone, "the call in flight during the reload")
+			}
+			ok := l.end(t)
+			// The old plugin answers after the failure.
+			n0, err0 := m.Execute(context.Background(), "sw", 0)
+
+			require.Error(t, err)
+			for _, w := range r.want {
+				assert.ErrorIs(t, err, w)
+			}
+			var re *ReloadError
+			require.ErrorAs(t, err, &re)
+			assert.Equal(t, "sw", re.Plugin)
+			assert.Equal(t, r.phase, re.Phase)
+			assert.Equal(t, Surface(r.kind), re.Kind)
+			assert.Equal(t, r.step, re.Step)
+			assert.NoError(t, re.RollbackErr)
+			assert.ElementsMatch(t, r.handed, slices.Collect(maps.Keys(re.Handed)))
+			assert.Contains(t, err.Error(), `plugin "sw"`)
+			assert.NotContains(t, err.Error(), "\n", "one-line message")
+			assert.Equal(t, uint64(1), rep.Generation)
+			assert.Equal(t, re.Report.Generation, rep.Generation)
+
+			require.NoError(t, err0)
+			extra := int64(1) // the probe call above
+			if r.hold {
+				extra++
+			}
+			n, pos, streaming := old.snapshot()
+			assert.Equal(t, ok+extra, int64(n0), "the old plugin's last answer counts every call made")
+			assert.Equal(t, ok+extra, int64(n), "the old plugin's state counts every call: nothing lost or doubled")
+			assert.Equal(t, ok+extra, old.execs.Load())
+			assert.Zero(t, next.execs.Load(), "no call ran on the next plugin")
+			assert.True(t, streaming, "the old plugin streams on")
+			assert.Greater(t, pos, posBefore, "the old stream advanced after the failure")
+			assert.Equal(t, r.oldResumes, old.resumes, "old resumed from its own checkpoint")
+			_, _, nextStreaming := next.snapshot()
+			assert.False(t, nextStreaming, "the next plugin's stream is not left running")
+			assert.Zero(t, old.closed.Load(), "a failed reload never closes the old plugin")
+			assert.Zero(t, next.closed.Load(), "a failed reload never closes the next plugin")
+			info, _ := m.Info("sw")
+			assert.Equal(t, "1.0.0", info.Version)
+			assert.Equal(t, uint64(1), m.Metrics().Plugins["sw"].Generation)
+
+			ev := awaitEvent(t, events)
+			assert.Equal(t, EventReloadFailed, ev.Kind)
+			assert.Equal(t, "sw", ev.Plugin)
+			require.NotNil(t, ev.Reload)
+			assert.Equal(t, uint64(1), ev.Reload.Generation)
+			assert.ErrorIs(t, ev.Err, ErrReloadFailed)
+		})
+	}
+}
+
+// cancelWhenGated calls cancel once the named plugin is gated for a reload
+// (or after 10s). Gating sends no event, so it polls.
+func cancelWhenGated(m *Manager[int, int], name string, cancel context.CancelFunc) {
+	defer cancel()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if gateOf(m, name) != nil {
+			return
+		}
+	}
+}
