@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"runtime"
 	"slices"
@@ -447,6 +448,47 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
 		},
 		{
+			name: "custom kind fails", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
+			mgrOpts: func(t *testing.T) []Option {
+				d := NewReloadDispatcher()
+				require.NoError(t, d.Register(ReloadKind{
+					Surface: "cache",
+					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+						return nil, errInjected
+					},
+				}))
+				return []Option{WithReloadDispatcher(d)}
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "cache", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
+			name: "custom kind preflight refuses", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
+			mgrOpts: func(t *testing.T) []Option {
+				d := NewReloadDispatcher()
+				require.NoError(t, d.Register(ReloadKind{
+					Surface:   "cache",
+					Preflight: func(context.Context, *Handoff) error { return errInjected },
+				}))
+				return []Option{WithReloadDispatcher(d)}
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "preflight", kind: "cache", step: "preflight",
+		},
+		{
+			name: "handoffs exceed the drain timeout", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond), WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+						<-ctx.Done()
+						return nil, ctx.Err()
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed, ErrDrainTimeout, context.DeadlineExceeded}, phase: "dispatch", kind: "conn", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
 			name: "ctx cancelled mid-dispatch", oldSurfaces: all, nextSurfaces: all,
 			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
 				return []ReloadOption{WithHandoff(ReloadKind{
@@ -544,6 +586,10 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			assert.Contains(t, err.Error(), `plugin "sw"`)
 			assert.NotContains(t, err.Error(), "\n", "one-line message")
 			assert.Equal(t, uint64(1), rep.Generation)
+			if r.phase == "preflight" {
+				assert.Zero(t, rep.Drain, "preflight failed before traffic was touched")
+				assert.Zero(t, rep.ParkedCalls)
+			}
 			assert.Equal(t, re.Report.Generation, rep.Generation)
 
 			require.NoError(t, err0)
@@ -586,4 +632,377 @@ func cancelWhenGated(m *Manager[int, int], name string, cancel context.CancelFun
 			return
 		}
 	}
+}
+
+func TestReloadUnderLoadLosesNoCall(t *testing.T) {
+	verifyNoLeaks(t)
+	const reloads = 1000
+	m := newReloadManager(t)
+	first := &counter{name: "ctr", version: "1.0.0"}
+	require.NoError(t, m.Register(first))
+	l := startLoad(t, m, "ctr", 3)
+
+	plugins := []*counter{first}
+	parked := 0
+	for i := 1; i <= reloads; i++ {
+		next := &counter{name: "ctr", version: fmt.Sprintf("1.0.%d", i)}
+		rep, err := m.Reload(context.Background(), "ctr", next)
+		require.NoError(t, err, "reload %d", i)
+		require.Equal(t, uint64(i+1), rep.Generation)
+		parked += rep.ParkedCalls
+		plugins = append(plugins, next)
+	}
+	ok := l.end(t)
+
+	last := plugins[len(plugins)-1]
+	assert.Equal(t, int(ok), last.count(), "the final counter equals the calls made: none lost or doubled")
+	assert.Equal(t, uint64(ok), m.Metrics().Plugins["ctr"].Calls)
+	for i, p := range plugins[:len(plugins)-1] {
+		require.Equal(t, int32(1), p.closed.Load(), "plugin %d closed once", i)
+	}
+	assert.Zero(t, last.closed.Load())
+	t.Logf("%d calls during %d reloads, %d of them parked", ok, reloads, parked)
+}
+
+func TestReloadReportAndEvents(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	events := collectEvents(m, EventReloaded, EventReloadFailed)
+	old := newSwappable("sw", "1.0.0", SurfaceSchema, SurfaceState, SurfaceStream)
+	old.streaming = true
+	require.NoError(t, m.Register(old))
+	for range 5 {
+		_, err := m.Execute(context.Background(), "sw", 0)
+		require.NoError(t, err)
+	}
+	next := newSwappable("sw", "1.1.0", SurfaceSchema, SurfaceState, SurfaceStream)
+
+	// A host-owned handoff holds the reload between drain and commit until
+	// a call has parked, so the report must count it.
+	type result struct {
+		n   int
+		err error
+	}
+	parkedCall := make(chan result, 1)
+	rep, err := m.Reload(context.Background(), "sw", next,
+		WithHandoff(ReloadKind{
+			Surface: "conn",
+			Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				go func() {
+					n, err := m.Execute(context.Background(), "sw", 0)
+					parkedCall <- result{n, err}
+				}()
+				waitParked(t, m, "sw", 1)
+				return nil, nil
+			},
+		}),
+		WithHandoff(ReloadKind{
+			Surface: "fd",
+			Transfer: func(_ context.Context, h *Handoff) (func(context.Context) error, error) {
+				h.Record("fd", []byte("fd:7"))
+				return nil, nil
+			},
+		}))
+	require.NoError(t, err)
+	pc := <-parkedCall
+	require.NoError(t, pc.err)
+	assert.Equal(t, 6, pc.n, "the parked call ran on the next plugin, with the state handed over")
+	assert.Equal(t, int64(1), next.execs.Load())
+	assert.Equal(t, int64(5), old.execs.Load())
+
+	assert.Equal(t, "sw", rep.Plugin)
+	assert.Equal(t, "1.0.0", rep.From)
+	assert.Equal(t, "1.1.0", rep.To)
+	assert.Equal(t, uint64(2), rep.Generation)
+	assert.Equal(t, []Surface{SurfaceState, SurfaceStream, "conn", "fd"}, rep.Steps)
+	assert.Equal(t, encodeInt(5), rep.Handed[SurfaceState])
+	assert.Equal(t, encodeInt(5), rep.Handed[SurfaceStream], "the stream position reached: one per call")
+	assert.Equal(t, []byte("fd:7"), rep.Handed["fd"])
+	assert.Equal(t, 8+8+4, rep.BytesHandedOver)
+	assert.Equal(t, 1, rep.ParkedCalls)
+	assert.Zero(t, rep.GaveUp)
+	assert.Positive(t, rep.ParkP50)
+	assert.LessOrEqual(t, rep.ParkP50, rep.ParkP99)
+	assert.LessOrEqual(t, rep.ParkP99, rep.ParkMax)
+	assert.GreaterOrEqual(t, rep.Total, rep.Preflight+rep.Drain+rep.Dispatch+rep.Commit)
+	assert.NoError(t, rep.CloseErr)
+
+	_, pos, streaming := old.snapshot()
+	assert.False(t, streaming, "the old plugin stopped at its checkpoint")
+	assert.Equal(t, uint64(5), pos)
+	n, pos, streaming := next.snapshot()
+	assert.True(t, streaming, "the next plugin resumed the stream")
+	assert.Equal(t, uint64(6), pos, "from the old checkpoint, then one call")
+	assert.Equal(t, 6, n)
+	assert.Equal(t, int32(1), old.closed.Load(), "the old plugin is closed after the commit")
+	assert.Zero(t, next.closed.Load())
+	info, _ := m.Info("sw")
+	assert.Equal(t, "1.1.0", info.Version)
+	assert.Equal(t, uint64(2), m.Metrics().Plugins["sw"].Generation)
+
+	ev := awaitEvent(t, events)
+	assert.Equal(t, EventReloaded, ev.Kind)
+	assert.Equal(t, "1.1.0", ev.Version)
+	require.NotNil(t, ev.Reload)
+	assert.Equal(t, rep.Generation, ev.Reload.Generation)
+	assert.Equal(t, rep.BytesHandedOver, ev.Reload.BytesHandedOver)
+	assert.NoError(t, ev.Err)
+
+	// A second reload moves to generation 3; closing never repeats.
+	rep, err = m.Reload(context.Background(), "sw", newSwappable("sw", "1.2.0", SurfaceSchema, SurfaceState, SurfaceStream))
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), rep.Generation)
+	assert.Equal(t, int32(1), next.closed.Load())
+	require.NoError(t, m.Shutdown(context.Background()))
+	assert.Equal(t, int32(1), old.closed.Load(), "closed exactly once")
+	assert.Equal(t, int32(1), next.closed.Load(), "closed exactly once")
+}
+
+func TestReloadParkedCallCtxEnds(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old := newEcho("echo", "1.0.0")
+	require.NoError(t, m.Register(old))
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	type result struct {
+		rep ReloadReport
+		err error
+	}
+	reloaded := make(chan result, 1)
+	go func() {
+		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.1.0"), WithHandoff(blockingKind("conn", entered, release)))
+		reloaded <- result{rep, err}
+	}()
+	<-entered
+
+	ctx, cancel := context.WithCancel(context.Background())
+	called := make(chan error, 1)
+	go func() {
+		_, err := m.Execute(ctx, "echo", 1)
+		called <- err
+	}()
+	waitParked(t, m, "echo", 1)
+	cancel()
+	assert.ErrorIs(t, <-called, context.Canceled, "a parked call returns its ctx's error")
+
+	close(release)
+	r := <-reloaded
+	require.NoError(t, r.err)
+	assert.Equal(t, 1, r.rep.GaveUp)
+	assert.Zero(t, r.rep.ParkedCalls)
+}
+
+func TestReloadSerializedPerPlugin(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newEcho("echo", "1.0.0")))
+	entered, release := make(chan struct{}, 2), make(chan struct{})
+	type result struct {
+		rep ReloadReport
+		err error
+	}
+	first, second := make(chan result, 1), make(chan result, 1)
+	go func() {
+		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.1.0"), WithHandoff(blockingKind("conn", entered, release)))
+		first <- result{rep, err}
+	}()
+	<-entered
+	go func() {
+		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.2.0"), WithHandoff(blockingKind("conn", entered, release)))
+		second <- result{rep, err}
+	}()
+	// The second reload waits for the first to end before it starts.
+	waitBlockedIn(t, ").Reload(", ").lock(")
+	assert.Empty(t, entered, "the second reload started while the first ran")
+	close(release)
+
+	r1, r2 := <-first, <-second
+	require.NoError(t, r1.err)
+	require.NoError(t, r2.err)
+	assert.Equal(t, uint64(2), r1.rep.Generation)
+	assert.Equal(t, "1.1.0", r2.rep.From, "the second reload replaced what the first committed")
+	assert.Equal(t, uint64(3), r2.rep.Generation)
+}
+
+func TestReloadParallelAcrossPlugins(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newEcho("a", "1.0.0")))
+	require.NoError(t, m.Register(newEcho("b", "1.0.0")))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	inA, inB := make(chan struct{}), make(chan struct{})
+	// Each reload's handoff waits for the other's: both complete only if
+	// they run at the same time.
+	meet := func(mine, other chan struct{}) ReloadOption {
+		return WithHandoff(ReloadKind{
+			Surface: "meet",
+			Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+				close(mine)
+				select {
+				case <-other:
+					return nil, nil
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			},
+		})
+	}
+	errs := make(chan error, 2)
+	go func() {
+		_, err := m.Reload(ctx, "a", newEcho("a", "1.1.0"), meet(inA, inB))
+		errs <- err
+	}()
+	go func() {
+		_, err := m.Reload(ctx, "b", newEcho("b", "1.1.0"), meet(inB, inA))
+		errs <- err
+	}()
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+}
+
+func TestReloadThenUnregisterWaits(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old, next := newEcho("echo", "1.0.0"), newEcho("echo", "1.1.0")
+	require.NoError(t, m.Register(old))
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "echo", next, WithHandoff(blockingKind("conn", entered, release)))
+		reloaded <- err
+	}()
+	<-entered
+	unregistered := make(chan error, 1)
+	go func() { unregistered <- m.Unregister(context.Background(), "echo") }()
+	waitBlockedIn(t, ").Unregister(", ").lock(")
+	assert.Empty(t, unregistered, "Unregister returned while the reload ran")
+	close(release)
+
+	require.NoError(t, <-reloaded, "the reload completes")
+	require.NoError(t, <-unregistered, "then Unregister removes the plugin")
+	_, err := m.Execute(context.Background(), "echo", 1)
+	assert.ErrorIs(t, err, ErrNotFound)
+	assert.Equal(t, int32(1), old.closed.Load(), "the reload closed the old plugin")
+	assert.Equal(t, int32(1), next.closed.Load(), "Unregister closed the version the reload installed")
+}
+
+func TestReloadAbortedByShutdown(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old := &counter{name: "ctr", version: "1.0.0"}
+	next := &counter{name: "ctr", version: "1.1.0"}
+	require.NoError(t, m.Register(old))
+	_, err := m.Execute(context.Background(), "ctr", 0)
+	require.NoError(t, err)
+	entered := make(chan struct{}, 1)
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "ctr", next, WithHandoff(blockingKind("conn", entered, nil)))
+		reloaded <- err
+	}()
+	<-entered
+	require.NoError(t, m.Shutdown(context.Background()))
+
+	err = <-reloaded
+	assert.ErrorIs(t, err, ErrReloadFailed)
+	assert.ErrorIs(t, err, ErrShuttingDown)
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, "dispatch", re.Phase)
+	assert.Equal(t, encodeInt(1), re.Handed[SurfaceState], "the persisted state is in the error")
+	assert.Equal(t, 1, old.count(), "the old plugin kept its state")
+	assert.Equal(t, int32(1), old.closed.Load(), "Shutdown closed the old plugin once")
+	assert.Zero(t, next.closed.Load(), "the next plugin stays the caller's")
+	_, err = m.Execute(context.Background(), "ctr", 0)
+	assert.ErrorIs(t, err, ErrShuttingDown)
+	_, err = m.Reload(context.Background(), "ctr", next)
+	assert.ErrorIs(t, err, ErrShuttingDown)
+}
+
+func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
+	verifyNoLeaks(t)
+	var (
+		mu    sync.Mutex
+		order []string
+	)
+	note := func(s string) {
+		mu.Lock()
+		order = append(order, s)
+		mu.Unlock()
+	}
+	kind := func(s Surface, fail, failUndo error) ReloadKind {
+		return ReloadKind{
+			Surface: s,
+			Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				note("transfer " + string(s))
+				return func(context.Context) error {
+					note("undo " + string(s))
+					return failUndo
+				}, fail
+			},
+		}
+	}
+	errUndo, errHost := errors.New("undo failed"), errors.New("host handoff failed")
+	d := NewReloadDispatcher()
+	require.NoError(t, d.Register(kind("cache", nil, errUndo)))
+	assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, "cache"}, d.Kinds())
+	m := newReloadManager(t, WithReloadDispatcher(d))
+	surfaces := []Surface{SurfaceState, SurfaceStream, "cache"}
+	old := newSwappable("sw", "1.0.0", surfaces...)
+	old.streaming = true
+	require.NoError(t, m.Register(old))
+	next := newSwappable("sw", "1.1.0", surfaces...)
+
+	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(kind("h1", nil, nil)), WithHandoff(kind("h2", errHost, nil)))
+	assert.ErrorIs(t, err, ErrReloadFailed)
+	assert.ErrorIs(t, err, errHost)
+	assert.ErrorIs(t, err, errUndo, "the failed undo is reported")
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, Surface("h2"), re.Kind)
+	assert.ErrorIs(t, re.RollbackErr, errUndo)
+	assert.Contains(t, err.Error(), "rollback also failed")
+	assert.Equal(t, []string{"transfer cache", "transfer h1", "transfer h2", "undo h2", "undo h1", "undo cache"}, order,
+		"kinds run in table order, host-owned last; undos in reverse, every one even after one fails")
+	_, _, streaming := old.snapshot()
+	assert.True(t, streaming, "the stream undo ran after the others")
+	_, _, streaming = next.snapshot()
+	assert.False(t, streaming)
+	_, err = m.Execute(context.Background(), "sw", 0)
+	assert.NoError(t, err)
+}
+
+func TestReloadDispatcherRegister(t *testing.T) {
+	noop := func(context.Context, *Handoff) error { return nil }
+	tests := []struct {
+		name string
+		kind ReloadKind
+		ok   bool
+	}{
+		{"custom kind", ReloadKind{Surface: "cache", Preflight: noop}, true},
+		{"no surface", ReloadKind{Preflight: noop}, false},
+		{"no funcs", ReloadKind{Surface: "cache"}, false},
+		{"built-in surface", ReloadKind{Surface: SurfaceState, Preflight: noop}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := NewReloadDispatcher()
+			err := d.Register(tt.kind)
+			if tt.ok {
+				require.NoError(t, err)
+				assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, tt.kind.Surface}, d.Kinds())
+				assert.ErrorIs(t, d.Register(tt.kind), ErrInvalidConfig, "registered twice")
+				return
+			}
+			assert.ErrorIs(t, err, ErrInvalidConfig)
+			assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream}, d.Kinds())
+		})
+	}
+}
+
+func TestReloadNotRegistered(t *testing.T) {
+	m := newReloadManager(t)
+	_, err := m.Reload(context.Background(), "nope", newEcho("nope", "1.0.0"))
+	assert.ErrorIs(t, err, ErrNotFound)
 }
