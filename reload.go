@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -240,6 +241,9 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 	if next == nil {
 		return fail("preflight", errors.New("the next plugin is nil"), nil, CodeInvalidPlugin)
 	}
+	if isSameValue(next, old.plugin) {
+		return fail("preflight", errors.New("the next plugin is the value serving now; pass a new value (the old one is closed after the commit)"), nil, CodeInvalidPlugin)
+	}
 	info, err := pluginInfo(next)
 	if err != nil {
 		return fail("preflight", err, nil, CodeInvalidPlugin, ErrorCode(err))
@@ -321,6 +325,13 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 		"parked", rep.ParkedCalls, "pause", rep.Drain+rep.Dispatch+rep.Commit)
 	m.emit(Event{Kind: EventReloaded, Plugin: name, Version: info.Version, Reload: &rep})
 	return rep, nil
+}
+
+// isSameValue reports whether a and b are the same pointer. Other kinds of
+// values are never reported the same: comparing them could panic.
+func isSameValue(a, b any) bool {
+	t := reflect.TypeOf(a)
+	return t != nil && t.Kind() == reflect.Pointer && t == reflect.TypeOf(b) && a == b
 }
 
 // setParked fills in the parked-call figures from an opened gate.

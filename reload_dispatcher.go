@@ -1,41 +1,5 @@
 package goplugins
 
-// Hot reload: the per-kind handoffs that run between drain and commit.
-//
-// Manager.Reload swaps a plugin in four phases:
-//
-//  1. Preflight, with no traffic touched: the next plugin has the same
-//     name, a strict-semver version that passes the version rules and the
-//     constraints dependents hold on the plugin, and every kind's Preflight
-//     passes (schema kinds run CheckCompat here). Failure: nothing changed.
-//  2. Drain: new calls are parked; calls in flight on the old plugin finish.
-//     Failure (drain timeout, ctx): parked calls are released to the old
-//     plugin.
-//  3. Dispatch: each kind's Transfer runs, in a fixed order, and returns an
-//     undo. Failure: the undos run in reverse, the old plugin serves on with
-//     its state, and the error carries what was persisted or checkpointed.
-//  4. Commit: one atomic swap; parked calls run on the new plugin; the old
-//     one is closed.
-//
-// The kinds, in the order they run:
-//
-//	kind        discipline                                           on failure
-//	----        ----------                                           ----------
-//	schema      preflight: new CheckCompat(old info), before any     hard error, nothing changed
-//	            traffic is touched
-//	state       old PersistState -> bytes -> new RestoreState(bytes) undo: none needed, the old
-//	                                                                 plugin kept its state
-//	stream      old Checkpoint -> position (old stops) ->            undo: old Resume(position)
-//	            new Resume(position)
-//	custom      kinds registered with ReloadDispatcher.Register,     their own undo
-//	            for plugins that declare the surface
-//	host-owned  resources the host owns (open handles, live          their own undo, same rules
-//	            streams), passed per reload with WithHandoff
-//
-// A kind runs when the next plugin declares its surface (host-owned kinds
-// always run). A surface the old plugin declares but the next one drops is
-// refused in preflight: its state would be lost.
-
 import (
 	"context"
 	"errors"
@@ -96,9 +60,56 @@ func (h *Handoff) recorded() map[Surface][]byte {
 	return out
 }
 
-// ReloadDispatcher holds the table of reload kinds. The zero value is not
+// ReloadDispatcher holds the table of reload kinds: the handoffs that
+// Manager.Reload runs between drain and commit. The zero value is not
 // usable; NewReloadDispatcher returns one with the built-in kinds (schema,
-// state, stream). It is safe for concurrent use.
+// state, stream), and Register adds the host's own. It is safe for
+// concurrent use.
+//
+// Manager.Reload swaps a plugin in four phases:
+//
+//  1. Preflight, with no traffic touched: the next plugin is not nil, has
+//     the same name and a strict-semver version that passes the manager's
+//     VersionPolicy and the constraints loaded dependents hold on the
+//     plugin (WithDependentConstraint); it keeps every surface of the old
+//     plugin; every kind's Preflight passes (schema runs CheckCompat here).
+//     Failure: nothing changed.
+//  2. Drain: new calls are parked, each bounded by its own ctx; calls in
+//     flight on the old plugin finish. Failure (drain timeout, ctx ended):
+//     the parked calls are released to the old plugin.
+//  3. Dispatch: each kind's Transfer runs, in the order below, and returns
+//     an undo. Failure (a step fails or panics, the drain timeout passes, or
+//     ctx ends, even after the last step): the undos run in reverse, the
+//     old plugin serves on with its state, the parked calls run on it, and
+//     the ReloadError names the kind and step and carries what was
+//     persisted or checkpointed.
+//  4. Commit: one atomic swap; the generation number increases; parked
+//     calls run on the new plugin; the old one is closed (it has no call
+//     left); a ReloadReport is returned and sent as EventReloaded.
+//
+// The drain timeout (WithDrainTimeout) bounds phases 2 and 3 together;
+// after a failure the undos get another drain timeout plus the health
+// timeout. A parked call waits at most that long, or until its ctx ends.
+//
+// The kinds, in the order they run:
+//
+//	kind        discipline                                        on failure
+//	----        ----------                                        ----------
+//	schema      preflight: new CheckCompat(old info), before      hard error, nothing changed
+//	            any traffic is touched
+//	state       old PersistState -> bytes -> new                  no undo needed: PersistState left
+//	            RestoreState(bytes)                               the old plugin's state as it was
+//	stream      old Checkpoint -> position (old stops) -> new     undo: the next plugin is stopped
+//	            Resume(position)                                  (Checkpoint), then the old one
+//	                                                              resumes from the same position
+//	custom      kinds added with Register, for plugins whose      their own undo
+//	            next version declares the surface
+//	host-owned  resources the host owns (open handles, live       their own undo, same rules
+//	            streams), passed per reload with WithHandoff
+//
+// A registered kind runs when the next plugin declares its surface;
+// host-owned kinds always run. The state and stream kinds hand nothing over
+// when the old plugin lacks the surface: the next plugin starts fresh.
 type ReloadDispatcher struct {
 	mu    sync.RWMutex
 	kinds []ReloadKind

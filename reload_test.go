@@ -307,7 +307,8 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		// old and next declare these surfaces; next is nil if nilNext.
 		oldSurfaces, nextSurfaces []Surface
 		nextName, nextVersion     string
-		nilNext                   bool
+		// nextValue, if set, gives the value passed to Reload instead of next.
+		nextValue func(old, next *swappable) Plugin[int, int]
 		// inject sets up the failure; it may return reload options, a
 		// manager option, and hold a call in flight on old.
 		inject  func(t *testing.T, old, next *swappable, cancel context.CancelFunc) []ReloadOption
@@ -358,8 +359,19 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			want: []error{ErrReloadFailed, ErrInvalidVersion}, phase: "preflight",
 		},
 		{
-			name: "nil next", oldSurfaces: all, nilNext: true,
-			want: []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
+			name: "nil next", oldSurfaces: all,
+			nextValue: func(_, _ *swappable) Plugin[int, int] { return nil },
+			want:      []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
+		},
+		{
+			name: "typed nil next", oldSurfaces: all,
+			nextValue: func(_, _ *swappable) Plugin[int, int] { return (*swappable)(nil) },
+			want:      []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
+		},
+		{
+			name: "next is the plugin serving", oldSurfaces: all,
+			nextValue: func(old, _ *swappable) Plugin[int, int] { return old },
+			want:      []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
 		},
 		{
 			name: "next drops a surface", oldSurfaces: all, nextSurfaces: []Surface{SurfaceSchema, SurfaceState},
@@ -558,8 +570,8 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				go cancelWhenGated(m, "sw", cancel)
 			}
 			var nextPlugin Plugin[int, int] = next
-			if r.nilNext {
-				nextPlugin = nil
+			if r.nextValue != nil {
+				nextPlugin = r.nextValue(old, next)
 			}
 			_, posBefore, _ := old.snapshot()
 			rep, err := m.Reload(ctx, "sw", nextPlugin, opts...)
@@ -656,7 +668,7 @@ func TestReloadUnderLoadLosesNoCall(t *testing.T) {
 
 	last := plugins[len(plugins)-1]
 	assert.Equal(t, int(ok), last.count(), "the final counter equals the calls made: none lost or doubled")
-	assert.Equal(t, uint64(ok), m.Metrics().Plugins["ctr"].Calls)
+	assert.Equal(t, uint64(ok), m.Metrics().Plugins["ctr"].Calls, "the metrics count every call once")
 	for i, p := range plugins[:len(plugins)-1] {
 		require.Equal(t, int32(1), p.closed.Load(), "plugin %d closed once", i)
 	}
