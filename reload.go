@@ -42,7 +42,8 @@ func (d drainOption) applyReload(c *reloadConfig)   { c.drain = time.Duration(d)
 
 // WithDrainTimeout bounds how long a reload may pause the plugin's traffic:
 // the wait for calls in flight plus the handoffs. Parked calls wait at most
-// this long (or until their own ctx ends). Default 10s.
+// this long (plus the rollback, if the reload fails), or until their own ctx
+// ends. Past it the reload fails with ErrDrainTimeout. Default 10s.
 func WithDrainTimeout(d time.Duration) DrainOption {
 	if d <= 0 {
 		d = 10 * time.Second
@@ -258,7 +259,7 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 	h = &Handoff{Plugin: name, Old: old.plugin, Next: next, OldInfo: old.info, NextInfo: info}
 	plan, err := m.cfg.dispatcher.plan(h, cfg.host)
 	if err != nil {
-		return fail("preflight", err, nil)
+		return fail("preflight", err, nil, ErrorCode(err))
 	}
 	if err := preflight(ctx, plan, h); err != nil {
 		return fail("preflight", err, nil, ErrorCode(err))

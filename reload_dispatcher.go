@@ -165,6 +165,15 @@ func (d *ReloadDispatcher) plan(h *Handoff, host []ReloadKind) ([]ReloadKind, er
 			plan = append(plan, k)
 		}
 	}
+	for i, k := range host {
+		taken := func(x ReloadKind) bool { return x.Surface == k.Surface }
+		switch {
+		case k.Surface == "":
+			return nil, newError(CodeInvalidConfig, h.Plugin, "a host-owned handoff (WithHandoff) has no Surface; name it for reports and errors")
+		case slices.ContainsFunc(d.kinds, taken) || slices.ContainsFunc(host[:i], taken):
+			return nil, newError(CodeInvalidConfig, h.Plugin, "the host-owned handoff %q reuses the name of another reload kind; give it a name of its own", k.Surface)
+		}
+	}
 	return append(plan, host...), nil
 }
 

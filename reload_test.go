@@ -322,6 +322,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		step        string
 		handed      []Surface // the error carries bytes for these kinds
 		oldResumes  int       // times the old plugin resumed its stream (undo)
+		parks       bool      // the reload pauses long enough to park calls
 	}
 	all := []Surface{SurfaceSchema, SurfaceState, SurfaceStream}
 	rows := []row{
@@ -374,6 +375,31 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			want:      []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
 		},
 		{
+			name: "next lacks the methods of its surfaces", oldSurfaces: all,
+			nextValue: func(_, _ *swappable) Plugin[int, int] {
+				return &scripted{name: "sw", version: "1.1.0", surfaces: all}
+			},
+			want: []error{ErrReloadFailed}, phase: "preflight", kind: "schema", step: "preflight",
+		},
+		{
+			name: "host kind without a name", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					return nil, nil
+				}})}
+			},
+			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
+		},
+		{
+			name: "host kind reuses a built-in name", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{Surface: SurfaceState, Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					return nil, nil
+				}})}
+			},
+			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
+		},
+		{
 			name: "next drops a surface", oldSurfaces: all, nextSurfaces: []Surface{SurfaceSchema, SurfaceState},
 			want: []error{ErrReloadFailed}, phase: "preflight",
 		},
@@ -390,7 +416,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
 				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond)}
 			},
-			want: []error{ErrReloadFailed, ErrDrainTimeout}, phase: "drain",
+			want: []error{ErrReloadFailed, ErrDrainTimeout}, phase: "drain", parks: true,
 		},
 		{
 			name: "ctx cancelled during drain", oldSurfaces: all, nextSurfaces: all, hold: true,
@@ -598,6 +624,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			assert.Contains(t, err.Error(), `plugin "sw"`)
 			assert.NotContains(t, err.Error(), "\n", "one-line message")
 			assert.Equal(t, uint64(1), rep.Generation)
+			if r.parks {
+				assert.Positive(t, rep.ParkedCalls, "calls were parked, then released to the old plugin")
+			}
 			if r.phase == "preflight" {
 				assert.Zero(t, rep.Drain, "preflight failed before traffic was touched")
 				assert.Zero(t, rep.ParkedCalls)
