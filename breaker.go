@@ -189,7 +189,8 @@ func (b *breaker) record(callerCtx context.Context, t ticket, err error) {
 		return
 	}
 	now, calls := b.now(), b.calls()
-	if b.windowStart.IsZero() || now.Sub(b.windowStart) >= b.cfg.Window {
+	if now.Sub(b.windowStart) >= b.cfg.Window {
+		// The window rolls on a failure: it starts with this call.
 		b.windowStart, b.windowBase, b.windowFailures = now, calls-1, 0
 	}
 	b.windowFailures++
@@ -197,6 +198,12 @@ func (b *breaker) record(callerCtx context.Context, t ticket, err error) {
 	if inWindow >= uint64(b.cfg.MinCalls) && float64(b.windowFailures)/float64(inWindow) >= b.cfg.FailureRate {
 		b.open()
 	}
+}
+
+// startWindow starts a failure-rate window now; it runs when the breaker is
+// made and each time it closes.
+func (b *breaker) startWindow() {
+	b.windowStart, b.windowBase, b.windowFailures = b.now(), b.calls(), 0
 }
 
 func (b *breaker) isFailure(callerCtx context.Context, err error) bool {
@@ -223,7 +230,9 @@ func (b *breaker) transition(to BreakerState) {
 	}
 	b.consecutive.Store(0)
 	b.probeSuccesses = 0
-	b.windowStart = time.Time{}
+	if to == BreakerClosed {
+		b.startWindow()
+	}
 	b.state.Store(int32(to))
 	if b.onChange != nil {
 		b.onChange(from, to)

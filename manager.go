@@ -170,6 +170,7 @@ func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req,
 			m.emit(Event{Kind: kind, Plugin: name})
 		},
 	}
+	e.brk.startWindow()
 	return e
 }
 
