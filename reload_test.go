@@ -855,6 +855,15 @@ func TestReloadSerializedPerPlugin(t *testing.T) {
 	// The second reload waits for the first to end before it starts.
 	waitBlockedIn(t, ").Reload(", ").lock(")
 	assert.Empty(t, entered, "the second reload started while the first ran")
+	// A third one gives up when its ctx ends while it waits.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	third := newEcho("echo", "1.3.0")
+	_, err := m.Reload(ctx, "echo", third, WithHandoff(blockingKind("conn", entered, release)))
+	assert.ErrorIs(t, err, ErrReloadFailed)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Empty(t, entered, "the third reload never started its handoffs")
+	assert.Zero(t, third.closed.Load())
 	close(release)
 
 	r1, r2 := <-first, <-second
