@@ -98,6 +98,7 @@ type ReloadReport struct {
 	Handed          map[Surface][]byte
 	BytesHandedOver int
 	// CloseErr is the old plugin's Close error after a successful commit.
+	// Close gets the plugin's health-check timeout (see HealthConfig).
 	CloseErr error
 }
 
@@ -289,7 +290,7 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 
 	// Phase 3: dispatch the handoffs.
 	t = time.Now()
-	steps, err, undoErr := dispatch(pause, plan, h, m.cfg.plugin.health.Timeout+cfg.drain)
+	steps, err, undoErr := dispatch(pause, plan, h, e.cfg.health.Timeout+cfg.drain)
 	rep.Steps, rep.Dispatch = steps, time.Since(t)
 	if err != nil {
 		resume()
@@ -320,7 +321,9 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 		rep.BytesHandedOver += len(b)
 	}
 	rep.setParked(gt)
-	rep.CloseErr = old.close(context.WithoutCancel(ctx), name)
+	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.health.Timeout)
+	rep.CloseErr = old.close(closeCtx, name)
+	cancelClose()
 	rep.Total = time.Since(began)
 	m.cfg.logger.Info("goplugins: plugin reloaded", "plugin", name, "from", rep.From, "to", rep.To,
 		"parked", rep.ParkedCalls, "pause", rep.Drain+rep.Dispatch+rep.Commit)

@@ -14,13 +14,17 @@ type ReloadKind struct {
 	// Surface names the kind. For kinds registered with a dispatcher it is
 	// the surface a plugin declares in PluginInfo.Surfaces.
 	Surface Surface
-	// Preflight, if set, runs before any traffic is touched. An error stops
-	// the reload with nothing changed.
+	// Preflight, if set, runs before any traffic is touched. An error (or a
+	// panic) stops the reload with nothing changed.
 	Preflight func(ctx context.Context, h *Handoff) error
-	// Transfer, if set, runs after the old plugin is drained. It returns an
-	// undo that puts the old plugin back as it was, run (in reverse order
-	// with the other kinds' undos) if this or a later step fails. On error
-	// Transfer returns the undo for what it did before failing, or nil.
+	// Transfer, if set, runs after the old plugin is drained; its ctx ends
+	// at the drain timeout or with the reload's ctx. It returns an undo that
+	// puts the old plugin back as it was, run (in reverse order with the
+	// other kinds' undos) if this or a later step fails, or if the reload's
+	// ctx ends before the commit. On error Transfer returns the undo for
+	// what it did before failing, or nil. A panic counts as an error. Undos
+	// run even after ctx has ended, bounded by the drain timeout plus the
+	// plugin's health-check timeout; every undo runs even if one fails.
 	Transfer func(ctx context.Context, h *Handoff) (undo func(context.Context) error, err error)
 }
 
