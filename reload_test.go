@@ -304,14 +304,15 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 	errInjected := errors.New("injected failure")
 	type row struct {
 		name string
-		// old and next declare these surfaces; next is nil if nilNext.
+		// old and next declare these surfaces.
 		oldSurfaces, nextSurfaces []Surface
 		nextName, nextVersion     string
 		// nextValue, if set, gives the value passed to Reload instead of next.
 		nextValue func(old, next *swappable) Plugin[int, int]
-		// inject sets up the failure; it may return reload options, a
-		// manager option, and hold a call in flight on old.
-		inject  func(t *testing.T, old, next *swappable, cancel context.CancelFunc) []ReloadOption
+		// inject sets up the failure on the plugins or the reload's ctx
+		// and returns the reload's options.
+		inject func(t *testing.T, old, next *swappable, cancel context.CancelFunc) []ReloadOption
+		// mgrOpts returns the manager's options.
 		mgrOpts func(t *testing.T) []Option
 		hold    bool // keep a call in flight on old through the reload
 		// cancelInDrain cancels the reload's ctx once the plugin is gated.
@@ -639,6 +640,12 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				extra++
 			}
 			n, pos, streaming := old.snapshot()
+			if b, ok := re.Handed[SurfaceState]; ok {
+				persisted, err := decodeInt(b)
+				require.NoError(t, err)
+				assert.LessOrEqual(t, persisted, n, "the error carries the state persisted during the reload")
+				assert.Positive(t, persisted)
+			}
 			assert.Equal(t, ok+extra, int64(n0), "the old plugin's last answer counts every call made")
 			assert.Equal(t, ok+extra, int64(n), "the old plugin's state counts every call: nothing lost or doubled")
 			assert.Equal(t, ok+extra, old.execs.Load())
