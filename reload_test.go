@@ -44,8 +44,9 @@ type swappable struct {
 	resumes     int
 	checkpoints int
 
-	execs  atomic.Int64 // Execute calls that ran on this value
-	closed atomic.Int32
+	execs        atomic.Int64 // Execute calls that ran on this value
+	closed       atomic.Int32
+	execsAtClose atomic.Int64 // execs when Close was called
 }
 
 // newSwappable returns a plugin that declares surfaces. It does not stream
@@ -75,7 +76,11 @@ func (p *swappable) Execute(_ context.Context, req int) (int, error) {
 }
 
 func (p *swappable) Health(context.Context) error { return nil }
-func (p *swappable) Close(context.Context) error  { p.closed.Add(1); return nil }
+func (p *swappable) Close(context.Context) error {
+	p.execsAtClose.Store(p.execs.Load())
+	p.closed.Add(1)
+	return nil
+}
 
 func (p *swappable) PersistState(context.Context) ([]byte, error) {
 	if p.failPersist != nil {
@@ -1062,4 +1067,66 @@ func TestReloadNotRegistered(t *testing.T) {
 	m := newReloadManager(t)
 	_, err := m.Reload(context.Background(), "nope", newEcho("nope", "1.0.0"))
 	assert.ErrorIs(t, err, ErrNotFound)
+}
+
+func TestReloadWaitsForTimedOutCall(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t, WithTimeout(10*time.Millisecond))
+	old := newSwappable("sw", "1.0.0")
+	old.hold, old.held = make(chan struct{}), make(chan struct{}, 1)
+	require.NoError(t, m.Register(old))
+	// The caller gives up at the timeout; the call runs on, detached.
+	_, err := m.Execute(context.Background(), "sw", holdReq)
+	require.ErrorIs(t, err, ErrTimeout)
+	<-old.held
+
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"))
+		reloaded <- err
+	}()
+	waitBlockedIn(t, ").Reload(", ").drain(")
+	assert.Empty(t, reloaded, "the reload committed with a call still running")
+	close(old.hold)
+	require.NoError(t, <-reloaded)
+	assert.Equal(t, int32(1), old.closed.Load())
+	assert.Equal(t, int64(1), old.execsAtClose.Load(), "the old plugin was closed after its last call returned")
+}
+
+func TestReloadAbortedByShutdownDuringDrain(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old, next := newSwappable("sw", "1.0.0", SurfaceState), newSwappable("sw", "1.1.0", SurfaceState)
+	old.hold, old.held = make(chan struct{}), make(chan struct{}, 1)
+	require.NoError(t, m.Register(old))
+	held := make(chan error, 1)
+	go func() {
+		_, err := m.Execute(context.Background(), "sw", holdReq)
+		held <- err
+	}()
+	<-old.held
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "sw", next)
+		reloaded <- err
+	}()
+	waitBlockedIn(t, ").Reload(", ").drain(")
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- m.Shutdown(context.Background()) }()
+
+	err := <-reloaded
+	assert.ErrorIs(t, err, ErrReloadFailed)
+	assert.ErrorIs(t, err, ErrShuttingDown)
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, "drain", re.Phase)
+	// Shutdown waits for the call in flight, then closes the old plugin.
+	close(old.hold)
+	require.NoError(t, <-held, "the call in flight finishes on the old plugin")
+	require.NoError(t, <-shutdown)
+	n, _, _ := old.snapshot()
+	assert.Equal(t, 1, n)
+	assert.Equal(t, int32(1), old.closed.Load())
+	assert.Equal(t, int64(1), old.execsAtClose.Load(), "closed after its last call")
+	assert.Zero(t, next.closed.Load())
 }
