@@ -267,6 +267,9 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 	}
 	rep.Preflight = time.Since(began)
 
+	// Made before the pause, to keep the pause short.
+	ng := newGeneration(next, info, e.genSeq+1)
+
 	// Phase 2: drain. New calls park on the gate; calls in flight finish.
 	pause, cancelPause := context.WithTimeout(ctx, cfg.drain)
 	defer cancelPause()
@@ -307,8 +310,7 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 
 	// Phase 4: commit.
 	t = time.Now()
-	e.genSeq++
-	ng := newGeneration(next, info, e.genSeq)
+	e.genSeq = ng.id
 	e.ctr.retiredStarted.Add(old.startedCalls())
 	e.ctr.retiredCalls.Add(old.calls())
 	e.resetState()
