@@ -79,14 +79,20 @@ func WithReloadDispatcher(d *ReloadDispatcher) Option {
 
 // ReloadReport describes a reload, successful or not.
 type ReloadReport struct {
-	Plugin   string
-	From, To string // versions
+	// Plugin is the plugin's name.
+	Plugin string
+	// From and To are the old and the next version (To is empty when the
+	// next plugin's Info could not be read).
+	From, To string
 	// Generation is the generation serving after the reload (unchanged
 	// when it failed).
 	Generation uint64
-	// Steps lists the kinds whose transfer completed, in order.
+	// Steps lists the kinds whose transfer completed, in order (after a
+	// failure, they were undone).
 	Steps []Surface
-	// Phase timings.
+	// Preflight, Drain, Dispatch and Commit time the phases that ran;
+	// Total times the whole reload, including the wait for another reload
+	// of the plugin to end. Drain+Dispatch+Commit is the traffic pause.
 	Preflight, Drain, Dispatch, Commit, Total time.Duration
 	// ParkedCalls is how many calls were parked and released; ParkP50,
 	// ParkP99 and ParkMax describe how long they were parked.
@@ -215,7 +221,7 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 			re.Kind, re.Step = se.kind, se.step
 		}
 		if h != nil {
-			rep.Handed = h.recorded()
+			rep.setHanded(h)
 			re.Handed = rep.Handed
 		}
 		re.Report = rep
@@ -318,10 +324,7 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 	gt.open()
 	rep.Commit = time.Since(t)
 	rep.Generation = ng.id
-	rep.Handed = h.recorded()
-	for _, b := range rep.Handed {
-		rep.BytesHandedOver += len(b)
-	}
+	rep.setHanded(h)
 	rep.setParked(gt)
 	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.health.Timeout)
 	rep.CloseErr = old.close(closeCtx, name)
@@ -338,6 +341,15 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 func isSameValue(a, b any) bool {
 	t := reflect.TypeOf(a)
 	return t != nil && t.Kind() == reflect.Pointer && t == reflect.TypeOf(b) && a == b
+}
+
+// setHanded fills in what the kinds handed over.
+func (r *ReloadReport) setHanded(h *Handoff) {
+	r.Handed = h.recorded()
+	r.BytesHandedOver = 0
+	for _, b := range r.Handed {
+		r.BytesHandedOver += len(b)
+	}
 }
 
 // setParked fills in the parked-call figures from an opened gate.

@@ -627,6 +627,12 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			assert.Equal(t, r.step, re.Step)
 			assert.NoError(t, re.RollbackErr)
 			assert.ElementsMatch(t, r.handed, slices.Collect(maps.Keys(re.Handed)))
+			assert.Equal(t, re.Handed, rep.Handed)
+			handedBytes := 0
+			for _, b := range re.Handed {
+				handedBytes += len(b)
+			}
+			assert.Equal(t, handedBytes, rep.BytesHandedOver)
 			assert.Contains(t, err.Error(), `plugin "sw"`)
 			assert.NotContains(t, err.Error(), "\n", "one-line message")
 			assert.Equal(t, uint64(1), rep.Generation)
