@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"runtime"
 	"slices"
 	"strings"
@@ -1135,4 +1136,67 @@ func TestReloadAbortedByShutdownDuringDrain(t *testing.T) {
 	assert.Equal(t, int32(1), old.closed.Load())
 	assert.Equal(t, int64(1), old.execsAtClose.Load(), "closed after its last call")
 	assert.Zero(t, next.closed.Load())
+}
+
+func TestReloadRandomFailuresUnderLoad(t *testing.T) {
+	verifyNoLeaks(t)
+	const reloads = 300
+	errInjected := errors.New("injected failure")
+	m := newReloadManager(t)
+	surfaces := []Surface{SurfaceState, SurfaceStream}
+	current := newSwappable("sw", "1.0.0", surfaces...)
+	current.streaming = true
+	require.NoError(t, m.Register(current))
+	l := startLoad(t, m, "sw", 3)
+
+	rng := rand.New(rand.NewPCG(1, 2))
+	var replaced, refused []*swappable
+	for i := range reloads {
+		next := newSwappable("sw", fmt.Sprintf("1.0.%d", i+1), surfaces...)
+		var opts []ReloadOption
+		switch rng.IntN(10) { // 0-4 fail a step, the rest commit
+		case 0:
+			current.failPersist = errInjected
+		case 1:
+			next.failRestore = errInjected
+		case 2:
+			current.failCheckpoint = errInjected
+		case 3:
+			next.failResume = errInjected
+		case 4:
+			opts = append(opts, WithHandoff(ReloadKind{
+				Surface: "conn",
+				Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					return nil, errInjected
+				},
+			}))
+		}
+		_, err := m.Reload(context.Background(), "sw", next, opts...)
+		current.failPersist, current.failCheckpoint = nil, nil
+		if err != nil {
+			require.ErrorIs(t, err, errInjected, "reload %d", i)
+			refused = append(refused, next)
+			continue
+		}
+		replaced = append(replaced, current)
+		current = next
+	}
+	ok := l.end(t)
+
+	n, _, streaming := current.snapshot()
+	assert.Equal(t, int(ok), n, "the serving plugin's state counts every call across successful and failed reloads")
+	assert.True(t, streaming)
+	assert.Zero(t, current.closed.Load())
+	for _, p := range replaced {
+		assert.Equal(t, int32(1), p.closed.Load())
+		_, _, streaming := p.snapshot()
+		assert.False(t, streaming, "a replaced plugin stopped its stream")
+	}
+	for _, p := range refused {
+		assert.Zero(t, p.closed.Load())
+		assert.Zero(t, p.execs.Load())
+		_, _, streaming := p.snapshot()
+		assert.False(t, streaming, "a refused plugin's stream was stopped")
+	}
+	t.Logf("%d calls, %d reloads committed, %d rolled back", ok, len(replaced), len(refused))
 }
