@@ -30,8 +30,8 @@ type callShard struct {
 // The drain protocol: the drainer sets gate, then waits until every call
 // that started has finished. A caller increments started, then loads gate;
 // if gate is set it backs out (counts the start out without running) and
-// parks on the gate. Go's atomics are sequentially consistent, so either the caller sees
-// the gate or the drainer sees the caller's start.
+// parks on the gate. Go's atomics are sequentially consistent, so either
+// the caller sees the gate or the drainer sees the caller's start.
 type generation[Req, Resp any] struct {
 	shards [counterShards]callShard
 

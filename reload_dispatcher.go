@@ -255,11 +255,11 @@ func dispatch(ctx context.Context, plan []ReloadKind, h *Handoff, rollbackTimeou
 	return steps, err, undoErr
 }
 
-// callSafely runs f, turning a panic into an error.
+// callSafely runs f, turning a panic into an error matching ErrPanic.
 func callSafely(f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("panic: %v", r)
+			err = newError(CodePanic, "", "a reload kind panicked (%v); the host recovered, but the kind has a bug to fix", r)
 		}
 	}()
 	return f()
@@ -323,7 +323,8 @@ var streamKind = ReloadKind{
 			return resumeOld, failStep(SurfaceStream, "resume", err)
 		}
 		// Undo after the next plugin resumed: stop it first, so that the
-		// stream is never processed by both.
+		// stream is never processed by both. If it cannot be stopped, the
+		// old plugin stays stopped and the rollback error says why.
 		return func(ctx context.Context) error {
 			if _, err := next.Checkpoint(ctx); err != nil {
 				return fmt.Errorf("stopping the next plugin's stream: %w", err)

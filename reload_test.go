@@ -489,7 +489,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 					},
 				})}
 			},
-			want: []error{ErrReloadFailed}, phase: "dispatch", kind: "conn", step: "transfer",
+			want: []error{ErrReloadFailed, ErrPanic}, phase: "dispatch", kind: "conn", step: "transfer",
 			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
 		},
 		{
@@ -1199,4 +1199,33 @@ func TestReloadRandomFailuresUnderLoad(t *testing.T) {
 		assert.False(t, streaming, "a refused plugin's stream was stopped")
 	}
 	t.Logf("%d calls, %d reloads committed, %d rolled back", ok, len(replaced), len(refused))
+}
+
+func TestReloadStreamRollbackNeverRunsBothStreams(t *testing.T) {
+	verifyNoLeaks(t)
+	errStop, errHost := errors.New("cannot stop"), errors.New("host handoff failed")
+	m := newReloadManager(t)
+	old := newSwappable("sw", "1.0.0", SurfaceStream)
+	old.streaming = true
+	require.NoError(t, m.Register(old))
+	next := newSwappable("sw", "1.1.0", SurfaceStream)
+	next.failCheckpoint = errStop
+
+	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(ReloadKind{
+		Surface: "conn",
+		Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+			return nil, errHost
+		},
+	}))
+	assert.ErrorIs(t, err, errHost)
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	assert.ErrorIs(t, re.RollbackErr, errStop)
+	_, _, oldStreaming := old.snapshot()
+	_, _, nextStreaming := next.snapshot()
+	assert.True(t, nextStreaming, "the next plugin could not be stopped")
+	assert.False(t, oldStreaming, "so the old one did not resume: the stream never runs twice")
+	assert.Equal(t, encodeInt(0), re.Handed[SurfaceStream], "the checkpoint is in the error")
+	_, err = m.Execute(context.Background(), "sw", 0)
+	assert.NoError(t, err, "the old plugin still serves calls")
 }
