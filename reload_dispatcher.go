@@ -112,7 +112,9 @@ func (h *Handoff) recorded() map[Surface][]byte {
 //	            streams), passed per reload with WithHandoff
 //
 // A registered kind runs when the next plugin declares its surface;
-// host-owned kinds always run. The state and stream kinds hand nothing over
+// host-owned kinds always run. A surface the old plugin declares must be
+// declared by the next one too and have a kind, or the reload is refused
+// in preflight: what it holds would be lost. The state and stream kinds hand nothing over
 // when the old plugin lacks the surface: the next plugin starts fresh.
 type ReloadDispatcher struct {
 	mu    sync.RWMutex
@@ -155,14 +157,21 @@ func (d *ReloadDispatcher) Kinds() []Surface {
 // order), then the host-owned ones, or an error if the next plugin drops a
 // surface the old one has.
 func (d *ReloadDispatcher) plan(h *Handoff, host []ReloadKind) ([]ReloadKind, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	for _, s := range h.OldInfo.Surfaces {
-		if s != SurfaceSchema && !h.NextInfo.Has(s) {
+		if s == SurfaceSchema {
+			continue
+		}
+		if !h.NextInfo.Has(s) {
 			return nil, fmt.Errorf("the next version (%s) drops the %q surface of version %s, so its %s would be lost; declare it in the next version",
 				h.NextInfo.Version, s, h.OldInfo.Version, s)
 		}
+		if !slices.ContainsFunc(d.kinds, func(k ReloadKind) bool { return k.Surface == s }) {
+			return nil, newError(CodeInvalidConfig, h.Plugin,
+				"no reload kind handles the %q surface the plugin declares, so its %s would be lost; register one with ReloadDispatcher.Register and pass the dispatcher with WithReloadDispatcher", s, s)
+		}
 	}
-	d.mu.RLock()
-	defer d.mu.RUnlock()
 	var plan []ReloadKind
 	for _, k := range d.kinds {
 		if h.NextInfo.Has(k.Surface) {

@@ -407,6 +407,10 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
 		},
 		{
+			name: "no kind for a declared surface", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
+			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
+		},
+		{
 			name: "next drops a surface", oldSurfaces: all, nextSurfaces: []Surface{SurfaceSchema, SurfaceState},
 			want: []error{ErrReloadFailed}, phase: "preflight",
 		},
