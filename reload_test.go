@@ -749,6 +749,7 @@ func TestReloadReportAndEvents(t *testing.T) {
 	}
 	parkedCall := make(chan result, 1)
 	rep, err := m.Reload(context.Background(), "sw", next,
+		WithDependentConstraint("app", "^1.0.0"), // 1.1.0 meets it
 		WithHandoff(ReloadKind{
 			Surface: "conn",
 			Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
