@@ -7,6 +7,7 @@ require (
 	github.com/agilira/go-errors v1.1.2
 	github.com/stretchr/testify v1.12.1
 	go.uber.org/goleak v1.3.0
+	golang.org/x/sys v0.49.0
 )
 
 require (
