@@ -58,7 +58,7 @@ type tlsFiles struct{ cert, key, clientCA string }
 // else "json").
 func WithCodec(c sdk.Codec) Option { return func(cf *config) { cf.codecs = append(cf.codecs, c) } }
 
-// WithTLS makes ListenAndServe serve TLS with the PEM certificate and key
+// WithTLS makes ListenAndServe and ServeListener serve TLS with the PEM certificate and key
 // files. When clientCAFile is not empty, clients must present a
 // certificate signed by a CA in that PEM file (mTLS). Serve ignores it: a
 // host-started child uses the host's automatic mTLS when asked for.
@@ -106,23 +106,8 @@ func Serve[Req, Resp any](p sdk.Plugin[Req, Resp], info sdk.Info, opts ...Option
 }
 
 // ListenAndServe serves p as a remote plugin service on addr ("host:port",
-// ":port", "unix:///path" or "unix:path") until ctx ends, then stops
-// gracefully: it finishes the calls in flight and returns nil. It refuses
-// the Shutdown RPC (a service may have many hosts); stop it through ctx,
-// e.g. with signal.NotifyContext. Serve TLS or mTLS with WithTLS.
+// ":port", "unix:///path" or "unix:path"); see ServeListener.
 func ListenAndServe[Req, Resp any](ctx context.Context, addr string, p sdk.Plugin[Req, Resp], info sdk.Info, opts ...Option) error {
-	var cf config
-	for _, o := range opts {
-		o(&cf)
-	}
-	var creds credentials.TransportCredentials
-	if cf.tls != nil {
-		c, err := fileTLS(*cf.tls)
-		if err != nil {
-			return err
-		}
-		creds = c
-	}
 	network, address := "tcp", addr
 	if rest, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, address = "unix", strings.TrimPrefix(rest, "//")
@@ -131,6 +116,28 @@ func ListenAndServe[Req, Resp any](ctx context.Context, addr string, p sdk.Plugi
 	lis, err := lc.Listen(ctx, network, address)
 	if err != nil {
 		return fmt.Errorf("grpcplugin: listening on %s: %w", addr, err)
+	}
+	return ServeListener(ctx, lis, p, info, opts...)
+}
+
+// ServeListener serves p as a remote plugin service on lis, which it
+// closes, until ctx ends; then it stops gracefully: it finishes the calls
+// in flight and returns nil. It refuses the Shutdown RPC (a service may
+// have many hosts); stop it through ctx, e.g. with signal.NotifyContext.
+// Serve TLS or mTLS with WithTLS.
+func ServeListener[Req, Resp any](ctx context.Context, lis net.Listener, p sdk.Plugin[Req, Resp], info sdk.Info, opts ...Option) error {
+	var cf config
+	for _, o := range opts {
+		o(&cf)
+	}
+	var creds credentials.TransportCredentials
+	if cf.tls != nil {
+		c, err := fileTLS(*cf.tls)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		creds = c
 	}
 	return serve(ctx, lis, creds, false, p, info, opts)
 }
