@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/goplugins/goplugins/internal/pluginpb"
 	"github.com/goplugins/goplugins/sdk"
@@ -412,6 +413,7 @@ func TestGRPCChildLifecycle(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("close stops the child and removes its socket", func(t *testing.T) {
+		fds := grpcOpenFDs(t)
 		p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, AutoMTLS: true})
 		require.NoError(t, err)
 		dir, pid := p.child.dir, p.child.proc.Pid()
@@ -437,6 +439,7 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		_, err = p.Execute(ctx, counterReq{Op: "echo"})
 		require.ErrorIs(t, err, ErrClosed)
 		require.NoError(t, p.Close(ctx), "Close is idempotent")
+		assert.Equal(t, fds, grpcOpenFDs(t), "descriptors open before and after")
 	})
 
 	t.Run("a crash is reported", func(t *testing.T) {
@@ -533,4 +536,36 @@ func TestGRPCReloadHandsStateOver(t *testing.T) {
 	_, err = os.Stat(filepath.Join("/proc", strconv.Itoa(oldPid)))
 	assert.True(t, os.IsNotExist(err), "v1's process %d is gone", oldPid)
 	require.NoError(t, m.Shutdown(ctx))
+}
+
+func TestGRPCProtoCodec(t *testing.T) {
+	verifyNoLeaks(t)
+	lis, target := unixListener(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- grpcplugin.ServeListener[*wrapperspb.BytesValue, *wrapperspb.BytesValue](ctx, lis, benchEcho{}, sdk.Info{Name: "echo", Version: "1.0.0"})
+	}()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+
+	p, err := NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target})
+	require.NoError(t, err)
+	defer p.Close(context.Background())
+	assert.Equal(t, "proto", p.codec, "protobuf message types choose the proto codec")
+	resp, err := p.Execute(context.Background(), wrapperspb.Bytes([]byte{0, 1, 2, 255}))
+	require.NoError(t, err)
+	assert.Equal(t, []byte{0, 1, 2, 255}, resp.Value)
+
+	_, err = NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target, Codec: JSONCodec})
+	require.ErrorIs(t, err, ErrInvalidConfig, "the plugin accepts only proto; a JSON host is refused before any call")
+}
+
+// grpcOpenFDs counts the test process's open descriptors.
+func grpcOpenFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd on this system")
+	}
+	return len(ents)
 }
