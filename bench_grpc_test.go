@@ -79,7 +79,9 @@ func BenchmarkGRPCRoundTrip(b *testing.B) {
 
 // rawEcho is a bare goplugins.plugin.v1.Plugin server that echoes the
 // payload: what BenchmarkGRPCRawUnary calls.
-type rawEcho struct{ pluginpb.UnimplementedPluginServer }
+type rawEcho struct {
+	pluginpb.UnimplementedPluginServer
+}
 
 func (rawEcho) Execute(_ context.Context, r *pluginpb.ExecuteRequest) (*pluginpb.ExecuteResponse, error) {
 	return &pluginpb.ExecuteResponse{Payload: r.Payload}, nil

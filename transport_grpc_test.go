@@ -265,9 +265,9 @@ func TestGRPCHealthService(t *testing.T) {
 // testPKI is a CA with a server and a client certificate, written as PEM
 // files, plus an unrelated CA.
 type testPKI struct {
-	caFile, otherCAFile            string
-	serverCert, serverKey          string
-	clientCert, clientKey          string
+	caFile, otherCAFile             string
+	serverCert, serverKey           string
+	clientCert, clientKey           string
 	otherClientCert, otherClientKey string
 }
 

@@ -49,7 +49,9 @@ func (testPlugin) RestoreState(context.Context, []byte) error   { return nil }
 // serveTest serves p on a unix socket and returns a client of it.
 func serveTest[Req, Resp any](t *testing.T, p sdk.Plugin[Req, Resp]) pluginpb.PluginClient {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreTopFunction("github.com/agilira/go-timecache.(*TimeCache).updateLoop")) })
+	t.Cleanup(func() {
+		goleak.VerifyNone(t, goleak.IgnoreTopFunction("github.com/agilira/go-timecache.(*TimeCache).updateLoop"))
+	})
 	dir, err := os.MkdirTemp("", "gps-")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
