@@ -1,6 +1,7 @@
 package goplugins
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -414,7 +417,9 @@ func TestGRPCChildLifecycle(t *testing.T) {
 
 	t.Run("close stops the child and removes its socket", func(t *testing.T) {
 		fds := grpcOpenFDs(t)
-		p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, AutoMTLS: true})
+		var logs syncBuffer
+		logger := slog.New(slog.NewTextHandler(&logs, nil))
+		p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, AutoMTLS: true, Logger: logger})
 		require.NoError(t, err)
 		dir, pid := p.child.dir, p.child.proc.Pid()
 		fi, err := os.Stat(dir)
@@ -435,6 +440,7 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		_, err = os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
 		assert.True(t, os.IsNotExist(err), "plugin process %d still exists", pid)
 		assert.Equal(t, 0, p.child.proc.State().ExitCode(), "the child exited gracefully after Shutdown")
+		assert.Contains(t, logs.String(), `msg="grpc-counter 1.0.0 starting" plugin=counter stream=stderr`, "the child's stderr reaches the logger")
 
 		_, err = p.Execute(ctx, counterReq{Op: "echo"})
 		require.ErrorIs(t, err, ErrClosed)
@@ -558,6 +564,24 @@ func TestGRPCProtoCodec(t *testing.T) {
 
 	_, err = NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target, Codec: JSONCodec})
 	require.ErrorIs(t, err, ErrInvalidConfig, "the plugin accepts only proto; a JSON host is refused before any call")
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // grpcOpenFDs counts the test process's open descriptors.
