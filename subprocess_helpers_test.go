@@ -61,7 +61,9 @@ type buildError struct {
 	err  error
 }
 
-func (e *buildError) Error() string { return e.err.Error() + ": go build " + e.args[len(e.args)-1] + ":\n" + e.out }
+func (e *buildError) Error() string {
+	return e.err.Error() + ": go build " + e.args[len(e.args)-1] + ":\n" + e.out
+}
 
 // record is a log record as the recordingHandler saw it.
 type record struct {
@@ -88,7 +90,7 @@ func newRecordingHandler() *recordingHandler {
 }
 
 func (h *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h *recordingHandler) WithGroup(string) slog.Handler          { return h }
+func (h *recordingHandler) WithGroup(string) slog.Handler            { return h }
 func (h *recordingHandler) WithAttrs(as []slog.Attr) slog.Handler {
 	return &recordingHandler{attrs: append(append([]slog.Attr(nil), h.attrs...), as...), root: h.root}
 }
@@ -158,4 +160,3 @@ func checkReaped(t *testing.T, pid int) {
 		t.Errorf("plugin process %d still exists after Close: %s", pid, b)
 	}
 }
-
