@@ -2,26 +2,21 @@ package goplugins
 
 import "encoding/json"
 
-// Codec encodes the requests and responses of out-of-process plugins. Its
-// Name is sent to the plugin, which must know a codec of the same name.
-// A Codec is used from many goroutines at once.
+// Codec turns requests and responses into bytes for plugins that run out of
+// process, and back. Host and plugin must use the same codec; its Name is
+// sent so that a mismatch is reported rather than misread.
 type Codec interface {
-	// Name identifies the encoding on the wire, e.g. "json".
+	// Name identifies the codec on the wire, e.g. "json".
 	Name() string
-	// Marshal encodes v.
 	Marshal(v any) ([]byte, error)
-	// Unmarshal decodes data into the value v points to.
 	Unmarshal(data []byte, v any) error
 }
 
-// JSONCodec is the default Codec, named "json": encoding/json.
-type JSONCodec struct{}
+// JSONCodec encodes with encoding/json. It is the default codec.
+var JSONCodec Codec = jsonCodec{}
 
-// Name returns "json".
-func (JSONCodec) Name() string { return "json" }
+type jsonCodec struct{}
 
-// Marshal encodes v with encoding/json.
-func (JSONCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
-
-// Unmarshal decodes data into v with encoding/json.
-func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+func (jsonCodec) Name() string                       { return "json" }
+func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
+func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }

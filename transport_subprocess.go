@@ -183,7 +183,7 @@ func (s *Subprocess[Req, Resp]) validate() error {
 		cfg.Restart.MaxBackoff = max(DefaultMaxBackoff, cfg.Restart.Backoff)
 	}
 	if s.codec == nil {
-		s.codec = JSONCodec{}
+		s.codec = JSONCodec
 	}
 	if s.log == nil {
 		s.log = slog.Default()
