@@ -33,7 +33,7 @@ type echoPlugin = Subprocess[echoReq, echoResp]
 
 // startEcho starts the echo plugin with cfg adjusted by mod; it is closed
 // at cleanup.
-func startEcho(t *testing.T, h *recordingHandler, mod func(*SubprocessConfig)) *echoPlugin {
+func startEcho(t testing.TB, h *recordingHandler, mod func(*SubprocessConfig)) *echoPlugin {
 	t.Helper()
 	if h == nil {
 		h = newRecordingHandler()
