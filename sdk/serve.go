@@ -49,6 +49,12 @@ func Serve[Req, Resp any](p Plugin[Req, Resp], info Info, opts ...Option) error 
 	if os.Getenv(wire.CookieKey) != wire.CookieValue {
 		return ErrNotLaunched
 	}
+	// Non-blocking descriptors go to the runtime's poller: a reader parked
+	// there lets the handler it just started run on the same thread at
+	// once, instead of waiting for another thread to steal it.
+	for _, fd := range []int{wire.HostToPluginFD, wire.PluginToHostFD} {
+		_ = syscall.SetNonblock(fd, true) // on failure the descriptor just blocks
+	}
 	in := os.NewFile(wire.HostToPluginFD, "goplugins-host-to-plugin")
 	out := os.NewFile(wire.PluginToHostFD, "goplugins-plugin-to-host")
 	for _, f := range []*os.File{in, out} {
