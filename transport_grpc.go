@@ -83,7 +83,8 @@ type GRPCConfig struct {
 	// DefaultGRPCStartTimeout.
 	StartTimeout time.Duration
 	// Logger receives the child's stdout and stderr, one record a line,
-	// tagged with the plugin's name. Nil means slog.Default().
+	// tagged with the plugin's name; JSON log lines keep their level. Nil
+	// means slog.Default().
 	Logger *slog.Logger
 	// DialOptions are added to the host's own when the connection is made
 	// (e.g. interceptors, keepalive, grpc.WithConnectParams).
@@ -612,10 +613,12 @@ func socketTempDir() string {
 	return "/tmp"
 }
 
-// lineLogger logs each line a child writes, tagged with its stream.
+// lineLogger logs each line a child writes, tagged with its stream; a JSON
+// log line keeps its level, message and fields (see parseLogLine).
 func lineLogger(l *slog.Logger, stream string) func([]byte) {
 	return func(line []byte) {
-		l.Info(string(line), "stream", stream)
+		level, msg, attrs := parseLogLine(line)
+		l.LogAttrs(context.Background(), level, msg, append(attrs, slog.String("stream", stream))...)
 	}
 }
 

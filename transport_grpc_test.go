@@ -441,6 +441,7 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		assert.True(t, os.IsNotExist(err), "plugin process %d still exists", pid)
 		assert.Equal(t, 0, p.child.proc.State().ExitCode(), "the child exited gracefully after Shutdown")
 		assert.Contains(t, logs.String(), `msg="grpc-counter 1.0.0 starting" plugin=counter stream=stderr`, "the child's stderr reaches the logger")
+		assert.Contains(t, logs.String(), `level=WARN msg="grpc-counter is a test plugin" plugin=counter version=1.0.0 stream=stderr`, "a JSON log line keeps its level")
 
 		_, err = p.Execute(ctx, counterReq{Op: "echo"})
 		require.ErrorIs(t, err, ErrClosed)

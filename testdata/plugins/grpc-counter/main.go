@@ -114,6 +114,7 @@ func main() {
 		os.Exit(2)
 	}
 	fmt.Fprintf(os.Stderr, "grpc-counter %s starting\n", *version)
+	fmt.Fprintf(os.Stderr, `{"level":"warn","msg":"grpc-counter is a test plugin","version":%q}`+"\n", *version)
 	err := grpcplugin.Serve[Request, Response](&counter{version: *version}, sdk.Info{Name: *name, Version: *version})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "grpc-counter:", err)
