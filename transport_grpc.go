@@ -11,6 +11,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	goerrors "github.com/agilira/go-errors"
@@ -147,7 +148,7 @@ func NewGRPCPlugin[Req, Resp any](ctx context.Context, cfg GRPCConfig) (*GRPCPlu
 	defer cancel()
 	var err error
 	if cfg.Command != "" {
-		err = p.startChild(sctx, cfg)
+		err = p.startChild(cfg)
 	} else {
 		err = p.dialRemote(cfg)
 	}
@@ -206,7 +207,7 @@ func (p *GRPCPlugin[Req, Resp]) setCodec(c Codec) {
 
 // startChild starts cfg.Command serving on a unix socket in a private
 // directory and connects to it; the connection is made by the handshake.
-func (p *GRPCPlugin[Req, Resp]) startChild(ctx context.Context, cfg GRPCConfig) error {
+func (p *GRPCPlugin[Req, Resp]) startChild(cfg GRPCConfig) error {
 	var sum []byte
 	if cfg.Checksum != "" {
 		var err error
@@ -285,7 +286,7 @@ func (p *GRPCPlugin[Req, Resp]) connect(target string, opts []grpc.DialOption) e
 // sctx is bounded by the start timeout; ctx is the caller's.
 func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, cfg GRPCConfig) error {
 	if p.child != nil {
-		if err := p.awaitServing(sctx, ctx, cfg); err != nil {
+		if err := p.awaitServing(sctx, ctx); err != nil {
 			return err
 		}
 	}
@@ -318,7 +319,7 @@ func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, cfg GRPCCon
 
 // awaitServing watches the child's standard health service until it
 // reports SERVING for the plugin service, the child exits, or sctx ends.
-func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context, cfg GRPCConfig) error {
+func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context) error {
 	wctx, cancel := context.WithCancel(sctx)
 	defer cancel()
 	exited := make(chan struct{})
@@ -499,7 +500,7 @@ func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 
 func (p *GRPCPlugin[Req, Resp]) close(ctx context.Context) error {
 	var errs []error
-	if p.child != nil && p.child.proc != nil && p.client != nil {
+	if p.child != nil && p.child.proc != nil {
 		select {
 		case <-p.child.proc.Done():
 		default:
@@ -507,7 +508,9 @@ func (p *GRPCPlugin[Req, Resp]) close(ctx context.Context) error {
 			_, err := p.client.Shutdown(sctx, &pluginpb.ShutdownRequest{})
 			cancel()
 			if err != nil {
+				// Not asked politely: skip the wait for a polite exit.
 				p.log.Debug("goplugins: the gRPC plugin did not accept Shutdown; stopping it by signal", "plugin", p.name, "err", err)
+				_ = p.child.proc.Signal(syscall.SIGTERM)
 			}
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -470,7 +471,8 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		{"wrong version", GRPCConfig{Name: "counter", Version: "2.0.0", Command: bin}, ErrIncompatibleVersion},
 		{"codec the plugin lacks", GRPCConfig{Name: "counter", Command: bin, Codec: upperJSON{}}, ErrInvalidConfig},
 		{"checksum mismatch", GRPCConfig{Name: "counter", Command: bin, Checksum: "sha256:" + strings.Repeat("00", 32)}, ErrChecksumMismatch},
-		{"not a plugin", GRPCConfig{Name: "counter", Command: "/bin/true", StartTimeout: 5 * time.Second}, ErrHandshake},
+		{"not a plugin", GRPCConfig{Name: "counter", Command: "/bin/true"}, ErrHandshake},
+		{"never serves", GRPCConfig{Name: "counter", Command: "/bin/sleep", Args: []string{"60"}, StartTimeout: 200 * time.Millisecond}, ErrHandshake},
 		{"both command and endpoint", GRPCConfig{Name: "counter", Command: bin, Endpoint: "localhost:1"}, ErrInvalidConfig},
 		{"neither command nor endpoint", GRPCConfig{Name: "counter"}, ErrInvalidConfig},
 		{"TLS files for a child", GRPCConfig{Name: "counter", Command: bin, TLS: &TLSFiles{}}, ErrInvalidConfig},
@@ -479,11 +481,12 @@ func TestGRPCChildLifecycle(t *testing.T) {
 	}
 	for _, tc := range errorCases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := gpSocketDirs(t)
+			before, children := gpSocketDirs(t), grpcChildPids(t)
 			p, err := NewGRPCPlugin[counterReq, counterResp](ctx, tc.cfg)
 			require.ErrorIs(t, err, tc.want)
 			assert.Nil(t, p)
 			assert.Equal(t, before, gpSocketDirs(t), "a failed start leaves no socket directory")
+			assert.Equal(t, children, grpcChildPids(t), "a failed start leaves no child process")
 		})
 	}
 }
@@ -494,6 +497,23 @@ func gpSocketDirs(t *testing.T) []string {
 	dirs, err := filepath.Glob(filepath.Join(socketTempDir(), "gp-*"))
 	require.NoError(t, err)
 	return dirs
+}
+
+// grpcChildPids lists the test process's child processes.
+func grpcChildPids(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob("/proc/self/task/*/children")
+	require.NoError(t, err)
+	var pids []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread ended
+		}
+		pids = append(pids, strings.Fields(string(b))...)
+	}
+	slices.Sort(pids)
+	return pids
 }
 
 // upperJSON is a codec the test plugins do not have.
