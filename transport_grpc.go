@@ -576,6 +576,12 @@ func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, op string, err er
 	case codes.ResourceExhausted, codes.Aborted:
 		return retryable(newError(CodeRemote, p.name, "%s failed with %s: %s; the call may be retried", op, st.Code(), st.Message()))
 	case codes.DeadlineExceeded:
+		// gRPC can see the caller's deadline pass before ctx's own timer
+		// marks ctx done; the plugin's deadline derives from ctx's and is
+		// never earlier (grpc-timeout rounds up).
+		if d, ok := ctx.Deadline(); ok && time.Until(d) <= 0 {
+			return context.DeadlineExceeded
+		}
 		return newError(CodeTimeout, p.name, "%s got no answer in time: %s", op, st.Message())
 	case codes.Canceled:
 		return newError(CodeTransport, p.name, "%s was cancelled by the connection: %s", op, st.Message())
