@@ -614,3 +614,35 @@ func grpcOpenFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// schemaPlugin is an in-process plugin with the schema surface only: it
+// takes over from 1.x versions.
+type schemaPlugin struct{ *inProcPlugin }
+
+func (schemaPlugin) CheckCompat(_ context.Context, old sdk.Info) error {
+	if !strings.HasPrefix(old.Version, "1.") || old.Name != "counter" {
+		return sdk.Errorf("schema_mismatch", false, "cannot take over from %s %s", old.Name, old.Version)
+	}
+	return nil
+}
+
+func TestGRPCSurfacesForwarded(t *testing.T) {
+	verifyNoLeaks(t)
+	lis, addr := unixListener(t)
+	serveGRPC(t, lis, addr, schemaPlugin{newInProcPlugin()})
+	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr})
+	ctx := context.Background()
+	assert.Equal(t, []Surface{SurfaceSchema}, p.Info().Surfaces)
+	assert.Equal(t, map[string]string{"where": "in-process"}, p.Info().Metadata)
+
+	require.NoError(t, p.CheckCompat(ctx, PluginInfo{Name: "counter", Version: "1.3.0"}))
+	err := p.CheckCompat(ctx, PluginInfo{Name: "counter", Version: "0.9.0"})
+	require.ErrorIs(t, err, ErrRemote)
+	assert.Contains(t, err.Error(), "schema_mismatch")
+	assert.Contains(t, err.Error(), "0.9.0", "the old info reached the plugin")
+
+	_, err = p.PersistState(ctx)
+	require.ErrorIs(t, err, ErrRemote, "a surface the plugin lacks")
+	assert.Contains(t, err.Error(), "unsupported")
+	require.ErrorIs(t, p.Resume(ctx, []byte("1")), ErrRemote)
+}
