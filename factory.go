@@ -1,0 +1,83 @@
+package goplugins
+
+import (
+	"context"
+	"maps"
+)
+
+// SubprocessFactory returns the Factory for "subprocess" manifests. The
+// manifest gives the name, version, command, arguments, environment,
+// checksum and restart policy; base gives what manifests do not carry
+// (Logger, Codec, InheritEnv, timeouts) and the defaults of the rest. The
+// child runs in the manifest's folder unless base.Dir is set.
+func SubprocessFactory[Req, Resp any](base SubprocessConfig) Factory[Req, Resp] {
+	return func(ctx context.Context, m *Manifest) (Plugin[Req, Resp], error) {
+		cfg := base
+		cfg.Name, cfg.Version, cfg.Path, cfg.Checksum = m.Name, m.Version, m.Command, m.Checksum
+		cfg.Args = append(append([]string(nil), base.Args...), m.Args...)
+		cfg.Env = mergeEnv(base.Env, m.Env)
+		if cfg.Dir == "" {
+			cfg.Dir = m.Dir
+		}
+		if m.Restart.MaxAttempts != 0 {
+			cfg.Restart.MaxAttempts = m.Restart.MaxAttempts
+		}
+		if m.Restart.Backoff > 0 {
+			cfg.Restart.Backoff = m.Restart.Backoff
+		}
+		if m.Restart.MaxBackoff > 0 {
+			cfg.Restart.MaxBackoff = m.Restart.MaxBackoff
+		}
+		p, err := NewSubprocess[Req, Resp](ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+}
+
+// GRPCFactory returns the Factory for "grpc" manifests: a child the host
+// starts (the manifest's command) or a remote service (its endpoint, with
+// its TLS files). base gives what manifests do not carry (Logger, Codec,
+// DialOptions, AutoMTLS for children) and the defaults of the rest.
+func GRPCFactory[Req, Resp any](base GRPCConfig) Factory[Req, Resp] {
+	return func(ctx context.Context, m *Manifest) (Plugin[Req, Resp], error) {
+		cfg := base
+		cfg.Name, cfg.Version = m.Name, m.Version
+		if m.Endpoint != "" {
+			cfg.Endpoint, cfg.Command = m.Endpoint, ""
+			if m.TLS != nil && m.TLS.Insecure {
+				return nil, newError(CodeInvalidConfig, m.Name,
+					"tls.insecure is not supported by the gRPC transport; give tls.ca_file to verify the server")
+			}
+			if m.TLS != nil {
+				cfg.TLS = &TLSFiles{CAFile: m.TLS.CAFile, CertFile: m.TLS.CertFile, KeyFile: m.TLS.KeyFile, ServerName: m.TLS.ServerName}
+			}
+		} else {
+			cfg.Command, cfg.Checksum, cfg.Endpoint = m.Command, m.Checksum, ""
+			cfg.Args = append(append([]string(nil), base.Args...), m.Args...)
+			cfg.Env = mergeEnv(base.Env, m.Env)
+			if cfg.Dir == "" {
+				cfg.Dir = m.Dir
+			}
+		}
+		p, err := NewGRPCPlugin[Req, Resp](ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+}
+
+// mergeEnv returns base overridden by over, without changing either.
+func mergeEnv(base, over map[string]string) map[string]string {
+	if len(base) == 0 && len(over) == 0 {
+		return nil
+	}
+	out := maps.Clone(base)
+	if out == nil {
+		out = make(map[string]string, len(over))
+	}
+	maps.Copy(out, over)
+	return out
+}
