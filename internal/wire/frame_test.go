@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"sync"
@@ -179,6 +180,28 @@ func BenchmarkWriteRead(b *testing.B) {
 		}
 		if _, err := NewReader(&buf, 0).Read(); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestDocumentedPayloads pins the JSON of the worked example in
+// docs/PROTOCOL.md.
+func TestDocumentedPayloads(t *testing.T) {
+	tests := []struct {
+		v    any
+		want string
+	}{
+		{Hello{Protocols: []int{1}, Codec: "json", MaxFrameSize: DefaultMaxFrameSize, Name: "echo"},
+			`{"protocols":[1],"codec":"json","max_frame_size":4194304,"name":"echo"}`},
+		{Welcome{Protocol: 1, MaxFrameSize: DefaultMaxFrameSize, Info: Info{Name: "echo", Version: "1.0.0"}},
+			`{"protocol":1,"max_frame_size":4194304,"name":"echo","version":"1.0.0"}`},
+		{ErrorReply{Code: CodeCanceled, Message: "context canceled"},
+			`{"code":"canceled","message":"context canceled"}`},
+	}
+	for _, tt := range tests {
+		got, err := json.Marshal(tt.v)
+		if err != nil || string(got) != tt.want {
+			t.Errorf("json.Marshal(%T) = %s, %v; want %s", tt.v, got, err, tt.want)
 		}
 	}
 }
