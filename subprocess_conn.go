@@ -39,13 +39,13 @@ func (e *ErrorReply) Error() string { return e.Code + ": " + e.Message }
 // IsRetryable reports the plugin's retryable flag.
 func (e *ErrorReply) IsRetryable() bool { return e.Retryable }
 
-// reply is what a pending call receives.
-type reply struct {
+// subReply is what a pending call receives.
+type subReply struct {
 	f   wire.Frame
 	err error
 }
 
-var replyChans = sync.Pool{New: func() any { return make(chan reply, 1) }}
+var subReplyChans = sync.Pool{New: func() any { return make(chan subReply, 1) }}
 
 // subConn is one running child and the protocol connection to it.
 type subConn struct {
@@ -63,7 +63,7 @@ type subConn struct {
 	closing atomic.Bool // stop was called: errors report ErrClosed
 
 	mu      sync.Mutex
-	pending map[uint64]chan reply // nil once dead
+	pending map[uint64]chan subReply // nil once dead
 
 	dead     chan struct{} // closed when the connection is unusable
 	err      error         // why; set before dead is closed
@@ -80,7 +80,7 @@ func (c *subConn) readLoop() {
 		f, err = c.r.Read()
 		var tl *wire.FrameTooLargeError
 		if errors.As(err, &tl) {
-			c.deliver(tl.ID, reply{err: newError(CodeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)})
+			c.deliver(tl.ID, subReply{err: newError(CodeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)})
 			continue
 		}
 		if err != nil {
@@ -90,7 +90,7 @@ func (c *subConn) readLoop() {
 			err = fmt.Errorf("%w: a plugin may not send %s frames after the handshake", wire.ErrMalformed, f.Type)
 			break
 		}
-		c.deliver(f.ID, reply{f: f})
+		c.deliver(f.ID, subReply{f: f})
 	}
 	violation := errors.Is(err, wire.ErrMalformed)
 	if violation {
@@ -132,7 +132,7 @@ func (c *subConn) exitError(readErr error, violation bool) error {
 	}
 }
 
-func (c *subConn) deliver(id uint64, r reply) {
+func (c *subConn) deliver(id uint64, r subReply) {
 	c.mu.Lock()
 	ch := c.pending[id]
 	delete(c.pending, id)
@@ -167,12 +167,12 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 		return nil, c.ctxError(t, err)
 	}
 	id := c.nextID.Add(1)
-	ch := replyChans.Get().(chan reply)
+	ch := subReplyChans.Get().(chan subReply)
 	c.mu.Lock()
 	if c.pending == nil {
 		err := c.err
 		c.mu.Unlock()
-		replyChans.Put(ch)
+		subReplyChans.Put(ch)
 		return nil, err
 	}
 	c.pending[id] = ch
@@ -180,7 +180,7 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 	if err := c.w.Write(t, id, payload); err != nil {
 		c.abandon(id)
 		if errors.Is(err, wire.ErrFrameTooLarge) {
-			replyChans.Put(ch)
+			subReplyChans.Put(ch)
 			return nil, newError(CodeFrameTooLarge, c.name, "the %s request of %d bytes is over the plugin's maximum frame size of %d bytes; nothing was sent", t, len(payload)+wire.MinFrameSize, c.w.Max())
 		}
 		<-c.dead // the reader sees the broken pipe too and says why
@@ -194,7 +194,7 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 	}
 	select {
 	case r := <-ch:
-		replyChans.Put(ch)
+		subReplyChans.Put(ch)
 		return c.answer(t, r)
 	case <-c.dead:
 		select {
@@ -232,7 +232,7 @@ func (c *subConn) ctxError(t wire.Type, err error) error {
 }
 
 // answer turns a RESULT into its payload and an ERROR into an error.
-func (c *subConn) answer(t wire.Type, r reply) ([]byte, error) {
+func (c *subConn) answer(t wire.Type, r subReply) ([]byte, error) {
 	if r.err != nil {
 		return nil, r.err
 	}
@@ -243,13 +243,13 @@ func (c *subConn) answer(t wire.Type, r reply) ([]byte, error) {
 	if err := json.Unmarshal(r.f.Payload, &rep); err != nil {
 		return nil, wrapError(err, CodeTransport, c.name, "the plugin's ERROR payload to %s does not decode", t)
 	}
-	return nil, remoteError(c.name, t, rep)
+	return nil, subRemoteError(c.name, t, rep)
 }
 
-// remoteError builds the host's error for a plugin's error reply: it
+// subRemoteError builds the host's error for a plugin's error reply: it
 // matches ErrRemote, wraps an *ErrorReply, and is retryable when flagged.
 // A "frame_too_large" reply also matches ErrFrameTooLarge.
-func remoteError(name string, t wire.Type, rep wire.ErrorReply) error {
+func subRemoteError(name string, t wire.Type, rep wire.ErrorReply) error {
 	cause := &ErrorReply{Code: rep.Code, Message: rep.Message, Retryable: rep.Retryable}
 	err := wrapError(cause, CodeRemote, name, "%s failed in the plugin", t)
 	if rep.Retryable {
@@ -272,6 +272,9 @@ func remoteError(name string, t wire.Type, rep wire.ErrorReply) error {
 // It returns the last signal it had to send, 0 if none.
 func (c *subConn) stop(ctx context.Context, grace time.Duration) syscall.Signal {
 	c.closing.Store(true)
+	// A child that stopped reading must not block Close, nor the callers
+	// stuck writing to it: their writes fail once the grace period is over.
+	_ = c.toChild.SetWriteDeadline(time.Now().Add(grace))
 	_ = c.w.Write(wire.TypeShutdown, 0, nil)
 	sig := c.proc.Stop(ctx, grace)
 	c.toChild.Close()
