@@ -5,14 +5,19 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // echoReq and echoResp mirror testdata/plugins/echo.
@@ -574,5 +579,110 @@ func TestSubprocessPythonPlugin(t *testing.T) {
 	}
 	if err := p.Close(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSubprocessEnvironment(t *testing.T) {
+	verifyNoLeaks(t)
+	t.Setenv("GOPLUGINS_TEST_HOST_VAR", "from the host")
+	cookie := "GOPLUGINS_MAGIC_COOKIE=d3b07384d113edec49eaa6238ad5ff00-goplugins"
+	tests := []struct {
+		name    string
+		inherit bool
+		want    []string // exactly these, in any order, unless inherit
+		wantHas []string
+	}{
+		{"minimal", false, []string{"A=1", "B=two", cookie}, nil},
+		{"inherited", true, nil, []string{"A=1", "B=two", cookie, "GOPLUGINS_TEST_HOST_VAR=from the host"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startEcho(t, nil, func(c *SubprocessConfig) {
+				c.Env = map[string]string{"A": "1", "B": "two"}
+				c.InheritEnv = tt.inherit
+			})
+			resp, err := p.Execute(context.Background(), echoReq{Op: "env"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Split(resp.Data, "\n")
+			if tt.want != nil {
+				slices.Sort(got)
+				slices.Sort(tt.want)
+				if !slices.Equal(got, tt.want) {
+					t.Fatalf("plugin environment %q, want exactly %q", got, tt.want)
+				}
+			}
+			for _, kv := range tt.wantHas {
+				if !slices.Contains(got, kv) {
+					t.Fatalf("plugin environment lacks %q: %q", kv, got)
+				}
+			}
+		})
+	}
+}
+
+// TestSubprocessHelperHost is not a test: TestSubprocessChildDiesWithHost
+// runs the test binary as a host process that starts the echo plugin,
+// prints its pid and waits to be killed.
+func TestSubprocessHelperHost(t *testing.T) {
+	bin := os.Getenv("GOPLUGINS_HELPER_HOST_PLUGIN")
+	if bin == "" {
+		t.Skip("helper process for TestSubprocessChildDiesWithHost")
+	}
+	p, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{Name: "echo", Path: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(pidOf(t, p))
+	io.Copy(io.Discard, os.Stdin) // until the parent test kills this process
+}
+
+func TestSubprocessChildDiesWithHost(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSubprocessHelperHost$")
+	cmd.Env = append(os.Environ(), "GOPLUGINS_HELPER_HOST_PLUGIN="+pluginBinary(t, "echo"))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Fscan(stdout, &pid); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("reading the plugin pid from the helper host: %v", err)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Skipf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	// The pidfd becomes readable when the plugin exits.
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 10_000)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			t.Fatalf("plugin %d still runs 10s after its host was killed", pid)
+		}
+		return
 	}
 }
