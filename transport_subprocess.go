@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -341,7 +342,10 @@ func (s *Subprocess[Req, Resp]) handshakeFailed(ctx context.Context, c *subConn,
 	if st := c.proc.State(); st != nil {
 		status = st.String()
 	}
-	return wrapError(err, CodeHandshake, name, "%s ended the handshake (%s): is it a goplugins plugin built with the sdk? stderr tail:\n%s\nthe reason", s.cfg.Path, status, stderrSummary(c.proc))
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return newError(CodeHandshake, name, "%s closed the protocol pipe without a handshake (%s): is it a goplugins plugin built with the sdk? stderr tail:\n%s", s.cfg.Path, status, stderrSummary(c.proc))
+	}
+	return wrapError(err, CodeHandshake, name, "%s broke off the handshake (%s); stderr tail:\n%s\nthe reason", s.cfg.Path, status, stderrSummary(c.proc))
 }
 
 // logLine returns the callback that forwards one output stream's lines.
