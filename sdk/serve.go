@@ -49,8 +49,11 @@ func Serve[Req, Resp any](p Plugin[Req, Resp], info Info, opts ...Option) error 
 	if os.Getenv(wire.CookieKey) != wire.CookieValue {
 		return ErrNotLaunched
 	}
+	// Non-blocking descriptors are served by the runtime's poller: a reader
+	// waiting there holds no thread, and the handler it starts runs on the
+	// reader's thread at once (see loop). On failure they just block.
 	for _, fd := range []int{wire.HostToPluginFD, wire.PluginToHostFD} {
-		_ = syscall.SetNonblock(fd, true) // on failure the descriptor just blocks
+		_ = syscall.SetNonblock(fd, true)
 	}
 	in := os.NewFile(wire.HostToPluginFD, "goplugins-host-to-plugin")
 	out := os.NewFile(wire.PluginToHostFD, "goplugins-plugin-to-host")
