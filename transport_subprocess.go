@@ -251,13 +251,12 @@ func (s *Subprocess[Req, Resp]) start(ctx context.Context) (*subConn, error) {
 		grace:   s.cfg.StopTimeout,
 		pending: make(map[uint64]chan subReply),
 		dead:    make(chan struct{}),
+		turn:    make(chan struct{}, 1),
 	}
 	if err := s.handshake(ctx, c); err != nil {
 		c.kill()
 		return nil, err
 	}
-	c.loopDone = make(chan struct{})
-	go c.readLoop()
 	s.log.Debug("plugin started", slog.Int("pid", p.Pid()), slog.String("version", c.info.Version))
 	return c, nil
 }
@@ -400,6 +399,8 @@ func (s *Subprocess[Req, Resp]) supervise(c *subConn) {
 	for {
 		select {
 		case <-c.dead:
+		case <-c.proc.Done(): // crashed while no call was reading
+			c.ended(io.EOF)
 		case <-s.ctx.Done():
 			return
 		}

@@ -2,6 +2,9 @@
 // pipe round trip and with hashicorp/go-plugin over gRPC, in one run:
 //
 //	cd benchmarks && go test -run '^$' -bench . -benchtime 3s
+//
+// BenchmarkRoundTrip64Interleaved gives the ratios that matter on a busy
+// machine: the three round trips share every iteration.
 package benchmarks
 
 import (
@@ -15,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -69,25 +73,10 @@ var msg64 = strings.Repeat("x", 64)
 // it back, three ways.
 func BenchmarkRoundTrip64(b *testing.B) {
 	b.Run("RawPipe", func(b *testing.B) {
-		cmd := exec.Command(binary(b, "pipeecho"))
-		in, err := cmd.StdinPipe()
-		if err != nil {
-			b.Fatal(err)
-		}
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		defer func() { in.Close(); cmd.Wait() }()
+		p := startPipeEcho(b)
 		buf := []byte(msg64)
 		for b.Loop() {
-			if _, err := in.Write(buf); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := io.ReadFull(out, buf); err != nil {
+			if err := p.roundTrip(buf); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -125,6 +114,89 @@ func BenchmarkRoundTrip64(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkRoundTrip64Interleaved runs the three round trips of
+// BenchmarkRoundTrip64 in alternating blocks of interleaveBlock calls, so
+// that all three see the same load on a shared machine while each stays
+// warm, and reports each one's mean (raw-ns, goplugins-ns,
+// goplugin-grpc-ns) and the ratios the budgets are about: goplugins/raw
+// (x-raw, budget ≤ 2) and goplugins/go-plugin (x-goplugin, budget ≤ 0.33).
+// One op is one round trip of each kind.
+func BenchmarkRoundTrip64Interleaved(b *testing.B) {
+	raw := startPipeEcho(b)
+	m, closeAll := startGoplugins(b, nil)
+	defer closeAll()
+	echo, kill := startGoPlugin(b)
+	defer kill()
+	ctx := context.Background()
+	buf, payload := []byte(msg64), []byte(msg64)
+	var tRaw, tOurs, tGRPC time.Duration
+	timed := func(total *time.Duration, n int, call func() error) {
+		start := time.Now()
+		for range n {
+			if err := call(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		*total += time.Since(start)
+	}
+	b.ResetTimer()
+	for done := 0; done < b.N; done += interleaveBlock {
+		n := min(interleaveBlock, b.N-done)
+		timed(&tRaw, n, func() error { return raw.roundTrip(buf) })
+		timed(&tOurs, n, func() error {
+			_, err := m.Execute(ctx, "echo", msg64)
+			return err
+		})
+		timed(&tGRPC, n, func() error {
+			_, err := echo.Echo(ctx, payload)
+			return err
+		})
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(tRaw.Nanoseconds())/n, "raw-ns")
+	b.ReportMetric(float64(tOurs.Nanoseconds())/n, "goplugins-ns")
+	b.ReportMetric(float64(tGRPC.Nanoseconds())/n, "goplugin-grpc-ns")
+	b.ReportMetric(float64(tOurs)/float64(tRaw), "x-raw")
+	b.ReportMetric(float64(tOurs)/float64(tGRPC), "x-goplugin")
+}
+
+// interleaveBlock is how many round trips of one kind run in a row.
+const interleaveBlock = 200
+
+// pipeEcho is the raw pipe baseline: a child that echoes 64-byte messages.
+type pipeEcho struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out io.Reader
+}
+
+func startPipeEcho(b *testing.B) *pipeEcho {
+	b.Helper()
+	cmd := exec.Command(binary(b, "pipeecho"))
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &pipeEcho{cmd: cmd, in: in, out: out}
+	b.Cleanup(func() { in.Close(); cmd.Wait() })
+	return p
+}
+
+func (p *pipeEcho) roundTrip(buf []byte) error {
+	if _, err := p.in.Write(buf); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(p.out, buf)
+	return err
 }
 
 // BenchmarkColdStart starts a plugin, makes the first call and stops it.
