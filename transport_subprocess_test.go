@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -231,6 +232,29 @@ func TestSubprocessCrashAndRestart(t *testing.T) {
 	}
 	if p.Restarts() != 1 {
 		t.Fatalf("Restarts = %d, want 1", p.Restarts())
+	}
+	checkReaped(t, pid)
+}
+
+// TestSubprocessKilledWhileIdle: with no call in flight nobody reads the
+// pipe, so the supervisor must notice the exit by itself.
+func TestSubprocessKilledWhileIdle(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	restarted := make(chan error, 10)
+	p := startEcho(t, nil, func(c *SubprocessConfig) {
+		c.Restart = RestartPolicy{Backoff: time.Millisecond}
+		c.OnRestart = func(attempt int, err error) { restarted <- err }
+	})
+	pid := pidOf(t, p)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-restarted; err != nil {
+		t.Fatalf("restart failed: %v", err)
+	}
+	if got := pidOf(t, p); got == pid {
+		t.Fatalf("pid %d unchanged after the restart", pid)
 	}
 	checkReaped(t, pid)
 }
