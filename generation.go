@@ -29,9 +29,9 @@ type callShard struct {
 //
 // The drain protocol: the drainer sets gate, then waits until every call
 // that started has finished. A caller increments started, then loads gate;
-// if gate is set it backs out (finishes without running) and parks on the
-// gate. Go's atomics are sequentially consistent, so either the caller sees
-// the gate or the drainer sees the caller's start.
+// if gate is set it backs out (counts the start out without running) and
+// parks on the gate. Go's atomics are sequentially consistent, so either
+// the caller sees the gate or the drainer sees the caller's start.
 type generation[Req, Resp any] struct {
 	shards [counterShards]callShard
 
@@ -68,10 +68,14 @@ func (g *generation[Req, Resp]) finish(shard uint32) {
 	}
 }
 
-// backout undoes a start whose call will not run.
-func (g *generation[Req, Resp]) backout(shard uint32) {
+// backout undoes a start whose call will not run. It counts the start out
+// with backouts alone (not finished), so that calls never reads a backout
+// half done.
+func (g *generation[Req, Resp]) backout(uint32) {
 	g.backouts.Add(1)
-	g.finish(shard)
+	if g.gate.Load() != nil {
+		g.signalIfIdle()
+	}
 }
 
 func (g *generation[Req, Resp]) signalIfIdle() {
@@ -84,10 +88,11 @@ func (g *generation[Req, Resp]) signalIfIdle() {
 }
 
 // inFlight returns the number of calls running. It reads every finished
-// count before any started count: a result of 0 then proves there was an
-// instant with no call running (see generation).
+// and backout count before any started count: a result of 0 then proves
+// there was an instant with no call running (see generation).
 func (g *generation[Req, Resp]) inFlight() int64 {
-	var fin, st uint64
+	fin := g.backouts.Load()
+	var st uint64
 	for i := range g.shards {
 		fin += g.shards[i].finished.Load()
 	}
@@ -103,7 +108,7 @@ func (g *generation[Req, Resp]) calls() uint64 {
 	for i := range g.shards {
 		fin += g.shards[i].finished.Load()
 	}
-	return fin - g.backouts.Load()
+	return fin
 }
 
 // startedCalls returns how many calls started (for the breaker's window).

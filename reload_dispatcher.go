@@ -1,41 +1,5 @@
 package goplugins
 
-// Hot reload: the per-kind handoffs that run between drain and commit.
-//
-// Manager.Reload swaps a plugin in four phases:
-//
-//  1. Preflight, with no traffic touched: the next plugin has the same
-//     name, a strict-semver version that passes the version rules and the
-//     constraints dependents hold on the plugin, and every kind's Preflight
-//     passes (schema kinds run CheckCompat here). Failure: nothing changed.
-//  2. Drain: new calls are parked; calls in flight on the old plugin finish.
-//     Failure (drain timeout, ctx): parked calls are released to the old
-//     plugin.
-//  3. Dispatch: each kind's Transfer runs, in a fixed order, and returns an
-//     undo. Failure: the undos run in reverse, the old plugin serves on with
-//     its state, and the error carries what was persisted or checkpointed.
-//  4. Commit: one atomic swap; parked calls run on the new plugin; the old
-//     one is closed.
-//
-// The kinds, in the order they run:
-//
-//	kind        discipline                                           on failure
-//	----        ----------                                           ----------
-//	schema      preflight: new CheckCompat(old info), before any     hard error, nothing changed
-//	            traffic is touched
-//	state       old PersistState -> bytes -> new RestoreState(bytes) undo: none needed, the old
-//	                                                                 plugin kept its state
-//	stream      old Checkpoint -> position (old stops) ->            undo: old Resume(position)
-//	            new Resume(position)
-//	custom      kinds registered with ReloadDispatcher.Register,     their own undo
-//	            for plugins that declare the surface
-//	host-owned  resources the host owns (open handles, live          their own undo, same rules
-//	            streams), passed per reload with WithHandoff
-//
-// A kind runs when the next plugin declares its surface (host-owned kinds
-// always run). A surface the old plugin declares but the next one drops is
-// refused in preflight: its state would be lost.
-
 import (
 	"context"
 	"errors"
@@ -50,13 +14,17 @@ type ReloadKind struct {
 	// Surface names the kind. For kinds registered with a dispatcher it is
 	// the surface a plugin declares in PluginInfo.Surfaces.
 	Surface Surface
-	// Preflight, if set, runs before any traffic is touched. An error stops
-	// the reload with nothing changed.
+	// Preflight, if set, runs before any traffic is touched. An error (or a
+	// panic) stops the reload with nothing changed.
 	Preflight func(ctx context.Context, h *Handoff) error
-	// Transfer, if set, runs after the old plugin is drained. It returns an
-	// undo that puts the old plugin back as it was, run (in reverse order
-	// with the other kinds' undos) if this or a later step fails. On error
-	// Transfer returns the undo for what it did before failing, or nil.
+	// Transfer, if set, runs after the old plugin is drained; its ctx ends
+	// at the drain timeout or with the reload's ctx. It returns an undo that
+	// puts the old plugin back as it was, run (in reverse order with the
+	// other kinds' undos) if this or a later step fails, or if the reload's
+	// ctx ends before the commit. On error Transfer returns the undo for
+	// what it did before failing, or nil. A panic counts as an error. Undos
+	// run even after ctx has ended, bounded by the drain timeout plus the
+	// plugin's health-check timeout; every undo runs even if one fails.
 	Transfer func(ctx context.Context, h *Handoff) (undo func(context.Context) error, err error)
 }
 
@@ -96,9 +64,58 @@ func (h *Handoff) recorded() map[Surface][]byte {
 	return out
 }
 
-// ReloadDispatcher holds the table of reload kinds. The zero value is not
+// ReloadDispatcher holds the table of reload kinds: the handoffs that
+// Manager.Reload runs between drain and commit. The zero value is not
 // usable; NewReloadDispatcher returns one with the built-in kinds (schema,
-// state, stream). It is safe for concurrent use.
+// state, stream), and Register adds the host's own. It is safe for
+// concurrent use.
+//
+// Manager.Reload swaps a plugin in four phases:
+//
+//  1. Preflight, with no traffic touched: the next plugin is not nil, has
+//     the same name and a strict-semver version that passes the manager's
+//     VersionPolicy and the constraints loaded dependents hold on the
+//     plugin (WithDependentConstraint); it keeps every surface of the old
+//     plugin; every kind's Preflight passes (schema runs CheckCompat here).
+//     Failure: nothing changed.
+//  2. Drain: new calls are parked, each bounded by its own ctx; calls in
+//     flight on the old plugin finish. Failure (drain timeout, ctx ended):
+//     the parked calls are released to the old plugin.
+//  3. Dispatch: each kind's Transfer runs, in the order below, and returns
+//     an undo. Failure (a step fails or panics, the drain timeout passes, or
+//     ctx ends, even after the last step): the undos run in reverse, the
+//     old plugin serves on with its state, the parked calls run on it, and
+//     the ReloadError names the kind and step and carries what was
+//     persisted or checkpointed.
+//  4. Commit: one atomic swap; the generation number increases; parked
+//     calls run on the new plugin; the old one is closed (it has no call
+//     left); a ReloadReport is returned and sent as EventReloaded.
+//
+// The drain timeout (WithDrainTimeout) bounds phases 2 and 3 together;
+// after a failure the undos get another drain timeout plus the health
+// timeout. A parked call waits at most that long, or until its ctx ends.
+//
+// The kinds, in the order they run:
+//
+//	kind        discipline                                        on failure
+//	----        ----------                                        ----------
+//	schema      preflight: new CheckCompat(old info), before      hard error, nothing changed
+//	            any traffic is touched
+//	state       old PersistState -> bytes -> new                  no undo needed: PersistState left
+//	            RestoreState(bytes)                               the old plugin's state as it was
+//	stream      old Checkpoint -> position (old stops) -> new     undo: the next plugin is stopped
+//	            Resume(position)                                  (Checkpoint), then the old one
+//	                                                              resumes from the same position
+//	custom      kinds added with Register, for plugins whose      their own undo
+//	            next version declares the surface
+//	host-owned  resources the host owns (open handles, live       their own undo, same rules
+//	            streams), passed per reload with WithHandoff
+//
+// A registered kind runs when the next plugin declares its surface;
+// host-owned kinds always run. A surface the old plugin declares must be
+// declared by the next one too and have a kind, or the reload is refused
+// in preflight: what it holds would be lost. The state and stream kinds hand nothing over
+// when the old plugin lacks the surface: the next plugin starts fresh.
 type ReloadDispatcher struct {
 	mu    sync.RWMutex
 	kinds []ReloadKind
@@ -140,18 +157,34 @@ func (d *ReloadDispatcher) Kinds() []Surface {
 // order), then the host-owned ones, or an error if the next plugin drops a
 // surface the old one has.
 func (d *ReloadDispatcher) plan(h *Handoff, host []ReloadKind) ([]ReloadKind, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	for _, s := range h.OldInfo.Surfaces {
-		if s != SurfaceSchema && !h.NextInfo.Has(s) {
+		if s == SurfaceSchema {
+			continue
+		}
+		if !h.NextInfo.Has(s) {
 			return nil, fmt.Errorf("the next version (%s) drops the %q surface of version %s, so its %s would be lost; declare it in the next version",
 				h.NextInfo.Version, s, h.OldInfo.Version, s)
 		}
+		if !slices.ContainsFunc(d.kinds, func(k ReloadKind) bool { return k.Surface == s }) {
+			return nil, newError(CodeInvalidConfig, h.Plugin,
+				"no reload kind handles the %q surface the plugin declares, so its %s would be lost; register one with ReloadDispatcher.Register and pass the dispatcher with WithReloadDispatcher", s, s)
+		}
 	}
-	d.mu.RLock()
-	defer d.mu.RUnlock()
 	var plan []ReloadKind
 	for _, k := range d.kinds {
 		if h.NextInfo.Has(k.Surface) {
 			plan = append(plan, k)
+		}
+	}
+	for i, k := range host {
+		taken := func(x ReloadKind) bool { return x.Surface == k.Surface }
+		switch {
+		case k.Surface == "":
+			return nil, newError(CodeInvalidConfig, h.Plugin, "a host-owned handoff (WithHandoff) has no Surface; name it for reports and errors")
+		case slices.ContainsFunc(d.kinds, taken) || slices.ContainsFunc(host[:i], taken):
+			return nil, newError(CodeInvalidConfig, h.Plugin, "the host-owned handoff %q reuses the name of another reload kind; give it a name of its own", k.Surface)
 		}
 	}
 	return append(plan, host...), nil
@@ -193,8 +226,8 @@ func dispatch(ctx context.Context, plan []ReloadKind, h *Handoff, rollbackTimeou
 		if k.Transfer == nil {
 			continue
 		}
-		if err = ctx.Err(); err != nil {
-			err = failStep(k.Surface, "transfer", err)
+		if ctx.Err() != nil {
+			err = failStep(k.Surface, "transfer", context.Cause(ctx))
 			break
 		}
 		var undo func(context.Context) error
@@ -213,6 +246,11 @@ func dispatch(ctx context.Context, plan []ReloadKind, h *Handoff, rollbackTimeou
 		}
 		steps = append(steps, k.Surface)
 	}
+	if err == nil && ctx.Err() != nil {
+		// The last transfer finished but ctx ended: the reload must not
+		// commit, and the undos are still at hand.
+		err = fmt.Errorf("ctx ended after the handoffs, before the commit: %w", context.Cause(ctx))
+	}
 	if err == nil {
 		return steps, nil, nil
 	}
@@ -226,11 +264,11 @@ func dispatch(ctx context.Context, plan []ReloadKind, h *Handoff, rollbackTimeou
 	return steps, err, undoErr
 }
 
-// callSafely runs f, turning a panic into an error.
+// callSafely runs f, turning a panic into an error matching ErrPanic.
 func callSafely(f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("panic: %v", r)
+			err = newError(CodePanic, "", "a reload kind panicked (%v); the host recovered, but the kind has a bug to fix", r)
 		}
 	}()
 	return f()
@@ -288,11 +326,20 @@ var streamKind = ReloadKind{
 			return nil, failStep(SurfaceStream, "checkpoint", err)
 		}
 		h.Record(SurfaceStream, pos)
-		undo := func(ctx context.Context) error { return old.Resume(ctx, pos) }
-		if err := h.Next.(StreamPlugin).Resume(ctx, pos); err != nil {
-			return undo, failStep(SurfaceStream, "resume", err)
+		resumeOld := func(ctx context.Context) error { return old.Resume(ctx, pos) }
+		next := h.Next.(StreamPlugin)
+		if err := next.Resume(ctx, pos); err != nil {
+			return resumeOld, failStep(SurfaceStream, "resume", err)
 		}
-		return undo, nil
+		// Undo after the next plugin resumed: stop it first, so that the
+		// stream is never processed by both. If it cannot be stopped, the
+		// old plugin stays stopped and the rollback error says why.
+		return func(ctx context.Context) error {
+			if _, err := next.Checkpoint(ctx); err != nil {
+				return fmt.Errorf("stopping the next plugin's stream: %w", err)
+			}
+			return resumeOld(ctx)
+		}, nil
 	},
 }
 
