@@ -303,7 +303,7 @@ func TestSubprocessCloseKillsHungPlugin(t *testing.T) {
 	}
 	hangCtx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := p.Execute(hangCtx, echoReq{Op: "hang"}); !errors.Is(err, ErrTimeout) {
+	if _, err := p.Execute(hangCtx, echoReq{Op: "hang", Key: "hung"}); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("hang error = %v, want ErrTimeout", err)
 	}
 	if err := p.Close(ctx); err != nil {
@@ -316,6 +316,52 @@ func TestSubprocessCloseKillsHungPlugin(t *testing.T) {
 		return r.msg == "plugin did not exit on shutdown" && r.attrs["signal"] == "killed"
 	}); !ok {
 		t.Fatalf("no record says the hung plugin was SIGKILLed: %+v", h.root.records)
+	}
+}
+
+func TestSubprocessCloseWithCallInFlight(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	tests := []struct {
+		name     string
+		closeCtx context.Context
+		signal   string // the last signal Close had to send
+	}{
+		// SHUTDOWN waits for the hung handler; SIGTERM ends it.
+		{"grace periods", context.Background(), "terminated"},
+		// With Close's ctx already done there is no grace: SIGKILL at once.
+		{"expired ctx", expired, "killed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newRecordingHandler()
+			p := startEcho(t, h, func(c *SubprocessConfig) { c.StopTimeout = 100 * time.Millisecond })
+			pid := pidOf(t, p)
+			done := make(chan error, 1)
+			go func() {
+				_, err := p.Execute(context.Background(), echoReq{Op: "hang", Key: "close"})
+				done <- err
+			}()
+			if _, err := p.Execute(context.Background(), echoReq{Op: "started", Key: "close"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Close(tt.closeCtx); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if err := <-done; !errors.Is(err, ErrClosed) {
+				t.Fatalf("call in flight during Close: %v, want ErrClosed", err)
+			}
+			checkReaped(t, pid)
+			waitCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+			defer stop()
+			if _, ok := h.wait(waitCtx, func(r record) bool {
+				return r.msg == "plugin did not exit on shutdown" && r.attrs["signal"] == tt.signal
+			}); !ok {
+				t.Fatalf("no record says Close sent %s: %+v", tt.signal, h.root.records)
+			}
+		})
 	}
 }
 

@@ -136,11 +136,12 @@ type server struct {
 	max     int
 	execute func(ctx context.Context, payload []byte) ([]byte, error)
 
-	ctx      context.Context
-	mu       sync.Mutex
-	cancels  map[uint64]context.CancelFunc
-	requests sync.WaitGroup // the requests being served
-	end      chan error     // the reader's last word: nil or why it failed
+	ctx          context.Context
+	mu           sync.Mutex
+	cancels      map[uint64]context.CancelFunc
+	requests     sync.WaitGroup // the requests being served
+	end          chan error     // how serving ends: nil or why it failed
+	shuttingDown bool           // SHUTDOWN was read; touched by the reader only
 }
 
 // handshake answers the host's HELLO and returns the chosen codec.
@@ -212,10 +213,10 @@ func (s *server) read() {
 			s.replyError(tl.ID, &Error{Code: wire.CodeFrameTooLarge, Message: fmt.Sprintf("%s of %d bytes is over the plugin's maximum frame size of %d bytes", tl.Type, tl.Size, tl.Max)})
 			continue
 		case err == io.EOF:
-			s.end <- nil // the host went away: cancel everything and exit
+			s.finish(nil) // the host went away: cancel everything and exit
 			return
 		case err != nil:
-			s.end <- fmt.Errorf("sdk: reading from the host: %w", err)
+			s.finish(fmt.Errorf("sdk: reading from the host: %w", err))
 			return
 		}
 		switch f.Type {
@@ -227,11 +228,21 @@ func (s *server) read() {
 				cancel()
 			}
 		case wire.TypeShutdown:
-			s.requests.Wait()
-			s.end <- nil
-			return
+			// Finish the requests in flight, reading on meanwhile: the end
+			// of the stream still ends everything at once.
+			if !s.shuttingDown {
+				s.shuttingDown = true
+				go func() {
+					s.requests.Wait()
+					s.finish(nil)
+				}()
+			}
 		case wire.TypeCall, wire.TypeHealth, wire.TypePersist, wire.TypeRestore,
 			wire.TypeCheckpoint, wire.TypeResume, wire.TypeCheckCompat:
+			if s.shuttingDown {
+				s.replyError(f.ID, &Error{Code: wire.CodeShuttingDown, Message: fmt.Sprintf("%s refused: the plugin is shutting down", f.Type)})
+				continue
+			}
 			ctx, cancel := context.WithCancel(s.ctx)
 			s.mu.Lock()
 			s.cancels[f.ID] = cancel
@@ -244,6 +255,14 @@ func (s *server) read() {
 		default:
 			s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames", f.Type)})
 		}
+	}
+}
+
+// finish ends Serve with err, unless it is ending already.
+func (s *server) finish(err error) {
+	select {
+	case s.end <- err:
+	default:
 	}
 }
 

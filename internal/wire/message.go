@@ -52,5 +52,6 @@ const (
 	CodeUnsupported     = "unsupported"      // the plugin lacks that surface or frame type
 	CodePanic           = "panic"            // the handler panicked
 	CodeCanceled        = "canceled"         // the request was cancelled
+	CodeShuttingDown    = "shutting_down"    // the plugin is shutting down
 	CodeError           = "error"            // an error without a code of its own
 )

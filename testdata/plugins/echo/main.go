@@ -97,6 +97,7 @@ func (p *plugin) Execute(ctx context.Context, req Request) (Response, error) {
 		signal.Ignore(syscall.SIGTERM)
 		return Response{}, nil
 	case "hang":
+		close(p.startedChan(req.Key))
 		for { // ignores ctx: only a signal ends it
 			time.Sleep(time.Hour)
 		}
