@@ -98,6 +98,7 @@ type FrameTooLargeError struct {
 	Max  int // the limit it exceeds
 }
 
+// Error names the frame, its size and the limit.
 func (e *FrameTooLargeError) Error() string {
 	return fmt.Sprintf("wire: %s frame %d is %d bytes, over the maximum frame size of %d bytes", e.Type, e.ID, e.Size, e.Max)
 }
