@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Masterminds/semver/v3"
@@ -206,6 +207,45 @@ func ManifestAllowOutside(allow bool) ManifestOption {
 type manifestOptions struct {
 	maxSize      int64
 	allowOutside bool
+	constraints  *constraintCache // nil: parse every constraint
+}
+
+// constraintCache shares parsed constraints between manifests: parsing one
+// costs microseconds of regular expressions, and plugins of one host tend
+// to repeat the same few. A parsed *semver.Constraints is never modified,
+// so sharing it is safe. The cache stops growing at maxConstraintCache.
+type constraintCache struct {
+	mu sync.RWMutex
+	m  map[string]*semver.Constraints
+}
+
+const maxConstraintCache = 1024
+
+func newConstraintCache() *constraintCache {
+	return &constraintCache{m: make(map[string]*semver.Constraints)}
+}
+
+// parse returns the parsed constraint s, from the cache when c is not nil.
+func (c *constraintCache) parse(s string) (*semver.Constraints, error) {
+	if c == nil {
+		return ParseConstraint("", s)
+	}
+	c.mu.RLock()
+	pc := c.m[s]
+	c.mu.RUnlock()
+	if pc != nil {
+		return pc, nil
+	}
+	pc, err := ParseConstraint("", s)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if len(c.m) < maxConstraintCache {
+		c.m[s] = pc
+	}
+	c.mu.Unlock()
+	return pc, nil
 }
 
 func newManifestOptions(opts []ManifestOption) manifestOptions {
@@ -242,14 +282,23 @@ func readManifestFile(path string, maxSize int64) ([]byte, error) {
 	return readManifest(path, f, fi, maxSize)
 }
 
+// checkManifestStat refuses a manifest that is not a regular file or is
+// larger than maxSize.
+func checkManifestStat(path string, fi os.FileInfo, maxSize int64) error {
+	if !fi.Mode().IsRegular() {
+		return newError(CodeInvalidManifest, "", "manifest %s is not a regular file (%s)", path, fi.Mode().Type())
+	}
+	if fi.Size() > maxSize {
+		return newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", path, fi.Size(), maxSize)
+	}
+	return nil
+}
+
 // readManifest reads the open manifest f, whose stat is fi, refusing
 // non-regular files and files larger than maxSize.
 func readManifest(path string, f *os.File, fi os.FileInfo, maxSize int64) ([]byte, error) {
-	if !fi.Mode().IsRegular() {
-		return nil, newError(CodeInvalidManifest, "", "manifest %s is not a regular file (%s)", path, fi.Mode().Type())
-	}
-	if fi.Size() > maxSize {
-		return nil, newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", path, fi.Size(), maxSize)
+	if err := checkManifestStat(path, fi, maxSize); err != nil {
+		return nil, err
 	}
 	// The file may grow while it is read: read one byte past the limit.
 	data := make([]byte, 0, fi.Size()+1)
@@ -281,12 +330,19 @@ func ParseManifest(path string, data []byte, opts ...ManifestOption) (*Manifest,
 }
 
 func parseManifest(path string, data []byte, o manifestOptions) (*Manifest, error) {
+	m, _, err := parseManifestNamed(path, data, o)
+	return m, err
+}
+
+// parseManifestNamed is parseManifest that also returns the name the
+// manifest declares, when it is a valid name, even if the manifest is not.
+func parseManifestNamed(path string, data []byte, o manifestOptions) (*Manifest, string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s: cannot make the path absolute", path)
+		return nil, "", wrapError(err, CodeInvalidManifest, "", "manifest %s: cannot make the path absolute", path)
 	}
 	if int64(len(data)) > o.maxSize {
-		return nil, newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", abs, len(data), o.maxSize)
+		return nil, "", newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", abs, len(data), o.maxSize)
 	}
 	var raw rawManifest
 	switch ext := strings.ToLower(filepath.Ext(abs)); ext {
@@ -295,18 +351,22 @@ func parseManifest(path string, data []byte, o manifestOptions) (*Manifest, erro
 	case ".yaml", ".yml":
 		err = decodeYAMLManifest(data, &raw)
 	default:
-		return nil, newError(CodeInvalidManifest, "", "manifest %s: unknown extension %q; name the file .json, .yaml or .yml", abs, ext)
+		return nil, "", newError(CodeInvalidManifest, "", "manifest %s: unknown extension %q; name the file .json, .yaml or .yml", abs, ext)
+	}
+	name := raw.Name
+	if !validName(name) {
+		name = ""
 	}
 	if err != nil {
-		return nil, wrapError(err, CodeInvalidManifest, raw.Name, "manifest %s does not parse", abs)
+		return nil, name, wrapError(err, CodeInvalidManifest, name, "manifest %s does not parse", abs)
 	}
 	v := manifestValidator{path: abs, dir: filepath.Dir(abs), opts: o}
 	m := v.validate(&raw)
-	if err := v.err(raw.Name); err != nil {
-		return nil, err
+	if err := v.err(name); err != nil {
+		return nil, name, err
 	}
 	m.Hash = sha256.Sum256(data)
-	return m, nil
+	return m, name, nil
 }
 
 // rawManifest is the file format; see Manifest.
@@ -495,9 +555,6 @@ func (v *manifestValidator) failCause(field string, cause error, format string, 
 func (v *manifestValidator) err(name string) error {
 	if len(v.problems) == 0 {
 		return nil
-	}
-	if !validName(name) {
-		name = ""
 	}
 	if v.cause == nil {
 		return newError(CodeInvalidManifest, name, "manifest %s: %s", v.path, strings.Join(v.problems, "; "))
@@ -714,7 +771,7 @@ func (v *manifestValidator) checksum(s string) string {
 }
 
 func (v *manifestValidator) constraint(field, s string) *semver.Constraints {
-	c, err := ParseConstraint("", s)
+	c, err := v.opts.constraints.parse(s)
 	if err != nil {
 		v.failCause(field, err, "%q is not a version constraint (e.g. \">=1.2.0, <2.0.0\" or \"^1.4\")", s)
 		return nil
