@@ -44,6 +44,10 @@ const argusMaxPath = 109
 // this the engine polls the tree itself, which costs one stat a path.
 const argusMaxWatches = 128
 
+// msgHeld is logged (debug) when a manifest that does not read or parse
+// is held back to be looked at again.
+const msgHeld = "discovery: manifest does not read or parse; looking again on the next poll"
+
 // discoveryEventBuffer is the capacity of the events channel. When it is
 // full the watcher waits for the consumer: events are never dropped.
 const discoveryEventBuffer = 64
@@ -75,8 +79,8 @@ type DiscoveryConfig struct {
 	FollowSymlinks bool
 	// PollInterval is how often files are checked for changes while
 	// watching: a change is reported within one interval. An invalid
-	// manifest is reported once it has stayed the same for one more
-	// interval (see DiscoveryEngine). Default DefaultDiscoveryPollInterval.
+	// manifest is reported once it has stayed the same for one interval
+	// (see DiscoveryEngine). Default DefaultDiscoveryPollInterval.
 	PollInterval time.Duration
 	// Logger receives the engine's diagnostics. Default: discard.
 	Logger *slog.Logger
@@ -196,10 +200,10 @@ type ScanProblem struct {
 // ManifestDiscovered.
 //
 // Half-written files: a manifest that fails to read or parse while
-// watching is reported as ManifestInvalid only when it is unchanged on the
-// next poll, so that a file caught in the middle of a non-atomic write is
-// retried instead of reported; meanwhile a plugin that was valid keeps its
-// last valid manifest. At Start and in Scan, problems are reported at once.
+// watching is reported as ManifestInvalid only once it has stayed unchanged
+// for a PollInterval (so within two intervals), so that a file caught in
+// the middle of a non-atomic write is read again instead of reported;
+// meanwhile a plugin that was valid keeps its last valid manifest. At Start and in Scan, problems are reported at once.
 // A YAML file cut at a line boundary can be valid on its own: write YAML
 // manifests atomically (write a temporary file, then rename it).
 //
@@ -227,7 +231,6 @@ type DiscoveryEngine struct {
 	watched  map[string]bool
 	entries  map[string]*discoveryEntry
 	reported map[string]string
-	sweeps   int
 	needPoll bool
 }
 
@@ -305,7 +308,7 @@ func within(dir, path string) bool {
 // folder that cannot be read or a cancelled ctx. Scan does not need Start
 // and does not change what Manifests returns.
 func (e *DiscoveryEngine) Scan(ctx context.Context) (ScanResult, error) {
-	c, err := e.collect(ctx, nil, 0)
+	c, err := e.collect(ctx, nil, time.Time{})
 	if err != nil {
 		return ScanResult{}, err
 	}
@@ -498,7 +501,7 @@ type discoveryEntry struct {
 	m     *Manifest // nil when err is set
 	name  string
 	err   error
-	since int // the sweep that first saw this content or problem
+	seen  time.Time // when this content or problem was first seen
 }
 
 // problemKey identifies a problem, so that it is reported once.
@@ -533,7 +536,7 @@ type collected struct {
 // collect searches the roots level by level, each level's folders in
 // parallel, and loads every manifest found. With prev (watching), a file
 // whose stat is unchanged is not read again.
-func (e *DiscoveryEngine) collect(ctx context.Context, prev map[string]*discoveryEntry, sweep int) (*collected, error) {
+func (e *DiscoveryEngine) collect(ctx context.Context, prev map[string]*discoveryEntry, now time.Time) (*collected, error) {
 	res := &collected{}
 	level := make([]dirTask, len(e.roots))
 	for i, r := range e.roots {
@@ -541,7 +544,7 @@ func (e *DiscoveryEngine) collect(ctx context.Context, prev map[string]*discover
 	}
 	for len(level) > 0 {
 		outs := make([]dirResult, len(level))
-		parallel(ctx, len(level), func(i int) { outs[i] = e.searchDir(level[i], prev, sweep) })
+		parallel(ctx, len(level), func(i int) { outs[i] = e.searchDir(level[i], prev, now) })
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -595,7 +598,7 @@ func parallel(ctx context.Context, n int, fn func(i int)) {
 
 // searchDir looks for a manifest in t; without one, it lists t's
 // subfolders when t is above MaxDepth.
-func (e *DiscoveryEngine) searchDir(t dirTask, prev map[string]*discoveryEntry, sweep int) dirResult {
+func (e *DiscoveryEngine) searchDir(t dirTask, prev map[string]*discoveryEntry, now time.Time) dirResult {
 	// The first of the manifest names present is the folder's manifest.
 	// Looking for the others too would cost a stat each on every folder.
 	for _, name := range e.cfg.ManifestNames {
@@ -618,7 +621,7 @@ func (e *DiscoveryEngine) searchDir(t dirTask, prev map[string]*discoveryEntry, 
 				}
 			}
 		}
-		return dirResult{entry: e.loadOne(c, fi, prev[c.path], sweep), link: link}
+		return dirResult{entry: e.loadOne(c, fi, prev[c.path], now), link: link}
 	}
 	if t.depth >= e.cfg.MaxDepth {
 		return dirResult{}
@@ -682,8 +685,8 @@ func (e *DiscoveryEngine) resolveLink(root, path string) (string, error) {
 
 // loadOne returns the entry of c, whose stat is fi: prev when nothing
 // changed, or nil when the file no longer exists.
-func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEntry, sweep int) *discoveryEntry {
-	en := &discoveryEntry{path: c.path, since: sweep}
+func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEntry, now time.Time) *discoveryEntry {
+	en := &discoveryEntry{path: c.path, seen: now}
 	if c.err != nil {
 		en.err = c.err
 		return keepProblem(en, prev)
@@ -730,7 +733,7 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 }
 
 // keepProblem returns prev instead of en when both hold the same problem,
-// so that the problem keeps the sweep it was first seen in.
+// so that the problem keeps the time it was first seen.
 func keepProblem(en, prev *discoveryEntry) *discoveryEntry {
 	if prev != nil && prev.err != nil && prev.hash == en.hash && prev.err.Error() == en.err.Error() {
 		cp := *prev
@@ -778,10 +781,10 @@ func resolveNames(entries []*discoveryEntry) (map[string]*Manifest, map[string]e
 
 // sweep walks and loads the tree, updates the engine's state and returns
 // the events to deliver and the paths to watch. With settle, a problem is
-// reported only once it was seen on an earlier sweep too.
+// reported only once it has stayed unchanged for a PollInterval.
 func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEvent, []string, error) {
-	e.sweeps++
-	c, err := e.collect(ctx, e.entries, e.sweeps)
+	now := time.Now()
+	c, err := e.collect(ctx, e.entries, now)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -805,10 +808,11 @@ func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEv
 		if err == nil {
 			continue
 		}
-		if settle && en.err != nil && en.since == e.sweeps {
+		if settle && en.err != nil && now.Sub(en.seen) < e.cfg.PollInterval {
 			// Maybe a write in progress: look again on the next poll and
 			// keep the plugin's last valid manifest meanwhile.
 			e.needPoll = true
+			e.log.Debug(msgHeld, "path", en.path, "err", en.err)
 			if m := old[nameAt(old, en.path)]; m != nil && valid[m.Name] == nil && conflicts[en.path] == nil {
 				valid[m.Name] = m
 			}
