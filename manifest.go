@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/Masterminds/semver/v3"
 	goerrors "github.com/agilira/go-errors"
@@ -520,14 +521,21 @@ func decodeYAMLManifest(data []byte, raw *rawManifest) error {
 // yamlTypeErrors rewrites yaml's "field x not found in type goplugins.raw…"
 // into `unknown field "x"`, which names the field without internal types.
 func yamlTypeErrors(te *yaml.TypeError) string {
-	msgs := make([]string, len(te.Errors))
-	for i, e := range te.Errors {
+	errs := te.Errors
+	if len(errs) > maxProblems {
+		errs = errs[:maxProblems]
+	}
+	msgs := make([]string, len(errs), len(errs)+1)
+	for i, e := range errs {
 		if j := strings.Index(e, ": field "); j >= 0 {
 			if k := strings.Index(e[j:], " not found in type "); k >= 0 {
 				e = fmt.Sprintf("%s: unknown field %q (remove it or fix its spelling)", e[:j], e[j+len(": field "):j+k])
 			}
 		}
 		msgs[i] = e
+	}
+	if n := len(te.Errors) - len(errs); n > 0 {
+		msgs = append(msgs, fmt.Sprintf("and %d more problems", n))
 	}
 	return strings.Join(msgs, "; ")
 }
@@ -538,11 +546,31 @@ type manifestValidator struct {
 	path, dir string
 	opts      manifestOptions
 	problems  []string
+	more      int   // problems beyond maxProblems
 	cause     error // the first cause; a path escape takes precedence
 }
 
+// Limits on what an error lists, so that a hostile manifest cannot make a
+// megabyte-long error.
+const (
+	maxProblems   = 16
+	maxProblemLen = 320
+)
+
 func (v *manifestValidator) fail(field, format string, args ...any) {
-	v.problems = append(v.problems, fmt.Sprintf("field %q: ", field)+fmt.Sprintf(format, args...))
+	if len(v.problems) == maxProblems {
+		v.more++
+		return
+	}
+	msg := fmt.Sprintf("field %q: ", field) + fmt.Sprintf(format, args...)
+	if len(msg) > maxProblemLen {
+		cut := maxProblemLen
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + "..."
+	}
+	v.problems = append(v.problems, msg)
 }
 
 func (v *manifestValidator) failCause(field string, cause error, format string, args ...any) {
@@ -555,6 +583,9 @@ func (v *manifestValidator) failCause(field string, cause error, format string, 
 func (v *manifestValidator) err(name string) error {
 	if len(v.problems) == 0 {
 		return nil
+	}
+	if v.more > 0 {
+		v.problems = append(v.problems, fmt.Sprintf("and %d more problems", v.more))
 	}
 	if v.cause == nil {
 		return newError(CodeInvalidManifest, name, "manifest %s: %s", v.path, strings.Join(v.problems, "; "))
@@ -580,8 +611,6 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 		Version:     r.Version,
 		Description: r.Description,
 		Transport:   r.Transport,
-		Args:        r.Args,
-		Env:         r.Env,
 		Endpoint:    r.Endpoint,
 		Path:        v.path,
 		Dir:         v.dir,
@@ -597,6 +626,12 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 		m.version = ver
 	}
 	v.validateTransport(r, m)
+	if len(r.Args) > 0 {
+		m.Args = r.Args
+	}
+	if len(r.Env) > 0 {
+		m.Env = r.Env
+	}
 	for i, a := range r.Args {
 		if strings.IndexByte(a, 0) >= 0 {
 			v.fail("args", "argument %d contains a NUL byte", i)
@@ -826,15 +861,17 @@ func (v *manifestValidator) validateSurfaces(r *rawManifest, m *Manifest) {
 		return
 	}
 	m.Surfaces = make([]Surface, 0, len(r.Surfaces))
+	seen := make(map[string]bool, len(r.Surfaces))
 	for _, s := range r.Surfaces {
 		if !validName(s) {
 			v.fail("surfaces", "%q is not a surface name; use [a-z0-9._-] such as \"state\"", s)
 			continue
 		}
-		if slices.Contains(m.Surfaces, Surface(s)) {
+		if seen[s] {
 			v.fail("surfaces", "%q is listed twice", s)
 			continue
 		}
+		seen[s] = true
 		m.Surfaces = append(m.Surfaces, Surface(s))
 	}
 }
