@@ -224,6 +224,7 @@ type DiscoveryEngine struct {
 	events chan DiscoveryEvent
 	kick   chan struct{}
 	stop   chan struct{}
+	cancel context.CancelFunc // cancels a sweep in progress at Close
 	wg     sync.WaitGroup
 
 	// Owned by the watching goroutine after Start.
@@ -377,6 +378,7 @@ func (e *DiscoveryEngine) Start(ctx context.Context) error {
 		DisableAudit:         true,
 		OptimizationStrategy: argus.OptimizationLight,
 		ErrorHandler: func(err error, path string) {
+			defer func() { _ = recover() }() // a panicking log handler must not wedge argus
 			e.log.Debug("discovery: argus cannot stat a path", "path", path, "err", err)
 		},
 	})
@@ -385,8 +387,10 @@ func (e *DiscoveryEngine) Start(ctx context.Context) error {
 		return wrapError(err, CodeInvalidConfig, "", "discovery: the file watcher does not start")
 	}
 	e.started = true
+	runCtx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
 	e.wg.Add(1)
-	go e.run(evs)
+	go e.run(runCtx, evs)
 	return nil
 }
 
@@ -402,6 +406,7 @@ func (e *DiscoveryEngine) Close() error {
 	e.closed = true
 	close(e.stop)
 	if e.started {
+		e.cancel()
 		// Stop waits for argus's poll loop; its callbacks only signal kick,
 		// which never blocks, so a late callback is harmless.
 		_ = e.watcher.Stop()
@@ -413,7 +418,7 @@ func (e *DiscoveryEngine) Close() error {
 
 // run is the watching goroutine: it delivers queued events, and sweeps the
 // tree when argus reports a change or, when needed, every PollInterval.
-func (e *DiscoveryEngine) run(queue []DiscoveryEvent) {
+func (e *DiscoveryEngine) run(ctx context.Context, queue []DiscoveryEvent) {
 	defer e.wg.Done()
 	ticker := time.NewTicker(e.cfg.PollInterval)
 	defer ticker.Stop()
@@ -436,7 +441,10 @@ func (e *DiscoveryEngine) run(queue []DiscoveryEvent) {
 				continue
 			}
 		}
-		evs, desired, err := e.sweep(context.Background(), true)
+		evs, desired, err := e.sweep(ctx, true)
+		if ctx.Err() != nil {
+			return
+		}
 		if err != nil {
 			e.needPoll = true
 			e.log.Warn("discovery: scan failed; retrying on the next poll", "err", err)
@@ -796,9 +804,14 @@ func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEv
 	e.mu.Unlock()
 
 	e.needPoll = false
+	oldByPath := make(map[string]*Manifest, len(old))
+	for _, m := range old {
+		oldByPath[m.Path] = m
+	}
 	next := make(map[string]*discoveryEntry, len(entries))
 	problems := make(map[string]*discoveryEntry) // settled problems by path
 	problemErr := make(map[string]error)
+	held := make(map[string]bool)
 	for _, en := range entries {
 		next[en.path] = en
 		err := en.err
@@ -812,8 +825,9 @@ func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEv
 			// Maybe a write in progress: look again on the next poll and
 			// keep the plugin's last valid manifest meanwhile.
 			e.needPoll = true
+			held[en.path] = true
 			e.log.Debug(msgHeld, "path", en.path, "err", en.err)
-			if m := old[nameAt(old, en.path)]; m != nil && valid[m.Name] == nil && conflicts[en.path] == nil {
+			if m := oldByPath[en.path]; m != nil && valid[m.Name] == nil {
 				valid[m.Name] = m
 			}
 			continue
@@ -858,8 +872,8 @@ func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEv
 		invalid = append(invalid, DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: path, Err: problemErr[path]})
 	}
 	for path := range e.reported {
-		if problems[path] == nil {
-			delete(e.reported, path)
+		if problems[path] == nil && !held[path] {
+			delete(e.reported, path) // valid or gone: report its next problem
 		}
 	}
 	byName := func(a, b DiscoveryEvent) int { return strings.Compare(a.Name, b.Name) }
@@ -877,14 +891,4 @@ func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEv
 		e.needPoll = true // argus resolves links once: poll them
 	}
 	return evs, c.watch, nil
-}
-
-// nameAt returns the name of the manifest in valid whose file is path.
-func nameAt(valid map[string]*Manifest, path string) string {
-	for name, m := range valid {
-		if m.Path == path {
-			return name
-		}
-	}
-	return ""
 }
