@@ -1,8 +1,11 @@
 package goplugins
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
+	"io"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -22,6 +25,9 @@ func FuzzManifest(f *testing.F) {
 		path := filepath.Join(dir, "plugin.json")
 		if asYAML {
 			path = filepath.Join(dir, "plugin.yaml")
+		}
+		if !asYAML {
+			checkJSONDecoder(t, data)
 		}
 		m, err := ParseManifest(path, data)
 		if err != nil {
@@ -56,6 +62,47 @@ func FuzzManifest(f *testing.F) {
 			t.Fatalf("the manifest written back differs:\n%#v\n%#v", m, back)
 		}
 	})
+}
+
+// checkJSONDecoder compares the manifest JSON decoder with encoding/json:
+// whatever it accepts, encoding/json (unknown fields disallowed) accepts
+// and decodes to the same value. It may refuse more: keys match exactly,
+// where encoding/json ignores case.
+func checkJSONDecoder(t *testing.T, data []byte) {
+	t.Helper()
+	var got, want rawManifest
+	if err := decodeJSONManifest(data, &got); err != nil {
+		return
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&want)
+	if err == nil {
+		if _, tokErr := dec.Token(); tokErr != io.EOF {
+			err = errors.New("trailing data")
+		}
+	}
+	if err != nil {
+		t.Fatalf("accepted what encoding/json refuses (%v): %q", err, data)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("decoded differently from encoding/json:\n%#v\n%#v", got, want)
+	}
+}
+
+// UnmarshalJSON gives encoding/json the dependency forms, for
+// checkJSONDecoder only.
+func (d *rawDependency) UnmarshalJSON(b []byte) error {
+	switch {
+	case len(b) > 0 && b[0] == '"':
+		return json.Unmarshal(b, &d.Version)
+	case len(b) > 0 && b[0] == '{':
+		type plain rawDependency
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		return dec.Decode((*plain)(d))
+	}
+	return errors.New("a dependency is a string or an object")
 }
 
 // checkManifestRules checks what validation promises about m.
