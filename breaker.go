@@ -1,0 +1,240 @@
+package goplugins
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// BreakerState is the state of a plugin's circuit breaker.
+type BreakerState int32
+
+// Breaker states.
+const (
+	// BreakerClosed: calls flow; failures are counted.
+	BreakerClosed BreakerState = iota
+	// BreakerOpen: calls are rejected with ErrBreakerOpen until OpenTimeout
+	// has passed.
+	BreakerOpen
+	// BreakerHalfOpen: up to HalfOpenProbes calls are let through; if all
+	// succeed the breaker closes, if one fails it opens again.
+	BreakerHalfOpen
+)
+
+// String returns "closed", "open" or "half-open".
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerOpen:
+		return "open"
+	case BreakerHalfOpen:
+		return "half-open"
+	}
+	return "unknown"
+}
+
+// BreakerConfig configures a plugin's circuit breaker. The breaker opens when
+// either trigger fires: ConsecutiveFailures failures in a row, or a failure
+// rate of at least FailureRate over a window of Window once MinCalls calls
+// were made in it. A success resets the consecutive count.
+type BreakerConfig struct {
+	// Disabled turns the breaker off: every call reaches the plugin.
+	Disabled bool
+	// ConsecutiveFailures opens the breaker after that many failures in a
+	// row. Default 5; negative turns this trigger off.
+	ConsecutiveFailures int
+	// FailureRate (0 < r <= 1) opens the breaker when failures/calls in
+	// the current window reach it. Default 0: this trigger is off.
+	FailureRate float64
+	// MinCalls is how many calls a window needs before FailureRate
+	// applies. Default 20.
+	MinCalls int
+	// Window is the length of the (tumbling) window for FailureRate.
+	// Default 10s.
+	Window time.Duration
+	// OpenTimeout is how long the breaker stays open before it lets
+	// probes through. Default 5s.
+	OpenTimeout time.Duration
+	// HalfOpenProbes is how many calls may run at once while half-open,
+	// and how many successes close the breaker. Default 1.
+	HalfOpenProbes int
+	// IsFailure decides which errors count as failures. Default: every
+	// error except the caller's own ctx being cancelled or expiring.
+	IsFailure func(error) bool
+}
+
+func (c BreakerConfig) withDefaults() BreakerConfig {
+	if c.ConsecutiveFailures == 0 {
+		c.ConsecutiveFailures = 5
+	}
+	if c.MinCalls <= 0 {
+		c.MinCalls = 20
+	}
+	if c.Window <= 0 {
+		c.Window = 10 * time.Second
+	}
+	if c.OpenTimeout <= 0 {
+		c.OpenTimeout = 5 * time.Second
+	}
+	if c.HalfOpenProbes <= 0 {
+		c.HalfOpenProbes = 1
+	}
+	c.FailureRate = min(max(c.FailureRate, 0), 1)
+	return c
+}
+
+// breaker is a circuit breaker whose closed-state success path is two
+// atomic loads. Transitions take mu.
+type breaker struct {
+	cfg      BreakerConfig
+	now      func() time.Time
+	calls    func() uint64 // calls made so far, for the failure-rate window
+	onChange func(from, to BreakerState)
+
+	state       atomic.Int32
+	consecutive atomic.Int64
+	probes      atomic.Int32 // probes running while half-open
+	openUntil   atomic.Int64 // unix nanoseconds
+
+	mu             sync.Mutex
+	probeSuccesses int
+	windowStart    time.Time
+	windowBase     uint64
+	windowFailures int
+}
+
+// ticket records how a call was admitted, so its outcome is booked right.
+type ticket uint8
+
+const (
+	ticketNormal ticket = iota
+	ticketProbe
+	ticketNone // breaker disabled
+)
+
+// allow admits a call or reports ErrBreakerOpen (as false).
+func (b *breaker) allow() (ticket, bool) {
+	if b.cfg.Disabled {
+		return ticketNone, true
+	}
+	switch BreakerState(b.state.Load()) {
+	case BreakerClosed:
+		return ticketNormal, true
+	case BreakerOpen:
+		if b.now().UnixNano() < b.openUntil.Load() {
+			return ticketNormal, false
+		}
+		b.mu.Lock()
+		if BreakerState(b.state.Load()) == BreakerOpen {
+			b.transition(BreakerHalfOpen)
+		}
+		b.mu.Unlock()
+		return b.allow()
+	default:
+		if int(b.probes.Add(1)) > b.cfg.HalfOpenProbes {
+			b.probes.Add(-1)
+			return ticketNormal, false
+		}
+		return ticketProbe, true
+	}
+}
+
+// release gives back an admission whose call never ran (it was parked).
+func (b *breaker) release(t ticket) {
+	if t == ticketProbe {
+		b.probes.Add(-1)
+	}
+}
+
+// record books the outcome of an admitted call. callerCtx is the caller's
+// ctx, used by the default failure classification.
+func (b *breaker) record(callerCtx context.Context, t ticket, err error) {
+	if t == ticketNone {
+		return
+	}
+	failed := err != nil && b.isFailure(callerCtx, err)
+	if t == ticketProbe {
+		b.mu.Lock()
+		b.probes.Add(-1)
+		if BreakerState(b.state.Load()) == BreakerHalfOpen {
+			if failed {
+				b.open()
+			} else if b.probeSuccesses++; b.probeSuccesses >= b.cfg.HalfOpenProbes {
+				b.transition(BreakerClosed)
+			}
+		}
+		b.mu.Unlock()
+		return
+	}
+	if !failed {
+		if b.consecutive.Load() != 0 {
+			b.consecutive.Store(0)
+		}
+		return
+	}
+	n := b.consecutive.Add(1)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if BreakerState(b.state.Load()) != BreakerClosed {
+		return
+	}
+	if b.cfg.ConsecutiveFailures > 0 && n >= int64(b.cfg.ConsecutiveFailures) {
+		b.open()
+		return
+	}
+	if b.cfg.FailureRate <= 0 {
+		return
+	}
+	now, calls := b.now(), b.calls()
+	if now.Sub(b.windowStart) >= b.cfg.Window {
+		// The window rolls on a failure: it starts with this call.
+		b.windowStart, b.windowBase, b.windowFailures = now, calls-1, 0
+	}
+	b.windowFailures++
+	inWindow := calls - b.windowBase
+	if inWindow >= uint64(b.cfg.MinCalls) && float64(b.windowFailures)/float64(inWindow) >= b.cfg.FailureRate {
+		b.open()
+	}
+}
+
+// startWindow starts a failure-rate window now; it runs when the breaker is
+// made and each time it closes.
+func (b *breaker) startWindow() {
+	b.windowStart, b.windowBase, b.windowFailures = b.now(), b.calls(), 0
+}
+
+func (b *breaker) isFailure(callerCtx context.Context, err error) bool {
+	if b.cfg.IsFailure != nil {
+		return b.cfg.IsFailure(err)
+	}
+	if callerCtx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return false
+	}
+	return true
+}
+
+// open moves to BreakerOpen; mu is held.
+func (b *breaker) open() {
+	b.openUntil.Store(b.now().Add(b.cfg.OpenTimeout).UnixNano())
+	b.transition(BreakerOpen)
+}
+
+// transition changes state and resets the counters of the new state; mu is held.
+func (b *breaker) transition(to BreakerState) {
+	from := BreakerState(b.state.Load())
+	if from == to {
+		return
+	}
+	b.consecutive.Store(0)
+	b.probeSuccesses = 0
+	if to == BreakerClosed {
+		b.startWindow()
+	}
+	b.state.Store(int32(to))
+	if b.onChange != nil {
+		b.onChange(from, to)
+	}
+}

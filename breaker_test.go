@@ -1,0 +1,194 @@
+package goplugins
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// fakeClock is a settable clock for the breaker.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time          { return c.t }
+func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+// TestBreakerTransitions drives the breaker's state machine step by step.
+// Each step is an action and the state expected after it.
+func TestBreakerTransitions(t *testing.T) {
+	boom := errors.New("boom")
+	type step struct {
+		do      string // "ok", "fail", "wait", "reject" (allow must refuse), "probe" (admit and hold)
+		want    BreakerState
+		advance time.Duration
+	}
+	cases := []struct {
+		name  string
+		cfg   BreakerConfig
+		steps []step
+	}{
+		{
+			name: "consecutive failures open it",
+			cfg:  BreakerConfig{ConsecutiveFailures: 3},
+			steps: []step{
+				{do: "fail", want: BreakerClosed},
+				{do: "fail", want: BreakerClosed},
+				{do: "fail", want: BreakerOpen},
+				{do: "reject", want: BreakerOpen},
+			},
+		},
+		{
+			name: "a success resets the count",
+			cfg:  BreakerConfig{ConsecutiveFailures: 3},
+			steps: []step{
+				{do: "fail", want: BreakerClosed},
+				{do: "fail", want: BreakerClosed},
+				{do: "ok", want: BreakerClosed},
+				{do: "fail", want: BreakerClosed},
+				{do: "fail", want: BreakerClosed},
+				{do: "fail", want: BreakerOpen},
+			},
+		},
+		{
+			name: "half-open after the timeout, a successful probe closes",
+			cfg:  BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Second},
+			steps: []step{
+				{do: "fail", want: BreakerOpen},
+				{do: "wait", advance: 999 * time.Millisecond, want: BreakerOpen},
+				{do: "reject", want: BreakerOpen},
+				{do: "wait", advance: time.Millisecond, want: BreakerOpen},
+				{do: "ok", want: BreakerClosed},
+			},
+		},
+		{
+			name: "a failed probe reopens for a fresh timeout",
+			cfg:  BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Second},
+			steps: []step{
+				{do: "fail", want: BreakerOpen},
+				{do: "wait", advance: time.Second, want: BreakerOpen},
+				{do: "fail", want: BreakerOpen},
+				{do: "wait", advance: 500 * time.Millisecond, want: BreakerOpen},
+				{do: "reject", want: BreakerOpen},
+				{do: "wait", advance: 500 * time.Millisecond, want: BreakerOpen},
+				{do: "ok", want: BreakerClosed},
+			},
+		},
+		{
+			name: "half-open admits a bounded number of probes and needs all to succeed",
+			cfg:  BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Second, HalfOpenProbes: 2},
+			steps: []step{
+				{do: "fail", want: BreakerOpen},
+				{do: "wait", advance: time.Second, want: BreakerOpen},
+				{do: "probe", want: BreakerHalfOpen},
+				{do: "probe", want: BreakerHalfOpen},
+				{do: "reject", want: BreakerHalfOpen},
+				{do: "release-ok", want: BreakerHalfOpen},
+				{do: "release-ok", want: BreakerClosed},
+			},
+		},
+		{
+			name: "failure rate over the window opens it",
+			cfg:  BreakerConfig{ConsecutiveFailures: -1, FailureRate: 0.5, MinCalls: 4, Window: time.Minute},
+			steps: []step{
+				{do: "ok", want: BreakerClosed},
+				{do: "fail", want: BreakerClosed},
+				{do: "ok", want: BreakerClosed},
+				{do: "fail", want: BreakerOpen}, // 2 of 4
+			},
+		},
+		{
+			name: "the rate needs MinCalls in the window",
+			cfg:  BreakerConfig{ConsecutiveFailures: -1, FailureRate: 0.5, MinCalls: 10, Window: time.Minute},
+			steps: []step{
+				{do: "fail", want: BreakerClosed},
+				{do: "fail", want: BreakerClosed},
+				{do: "fail", want: BreakerClosed},
+			},
+		},
+		{
+			name: "a new window forgets old failures",
+			cfg:  BreakerConfig{ConsecutiveFailures: -1, FailureRate: 0.5, MinCalls: 4, Window: time.Minute},
+			steps: []step{
+				{do: "fail", want: BreakerClosed},
+				{do: "ok", want: BreakerClosed},
+				{do: "wait", advance: time.Minute, want: BreakerClosed},
+				{do: "ok", want: BreakerClosed},
+				{do: "ok", want: BreakerClosed},
+				{do: "ok", want: BreakerClosed},
+				{do: "fail", want: BreakerClosed}, // 1 of 4 in this window
+			},
+		},
+		{
+			name: "disabled never opens",
+			cfg:  BreakerConfig{Disabled: true, ConsecutiveFailures: 1},
+			steps: []step{
+				{do: "fail", want: BreakerClosed},
+				{do: "fail", want: BreakerClosed},
+				{do: "ok", want: BreakerClosed},
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := &fakeClock{t: time.Unix(1000, 0)}
+			var calls uint64
+			var changes []BreakerState
+			b := &breaker{
+				cfg:      tc.cfg.withDefaults(),
+				now:      clock.now,
+				calls:    func() uint64 { return calls },
+				onChange: func(_, to BreakerState) { changes = append(changes, to) },
+			}
+			b.startWindow()
+			var held []ticket
+			ctx := context.Background()
+			for i, s := range tc.steps {
+				switch s.do {
+				case "ok", "fail":
+					tk, ok := b.allow()
+					require.True(t, ok, "step %d: call refused", i)
+					calls++
+					var err error
+					if s.do == "fail" {
+						err = boom
+					}
+					b.record(ctx, tk, err)
+				case "probe":
+					tk, ok := b.allow()
+					require.True(t, ok, "step %d: probe refused", i)
+					require.Equal(t, ticketProbe, tk, "step %d", i)
+					calls++
+					held = append(held, tk)
+				case "release-ok":
+					b.record(ctx, held[0], nil)
+					held = held[1:]
+				case "reject":
+					_, ok := b.allow()
+					require.False(t, ok, "step %d: call admitted", i)
+				case "wait":
+					clock.advance(s.advance)
+				}
+				require.Equal(t, s.want, BreakerState(b.state.Load()), "step %d (%s)", i, s.do)
+			}
+			if tc.cfg.Disabled {
+				require.Empty(t, changes)
+			}
+		})
+	}
+}
+
+// TestBreakerIgnoresCallerCancellation: a call cut short by the caller's own
+// ctx says nothing about the plugin.
+func TestBreakerIgnoresCallerCancellation(t *testing.T) {
+	b := &breaker{cfg: BreakerConfig{ConsecutiveFailures: 1}.withDefaults(), now: time.Now, calls: func() uint64 { return 0 }}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	tk, _ := b.allow()
+	b.record(ctx, tk, context.Canceled)
+	require.Equal(t, BreakerClosed, BreakerState(b.state.Load()))
+	tk, _ = b.allow()
+	b.record(context.Background(), tk, context.DeadlineExceeded)
+	require.Equal(t, BreakerOpen, BreakerState(b.state.Load()), "a deadline the caller did not set is a failure")
+}

@@ -1,0 +1,150 @@
+package goplugins
+
+import (
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// EventKind says what an Event reports.
+type EventKind int
+
+// Event kinds.
+const (
+	EventRegistered EventKind = iota + 1
+	EventUnregistered
+	EventBreakerOpened
+	EventBreakerHalfOpen
+	EventBreakerClosed
+	EventHealthChanged
+	EventReloaded
+	EventReloadFailed
+)
+
+var eventKindNames = [...]string{
+	EventRegistered:      "registered",
+	EventUnregistered:    "unregistered",
+	EventBreakerOpened:   "breaker-opened",
+	EventBreakerHalfOpen: "breaker-half-open",
+	EventBreakerClosed:   "breaker-closed",
+	EventHealthChanged:   "health-changed",
+	EventReloaded:        "reloaded",
+	EventReloadFailed:    "reload-failed",
+}
+
+// String returns the kind's name, such as "breaker-opened".
+func (k EventKind) String() string {
+	if k > 0 && int(k) < len(eventKindNames) {
+		return eventKindNames[k]
+	}
+	return "unknown"
+}
+
+// Event reports something that happened to a plugin.
+type Event struct {
+	Kind   EventKind
+	Plugin string
+	Time   time.Time
+	// Version is the plugin's version, for registered, unregistered and
+	// reload events (the new version after a reload).
+	Version string
+	// Health is the new status, for EventHealthChanged.
+	Health HealthStatus
+	// Err is the cause, for failed health checks and failed reloads.
+	Err error
+	// Reload is the report of EventReloaded and EventReloadFailed.
+	Reload *ReloadReport
+}
+
+// subscriber delivers events to one callback from its own goroutine, so a
+// slow callback delays only itself.
+type subscriber struct {
+	fn    func(Event)
+	queue chan Event
+	done  chan struct{}
+}
+
+func (s *subscriber) run(log *slog.Logger) {
+	defer close(s.done)
+	for ev := range s.queue {
+		s.deliver(ev, log)
+	}
+}
+
+func (s *subscriber) deliver(ev Event, log *slog.Logger) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("goplugins: event subscriber panicked", "event", ev.Kind.String(), "plugin", ev.Plugin, "panic", r)
+		}
+	}()
+	s.fn(ev)
+}
+
+// eventBus fans events out to subscribers without ever blocking the sender.
+type eventBus struct {
+	log     *slog.Logger
+	buffer  int
+	dropped atomic.Uint64
+
+	mu     sync.RWMutex
+	subs   map[*subscriber]struct{}
+	closed bool
+}
+
+func (b *eventBus) subscribe(fn func(Event)) (cancel func()) {
+	s := &subscriber{fn: fn, queue: make(chan Event, b.buffer), done: make(chan struct{})}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return func() {}
+	}
+	if b.subs == nil {
+		b.subs = make(map[*subscriber]struct{})
+	}
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+	go s.run(b.log)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			b.mu.Lock()
+			_, ok := b.subs[s]
+			delete(b.subs, s)
+			b.mu.Unlock()
+			if ok {
+				close(s.queue)
+			}
+		})
+	}
+}
+
+func (b *eventBus) emit(ev Event) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for s := range b.subs {
+		select {
+		case s.queue <- ev:
+		default:
+			b.dropped.Add(1)
+		}
+	}
+}
+
+// close stops accepting events and returns the subscribers' done channels,
+// closed once each has delivered what was queued.
+func (b *eventBus) close() []chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	var done []chan struct{}
+	for s := range b.subs {
+		close(s.queue)
+		done = append(done, s.done)
+	}
+	b.subs = nil
+	return done
+}

@@ -1,0 +1,219 @@
+package goplugins
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// counterShards spreads the in-flight counters of a generation over cache
+// lines so that cores calling the same plugin rarely contend.
+const counterShards = 8
+
+// callShard holds the started and finished counts of one shard. A call
+// starts and finishes on the same shard, which therefore stays in one
+// core's cache for the whole call. The padding keeps shards on separate
+// cache lines (and apart from the adjacent-line prefetcher).
+type callShard struct {
+	started  atomic.Uint64
+	finished atomic.Uint64
+	_        [128 - 16]byte
+}
+
+// generation is one plugin value in the life of a registered name. Register
+// makes generation 1, each successful Reload the next. Calls are counted per
+// generation so that a reload or Unregister can wait for exactly the calls
+// running on the value it replaces.
+//
+// The drain protocol: the drainer sets gate, then waits until every call
+// that started has finished. A caller increments started, then loads gate;
+// if gate is set it backs out (counts the start out without running) and
+// parks on the gate. Go's atomics are sequentially consistent, so either
+// the caller sees the gate or the drainer sees the caller's start.
+type generation[Req, Resp any] struct {
+	shards [counterShards]callShard
+
+	plugin Plugin[Req, Resp]
+	info   PluginInfo
+	id     uint64
+
+	gate     atomic.Pointer[gate]
+	idle     chan struct{} // signalled when a finish may have made the generation idle
+	detached atomic.Int64  // timed-out calls still running on their own goroutine
+	backouts atomic.Uint64 // starts that parked instead of running
+
+	healthMu  sync.Mutex // held by health checks; Close takes it too
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func newGeneration[Req, Resp any](p Plugin[Req, Resp], info PluginInfo, id uint64) *generation[Req, Resp] {
+	return &generation[Req, Resp]{plugin: p, info: info, id: id, idle: make(chan struct{}, 1)}
+}
+
+// start counts a call in and returns its shard and the shard's start count.
+func (g *generation[Req, Resp]) start() (uint32, uint64) {
+	s := rand.Uint32() % counterShards
+	return s, g.shards[s].started.Add(1)
+}
+
+// finish counts a call out. While a drain is waiting it signals when the
+// generation may have become idle.
+func (g *generation[Req, Resp]) finish(shard uint32) {
+	g.shards[shard].finished.Add(1)
+	if g.gate.Load() != nil {
+		g.signalIfIdle()
+	}
+}
+
+// backout undoes a start whose call will not run. It counts the start out
+// with backouts alone (not finished), so that calls never reads a backout
+// half done.
+func (g *generation[Req, Resp]) backout(uint32) {
+	g.backouts.Add(1)
+	if g.gate.Load() != nil {
+		g.signalIfIdle()
+	}
+}
+
+func (g *generation[Req, Resp]) signalIfIdle() {
+	if g.inFlight() == 0 {
+		select {
+		case g.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// inFlight returns the number of calls running. It reads every finished
+// and backout count before any started count: a result of 0 then proves
+// there was an instant with no call running (see generation).
+func (g *generation[Req, Resp]) inFlight() int64 {
+	fin := g.backouts.Load()
+	var st uint64
+	for i := range g.shards {
+		fin += g.shards[i].finished.Load()
+	}
+	for i := range g.shards {
+		st += g.shards[i].started.Load()
+	}
+	return int64(st-fin) + g.detached.Load()
+}
+
+// calls returns the number of calls that ran on this generation.
+func (g *generation[Req, Resp]) calls() uint64 {
+	var fin uint64
+	for i := range g.shards {
+		fin += g.shards[i].finished.Load()
+	}
+	return fin
+}
+
+// startedCalls returns how many calls started (for the breaker's window).
+func (g *generation[Req, Resp]) startedCalls() uint64 {
+	var st uint64
+	for i := range g.shards {
+		st += g.shards[i].started.Load()
+	}
+	return st
+}
+
+// drain waits until no call runs on g. The gate must be set.
+func (g *generation[Req, Resp]) drain(ctx context.Context) error {
+	for g.inFlight() != 0 {
+		select {
+		case <-g.idle:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (g *generation[Req, Resp]) health(ctx context.Context, name string) (err error) {
+	g.healthMu.Lock()
+	defer g.healthMu.Unlock()
+	defer func() {
+		if r := recover(); r != nil {
+			err = newError(CodePanic, name, "health check panicked: %v", r)
+		}
+	}()
+	return g.plugin.Health(ctx)
+}
+
+// close closes the plugin once; later calls return the first result.
+func (g *generation[Req, Resp]) close(ctx context.Context, name string) error {
+	g.closeOnce.Do(func() {
+		g.healthMu.Lock()
+		defer g.healthMu.Unlock()
+		defer func() {
+			if r := recover(); r != nil {
+				g.closeErr = newError(CodePanic, name, "Close panicked: %v", r)
+			}
+		}()
+		g.closeErr = g.plugin.Close(ctx)
+	})
+	return g.closeErr
+}
+
+// gate parks calls to a plugin while it is drained for a reload or removal.
+type gate struct {
+	released chan struct{}
+
+	mu       sync.Mutex
+	opened   time.Time
+	starts   []time.Time // when each parked call parked; zero if it gave up
+	gaveUp   int
+	isOpened bool
+}
+
+func newGate() *gate { return &gate{released: make(chan struct{})} }
+
+// open releases every parked call (and every later one) to retry.
+func (gt *gate) open() {
+	gt.mu.Lock()
+	defer gt.mu.Unlock()
+	if !gt.isOpened {
+		gt.isOpened, gt.opened = true, time.Now()
+		close(gt.released)
+	}
+}
+
+// wait parks until the gate opens or ctx is done.
+func (gt *gate) wait(ctx context.Context) error {
+	gt.mu.Lock()
+	if gt.isOpened {
+		gt.mu.Unlock()
+		return nil
+	}
+	i := len(gt.starts)
+	gt.starts = append(gt.starts, time.Now())
+	gt.mu.Unlock()
+	select {
+	case <-gt.released:
+		return nil
+	case <-ctx.Done():
+		gt.mu.Lock()
+		if !gt.isOpened {
+			gt.starts[i] = time.Time{}
+			gt.gaveUp++
+		}
+		gt.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// parkTimes returns, once the gate is open, how long each call that was
+// released had been parked, and how many parked calls gave up first.
+func (gt *gate) parkTimes() (parked []time.Duration, gaveUp int) {
+	gt.mu.Lock()
+	defer gt.mu.Unlock()
+	for _, s := range gt.starts {
+		if !s.IsZero() {
+			parked = append(parked, gt.opened.Sub(s))
+		}
+	}
+	return parked, gt.gaveUp
+}

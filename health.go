@@ -1,0 +1,132 @@
+package goplugins
+
+import (
+	"context"
+	"time"
+)
+
+// HealthStatus is a plugin's health as the manager last saw it.
+type HealthStatus int32
+
+// Health statuses.
+const (
+	// HealthUnknown: no check has run yet. Calls flow.
+	HealthUnknown HealthStatus = iota
+	// Healthy: the last check passed.
+	Healthy
+	// Degraded: the last check failed, fewer than UnhealthyAfter in a row.
+	// Calls flow.
+	Degraded
+	// Unhealthy: UnhealthyAfter checks in a row failed. Calls fail fast with
+	// ErrUnhealthy until a check passes.
+	Unhealthy
+)
+
+// String returns "unknown", "healthy", "degraded" or "unhealthy".
+func (s HealthStatus) String() string {
+	switch s {
+	case Healthy:
+		return "healthy"
+	case Degraded:
+		return "degraded"
+	case Unhealthy:
+		return "unhealthy"
+	}
+	return "unknown"
+}
+
+// HealthConfig configures a plugin's health checks.
+type HealthConfig struct {
+	// Interval between periodic checks. Default 10s; negative turns
+	// periodic checks off (Manager.Health still checks on demand).
+	Interval time.Duration
+	// Timeout bounds one check. Default 2s.
+	Timeout time.Duration
+	// UnhealthyAfter is how many failed checks in a row make a plugin
+	// Unhealthy. Default 3.
+	UnhealthyAfter int
+}
+
+func (c HealthConfig) withDefaults() HealthConfig {
+	if c.Interval == 0 {
+		c.Interval = 10 * time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 2 * time.Second
+	}
+	if c.UnhealthyAfter <= 0 {
+		c.UnhealthyAfter = 3
+	}
+	return c
+}
+
+// HealthReport is the outcome of a plugin's latest health check.
+type HealthReport struct {
+	Plugin string
+	Status HealthStatus
+	// Err is the error of the latest failed check; nil when healthy.
+	Err error
+	// Failures is the number of failed checks in a row.
+	Failures int
+	// Checked is when the latest check finished; zero before the first.
+	Checked time.Time
+}
+
+// checkHealth runs one health check on the plugin's current generation and
+// books the outcome.
+func (e *entry[Req, Resp]) checkHealth(ctx context.Context) HealthReport {
+	g := e.gen.Load()
+	if g == nil {
+		return e.healthReport()
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.health.Timeout)
+	defer cancel()
+	err := g.health(ctx, e.name)
+	if ctx.Err() != nil && err == nil {
+		err = ctx.Err()
+	}
+
+	e.healthMu.Lock()
+	prev := e.healthState.Status
+	r := HealthReport{Plugin: e.name, Checked: time.Now()}
+	if err == nil {
+		r.Status = Healthy
+	} else {
+		r.Err = err
+		r.Failures = e.healthState.Failures + 1
+		r.Status = Degraded
+		if r.Failures >= e.cfg.health.UnhealthyAfter {
+			r.Status = Unhealthy
+		}
+	}
+	e.healthState = r
+	e.unhealthy.Store(r.Status == Unhealthy)
+	e.healthMu.Unlock()
+
+	if r.Status != prev {
+		e.m.emit(Event{Kind: EventHealthChanged, Plugin: e.name, Health: r.Status, Err: err})
+	}
+	return r
+}
+
+func (e *entry[Req, Resp]) healthReport() HealthReport {
+	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
+	r := e.healthState
+	r.Plugin = e.name
+	return r
+}
+
+// healthLoop checks the plugin every Interval until ctx is done.
+func (e *entry[Req, Resp]) healthLoop(ctx context.Context) {
+	t := time.NewTicker(e.cfg.health.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			e.checkHealth(ctx)
+		}
+	}
+}

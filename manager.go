@@ -1,0 +1,595 @@
+package goplugins
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Manager owns registered plugins and runs requests through them.
+//
+// Execute is lock-free: it reads an immutable snapshot of the registry
+// through an atomic pointer, which Register and Unregister replace
+// copy-on-write. On its success path it takes no mutex and allocates
+// nothing (unless a timeout is configured, see WithTimeout).
+//
+// A Manager is safe for concurrent use. Shutdown releases everything it
+// holds; no goroutine outlives it.
+type Manager[Req, Resp any] struct {
+	cfg managerConfig
+	reg atomic.Pointer[registry[Req, Resp]]
+	mu  sync.Mutex // serializes writers of reg
+	bus eventBus
+
+	// closing is cancelled when Shutdown starts; it aborts reloads.
+	closing       context.Context
+	cancelClosing context.CancelFunc
+	// abandon is cancelled when Shutdown's ctx ends with calls still
+	// running: background closers stop waiting and close.
+	abandon       context.Context
+	cancelAbandon context.CancelFunc
+
+	wg           sync.WaitGroup // health loops and background closers
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+type registry[Req, Resp any] struct {
+	entries map[string]*entry[Req, Resp]
+	closed  bool
+}
+
+// entry is a registered name. Its generation changes on Reload; everything
+// else lives as long as the registration.
+type entry[Req, Resp any] struct {
+	m    *Manager[Req, Resp]
+	name string
+	cfg  pluginConfig
+
+	gen       atomic.Pointer[generation[Req, Resp]]
+	unhealthy atomic.Bool
+	brk       breaker
+	ctr       pluginCounters
+
+	// op serializes Reload and Unregister of this plugin; a one-slot
+	// semaphore so that waiting for it is bounded by a ctx.
+	op     chan struct{}
+	genSeq uint64 // guarded by op
+
+	healthMu    sync.Mutex
+	healthState HealthReport
+	stopHealth  context.CancelFunc
+}
+
+// NewManager returns a Manager configured by opts.
+func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
+	cfg := defaultManagerConfig()
+	for _, o := range opts {
+		o.applyManager(&cfg)
+	}
+	m := &Manager[Req, Resp]{cfg: cfg}
+	m.bus = eventBus{log: cfg.logger, buffer: cfg.eventBuffer}
+	m.closing, m.cancelClosing = context.WithCancel(context.Background())
+	m.abandon, m.cancelAbandon = context.WithCancel(context.Background())
+	m.reg.Store(&registry[Req, Resp]{entries: map[string]*entry[Req, Resp]{}})
+	return m
+}
+
+// Register adds p under the name in p.Info(). The name must pass
+// ValidateName and the version must be strict semver (and pass the
+// manager's VersionPolicy rule for the name, if any). Registering a name
+// that is taken fails with ErrAlreadyRegistered: use Reload to replace a
+// plugin.
+func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOption) error {
+	if p == nil {
+		return newError(CodeInvalidPlugin, "", "Register got a nil plugin")
+	}
+	info, err := pluginInfo(p)
+	if err != nil {
+		return err
+	}
+	if m.cfg.policy != nil {
+		if err := m.cfg.policy.CheckPlugin(info.Name, info.Version); err != nil {
+			return err
+		}
+	}
+	cfg := m.cfg.plugin
+	for _, o := range opts {
+		o.applyPlugin(&cfg)
+	}
+	e := m.newEntry(info.Name, cfg)
+
+	m.mu.Lock()
+	r := m.reg.Load()
+	if r.closed {
+		m.mu.Unlock()
+		return newError(CodeShuttingDown, info.Name, "cannot register: the manager is shut down")
+	}
+	if _, ok := r.entries[info.Name]; ok {
+		m.mu.Unlock()
+		return newError(CodeAlreadyRegistered, info.Name,
+			"a plugin of this name is registered already; use Reload to replace it or Unregister it first")
+	}
+	e.genSeq = 1
+	e.gen.Store(newGeneration(p, info, 1))
+	next := maps.Clone(r.entries)
+	next[info.Name] = e
+	m.reg.Store(&registry[Req, Resp]{entries: next})
+	if cfg.health.Interval > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		e.stopHealth = cancel
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			e.healthLoop(ctx)
+		}()
+	}
+	m.mu.Unlock()
+
+	m.cfg.logger.Info("goplugins: plugin registered", "plugin", info.Name, "version", info.Version)
+	m.emit(Event{Kind: EventRegistered, Plugin: info.Name, Version: info.Version})
+	return nil
+}
+
+// pluginInfo reads and validates p.Info, recovering a panic.
+func pluginInfo[Req, Resp any](p Plugin[Req, Resp]) (info PluginInfo, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = newError(CodeInvalidPlugin, "", "the plugin's Info method panicked: %v", r)
+		}
+	}()
+	info = p.Info()
+	info.Surfaces = slices.Clone(info.Surfaces)
+	info.Metadata = maps.Clone(info.Metadata)
+	return info, validateInfo(info)
+}
+
+func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req, Resp] {
+	e := &entry[Req, Resp]{m: m, name: name, cfg: cfg, op: make(chan struct{}, 1)}
+	e.brk = breaker{
+		cfg: cfg.breaker,
+		now: time.Now,
+		calls: func() uint64 {
+			n := e.ctr.retiredStarted.Load()
+			if g := e.gen.Load(); g != nil {
+				n += g.startedCalls()
+			}
+			return n
+		},
+		onChange: func(from, to BreakerState) {
+			kind := map[BreakerState]EventKind{
+				BreakerOpen: EventBreakerOpened, BreakerHalfOpen: EventBreakerHalfOpen, BreakerClosed: EventBreakerClosed,
+			}[to]
+			m.cfg.logger.Warn("goplugins: circuit breaker changed", "plugin", name, "from", from.String(), "to", to.String())
+			m.emit(Event{Kind: kind, Plugin: name})
+		},
+	}
+	e.brk.startWindow()
+	return e
+}
+
+// Execute runs req through the named plugin.
+//
+// Errors: ErrNotFound if no such plugin is registered, ErrShuttingDown after
+// Shutdown, ErrBreakerOpen or ErrUnhealthy when the plugin is rejecting
+// calls, ErrTimeout past the plugin's timeout, ErrPanic if it panicked,
+// ctx's error if ctx ended first, else the plugin's own error unchanged.
+// While the plugin is being reloaded the call is parked (bounded by ctx and
+// the drain timeout) and then runs on whichever plugin serves after the
+// reload: no call is dropped.
+func (m *Manager[Req, Resp]) Execute(ctx context.Context, name string, req Req) (Resp, error) {
+	for {
+		e := m.reg.Load().entries[name]
+		if e == nil {
+			var zero Resp
+			return zero, m.missing(name)
+		}
+		g := e.gen.Load()
+		if g == nil { // unregistered since the snapshot was taken
+			var zero Resp
+			return zero, m.missing(name)
+		}
+		if e.unhealthy.Load() {
+			e.ctr.rejected.Add(1)
+			var zero Resp
+			return zero, e.unhealthyError()
+		}
+		t, ok := e.brk.allow()
+		if !ok {
+			e.ctr.rejected.Add(1)
+			var zero Resp
+			return zero, newError(CodeBreakerOpen, name,
+				"circuit breaker is open after repeated failures; calls resume after a successful probe once its open timeout passes")
+		}
+		shard, n := g.start()
+		if gt := g.gate.Load(); gt != nil {
+			g.backout(shard)
+			e.brk.release(t)
+			if err := gt.wait(ctx); err != nil {
+				var zero Resp
+				return zero, err
+			}
+			continue
+		}
+		return e.execute(ctx, g, shard, n, t, req)
+	}
+}
+
+// execute runs an admitted call, with retries, and books it.
+func (e *entry[Req, Resp]) execute(ctx context.Context, g *generation[Req, Resp], shard uint32, n uint64, t ticket, req Req) (Resp, error) {
+	var start time.Time
+	sampled := n&e.m.cfg.sampleMask == 0
+	if sampled {
+		start = time.Now()
+	}
+	resp, err := e.attempt(ctx, g, req)
+	e.brk.record(ctx, t, err)
+	if err != nil && e.cfg.retry.MaxAttempts > 1 {
+		resp, err = e.retry(ctx, g, req, err)
+	}
+	g.finish(shard)
+	if sampled {
+		e.ctr.latency.observe(time.Since(start))
+	}
+	if err != nil {
+		e.ctr.errors.Add(1)
+	}
+	return resp, err
+}
+
+// retry re-runs a failed call while its error is retryable, with backoff.
+func (e *entry[Req, Resp]) retry(ctx context.Context, g *generation[Req, Resp], req Req, err error) (Resp, error) {
+	var resp Resp
+	backoff := e.cfg.retry.Backoff
+	for attempt := 1; attempt < e.cfg.retry.MaxAttempts && IsRetryable(err); attempt++ {
+		timer := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return resp, err
+		case <-timer.C:
+		}
+		backoff = min(2*backoff, e.cfg.retry.MaxBackoff)
+		t, ok := e.brk.allow()
+		if !ok {
+			e.ctr.rejected.Add(1)
+			return resp, err
+		}
+		e.ctr.retries.Add(1)
+		resp, err = e.attempt(ctx, g, req)
+		e.brk.record(ctx, t, err)
+	}
+	return resp, err
+}
+
+// attempt runs the plugin once, on its own goroutine when a timeout is set.
+func (e *entry[Req, Resp]) attempt(ctx context.Context, g *generation[Req, Resp], req Req) (Resp, error) {
+	if e.cfg.timeout <= 0 {
+		return e.invoke(ctx, g, req)
+	}
+	tctx, cancel := context.WithTimeout(ctx, e.cfg.timeout)
+	defer cancel()
+	type result struct {
+		resp Resp
+		err  error
+	}
+	done := make(chan result, 1)
+	g.detached.Add(1)
+	go func() {
+		resp, err := e.invoke(tctx, g, req)
+		done <- result{resp, err}
+		g.detached.Add(-1)
+		if g.gate.Load() != nil {
+			g.signalIfIdle()
+		}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil && ctx.Err() == nil && errors.Is(tctx.Err(), context.DeadlineExceeded) {
+			return r.resp, e.timeoutError()
+		}
+		return r.resp, r.err
+	case <-tctx.Done():
+		var zero Resp
+		if ctx.Err() != nil {
+			return zero, ctx.Err()
+		}
+		return zero, e.timeoutError()
+	}
+}
+
+// invoke calls the plugin, turning a panic into ErrPanic.
+func (e *entry[Req, Resp]) invoke(ctx context.Context, g *generation[Req, Resp], req Req) (resp Resp, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			e.ctr.panics.Add(1)
+			e.m.cfg.logger.Error("goplugins: plugin panicked", "plugin", e.name, "panic", r, "stack", string(debug.Stack()))
+			err = newError(CodePanic, e.name, "the plugin panicked (%v); the host recovered and the plugin keeps serving, but the plugin has a bug to fix", r)
+		}
+	}()
+	return g.plugin.Execute(ctx, req)
+}
+
+func (e *entry[Req, Resp]) timeoutError() error {
+	e.ctr.timeouts.Add(1)
+	return newError(CodeTimeout, e.name, "no answer within the plugin's timeout of %v; raise WithTimeout or find what slows the plugin", e.cfg.timeout)
+}
+
+func (e *entry[Req, Resp]) unhealthyError() error {
+	r := e.healthReport()
+	return wrapError(r.Err, CodeUnhealthy, e.name,
+		"the plugin failed %d health checks in a row and fails fast until a check passes", r.Failures)
+}
+
+// missing explains why name cannot be called.
+func (m *Manager[Req, Resp]) missing(name string) error {
+	if m.reg.Load().closed {
+		return newError(CodeShuttingDown, name, "the manager is shut down")
+	}
+	return newError(CodeNotFound, name, "no plugin of this name is registered; check the name or register it first")
+}
+
+// lock takes the plugin's operation slot (Reload and Unregister hold it).
+func (e *entry[Req, Resp]) lock(ctx context.Context) error {
+	select {
+	case e.op <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return wrapError(ctx.Err(), CodeTimeout, e.name, "waiting for another reload or unregister of the plugin")
+	}
+}
+
+func (e *entry[Req, Resp]) unlock() { <-e.op }
+
+// Unregister removes the named plugin: new calls get ErrNotFound at once,
+// calls in flight finish, then the plugin is closed. If a reload of the
+// plugin is running, Unregister first waits for it to end.
+//
+// If ctx ends before the calls in flight finish, the plugin is removed all
+// the same and closed in the background after its last call (or at
+// Shutdown); Unregister then returns an error matching ErrDrainTimeout.
+func (m *Manager[Req, Resp]) Unregister(ctx context.Context, name string) error {
+	e := m.reg.Load().entries[name]
+	if e == nil {
+		return m.missing(name)
+	}
+	if err := e.lock(ctx); err != nil {
+		return err
+	}
+	defer e.unlock()
+
+	m.mu.Lock()
+	r := m.reg.Load()
+	if r.entries[name] != e {
+		m.mu.Unlock()
+		return m.missing(name)
+	}
+	next := maps.Clone(r.entries)
+	delete(next, name)
+	m.reg.Store(&registry[Req, Resp]{entries: next, closed: r.closed})
+	m.mu.Unlock()
+
+	g := e.retire()
+	if err := g.drain(ctx); err != nil {
+		left := g.inFlight()
+		m.closeLater(e, g)
+		return wrapError(err, CodeDrainTimeout, name,
+			"removed, but %d call(s) were still running; it will be closed after the last one ends", left)
+	}
+	err := g.close(ctx, name)
+	m.cfg.logger.Info("goplugins: plugin unregistered", "plugin", name, "version", g.info.Version)
+	m.emit(Event{Kind: EventUnregistered, Plugin: name, Version: g.info.Version, Err: err})
+	if err != nil {
+		return wrapError(err, CodeClosed, name, "unregistered, but Close failed")
+	}
+	return nil
+}
+
+// retire stops routing calls to the entry: health checks stop, calls
+// starting from now on find no generation (callers that already hold it
+// back out and retry). It returns the generation to drain and close.
+func (e *entry[Req, Resp]) retire() *generation[Req, Resp] {
+	if e.stopHealth != nil {
+		e.stopHealth()
+	}
+	g := e.gen.Load()
+	gt := newGate()
+	g.gate.Store(gt)
+	e.gen.Store(nil)
+	e.ctr.retiredStarted.Add(g.startedCalls())
+	e.ctr.retiredCalls.Add(g.calls())
+	gt.open()
+	return g
+}
+
+// closeLater closes g after its last call, or when Shutdown gives up waiting.
+func (m *Manager[Req, Resp]) closeLater(e *entry[Req, Resp], g *generation[Req, Resp]) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		drained := g.drain(m.abandon) == nil
+		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.health.Timeout)
+		defer cancel()
+		err := g.close(ctx, e.name)
+		if !drained {
+			m.cfg.logger.Warn("goplugins: plugin closed with calls still running", "plugin", e.name, "in_flight", g.inFlight())
+		}
+		m.emit(Event{Kind: EventUnregistered, Plugin: e.name, Version: g.info.Version, Err: err})
+	}()
+}
+
+// Shutdown stops health checks, aborts reloads in progress (they roll
+// back), refuses new calls with ErrShuttingDown, waits for the calls in
+// flight and closes every plugin concurrently. Event subscribers receive
+// what was queued, then stop.
+//
+// If ctx ends first, plugins with calls still running are closed anyway and
+// Shutdown returns ctx's error joined with any Close errors. Shutdown is
+// idempotent: later calls wait for the first and return its result.
+func (m *Manager[Req, Resp]) Shutdown(ctx context.Context) error {
+	m.shutdownOnce.Do(func() { m.shutdownErr = m.shutdown(ctx) })
+	return m.shutdownErr
+}
+
+func (m *Manager[Req, Resp]) shutdown(ctx context.Context) error {
+	m.cancelClosing()
+	m.mu.Lock()
+	entries := m.reg.Load().entries
+	m.reg.Store(&registry[Req, Resp]{entries: map[string]*entry[Req, Resp]{}, closed: true})
+	m.mu.Unlock()
+
+	var (
+		errMu sync.Mutex
+		errs  []error
+		wg    sync.WaitGroup
+	)
+	for _, e := range entries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.shutdownEntry(ctx, e); err != nil {
+				errMu.Lock()
+				errs = append(errs, err)
+				errMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+
+	done := make(chan struct{})
+	go func() {
+		m.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		m.cancelAbandon()
+		<-done
+	}
+	m.cancelAbandon()
+	for _, d := range m.bus.close() {
+		select {
+		case <-d:
+		case <-ctx.Done():
+		}
+	}
+	if ctx.Err() != nil {
+		errs = append(errs, wrapError(ctx.Err(), CodeShuttingDown, "", "shutdown did not finish in time"))
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager[Req, Resp]) shutdownEntry(ctx context.Context, e *entry[Req, Resp]) error {
+	if err := e.lock(ctx); err != nil {
+		return err
+	}
+	defer e.unlock()
+	g := e.retire()
+	drainErr := g.drain(ctx)
+	closeCtx := ctx
+	if drainErr != nil {
+		c, cancel := context.WithTimeout(context.Background(), e.cfg.health.Timeout)
+		defer cancel()
+		closeCtx = c
+	}
+	err := g.close(closeCtx, e.name)
+	m.emit(Event{Kind: EventUnregistered, Plugin: e.name, Version: g.info.Version, Err: err})
+	if err != nil {
+		return wrapError(err, CodeClosed, e.name, "Close failed during shutdown")
+	}
+	if drainErr != nil {
+		return wrapError(drainErr, CodeDrainTimeout, e.name, "closed with %d call(s) still running", g.inFlight())
+	}
+	return nil
+}
+
+// Plugins returns the info of every registered plugin, sorted by name.
+func (m *Manager[Req, Resp]) Plugins() []PluginInfo {
+	r := m.reg.Load()
+	out := make([]PluginInfo, 0, len(r.entries))
+	for _, e := range r.entries {
+		if g := e.gen.Load(); g != nil {
+			out = append(out, g.info)
+		}
+	}
+	slices.SortFunc(out, func(a, b PluginInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Info returns the info of the named plugin as it serves now.
+func (m *Manager[Req, Resp]) Info(name string) (PluginInfo, bool) {
+	if e := m.reg.Load().entries[name]; e != nil {
+		if g := e.gen.Load(); g != nil {
+			return g.info, true
+		}
+	}
+	return PluginInfo{}, false
+}
+
+// Health checks every plugin now, concurrently (each check bounded by its
+// health timeout and by ctx), and returns the reports by plugin name.
+// Statuses, events and fail-fast behaviour update as for periodic checks.
+func (m *Manager[Req, Resp]) Health(ctx context.Context) map[string]HealthReport {
+	r := m.reg.Load()
+	out := make(map[string]HealthReport, len(r.entries))
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	for name, e := range r.entries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rep := e.checkHealth(ctx)
+			mu.Lock()
+			out[name] = rep
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// Metrics returns a snapshot of every plugin's counters.
+func (m *Manager[Req, Resp]) Metrics() Metrics {
+	r := m.reg.Load()
+	out := Metrics{Plugins: make(map[string]PluginMetrics, len(r.entries)), DroppedEvents: m.bus.dropped.Load()}
+	for name, e := range r.entries {
+		pm := PluginMetrics{
+			Errors:   e.ctr.errors.Load(),
+			Timeouts: e.ctr.timeouts.Load(),
+			Panics:   e.ctr.panics.Load(),
+			Rejected: e.ctr.rejected.Load(),
+			Retries:  e.ctr.retries.Load(),
+			Breaker:  BreakerState(e.brk.state.Load()),
+			Health:   e.healthReport().Status,
+			Latency:  e.ctr.latency.snapshot(int(m.cfg.sampleMask + 1)),
+			Calls:    e.ctr.retiredCalls.Load(),
+		}
+		if g := e.gen.Load(); g != nil {
+			pm.Calls += g.calls()
+			pm.InFlight = g.inFlight()
+			pm.Generation = g.id
+		}
+		out.Plugins[name] = pm
+	}
+	return out
+}
+
+// Subscribe calls fn with every event from now on, in order, from a
+// goroutine of its own: a slow fn never blocks Execute or other
+// subscribers, but events beyond its buffer are dropped and counted (see
+// WithEventBuffer). A panic in fn is recovered and logged. Call cancel to
+// stop; Shutdown stops every subscriber after delivering what was queued.
+func (m *Manager[Req, Resp]) Subscribe(fn func(Event)) (cancel func()) {
+	return m.bus.subscribe(fn)
+}
+
+func (m *Manager[Req, Resp]) emit(ev Event) { m.bus.emit(ev) }

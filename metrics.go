@@ -1,0 +1,125 @@
+package goplugins
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Metrics is a snapshot of the manager's counters.
+type Metrics struct {
+	// Plugins holds the counters of each registered plugin by name.
+	Plugins map[string]PluginMetrics
+	// DroppedEvents counts events not delivered because a subscriber's
+	// buffer was full (see WithEventBuffer).
+	DroppedEvents uint64
+}
+
+// PluginMetrics are the counters of one plugin, summed over all its
+// generations (a reload does not reset them).
+type PluginMetrics struct {
+	// Calls counts Execute calls that reached the plugin (retries are one call).
+	Calls uint64
+	// Errors counts calls that returned an error, whatever the cause.
+	Errors uint64
+	// Timeouts counts calls that hit the plugin's timeout.
+	Timeouts uint64
+	// Panics counts calls in which the plugin panicked.
+	Panics uint64
+	// Rejected counts calls refused by the breaker or by an unhealthy status.
+	Rejected uint64
+	// Retries counts attempts after the first.
+	Retries uint64
+	// InFlight is the number of calls running now.
+	InFlight int64
+	// Generation is the number of the plugin value now serving: 1 after
+	// Register, one more after each successful Reload.
+	Generation uint64
+	// Breaker is the breaker's state; Health the latest health status.
+	Breaker BreakerState
+	Health  HealthStatus
+	// Latency is the histogram of sampled call durations.
+	Latency LatencyHistogram
+}
+
+// latencyBounds are the upper bounds of the histogram buckets: 1-2-5 steps
+// from 1µs to 10s. Durations above the last bound go to an overflow bucket.
+var latencyBounds = func() []time.Duration {
+	var b []time.Duration
+	for d := time.Microsecond; d <= 10*time.Second; d *= 10 {
+		b = append(b, d, 2*d, 5*d)
+	}
+	return b[:len(b)-2]
+}()
+
+// LatencyHistogram is a fixed-bucket histogram of call durations. Only one
+// call in SampleEvery is timed (see WithLatencySampling).
+type LatencyHistogram struct {
+	// Bounds are the buckets' inclusive upper bounds; Counts has one more
+	// element than Bounds, its last counting durations above every bound.
+	Bounds []time.Duration
+	Counts []uint64
+	// Count and Sum are over the sampled calls.
+	Count uint64
+	Sum   time.Duration
+	// SampleEvery is the sampling period.
+	SampleEvery int
+}
+
+// Quantile returns the upper bound of the bucket holding quantile q
+// (0 <= q <= 1) of the sampled calls, or 0 when none was sampled. A quantile
+// in the overflow bucket reports the largest bound.
+func (h LatencyHistogram) Quantile(q float64) time.Duration {
+	if h.Count == 0 {
+		return 0
+	}
+	rank := uint64(q*float64(h.Count) + 0.5)
+	rank = min(max(rank, 1), h.Count)
+	var seen uint64
+	for i, c := range h.Counts {
+		if seen += c; seen >= rank {
+			return h.Bounds[min(i, len(h.Bounds)-1)]
+		}
+	}
+	return h.Bounds[len(h.Bounds)-1]
+}
+
+// histogram is the lock-free recording side of LatencyHistogram.
+type histogram struct {
+	counts [24]atomic.Uint64
+	count  atomic.Uint64
+	sum    atomic.Int64
+}
+
+func (h *histogram) observe(d time.Duration) {
+	i := 0
+	for i < len(latencyBounds) && d > latencyBounds[i] {
+		i++
+	}
+	h.counts[i].Add(1)
+	h.count.Add(1)
+	h.sum.Add(int64(d))
+}
+
+func (h *histogram) snapshot(sampleEvery int) LatencyHistogram {
+	s := LatencyHistogram{
+		Bounds:      latencyBounds,
+		Counts:      make([]uint64, len(latencyBounds)+1),
+		Count:       h.count.Load(),
+		Sum:         time.Duration(h.sum.Load()),
+		SampleEvery: sampleEvery,
+	}
+	for i := range s.Counts {
+		s.Counts[i] = h.counts[i].Load()
+	}
+	return s
+}
+
+// pluginCounters are the per-plugin counters touched only off the success
+// path (errors and rejections), plus the latency histogram.
+type pluginCounters struct {
+	errors, timeouts, panics, rejected, retries atomic.Uint64
+	// retiredCalls and retiredStarted sum the calls and starts of
+	// generations that were replaced.
+	retiredCalls, retiredStarted atomic.Uint64
+	latency                      histogram
+}

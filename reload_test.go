@@ -1,0 +1,1236 @@
+package goplugins
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// holdReq is the request that makes a swappable with a hold channel block.
+const holdReq = -1
+
+// swappable is a test plugin with every reload surface it declares: it
+// counts the calls it served (its state, handed over with
+// PersistState/RestoreState), runs a stream whose position advances with
+// every call while it streams (Checkpoint/Resume), and checks
+// compatibility (CheckCompat). A test injects a failure into any of them.
+type swappable struct {
+	name, version string
+	surfaces      []Surface
+
+	failPersist, failRestore, failCheckpoint, failResume, failCompat error
+
+	// hold, when set, makes Execute(holdReq) send on held and then block
+	// until hold is closed.
+	hold chan struct{}
+	held chan struct{}
+
+	mu          sync.Mutex
+	n           int    // calls served: the state
+	pos         uint64 // stream position
+	streaming   bool
+	resumes     int
+	checkpoints int
+
+	execs        atomic.Int64 // Execute calls that ran on this value
+	closed       atomic.Int32
+	execsAtClose atomic.Int64 // execs when Close was called
+}
+
+// newSwappable returns a plugin that declares surfaces. It does not stream
+// until it is resumed (or its streaming field is set, as for a plugin that
+// started its stream on its own).
+func newSwappable(name, version string, surfaces ...Surface) *swappable {
+	return &swappable{name: name, version: version, surfaces: surfaces}
+}
+
+func (p *swappable) Info() PluginInfo {
+	return PluginInfo{Name: p.name, Version: p.version, Surfaces: p.surfaces}
+}
+
+func (p *swappable) Execute(_ context.Context, req int) (int, error) {
+	if req == holdReq && p.hold != nil {
+		p.held <- struct{}{}
+		<-p.hold
+	}
+	p.execs.Add(1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n++
+	if p.streaming {
+		p.pos++
+	}
+	return p.n, nil
+}
+
+func (p *swappable) Health(context.Context) error { return nil }
+func (p *swappable) Close(context.Context) error {
+	p.execsAtClose.Store(p.execs.Load())
+	p.closed.Add(1)
+	return nil
+}
+
+func (p *swappable) PersistState(context.Context) ([]byte, error) {
+	if p.failPersist != nil {
+		return nil, p.failPersist
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return encodeInt(p.n), nil
+}
+
+func (p *swappable) RestoreState(_ context.Context, b []byte) error {
+	if p.failRestore != nil {
+		return p.failRestore
+	}
+	n, err := decodeInt(b)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.n = n
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *swappable) Checkpoint(context.Context) ([]byte, error) {
+	if p.failCheckpoint != nil {
+		return nil, p.failCheckpoint
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.streaming = false
+	p.checkpoints++
+	return encodeInt(int(p.pos)), nil
+}
+
+func (p *swappable) Resume(_ context.Context, pos []byte) error {
+	if p.failResume != nil {
+		return p.failResume
+	}
+	n, err := decodeInt(pos)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pos, p.streaming = uint64(n), true
+	p.resumes++
+	return nil
+}
+
+func (p *swappable) CheckCompat(context.Context, PluginInfo) error { return p.failCompat }
+
+// snapshot returns the plugin's state, stream position and whether it streams.
+func (p *swappable) snapshot() (n int, pos uint64, streaming bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n, p.pos, p.streaming
+}
+
+// load is a set of goroutines that call Execute without pause and count
+// every call.
+type load struct {
+	ok, failed atomic.Int64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+
+	mu   sync.Mutex
+	errs []error
+}
+
+// startLoad starts workers callers of the named plugin and returns once each
+// has completed a call.
+func startLoad(t *testing.T, m *Manager[int, int], name string, workers int) *load {
+	t.Helper()
+	l := &load{stop: make(chan struct{})}
+	started := make(chan struct{}, workers)
+	for i := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for first := true; ; first = false {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				if _, err := m.Execute(context.Background(), name, i); err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					if len(l.errs) < 5 {
+						l.errs = append(l.errs, err)
+					}
+					l.mu.Unlock()
+				} else {
+					l.ok.Add(1)
+				}
+				if first {
+					started <- struct{}{}
+				}
+			}
+		}()
+	}
+	for range workers {
+		<-started
+	}
+	return l
+}
+
+// end stops the callers, fails t if any call failed and returns how many
+// calls succeeded.
+func (l *load) end(t *testing.T) int64 {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	if n := l.failed.Load(); n != 0 {
+		t.Errorf("%d call(s) of the concurrent load failed, e.g. %v", n, l.errs)
+	}
+	return l.ok.Load()
+}
+
+// newReloadManager returns a manager without periodic health checks, shut
+// down when the test ends.
+func newReloadManager(t *testing.T, opts ...Option) *Manager[int, int] {
+	t.Helper()
+	m := NewManager[int, int](append([]Option{WithHealthCheck(HealthConfig{Interval: -1})}, opts...)...)
+	t.Cleanup(func() { require.NoError(t, m.Shutdown(context.Background())) })
+	return m
+}
+
+// collectEvents subscribes to m and returns a channel of its events of the
+// given kinds.
+func collectEvents(m *Manager[int, int], kinds ...EventKind) <-chan Event {
+	ch := make(chan Event, 64)
+	m.Subscribe(func(ev Event) {
+		if slices.Contains(kinds, ev.Kind) {
+			ch <- ev
+		}
+	})
+	return ch
+}
+
+func awaitEvent(t *testing.T, ch <-chan Event) Event {
+	t.Helper()
+	select {
+	case ev := <-ch:
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+		return Event{}
+	}
+}
+
+// gateOf returns the gate set on the plugin's serving generation, or nil.
+func gateOf(m *Manager[int, int], name string) *gate {
+	if e := m.reg.Load().entries[name]; e != nil {
+		if g := e.gen.Load(); g != nil {
+			return g.gate.Load()
+		}
+	}
+	return nil
+}
+
+// waitParked waits until n calls are parked on the plugin's gate. Parking
+// sends no event, so it polls, with a deadline.
+func waitParked(t *testing.T, m *Manager[int, int], name string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if gt := gateOf(m, name); gt != nil {
+			gt.mu.Lock()
+			parked := len(gt.starts)
+			gt.mu.Unlock()
+			if parked >= n {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d call(s) to %q not parked within 10s", n, name)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitBlockedIn waits until some goroutine's stack holds every one of
+// frames (substrings of function names), such as a caller blocked in a
+// lock. Blocking sends no event, so it polls the stacks, with a deadline.
+func waitBlockedIn(t *testing.T, frames ...string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		for _, g := range strings.Split(stacks, "\n\n") {
+			if !strings.Contains(g, "[chan send") && !strings.Contains(g, "[select") {
+				continue
+			}
+			if !slices.ContainsFunc(frames, func(f string) bool { return !strings.Contains(g, f) }) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine blocked in %v within 10s", frames)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// blockingKind is a host-owned reload kind whose transfer reports that it
+// started and then waits for release (or ctx).
+func blockingKind(surface Surface, entered chan<- struct{}, release <-chan struct{}) ReloadKind {
+	return ReloadKind{
+		Surface: surface,
+		Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+			entered <- struct{}{}
+			select {
+			case <-release:
+				return nil, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		},
+	}
+}
+
+func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
+	errInjected := errors.New("injected failure")
+	type row struct {
+		name string
+		// old and next declare these surfaces.
+		oldSurfaces, nextSurfaces []Surface
+		nextName, nextVersion     string
+		// nextValue, if set, gives the value passed to Reload instead of next.
+		nextValue func(old, next *swappable) Plugin[int, int]
+		// inject sets up the failure on the plugins or the reload's ctx
+		// and returns the reload's options.
+		inject func(t *testing.T, old, next *swappable, cancel context.CancelFunc) []ReloadOption
+		// mgrOpts returns the manager's options.
+		mgrOpts func(t *testing.T) []Option
+		hold    bool // keep a call in flight on old through the reload
+		// cancelInDrain cancels the reload's ctx once the plugin is gated.
+		cancelInDrain bool
+
+		want        []error // the error matches each
+		phase, kind string
+		step        string
+		handed      []Surface // the error carries bytes for these kinds
+		oldResumes  int       // times the old plugin resumed its stream (undo)
+		parks       bool      // the reload pauses long enough to park calls
+	}
+	all := []Surface{SurfaceSchema, SurfaceState, SurfaceStream}
+	rows := []row{
+		{
+			name: "compat rejects", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, next *swappable, _ context.CancelFunc) []ReloadOption {
+				next.failCompat = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, ErrSchemaIncompatible, errInjected}, phase: "preflight", kind: "schema", step: "preflight",
+		},
+		{
+			name: "version rule", oldSurfaces: all, nextSurfaces: all, nextVersion: "2.0.0",
+			mgrOpts: func(t *testing.T) []Option {
+				p, err := NewVersionPolicy("1.0.0")
+				require.NoError(t, err)
+				require.NoError(t, p.SetRule("sw", "^1.0.0"))
+				return []Option{WithVersionPolicy(p)}
+			},
+			want: []error{ErrReloadFailed, ErrIncompatibleVersion}, phase: "preflight",
+		},
+		{
+			name: "dependent constraint", oldSurfaces: all, nextSurfaces: all, nextVersion: "2.0.0",
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithDependentConstraint("app", "~1.0")}
+			},
+			want: []error{ErrReloadFailed, ErrIncompatibleVersion}, phase: "preflight",
+		},
+		{
+			name: "wrong name", oldSurfaces: all, nextSurfaces: all, nextName: "other",
+			want: []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
+		},
+		{
+			name: "invalid version", oldSurfaces: all, nextSurfaces: all, nextVersion: "v1.2",
+			want: []error{ErrReloadFailed, ErrInvalidVersion}, phase: "preflight",
+		},
+		{
+			name: "nil next", oldSurfaces: all,
+			nextValue: func(_, _ *swappable) Plugin[int, int] { return nil },
+			want:      []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
+		},
+		{
+			name: "typed nil next", oldSurfaces: all,
+			nextValue: func(_, _ *swappable) Plugin[int, int] { return (*swappable)(nil) },
+			want:      []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
+		},
+		{
+			name: "next is the plugin serving", oldSurfaces: all,
+			nextValue: func(old, _ *swappable) Plugin[int, int] { return old },
+			want:      []error{ErrReloadFailed, ErrInvalidPlugin}, phase: "preflight",
+		},
+		{
+			name: "next lacks the methods of its surfaces", oldSurfaces: all,
+			nextValue: func(_, _ *swappable) Plugin[int, int] {
+				return &scripted{name: "sw", version: "1.1.0", surfaces: all}
+			},
+			want: []error{ErrReloadFailed}, phase: "preflight", kind: "schema", step: "preflight",
+		},
+		{
+			name: "host kind without a name", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					return nil, nil
+				}})}
+			},
+			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
+		},
+		{
+			name: "host kind reuses a built-in name", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{Surface: SurfaceState, Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					return nil, nil
+				}})}
+			},
+			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
+		},
+		{
+			name: "no kind for a declared surface", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
+			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
+		},
+		{
+			name: "next drops a surface", oldSurfaces: all, nextSurfaces: []Surface{SurfaceSchema, SurfaceState},
+			want: []error{ErrReloadFailed}, phase: "preflight",
+		},
+		{
+			name: "ctx cancelled before the reload", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
+				cancel()
+				return nil
+			},
+			want: []error{ErrReloadFailed, context.Canceled}, phase: "preflight",
+		},
+		{
+			name: "drain timeout", oldSurfaces: all, nextSurfaces: all, hold: true,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond)}
+			},
+			want: []error{ErrReloadFailed, ErrDrainTimeout}, phase: "drain", parks: true,
+		},
+		{
+			name: "ctx cancelled during drain", oldSurfaces: all, nextSurfaces: all, hold: true,
+			cancelInDrain: true,
+			want:          []error{ErrReloadFailed, context.Canceled}, phase: "drain",
+		},
+		{
+			name: "persist fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, old, _ *swappable, _ context.CancelFunc) []ReloadOption {
+				old.failPersist = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "persist",
+		},
+		{
+			name: "restore fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, next *swappable, _ context.CancelFunc) []ReloadOption {
+				next.failRestore = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "restore",
+			handed: []Surface{SurfaceState},
+		},
+		{
+			name: "checkpoint fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, old, _ *swappable, _ context.CancelFunc) []ReloadOption {
+				old.failCheckpoint = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "stream", step: "checkpoint",
+			handed: []Surface{SurfaceState},
+		},
+		{
+			name: "resume fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, next *swappable, _ context.CancelFunc) []ReloadOption {
+				next.failResume = errInjected
+				return nil
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "stream", step: "resume",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
+			name: "host kind fails", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(_ context.Context, h *Handoff) (func(context.Context) error, error) {
+						h.Record("conn", []byte("fd:7"))
+						return nil, errInjected
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "conn", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream, "conn"}, oldResumes: 1,
+		},
+		{
+			name: "host kind panics", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+						panic("host handoff bug")
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed, ErrPanic}, phase: "dispatch", kind: "conn", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
+			name: "custom kind fails", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
+			mgrOpts: func(t *testing.T) []Option {
+				d := NewReloadDispatcher()
+				require.NoError(t, d.Register(ReloadKind{
+					Surface: "cache",
+					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+						return nil, errInjected
+					},
+				}))
+				return []Option{WithReloadDispatcher(d)}
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "cache", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
+			name: "custom kind preflight refuses", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
+			mgrOpts: func(t *testing.T) []Option {
+				d := NewReloadDispatcher()
+				require.NoError(t, d.Register(ReloadKind{
+					Surface:   "cache",
+					Preflight: func(context.Context, *Handoff) error { return errInjected },
+				}))
+				return []Option{WithReloadDispatcher(d)}
+			},
+			want: []error{ErrReloadFailed, errInjected}, phase: "preflight", kind: "cache", step: "preflight",
+		},
+		{
+			name: "handoffs exceed the drain timeout", oldSurfaces: all, nextSurfaces: all,
+			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond), WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+						<-ctx.Done()
+						return nil, ctx.Err()
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed, ErrDrainTimeout, context.DeadlineExceeded}, phase: "dispatch", kind: "conn", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
+			name: "ctx cancelled mid-dispatch", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+						cancel()
+						<-ctx.Done()
+						return nil, ctx.Err()
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed, context.Canceled}, phase: "dispatch", kind: "conn", step: "transfer",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+		{
+			name: "ctx cancelled after the last handoff", oldSurfaces: all, nextSurfaces: all,
+			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
+				return []ReloadOption{WithHandoff(ReloadKind{
+					Surface: "conn",
+					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+						cancel()
+						return nil, nil
+					},
+				})}
+			},
+			want: []error{ErrReloadFailed, context.Canceled}, phase: "dispatch",
+			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
+		},
+	}
+	for _, r := range rows {
+		t.Run(r.name, func(t *testing.T) {
+			verifyNoLeaks(t)
+			var mopts []Option
+			if r.mgrOpts != nil {
+				mopts = r.mgrOpts(t)
+			}
+			m := newReloadManager(t, mopts...)
+			events := collectEvents(m, EventReloaded, EventReloadFailed)
+			old := newSwappable("sw", "1.0.0", r.oldSurfaces...)
+			old.hold, old.held = make(chan struct{}), make(chan struct{})
+			old.streaming = true
+			require.NoError(t, m.Register(old))
+			nextName, nextVersion := cmp.Or(r.nextName, "sw"), cmp.Or(r.nextVersion, "1.1.0")
+			next := newSwappable(nextName, nextVersion, r.nextSurfaces...)
+
+			heldDone := make(chan error, 1)
+			if r.hold {
+				go func() {
+					_, err := m.Execute(context.Background(), "sw", holdReq)
+					heldDone <- err
+				}()
+				<-old.held
+			}
+			l := startLoad(t, m, "sw", 3)
+			// Let the callers run before the reload starts.
+			for l.ok.Load() < 100 {
+				runtime.Gosched()
+			}
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var opts []ReloadOption
+			if r.inject != nil {
+				opts = r.inject(t, old, next, cancel)
+			}
+			if r.cancelInDrain {
+				go cancelWhenGated(m, "sw", cancel)
+			}
+			var nextPlugin Plugin[int, int] = next
+			if r.nextValue != nil {
+				nextPlugin = r.nextValue(old, next)
+			}
+			_, posBefore, _ := old.snapshot()
+			rep, err := m.Reload(ctx, "sw", nextPlugin, opts...)
+			if r.hold {
+				close(old.hold)
+				require.NoError(t, <-heldDone, "the call in flight during the reload")
+			}
+			ok := l.end(t)
+			// The old plugin answers after the failure.
+			n0, err0 := m.Execute(context.Background(), "sw", 0)
+
+			require.Error(t, err)
+			for _, w := range r.want {
+				assert.ErrorIs(t, err, w)
+			}
+			var re *ReloadError
+			require.ErrorAs(t, err, &re)
+			assert.Equal(t, "sw", re.Plugin)
+			assert.Equal(t, r.phase, re.Phase)
+			assert.Equal(t, Surface(r.kind), re.Kind)
+			assert.Equal(t, r.step, re.Step)
+			assert.NoError(t, re.RollbackErr)
+			assert.ElementsMatch(t, r.handed, slices.Collect(maps.Keys(re.Handed)))
+			assert.Equal(t, re.Handed, rep.Handed)
+			handedBytes := 0
+			for _, b := range re.Handed {
+				handedBytes += len(b)
+			}
+			assert.Equal(t, handedBytes, rep.BytesHandedOver)
+			assert.Contains(t, err.Error(), `plugin "sw"`)
+			assert.NotContains(t, err.Error(), "\n", "one-line message")
+			assert.Equal(t, uint64(1), rep.Generation)
+			if r.parks {
+				assert.Positive(t, rep.ParkedCalls, "calls were parked, then released to the old plugin")
+			}
+			if r.phase == "preflight" {
+				assert.Zero(t, rep.Drain, "preflight failed before traffic was touched")
+				assert.Zero(t, rep.ParkedCalls)
+			}
+			assert.Equal(t, re.Report.Generation, rep.Generation)
+
+			require.NoError(t, err0)
+			extra := int64(1) // the probe call above
+			if r.hold {
+				extra++
+			}
+			n, pos, streaming := old.snapshot()
+			if b, ok := re.Handed[SurfaceState]; ok {
+				persisted, err := decodeInt(b)
+				require.NoError(t, err)
+				assert.LessOrEqual(t, persisted, n, "the error carries the state persisted during the reload")
+				assert.Positive(t, persisted)
+			}
+			assert.Equal(t, ok+extra, int64(n0), "the old plugin's last answer counts every call made")
+			assert.Equal(t, ok+extra, int64(n), "the old plugin's state counts every call: nothing lost or doubled")
+			assert.Equal(t, ok+extra, old.execs.Load())
+			assert.Zero(t, next.execs.Load(), "no call ran on the next plugin")
+			assert.True(t, streaming, "the old plugin streams on")
+			assert.Greater(t, pos, posBefore, "the old stream advanced after the failure")
+			assert.Equal(t, r.oldResumes, old.resumes, "old resumed from its own checkpoint")
+			_, _, nextStreaming := next.snapshot()
+			assert.False(t, nextStreaming, "the next plugin's stream is not left running")
+			assert.Zero(t, old.closed.Load(), "a failed reload never closes the old plugin")
+			assert.Zero(t, next.closed.Load(), "a failed reload never closes the next plugin")
+			info, _ := m.Info("sw")
+			assert.Equal(t, "1.0.0", info.Version)
+			assert.Equal(t, uint64(1), m.Metrics().Plugins["sw"].Generation)
+
+			ev := awaitEvent(t, events)
+			assert.Equal(t, EventReloadFailed, ev.Kind)
+			assert.Equal(t, "sw", ev.Plugin)
+			require.NotNil(t, ev.Reload)
+			assert.Equal(t, uint64(1), ev.Reload.Generation)
+			assert.ErrorIs(t, ev.Err, ErrReloadFailed)
+		})
+	}
+}
+
+// cancelWhenGated calls cancel once the named plugin is gated for a reload
+// (or after 10s). Gating sends no event, so it polls.
+func cancelWhenGated(m *Manager[int, int], name string, cancel context.CancelFunc) {
+	defer cancel()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if gateOf(m, name) != nil {
+			return
+		}
+	}
+}
+
+func TestReloadUnderLoadLosesNoCall(t *testing.T) {
+	verifyNoLeaks(t)
+	const reloads = 1000
+	m := newReloadManager(t)
+	first := &counter{name: "ctr", version: "1.0.0"}
+	require.NoError(t, m.Register(first))
+	l := startLoad(t, m, "ctr", 3)
+
+	plugins := []*counter{first}
+	parked := 0
+	for i := 1; i <= reloads; i++ {
+		next := &counter{name: "ctr", version: fmt.Sprintf("1.0.%d", i)}
+		rep, err := m.Reload(context.Background(), "ctr", next)
+		require.NoError(t, err, "reload %d", i)
+		require.Equal(t, uint64(i+1), rep.Generation)
+		parked += rep.ParkedCalls
+		plugins = append(plugins, next)
+	}
+	ok := l.end(t)
+
+	last := plugins[len(plugins)-1]
+	assert.Equal(t, int(ok), last.count(), "the final counter equals the calls made: none lost or doubled")
+	assert.Equal(t, uint64(ok), m.Metrics().Plugins["ctr"].Calls, "the metrics count every call once")
+	for i, p := range plugins[:len(plugins)-1] {
+		require.Equal(t, int32(1), p.closed.Load(), "plugin %d closed once", i)
+	}
+	assert.Zero(t, last.closed.Load())
+	t.Logf("%d calls during %d reloads, %d of them parked", ok, reloads, parked)
+}
+
+func TestReloadReportAndEvents(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	events := collectEvents(m, EventReloaded, EventReloadFailed)
+	old := newSwappable("sw", "1.0.0", SurfaceSchema, SurfaceState, SurfaceStream)
+	old.streaming = true
+	require.NoError(t, m.Register(old))
+	for range 5 {
+		_, err := m.Execute(context.Background(), "sw", 0)
+		require.NoError(t, err)
+	}
+	next := newSwappable("sw", "1.1.0", SurfaceSchema, SurfaceState, SurfaceStream)
+
+	// A host-owned handoff holds the reload between drain and commit until
+	// a call has parked, so the report must count it.
+	type result struct {
+		n   int
+		err error
+	}
+	parkedCall := make(chan result, 1)
+	rep, err := m.Reload(context.Background(), "sw", next,
+		WithDependentConstraint("app", "^1.0.0"), // 1.1.0 meets it
+		WithHandoff(ReloadKind{
+			Surface: "conn",
+			Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				go func() {
+					n, err := m.Execute(context.Background(), "sw", 0)
+					parkedCall <- result{n, err}
+				}()
+				waitParked(t, m, "sw", 1)
+				return nil, nil
+			},
+		}),
+		WithHandoff(ReloadKind{
+			Surface: "fd",
+			Transfer: func(_ context.Context, h *Handoff) (func(context.Context) error, error) {
+				h.Record("fd", []byte("fd:7"))
+				return nil, nil
+			},
+		}))
+	require.NoError(t, err)
+	pc := <-parkedCall
+	require.NoError(t, pc.err)
+	assert.Equal(t, 6, pc.n, "the parked call ran on the next plugin, with the state handed over")
+	assert.Equal(t, int64(1), next.execs.Load())
+	assert.Equal(t, int64(5), old.execs.Load())
+
+	assert.Equal(t, "sw", rep.Plugin)
+	assert.Equal(t, "1.0.0", rep.From)
+	assert.Equal(t, "1.1.0", rep.To)
+	assert.Equal(t, uint64(2), rep.Generation)
+	assert.Equal(t, []Surface{SurfaceState, SurfaceStream, "conn", "fd"}, rep.Steps)
+	assert.Equal(t, encodeInt(5), rep.Handed[SurfaceState])
+	assert.Equal(t, encodeInt(5), rep.Handed[SurfaceStream], "the stream position reached: one per call")
+	assert.Equal(t, []byte("fd:7"), rep.Handed["fd"])
+	assert.Equal(t, 8+8+4, rep.BytesHandedOver)
+	assert.Equal(t, 1, rep.ParkedCalls)
+	assert.Zero(t, rep.GaveUp)
+	assert.Positive(t, rep.ParkP50)
+	assert.LessOrEqual(t, rep.ParkP50, rep.ParkP99)
+	assert.LessOrEqual(t, rep.ParkP99, rep.ParkMax)
+	assert.GreaterOrEqual(t, rep.Total, rep.Preflight+rep.Drain+rep.Dispatch+rep.Commit)
+	assert.NoError(t, rep.CloseErr)
+
+	_, pos, streaming := old.snapshot()
+	assert.False(t, streaming, "the old plugin stopped at its checkpoint")
+	assert.Equal(t, uint64(5), pos)
+	n, pos, streaming := next.snapshot()
+	assert.True(t, streaming, "the next plugin resumed the stream")
+	assert.Equal(t, uint64(6), pos, "from the old checkpoint, then one call")
+	assert.Equal(t, 6, n)
+	assert.Equal(t, int32(1), old.closed.Load(), "the old plugin is closed after the commit")
+	assert.Zero(t, next.closed.Load())
+	info, _ := m.Info("sw")
+	assert.Equal(t, "1.1.0", info.Version)
+	assert.Equal(t, uint64(2), m.Metrics().Plugins["sw"].Generation)
+
+	ev := awaitEvent(t, events)
+	assert.Equal(t, EventReloaded, ev.Kind)
+	assert.Equal(t, "1.1.0", ev.Version)
+	require.NotNil(t, ev.Reload)
+	assert.Equal(t, rep.Generation, ev.Reload.Generation)
+	assert.Equal(t, rep.BytesHandedOver, ev.Reload.BytesHandedOver)
+	assert.NoError(t, ev.Err)
+
+	// A second reload moves to generation 3; closing never repeats.
+	rep, err = m.Reload(context.Background(), "sw", newSwappable("sw", "1.2.0", SurfaceSchema, SurfaceState, SurfaceStream))
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), rep.Generation)
+	assert.Equal(t, int32(1), next.closed.Load())
+	require.NoError(t, m.Shutdown(context.Background()))
+	assert.Equal(t, int32(1), old.closed.Load(), "closed exactly once")
+	assert.Equal(t, int32(1), next.closed.Load(), "closed exactly once")
+}
+
+func TestReloadParkedCallCtxEnds(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old := newEcho("echo", "1.0.0")
+	require.NoError(t, m.Register(old))
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	type result struct {
+		rep ReloadReport
+		err error
+	}
+	reloaded := make(chan result, 1)
+	go func() {
+		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.1.0"), WithHandoff(blockingKind("conn", entered, release)))
+		reloaded <- result{rep, err}
+	}()
+	<-entered
+
+	ctx, cancel := context.WithCancel(context.Background())
+	called := make(chan error, 1)
+	go func() {
+		_, err := m.Execute(ctx, "echo", 1)
+		called <- err
+	}()
+	waitParked(t, m, "echo", 1)
+	cancel()
+	assert.ErrorIs(t, <-called, context.Canceled, "a parked call returns its ctx's error")
+
+	close(release)
+	r := <-reloaded
+	require.NoError(t, r.err)
+	assert.Equal(t, 1, r.rep.GaveUp)
+	assert.Zero(t, r.rep.ParkedCalls)
+}
+
+func TestReloadSerializedPerPlugin(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newEcho("echo", "1.0.0")))
+	entered, release := make(chan struct{}, 2), make(chan struct{})
+	type result struct {
+		rep ReloadReport
+		err error
+	}
+	first, second := make(chan result, 1), make(chan result, 1)
+	go func() {
+		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.1.0"), WithHandoff(blockingKind("conn", entered, release)))
+		first <- result{rep, err}
+	}()
+	<-entered
+	go func() {
+		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.2.0"), WithHandoff(blockingKind("conn", entered, release)))
+		second <- result{rep, err}
+	}()
+	// The second reload waits for the first to end before it starts.
+	waitBlockedIn(t, ").Reload(", ").lock(")
+	assert.Empty(t, entered, "the second reload started while the first ran")
+	// A third one gives up when its ctx ends while it waits.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	third := newEcho("echo", "1.3.0")
+	_, err := m.Reload(ctx, "echo", third, WithHandoff(blockingKind("conn", entered, release)))
+	assert.ErrorIs(t, err, ErrReloadFailed)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Empty(t, entered, "the third reload never started its handoffs")
+	assert.Zero(t, third.closed.Load())
+	close(release)
+
+	r1, r2 := <-first, <-second
+	require.NoError(t, r1.err)
+	require.NoError(t, r2.err)
+	assert.Equal(t, uint64(2), r1.rep.Generation)
+	assert.Equal(t, "1.1.0", r2.rep.From, "the second reload replaced what the first committed")
+	assert.Equal(t, uint64(3), r2.rep.Generation)
+}
+
+func TestReloadParallelAcrossPlugins(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newEcho("a", "1.0.0")))
+	require.NoError(t, m.Register(newEcho("b", "1.0.0")))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	inA, inB := make(chan struct{}), make(chan struct{})
+	// Each reload's handoff waits for the other's: both complete only if
+	// they run at the same time.
+	meet := func(mine, other chan struct{}) ReloadOption {
+		return WithHandoff(ReloadKind{
+			Surface: "meet",
+			Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+				close(mine)
+				select {
+				case <-other:
+					return nil, nil
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			},
+		})
+	}
+	errs := make(chan error, 2)
+	go func() {
+		_, err := m.Reload(ctx, "a", newEcho("a", "1.1.0"), meet(inA, inB))
+		errs <- err
+	}()
+	go func() {
+		_, err := m.Reload(ctx, "b", newEcho("b", "1.1.0"), meet(inB, inA))
+		errs <- err
+	}()
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+}
+
+func TestReloadThenUnregisterWaits(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old, next := newEcho("echo", "1.0.0"), newEcho("echo", "1.1.0")
+	require.NoError(t, m.Register(old))
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "echo", next, WithHandoff(blockingKind("conn", entered, release)))
+		reloaded <- err
+	}()
+	<-entered
+	unregistered := make(chan error, 1)
+	go func() { unregistered <- m.Unregister(context.Background(), "echo") }()
+	waitBlockedIn(t, ").Unregister(", ").lock(")
+	assert.Empty(t, unregistered, "Unregister returned while the reload ran")
+	close(release)
+
+	require.NoError(t, <-reloaded, "the reload completes")
+	require.NoError(t, <-unregistered, "then Unregister removes the plugin")
+	_, err := m.Execute(context.Background(), "echo", 1)
+	assert.ErrorIs(t, err, ErrNotFound)
+	assert.Equal(t, int32(1), old.closed.Load(), "the reload closed the old plugin")
+	assert.Equal(t, int32(1), next.closed.Load(), "Unregister closed the version the reload installed")
+}
+
+func TestReloadAbortedByShutdown(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old := &counter{name: "ctr", version: "1.0.0"}
+	next := &counter{name: "ctr", version: "1.1.0"}
+	require.NoError(t, m.Register(old))
+	_, err := m.Execute(context.Background(), "ctr", 0)
+	require.NoError(t, err)
+	entered := make(chan struct{}, 1)
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "ctr", next, WithHandoff(blockingKind("conn", entered, nil)))
+		reloaded <- err
+	}()
+	<-entered
+	require.NoError(t, m.Shutdown(context.Background()))
+
+	err = <-reloaded
+	assert.ErrorIs(t, err, ErrReloadFailed)
+	assert.ErrorIs(t, err, ErrShuttingDown)
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, "dispatch", re.Phase)
+	assert.Equal(t, encodeInt(1), re.Handed[SurfaceState], "the persisted state is in the error")
+	assert.Equal(t, 1, old.count(), "the old plugin kept its state")
+	assert.Equal(t, int32(1), old.closed.Load(), "Shutdown closed the old plugin once")
+	assert.Zero(t, next.closed.Load(), "the next plugin stays the caller's")
+	_, err = m.Execute(context.Background(), "ctr", 0)
+	assert.ErrorIs(t, err, ErrShuttingDown)
+	_, err = m.Reload(context.Background(), "ctr", next)
+	assert.ErrorIs(t, err, ErrShuttingDown)
+}
+
+func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
+	verifyNoLeaks(t)
+	var (
+		mu    sync.Mutex
+		order []string
+	)
+	note := func(s string) {
+		mu.Lock()
+		order = append(order, s)
+		mu.Unlock()
+	}
+	kind := func(s Surface, fail, failUndo error) ReloadKind {
+		return ReloadKind{
+			Surface: s,
+			Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				note("transfer " + string(s))
+				return func(context.Context) error {
+					note("undo " + string(s))
+					return failUndo
+				}, fail
+			},
+		}
+	}
+	errUndo, errHost := errors.New("undo failed"), errors.New("host handoff failed")
+	d := NewReloadDispatcher()
+	require.NoError(t, d.Register(kind("cache", nil, errUndo)))
+	assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, "cache"}, d.Kinds())
+	m := newReloadManager(t, WithReloadDispatcher(d))
+	surfaces := []Surface{SurfaceState, SurfaceStream, "cache"}
+	old := newSwappable("sw", "1.0.0", surfaces...)
+	old.streaming = true
+	require.NoError(t, m.Register(old))
+	next := newSwappable("sw", "1.1.0", surfaces...)
+
+	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(kind("h1", nil, nil)), WithHandoff(kind("h2", errHost, nil)))
+	assert.ErrorIs(t, err, ErrReloadFailed)
+	assert.ErrorIs(t, err, errHost)
+	assert.ErrorIs(t, err, errUndo, "the failed undo is reported")
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, Surface("h2"), re.Kind)
+	assert.ErrorIs(t, re.RollbackErr, errUndo)
+	assert.Contains(t, err.Error(), "rollback also failed")
+	assert.Equal(t, []string{"transfer cache", "transfer h1", "transfer h2", "undo h2", "undo h1", "undo cache"}, order,
+		"kinds run in table order, host-owned last; undos in reverse, every one even after one fails")
+	_, _, streaming := old.snapshot()
+	assert.True(t, streaming, "the stream undo ran after the others")
+	_, _, streaming = next.snapshot()
+	assert.False(t, streaming)
+	_, err = m.Execute(context.Background(), "sw", 0)
+	assert.NoError(t, err)
+}
+
+func TestReloadDispatcherRegister(t *testing.T) {
+	noop := func(context.Context, *Handoff) error { return nil }
+	tests := []struct {
+		name string
+		kind ReloadKind
+		ok   bool
+	}{
+		{"custom kind", ReloadKind{Surface: "cache", Preflight: noop}, true},
+		{"no surface", ReloadKind{Preflight: noop}, false},
+		{"no funcs", ReloadKind{Surface: "cache"}, false},
+		{"built-in surface", ReloadKind{Surface: SurfaceState, Preflight: noop}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := NewReloadDispatcher()
+			err := d.Register(tt.kind)
+			if tt.ok {
+				require.NoError(t, err)
+				assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, tt.kind.Surface}, d.Kinds())
+				assert.ErrorIs(t, d.Register(tt.kind), ErrInvalidConfig, "registered twice")
+				return
+			}
+			assert.ErrorIs(t, err, ErrInvalidConfig)
+			assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream}, d.Kinds())
+		})
+	}
+}
+
+func TestReloadNotRegistered(t *testing.T) {
+	m := newReloadManager(t)
+	_, err := m.Reload(context.Background(), "nope", newEcho("nope", "1.0.0"))
+	assert.ErrorIs(t, err, ErrNotFound)
+}
+
+func TestReloadWaitsForTimedOutCall(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t, WithTimeout(10*time.Millisecond))
+	old := newSwappable("sw", "1.0.0")
+	old.hold, old.held = make(chan struct{}), make(chan struct{}, 1)
+	require.NoError(t, m.Register(old))
+	// The caller gives up at the timeout; the call runs on, detached.
+	_, err := m.Execute(context.Background(), "sw", holdReq)
+	require.ErrorIs(t, err, ErrTimeout)
+	<-old.held
+
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"))
+		reloaded <- err
+	}()
+	waitBlockedIn(t, ").Reload(", ").drain(")
+	assert.Empty(t, reloaded, "the reload committed with a call still running")
+	close(old.hold)
+	require.NoError(t, <-reloaded)
+	assert.Equal(t, int32(1), old.closed.Load())
+	assert.Equal(t, int64(1), old.execsAtClose.Load(), "the old plugin was closed after its last call returned")
+}
+
+func TestReloadAbortedByShutdownDuringDrain(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old, next := newSwappable("sw", "1.0.0", SurfaceState), newSwappable("sw", "1.1.0", SurfaceState)
+	old.hold, old.held = make(chan struct{}), make(chan struct{}, 1)
+	require.NoError(t, m.Register(old))
+	held := make(chan error, 1)
+	go func() {
+		_, err := m.Execute(context.Background(), "sw", holdReq)
+		held <- err
+	}()
+	<-old.held
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "sw", next)
+		reloaded <- err
+	}()
+	waitBlockedIn(t, ").Reload(", ").drain(")
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- m.Shutdown(context.Background()) }()
+
+	err := <-reloaded
+	assert.ErrorIs(t, err, ErrReloadFailed)
+	assert.ErrorIs(t, err, ErrShuttingDown)
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, "drain", re.Phase)
+	// Shutdown waits for the call in flight, then closes the old plugin.
+	close(old.hold)
+	require.NoError(t, <-held, "the call in flight finishes on the old plugin")
+	require.NoError(t, <-shutdown)
+	n, _, _ := old.snapshot()
+	assert.Equal(t, 1, n)
+	assert.Equal(t, int32(1), old.closed.Load())
+	assert.Equal(t, int64(1), old.execsAtClose.Load(), "closed after its last call")
+	assert.Zero(t, next.closed.Load())
+}
+
+func TestReloadRandomFailuresUnderLoad(t *testing.T) {
+	verifyNoLeaks(t)
+	const reloads = 300
+	errInjected := errors.New("injected failure")
+	m := newReloadManager(t)
+	surfaces := []Surface{SurfaceState, SurfaceStream}
+	current := newSwappable("sw", "1.0.0", surfaces...)
+	current.streaming = true
+	require.NoError(t, m.Register(current))
+	l := startLoad(t, m, "sw", 3)
+
+	rng := rand.New(rand.NewPCG(1, 2))
+	var replaced, refused []*swappable
+	for i := range reloads {
+		next := newSwappable("sw", fmt.Sprintf("1.0.%d", i+1), surfaces...)
+		var opts []ReloadOption
+		switch rng.IntN(10) { // 0-4 fail a step, the rest commit
+		case 0:
+			current.failPersist = errInjected
+		case 1:
+			next.failRestore = errInjected
+		case 2:
+			current.failCheckpoint = errInjected
+		case 3:
+			next.failResume = errInjected
+		case 4:
+			opts = append(opts, WithHandoff(ReloadKind{
+				Surface: "conn",
+				Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					return nil, errInjected
+				},
+			}))
+		}
+		_, err := m.Reload(context.Background(), "sw", next, opts...)
+		current.failPersist, current.failCheckpoint = nil, nil
+		if err != nil {
+			require.ErrorIs(t, err, errInjected, "reload %d", i)
+			refused = append(refused, next)
+			continue
+		}
+		replaced = append(replaced, current)
+		current = next
+	}
+	ok := l.end(t)
+
+	n, _, streaming := current.snapshot()
+	assert.Equal(t, int(ok), n, "the serving plugin's state counts every call across successful and failed reloads")
+	assert.True(t, streaming)
+	assert.Zero(t, current.closed.Load())
+	for _, p := range replaced {
+		assert.Equal(t, int32(1), p.closed.Load())
+		_, _, streaming := p.snapshot()
+		assert.False(t, streaming, "a replaced plugin stopped its stream")
+	}
+	for _, p := range refused {
+		assert.Zero(t, p.closed.Load())
+		assert.Zero(t, p.execs.Load())
+		_, _, streaming := p.snapshot()
+		assert.False(t, streaming, "a refused plugin's stream was stopped")
+	}
+	t.Logf("%d calls, %d reloads committed, %d rolled back", ok, len(replaced), len(refused))
+}
+
+func TestReloadStreamRollbackNeverRunsBothStreams(t *testing.T) {
+	verifyNoLeaks(t)
+	errStop, errHost := errors.New("cannot stop"), errors.New("host handoff failed")
+	m := newReloadManager(t)
+	old := newSwappable("sw", "1.0.0", SurfaceStream)
+	old.streaming = true
+	require.NoError(t, m.Register(old))
+	next := newSwappable("sw", "1.1.0", SurfaceStream)
+	next.failCheckpoint = errStop
+
+	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(ReloadKind{
+		Surface: "conn",
+		Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+			return nil, errHost
+		},
+	}))
+	assert.ErrorIs(t, err, errHost)
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	assert.ErrorIs(t, re.RollbackErr, errStop)
+	_, _, oldStreaming := old.snapshot()
+	_, _, nextStreaming := next.snapshot()
+	assert.True(t, nextStreaming, "the next plugin could not be stopped")
+	assert.False(t, oldStreaming, "so the old one did not resume: the stream never runs twice")
+	assert.Equal(t, encodeInt(0), re.Handed[SurfaceStream], "the checkpoint is in the error")
+	_, err = m.Execute(context.Background(), "sw", 0)
+	assert.NoError(t, err, "the old plugin still serves calls")
+}
