@@ -203,9 +203,17 @@ type ScanProblem struct {
 // watching is reported as ManifestInvalid only once it has stayed unchanged
 // for a PollInterval (so within two intervals), so that a file caught in
 // the middle of a non-atomic write is read again instead of reported;
-// meanwhile a plugin that was valid keeps its last valid manifest. At Start and in Scan, problems are reported at once.
-// A YAML file cut at a line boundary can be valid on its own: write YAML
-// manifests atomically (write a temporary file, then rename it).
+// meanwhile a plugin that was valid keeps its last valid manifest. At
+// Start and in Scan, problems are reported at once. A YAML file cut at a
+// line boundary can be valid on its own: write YAML manifests atomically
+// (write a temporary file, then rename it).
+//
+// Order: the events of one sweep come as removals and plugins that became
+// invalid (by name), then other invalid manifests (by path), then
+// discoveries and updates (by name). A folder that cannot be read (other
+// than one removed meanwhile) fails the sweep: Scan returns the error;
+// while watching, the engine logs it, keeps what it knew and tries again
+// every PollInterval.
 //
 // A DiscoveryEngine is safe for concurrent use.
 type DiscoveryEngine struct {
@@ -234,6 +242,8 @@ type DiscoveryEngine struct {
 	reported map[string]string
 	needPoll bool
 }
+
+var _ ManifestSource = (*DiscoveryEngine)(nil)
 
 // NewDiscoveryEngine checks cfg and returns an engine. Errors match
 // ErrInvalidConfig and name the field.

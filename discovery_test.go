@@ -692,3 +692,26 @@ func TestDiscoveryEventKindString(t *testing.T) {
 		assert.Equal(t, want, k.String())
 	}
 }
+
+func TestDiscoveryWatchesWithArgus(t *testing.T) {
+	verifyNoLeaks(t)
+	root := t.TempDir()
+	path := writePlugin(t, filepath.Join(root, "p"), manifestJSON("p", "1.0.0"))
+	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
+	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	require.NoError(t, e.Close())
+
+	// Read after Close: the watching goroutine has ended.
+	assert.Equal(t, map[string]bool{root: true, filepath.Join(root, "p"): true, path: true}, e.watched,
+		"argus watches the root, the plugin folder and the manifest")
+	assert.False(t, e.needPoll, "with short paths the engine does not poll by itself")
+
+	long := filepath.Join(t.TempDir(), strings.Repeat("long-root-", 12))
+	require.NoError(t, os.MkdirAll(long, 0o755))
+	writePlugin(t, filepath.Join(long, "p"), manifestJSON("p", "1.0.0"))
+	e = startEngine(t, DiscoveryConfig{Roots: []string{long}})
+	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	require.NoError(t, e.Close())
+	assert.Empty(t, e.watched, "argus cannot watch paths over 109 bytes")
+	assert.True(t, e.needPoll, "so the engine polls them itself")
+}

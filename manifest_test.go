@@ -250,3 +250,16 @@ func TestLoadManifestFileErrors(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidManifest)
 	assert.Contains(t, err.Error(), "not a regular file")
 }
+
+func TestManifestDependenciesConvertToGraph(t *testing.T) {
+	m, err := LoadManifest(filepath.Join("testdata", "manifests", "auth", "plugin.json"))
+	require.NoError(t, err)
+	deps := make([]Dependency, len(m.Dependencies))
+	for i, d := range m.Dependencies {
+		deps[i] = Dependency(d)
+	}
+	assert.Equal(t, []Dependency{
+		{Name: "logging", Constraint: "^1.0.0"},
+		{Name: "metrics", Constraint: "~2.1", Optional: true},
+	}, deps)
+}
