@@ -318,14 +318,18 @@ func within(dir, path string) bool {
 // invalid manifests and duplicate names in the result; its error is for a
 // folder that cannot be read or a cancelled ctx. Scan does not need Start
 // and does not change what Manifests returns.
-func (e *DiscoveryEngine) Scan(ctx context.Context) (ScanResult, error) {
+func (e *DiscoveryEngine) Scan(ctx context.Context) (res ScanResult, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			res, err = ScanResult{}, newError(CodePanic, "", "discovery: panic during a scan: %v", r)
+		}
+	}()
 	c, err := e.collect(ctx, nil, time.Time{})
 	if err != nil {
 		return ScanResult{}, err
 	}
 	entries := c.entries
 	valid, conflicts := resolveNames(entries)
-	var res ScanResult
 	for _, en := range entries {
 		switch {
 		case en.err != nil:
@@ -376,7 +380,7 @@ func (e *DiscoveryEngine) Start(ctx context.Context) error {
 	e.entries = make(map[string]*discoveryEntry)
 	e.reported = make(map[string]string)
 	e.watched = make(map[string]bool)
-	evs, desired, err := e.sweep(ctx, false)
+	evs, desired, err := e.safeSweep(ctx, false)
 	if err != nil {
 		return err
 	}
@@ -451,7 +455,7 @@ func (e *DiscoveryEngine) run(ctx context.Context, queue []DiscoveryEvent) {
 				continue
 			}
 		}
-		evs, desired, err := e.sweep(ctx, true)
+		evs, desired, err := e.safeSweep(ctx, true)
 		if ctx.Err() != nil {
 			return
 		}
@@ -463,6 +467,18 @@ func (e *DiscoveryEngine) run(ctx context.Context, queue []DiscoveryEvent) {
 		e.syncWatches(desired)
 		queue = append(queue, evs...)
 	}
+}
+
+// safeSweep is sweep with a panic turned into an error matching ErrPanic,
+// so that it never reaches the host; the next poll tries again.
+func (e *DiscoveryEngine) safeSweep(ctx context.Context, settle bool) (evs []DiscoveryEvent, desired []string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			evs, desired = nil, nil
+			err = newError(CodePanic, "", "discovery: panic during a scan: %v", r)
+		}
+	}()
+	return e.sweep(ctx, settle)
 }
 
 // onChange is argus's callback. It must not block, panic or call back into
@@ -593,12 +609,19 @@ func (e *DiscoveryEngine) collect(ctx context.Context, prev map[string]*discover
 }
 
 // parallel calls fn(0) to fn(n-1) on up to GOMAXPROCS goroutines and
-// returns when all calls have, or early when ctx is done.
+// returns when all calls have, or early when ctx is done. A panic in fn is
+// raised again in the caller's goroutine, where it can be recovered.
 func parallel(ctx context.Context, n int, fn func(i int)) {
 	workers := min(runtime.GOMAXPROCS(0), 1+n/32)
 	var next atomic.Int64
+	var panicked atomic.Pointer[any]
 	work := func() {
-		for ctx.Err() == nil {
+		defer func() {
+			if r := recover(); r != nil {
+				panicked.CompareAndSwap(nil, &r)
+			}
+		}()
+		for ctx.Err() == nil && panicked.Load() == nil {
 			i := int(next.Add(1)) - 1
 			if i >= n {
 				return
@@ -612,6 +635,9 @@ func parallel(ctx context.Context, n int, fn func(i int)) {
 	}
 	work()
 	wg.Wait()
+	if r := panicked.Load(); r != nil {
+		panic(*r)
+	}
 }
 
 // searchDir looks for a manifest in t; without one, it lists t's

@@ -715,3 +715,73 @@ func TestDiscoveryWatchesWithArgus(t *testing.T) {
 	assert.Empty(t, e.watched, "argus cannot watch paths over 109 bytes")
 	assert.True(t, e.needPoll, "so the engine polls them itself")
 }
+
+// panicHandler is a slog handler that panics on the record with message
+// msg, and signals failed on each failed scan the engine logs.
+type panicHandler struct {
+	msg    string
+	failed chan error
+}
+
+func (h panicHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h panicHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h panicHandler) WithGroup(string) slog.Handler            { return h }
+func (h panicHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		panic("handler panic")
+	}
+	if r.Message == "discovery: scan failed; retrying on the next poll" {
+		r.Attrs(func(a slog.Attr) bool {
+			if err, ok := a.Value.Any().(error); ok {
+				select {
+				case h.failed <- err:
+				default:
+				}
+			}
+			return true
+		})
+	}
+	return nil
+}
+
+func TestDiscoveryPanicNeverReachesTheHost(t *testing.T) {
+	verifyNoLeaks(t)
+	root := t.TempDir()
+	link := filepath.Join(root, "linked")
+	// Logging about a linked folder panics, in whichever goroutine scans it.
+	h := panicHandler{msg: "discovery: skipping a linked folder; FollowSymlinks is off", failed: make(chan error, 1)}
+	logger := slog.New(h)
+	for i := range 100 {
+		writePlugin(t, filepath.Join(root, fmt.Sprintf("p%03d", i)), manifestJSON(fmt.Sprintf("p%03d", i), "1.0.0"))
+	}
+	require.NoError(t, os.Symlink(t.TempDir(), link))
+
+	e, err := NewDiscoveryEngine(DiscoveryConfig{Roots: []string{root}, PollInterval: testPoll, Logger: logger})
+	require.NoError(t, err)
+	_, err = e.Scan(context.Background())
+	require.ErrorIs(t, err, ErrPanic)
+	require.ErrorIs(t, e.Start(context.Background()), ErrPanic)
+	require.NoError(t, e.Close())
+
+	require.NoError(t, os.Remove(link))
+	e = startEngine(t, DiscoveryConfig{Roots: []string{root}, Logger: logger})
+	for range 100 {
+		require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	}
+
+	// A sweep that panics while watching is survived: it is logged as a
+	// failed scan, and once the cause is gone watching goes on.
+	require.NoError(t, os.Symlink(t.TempDir(), link))
+	select {
+	case err := <-h.failed:
+		require.ErrorIs(t, err, ErrPanic)
+	case <-time.After(eventTimeout):
+		t.Fatal("no sweep saw the linked folder")
+	}
+	writePlugin(t, filepath.Join(root, "late"), manifestJSON("late", "1.0.0"))
+	require.NoError(t, os.Remove(link))
+	ev := nextEvent(t, e)
+	assert.Equal(t, ManifestDiscovered, ev.Kind)
+	assert.Equal(t, "late", ev.Name)
+	assert.Empty(t, barrier(t, e, root, 1))
+}

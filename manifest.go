@@ -55,14 +55,15 @@ const DefaultManifestMaxSize = 1 << 20
 //	              "key_file", "server_name", "insecure"}; files relative to
 //	              the plugin folder; cert_file and key_file together enable mTLS
 //
-// Unknown fields are errors that name the field, so that a misspelt field is
-// never silently ignored. Durations must parse with time.ParseDuration and be
+// Field names are case-sensitive. Unknown fields are errors that name the
+// field, so that a misspelt field is never silently ignored. Durations must parse with time.ParseDuration and be
 // positive. Paths (command, TLS files) are resolved against the manifest's
 // folder and must stay inside it unless ManifestAllowOutside is set; the
 // check is lexical (symbolic links inside the folder are the transport's to
 // check when it opens the file, together with the checksum).
 //
-// A Manifest is immutable once returned; share it freely.
+// Treat a Manifest as read-only: the DiscoveryEngine hands the same value to
+// every consumer.
 type Manifest struct {
 	// Name is the plugin's name.
 	Name string
@@ -268,7 +269,8 @@ func LoadManifest(path string, opts ...ManifestOption) (*Manifest, error) {
 	return parseManifest(path, data, o)
 }
 
-// readManifestFile reads at most maxSize bytes of the regular file at path.
+// readManifestFile reads the regular file at path, refusing one larger
+// than maxSize.
 func readManifestFile(path string, maxSize int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -279,7 +281,18 @@ func readManifestFile(path string, maxSize int64) ([]byte, error) {
 	if err != nil {
 		return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", path)
 	}
-	return readManifest(path, f, fi, maxSize)
+	if err := checkManifestStat(path, fi, maxSize); err != nil {
+		return nil, err
+	}
+	// The file may grow while it is read: read up to one byte past the limit.
+	data, err := io.ReadAll(io.LimitReader(f, maxSize+1))
+	if err != nil {
+		return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", path)
+	}
+	if int64(len(data)) > maxSize {
+		return nil, newError(CodeInvalidManifest, "", "manifest %s is larger than the limit of %d bytes: shrink it or raise the limit", path, maxSize)
+	}
+	return data, nil
 }
 
 // checkManifestStat refuses a manifest that is not a regular file or is
@@ -292,32 +305,6 @@ func checkManifestStat(path string, fi os.FileInfo, maxSize int64) error {
 		return newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", path, fi.Size(), maxSize)
 	}
 	return nil
-}
-
-// readManifest reads the open manifest f, whose stat is fi, refusing
-// non-regular files and files larger than maxSize.
-func readManifest(path string, f *os.File, fi os.FileInfo, maxSize int64) ([]byte, error) {
-	if err := checkManifestStat(path, fi, maxSize); err != nil {
-		return nil, err
-	}
-	// The file may grow while it is read: read one byte past the limit.
-	data := make([]byte, 0, fi.Size()+1)
-	for {
-		n, err := f.Read(data[len(data):cap(data)])
-		data = data[:len(data)+n]
-		if int64(len(data)) > maxSize {
-			return nil, newError(CodeInvalidManifest, "", "manifest %s is larger than the limit of %d bytes: shrink it or raise the limit", path, maxSize)
-		}
-		if err == io.EOF {
-			return data, nil
-		}
-		if err != nil {
-			return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", path)
-		}
-		if len(data) == cap(data) {
-			data = slices.Grow(data, 512)
-		}
-	}
 }
 
 // ParseManifest parses and validates a manifest held in data. path is the
@@ -956,7 +943,13 @@ func hex4(b []byte) rune {
 	return r
 }
 
-func decodeYAMLManifest(data []byte, raw *rawManifest) error {
+func decodeYAMLManifest(data []byte, raw *rawManifest) (err error) {
+	defer func() {
+		// The YAML library is third-party code fed untrusted bytes.
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the YAML parser failed: %v", r)
+		}
+	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(raw); err != nil {
