@@ -732,16 +732,21 @@ func (e *DiscoveryEngine) resolveLink(root, path string) (string, error) {
 func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEntry, now time.Time) *discoveryEntry {
 	en := &discoveryEntry{path: c.path, seen: now}
 	if c.err != nil {
+		// No file to stat: the problem is the same one while its text is.
+		if prev != nil && prev.fi == nil && prev.err != nil && prev.err.Error() == c.err.Error() {
+			return prev
+		}
 		en.err = c.err
-		return keepProblem(en, prev)
+		return en
 	}
 	if prev != nil && prev.fi != nil && sameStat(prev, fi) {
-		return prev
+		return prev // unchanged since it was seen, problem or not
 	}
+	// From here the file changed: a problem found is a new one, seen now.
 	en.size, en.mtime, en.fi = fi.Size(), fi.ModTime(), fi
 	if err := checkManifestStat(c.path, fi, e.opts.maxSize); err != nil {
 		en.err = err
-		return keepProblem(en, prev)
+		return en
 	}
 	f, err := os.Open(c.real)
 	if err != nil {
@@ -749,7 +754,7 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 			return nil
 		}
 		en.err = wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be opened", c.path)
-		return keepProblem(en, prev)
+		return en
 	}
 	// Read the size seen by the stat: a file that changes meanwhile has a
 	// newer stat, so the next sweep reads it again.
@@ -758,7 +763,7 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 	f.Close()
 	if err != nil && err != io.ErrUnexpectedEOF {
 		en.err = wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", c.path)
-		return keepProblem(en, prev)
+		return en
 	}
 	data = data[:n]
 	en.hash = sha256.Sum256(data)
@@ -768,22 +773,7 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 		cp.size, cp.mtime, cp.fi = en.size, en.mtime, en.fi
 		return &cp
 	}
-	m, name, err := parseManifestNamed(c.path, data, e.opts)
-	en.m, en.name, en.err = m, name, err
-	if err != nil {
-		return keepProblem(en, prev)
-	}
-	return en
-}
-
-// keepProblem returns prev instead of en when both hold the same problem,
-// so that the problem keeps the time it was first seen.
-func keepProblem(en, prev *discoveryEntry) *discoveryEntry {
-	if prev != nil && prev.err != nil && prev.hash == en.hash && prev.err.Error() == en.err.Error() {
-		cp := *prev
-		cp.size, cp.mtime, cp.fi = en.size, en.mtime, en.fi
-		return &cp
-	}
+	en.m, en.name, en.err = parseManifestNamed(c.path, data, e.opts)
 	return en
 }
 

@@ -25,12 +25,15 @@ func manifestJSON(name, version string) string {
 	return fmt.Sprintf(`{"name": %q, "version": %q, "transport": "subprocess", "command": "./run"}`, name, version)
 }
 
-// writePlugin writes dir/plugin.json, creating dir.
+// writePlugin writes dir/plugin.json atomically (a temporary file renamed
+// over it), creating dir. Tests of non-atomic writes write directly.
 func writePlugin(t *testing.T, dir, content string) string {
 	t.Helper()
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 	path := filepath.Join(dir, "plugin.json")
-	require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
+	tmp := filepath.Join(dir, ".plugin.json.tmp")
+	require.NoError(t, os.WriteFile(tmp, []byte(content), 0o644))
+	require.NoError(t, os.Rename(tmp, path))
 	return path
 }
 
@@ -405,14 +408,16 @@ func TestDiscoveryRapidWrites(t *testing.T) {
 	verifyNoLeaks(t)
 	root := t.TempDir()
 	dir := filepath.Join(root, "p")
-	writePlugin(t, dir, manifestJSON("p", "1.0.0"))
-	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
+	path := writePlugin(t, dir, manifestJSON("p", "1.0.0"))
+	// A poll long enough that no write is stalled half-done for a whole
+	// interval, which would rightly be reported as invalid.
+	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, PollInterval: 200 * time.Millisecond})
 	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
 
 	// os.WriteFile truncates, then writes: each write is non-atomic.
 	const last = 50
 	for i := 1; i <= last; i++ {
-		writePlugin(t, dir, manifestJSON("p", fmt.Sprintf("1.%d.0", i)))
+		require.NoError(t, os.WriteFile(path, []byte(manifestJSON("p", fmt.Sprintf("1.%d.0", i))), 0o644))
 	}
 	final := fmt.Sprintf("1.%d.0", last)
 	var seen []string
