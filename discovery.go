@@ -522,6 +522,9 @@ func (e *DiscoveryEngine) syncWatches(desired []string) {
 			continue
 		}
 		e.watched[p] = true
+		// A change made between the sweep that found p and this watch is
+		// not one argus will report: sweep once more on the next poll.
+		e.needPoll = true
 	}
 }
 
