@@ -1,0 +1,72 @@
+package goplugins
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+// benchSubprocessManager registers the echo plugin with a manager, health
+// checks off, so the benchmarks measure Manager.Execute over the wire.
+func benchSubprocessManager(b *testing.B) *Manager[echoReq, echoResp] {
+	b.Helper()
+	p := startEcho(b, nil, func(c *SubprocessConfig) { c.Logger = slog.New(slog.DiscardHandler) })
+	m := NewManager[echoReq, echoResp](WithHealthCheck(HealthConfig{Interval: -1}))
+	if err := m.Register(p); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Shutdown(context.Background()) })
+	return m
+}
+
+var bench64 = echoReq{Data: strings.Repeat("x", 64)}
+
+// BenchmarkSubprocessRoundTrip: one caller, a 64-byte echo through
+// Manager.Execute to a child process and back.
+func BenchmarkSubprocessRoundTrip(b *testing.B) {
+	m := benchSubprocessManager(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp, err := m.Execute(ctx, "echo", bench64); err != nil || len(resp.Data) != 64 {
+			b.Fatal(resp, err)
+		}
+	}
+}
+
+// BenchmarkSubprocessParallel: many callers pipelining 64-byte echoes over
+// one child.
+func BenchmarkSubprocessParallel(b *testing.B) {
+	m := benchSubprocessManager(b)
+	ctx := context.Background()
+	b.SetParallelism(16)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if resp, err := m.Execute(ctx, "echo", bench64); err != nil || len(resp.Data) != 64 {
+				b.Error(resp, err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkSubprocessStart: start, handshake, first call and Close.
+func BenchmarkSubprocessStart(b *testing.B) {
+	cfg := SubprocessConfig{Name: "echo", Path: pluginBinary(b, "echo"), Logger: slog.New(slog.DiscardHandler)}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		p, err := NewSubprocess[echoReq, echoResp](ctx, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := p.Execute(ctx, bench64); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Close(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

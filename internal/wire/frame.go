@@ -1,0 +1,170 @@
+// Package wire implements the framing of the goplugins subprocess protocol
+// (docs/PROTOCOL.md): length-prefixed frames carrying a type, a request id
+// and a payload, read and written with a maximum frame size.
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Protocol constants shared by the host and the plugin SDK.
+const (
+	// ProtocolVersion is the newest protocol version this package speaks.
+	ProtocolVersion = 1
+	// CookieKey is the environment variable the host sets in a plugin's
+	// environment; CookieValue is its value.
+	CookieKey = "GOPLUGINS_MAGIC_COOKIE"
+	// CookieValue proves to a plugin that a goplugins host started it.
+	CookieValue = "d3b07384d113edec49eaa6238ad5ff00-goplugins"
+	// HostToPluginFD is the plugin's file descriptor on which it reads frames.
+	HostToPluginFD = 3
+	// PluginToHostFD is the plugin's file descriptor on which it writes frames.
+	PluginToHostFD = 4
+	// HeaderSize is the size of a frame header: a 4-byte length, a 1-byte
+	// type and an 8-byte request id.
+	HeaderSize = 13
+	// MinFrameSize is the smallest legal value of the length field: the type
+	// and the request id with an empty payload.
+	MinFrameSize = HeaderSize - 4
+	// DefaultMaxFrameSize bounds the length field unless configured.
+	DefaultMaxFrameSize = 4 << 20
+	// MinMaxFrameSize is the smallest maximum frame size a peer may declare.
+	MinMaxFrameSize = 1 << 10
+)
+
+// Type is a frame's type.
+type Type uint8
+
+// Frame types. See docs/PROTOCOL.md for who sends which and what answers it.
+const (
+	TypeHello       Type = 0x01 // host → plugin: offered versions and limits
+	TypeWelcome     Type = 0x02 // plugin → host: chosen version and plugin info
+	TypeCall        Type = 0x03 // host → plugin: a request (codec payload)
+	TypeResult      Type = 0x04 // plugin → host: a successful answer
+	TypeError       Type = 0x05 // plugin → host: an error answer (ErrorReply)
+	TypeCancel      Type = 0x06 // host → plugin: abandon request id
+	TypeHealth      Type = 0x07 // host → plugin: health ping
+	TypePersist     Type = 0x08 // host → plugin: return state bytes
+	TypeRestore     Type = 0x09 // host → plugin: load state bytes
+	TypeCheckpoint  Type = 0x0A // host → plugin: stop the stream, return its position
+	TypeResume      Type = 0x0B // host → plugin: resume the stream from a position
+	TypeCheckCompat Type = 0x0C // host → plugin: can you replace this plugin (PluginInfo)
+	TypeShutdown    Type = 0x0D // host → plugin: finish in-flight requests and exit
+)
+
+var typeNames = [...]string{
+	TypeHello: "HELLO", TypeWelcome: "WELCOME", TypeCall: "CALL", TypeResult: "RESULT",
+	TypeError: "ERROR", TypeCancel: "CANCEL", TypeHealth: "HEALTH", TypePersist: "PERSIST",
+	TypeRestore: "RESTORE", TypeCheckpoint: "CHECKPOINT", TypeResume: "RESUME",
+	TypeCheckCompat: "CHECK_COMPAT", TypeShutdown: "SHUTDOWN",
+}
+
+// Known reports whether t is a frame type of this protocol version.
+func (t Type) Known() bool { return t >= TypeHello && t <= TypeShutdown }
+
+// String returns the type's protocol name, or its number when unknown.
+func (t Type) String() string {
+	if t.Known() {
+		return typeNames[t]
+	}
+	return fmt.Sprintf("type(0x%02x)", uint8(t))
+}
+
+// Frame is one protocol message.
+type Frame struct {
+	Type    Type
+	ID      uint64
+	Payload []byte
+}
+
+// ErrFrameTooLarge is matched (errors.Is) by every *FrameTooLargeError.
+var ErrFrameTooLarge = errors.New("wire: frame too large")
+
+// ErrMalformed is matched by errors that make a stream unreadable: the peer
+// broke the framing, and the connection must be dropped.
+var ErrMalformed = errors.New("wire: malformed frame")
+
+// FrameTooLargeError reports a frame over the maximum frame size. When a
+// Reader returns it, the frame was skipped and the stream stays usable; when
+// a Writer returns it, nothing was written.
+type FrameTooLargeError struct {
+	Type Type
+	ID   uint64
+	Size int // value of the length field
+	Max  int // the limit it exceeds
+}
+
+func (e *FrameTooLargeError) Error() string {
+	return fmt.Sprintf("wire: %s frame %d is %d bytes, over the maximum frame size of %d bytes", e.Type, e.ID, e.Size, e.Max)
+}
+
+// Is makes errors.Is(err, ErrFrameTooLarge) true.
+func (e *FrameTooLargeError) Is(target error) bool { return target == ErrFrameTooLarge }
+
+// AppendFrame appends the encoding of a frame to b and returns the result.
+func AppendFrame(b []byte, t Type, id uint64, payload []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(MinFrameSize+len(payload)))
+	b = append(b, byte(t))
+	b = binary.BigEndian.AppendUint64(b, id)
+	return append(b, payload...)
+}
+
+// Reader decodes frames from a stream.
+type Reader struct {
+	r   *bufio.Reader
+	max int
+	hdr [HeaderSize]byte
+}
+
+// NewReader returns a Reader that refuses frames whose length field exceeds
+// max (DefaultMaxFrameSize when max <= 0).
+func NewReader(r io.Reader, max int) *Reader {
+	if max <= 0 {
+		max = DefaultMaxFrameSize
+	}
+	return &Reader{r: bufio.NewReaderSize(r, 64<<10), max: max}
+}
+
+// Read returns the next frame. Its payload is freshly allocated and owned by
+// the caller. Read returns io.EOF at a clean end of stream,
+// io.ErrUnexpectedEOF inside a frame, an error matching ErrMalformed when the
+// stream breaks the framing (it must then be abandoned), and a
+// *FrameTooLargeError, after skipping the frame, when it is over the limit.
+func (r *Reader) Read() (Frame, error) {
+	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
+		return Frame{}, err
+	}
+	size := int(binary.BigEndian.Uint32(r.hdr[:4]))
+	f := Frame{Type: Type(r.hdr[4]), ID: binary.BigEndian.Uint64(r.hdr[5:])}
+	if size < MinFrameSize {
+		return Frame{}, fmt.Errorf("%w: length field %d is below the minimum of %d", ErrMalformed, size, MinFrameSize)
+	}
+	if !f.Type.Known() {
+		return Frame{}, fmt.Errorf("%w: unknown frame type 0x%02x (header % x)", ErrMalformed, uint8(f.Type), r.hdr[:])
+	}
+	n := size - MinFrameSize
+	if size > r.max {
+		if _, err := r.r.Discard(n); err != nil {
+			return Frame{}, unexpected(err)
+		}
+		return Frame{}, &FrameTooLargeError{Type: f.Type, ID: f.ID, Size: size, Max: r.max}
+	}
+	if n > 0 {
+		f.Payload = make([]byte, n)
+		if _, err := io.ReadFull(r.r, f.Payload); err != nil {
+			return Frame{}, unexpected(err)
+		}
+	}
+	return f, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

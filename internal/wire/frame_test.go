@@ -1,0 +1,184 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+)
+
+func TestFrameRoundTrip(t *testing.T) {
+	tests := []struct {
+		name    string
+		typ     Type
+		id      uint64
+		payload []byte
+	}{
+		{"empty payload", TypeHealth, 7, nil},
+		{"call", TypeCall, 1, []byte(`{"data":"hi"}`)},
+		{"max id", TypeResult, ^uint64(0), []byte{0, 1, 2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := NewWriter(&buf, 0).Write(tt.typ, tt.id, tt.payload); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := buf.Len(), HeaderSize+len(tt.payload); got != want {
+				t.Fatalf("encoded %d bytes, want %d", got, want)
+			}
+			f, err := NewReader(&buf, 0).Read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Type != tt.typ || f.ID != tt.id || !bytes.Equal(f.Payload, tt.payload) {
+				t.Fatalf("read %+v, want type %v id %d payload %q", f, tt.typ, tt.id, tt.payload)
+			}
+		})
+	}
+}
+
+// TestFrameBytes pins the byte layout documented in docs/PROTOCOL.md.
+func TestFrameBytes(t *testing.T) {
+	got := AppendFrame(nil, TypeCall, 1, []byte(`"hi"`))
+	want := []byte{0, 0, 0, 13, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, '"', 'h', 'i', '"'}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("AppendFrame = % x, want % x", got, want)
+	}
+}
+
+func TestReaderErrors(t *testing.T) {
+	valid := AppendFrame(nil, TypeResult, 2, []byte("ok"))
+	tests := []struct {
+		name  string
+		input []byte
+		want  error
+	}{
+		{"clean EOF", nil, io.EOF},
+		{"short header", []byte{0, 0, 0}, io.ErrUnexpectedEOF},
+		{"short payload", valid[:len(valid)-1], io.ErrUnexpectedEOF},
+		{"length below minimum", []byte{0, 0, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0, 1}, ErrMalformed},
+		{"unknown type", AppendFrame(nil, Type(0x7f), 1, nil), ErrMalformed},
+		{"text on the pipe", []byte("hello, world! this is not a frame\n"), ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewReader(bytes.NewReader(tt.input), 0).Read()
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Read error = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestReaderSkipsOversizedFrame(t *testing.T) {
+	var in []byte
+	in = AppendFrame(in, TypeResult, 1, bytes.Repeat([]byte("x"), 100))
+	in = AppendFrame(in, TypeResult, 2, []byte("small"))
+	r := NewReader(bytes.NewReader(in), 50)
+	_, err := r.Read()
+	var tl *FrameTooLargeError
+	if !errors.As(err, &tl) || !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("first Read error = %v, want *FrameTooLargeError", err)
+	}
+	if tl.ID != 1 || tl.Type != TypeResult || tl.Size != MinFrameSize+100 || tl.Max != 50 {
+		t.Fatalf("error fields = %+v", tl)
+	}
+	f, err := r.Read()
+	if err != nil || f.ID != 2 || string(f.Payload) != "small" {
+		t.Fatalf("frame after the oversized one = %+v, %v; want id 2 \"small\"", f, err)
+	}
+}
+
+func TestWriterRefusesOversizedFrame(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf, 50)
+	err := w.Write(TypeCall, 3, make([]byte, 42))
+	if !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("Write error = %v, want ErrFrameTooLarge", err)
+	}
+	if buf.Len() != 0 {
+		t.Fatalf("oversized Write wrote %d bytes", buf.Len())
+	}
+	if err := w.Write(TypeCall, 4, make([]byte, 41)); err != nil {
+		t.Fatalf("Write at the limit: %v", err)
+	}
+}
+
+type failWriter struct{ n int }
+
+func (f *failWriter) Write(p []byte) (int, error) {
+	f.n++
+	return 0, io.ErrClosedPipe
+}
+
+func TestWriterStickyError(t *testing.T) {
+	fw := &failWriter{}
+	w := NewWriter(fw, 0)
+	for i := 0; i < 2; i++ {
+		if err := w.Write(TypeCall, 1, nil); !errors.Is(err, io.ErrClosedPipe) {
+			t.Fatalf("Write %d error = %v, want io.ErrClosedPipe", i, err)
+		}
+	}
+	if fw.n != 1 {
+		t.Fatalf("underlying writer called %d times after failing, want 1", fw.n)
+	}
+}
+
+// TestWriterConcurrent checks that frames written from many goroutines
+// arrive whole and each exactly once.
+func TestWriterConcurrent(t *testing.T) {
+	pr, pw := io.Pipe()
+	w := NewWriter(pw, 0)
+	const writers, each = 8, 200
+	var wg sync.WaitGroup
+	for g := 0; g < writers; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				id := uint64(g*each + i)
+				if err := w.Write(TypeCall, id, bytes.Repeat([]byte{byte(id)}, int(id%50))); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); pw.Close() }()
+	seen := make(map[uint64]bool)
+	r := NewReader(pr, 0)
+	for {
+		f, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[f.ID] || len(f.Payload) != int(f.ID%50) {
+			t.Fatalf("frame %d duplicated or with %d payload bytes", f.ID, len(f.Payload))
+		}
+		seen[f.ID] = true
+	}
+	if len(seen) != writers*each {
+		t.Fatalf("read %d frames, want %d", len(seen), writers*each)
+	}
+}
+
+func BenchmarkWriteRead(b *testing.B) {
+	payload := make([]byte, 64)
+	var buf bytes.Buffer
+	w := NewWriter(&buf, 0)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		buf.Reset()
+		if err := w.Write(TypeCall, uint64(i), payload); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := NewReader(&buf, 0).Read(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

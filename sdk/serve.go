@@ -1,0 +1,323 @@
+package sdk
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"syscall"
+
+	"github.com/goplugins/goplugins/internal/wire"
+)
+
+// ErrNotLaunched is returned by Serve when the program was not started by a
+// goplugins host (the magic cookie is missing from its environment).
+var ErrNotLaunched = errors.New("sdk: this program is a goplugins plugin; it is started by a goplugins host and cannot be run by hand")
+
+// Option configures Serve.
+type Option func(*config)
+
+type config struct {
+	codecs []Codec
+	max    int
+}
+
+// WithCodec adds a codec the host may choose in the handshake.
+func WithCodec(c Codec) Option { return func(cf *config) { cf.codecs = append(cf.codecs, c) } }
+
+// WithMaxFrameSize sets the largest frame the plugin accepts (its length
+// field, in bytes; at least 1 KiB). A larger request is refused with the
+// "frame_too_large" error code. The default is 4 MiB.
+func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
+
+// Serve serves p to the host that started the program, over the protocol
+// pipes on file descriptors 3 and 4, until the host sends shutdown (Serve
+// waits for the requests in flight, then returns nil) or goes away (Serve
+// cancels the requests in flight and returns nil). Handlers run
+// concurrently; a handler that panics answers with the "panic" error code
+// and the plugin serves on. Whatever the program writes to stdout or stderr
+// goes to the host's log, never into the protocol.
+//
+// Serve returns ErrNotLaunched when the program was run by hand; a typical
+// main prints the error to stderr and exits with status 1.
+func Serve[Req, Resp any](p Plugin[Req, Resp], info Info, opts ...Option) error {
+	if os.Getenv(wire.CookieKey) != wire.CookieValue {
+		return ErrNotLaunched
+	}
+	// Non-blocking descriptors go to the runtime's poller: a reader parked
+	// there lets the handler it just started run on the same thread at
+	// once, instead of waiting for another thread to steal it.
+	for _, fd := range []int{wire.HostToPluginFD, wire.PluginToHostFD} {
+		_ = syscall.SetNonblock(fd, true) // on failure the descriptor just blocks
+	}
+	in := os.NewFile(wire.HostToPluginFD, "goplugins-host-to-plugin")
+	out := os.NewFile(wire.PluginToHostFD, "goplugins-plugin-to-host")
+	for _, f := range []*os.File{in, out} {
+		if _, err := f.Stat(); err != nil {
+			return fmt.Errorf("sdk: protocol descriptor %s is not open (%v): start the plugin from a goplugins host", f.Name(), err)
+		}
+	}
+	// Programs the plugin starts must not inherit the protocol pipes.
+	syscall.CloseOnExec(wire.HostToPluginFD)
+	syscall.CloseOnExec(wire.PluginToHostFD)
+	defer out.Close()
+	return serve(context.Background(), in, out, p, info, opts...)
+}
+
+// serve runs the protocol over in and out.
+func serve[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, p Plugin[Req, Resp], info Info, opts ...Option) error {
+	cf := config{codecs: []Codec{JSONCodec{}}, max: wire.DefaultMaxFrameSize}
+	for _, o := range opts {
+		o(&cf)
+	}
+	if cf.max < wire.MinMaxFrameSize {
+		cf.max = wire.MinMaxFrameSize
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &server{
+		plugin:  p,
+		info:    withSurfaces(p, info),
+		in:      wire.NewReader(in, cf.max),
+		out:     wire.NewWriter(out, wire.DefaultMaxFrameSize),
+		max:     cf.max,
+		ctx:     ctx,
+		cancels: make(map[uint64]context.CancelFunc),
+	}
+	codec, err := s.handshake(cf.codecs)
+	if err != nil {
+		return err
+	}
+	s.execute = func(ctx context.Context, payload []byte) ([]byte, error) {
+		var req Req
+		if err := codec.Unmarshal(payload, &req); err != nil {
+			return nil, &Error{Code: wire.CodeBadRequest, Message: fmt.Sprintf("request does not decode with codec %q: %v", codec.Name(), err)}
+		}
+		resp, err := p.Execute(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return codec.Marshal(resp)
+	}
+	return s.loop()
+}
+
+// withSurfaces adds the surfaces p implements to info.Surfaces.
+func withSurfaces(p any, info Info) Info {
+	add := func(s string) {
+		if !slices.Contains(info.Surfaces, s) {
+			info.Surfaces = append(info.Surfaces, s)
+		}
+	}
+	info.Surfaces = slices.Clone(info.Surfaces)
+	if _, ok := p.(StatefulPlugin); ok {
+		add("state")
+	}
+	if _, ok := p.(StreamPlugin); ok {
+		add("stream")
+	}
+	if _, ok := p.(SchemaPlugin); ok {
+		add("schema")
+	}
+	return info
+}
+
+type server struct {
+	plugin  any
+	info    Info
+	in      *wire.Reader
+	out     *wire.Writer
+	max     int
+	execute func(ctx context.Context, payload []byte) ([]byte, error)
+
+	ctx     context.Context
+	mu      sync.Mutex
+	cancels map[uint64]context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// handshake answers the host's HELLO and returns the chosen codec.
+func (s *server) handshake(codecs []Codec) (Codec, error) {
+	f, err := s.in.Read()
+	if err != nil {
+		return nil, fmt.Errorf("sdk: reading the host's HELLO: %w", err)
+	}
+	var h wire.Hello
+	if f.Type != wire.TypeHello {
+		return nil, fmt.Errorf("sdk: the host's first frame is %s, want HELLO", f.Type)
+	}
+	if err := json.Unmarshal(f.Payload, &h); err != nil {
+		return nil, fmt.Errorf("sdk: the host's HELLO does not decode: %w", err)
+	}
+	if !slices.Contains(h.Protocols, wire.ProtocolVersion) {
+		err := fmt.Errorf("the plugin speaks protocol version %d, the host offers %v: rebuild the plugin with a matching goplugins/sdk", wire.ProtocolVersion, h.Protocols)
+		s.replyError(0, &Error{Code: wire.CodeProtocolVersion, Message: err.Error()})
+		return nil, fmt.Errorf("sdk: %w", err)
+	}
+	i := slices.IndexFunc(codecs, func(c Codec) bool { return c.Name() == h.Codec })
+	if i < 0 {
+		err := fmt.Errorf("the host asks for codec %q, which the plugin lacks: pass it to sdk.Serve with sdk.WithCodec", h.Codec)
+		s.replyError(0, &Error{Code: wire.CodeCodec, Message: err.Error()})
+		return nil, fmt.Errorf("sdk: %w", err)
+	}
+	if h.MaxFrameSize >= wire.MinMaxFrameSize {
+		s.out.SetMax(h.MaxFrameSize)
+	}
+	w := wire.Welcome{
+		Protocol:     wire.ProtocolVersion,
+		MaxFrameSize: s.max,
+		Info: wire.Info{
+			Name: s.info.Name, Version: s.info.Version, Description: s.info.Description,
+			Surfaces: s.info.Surfaces, Metadata: s.info.Metadata,
+		},
+	}
+	payload, err := json.Marshal(w)
+	if err != nil {
+		return nil, fmt.Errorf("sdk: encoding WELCOME: %w", err)
+	}
+	if err := s.out.Write(wire.TypeWelcome, 0, payload); err != nil {
+		return nil, fmt.Errorf("sdk: writing WELCOME: %w", err)
+	}
+	return codecs[i], nil
+}
+
+// loop reads requests until shutdown or the end of the stream.
+func (s *server) loop() error {
+	defer s.cancelAll()
+	for {
+		f, err := s.in.Read()
+		var tl *wire.FrameTooLargeError
+		switch {
+		case errors.As(err, &tl):
+			s.replyError(tl.ID, &Error{Code: wire.CodeFrameTooLarge, Message: fmt.Sprintf("%s of %d bytes is over the plugin's maximum frame size of %d bytes", tl.Type, tl.Size, tl.Max)})
+			continue
+		case err == io.EOF:
+			return nil // the host went away: cancel everything and exit
+		case err != nil:
+			return fmt.Errorf("sdk: reading from the host: %w", err)
+		}
+		switch f.Type {
+		case wire.TypeCancel:
+			s.mu.Lock()
+			cancel := s.cancels[f.ID]
+			s.mu.Unlock()
+			if cancel != nil {
+				cancel()
+			}
+		case wire.TypeShutdown:
+			s.wg.Wait()
+			return nil
+		case wire.TypeCall, wire.TypeHealth, wire.TypePersist, wire.TypeRestore,
+			wire.TypeCheckpoint, wire.TypeResume, wire.TypeCheckCompat:
+			s.start(f)
+		default:
+			s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames", f.Type)})
+		}
+	}
+}
+
+func (s *server) cancelAll() {
+	s.mu.Lock()
+	for _, cancel := range s.cancels {
+		cancel()
+	}
+	s.mu.Unlock()
+}
+
+// start runs one request in its own goroutine.
+func (s *server) start(f wire.Frame) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	s.mu.Lock()
+	s.cancels[f.ID] = cancel
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		resp, err := s.dispatch(ctx, f)
+		s.mu.Lock()
+		delete(s.cancels, f.ID)
+		s.mu.Unlock()
+		cancel()
+		if err != nil {
+			s.replyError(f.ID, err)
+			return
+		}
+		if err := s.out.Write(wire.TypeResult, f.ID, resp); errors.Is(err, wire.ErrFrameTooLarge) {
+			s.replyError(f.ID, &Error{Code: wire.CodeFrameTooLarge, Message: fmt.Sprintf("the answer of %d bytes is over the host's maximum frame size of %d bytes", len(resp)+wire.MinFrameSize, s.out.Max())})
+		}
+	}()
+}
+
+// dispatch runs the handler for f, turning a panic into an error.
+func (s *server) dispatch(ctx context.Context, f wire.Frame) (resp []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "goplugins/sdk: %s handler for request %d panicked: %v\n%s", f.Type, f.ID, r, debug.Stack())
+			resp, err = nil, &Error{Code: wire.CodePanic, Message: fmt.Sprintf("%s handler panicked: %v", f.Type, r)}
+		}
+	}()
+	switch f.Type {
+	case wire.TypeCall:
+		return s.execute(ctx, f.Payload)
+	case wire.TypeHealth:
+		if h, ok := s.plugin.(HealthChecker); ok {
+			return nil, h.Health(ctx)
+		}
+		return nil, nil
+	case wire.TypePersist, wire.TypeRestore:
+		sp, ok := s.plugin.(StatefulPlugin)
+		if !ok {
+			return nil, unsupported(f.Type, "state")
+		}
+		if f.Type == wire.TypePersist {
+			return sp.PersistState(ctx)
+		}
+		return nil, sp.RestoreState(ctx, f.Payload)
+	case wire.TypeCheckpoint, wire.TypeResume:
+		sp, ok := s.plugin.(StreamPlugin)
+		if !ok {
+			return nil, unsupported(f.Type, "stream")
+		}
+		if f.Type == wire.TypeCheckpoint {
+			return sp.Checkpoint(ctx)
+		}
+		return nil, sp.Resume(ctx, f.Payload)
+	default: // wire.TypeCheckCompat
+		sp, ok := s.plugin.(SchemaPlugin)
+		if !ok {
+			return nil, unsupported(f.Type, "schema")
+		}
+		var old wire.Info
+		if err := json.Unmarshal(f.Payload, &old); err != nil {
+			return nil, &Error{Code: wire.CodeBadRequest, Message: fmt.Sprintf("CHECK_COMPAT payload does not decode: %v", err)}
+		}
+		return nil, sp.CheckCompat(ctx, Info{Name: old.Name, Version: old.Version, Description: old.Description, Surfaces: old.Surfaces, Metadata: old.Metadata})
+	}
+}
+
+func unsupported(t wire.Type, surface string) error {
+	return &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin has no %q surface, so it cannot answer %s", surface, t)}
+}
+
+// replyError sends err as an ERROR frame for request id.
+func (s *server) replyError(id uint64, err error) {
+	r := wire.ErrorReply{Code: wire.CodeError, Message: err.Error()}
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+		r = wire.ErrorReply{Code: e.Code, Message: e.Message, Retryable: e.Retryable}
+	case errors.Is(err, context.Canceled):
+		r.Code = wire.CodeCanceled
+	}
+	payload, _ := json.Marshal(r) // a struct of strings and a bool always encodes
+	if len(payload)+wire.MinFrameSize > s.out.Max() {
+		r.Message = r.Message[:min(len(r.Message), s.out.Max()/2)]
+		payload, _ = json.Marshal(r)
+	}
+	_ = s.out.Write(wire.TypeError, id, payload) // a write error ends the loop's stream too
+}
