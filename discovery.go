@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/agilira/argus"
@@ -751,24 +751,16 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 		en.err = err
 		return en
 	}
-	f, err := os.Open(c.real)
+	// Read the size seen by the stat: a file that changes meanwhile has a
+	// newer stat, so the next sweep reads it again.
+	data, err := readSmallFile(c.real, fi.Size())
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
-		en.err = wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be opened", c.path)
-		return en
-	}
-	// Read the size seen by the stat: a file that changes meanwhile has a
-	// newer stat, so the next sweep reads it again.
-	data := make([]byte, fi.Size())
-	n, err := io.ReadFull(f, data)
-	f.Close()
-	if err != nil && err != io.ErrUnexpectedEOF {
 		en.err = wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", c.path)
 		return en
 	}
-	data = data[:n]
 	en.hash = sha256.Sum256(data)
 	if prev != nil && prev.hash == en.hash && prev.err == nil {
 		// Same content, new stat (e.g. rewritten with the same bytes).
@@ -778,6 +770,36 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 	}
 	en.m, en.name, en.err = parseManifestNamed(c.path, data, e.opts)
 	return en
+}
+
+// readSmallFile reads up to size bytes of the file at path. It uses the
+// system calls directly: os.Open would also register the file with the
+// network poller, a wasted system call for a regular file that costs a
+// tenth of a scan.
+func readSmallFile(path string, size int64) ([]byte, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	for err == syscall.EINTR {
+		fd, err = syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer syscall.Close(fd)
+	data := make([]byte, size)
+	n := 0
+	for n < len(data) {
+		m, err := syscall.Read(fd, data[n:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		case m == 0:
+			return data[:n], nil
+		}
+		n += m
+	}
+	return data, nil
 }
 
 func sameStat(en *discoveryEntry, fi os.FileInfo) bool {
