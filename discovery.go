@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/agilira/argus"
+	goerrors "github.com/agilira/go-errors"
 )
 
 // Defaults of DiscoveryConfig.
@@ -725,7 +726,9 @@ func (e *DiscoveryEngine) resolveLink(root, path string) (string, error) {
 		return "", wrapError(err, CodeInvalidManifest, "", "symbolic link %s cannot be resolved", path)
 	}
 	if !within(root, target) {
-		return "", newError(CodePathEscape, "", "symbolic link %s points to %s, outside the root %s; links must stay inside the root", path, target, root)
+		msg := fmt.Sprintf("symbolic link %s points to %s, outside the root %s; links must stay inside the root", path, target, root)
+		// Both an invalid manifest and a path escape for errors.Is.
+		return "", goerrors.Wrap(goerrors.New(CodePathEscape, msg), CodeInvalidManifest, msg)
 	}
 	return target, nil
 }

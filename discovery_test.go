@@ -601,6 +601,7 @@ func TestDiscoverySymlinkEscapeRefused(t *testing.T) {
 	assert.Empty(t, res.Manifests, "neither the linked folder nor the linked manifest is used")
 	require.Len(t, res.Invalid, 1)
 	assert.Equal(t, link, res.Invalid[0].Path)
+	assert.ErrorIs(t, res.Invalid[0].Err, ErrInvalidManifest)
 	assert.ErrorIs(t, res.Invalid[0].Err, ErrPathEscape)
 	assert.Contains(t, res.Invalid[0].Err.Error(), "outside the root")
 }
