@@ -73,7 +73,8 @@ type DiscoveryConfig struct {
 	ManifestNames []string
 	// FollowSymlinks makes the engine follow symbolic links to manifests
 	// and folders, as long as their targets stay inside the root; a link
-	// that leaves it is reported as invalid (ErrPathEscape). Links are
+	// that leaves it, or cannot be resolved, is reported as invalid under
+	// the link's path (ErrPathEscape for one that leaves). Links are
 	// resolved again on every poll, so a swapped link is noticed. When
 	// false (the default), a linked manifest is reported as invalid and a
 	// linked folder is skipped (logged at debug level).
@@ -554,6 +555,7 @@ type dirTask struct {
 	real    string // where it is: path, unless a followed link was crossed
 	depth   int
 	viaLink bool
+	err     error // a link to it that cannot be followed: report this
 }
 
 // dirResult is what searching one folder found.
@@ -647,14 +649,17 @@ func parallel(ctx context.Context, n int, fn func(i int)) {
 // searchDir looks for a manifest in t; without one, it lists t's
 // subfolders when t is above MaxDepth.
 func (e *DiscoveryEngine) searchDir(t dirTask, prev map[string]*discoveryEntry, now time.Time) dirResult {
+	if t.err != nil {
+		return dirResult{entry: e.loadOne(candidate{path: t.path, err: t.err}, nil, prev[t.path], now), link: true}
+	}
 	// The first of the manifest names present is the folder's manifest.
 	// Looking for the others too would cost a stat each on every folder.
 	for _, name := range e.cfg.ManifestNames {
 		c := candidate{path: filepath.Join(t.path, name), real: filepath.Join(t.real, name)}
 		fi, err := os.Lstat(c.real)
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+				continue // absent, or the folder was replaced meanwhile
 			}
 			return dirResult{err: wrapError(err, CodeInvalidConfig, "", "discovery: folder %s cannot be read; check its permissions", t.path)}
 		}
@@ -695,15 +700,16 @@ func (e *DiscoveryEngine) searchDir(t dirTask, prev map[string]*discoveryEntry, 
 				e.log.Debug("discovery: skipping a linked folder; FollowSymlinks is off", "path", sub.path)
 				continue
 			}
+			sub.viaLink = true
 			target, err := e.resolveLink(t.root, sub.real)
 			if err != nil {
-				e.log.Warn("discovery: skipping a linked folder", "path", sub.path, "err", err)
-				continue
+				sub.err = err // reported like an invalid manifest
+				break
 			}
 			if st, err := os.Stat(target); err != nil || !st.IsDir() {
 				continue // a link to a file that is not a manifest
 			}
-			sub.real, sub.viaLink = target, true
+			sub.real = target
 		default:
 			continue
 		}

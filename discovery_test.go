@@ -599,11 +599,14 @@ func TestDiscoverySymlinkEscapeRefused(t *testing.T) {
 	res, err := e.Scan(context.Background())
 	require.NoError(t, err)
 	assert.Empty(t, res.Manifests, "neither the linked folder nor the linked manifest is used")
-	require.Len(t, res.Invalid, 1)
-	assert.Equal(t, link, res.Invalid[0].Path)
-	assert.ErrorIs(t, res.Invalid[0].Err, ErrInvalidManifest)
-	assert.ErrorIs(t, res.Invalid[0].Err, ErrPathEscape)
-	assert.Contains(t, res.Invalid[0].Err.Error(), "outside the root")
+	require.Len(t, res.Invalid, 2)
+	assert.Equal(t, filepath.Join(root, "ext"), res.Invalid[0].Path, "the linked folder")
+	assert.Equal(t, link, res.Invalid[1].Path, "the linked manifest")
+	for _, p := range res.Invalid {
+		assert.ErrorIs(t, p.Err, ErrInvalidManifest)
+		assert.ErrorIs(t, p.Err, ErrPathEscape)
+		assert.Contains(t, p.Err.Error(), "outside the root")
+	}
 }
 
 func TestDiscoverySymlinkFollowedAndSwapped(t *testing.T) {
