@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,11 +11,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/Masterminds/semver/v3"
 	goerrors "github.com/agilira/go-errors"
@@ -54,14 +55,15 @@ const DefaultManifestMaxSize = 1 << 20
 //	              "key_file", "server_name", "insecure"}; files relative to
 //	              the plugin folder; cert_file and key_file together enable mTLS
 //
-// Unknown fields are errors that name the field, so that a misspelt field is
-// never silently ignored. Durations must parse with time.ParseDuration and be
+// Field names are case-sensitive. Unknown fields are errors that name the
+// field, so that a misspelt field is never silently ignored. Durations must parse with time.ParseDuration and be
 // positive. Paths (command, TLS files) are resolved against the manifest's
 // folder and must stay inside it unless ManifestAllowOutside is set; the
 // check is lexical (symbolic links inside the folder are the transport's to
 // check when it opens the file, together with the checksum).
 //
-// A Manifest is immutable once returned; share it freely.
+// Treat a Manifest as read-only: the DiscoveryEngine hands the same value to
+// every consumer.
 type Manifest struct {
 	// Name is the plugin's name.
 	Name string
@@ -206,6 +208,45 @@ func ManifestAllowOutside(allow bool) ManifestOption {
 type manifestOptions struct {
 	maxSize      int64
 	allowOutside bool
+	constraints  *constraintCache // nil: parse every constraint
+}
+
+// constraintCache shares parsed constraints between manifests: parsing one
+// costs microseconds of regular expressions, and plugins of one host tend
+// to repeat the same few. A parsed *semver.Constraints is never modified,
+// so sharing it is safe. The cache stops growing at maxConstraintCache.
+type constraintCache struct {
+	mu sync.RWMutex
+	m  map[string]*semver.Constraints
+}
+
+const maxConstraintCache = 1024
+
+func newConstraintCache() *constraintCache {
+	return &constraintCache{m: make(map[string]*semver.Constraints)}
+}
+
+// parse returns the parsed constraint s, from the cache when c is not nil.
+func (c *constraintCache) parse(s string) (*semver.Constraints, error) {
+	if c == nil {
+		return ParseConstraint("", s)
+	}
+	c.mu.RLock()
+	pc := c.m[s]
+	c.mu.RUnlock()
+	if pc != nil {
+		return pc, nil
+	}
+	pc, err := ParseConstraint("", s)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if len(c.m) < maxConstraintCache {
+		c.m[s] = pc
+	}
+	c.mu.Unlock()
+	return pc, nil
 }
 
 func newManifestOptions(opts []ManifestOption) manifestOptions {
@@ -228,7 +269,8 @@ func LoadManifest(path string, opts ...ManifestOption) (*Manifest, error) {
 	return parseManifest(path, data, o)
 }
 
-// readManifestFile reads at most maxSize bytes of the regular file at path.
+// readManifestFile reads the regular file at path, refusing one larger
+// than maxSize.
 func readManifestFile(path string, maxSize int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -239,36 +281,30 @@ func readManifestFile(path string, maxSize int64) ([]byte, error) {
 	if err != nil {
 		return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", path)
 	}
-	return readManifest(path, f, fi, maxSize)
+	if err := checkManifestStat(path, fi, maxSize); err != nil {
+		return nil, err
+	}
+	// The file may grow while it is read: read up to one byte past the limit.
+	data, err := io.ReadAll(io.LimitReader(f, maxSize+1))
+	if err != nil {
+		return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", path)
+	}
+	if int64(len(data)) > maxSize {
+		return nil, newError(CodeInvalidManifest, "", "manifest %s is larger than the limit of %d bytes: shrink it or raise the limit", path, maxSize)
+	}
+	return data, nil
 }
 
-// readManifest reads the open manifest f, whose stat is fi, refusing
-// non-regular files and files larger than maxSize.
-func readManifest(path string, f *os.File, fi os.FileInfo, maxSize int64) ([]byte, error) {
+// checkManifestStat refuses a manifest that is not a regular file or is
+// larger than maxSize.
+func checkManifestStat(path string, fi os.FileInfo, maxSize int64) error {
 	if !fi.Mode().IsRegular() {
-		return nil, newError(CodeInvalidManifest, "", "manifest %s is not a regular file (%s)", path, fi.Mode().Type())
+		return newError(CodeInvalidManifest, "", "manifest %s is not a regular file (%s)", path, fi.Mode().Type())
 	}
 	if fi.Size() > maxSize {
-		return nil, newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", path, fi.Size(), maxSize)
+		return newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", path, fi.Size(), maxSize)
 	}
-	// The file may grow while it is read: read one byte past the limit.
-	data := make([]byte, 0, fi.Size()+1)
-	for {
-		n, err := f.Read(data[len(data):cap(data)])
-		data = data[:len(data)+n]
-		if int64(len(data)) > maxSize {
-			return nil, newError(CodeInvalidManifest, "", "manifest %s is larger than the limit of %d bytes: shrink it or raise the limit", path, maxSize)
-		}
-		if err == io.EOF {
-			return data, nil
-		}
-		if err != nil {
-			return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", path)
-		}
-		if len(data) == cap(data) {
-			data = slices.Grow(data, 512)
-		}
-	}
+	return nil
 }
 
 // ParseManifest parses and validates a manifest held in data. path is the
@@ -281,12 +317,19 @@ func ParseManifest(path string, data []byte, opts ...ManifestOption) (*Manifest,
 }
 
 func parseManifest(path string, data []byte, o manifestOptions) (*Manifest, error) {
+	m, _, err := parseManifestNamed(path, data, o)
+	return m, err
+}
+
+// parseManifestNamed is parseManifest that also returns the name the
+// manifest declares, when it is a valid name, even if the manifest is not.
+func parseManifestNamed(path string, data []byte, o manifestOptions) (*Manifest, string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s: cannot make the path absolute", path)
+		return nil, "", wrapError(err, CodeInvalidManifest, "", "manifest %s: cannot make the path absolute", path)
 	}
 	if int64(len(data)) > o.maxSize {
-		return nil, newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", abs, len(data), o.maxSize)
+		return nil, "", newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", abs, len(data), o.maxSize)
 	}
 	var raw rawManifest
 	switch ext := strings.ToLower(filepath.Ext(abs)); ext {
@@ -295,18 +338,22 @@ func parseManifest(path string, data []byte, o manifestOptions) (*Manifest, erro
 	case ".yaml", ".yml":
 		err = decodeYAMLManifest(data, &raw)
 	default:
-		return nil, newError(CodeInvalidManifest, "", "manifest %s: unknown extension %q; name the file .json, .yaml or .yml", abs, ext)
+		return nil, "", newError(CodeInvalidManifest, "", "manifest %s: unknown extension %q; name the file .json, .yaml or .yml", abs, ext)
+	}
+	name := raw.Name
+	if !validName(name) {
+		name = ""
 	}
 	if err != nil {
-		return nil, wrapError(err, CodeInvalidManifest, raw.Name, "manifest %s does not parse", abs)
+		return nil, name, wrapError(err, CodeInvalidManifest, name, "manifest %s does not parse", abs)
 	}
 	v := manifestValidator{path: abs, dir: filepath.Dir(abs), opts: o}
 	m := v.validate(&raw)
-	if err := v.err(raw.Name); err != nil {
-		return nil, err
+	if err := v.err(name); err != nil {
+		return nil, name, err
 	}
 	m.Hash = sha256.Sum256(data)
-	return m, nil
+	return m, name, nil
 }
 
 // rawManifest is the file format; see Manifest.
@@ -360,21 +407,6 @@ type rawDependency struct {
 	Optional bool   `json:"optional"`
 }
 
-// UnmarshalJSON accepts the string and the object form.
-func (d *rawDependency) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
-	switch {
-	case len(b) > 0 && b[0] == '"':
-		return json.Unmarshal(b, &d.Version)
-	case len(b) > 0 && b[0] == '{':
-		type plain rawDependency
-		dec := json.NewDecoder(bytes.NewReader(b))
-		dec.DisallowUnknownFields()
-		return dec.Decode((*plain)(d))
-	}
-	return errors.New(`a dependency is a constraint string or {"version": "...", "optional": true}`)
-}
-
 // UnmarshalYAML accepts the string and the mapping form, and refuses
 // unknown keys in the mapping.
 func (d *rawDependency) UnmarshalYAML(n *yaml.Node) error {
@@ -402,42 +434,522 @@ func (d *rawDependency) UnmarshalYAML(n *yaml.Node) error {
 	return fmt.Errorf("line %d: a dependency is a constraint string or {version: ..., optional: true}", n.Line)
 }
 
+// decodeJSONManifest decodes a JSON manifest into raw. It is a strict
+// decoder for this one schema, several times faster than encoding/json
+// with reflection (discovery parses thousands of manifests): keys match
+// exactly, unknown keys are errors that name the field, every value must
+// have the field's type, null leaves a field empty, and a string's invalid
+// UTF-8 becomes U+FFFD as with encoding/json.
 func decodeJSONManifest(data []byte, raw *rawManifest) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(raw); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" {
-			return fmt.Errorf("field %q: got a JSON %s, want %s", te.Field, te.Value, jsonKind(te.Type.Kind()))
-		}
-		if strings.Contains(err.Error(), "unknown field") {
-			return fmt.Errorf("%w (remove it or fix its spelling)", err)
-		}
+	d := jsonDecoder{data: data}
+	d.space()
+	if d.null() {
+		// Like encoding/json: a null manifest decodes to the zero value.
+	} else if err := d.object("", raw.field); err != nil {
 		return err
 	}
-	if _, err := dec.Token(); err != io.EOF {
+	d.space()
+	if d.pos < len(d.data) {
 		return errors.New("data after the top-level object; a manifest holds one JSON object")
 	}
 	return nil
 }
 
-// jsonKind names a Go kind the way a manifest author knows it.
-func jsonKind(k reflect.Kind) string {
-	switch k {
-	case reflect.String:
-		return "string"
-	case reflect.Int, reflect.Int64:
-		return "integer"
-	case reflect.Bool:
-		return "boolean"
-	case reflect.Slice:
-		return "array"
-	default:
-		return "object"
+// field decodes the value of the top-level key k.
+func (raw *rawManifest) field(d *jsonDecoder, k []byte) error {
+	switch string(k) {
+	case "name":
+		return d.str("name", &raw.Name)
+	case "version":
+		return d.str("version", &raw.Version)
+	case "description":
+		return d.str("description", &raw.Description)
+	case "transport":
+		return d.str("transport", &raw.Transport)
+	case "command":
+		return d.str("command", &raw.Command)
+	case "args":
+		return d.strs("args", &raw.Args)
+	case "env":
+		if d.null() {
+			raw.Env = nil
+			return nil
+		}
+		if raw.Env == nil {
+			raw.Env = make(map[string]string)
+		}
+		return d.object("env", func(d *jsonDecoder, name []byte) error {
+			var v string
+			err := d.str("env", &v)
+			raw.Env[string(name)] = v
+			return err
+		})
+	case "checksum":
+		return d.str("checksum", &raw.Checksum)
+	case "requires":
+		return d.object("requires", func(d *jsonDecoder, f []byte) error {
+			switch string(f) {
+			case "host":
+				return d.str("requires.host", &raw.Requires.Host)
+			case "protocol":
+				return d.int("requires.protocol", &raw.Requires.Protocol)
+			}
+			return unknownJSONField("requires", f)
+		})
+	case "dependencies":
+		if d.null() {
+			raw.Dependencies = nil
+			return nil
+		}
+		if raw.Dependencies == nil {
+			raw.Dependencies = make(map[string]rawDependency)
+		}
+		return d.object("dependencies", func(d *jsonDecoder, name []byte) error {
+			var dep rawDependency
+			var err error
+			switch d.peek() {
+			case '"':
+				err = d.str("dependencies", &dep.Version)
+			case '{':
+				err = d.object("dependencies", func(d *jsonDecoder, f []byte) error {
+					switch string(f) {
+					case "version":
+						return d.str("dependencies", &dep.Version)
+					case "optional":
+						return d.bool("dependencies", &dep.Optional)
+					}
+					return unknownJSONField("dependencies."+string(name), f)
+				})
+			default:
+				err = errors.New(`a dependency is a constraint string or {"version": "...", "optional": true}`)
+			}
+			raw.Dependencies[string(name)] = dep
+			if err != nil {
+				return fmt.Errorf("dependency %q: %w", name, err)
+			}
+			return nil
+		})
+	case "surfaces":
+		return d.strs("surfaces", &raw.Surfaces)
+	case "timeout":
+		return d.str("timeout", &raw.Timeout)
+	case "health":
+		return d.object("health", func(d *jsonDecoder, f []byte) error {
+			switch string(f) {
+			case "interval":
+				return d.str("health.interval", &raw.Health.Interval)
+			case "timeout":
+				return d.str("health.timeout", &raw.Health.Timeout)
+			}
+			return unknownJSONField("health", f)
+		})
+	case "restart":
+		return d.object("restart", func(d *jsonDecoder, f []byte) error {
+			switch string(f) {
+			case "max_attempts":
+				return d.int("restart.max_attempts", &raw.Restart.MaxAttempts)
+			case "backoff":
+				return d.str("restart.backoff", &raw.Restart.Backoff)
+			case "max_backoff":
+				return d.str("restart.max_backoff", &raw.Restart.MaxBackoff)
+			}
+			return unknownJSONField("restart", f)
+		})
+	case "endpoint":
+		return d.str("endpoint", &raw.Endpoint)
+	case "tls":
+		if d.null() {
+			raw.TLS = nil
+			return nil
+		}
+		if raw.TLS == nil {
+			raw.TLS = new(rawTLS)
+		}
+		t := raw.TLS
+		return d.object("tls", func(d *jsonDecoder, f []byte) error {
+			switch string(f) {
+			case "ca_file":
+				return d.str("tls.ca_file", &t.CAFile)
+			case "cert_file":
+				return d.str("tls.cert_file", &t.CertFile)
+			case "key_file":
+				return d.str("tls.key_file", &t.KeyFile)
+			case "server_name":
+				return d.str("tls.server_name", &t.ServerName)
+			case "insecure":
+				return d.bool("tls.insecure", &t.Insecure)
+			}
+			return unknownJSONField("tls", f)
+		})
+	}
+	return unknownJSONField("", k)
+}
+
+// unknownJSONField reports key, a key of the object at path ("" for the
+// top level), as unknown.
+func unknownJSONField(path string, key []byte) error {
+	name := string(key)
+	if path != "" {
+		name = path + "." + name
+	}
+	return fmt.Errorf("unknown field %q (remove it or fix its spelling)", name)
+}
+
+// jsonDecoder reads JSON values from data (RFC 8259).
+type jsonDecoder struct {
+	data []byte
+	pos  int
+}
+
+func (d *jsonDecoder) space() {
+	for d.pos < len(d.data) {
+		switch d.data[d.pos] {
+		case ' ', '\t', '\n', '\r':
+			d.pos++
+		default:
+			return
+		}
 	}
 }
 
-func decodeYAMLManifest(data []byte, raw *rawManifest) error {
+// peek returns the next byte after white space, or 0 at the end.
+func (d *jsonDecoder) peek() byte {
+	d.space()
+	if d.pos < len(d.data) {
+		return d.data[d.pos]
+	}
+	return 0
+}
+
+func (d *jsonDecoder) syntax(what string) error {
+	if d.pos >= len(d.data) {
+		return fmt.Errorf("unexpected end of JSON input, want %s", what)
+	}
+	return fmt.Errorf("invalid character %q at byte %d, want %s", d.data[d.pos], d.pos, what)
+}
+
+// literal consumes word (true, false, null) if it comes next.
+func (d *jsonDecoder) literal(word string) bool {
+	if d.peek() != word[0] || !bytes.HasPrefix(d.data[d.pos:], []byte(word)) {
+		return false
+	}
+	end := d.pos + len(word)
+	if end < len(d.data) && isJSONWordByte(d.data[end]) {
+		return false
+	}
+	d.pos = end
+	return true
+}
+
+func isJSONWordByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_'
+}
+
+func (d *jsonDecoder) null() bool { return d.literal("null") }
+
+// kind names the JSON value that comes next, for type errors.
+func (d *jsonDecoder) kind() string {
+	switch c := d.peek(); {
+	case c == '"':
+		return "string"
+	case c == '{':
+		return "object"
+	case c == '[':
+		return "array"
+	case c == 't' || c == 'f':
+		return "boolean"
+	case c == '-' || c >= '0' && c <= '9':
+		return "number"
+	}
+	return "value"
+}
+
+func (d *jsonDecoder) typeError(field, want string) error {
+	if got := d.kind(); got != "value" {
+		return fmt.Errorf("field %q: got a JSON %s, want %s", field, got, want)
+	}
+	return d.syntax("a JSON value")
+}
+
+// object reads an object, calling fn for each key with the decoder at the
+// key's value; fn must consume the value. null is an empty object.
+func (d *jsonDecoder) object(field string, fn func(d *jsonDecoder, key []byte) error) error {
+	if d.null() {
+		return nil
+	}
+	if d.peek() != '{' {
+		if field == "" {
+			return d.syntax("a JSON object")
+		}
+		return d.typeError(field, "object")
+	}
+	d.pos++
+	if d.peek() == '}' {
+		d.pos++
+		return nil
+	}
+	for {
+		if d.peek() != '"' {
+			return d.syntax("a string key")
+		}
+		key, err := d.key()
+		if err != nil {
+			return err
+		}
+		if d.peek() != ':' {
+			return d.syntax("':' after a key")
+		}
+		d.pos++
+		d.space()
+		if err := fn(d, key); err != nil {
+			return err
+		}
+		switch d.peek() {
+		case ',':
+			d.pos++
+		case '}':
+			d.pos++
+			return nil
+		default:
+			return d.syntax("',' or '}'")
+		}
+	}
+}
+
+// str reads a string into *s; null leaves *s unchanged.
+func (d *jsonDecoder) str(field string, s *string) error {
+	if d.null() {
+		return nil
+	}
+	if d.peek() != '"' {
+		return d.typeError(field, "string")
+	}
+	v, err := d.rawString()
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+// strs reads an array of strings; null gives nil.
+func (d *jsonDecoder) strs(field string, out *[]string) error {
+	if d.null() {
+		*out = nil
+		return nil
+	}
+	if d.peek() != '[' {
+		return d.typeError(field, "array")
+	}
+	d.pos++
+	list := []string{}
+	if d.peek() == ']' {
+		d.pos++
+		*out = list
+		return nil
+	}
+	for {
+		var s string
+		if err := d.str(field, &s); err != nil {
+			return err
+		}
+		list = append(list, s)
+		switch d.peek() {
+		case ',':
+			d.pos++
+		case ']':
+			d.pos++
+			*out = list
+			return nil
+		default:
+			return d.syntax("',' or ']'")
+		}
+	}
+}
+
+// bool reads true or false; null leaves *b unchanged.
+func (d *jsonDecoder) bool(field string, b *bool) error {
+	switch {
+	case d.null():
+	case d.literal("true"):
+		*b = true
+	case d.literal("false"):
+		*b = false
+	default:
+		return d.typeError(field, "boolean")
+	}
+	return nil
+}
+
+// int reads an integer number; null leaves *n unchanged.
+func (d *jsonDecoder) int(field string, n *int) error {
+	if d.null() {
+		return nil
+	}
+	c := d.peek()
+	if c != '-' && (c < '0' || c > '9') {
+		return d.typeError(field, "integer")
+	}
+	start := d.pos
+	if c == '-' {
+		d.pos++
+	}
+	digits := d.pos
+	for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
+		d.pos++
+	}
+	switch {
+	case d.pos == digits:
+		return d.syntax("a digit")
+	case d.data[digits] == '0' && d.pos-digits > 1:
+		return fmt.Errorf("field %q: number at byte %d has a leading zero", field, start)
+	case d.pos < len(d.data) && (d.data[d.pos] == '.' || d.data[d.pos] == 'e' || d.data[d.pos] == 'E'):
+		return fmt.Errorf("field %q: want an integer, got a fraction or exponent at byte %d", field, d.pos)
+	}
+	v, err := strconv.Atoi(string(d.data[start:d.pos]))
+	if err != nil {
+		return fmt.Errorf("field %q: %s is out of range", field, d.data[start:d.pos])
+	}
+	*n = v
+	return nil
+}
+
+// key reads an object key at d.pos, which holds '"'. Without escapes it is
+// a view of the input, so matching known keys allocates nothing.
+func (d *jsonDecoder) key() ([]byte, error) {
+	start := d.pos + 1
+	for i := start; i < len(d.data); i++ {
+		c := d.data[i]
+		if c == '"' {
+			d.pos = i + 1
+			return d.data[start:i], nil
+		}
+		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			break
+		}
+	}
+	s, err := d.rawString()
+	return []byte(s), err
+}
+
+// rawString reads a string at d.pos, which holds '"'.
+func (d *jsonDecoder) rawString() (string, error) {
+	start := d.pos + 1
+	// Fast path: printable ASCII without escapes.
+	for i := start; i < len(d.data); i++ {
+		c := d.data[i]
+		if c == '"' {
+			d.pos = i + 1
+			return string(d.data[start:i]), nil
+		}
+		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			break
+		}
+	}
+	var b []byte
+	i := start
+	for i < len(d.data) {
+		c := d.data[i]
+		switch {
+		case c == '"':
+			d.pos = i + 1
+			return string(b), nil
+		case c < 0x20:
+			d.pos = i
+			return "", d.syntax("no control characters in a string")
+		case c == '\\':
+			if i+1 >= len(d.data) {
+				d.pos = len(d.data)
+				return "", d.syntax("an escape")
+			}
+			i++
+			switch e := d.data[i]; e {
+			case '"', '\\', '/':
+				b = append(b, e)
+			case 'b':
+				b = append(b, '\b')
+			case 'f':
+				b = append(b, '\f')
+			case 'n':
+				b = append(b, '\n')
+			case 'r':
+				b = append(b, '\r')
+			case 't':
+				b = append(b, '\t')
+			case 'u':
+				r, n := d.unicodeEscape(i - 1)
+				if n == 0 {
+					d.pos = i
+					return "", d.syntax(`four hex digits after \u`)
+				}
+				b = utf8.AppendRune(b, r)
+				i += n - 2
+			default:
+				d.pos = i
+				return "", d.syntax("a valid escape")
+			}
+			i++
+		case c < utf8.RuneSelf:
+			b = append(b, c)
+			i++
+		default:
+			r, n := utf8.DecodeRune(d.data[i:])
+			b = utf8.AppendRune(b, r) // invalid UTF-8 becomes U+FFFD
+			i += n
+		}
+	}
+	d.pos = len(d.data)
+	return "", d.syntax(`'"' to end a string`)
+}
+
+// unicodeEscape decodes the \uXXXX escape at data[i:] (and a following low
+// surrogate). It returns the rune and the bytes consumed, or 0 bytes when
+// the escape is malformed. Unpaired surrogates become U+FFFD.
+func (d *jsonDecoder) unicodeEscape(i int) (rune, int) {
+	r := hex4(d.data[i:])
+	if r < 0 {
+		return 0, 0
+	}
+	if !utf16.IsSurrogate(r) {
+		return r, 6
+	}
+	if r2 := hex4(d.data[i+6:]); r2 >= 0 {
+		if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
+			return dec, 12
+		}
+	}
+	return utf8.RuneError, 6
+}
+
+// hex4 decodes `\uXXXX` at the start of b, or returns -1.
+func hex4(b []byte) rune {
+	if len(b) < 6 || b[0] != '\\' || b[1] != 'u' {
+		return -1
+	}
+	var r rune
+	for _, c := range b[2:6] {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c = c - 'a' + 10
+		case c >= 'A' && c <= 'F':
+			c = c - 'A' + 10
+		default:
+			return -1
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
+}
+
+func decodeYAMLManifest(data []byte, raw *rawManifest) (err error) {
+	defer func() {
+		// The YAML library is third-party code fed untrusted bytes.
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the YAML parser failed: %v", r)
+		}
+	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(raw); err != nil {
@@ -460,14 +972,21 @@ func decodeYAMLManifest(data []byte, raw *rawManifest) error {
 // yamlTypeErrors rewrites yaml's "field x not found in type goplugins.raw…"
 // into `unknown field "x"`, which names the field without internal types.
 func yamlTypeErrors(te *yaml.TypeError) string {
-	msgs := make([]string, len(te.Errors))
-	for i, e := range te.Errors {
+	errs := te.Errors
+	if len(errs) > maxProblems {
+		errs = errs[:maxProblems]
+	}
+	msgs := make([]string, len(errs), len(errs)+1)
+	for i, e := range errs {
 		if j := strings.Index(e, ": field "); j >= 0 {
 			if k := strings.Index(e[j:], " not found in type "); k >= 0 {
 				e = fmt.Sprintf("%s: unknown field %q (remove it or fix its spelling)", e[:j], e[j+len(": field "):j+k])
 			}
 		}
 		msgs[i] = e
+	}
+	if n := len(te.Errors) - len(errs); n > 0 {
+		msgs = append(msgs, fmt.Sprintf("and %d more problems", n))
 	}
 	return strings.Join(msgs, "; ")
 }
@@ -478,11 +997,31 @@ type manifestValidator struct {
 	path, dir string
 	opts      manifestOptions
 	problems  []string
+	more      int   // problems beyond maxProblems
 	cause     error // the first cause; a path escape takes precedence
 }
 
+// Limits on what an error lists, so that a hostile manifest cannot make a
+// megabyte-long error.
+const (
+	maxProblems   = 16
+	maxProblemLen = 320
+)
+
 func (v *manifestValidator) fail(field, format string, args ...any) {
-	v.problems = append(v.problems, fmt.Sprintf("field %q: ", field)+fmt.Sprintf(format, args...))
+	if len(v.problems) == maxProblems {
+		v.more++
+		return
+	}
+	msg := fmt.Sprintf("field %q: ", field) + fmt.Sprintf(format, args...)
+	if len(msg) > maxProblemLen {
+		cut := maxProblemLen
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + "..."
+	}
+	v.problems = append(v.problems, msg)
 }
 
 func (v *manifestValidator) failCause(field string, cause error, format string, args ...any) {
@@ -496,8 +1035,8 @@ func (v *manifestValidator) err(name string) error {
 	if len(v.problems) == 0 {
 		return nil
 	}
-	if !validName(name) {
-		name = ""
+	if v.more > 0 {
+		v.problems = append(v.problems, fmt.Sprintf("and %d more problems", v.more))
 	}
 	if v.cause == nil {
 		return newError(CodeInvalidManifest, name, "manifest %s: %s", v.path, strings.Join(v.problems, "; "))
@@ -523,8 +1062,6 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 		Version:     r.Version,
 		Description: r.Description,
 		Transport:   r.Transport,
-		Args:        r.Args,
-		Env:         r.Env,
 		Endpoint:    r.Endpoint,
 		Path:        v.path,
 		Dir:         v.dir,
@@ -540,6 +1077,12 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 		m.version = ver
 	}
 	v.validateTransport(r, m)
+	if len(r.Args) > 0 {
+		m.Args = r.Args
+	}
+	if len(r.Env) > 0 {
+		m.Env = r.Env
+	}
 	for i, a := range r.Args {
 		if strings.IndexByte(a, 0) >= 0 {
 			v.fail("args", "argument %d contains a NUL byte", i)
@@ -714,7 +1257,7 @@ func (v *manifestValidator) checksum(s string) string {
 }
 
 func (v *manifestValidator) constraint(field, s string) *semver.Constraints {
-	c, err := ParseConstraint("", s)
+	c, err := v.opts.constraints.parse(s)
 	if err != nil {
 		v.failCause(field, err, "%q is not a version constraint (e.g. \">=1.2.0, <2.0.0\" or \"^1.4\")", s)
 		return nil
@@ -769,15 +1312,17 @@ func (v *manifestValidator) validateSurfaces(r *rawManifest, m *Manifest) {
 		return
 	}
 	m.Surfaces = make([]Surface, 0, len(r.Surfaces))
+	seen := make(map[string]bool, len(r.Surfaces))
 	for _, s := range r.Surfaces {
 		if !validName(s) {
 			v.fail("surfaces", "%q is not a surface name; use [a-z0-9._-] such as \"state\"", s)
 			continue
 		}
-		if slices.Contains(m.Surfaces, Surface(s)) {
+		if seen[s] {
 			v.fail("surfaces", "%q is listed twice", s)
 			continue
 		}
+		seen[s] = true
 		m.Surfaces = append(m.Surfaces, Surface(s))
 	}
 }

@@ -108,8 +108,8 @@ func TestManifestInvalid(t *testing.T) {
 		want []string
 	}{
 		{name: "unknown json field", data: `{` + base + `"transport": "inprocess", "tiemout": "1s"}`, want: []string{`unknown field "tiemout"`}},
-		{name: "unknown nested json field", data: `{` + base + `"transport": "inprocess", "requires": {"hots": "^1"}}`, want: []string{`unknown field "hots"`}},
-		{name: "unknown json dependency field", data: `{` + base + `"transport": "inprocess", "dependencies": {"a": {"version": "^1", "optinal": true}}}`, want: []string{`unknown field "optinal"`}},
+		{name: "unknown nested json field", data: `{` + base + `"transport": "inprocess", "requires": {"hots": "^1"}}`, want: []string{`unknown field "requires.hots"`}},
+		{name: "unknown json dependency field", data: `{` + base + `"transport": "inprocess", "dependencies": {"a": {"version": "^1", "optinal": true}}}`, want: []string{`unknown field "dependencies.a.optinal"`}},
 		{name: "unknown nested yaml field", file: "plugin.yaml", data: "name: p\nversion: 1.0.0\ntransport: inprocess\nhealth:\n  intervall: 1s\n", want: []string{`unknown field "intervall"`, "line 5"}},
 		{name: "unknown yaml dependency field", file: "plugin.yml", data: "name: p\nversion: 1.0.0\ntransport: inprocess\ndependencies:\n  a:\n    versoin: ^1\n", want: []string{`unknown field "versoin"`}},
 		{name: "json wrong type", data: `{` + base + `"transport": "inprocess", "surfaces": "state"}`, want: []string{`field "surfaces"`, "want array"}},
@@ -249,4 +249,17 @@ func TestLoadManifestFileErrors(t *testing.T) {
 	_, err = LoadManifest(folder)
 	require.ErrorIs(t, err, ErrInvalidManifest)
 	assert.Contains(t, err.Error(), "not a regular file")
+}
+
+func TestManifestDependenciesConvertToGraph(t *testing.T) {
+	m, err := LoadManifest(filepath.Join("testdata", "manifests", "auth", "plugin.json"))
+	require.NoError(t, err)
+	deps := make([]Dependency, len(m.Dependencies))
+	for i, d := range m.Dependencies {
+		deps[i] = Dependency(d)
+	}
+	assert.Equal(t, []Dependency{
+		{Name: "logging", Constraint: "^1.0.0"},
+		{Name: "metrics", Constraint: "~2.1", Optional: true},
+	}, deps)
 }

@@ -39,15 +39,21 @@ func (e *ErrorReply) Error() string { return e.Code + ": " + e.Message }
 // IsRetryable reports the plugin's retryable flag.
 func (e *ErrorReply) IsRetryable() bool { return e.Retryable }
 
-// reply is what a pending call receives.
-type reply struct {
+// subReply is what a pending call receives.
+type subReply struct {
 	f   wire.Frame
 	err error
 }
 
-var replyChans = sync.Pool{New: func() any { return make(chan reply, 1) }}
+var subReplyChans = sync.Pool{New: func() any { return make(chan subReply, 1) }}
 
 // subConn is one running child and the protocol connection to it.
+//
+// There is no reading goroutine: callers waiting for an answer take turns
+// reading the plugin's pipe (whoever holds the read token reads, handing
+// other callers their answers, until its own arrives), so a lone caller
+// reads its own answer without a goroutine switch. When no call is in
+// flight nobody reads; the supervisor watches the process instead.
 type subConn struct {
 	name    string
 	proc    *proc.Process
@@ -58,46 +64,128 @@ type subConn struct {
 	info    PluginInfo
 	grace   time.Duration
 
-	nextID  atomic.Uint64
-	served  atomic.Bool // a call succeeded: the child is not crash-looping
-	closing atomic.Bool // stop was called: errors report ErrClosed
+	nextID    atomic.Uint64
+	served    atomic.Bool           // a call succeeded: the child is not crash-looping
+	closing   atomic.Bool           // stop was called: errors report ErrClosed
+	violation atomic.Pointer[error] // how the plugin broke the protocol
+	reading   atomic.Bool           // the read token
+	turn      chan struct{}         // the token is free and calls are waiting
 
 	mu      sync.Mutex
-	pending map[uint64]chan reply // nil once dead
+	pending map[uint64]chan subReply // nil once dead
 
-	dead     chan struct{} // closed when the connection is unusable
-	err      error         // why; set before dead is closed
-	loopDone chan struct{}
+	endOnce sync.Once
+	dead    chan struct{} // closed when the connection is unusable
+	err     error         // why; set before dead is closed
 }
 
-// readLoop delivers answers to pending calls until the stream ends, then
-// waits for the child to exit and fails every call still pending.
-func (c *subConn) readLoop() {
-	defer close(c.loopDone)
-	var err error
-	for {
-		var f wire.Frame
-		f, err = c.r.Read()
-		var tl *wire.FrameTooLargeError
-		if errors.As(err, &tl) {
-			c.deliver(tl.ID, reply{err: newError(CodeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)})
-			continue
+// outcome says how a turn at reading ended.
+type outcome int
+
+const (
+	answered outcome = iota // the caller's answer arrived
+	ctxDone                 // the caller's ctx ended
+	timedOut                // the call timeout passed
+	connDead                // the connection died
+)
+
+// readFor reads frames, holding the read token, until the answer to id
+// arrives, ctx ends, deadline (if set) passes or the connection dies.
+// Answers to other calls are handed to them.
+func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, deadline time.Time) (subReply, outcome) {
+	select {
+	case r := <-ch: // delivered by the previous reader
+		return r, answered
+	default:
+	}
+	if c.isDead() {
+		return subReply{}, connDead
+	}
+	if !deadline.IsZero() {
+		_ = c.toHost.SetReadDeadline(deadline)
+	}
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { _ = c.toHost.SetReadDeadline(time.Unix(1, 0)) })
+	}
+	defer func() {
+		if stop != nil {
+			stop()
 		}
-		if err != nil {
-			break
+		if stop != nil || !deadline.IsZero() {
+			_ = c.toHost.SetReadDeadline(time.Time{})
+		}
+	}()
+	for {
+		f, err := c.r.Read()
+		var tl *wire.FrameTooLargeError
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if ctx.Err() != nil {
+				return subReply{}, ctxDone
+			}
+			if !deadline.IsZero() && !time.Now().Before(deadline) {
+				return subReply{}, timedOut
+			}
+			// Set by another call's cancellation that fired late: not ours.
+			_ = c.toHost.SetReadDeadline(deadline)
+			continue
+		case errors.As(err, &tl):
+			r := subReply{err: newError(CodeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)}
+			if tl.ID == id {
+				c.abandon(id)
+				return r, answered
+			}
+			c.deliver(tl.ID, r)
+			continue
+		default:
+			c.broken(err)
+			return subReply{}, connDead
 		}
 		if f.Type != wire.TypeResult && f.Type != wire.TypeError {
-			err = fmt.Errorf("%w: a plugin may not send %s frames after the handshake", wire.ErrMalformed, f.Type)
-			break
+			c.broken(fmt.Errorf("%w: a plugin may not send %s frames after the handshake", wire.ErrMalformed, f.Type))
+			return subReply{}, connDead
 		}
-		c.deliver(f.ID, reply{f: f})
+		if f.ID == id {
+			c.abandon(id)
+			return subReply{f: f}, answered
+		}
+		c.deliver(f.ID, subReply{f: f})
 	}
-	violation := errors.Is(err, wire.ErrMalformed)
-	if violation {
+}
+
+// passTurn frees the read token and wakes a waiting caller to take it.
+func (c *subConn) passTurn() {
+	c.reading.Store(false)
+	c.mu.Lock()
+	waiting := len(c.pending) > 0
+	c.mu.Unlock()
+	if waiting {
+		select {
+		case c.turn <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
+}
+
+// broken ends the connection after reading failed with err.
+func (c *subConn) broken(err error) {
+	if errors.Is(err, wire.ErrMalformed) {
+		c.violation.CompareAndSwap(nil, &err)
 		_ = c.proc.Signal(syscall.SIGKILL)
 	}
-	c.awaitExit()
-	c.fail(c.exitError(err, violation))
+	c.ended(err)
+}
+
+// ended marks the connection dead, once, when the child has exited (it
+// waits for that). readErr is how the end showed on the pipe (io.EOF when
+// it was seen on the process instead).
+func (c *subConn) ended(readErr error) {
+	c.endOnce.Do(func() {
+		c.awaitExit()
+		c.fail(c.exitError(readErr))
+	})
 }
 
 // awaitExit waits for the child to exit after its end of the protocol
@@ -114,25 +202,25 @@ func (c *subConn) awaitExit() {
 }
 
 // exitError describes why the connection ended, after the child exited.
-func (c *subConn) exitError(readErr error, violation bool) error {
+func (c *subConn) exitError(readErr error) error {
 	status := "exit status unknown"
 	if st := c.proc.State(); st != nil {
 		status = st.String()
 	}
 	tail := stderrSummary(c.proc)
-	switch {
+	switch v := c.violation.Load(); {
 	case c.closing.Load():
 		return newError(CodeClosed, c.name, "the plugin was closed (%s)", status)
-	case violation:
-		return wrapError(readErr, CodeTransport, c.name, "the plugin broke the protocol and was killed (%s); stderr tail:\n%s\nthe reason", status, tail)
+	case v != nil:
+		return wrapError(*v, CodeTransport, c.name, "the plugin broke the protocol and was killed (%s); stderr tail:\n%s\nthe reason", status, tail)
 	case readErr == io.EOF || errors.Is(readErr, io.ErrUnexpectedEOF) || errors.Is(readErr, os.ErrClosed):
 		return newError(CodeCrashed, c.name, "the plugin process exited (%s); stderr tail:\n%s", status, tail)
 	default:
-		return wrapError(readErr, CodeCrashed, c.name, "reading from the plugin failed and the process ended (%s); stderr tail:\n%s\nthe reason", status, tail)
+		return wrapError(readErr, CodeCrashed, c.name, "the connection to the plugin failed and the process ended (%s); stderr tail:\n%s\nthe reason", status, tail)
 	}
 }
 
-func (c *subConn) deliver(id uint64, r reply) {
+func (c *subConn) deliver(id uint64, r subReply) {
 	c.mu.Lock()
 	ch := c.pending[id]
 	delete(c.pending, id)
@@ -161,18 +249,19 @@ func (c *subConn) isDead() bool {
 }
 
 // call sends one request and waits for its answer, for ctx, for timeout
-// (when > 0) or for the connection to die.
+// (when > 0) or for the connection to die, reading the pipe itself when it
+// holds the read token.
 func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout time.Duration) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, c.ctxError(t, err)
 	}
 	id := c.nextID.Add(1)
-	ch := replyChans.Get().(chan reply)
+	ch := subReplyChans.Get().(chan subReply)
 	c.mu.Lock()
 	if c.pending == nil {
 		err := c.err
 		c.mu.Unlock()
-		replyChans.Put(ch)
+		subReplyChans.Put(ch)
 		return nil, err
 	}
 	c.pending[id] = ch
@@ -180,35 +269,55 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 	if err := c.w.Write(t, id, payload); err != nil {
 		c.abandon(id)
 		if errors.Is(err, wire.ErrFrameTooLarge) {
-			replyChans.Put(ch)
+			subReplyChans.Put(ch)
 			return nil, newError(CodeFrameTooLarge, c.name, "the %s request of %d bytes is over the plugin's maximum frame size of %d bytes; nothing was sent", t, len(payload)+wire.MinFrameSize, c.w.Max())
 		}
-		<-c.dead // the reader sees the broken pipe too and says why
+		c.ended(err) // the child closed its end: it is exiting
 		return nil, c.err
 	}
+	var deadline time.Time
 	var timer <-chan time.Time
 	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
 		tm := time.NewTimer(timeout)
 		defer tm.Stop()
 		timer = tm.C
 	}
-	select {
-	case r := <-ch:
-		replyChans.Put(ch)
-		return c.answer(t, r)
-	case <-c.dead:
+	for {
+		if c.reading.CompareAndSwap(false, true) {
+			r, how := c.readFor(ctx, id, ch, deadline)
+			c.passTurn()
+			switch how {
+			case answered:
+				subReplyChans.Put(ch)
+				return c.answer(t, r)
+			case ctxDone:
+				c.cancel(id)
+				return nil, c.ctxError(t, ctx.Err())
+			case timedOut:
+				c.cancel(id)
+				return nil, c.timeoutError(t, timeout)
+			}
+		}
 		select {
 		case r := <-ch:
+			subReplyChans.Put(ch)
 			return c.answer(t, r)
-		default:
-			return nil, c.err
+		case <-c.turn:
+		case <-c.dead:
+			select {
+			case r := <-ch:
+				return c.answer(t, r)
+			default:
+				return nil, c.err
+			}
+		case <-ctx.Done():
+			c.cancel(id)
+			return nil, c.ctxError(t, ctx.Err())
+		case <-timer:
+			c.cancel(id)
+			return nil, c.timeoutError(t, timeout)
 		}
-	case <-ctx.Done():
-		c.cancel(id)
-		return nil, c.ctxError(t, ctx.Err())
-	case <-timer:
-		c.cancel(id)
-		return nil, newError(CodeTimeout, c.name, "no answer to %s within the call timeout of %v; the plugin was asked to cancel it", t, timeout)
 	}
 }
 
@@ -231,8 +340,12 @@ func (c *subConn) ctxError(t wire.Type, err error) error {
 	return wrapError(err, CodeTransport, c.name, "%s abandoned: the caller's context was cancelled; the plugin was asked to cancel it", t)
 }
 
+func (c *subConn) timeoutError(t wire.Type, timeout time.Duration) error {
+	return newError(CodeTimeout, c.name, "no answer to %s within the call timeout of %v; the plugin was asked to cancel it", t, timeout)
+}
+
 // answer turns a RESULT into its payload and an ERROR into an error.
-func (c *subConn) answer(t wire.Type, r reply) ([]byte, error) {
+func (c *subConn) answer(t wire.Type, r subReply) ([]byte, error) {
 	if r.err != nil {
 		return nil, r.err
 	}
@@ -243,13 +356,13 @@ func (c *subConn) answer(t wire.Type, r reply) ([]byte, error) {
 	if err := json.Unmarshal(r.f.Payload, &rep); err != nil {
 		return nil, wrapError(err, CodeTransport, c.name, "the plugin's ERROR payload to %s does not decode", t)
 	}
-	return nil, remoteError(c.name, t, rep)
+	return nil, subRemoteError(c.name, t, rep)
 }
 
-// remoteError builds the host's error for a plugin's error reply: it
+// subRemoteError builds the host's error for a plugin's error reply: it
 // matches ErrRemote, wraps an *ErrorReply, and is retryable when flagged.
 // A "frame_too_large" reply also matches ErrFrameTooLarge.
-func remoteError(name string, t wire.Type, rep wire.ErrorReply) error {
+func subRemoteError(name string, t wire.Type, rep wire.ErrorReply) error {
 	cause := &ErrorReply{Code: rep.Code, Message: rep.Message, Retryable: rep.Retryable}
 	err := wrapError(cause, CodeRemote, name, "%s failed in the plugin", t)
 	if rep.Retryable {
@@ -268,21 +381,23 @@ func remoteError(name string, t wire.Type, rep wire.ErrorReply) error {
 }
 
 // stop shuts the child down: SHUTDOWN, then SIGTERM and SIGKILL of its
-// group after grace each, then releases the pipes once the reader ended.
-// It returns the last signal it had to send, 0 if none.
+// group after grace each, then fails what is still pending and releases
+// the pipes. It returns the last signal it had to send, 0 if none.
 func (c *subConn) stop(ctx context.Context, grace time.Duration) syscall.Signal {
 	c.closing.Store(true)
+	// A child that stopped reading must not block Close, nor the callers
+	// stuck writing to it: their writes fail once the grace period is over.
+	_ = c.toChild.SetWriteDeadline(time.Now().Add(grace))
 	_ = c.w.Write(wire.TypeShutdown, 0, nil)
 	sig := c.proc.Stop(ctx, grace)
-	c.toChild.Close()
-	<-c.loopDone
-	c.toHost.Close()
+	c.ended(io.EOF)
+	c.release()
 	return sig
 }
 
-// release closes the pipes of a connection whose child has exited.
+// release closes the pipes of a connection whose child has exited; a
+// caller still reading gets an error and sees the connection dead.
 func (c *subConn) release() {
-	<-c.loopDone
 	c.toChild.Close()
 	c.toHost.Close()
 }
@@ -292,11 +407,7 @@ func (c *subConn) kill() {
 	c.closing.Store(true)
 	_ = c.proc.Signal(syscall.SIGKILL)
 	<-c.proc.Done()
-	c.toChild.Close()
-	if c.loopDone != nil {
-		<-c.loopDone
-	}
-	c.toHost.Close()
+	c.release()
 }
 
 // stderrSummary returns the stderr tail, or a note that it is empty.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -18,13 +19,13 @@ import (
 	"github.com/goplugins/goplugins/internal/wire"
 )
 
-// Defaults of SubprocessConfig.
+// Defaults of SubprocessConfig, as documented on its fields.
 const (
-	DefaultStartTimeout   = 10 * time.Second
-	DefaultStopTimeout    = 5 * time.Second
-	DefaultRestartBackoff = 100 * time.Millisecond
-	DefaultMaxBackoff     = 10 * time.Second
-	DefaultMaxRestarts    = 5
+	subprocessStartTimeout   = 10 * time.Second
+	subprocessStopTimeout    = 5 * time.Second
+	subprocessRestartBackoff = 100 * time.Millisecond
+	subprocessMaxBackoff     = 10 * time.Second
+	subprocessMaxRestarts    = 5
 )
 
 // SubprocessConfig describes a plugin that runs as a child process speaking
@@ -52,12 +53,12 @@ type SubprocessConfig struct {
 	Checksum string
 	// Codec encodes requests and responses; nil means JSONCodec.
 	Codec Codec
-	// StartTimeout bounds the start and handshake (DefaultStartTimeout).
+	// StartTimeout bounds the start and handshake (default 10s).
 	StartTimeout time.Duration
 	// CallTimeout, when > 0, bounds every call on top of the caller's ctx.
 	CallTimeout time.Duration
 	// StopTimeout is each grace period of Close: after the shutdown
-	// message, then after SIGTERM (DefaultStopTimeout).
+	// message, then after SIGTERM (default 5s).
 	StopTimeout time.Duration
 	// Restart says how a crashed child is restarted.
 	Restart RestartPolicy
@@ -69,7 +70,8 @@ type SubprocessConfig struct {
 	Logger *slog.Logger
 	// OnRestart, when set, is called after every restart attempt with the
 	// attempt number (1 for the first after a crash) and its error (nil
-	// when the child is serving again).
+	// when the child is serving again). It runs on the supervising
+	// goroutine: it must return promptly and must not call Close.
 	OnRestart func(attempt int, err error)
 }
 
@@ -78,11 +80,11 @@ type SubprocessConfig struct {
 // count starts again once a restarted child has answered a call.
 type RestartPolicy struct {
 	// MaxAttempts is how many consecutive attempts are made before the
-	// plugin stays down: 0 means DefaultMaxRestarts, < 0 never restart.
+	// plugin stays down: 0 means 5, < 0 never restart.
 	MaxAttempts int
-	// Backoff is the first wait (DefaultRestartBackoff).
+	// Backoff is the first wait (default 100ms).
 	Backoff time.Duration
-	// MaxBackoff caps the wait (DefaultMaxBackoff).
+	// MaxBackoff caps the wait (default 10s, or Backoff if that is longer).
 	MaxBackoff time.Duration
 }
 
@@ -168,19 +170,19 @@ func (s *Subprocess[Req, Resp]) validate() error {
 		return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.MaxFrameSize %d is below the minimum of %d bytes", cfg.MaxFrameSize, wire.MinMaxFrameSize)
 	}
 	if cfg.StartTimeout <= 0 {
-		cfg.StartTimeout = DefaultStartTimeout
+		cfg.StartTimeout = subprocessStartTimeout
 	}
 	if cfg.StopTimeout <= 0 {
-		cfg.StopTimeout = DefaultStopTimeout
+		cfg.StopTimeout = subprocessStopTimeout
 	}
 	if cfg.Restart.MaxAttempts == 0 {
-		cfg.Restart.MaxAttempts = DefaultMaxRestarts
+		cfg.Restart.MaxAttempts = subprocessMaxRestarts
 	}
 	if cfg.Restart.Backoff <= 0 {
-		cfg.Restart.Backoff = DefaultRestartBackoff
+		cfg.Restart.Backoff = subprocessRestartBackoff
 	}
 	if cfg.Restart.MaxBackoff <= 0 {
-		cfg.Restart.MaxBackoff = max(DefaultMaxBackoff, cfg.Restart.Backoff)
+		cfg.Restart.MaxBackoff = max(subprocessMaxBackoff, cfg.Restart.Backoff)
 	}
 	if s.codec == nil {
 		s.codec = JSONCodec
@@ -247,15 +249,14 @@ func (s *Subprocess[Req, Resp]) start(ctx context.Context) (*subConn, error) {
 		r:       wire.NewReader(toHost, s.cfg.MaxFrameSize),
 		w:       wire.NewWriter(toChild, wire.DefaultMaxFrameSize),
 		grace:   s.cfg.StopTimeout,
-		pending: make(map[uint64]chan reply),
+		pending: make(map[uint64]chan subReply),
 		dead:    make(chan struct{}),
+		turn:    make(chan struct{}, 1),
 	}
 	if err := s.handshake(ctx, c); err != nil {
 		c.kill()
 		return nil, err
 	}
-	c.loopDone = make(chan struct{})
-	go c.readLoop()
 	s.log.Debug("plugin started", slog.Int("pid", p.Pid()), slog.String("version", c.info.Version))
 	return c, nil
 }
@@ -340,7 +341,10 @@ func (s *Subprocess[Req, Resp]) handshakeFailed(ctx context.Context, c *subConn,
 	if st := c.proc.State(); st != nil {
 		status = st.String()
 	}
-	return wrapError(err, CodeHandshake, name, "%s ended the handshake (%s): is it a goplugins plugin built with the sdk? stderr tail:\n%s\nthe reason", s.cfg.Path, status, stderrSummary(c.proc))
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return newError(CodeHandshake, name, "%s closed the protocol pipe without a handshake (%s): is it a goplugins plugin built with the sdk? stderr tail:\n%s", s.cfg.Path, status, stderrSummary(c.proc))
+	}
+	return wrapError(err, CodeHandshake, name, "%s broke off the handshake (%s); stderr tail:\n%s\nthe reason", s.cfg.Path, status, stderrSummary(c.proc))
 }
 
 // logLine returns the callback that forwards one output stream's lines.
@@ -395,6 +399,8 @@ func (s *Subprocess[Req, Resp]) supervise(c *subConn) {
 	for {
 		select {
 		case <-c.dead:
+		case <-c.proc.Done(): // crashed while no call was reading
+			c.ended(io.EOF)
 		case <-s.ctx.Done():
 			return
 		}

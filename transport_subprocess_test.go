@@ -5,14 +5,20 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // echoReq and echoResp mirror testdata/plugins/echo.
@@ -230,6 +236,29 @@ func TestSubprocessCrashAndRestart(t *testing.T) {
 	checkReaped(t, pid)
 }
 
+// TestSubprocessKilledWhileIdle: with no call in flight nobody reads the
+// pipe, so the supervisor must notice the exit by itself.
+func TestSubprocessKilledWhileIdle(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	restarted := make(chan error, 10)
+	p := startEcho(t, nil, func(c *SubprocessConfig) {
+		c.Restart = RestartPolicy{Backoff: time.Millisecond}
+		c.OnRestart = func(attempt int, err error) { restarted <- err }
+	})
+	pid := pidOf(t, p)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-restarted; err != nil {
+		t.Fatalf("restart failed: %v", err)
+	}
+	if got := pidOf(t, p); got == pid {
+		t.Fatalf("pid %d unchanged after the restart", pid)
+	}
+	checkReaped(t, pid)
+}
+
 func TestSubprocessDownFailsFast(t *testing.T) {
 	verifyNoLeaks(t)
 	ctx := context.Background()
@@ -274,7 +303,7 @@ func TestSubprocessCloseKillsHungPlugin(t *testing.T) {
 	}
 	hangCtx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := p.Execute(hangCtx, echoReq{Op: "hang"}); !errors.Is(err, ErrTimeout) {
+	if _, err := p.Execute(hangCtx, echoReq{Op: "hang", Key: "hung"}); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("hang error = %v, want ErrTimeout", err)
 	}
 	if err := p.Close(ctx); err != nil {
@@ -287,6 +316,52 @@ func TestSubprocessCloseKillsHungPlugin(t *testing.T) {
 		return r.msg == "plugin did not exit on shutdown" && r.attrs["signal"] == "killed"
 	}); !ok {
 		t.Fatalf("no record says the hung plugin was SIGKILLed: %+v", h.root.records)
+	}
+}
+
+func TestSubprocessCloseWithCallInFlight(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	tests := []struct {
+		name     string
+		closeCtx context.Context
+		signal   string // the last signal Close had to send
+	}{
+		// SHUTDOWN waits for the hung handler; SIGTERM ends it.
+		{"grace periods", context.Background(), "terminated"},
+		// With Close's ctx already done there is no grace: SIGKILL at once.
+		{"expired ctx", expired, "killed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newRecordingHandler()
+			p := startEcho(t, h, func(c *SubprocessConfig) { c.StopTimeout = 100 * time.Millisecond })
+			pid := pidOf(t, p)
+			done := make(chan error, 1)
+			go func() {
+				_, err := p.Execute(context.Background(), echoReq{Op: "hang", Key: "close"})
+				done <- err
+			}()
+			if _, err := p.Execute(context.Background(), echoReq{Op: "started", Key: "close"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Close(tt.closeCtx); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if err := <-done; !errors.Is(err, ErrClosed) {
+				t.Fatalf("call in flight during Close: %v, want ErrClosed", err)
+			}
+			checkReaped(t, pid)
+			waitCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+			defer stop()
+			if _, ok := h.wait(waitCtx, func(r record) bool {
+				return r.msg == "plugin did not exit on shutdown" && r.attrs["signal"] == tt.signal
+			}); !ok {
+				t.Fatalf("no record says Close sent %s: %+v", tt.signal, h.root.records)
+			}
+		})
 	}
 }
 
@@ -574,5 +649,110 @@ func TestSubprocessPythonPlugin(t *testing.T) {
 	}
 	if err := p.Close(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSubprocessEnvironment(t *testing.T) {
+	verifyNoLeaks(t)
+	t.Setenv("GOPLUGINS_TEST_HOST_VAR", "from the host")
+	cookie := "GOPLUGINS_MAGIC_COOKIE=d3b07384d113edec49eaa6238ad5ff00-goplugins"
+	tests := []struct {
+		name    string
+		inherit bool
+		want    []string // exactly these, in any order, unless inherit
+		wantHas []string
+	}{
+		{"minimal", false, []string{"A=1", "B=two", cookie}, nil},
+		{"inherited", true, nil, []string{"A=1", "B=two", cookie, "GOPLUGINS_TEST_HOST_VAR=from the host"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startEcho(t, nil, func(c *SubprocessConfig) {
+				c.Env = map[string]string{"A": "1", "B": "two"}
+				c.InheritEnv = tt.inherit
+			})
+			resp, err := p.Execute(context.Background(), echoReq{Op: "env"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Split(resp.Data, "\n")
+			if tt.want != nil {
+				slices.Sort(got)
+				slices.Sort(tt.want)
+				if !slices.Equal(got, tt.want) {
+					t.Fatalf("plugin environment %q, want exactly %q", got, tt.want)
+				}
+			}
+			for _, kv := range tt.wantHas {
+				if !slices.Contains(got, kv) {
+					t.Fatalf("plugin environment lacks %q: %q", kv, got)
+				}
+			}
+		})
+	}
+}
+
+// TestSubprocessHelperHost is not a test: TestSubprocessChildDiesWithHost
+// runs the test binary as a host process that starts the echo plugin,
+// prints its pid and waits to be killed.
+func TestSubprocessHelperHost(t *testing.T) {
+	bin := os.Getenv("GOPLUGINS_HELPER_HOST_PLUGIN")
+	if bin == "" {
+		t.Skip("helper process for TestSubprocessChildDiesWithHost")
+	}
+	p, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{Name: "echo", Path: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(pidOf(t, p))
+	io.Copy(io.Discard, os.Stdin) // until the parent test kills this process
+}
+
+func TestSubprocessChildDiesWithHost(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSubprocessHelperHost$")
+	cmd.Env = append(os.Environ(), "GOPLUGINS_HELPER_HOST_PLUGIN="+pluginBinary(t, "echo"))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Fscan(stdout, &pid); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("reading the plugin pid from the helper host: %v", err)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Skipf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	// The pidfd becomes readable when the plugin exits.
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 10_000)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			t.Fatalf("plugin %d still runs 10s after its host was killed", pid)
+		}
+		return
 	}
 }

@@ -49,11 +49,11 @@ func Serve[Req, Resp any](p Plugin[Req, Resp], info Info, opts ...Option) error 
 	if os.Getenv(wire.CookieKey) != wire.CookieValue {
 		return ErrNotLaunched
 	}
-	// Non-blocking descriptors go to the runtime's poller: a reader parked
-	// there lets the handler it just started run on the same thread at
-	// once, instead of waiting for another thread to steal it.
+	// Non-blocking descriptors are served by the runtime's poller: a reader
+	// waiting there holds no thread, and the handler it starts runs on the
+	// reader's thread at once (see loop). On failure they just block.
 	for _, fd := range []int{wire.HostToPluginFD, wire.PluginToHostFD} {
-		_ = syscall.SetNonblock(fd, true) // on failure the descriptor just blocks
+		_ = syscall.SetNonblock(fd, true)
 	}
 	in := os.NewFile(wire.HostToPluginFD, "goplugins-host-to-plugin")
 	out := os.NewFile(wire.PluginToHostFD, "goplugins-plugin-to-host")
@@ -88,6 +88,7 @@ func serve[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, p Pl
 		max:     cf.max,
 		ctx:     ctx,
 		cancels: make(map[uint64]context.CancelFunc),
+		end:     make(chan error, 1),
 	}
 	codec, err := s.handshake(cf.codecs)
 	if err != nil {
@@ -135,10 +136,12 @@ type server struct {
 	max     int
 	execute func(ctx context.Context, payload []byte) ([]byte, error)
 
-	ctx     context.Context
-	mu      sync.Mutex
-	cancels map[uint64]context.CancelFunc
-	wg      sync.WaitGroup
+	ctx          context.Context
+	mu           sync.Mutex
+	cancels      map[uint64]context.CancelFunc
+	requests     sync.WaitGroup // the requests being served
+	end          chan error     // how serving ends: nil or why it failed
+	shuttingDown bool           // SHUTDOWN was read; touched by the reader only
 }
 
 // handshake answers the host's HELLO and returns the chosen codec.
@@ -186,9 +189,22 @@ func (s *server) handshake(codecs []Codec) (Codec, error) {
 	return codecs[i], nil
 }
 
-// loop reads requests until shutdown or the end of the stream.
+// loop serves until shutdown or the end of the stream.
+//
+// Reading is a relay: the goroutine that reads a request starts the next
+// reader and then runs the handler itself. A request thus reaches its
+// handler without a goroutine switch, handlers run concurrently, and one
+// goroutine at a time reads the stream.
 func (s *server) loop() error {
-	defer s.cancelAll()
+	go s.read()
+	err := <-s.end
+	s.cancelAll()
+	return err
+}
+
+// read reads frames until it meets a request (it then hands reading on
+// and serves the request) or the end of the stream (it reports on s.end).
+func (s *server) read() {
 	for {
 		f, err := s.in.Read()
 		var tl *wire.FrameTooLargeError
@@ -197,9 +213,11 @@ func (s *server) loop() error {
 			s.replyError(tl.ID, &Error{Code: wire.CodeFrameTooLarge, Message: fmt.Sprintf("%s of %d bytes is over the plugin's maximum frame size of %d bytes", tl.Type, tl.Size, tl.Max)})
 			continue
 		case err == io.EOF:
-			return nil // the host went away: cancel everything and exit
+			s.finish(nil) // the host went away: cancel everything and exit
+			return
 		case err != nil:
-			return fmt.Errorf("sdk: reading from the host: %w", err)
+			s.finish(fmt.Errorf("sdk: reading from the host: %w", err))
+			return
 		}
 		switch f.Type {
 		case wire.TypeCancel:
@@ -210,14 +228,41 @@ func (s *server) loop() error {
 				cancel()
 			}
 		case wire.TypeShutdown:
-			s.wg.Wait()
-			return nil
+			// Finish the requests in flight, reading on meanwhile: the end
+			// of the stream still ends everything at once.
+			if !s.shuttingDown {
+				s.shuttingDown = true
+				go func() {
+					s.requests.Wait()
+					s.finish(nil)
+				}()
+			}
 		case wire.TypeCall, wire.TypeHealth, wire.TypePersist, wire.TypeRestore,
 			wire.TypeCheckpoint, wire.TypeResume, wire.TypeCheckCompat:
-			s.start(f)
+			if s.shuttingDown {
+				s.replyError(f.ID, &Error{Code: wire.CodeShuttingDown, Message: fmt.Sprintf("%s refused: the plugin is shutting down", f.Type)})
+				continue
+			}
+			ctx, cancel := context.WithCancel(s.ctx)
+			s.mu.Lock()
+			s.cancels[f.ID] = cancel
+			s.mu.Unlock()
+			s.requests.Add(1)
+			defer s.requests.Done()
+			go s.read()
+			s.serveRequest(ctx, cancel, f)
+			return
 		default:
 			s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames", f.Type)})
 		}
+	}
+}
+
+// finish ends Serve with err, unless it is ending already.
+func (s *server) finish(err error) {
+	select {
+	case s.end <- err:
+	default:
 	}
 }
 
@@ -229,28 +274,20 @@ func (s *server) cancelAll() {
 	s.mu.Unlock()
 }
 
-// start runs one request in its own goroutine.
-func (s *server) start(f wire.Frame) {
-	ctx, cancel := context.WithCancel(s.ctx)
+// serveRequest runs one request's handler and sends its answer.
+func (s *server) serveRequest(ctx context.Context, cancel context.CancelFunc, f wire.Frame) {
+	resp, err := s.dispatch(ctx, f)
 	s.mu.Lock()
-	s.cancels[f.ID] = cancel
+	delete(s.cancels, f.ID)
 	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		resp, err := s.dispatch(ctx, f)
-		s.mu.Lock()
-		delete(s.cancels, f.ID)
-		s.mu.Unlock()
-		cancel()
-		if err != nil {
-			s.replyError(f.ID, err)
-			return
-		}
-		if err := s.out.Write(wire.TypeResult, f.ID, resp); errors.Is(err, wire.ErrFrameTooLarge) {
-			s.replyError(f.ID, &Error{Code: wire.CodeFrameTooLarge, Message: fmt.Sprintf("the answer of %d bytes is over the host's maximum frame size of %d bytes", len(resp)+wire.MinFrameSize, s.out.Max())})
-		}
-	}()
+	cancel()
+	if err != nil {
+		s.replyError(f.ID, err)
+		return
+	}
+	if err := s.out.Write(wire.TypeResult, f.ID, resp); errors.Is(err, wire.ErrFrameTooLarge) {
+		s.replyError(f.ID, &Error{Code: wire.CodeFrameTooLarge, Message: fmt.Sprintf("the answer of %d bytes is over the host's maximum frame size of %d bytes", len(resp)+wire.MinFrameSize, s.out.Max())})
+	}
 }
 
 // dispatch runs the handler for f, turning a panic into an error.

@@ -197,6 +197,29 @@ func TestServeCancelAndShutdown(t *testing.T) {
 	}
 }
 
+func TestServeShutdownWaitsForRequests(t *testing.T) {
+	h := startServe(t, echo{})
+	h.handshake()
+	h.send(wire.TypeCall, 1, "block")
+	h.send(wire.TypeShutdown, 0, nil)
+	h.send(wire.TypeCall, 2, "late")
+	if r := h.errorReply(h.read()); r.Code != wire.CodeShuttingDown {
+		t.Fatalf("request after SHUTDOWN answered %+v, want code shutting_down", r)
+	}
+	select {
+	case err := <-h.done:
+		t.Fatalf("serve returned (%v) with a request in flight", err)
+	default:
+	}
+	h.send(wire.TypeCancel, 1, nil)
+	if r := h.errorReply(h.read()); r.Code != wire.CodeCanceled {
+		t.Fatalf("request 1 answered %+v, want code canceled", r)
+	}
+	if err := <-h.done; err != nil {
+		t.Fatalf("serve after SHUTDOWN: %v", err)
+	}
+}
+
 func TestServeHostGoneCancelsHandlers(t *testing.T) {
 	o := observer{seen: make(chan struct{})}
 	h := startServe(t, o)

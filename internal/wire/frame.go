@@ -98,6 +98,7 @@ type FrameTooLargeError struct {
 	Max  int // the limit it exceeds
 }
 
+// Error names the frame, its size and the limit.
 func (e *FrameTooLargeError) Error() string {
 	return fmt.Sprintf("wire: %s frame %d is %d bytes, over the maximum frame size of %d bytes", e.Type, e.ID, e.Size, e.Max)
 }
@@ -113,11 +114,19 @@ func AppendFrame(b []byte, t Type, id uint64, payload []byte) []byte {
 	return append(b, payload...)
 }
 
-// Reader decodes frames from a stream.
+// Reader decodes frames from a stream. A read error that leaves the stream
+// usable, such as a deadline set on an *os.File, can be retried: the next
+// Read resumes the frame where the failed one stopped.
 type Reader struct {
 	r   *bufio.Reader
 	max int
-	hdr [HeaderSize]byte
+
+	// The frame being read, between a header and the end of its payload.
+	inFrame bool
+	cur     Frame
+	got     int                 // payload bytes read into cur
+	skip    int                 // bytes of an oversized frame left to skip
+	tooBig  *FrameTooLargeError // set while skipping
 }
 
 // NewReader returns a Reader that refuses frames whose length field exceeds
@@ -134,32 +143,67 @@ func NewReader(r io.Reader, max int) *Reader {
 // io.ErrUnexpectedEOF inside a frame, an error matching ErrMalformed when the
 // stream breaks the framing (it must then be abandoned), and a
 // *FrameTooLargeError, after skipping the frame, when it is over the limit.
+// Any other error comes from the stream; calling Read again retries.
 func (r *Reader) Read() (Frame, error) {
-	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
+	if !r.inFrame {
+		if err := r.header(); err != nil {
+			return Frame{}, err
+		}
+	}
+	if r.tooBig != nil {
+		for r.skip > 0 {
+			n, err := r.r.Discard(r.skip)
+			r.skip -= n
+			if err != nil {
+				return Frame{}, unexpected(err)
+			}
+		}
+		err := r.tooBig
+		r.tooBig, r.inFrame = nil, false
 		return Frame{}, err
 	}
-	size := int(binary.BigEndian.Uint32(r.hdr[:4]))
-	f := Frame{Type: Type(r.hdr[4]), ID: binary.BigEndian.Uint64(r.hdr[5:])}
+	for r.got < len(r.cur.Payload) {
+		n, err := r.r.Read(r.cur.Payload[r.got:])
+		r.got += n
+		if err != nil {
+			return Frame{}, unexpected(err)
+		}
+	}
+	f := r.cur
+	r.cur, r.inFrame = Frame{}, false
+	return f, nil
+}
+
+// header consumes the next frame header, or nothing if it fails.
+func (r *Reader) header() error {
+	hdr, err := r.r.Peek(HeaderSize)
+	if err != nil {
+		if err == io.EOF && len(hdr) > 0 {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	size := int(binary.BigEndian.Uint32(hdr[:4]))
+	t, id := Type(hdr[4]), binary.BigEndian.Uint64(hdr[5:])
 	if size < MinFrameSize {
-		return Frame{}, fmt.Errorf("%w: length field %d is below the minimum of %d", ErrMalformed, size, MinFrameSize)
+		return fmt.Errorf("%w: length field %d is below the minimum of %d", ErrMalformed, size, MinFrameSize)
 	}
-	if !f.Type.Known() {
-		return Frame{}, fmt.Errorf("%w: unknown frame type 0x%02x (header % x)", ErrMalformed, uint8(f.Type), r.hdr[:])
+	if !t.Known() {
+		return fmt.Errorf("%w: unknown frame type 0x%02x (header % x)", ErrMalformed, uint8(t), hdr)
 	}
+	_, _ = r.r.Discard(HeaderSize) // peeked: cannot fail
+	r.inFrame, r.got = true, 0
+	r.cur = Frame{Type: t, ID: id}
 	n := size - MinFrameSize
 	if size > r.max {
-		if _, err := r.r.Discard(n); err != nil {
-			return Frame{}, unexpected(err)
-		}
-		return Frame{}, &FrameTooLargeError{Type: f.Type, ID: f.ID, Size: size, Max: r.max}
+		r.tooBig = &FrameTooLargeError{Type: t, ID: id, Size: size, Max: r.max}
+		r.skip = n
+		return nil
 	}
 	if n > 0 {
-		f.Payload = make([]byte, n)
-		if _, err := io.ReadFull(r.r, f.Payload); err != nil {
-			return Frame{}, unexpected(err)
-		}
+		r.cur.Payload = make([]byte, n)
 	}
-	return f, nil
+	return nil
 }
 
 func unexpected(err error) error {

@@ -2,8 +2,10 @@ package wire
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -180,5 +182,73 @@ func BenchmarkWriteRead(b *testing.B) {
 		if _, err := NewReader(&buf, 0).Read(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestDocumentedPayloads pins the JSON of the worked example in
+// docs/PROTOCOL.md.
+func TestDocumentedPayloads(t *testing.T) {
+	tests := []struct {
+		v    any
+		want string
+	}{
+		{Hello{Protocols: []int{1}, Codec: "json", MaxFrameSize: DefaultMaxFrameSize, Name: "echo"},
+			`{"protocols":[1],"codec":"json","max_frame_size":4194304,"name":"echo"}`},
+		{Welcome{Protocol: 1, MaxFrameSize: DefaultMaxFrameSize, Info: Info{Name: "echo", Version: "1.0.0"}},
+			`{"protocol":1,"max_frame_size":4194304,"name":"echo","version":"1.0.0"}`},
+		{ErrorReply{Code: CodeCanceled, Message: "context canceled"},
+			`{"code":"canceled","message":"context canceled"}`},
+	}
+	for _, tt := range tests {
+		got, err := json.Marshal(tt.v)
+		if err != nil || string(got) != tt.want {
+			t.Errorf("json.Marshal(%T) = %s, %v; want %s", tt.v, got, err, tt.want)
+		}
+	}
+}
+
+// flaky returns errFlaky before every other Read, as a stream with a read
+// deadline does.
+type flaky struct {
+	r    io.Reader
+	fail bool
+}
+
+var errFlaky = errors.New("i/o timeout")
+
+func (f *flaky) Read(p []byte) (int, error) {
+	f.fail = !f.fail
+	if f.fail {
+		return 0, errFlaky
+	}
+	return f.r.Read(p[:min(len(p), 3)]) // a few bytes at a time
+}
+
+func TestReaderResumesAfterError(t *testing.T) {
+	var in []byte
+	in = AppendFrame(in, TypeResult, 1, []byte("first payload"))
+	in = AppendFrame(in, TypeResult, 2, bytes.Repeat([]byte("y"), 40)) // over the limit: skipped
+	in = AppendFrame(in, TypeError, 3, []byte("third"))
+	r := NewReader(&flaky{r: bytes.NewReader(in)}, 30)
+	var got []string
+	for len(got) < 3 {
+		f, err := r.Read()
+		var tl *FrameTooLargeError
+		switch {
+		case errors.Is(err, errFlaky):
+			continue
+		case errors.As(err, &tl):
+			got = append(got, "too large")
+		case err != nil:
+			t.Fatalf("Read: %v", err)
+		default:
+			got = append(got, string(f.Payload))
+		}
+	}
+	if want := []string{"first payload", "too large", "third"}; !slices.Equal(got, want) {
+		t.Fatalf("frames %q, want %q", got, want)
+	}
+	if _, err := r.Read(); err != io.EOF && !errors.Is(err, errFlaky) {
+		t.Fatalf("Read at the end = %v, want EOF", err)
 	}
 }

@@ -62,6 +62,8 @@ func (p *plugin) Execute(ctx context.Context, req Request) (Response, error) {
 	switch req.Op {
 	case "", "echo":
 		return Response{Data: req.Data, Version: version}, nil
+	case "env":
+		return Response{Data: strings.Join(os.Environ(), "\n")}, nil
 	case "pid":
 		return Response{PID: os.Getpid()}, nil
 	case "print":
@@ -95,6 +97,7 @@ func (p *plugin) Execute(ctx context.Context, req Request) (Response, error) {
 		signal.Ignore(syscall.SIGTERM)
 		return Response{}, nil
 	case "hang":
+		close(p.startedChan(req.Key))
 		for { // ignores ctx: only a signal ends it
 			time.Sleep(time.Hour)
 		}

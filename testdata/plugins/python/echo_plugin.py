@@ -47,6 +47,8 @@ def main():
     if os.environ.get(COOKIE_KEY) != COOKIE_VALUE:
         sys.stderr.write("this program is a goplugins plugin; start it from a goplugins host\n")
         return 1
+    os.set_inheritable(3, False)  # programs we start must not get the pipes
+    os.set_inheritable(4, False)
     inp = os.fdopen(3, "rb", buffering=0)
     out = os.fdopen(4, "wb")
     frame = read_frame(inp)

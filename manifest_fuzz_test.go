@@ -1,0 +1,221 @@
+package goplugins
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"io"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// FuzzManifest feeds arbitrary bytes to ParseManifest as JSON and as YAML.
+// It must never panic; an accepted manifest must satisfy every rule that
+// validation promises, and writing it back out as JSON and parsing that
+// must give the same manifest.
+func FuzzManifest(f *testing.F) {
+	f.Add([]byte(`{"name": "auth", "version": "1.4.0", "transport": "subprocess", "command": "./auth"}`), false)
+	f.Add([]byte("name: metrics\nversion: 2.1.3\ntransport: grpc\nendpoint: localhost:9000\n"), true)
+	dir := filepath.Join(f.TempDir(), "plugin")
+	f.Fuzz(func(t *testing.T, data []byte, asYAML bool) {
+		path := filepath.Join(dir, "plugin.json")
+		if asYAML {
+			path = filepath.Join(dir, "plugin.yaml")
+		}
+		if !asYAML {
+			checkJSONDecoder(t, data)
+		}
+		m, err := ParseManifest(path, data)
+		if err != nil {
+			if m != nil {
+				t.Fatalf("an error and a manifest: %v", err)
+			}
+			if ErrorCode(err) != CodeInvalidManifest {
+				t.Fatalf("error code %q, want %q: %v", ErrorCode(err), CodeInvalidManifest, err)
+			}
+			if !strings.Contains(err.Error(), path) {
+				t.Fatalf("the error does not name the file: %v", err)
+			}
+			return
+		}
+		checkManifestRules(t, m, data)
+
+		again, err := ParseManifest(path, data)
+		if err != nil || !reflect.DeepEqual(m, again) {
+			t.Fatalf("parsing the same bytes again differs: %v", err)
+		}
+
+		out, err := json.Marshal(manifestJSONForm(m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := ParseManifest(filepath.Join(dir, "plugin.json"), out)
+		if err != nil {
+			t.Fatalf("the manifest written back does not parse: %v\n%s", err, out)
+		}
+		back.Hash, back.Path = m.Hash, m.Path
+		if !reflect.DeepEqual(m, back) {
+			t.Fatalf("the manifest written back differs:\n%#v\n%#v", m, back)
+		}
+	})
+}
+
+// checkJSONDecoder compares the manifest JSON decoder with encoding/json:
+// whatever it accepts, encoding/json (unknown fields disallowed) accepts
+// and decodes to the same value. It may refuse more: keys match exactly,
+// where encoding/json ignores case.
+func checkJSONDecoder(t *testing.T, data []byte) {
+	t.Helper()
+	var got, want rawManifest
+	if err := decodeJSONManifest(data, &got); err != nil {
+		return
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&want)
+	if err == nil {
+		if _, tokErr := dec.Token(); tokErr != io.EOF {
+			err = errors.New("trailing data")
+		}
+	}
+	if err != nil {
+		t.Fatalf("accepted what encoding/json refuses (%v): %q", err, data)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("decoded differently from encoding/json:\n%#v\n%#v", got, want)
+	}
+}
+
+// UnmarshalJSON gives encoding/json the dependency forms, for
+// checkJSONDecoder only.
+func (d *rawDependency) UnmarshalJSON(b []byte) error {
+	switch {
+	case len(b) > 0 && b[0] == '"':
+		return json.Unmarshal(b, &d.Version)
+	case len(b) > 0 && b[0] == '{':
+		type plain rawDependency
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		return dec.Decode((*plain)(d))
+	}
+	return errors.New("a dependency is a string or an object")
+}
+
+// checkManifestRules checks what validation promises about m.
+func checkManifestRules(t *testing.T, m *Manifest, data []byte) {
+	t.Helper()
+	if ValidateName(m.Name) != nil {
+		t.Fatalf("accepted name %q", m.Name)
+	}
+	if m.SemVer() == nil || m.SemVer().Original() != m.Version {
+		t.Fatalf("accepted version %q", m.Version)
+	}
+	if !slices.Contains(manifestTransports, m.Transport) {
+		t.Fatalf("accepted transport %q", m.Transport)
+	}
+	if m.Transport == "subprocess" && m.Command == "" {
+		t.Fatal("subprocess without command")
+	}
+	if m.Transport == "grpc" && (m.Command == "") == (m.Endpoint == "") {
+		t.Fatal("grpc needs exactly one of command and endpoint")
+	}
+	for _, p := range []string{m.Command, tlsField(m, func(t *ManifestTLS) string { return t.CAFile }),
+		tlsField(m, func(t *ManifestTLS) string { return t.CertFile }), tlsField(m, func(t *ManifestTLS) string { return t.KeyFile })} {
+		if p != "" && !strings.HasPrefix(p, m.Dir+string(filepath.Separator)) {
+			t.Fatalf("path %q leaves the plugin folder %q", p, m.Dir)
+		}
+	}
+	for _, d := range []int64{int64(m.Timeout), int64(m.Health.Interval), int64(m.Health.Timeout), int64(m.Restart.Backoff), int64(m.Restart.MaxBackoff)} {
+		if d < 0 {
+			t.Fatal("negative duration accepted")
+		}
+	}
+	if m.Requires.Host != "" && m.HostConstraint() == nil {
+		t.Fatal("host constraint not parsed")
+	}
+	if !slices.IsSortedFunc(m.Dependencies, func(a, b ManifestDependency) int { return strings.Compare(a.Name, b.Name) }) {
+		t.Fatal("dependencies not sorted")
+	}
+	for _, d := range m.Dependencies {
+		if m.DependencyConstraint(d.Name) == nil || d.Name == m.Name {
+			t.Fatalf("dependency %q accepted", d.Name)
+		}
+	}
+	if m.Hash != sha256.Sum256(data) {
+		t.Fatal("hash is not the SHA-256 of the bytes")
+	}
+}
+
+func tlsField(m *Manifest, f func(*ManifestTLS) string) string {
+	if m.TLS == nil {
+		return ""
+	}
+	return f(m.TLS)
+}
+
+// manifestJSONForm writes m back in the file format.
+func manifestJSONForm(m *Manifest) map[string]any {
+	out := map[string]any{"name": m.Name, "version": m.Version, "transport": m.Transport}
+	set := func(k string, v any, ok bool) {
+		if ok {
+			out[k] = v
+		}
+	}
+	rel := func(p string) string { r, _ := filepath.Rel(m.Dir, p); return r }
+	set("description", m.Description, m.Description != "")
+	set("command", rel(m.Command), m.Command != "")
+	set("args", m.Args, m.Args != nil)
+	set("env", m.Env, m.Env != nil)
+	set("checksum", m.Checksum, m.Checksum != "")
+	set("endpoint", m.Endpoint, m.Endpoint != "")
+	req := map[string]any{}
+	if m.Requires.Host != "" {
+		req["host"] = m.Requires.Host
+	}
+	if m.Requires.Protocol != 0 {
+		req["protocol"] = m.Requires.Protocol
+	}
+	set("requires", req, len(req) > 0)
+	if len(m.Dependencies) > 0 {
+		deps := map[string]any{}
+		for _, d := range m.Dependencies {
+			deps[d.Name] = map[string]any{"version": d.Constraint, "optional": d.Optional}
+		}
+		out["dependencies"] = deps
+	}
+	set("surfaces", m.Surfaces, m.Surfaces != nil)
+	set("timeout", m.Timeout.String(), m.Timeout != 0)
+	health := map[string]any{}
+	if m.Health.Interval != 0 {
+		health["interval"] = m.Health.Interval.String()
+	}
+	if m.Health.Timeout != 0 {
+		health["timeout"] = m.Health.Timeout.String()
+	}
+	set("health", health, len(health) > 0)
+	restart := map[string]any{}
+	if m.Restart.MaxAttempts != 0 {
+		restart["max_attempts"] = m.Restart.MaxAttempts
+	}
+	if m.Restart.Backoff != 0 {
+		restart["backoff"] = m.Restart.Backoff.String()
+	}
+	if m.Restart.MaxBackoff != 0 {
+		restart["max_backoff"] = m.Restart.MaxBackoff.String()
+	}
+	set("restart", restart, len(restart) > 0)
+	if m.TLS != nil {
+		tls := map[string]any{"server_name": m.TLS.ServerName, "insecure": m.TLS.Insecure}
+		for k, p := range map[string]string{"ca_file": m.TLS.CAFile, "cert_file": m.TLS.CertFile, "key_file": m.TLS.KeyFile} {
+			if p != "" {
+				tls[k] = rel(p)
+			}
+		}
+		out["tls"] = tls
+	}
+	return out
+}
