@@ -1,0 +1,92 @@
+package goplugins
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// installPlugin copies a test plugin binary into dir as file and writes an
+// atomic plugin.json for it.
+func installPlugin(t *testing.T, dir, binary, file, version string) {
+	t.Helper()
+	data, err := os.ReadFile(pluginBinary(t, binary))
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, file), data, 0o755))
+	sum := sha256.Sum256(data)
+	manifest := fmt.Sprintf(`{"name": "echo", "version": %q, "transport": "subprocess",
+		"command": "./%s", "checksum": "sha256:%s", "surfaces": ["state", "stream"], "timeout": "5s"}`,
+		version, file, hex.EncodeToString(sum[:]))
+	tmp := filepath.Join(dir, ".plugin.json.tmp")
+	require.NoError(t, os.WriteFile(tmp, []byte(manifest), 0o644))
+	require.NoError(t, os.Rename(tmp, filepath.Join(dir, "plugin.json")))
+}
+
+// TestDiscoveryToReloadEndToEnd drives the whole flow with real files and
+// real child processes: a manifest appears and its plugin loads; a new
+// version's manifest replaces it and the plugin is hot-swapped with its
+// state; the folder goes away and the plugin is unloaded.
+func TestDiscoveryToReloadEndToEnd(t *testing.T) {
+	verifyNoLeaks(t)
+	root := t.TempDir()
+	dir := filepath.Join(root, "echo")
+	installPlugin(t, dir, "echo", "echo-1", "1.0.0")
+
+	ctx := context.Background()
+	engine, err := NewDiscoveryEngine(DiscoveryConfig{Roots: []string{root}, PollInterval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	m := NewManager[echoReq, echoResp](WithHealthCheck(HealthConfig{Interval: -1}))
+	events := make(chan Event, 64)
+	m.Subscribe(func(ev Event) { events <- ev })
+	loader := NewDynamicLoader(m, engine)
+	loader.RegisterFactory("subprocess", SubprocessFactory[echoReq, echoResp](SubprocessConfig{Logger: slog.New(slog.DiscardHandler)}))
+	require.NoError(t, engine.Start(ctx))
+	require.NoError(t, loader.Start(ctx))
+
+	await := func(kind EventKind) Event {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case ev := <-events:
+				if ev.Kind == EventReloadFailed || ev.Kind == EventLoadFailed {
+					t.Fatalf("%s: %v", ev.Kind, ev.Err)
+				}
+				if ev.Kind == kind {
+					return ev
+				}
+			case <-timeout:
+				t.Fatalf("no %s event", kind)
+			}
+		}
+	}
+	await(EventRegistered)
+	_, err = m.Execute(ctx, "echo", echoReq{Op: "set", Data: "hello"})
+	require.NoError(t, err)
+
+	installPlugin(t, dir, "echo2", "echo-2", "2.0.0")
+	ev := await(EventReloaded)
+	require.Equal(t, "2.0.0", ev.Version)
+	require.Equal(t, []Surface{SurfaceState, SurfaceStream}, ev.Reload.Steps)
+	got, err := m.Execute(ctx, "echo", echoReq{Op: "get"})
+	require.NoError(t, err)
+	require.Equal(t, echoResp{Data: "hello (restored from 1.0.0)", Version: "2.0.0"}, got)
+
+	require.NoError(t, os.RemoveAll(dir))
+	await(EventUnregistered)
+	_, err = m.Execute(ctx, "echo", echoReq{})
+	require.ErrorIs(t, err, ErrNotFound)
+
+	require.NoError(t, loader.Close(ctx))
+	require.NoError(t, engine.Close())
+	require.NoError(t, m.Shutdown(ctx))
+}
