@@ -19,15 +19,7 @@ func SubprocessFactory[Req, Resp any](base SubprocessConfig) Factory[Req, Resp] 
 		if cfg.Dir == "" {
 			cfg.Dir = m.Dir
 		}
-		if m.Restart.MaxAttempts != 0 {
-			cfg.Restart.MaxAttempts = m.Restart.MaxAttempts
-		}
-		if m.Restart.Backoff > 0 {
-			cfg.Restart.Backoff = m.Restart.Backoff
-		}
-		if m.Restart.MaxBackoff > 0 {
-			cfg.Restart.MaxBackoff = m.Restart.MaxBackoff
-		}
+		cfg.Restart = mergeRestart(base.Restart, m.Restart)
 		p, err := NewSubprocess[Req, Resp](ctx, cfg)
 		if err != nil {
 			return nil, err
@@ -37,9 +29,10 @@ func SubprocessFactory[Req, Resp any](base SubprocessConfig) Factory[Req, Resp] 
 }
 
 // GRPCFactory returns the Factory for "grpc" manifests: a child the host
-// starts (the manifest's command) or a remote service (its endpoint, with
-// its TLS files). base gives what manifests do not carry (Logger, Codec,
-// DialOptions, AutoMTLS for children) and the defaults of the rest.
+// starts (the manifest's command, restarted as its restart policy says) or
+// a remote service (its endpoint, with its TLS files). base gives what
+// manifests do not carry (Logger, Codec, DialOptions, AutoMTLS for
+// children) and the defaults of the rest.
 func GRPCFactory[Req, Resp any](base GRPCConfig) Factory[Req, Resp] {
 	return func(ctx context.Context, m *Manifest) (Plugin[Req, Resp], error) {
 		cfg := base
@@ -60,6 +53,7 @@ func GRPCFactory[Req, Resp any](base GRPCConfig) Factory[Req, Resp] {
 			if cfg.Dir == "" {
 				cfg.Dir = m.Dir
 			}
+			cfg.Restart = mergeRestart(base.Restart, m.Restart)
 		}
 		p, err := NewGRPCPlugin[Req, Resp](ctx, cfg)
 		if err != nil {
@@ -67,6 +61,20 @@ func GRPCFactory[Req, Resp any](base GRPCConfig) Factory[Req, Resp] {
 		}
 		return p, nil
 	}
+}
+
+// mergeRestart returns base overridden by the fields the manifest sets.
+func mergeRestart(base RestartPolicy, m ManifestRestart) RestartPolicy {
+	if m.MaxAttempts != 0 {
+		base.MaxAttempts = m.MaxAttempts
+	}
+	if m.Backoff > 0 {
+		base.Backoff = m.Backoff
+	}
+	if m.MaxBackoff > 0 {
+		base.MaxBackoff = m.MaxBackoff
+	}
+	return base
 }
 
 // mergeEnv returns base overridden by over, without changing either.

@@ -90,35 +90,72 @@ type GRPCConfig struct {
 	// DialOptions are added to the host's own when the connection is made
 	// (e.g. interceptors, keepalive, grpc.WithConnectParams).
 	DialOptions []grpc.DialOption
+
+	// Restart says how a crashed child is restarted: each new child gets a
+	// new socket and, with AutoMTLS, new key pairs. It does not apply to a
+	// remote endpoint, which grpc-go reconnects to by itself.
+	Restart RestartPolicy
+	// OnRestart, when set, is called after every restart attempt of a
+	// child with the attempt number (1 for the first after a crash) and its
+	// error (nil when the new child is serving). It runs on the supervising
+	// goroutine: it must return promptly and must not call Close.
+	OnRestart func(attempt int, err error)
 }
 
 // GRPCPlugin is a plugin served over gRPC. It implements Plugin[Req, Resp],
 // StatefulPlugin, StreamPlugin and SchemaPlugin by calling the plugin; its
 // Info declares the surfaces the plugin reported. It is safe for
 // concurrent use.
+//
+// A child the host started is supervised: if it exits, calls in flight
+// fail with ErrCrashed (with its exit status and the tail of its stderr),
+// it is restarted as GRPCConfig.Restart says, and meanwhile calls and
+// Health fail fast with a retryable ErrCrashed.
 type GRPCPlugin[Req, Resp any] struct {
 	name   string
-	info   PluginInfo
-	conn   *grpc.ClientConn
-	client pluginpb.PluginClient
-	health healthpb.HealthClient
+	cfg    GRPCConfig
+	grace  time.Duration // a child's StopGrace
 	codec  string
 	encode func(Req) ([]byte, error)
 	decode func([]byte) (Resp, error)
-	child  *grpcChild // nil for a remote endpoint
 	log    *slog.Logger
-	closed atomic.Bool
+
+	link     atomic.Pointer[grpcLink] // nil while a crashed child is down
+	info     atomic.Pointer[PluginInfo]
+	restarts atomic.Int64
+	closed   atomic.Bool
+
+	ctx    context.Context // cancelled by Close; nil for a remote endpoint
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the supervisor
+
+	mu   sync.Mutex
+	down error // set when restarts were given up
 
 	closeOnce sync.Once
 	closeErr  error
 }
 
+// grpcLink is one connection to the plugin: to one child process, or to
+// the remote endpoint.
+type grpcLink struct {
+	conn   *grpc.ClientConn
+	client pluginpb.PluginClient
+	health healthpb.HealthClient
+	child  *grpcChild  // nil for a remote endpoint
+	served atomic.Bool // a call succeeded: restart attempts count from 0 again
+}
+
 // grpcChild is a plugin process the host started.
 type grpcChild struct {
-	proc  *proc.Process
-	dir   string // the private directory holding the socket
-	grace time.Duration
+	proc *proc.Process
+	dir  string // the private directory holding the socket
 }
+
+// grpcExitWait bounds how long a call that lost its connection to a child
+// waits for the child's exit to be confirmed before reporting a transport
+// error instead of a crash.
+const grpcExitWait = 2 * time.Second
 
 // NewGRPCPlugin connects to the plugin cfg describes: it starts the child
 // and waits, bounded by ctx and cfg.StartTimeout, until the child's
@@ -135,33 +172,55 @@ func NewGRPCPlugin[Req, Resp any](ctx context.Context, cfg GRPCConfig) (*GRPCPlu
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	p := &GRPCPlugin[Req, Resp]{name: cfg.Name, log: cfg.Logger}
+	cfg.Restart = cfg.Restart.withDefaults()
+	p := &GRPCPlugin[Req, Resp]{name: cfg.Name, cfg: cfg, grace: cfg.StopGrace, log: cfg.Logger}
+	if p.grace <= 0 {
+		p.grace = DefaultGRPCStopGrace
+	}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
 	p.setCodec(cfg.Codec)
-	start := cfg.StartTimeout
+	l, err := p.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.link.Store(l)
+	if l.child != nil {
+		p.ctx, p.cancel = context.WithCancel(context.Background())
+		p.wg.Add(1)
+		go p.supervise(l)
+	}
+	return p, nil
+}
+
+// open connects to the plugin (starting a child first) and checks its
+// Info, bounded by ctx and the start timeout. On error nothing is left
+// running.
+func (p *GRPCPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
+	start := p.cfg.StartTimeout
 	if start <= 0 {
 		start = DefaultGRPCStartTimeout
 	}
 	sctx, cancel := context.WithTimeout(ctx, start)
 	defer cancel()
+	l := &grpcLink{}
 	var err error
-	if cfg.Command != "" {
-		err = p.startChild(cfg)
+	if p.cfg.Command != "" {
+		err = p.startChild(l)
 	} else {
-		err = p.dialRemote(cfg)
+		err = p.dialRemote(l)
 	}
 	if err == nil {
-		err = p.handshake(sctx, ctx, cfg)
+		err = p.handshake(sctx, ctx, l)
 	}
 	if err != nil {
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), p.stopGrace())
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 3*p.grace)
 		defer ccancel()
-		_ = p.Close(cctx)
+		_ = p.closeLink(cctx, l)
 		return nil, err
 	}
-	return p, nil
+	return l, nil
 }
 
 func (cfg *GRPCConfig) validate() error {
@@ -205,9 +264,10 @@ func (p *GRPCPlugin[Req, Resp]) setCodec(c Codec) {
 	}
 }
 
-// startChild starts cfg.Command serving on a unix socket in a private
-// directory and connects to it; the connection is made by the handshake.
-func (p *GRPCPlugin[Req, Resp]) startChild(cfg GRPCConfig) error {
+// startChild starts cfg.Command serving on a unix socket in a new private
+// directory and connects l to it; the connection is made by the handshake.
+func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
+	cfg := &p.cfg
 	var sum []byte
 	if cfg.Checksum != "" {
 		var err error
@@ -219,10 +279,7 @@ func (p *GRPCPlugin[Req, Resp]) startChild(cfg GRPCConfig) error {
 	if err != nil {
 		return wrapError(err, CodeTransport, p.name, "creating the directory for the plugin's socket")
 	}
-	p.child = &grpcChild{dir: dir, grace: cfg.StopGrace}
-	if p.child.grace <= 0 {
-		p.child.grace = DefaultGRPCStopGrace
-	}
+	l.child = &grpcChild{dir: dir}
 	sock := filepath.Join(dir, "plugin.sock")
 	env := childEnv(cfg.Env, pluginpb.EnvCookie+"="+pluginpb.CookieValue, pluginpb.EnvSocket+"="+sock)
 	creds := insecure.NewCredentials()
@@ -246,7 +303,7 @@ func (p *GRPCPlugin[Req, Resp]) startChild(cfg GRPCConfig) error {
 	if err != nil {
 		return wrapError(err, CodeHandshake, p.name, "starting %s", cfg.Command)
 	}
-	p.child.proc = pr
+	l.child.proc = pr
 	// A local child is connected to again quickly: grpc-go's default
 	// reconnect backoff starts at one second.
 	opts := append([]grpc.DialOption{
@@ -255,12 +312,13 @@ func (p *GRPCPlugin[Req, Resp]) startChild(cfg GRPCConfig) error {
 			BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond,
 		}}),
 	}, cfg.DialOptions...)
-	return p.connect("unix://"+sock, opts)
+	return p.connect(l, "unix://"+sock, opts)
 }
 
 // dialRemote creates the client of a remote endpoint; grpc-go connects on
 // the first call.
-func (p *GRPCPlugin[Req, Resp]) dialRemote(cfg GRPCConfig) error {
+func (p *GRPCPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
+	cfg := &p.cfg
 	creds := insecure.NewCredentials()
 	if cfg.TLS != nil {
 		var err error
@@ -268,34 +326,36 @@ func (p *GRPCPlugin[Req, Resp]) dialRemote(cfg GRPCConfig) error {
 			return wrapError(err, CodeInvalidConfig, p.name, "GRPCConfig.TLS does not load")
 		}
 	}
-	return p.connect(cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...))
+	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...))
 }
 
-func (p *GRPCPlugin[Req, Resp]) connect(target string, opts []grpc.DialOption) error {
+func (p *GRPCPlugin[Req, Resp]) connect(l *grpcLink, target string, opts []grpc.DialOption) error {
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return wrapError(err, CodeInvalidConfig, p.name, "the gRPC target %q is unusable", target)
 	}
-	p.conn = conn
-	p.client = pluginpb.NewPluginClient(conn)
-	p.health = healthpb.NewHealthClient(conn)
+	l.conn = conn
+	l.client = pluginpb.NewPluginClient(conn)
+	l.health = healthpb.NewHealthClient(conn)
 	return nil
 }
 
-// handshake waits for a child to serve, then fetches and checks Info.
-// sctx is bounded by the start timeout; ctx is the caller's.
-func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, cfg GRPCConfig) error {
-	if p.child != nil {
-		if err := p.awaitServing(sctx, ctx); err != nil {
+// handshake waits for a child to serve, then fetches and checks Info and
+// stores it as the plugin's. sctx is bounded by the start timeout; ctx is
+// the caller's.
+func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, l *grpcLink) error {
+	cfg := &p.cfg
+	if l.child != nil {
+		if err := p.awaitServing(sctx, ctx, l); err != nil {
 			return err
 		}
 	}
-	r, err := p.client.Info(sctx, &pluginpb.InfoRequest{})
+	r, err := l.client.Info(sctx, &pluginpb.InfoRequest{})
 	if err != nil {
-		if p.child == nil && ctx.Err() == nil && sctx.Err() != nil {
+		if l.child == nil && ctx.Err() == nil && sctx.Err() != nil {
 			return newError(CodeTransport, p.name, "the endpoint %s did not answer Info within the start timeout", cfg.Endpoint)
 		}
-		return p.callError(ctx, "Info", err)
+		return p.callError(ctx, l, "Info", err)
 	}
 	info := PluginInfo{Name: r.Name, Version: r.Version, Description: r.Description, Metadata: r.Metadata}
 	for _, s := range r.Surfaces {
@@ -313,30 +373,30 @@ func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, cfg GRPCCon
 	if !slices.Contains(r.Codecs, p.codec) {
 		return newError(CodeInvalidConfig, cfg.Name, "the gRPC plugin accepts the codecs %v, not the host's %q: configure the same codec on both sides", r.Codecs, p.codec)
 	}
-	p.info = info
+	p.info.Store(&info)
 	return nil
 }
 
 // awaitServing watches the child's standard health service until it
 // reports SERVING for the plugin service, the child exits, or sctx ends.
-func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context) error {
+func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context, l *grpcLink) error {
 	wctx, cancel := context.WithCancel(sctx)
 	defer cancel()
 	exited := make(chan struct{})
 	go func() {
 		select {
-		case <-p.child.proc.Done():
+		case <-l.child.proc.Done():
 			close(exited)
 			cancel()
 		case <-wctx.Done():
 		}
 	}()
-	err := p.watchServing(wctx)
+	err := p.watchServing(wctx, l)
 	cancel()
 	select {
 	case <-exited:
 		return newError(CodeHandshake, p.name, "the plugin process exited during start (%v); its last stderr lines:\n%s",
-			p.child.proc.State(), p.child.proc.StderrTail())
+			l.child.proc.State(), l.child.proc.StderrTail())
 	default:
 	}
 	switch {
@@ -345,14 +405,14 @@ func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context) error {
 	case ctx.Err() != nil:
 		return wrapError(ctx.Err(), CodeHandshake, p.name, "the start was abandoned")
 	case sctx.Err() != nil:
-		return newError(CodeHandshake, p.name, "the plugin did not report SERVING within the start timeout; it must serve with grpcplugin.Serve (last stderr lines:\n%s)", p.child.proc.StderrTail())
+		return newError(CodeHandshake, p.name, "the plugin did not report SERVING within the start timeout; it must serve with grpcplugin.Serve (last stderr lines:\n%s)", l.child.proc.StderrTail())
 	default:
 		return wrapError(err, CodeHandshake, p.name, "waiting for the plugin to serve")
 	}
 }
 
-func (p *GRPCPlugin[Req, Resp]) watchServing(ctx context.Context) error {
-	stream, err := p.health.Watch(ctx, &healthpb.HealthCheckRequest{Service: pluginpb.ServiceName}, grpc.WaitForReady(true))
+func (p *GRPCPlugin[Req, Resp]) watchServing(ctx context.Context, l *grpcLink) error {
+	stream, err := l.health.Watch(ctx, &healthpb.HealthCheckRequest{Service: pluginpb.ServiceName}, grpc.WaitForReady(true))
 	if err != nil {
 		return err
 	}
@@ -367,9 +427,10 @@ func (p *GRPCPlugin[Req, Resp]) watchServing(ctx context.Context) error {
 	}
 }
 
-// Info describes the plugin as it reported itself when it was connected.
+// Info describes the plugin as it reported itself when it was last
+// connected (started or restarted).
 func (p *GRPCPlugin[Req, Resp]) Info() PluginInfo {
-	info := p.info
+	info := *p.info.Load()
 	info.Surfaces = slices.Clone(info.Surfaces)
 	info.Metadata = maps.Clone(info.Metadata)
 	return info
@@ -378,39 +439,43 @@ func (p *GRPCPlugin[Req, Resp]) Info() PluginInfo {
 // Execute encodes req, calls the plugin with ctx's deadline, and decodes
 // its answer. Errors: ctx's error when ctx ended; ErrTimeout when the call's
 // deadline passed elsewhere; ErrTransport (retryable) when the plugin
-// cannot be reached; ErrCrashed when a child exited; ErrRemote for the
-// plugin's own errors, with its code in the message and retryable as the
-// plugin flagged it; ErrClosed after Close.
+// cannot be reached; ErrCrashed when a child exited during the call, or
+// (retryable while a restart is pending) when it is down; ErrRemote for
+// the plugin's own errors, with its code in the message and retryable as
+// the plugin flagged it; ErrClosed after Close.
 func (p *GRPCPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, error) {
 	var zero Resp
-	if p.closed.Load() {
-		return zero, p.closedError()
+	l, err := p.live()
+	if err != nil {
+		return zero, err
 	}
 	payload, err := p.encode(req)
 	if err != nil {
 		return zero, wrapError(err, CodeInvalidConfig, p.name, "the request does not encode with codec %q", p.codec)
 	}
-	r, err := p.client.Execute(ctx, &pluginpb.ExecuteRequest{Codec: p.codec, Payload: payload})
+	r, err := l.client.Execute(ctx, &pluginpb.ExecuteRequest{Codec: p.codec, Payload: payload})
 	if err != nil {
-		return zero, p.callError(ctx, "Execute", err)
+		return zero, p.callError(ctx, l, "Execute", err)
 	}
 	resp, err := p.decode(r.Payload)
 	if err != nil {
 		return zero, wrapError(err, CodeRemote, p.name, "the answer does not decode with codec %q; host and plugin disagree on the response type", p.codec)
 	}
+	l.served.Store(true)
 	return resp, nil
 }
 
 // Health checks the plugin through the standard grpc.health.v1 service:
 // nil when it reports SERVING, ErrUnhealthy when it reports otherwise, the
-// call's error (see Execute) when it cannot answer.
+// call's error (see Execute) when it cannot answer or its child is down.
 func (p *GRPCPlugin[Req, Resp]) Health(ctx context.Context) error {
-	if p.closed.Load() {
-		return p.closedError()
-	}
-	r, err := p.health.Check(ctx, &healthpb.HealthCheckRequest{Service: pluginpb.ServiceName})
+	l, err := p.live()
 	if err != nil {
-		return p.callError(ctx, "Health", err)
+		return err
+	}
+	r, err := l.health.Check(ctx, &healthpb.HealthCheckRequest{Service: pluginpb.ServiceName})
+	if err != nil {
+		return p.callError(ctx, l, "Health", err)
 	}
 	if r.Status != healthpb.HealthCheckResponse_SERVING {
 		return newError(CodeUnhealthy, p.name, "the plugin's health service reports %s", r.Status)
@@ -420,23 +485,25 @@ func (p *GRPCPlugin[Req, Resp]) Health(ctx context.Context) error {
 
 // PersistState asks the plugin for its state (surface "state").
 func (p *GRPCPlugin[Req, Resp]) PersistState(ctx context.Context) ([]byte, error) {
-	if p.closed.Load() {
-		return nil, p.closedError()
-	}
-	r, err := p.client.PersistState(ctx, &pluginpb.PersistStateRequest{})
+	l, err := p.live()
 	if err != nil {
-		return nil, p.callError(ctx, "PersistState", err)
+		return nil, err
+	}
+	r, err := l.client.PersistState(ctx, &pluginpb.PersistStateRequest{})
+	if err != nil {
+		return nil, p.callError(ctx, l, "PersistState", err)
 	}
 	return r.State, nil
 }
 
 // RestoreState hands state to the plugin (surface "state").
 func (p *GRPCPlugin[Req, Resp]) RestoreState(ctx context.Context, state []byte) error {
-	if p.closed.Load() {
-		return p.closedError()
+	l, err := p.live()
+	if err != nil {
+		return err
 	}
-	if _, err := p.client.RestoreState(ctx, &pluginpb.RestoreStateRequest{State: state}); err != nil {
-		return p.callError(ctx, "RestoreState", err)
+	if _, err := l.client.RestoreState(ctx, &pluginpb.RestoreStateRequest{State: state}); err != nil {
+		return p.callError(ctx, l, "RestoreState", err)
 	}
 	return nil
 }
@@ -444,12 +511,13 @@ func (p *GRPCPlugin[Req, Resp]) RestoreState(ctx context.Context, state []byte) 
 // Checkpoint stops the plugin's stream processing and returns its position
 // (surface "stream").
 func (p *GRPCPlugin[Req, Resp]) Checkpoint(ctx context.Context) ([]byte, error) {
-	if p.closed.Load() {
-		return nil, p.closedError()
-	}
-	r, err := p.client.Checkpoint(ctx, &pluginpb.CheckpointRequest{})
+	l, err := p.live()
 	if err != nil {
-		return nil, p.callError(ctx, "Checkpoint", err)
+		return nil, err
+	}
+	r, err := l.client.Checkpoint(ctx, &pluginpb.CheckpointRequest{})
+	if err != nil {
+		return nil, p.callError(ctx, l, "Checkpoint", err)
 	}
 	return r.Position, nil
 }
@@ -457,11 +525,12 @@ func (p *GRPCPlugin[Req, Resp]) Checkpoint(ctx context.Context) ([]byte, error) 
 // Resume restarts the plugin's stream processing from position (surface
 // "stream").
 func (p *GRPCPlugin[Req, Resp]) Resume(ctx context.Context, position []byte) error {
-	if p.closed.Load() {
-		return p.closedError()
+	l, err := p.live()
+	if err != nil {
+		return err
 	}
-	if _, err := p.client.Resume(ctx, &pluginpb.ResumeRequest{Position: position}); err != nil {
-		return p.callError(ctx, "Resume", err)
+	if _, err := l.client.Resume(ctx, &pluginpb.ResumeRequest{Position: position}); err != nil {
+		return p.callError(ctx, l, "Resume", err)
 	}
 	return nil
 }
@@ -469,8 +538,9 @@ func (p *GRPCPlugin[Req, Resp]) Resume(ctx context.Context, position []byte) err
 // CheckCompat asks the plugin whether it can replace the plugin old
 // describes (surface "schema"); the plugin's refusal is an ErrRemote.
 func (p *GRPCPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo) error {
-	if p.closed.Load() {
-		return p.closedError()
+	l, err := p.live()
+	if err != nil {
+		return err
 	}
 	req := &pluginpb.CheckCompatRequest{Old: &pluginpb.InfoResponse{
 		Name: old.Name, Version: old.Version, Description: old.Description, Metadata: old.Metadata,
@@ -478,74 +548,183 @@ func (p *GRPCPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo)
 	for _, s := range old.Surfaces {
 		req.Old.Surfaces = append(req.Old.Surfaces, string(s))
 	}
-	if _, err := p.client.CheckCompat(ctx, req); err != nil {
-		return p.callError(ctx, "CheckCompat", err)
+	if _, err := l.client.CheckCompat(ctx, req); err != nil {
+		return p.callError(ctx, l, "CheckCompat", err)
 	}
 	return nil
 }
 
-// Close disconnects from the plugin. A child is asked to shut down
-// gracefully (it finishes its calls in flight), then stopped by escalation
-// (SIGTERM, then SIGKILL of its process group, GRPCConfig.StopGrace apart;
-// at once when ctx ends), reaped, and its socket directory removed. A
-// remote service is left running. Calling Close again returns the first
-// call's result.
+// Restarts returns how many restart attempts of a crashed child were made
+// so far.
+func (p *GRPCPlugin[Req, Resp]) Restarts() int { return int(p.restarts.Load()) }
+
+// live returns the connection to call, or the error explaining why there
+// is none.
+func (p *GRPCPlugin[Req, Resp]) live() (*grpcLink, error) {
+	if p.closed.Load() {
+		return nil, p.closedError()
+	}
+	if l := p.link.Load(); l != nil && !l.exited() {
+		return l, nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed.Load():
+		return nil, p.closedError()
+	case p.down != nil:
+		return nil, p.down
+	case p.cfg.Restart.MaxAttempts < 0:
+		return nil, newError(CodeCrashed, p.name, "the gRPC plugin process is down and restarts are disabled (GRPCConfig.Restart.MaxAttempts < 0)")
+	}
+	return nil, retryable(newError(CodeCrashed, p.name, "the gRPC plugin process is down and being restarted; retry later"))
+}
+
+// exited reports whether l's child has exited.
+func (l *grpcLink) exited() bool {
+	if l.child == nil {
+		return false
+	}
+	select {
+	case <-l.child.proc.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// awaitExit waits, bounded by ctx and grpcExitWait, for l's child to exit,
+// and reports whether it did.
+func (l *grpcLink) awaitExit(ctx context.Context) bool {
+	t := time.NewTimer(grpcExitWait)
+	defer t.Stop()
+	select {
+	case <-l.child.proc.Done():
+		return true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return false
+}
+
+// supervise restarts the child each time it exits, until Close. l is the
+// serving connection.
+func (p *GRPCPlugin[Req, Resp]) supervise(l *grpcLink) {
+	defer p.wg.Done()
+	policy := p.cfg.Restart
+	attempt := 0
+	for {
+		select {
+		case <-l.child.proc.Done():
+		case <-p.ctx.Done():
+			return
+		}
+		p.link.CompareAndSwap(l, nil)
+		if l.served.Load() {
+			attempt = 0
+		}
+		p.log.Warn("goplugins: the gRPC plugin process exited", "plugin", p.name,
+			"pid", l.child.proc.Pid(), "state", l.child.proc.State().String())
+		if err := p.closeLink(p.ctx, l); err != nil {
+			p.log.Warn("goplugins: releasing the exited gRPC plugin", "plugin", p.name, "err", err)
+		}
+		for {
+			attempt++
+			if policy.MaxAttempts < 0 || attempt > policy.MaxAttempts {
+				p.mu.Lock()
+				p.down = newError(CodeCrashed, p.name, "the gRPC plugin crashed and is not restarted (%d attempts made, GRPCConfig.Restart.MaxAttempts %d); last exit: %v",
+					attempt-1, policy.MaxAttempts, l.child.proc.State())
+				p.mu.Unlock()
+				p.log.Error("goplugins: the gRPC plugin is left down", "plugin", p.name, "attempts", attempt-1)
+				return
+			}
+			t := time.NewTimer(policy.delay(attempt))
+			select {
+			case <-t.C:
+			case <-p.ctx.Done():
+				t.Stop()
+				return
+			}
+			nl, err := p.open(p.ctx)
+			p.restarts.Add(1)
+			if err == nil {
+				// Close, if it is running, swaps it out and closes it
+				// after this goroutine has returned.
+				p.link.Store(nl)
+				l = nl
+			}
+			p.log.Info("goplugins: gRPC plugin restart", "plugin", p.name, "attempt", attempt, "restarts", p.restarts.Load(), "err", err)
+			if p.cfg.OnRestart != nil {
+				p.cfg.OnRestart(attempt, err)
+			}
+			if err == nil {
+				break
+			}
+		}
+	}
+}
+
+// Close disconnects from the plugin. It stops restarting a crashed child
+// (abandoning a restart under way) and returns once the supervisor is
+// gone. A child is asked to shut down gracefully (it finishes its calls in
+// flight), then stopped by escalation (SIGTERM, then SIGKILL of its
+// process group, GRPCConfig.StopGrace apart; at once when ctx ends),
+// reaped, and its socket directory removed. A remote service is left
+// running. Calling Close again returns the first call's result.
 func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
+		p.mu.Lock()
 		p.closed.Store(true)
-		p.closeErr = p.close(ctx)
+		p.mu.Unlock()
+		if p.cancel != nil {
+			p.cancel()
+		}
+		p.wg.Wait()
+		if l := p.link.Swap(nil); l != nil {
+			p.closeErr = p.closeLink(ctx, l)
+		}
 	})
 	return p.closeErr
 }
 
-func (p *GRPCPlugin[Req, Resp]) close(ctx context.Context) error {
+// closeLink closes l's connection and stops its child, if any.
+func (p *GRPCPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) error {
 	var errs []error
-	if p.child != nil && p.child.proc != nil {
-		select {
-		case <-p.child.proc.Done():
-		default:
-			sctx, cancel := context.WithTimeout(ctx, p.child.grace)
-			_, err := p.client.Shutdown(sctx, &pluginpb.ShutdownRequest{})
-			cancel()
-			if err != nil {
-				// Not asked politely: skip the wait for a polite exit.
-				p.log.Debug("goplugins: the gRPC plugin did not accept Shutdown; stopping it by signal", "plugin", p.name, "err", err)
-				_ = p.child.proc.Signal(syscall.SIGTERM)
-			}
+	if l.child != nil && l.child.proc != nil && !l.exited() {
+		sctx, cancel := context.WithTimeout(ctx, p.grace)
+		_, err := l.client.Shutdown(sctx, &pluginpb.ShutdownRequest{})
+		cancel()
+		if err != nil {
+			// Not asked politely: skip the wait for a polite exit.
+			p.log.Debug("goplugins: the gRPC plugin did not accept Shutdown; stopping it by signal", "plugin", p.name, "err", err)
+			_ = l.child.proc.Signal(syscall.SIGTERM)
 		}
 	}
-	if p.conn != nil {
-		if err := p.conn.Close(); err != nil {
+	if l.conn != nil {
+		if err := l.conn.Close(); err != nil {
 			errs = append(errs, wrapError(err, CodeTransport, p.name, "closing the connection"))
 		}
 	}
-	if p.child != nil {
-		if p.child.proc != nil {
-			if sig := p.child.proc.Stop(ctx, p.child.grace); sig != 0 {
+	if l.child != nil {
+		if l.child.proc != nil {
+			if sig := l.child.proc.Stop(ctx, p.grace); sig != 0 {
 				p.log.Warn("goplugins: the gRPC plugin did not exit after Shutdown; it was signalled", "plugin", p.name, "signal", sig.String())
 			}
 		}
-		if err := os.RemoveAll(p.child.dir); err != nil {
-			errs = append(errs, wrapError(err, CodeTransport, p.name, "removing the socket directory %s", p.child.dir))
+		if err := os.RemoveAll(l.child.dir); err != nil {
+			errs = append(errs, wrapError(err, CodeTransport, p.name, "removing the socket directory %s", l.child.dir))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func (p *GRPCPlugin[Req, Resp]) stopGrace() time.Duration {
-	if p.child != nil {
-		return 3 * p.child.grace
-	}
-	return DefaultGRPCStopGrace
 }
 
 func (p *GRPCPlugin[Req, Resp]) closedError() error {
 	return newError(CodeClosed, p.name, "the gRPC plugin is closed; create a new one with NewGRPCPlugin")
 }
 
-// callError turns the error of a call to the plugin into the library's
-// typed error, naming the plugin and the operation.
-func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, op string, err error) error {
+// callError turns the error of a call to the plugin over l into the
+// library's typed error, naming the plugin and the operation.
+func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return ctxErr
 	}
@@ -562,12 +741,16 @@ func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, op string, err er
 			return err
 		}
 	}
-	if p.child != nil {
-		select {
-		case <-p.child.proc.Done():
+	if l.child != nil {
+		// A lost connection to a child is most often its exit, which is
+		// confirmed once it has been reaped.
+		lost := st.Code() == codes.Unavailable || st.Code() == codes.Canceled
+		if l.exited() || lost && l.awaitExit(ctx) {
 			return newError(CodeCrashed, p.name, "%s failed: the plugin process exited (%v); its last stderr lines:\n%s",
-				op, p.child.proc.State(), p.child.proc.StderrTail())
-		default:
+				op, l.child.proc.State(), l.child.proc.StderrTail())
+		}
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return ctxErr
 		}
 	}
 	switch st.Code() {

@@ -24,7 +24,7 @@ func TestGRPCHelperHost(t *testing.T) {
 		fmt.Println("error:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("pid %d dir %s\n", p.child.proc.Pid(), p.child.dir)
+	fmt.Printf("pid %d dir %s\n", grpcChildOf(t, p).proc.Pid(), grpcChildOf(t, p).dir)
 	select {}
 }
 

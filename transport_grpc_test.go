@@ -422,7 +422,8 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		logger := slog.New(slog.NewTextHandler(&logs, nil))
 		p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, AutoMTLS: true, Logger: logger})
 		require.NoError(t, err)
-		dir, pid := p.child.dir, p.child.proc.Pid()
+		child := grpcChildOf(t, p)
+		dir, pid := child.dir, child.proc.Pid()
 		fi, err := os.Stat(dir)
 		require.NoError(t, err)
 		assert.Equal(t, os.FileMode(0o700), fi.Mode().Perm(), "the socket directory is private")
@@ -440,7 +441,7 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		assert.True(t, os.IsNotExist(err), "socket directory %s still exists", dir)
 		_, err = os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
 		assert.True(t, os.IsNotExist(err), "plugin process %d still exists", pid)
-		assert.Equal(t, 0, p.child.proc.State().ExitCode(), "the child exited gracefully after Shutdown")
+		assert.Equal(t, 0, child.proc.State().ExitCode(), "the child exited gracefully after Shutdown")
 		assert.Contains(t, logs.String(), `msg="grpc-counter 1.0.0 starting" plugin=counter stream=stderr`, "the child's stderr reaches the logger")
 		assert.Contains(t, logs.String(), `level=WARN msg="grpc-counter is a test plugin" plugin=counter version=1.0.0 stream=stderr`, "a JSON log line keeps its level")
 
@@ -448,17 +449,6 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		require.ErrorIs(t, err, ErrClosed)
 		require.NoError(t, p.Close(ctx), "Close is idempotent")
 		assert.Equal(t, fds, grpcOpenFDs(t), "descriptors open before and after")
-	})
-
-	t.Run("a crash is reported", func(t *testing.T) {
-		p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin})
-		require.NoError(t, err)
-		defer p.Close(ctx)
-		_, err = p.Execute(ctx, counterReq{Op: "exit"})
-		require.Error(t, err)
-		<-p.child.proc.Done()
-		_, err = p.Execute(ctx, counterReq{Op: "echo"})
-		require.ErrorIs(t, err, ErrCrashed)
 	})
 
 	errorCases := []struct {
@@ -489,6 +479,149 @@ func TestGRPCChildLifecycle(t *testing.T) {
 			assert.Equal(t, children, grpcChildPids(t), "a failed start leaves no child process")
 		})
 	}
+}
+
+// grpcChildOf returns the child p is connected to now.
+func grpcChildOf(t *testing.T, p *GRPCPlugin[counterReq, counterResp]) *grpcChild {
+	t.Helper()
+	l := p.link.Load()
+	require.NotNil(t, l, "the plugin is down")
+	require.NotNil(t, l.child, "the plugin is not a child process")
+	return l.child
+}
+
+// childEnvVar returns the value of key in the environment of process pid.
+func childEnvVar(t *testing.T, pid int, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
+	require.NoError(t, err)
+	for _, kv := range strings.Split(string(b), "\x00") {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			return v
+		}
+	}
+	t.Fatalf("process %d has no %s in its environment", pid, key)
+	return ""
+}
+
+func TestGRPCChildCrashAndRestart(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := buildGRPCCounter(t)
+	ctx := context.Background()
+	children, dirs := grpcChildPids(t), gpSocketDirs(t)
+	restarted := make(chan error, 10)
+	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
+		Name: "counter", Command: bin, AutoMTLS: true,
+		Restart:   RestartPolicy{MaxAttempts: 3, Backoff: 10 * time.Millisecond},
+		OnRestart: func(_ int, err error) { restarted <- err },
+	})
+	require.NoError(t, err)
+	old := grpcChildOf(t, p)
+	oldCert := childEnvVar(t, old.proc.Pid(), pluginpb.EnvServerCert)
+	_, err = p.Execute(ctx, counterReq{Op: "add", N: 5})
+	require.NoError(t, err)
+
+	_, err = p.Execute(ctx, counterReq{Op: "exit"})
+	require.ErrorIs(t, err, ErrCrashed, "a call in flight when the child exits")
+	assert.Contains(t, err.Error(), "exit status 3", "the crash error carries the exit status")
+	assert.Contains(t, err.Error(), "grpc-counter 1.0.0 starting", "the crash error carries the stderr tail")
+	assert.False(t, IsRetryable(err), "a call in flight during a crash may have had effects: not retryable")
+
+	require.NoError(t, <-restarted, "the first restart attempt")
+	resp, err := p.Execute(ctx, counterReq{Op: "add", N: 1, Text: "after restart"})
+	require.NoError(t, err)
+	assert.Equal(t, "after restart", resp.Text)
+	assert.Equal(t, 1, resp.Total, "the new process starts from zero")
+	require.NoError(t, p.Health(ctx))
+	assert.Equal(t, 1, p.Restarts())
+
+	cur := grpcChildOf(t, p)
+	assert.NotEqual(t, old.proc.Pid(), cur.proc.Pid(), "a new process")
+	assert.NotEqual(t, old.dir, cur.dir, "a new socket directory")
+	assert.NotEqual(t, oldCert, childEnvVar(t, cur.proc.Pid(), pluginpb.EnvServerCert), "new key material")
+	_, err = os.Stat(old.dir)
+	assert.True(t, os.IsNotExist(err), "the crashed child's socket directory %s is removed", old.dir)
+	_, err = os.Stat(filepath.Join("/proc", strconv.Itoa(old.proc.Pid())))
+	assert.True(t, os.IsNotExist(err), "the crashed child %d is reaped", old.proc.Pid())
+
+	require.NoError(t, p.Close(ctx))
+	assert.Equal(t, children, grpcChildPids(t), "no child left")
+	assert.Equal(t, dirs, gpSocketDirs(t), "no socket directory left")
+}
+
+func TestGRPCChildDownFailsFast(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := buildGRPCCounter(t)
+	ctx := context.Background()
+	tests := []struct {
+		name      string
+		policy    RestartPolicy
+		retryable bool
+	}{
+		{"restart pending", RestartPolicy{MaxAttempts: 1, Backoff: time.Hour}, true},
+		{"restarts disabled", RestartPolicy{MaxAttempts: -1}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			children, dirs := grpcChildPids(t), gpSocketDirs(t)
+			p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, Restart: tt.policy})
+			require.NoError(t, err)
+			_, err = p.Execute(ctx, counterReq{Op: "exit"})
+			require.ErrorIs(t, err, ErrCrashed)
+			// The crash was confirmed, so the child is down now.
+			_, err = p.Execute(ctx, counterReq{Op: "echo"})
+			require.ErrorIs(t, err, ErrCrashed)
+			assert.Equal(t, tt.retryable, IsRetryable(err), "Execute while down: %v", err)
+			err = p.Health(ctx)
+			require.ErrorIs(t, err, ErrCrashed, "Health while down")
+			assert.Equal(t, tt.retryable, IsRetryable(err), "Health while down: %v", err)
+			require.NoError(t, p.Close(ctx), "Close while down (a restart pending or not)")
+			_, err = p.Execute(ctx, counterReq{Op: "echo"})
+			require.ErrorIs(t, err, ErrClosed)
+			assert.Equal(t, 0, p.Restarts())
+			assert.Equal(t, children, grpcChildPids(t), "no child left")
+			assert.Equal(t, dirs, gpSocketDirs(t), "no socket directory left")
+		})
+	}
+}
+
+// TestGRPCCloseDuringRestart closes the plugin while a restarted child is
+// starting and never comes to serve.
+func TestGRPCCloseDuringRestart(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := buildGRPCCounter(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	first, second := filepath.Join(dir, "first"), filepath.Join(dir, "second")
+	// The first run is the plugin; later runs hang before serving.
+	script := filepath.Join(dir, "plugin.sh")
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\n"+
+		"if [ -e "+first+" ]; then : > "+second+"; exec /bin/sleep 60; fi\n"+
+		": > "+first+"\nexec "+bin+"\n"), 0o755))
+	children, dirs := grpcChildPids(t), gpSocketDirs(t)
+	restarted := make(chan error, 10)
+	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
+		Name: "counter", Command: script, StartTimeout: time.Minute,
+		Restart:   RestartPolicy{Backoff: time.Millisecond},
+		OnRestart: func(_ int, err error) { restarted <- err },
+	})
+	require.NoError(t, err)
+	_, err = p.Execute(ctx, counterReq{Op: "exit"})
+	require.ErrorIs(t, err, ErrCrashed)
+	// The hanging child announces itself with a file; no event exists.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, err := os.Stat(second); err != nil; _, err = os.Stat(second) {
+		require.True(t, time.Now().Before(deadline), "the restart did not start the second child within 10s")
+		time.Sleep(5 * time.Millisecond)
+	}
+	err = p.Health(ctx)
+	require.ErrorIs(t, err, ErrCrashed, "Health while the restart is under way")
+	assert.True(t, IsRetryable(err))
+
+	require.NoError(t, p.Close(ctx))
+	require.ErrorIs(t, <-restarted, ErrHandshake, "Close abandons the restart under way")
+	assert.Equal(t, children, grpcChildPids(t), "the starting child is stopped")
+	assert.Equal(t, dirs, gpSocketDirs(t), "no socket directory left")
 }
 
 // gpSocketDirs lists the socket directories of gRPC children.
@@ -541,7 +674,8 @@ func TestGRPCReloadHandsStateOver(t *testing.T) {
 
 	v2, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, Args: []string{"-version", "2.0.0"}, AutoMTLS: true})
 	require.NoError(t, err)
-	oldDir, oldPid := v1.child.dir, v1.child.proc.Pid()
+	oldChild := grpcChildOf(t, v1)
+	oldDir, oldPid := oldChild.dir, oldChild.proc.Pid()
 	report, err := m.Reload(ctx, "counter", v2)
 	require.NoError(t, err)
 	assert.Equal(t, "1.0.0", report.From)

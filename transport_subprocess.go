@@ -75,9 +75,10 @@ type SubprocessConfig struct {
 	OnRestart func(attempt int, err error)
 }
 
-// RestartPolicy bounds the restarts of a crashed subprocess plugin. The
-// n-th consecutive attempt waits Backoff·2ⁿ⁻¹, at most MaxBackoff. The
-// count starts again once a restarted child has answered a call.
+// RestartPolicy bounds the restarts of a crashed plugin child process
+// (subprocess or gRPC). The n-th consecutive attempt waits Backoff·2ⁿ⁻¹, at
+// most MaxBackoff. The count starts again once a restarted child has
+// answered a call.
 type RestartPolicy struct {
 	// MaxAttempts is how many consecutive attempts are made before the
 	// plugin stays down: 0 means 5, < 0 never restart.
@@ -86,6 +87,30 @@ type RestartPolicy struct {
 	Backoff time.Duration
 	// MaxBackoff caps the wait (default 10s, or Backoff if that is longer).
 	MaxBackoff time.Duration
+}
+
+// withDefaults returns r with its zero fields set to their defaults.
+func (r RestartPolicy) withDefaults() RestartPolicy {
+	if r.MaxAttempts == 0 {
+		r.MaxAttempts = subprocessMaxRestarts
+	}
+	if r.Backoff <= 0 {
+		r.Backoff = subprocessRestartBackoff
+	}
+	if r.MaxBackoff <= 0 {
+		r.MaxBackoff = max(subprocessMaxBackoff, r.Backoff)
+	}
+	return r
+}
+
+// delay returns the wait before the given consecutive attempt (from 1) of
+// a policy with defaults set.
+func (r RestartPolicy) delay(attempt int) time.Duration {
+	wait := r.Backoff << min(attempt-1, 32)
+	if wait <= 0 || wait > r.MaxBackoff {
+		wait = r.MaxBackoff
+	}
+	return wait
 }
 
 // Subprocess is a plugin running as a supervised child process. It
@@ -175,15 +200,7 @@ func (s *Subprocess[Req, Resp]) validate() error {
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = subprocessStopTimeout
 	}
-	if cfg.Restart.MaxAttempts == 0 {
-		cfg.Restart.MaxAttempts = subprocessMaxRestarts
-	}
-	if cfg.Restart.Backoff <= 0 {
-		cfg.Restart.Backoff = subprocessRestartBackoff
-	}
-	if cfg.Restart.MaxBackoff <= 0 {
-		cfg.Restart.MaxBackoff = max(subprocessMaxBackoff, cfg.Restart.Backoff)
-	}
+	cfg.Restart = cfg.Restart.withDefaults()
 	if s.codec == nil {
 		s.codec = JSONCodec
 	}
@@ -420,11 +437,7 @@ func (s *Subprocess[Req, Resp]) supervise(c *subConn) {
 				s.log.Error("plugin left down", slog.Int("attempts", attempt-1))
 				return
 			}
-			wait := s.cfg.Restart.Backoff << min(attempt-1, 32)
-			if wait <= 0 || wait > s.cfg.Restart.MaxBackoff {
-				wait = s.cfg.Restart.MaxBackoff
-			}
-			t := time.NewTimer(wait)
+			t := time.NewTimer(s.cfg.Restart.delay(attempt))
 			select {
 			case <-t.C:
 			case <-s.ctx.Done():
