@@ -780,3 +780,28 @@ func TestGRPCSurfacesForwarded(t *testing.T) {
 	assert.Contains(t, err.Error(), "unsupported")
 	require.ErrorIs(t, p.Resume(ctx, []byte("1")), ErrRemote)
 }
+
+func TestGRPCFactoryRestartPolicy(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := buildGRPCCounter(t)
+	ctx := context.Background()
+	base := GRPCConfig{Restart: RestartPolicy{MaxAttempts: 9, Backoff: time.Second, MaxBackoff: time.Minute}}
+	tests := []struct {
+		name    string
+		restart ManifestRestart
+		want    RestartPolicy
+	}{
+		{"manifest overrides", ManifestRestart{MaxAttempts: 2, Backoff: 7 * time.Millisecond, MaxBackoff: 70 * time.Millisecond},
+			RestartPolicy{MaxAttempts: 2, Backoff: 7 * time.Millisecond, MaxBackoff: 70 * time.Millisecond}},
+		{"base fills the gaps", ManifestRestart{MaxAttempts: -1}, RestartPolicy{MaxAttempts: -1, Backoff: time.Second, MaxBackoff: time.Minute}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &Manifest{Name: "counter", Version: "1.0.0", Transport: "grpc", Command: bin, Dir: filepath.Dir(bin), Restart: tt.restart}
+			p, err := GRPCFactory[counterReq, counterResp](base)(ctx, m)
+			require.NoError(t, err)
+			defer p.Close(ctx)
+			assert.Equal(t, tt.want, p.(*GRPCPlugin[counterReq, counterResp]).cfg.Restart)
+		})
+	}
+}
