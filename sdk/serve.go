@@ -10,7 +10,9 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/goplugins/goplugins/internal/wire"
 )
@@ -49,12 +51,13 @@ func Serve[Req, Resp any](p Plugin[Req, Resp], info Info, opts ...Option) error 
 	if os.Getenv(wire.CookieKey) != wire.CookieValue {
 		return ErrNotLaunched
 	}
-	// Non-blocking descriptors are served by the runtime's poller: a reader
-	// waiting there holds no thread, and the handler it starts runs on the
-	// reader's thread at once (see loop). On failure they just block.
-	for _, fd := range []int{wire.HostToPluginFD, wire.PluginToHostFD} {
-		_ = syscall.SetNonblock(fd, true)
-	}
+	// The host's pipe is read with blocking reads: the one goroutine
+	// reading waits in the kernel, and an arriving request wakes its thread
+	// directly, without a round through the runtime's poller. Answers are
+	// written through the poller, so that a host slow to read parks the
+	// writer instead of holding a thread. On failure the pipe just blocks.
+	_ = syscall.SetNonblock(wire.HostToPluginFD, false)
+	_ = syscall.SetNonblock(wire.PluginToHostFD, true)
 	in := os.NewFile(wire.HostToPluginFD, "goplugins-host-to-plugin")
 	out := os.NewFile(wire.PluginToHostFD, "goplugins-plugin-to-host")
 	for _, f := range []*os.File{in, out} {
@@ -89,6 +92,8 @@ func serve[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, p Pl
 		ctx:     ctx,
 		cancels: make(map[uint64]context.CancelFunc),
 		end:     make(chan error, 1),
+		wake:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
 	}
 	codec, err := s.handshake(cf.codecs)
 	if err != nil {
@@ -142,7 +147,25 @@ type server struct {
 	requests     sync.WaitGroup // the requests being served
 	end          chan error     // how serving ends: nil or why it failed
 	shuttingDown bool           // SHUTDOWN was read; touched by the reader only
+
+	// seat counts the changes of who reads the stream: odd while nobody
+	// does (the last reader is running a handler), even while a goroutine
+	// reads or is about to. Taking the seat is a compare-and-swap from odd
+	// to even, so exactly one goroutine reads at a time.
+	seat     atomic.Uint64
+	sleeping atomic.Bool    // the watcher is parked until the seat is left
+	wake     chan struct{}  // unparks the watcher
+	stop     chan struct{}  // closed when serving ends: the watcher returns
+	watcher  sync.WaitGroup // the watcher
 }
+
+// takeoverAfter is the watcher's period: a handler that keeps the reading
+// seat empty for between one and two periods has reading taken over.
+const takeoverAfter = 200 * time.Microsecond
+
+// idlePeriods is how many periods without a request the watcher waits
+// before it parks.
+const idlePeriods = 16
 
 // handshake answers the host's HELLO and returns the chosen codec.
 func (s *server) handshake(codecs []Codec) (Codec, error) {
@@ -191,19 +214,29 @@ func (s *server) handshake(codecs []Codec) (Codec, error) {
 
 // loop serves until shutdown or the end of the stream.
 //
-// Reading is a relay: the goroutine that reads a request starts the next
-// reader and then runs the handler itself. A request thus reaches its
-// handler without a goroutine switch, handlers run concurrently, and one
-// goroutine at a time reads the stream.
+// One goroutine at a time reads the stream. When it reads a request it runs
+// the handler itself, so that a request reaches its handler without a
+// goroutine switch, and in the common case of a quick handler reads on
+// afterwards, without having woken any other thread. Meanwhile reading is
+// handed on at once if more frames are buffered already, and otherwise by
+// the watcher once the handler has kept the seat empty for a period
+// (takeoverAfter): handlers still run concurrently, and a frame that
+// arrives while a handler blocks (another request, or a CANCEL) is read
+// within two periods.
 func (s *server) loop() error {
+	s.watcher.Add(1)
+	go s.watch()
 	go s.read()
 	err := <-s.end
+	close(s.stop)
+	s.watcher.Wait()
 	s.cancelAll()
 	return err
 }
 
-// read reads frames until it meets a request (it then hands reading on
-// and serves the request) or the end of the stream (it reports on s.end).
+// read reads frames, holding the reading seat, until the end of the stream
+// (it then reports on s.end) or until it has served a request and finds
+// that another goroutine has taken over reading.
 func (s *server) read() {
 	for {
 		f, err := s.in.Read()
@@ -248,13 +281,76 @@ func (s *server) read() {
 			s.cancels[f.ID] = cancel
 			s.mu.Unlock()
 			s.requests.Add(1)
-			defer s.requests.Done()
-			go s.read()
-			s.serveRequest(ctx, cancel, f)
-			return
+			if !s.serveInline(ctx, cancel, f) {
+				return
+			}
 		default:
 			s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames", f.Type)})
 		}
+	}
+}
+
+// serveInline serves request f on the reading goroutine, leaving the
+// reading seat meanwhile, and reports whether the goroutine got the seat
+// back (it then reads on).
+func (s *server) serveInline(ctx context.Context, cancel context.CancelFunc, f wire.Frame) bool {
+	defer s.requests.Done()
+	if s.in.Buffered() {
+		// The next frame is here already: hand reading on now.
+		go s.read()
+		s.serveRequest(ctx, cancel, f)
+		return false
+	}
+	seat := s.seat.Add(1) // odd: empty
+	if s.sleeping.Load() && s.sleeping.CompareAndSwap(true, false) {
+		s.wake <- struct{}{}
+	}
+	s.serveRequest(ctx, cancel, f)
+	return s.seat.CompareAndSwap(seat, seat+1)
+}
+
+// watch hands reading on to a new goroutine when the seat has stayed empty
+// for a whole period, until serving ends. After idlePeriods periods without
+// a request it parks until the seat is next left.
+func (s *server) watch() {
+	defer s.watcher.Done()
+	t := time.NewTimer(takeoverAfter)
+	defer t.Stop()
+	last, idle := s.seat.Load(), 0
+	for {
+		select {
+		case <-t.C:
+		case <-s.stop:
+			return
+		}
+		seat := s.seat.Load()
+		switch {
+		case seat != last:
+			idle = 0
+		case seat%2 == 1: // empty since the last period
+			if s.seat.CompareAndSwap(seat, seat+1) {
+				seat++
+				go s.read()
+			}
+			idle = 0
+		default:
+			idle++
+		}
+		if idle >= idlePeriods {
+			s.sleeping.Store(true)
+			if s.seat.Load()%2 == 0 || !s.sleeping.CompareAndSwap(true, false) {
+				// Park; a reader leaving the seat clears sleeping and
+				// sends a wake-up (perhaps just now, if the seat is empty).
+				select {
+				case <-s.wake:
+				case <-s.stop:
+					return
+				}
+			}
+			idle, seat = 0, s.seat.Load()
+		}
+		last = seat
+		t.Reset(takeoverAfter)
 	}
 }
 

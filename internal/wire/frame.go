@@ -174,6 +174,10 @@ func (r *Reader) Read() (Frame, error) {
 	return f, nil
 }
 
+// Buffered reports whether bytes of a next frame have been read from the
+// stream already, so that Read can return at least part of it at once.
+func (r *Reader) Buffered() bool { return r.r.Buffered() > 0 }
+
 // header consumes the next frame header, or nothing if it fails.
 func (r *Reader) header() error {
 	hdr, err := r.r.Peek(HeaderSize)
