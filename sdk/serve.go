@@ -74,6 +74,11 @@ func Serve[Req, Resp any](p Plugin[Req, Resp], info Info, opts ...Option) error 
 
 // serve runs the protocol over in and out.
 func serve[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, p Plugin[Req, Resp], info Info, opts ...Option) error {
+	return newServer(ctx, in, out, p, info, opts...).run()
+}
+
+// newServer prepares serving p over in and out; run serves.
+func newServer[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, p Plugin[Req, Resp], info Info, opts ...Option) *server {
 	cf := config{codecs: []Codec{JSONCodec{}}, max: wire.DefaultMaxFrameSize}
 	for _, o := range opts {
 		o(&cf)
@@ -82,34 +87,43 @@ func serve[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, p Pl
 		cf.max = wire.MinMaxFrameSize
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	s := &server{
 		plugin:  p,
 		info:    withSurfaces(p, info),
+		codecs:  cf.codecs,
 		in:      wire.NewReader(in, cf.max),
 		out:     wire.NewWriter(out, wire.DefaultMaxFrameSize),
 		max:     cf.max,
 		ctx:     ctx,
+		cancel:  cancel,
 		cancels: make(map[uint64]context.CancelFunc),
 		end:     make(chan error, 1),
 		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 	}
-	codec, err := s.handshake(cf.codecs)
-	if err != nil {
-		return err
-	}
 	s.execute = func(ctx context.Context, payload []byte) ([]byte, error) {
 		var req Req
-		if err := codec.Unmarshal(payload, &req); err != nil {
-			return nil, &Error{Code: wire.CodeBadRequest, Message: fmt.Sprintf("request does not decode with codec %q: %v", codec.Name(), err)}
+		if err := s.codec.Unmarshal(payload, &req); err != nil {
+			return nil, &Error{Code: wire.CodeBadRequest, Message: fmt.Sprintf("request does not decode with codec %q: %v", s.codec.Name(), err)}
 		}
 		resp, err := p.Execute(ctx, req)
 		if err != nil {
 			return nil, err
 		}
-		return codec.Marshal(resp)
+		return s.codec.Marshal(resp)
 	}
+	return s
+}
+
+// run answers the handshake and serves until shutdown or the end of the
+// stream.
+func (s *server) run() error {
+	defer s.cancel()
+	codec, err := s.handshake(s.codecs)
+	if err != nil {
+		return err
+	}
+	s.codec = codec
 	return s.loop()
 }
 
@@ -136,12 +150,15 @@ func withSurfaces(p any, info Info) Info {
 type server struct {
 	plugin  any
 	info    Info
+	codecs  []Codec // the codecs the host may choose
+	codec   Codec   // the codec chosen; set before requests are served
 	in      *wire.Reader
 	out     *wire.Writer
 	max     int
 	execute func(ctx context.Context, payload []byte) ([]byte, error)
 
 	ctx          context.Context
+	cancel       context.CancelFunc // cancels ctx: run returned
 	mu           sync.Mutex
 	cancels      map[uint64]context.CancelFunc
 	requests     sync.WaitGroup // the requests being served
