@@ -41,7 +41,9 @@ func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 // pipes on file descriptors 3 and 4, until the host sends shutdown (Serve
 // waits for the requests in flight, then returns nil) or goes away (Serve
 // cancels the requests in flight and returns nil). Handlers run
-// concurrently; a handler that panics answers with the "panic" error code
+// concurrently: each runs on the goroutine that read its request, and while
+// it runs, reading goes on in another goroutine at once if more frames are
+// buffered, or else within 200–400 µs. A handler that panics answers with the "panic" error code
 // and the plugin serves on. Whatever the program writes to stdout or stderr
 // goes to the host's log, never into the protocol.
 //
