@@ -43,9 +43,10 @@ func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 // cancels the requests in flight and returns nil). Handlers run
 // concurrently: each runs on the goroutine that read its request, and while
 // it runs, reading goes on in another goroutine at once if more frames are
-// buffered, or else within 200–400 µs. A handler that panics answers with the "panic" error code
-// and the plugin serves on. Whatever the program writes to stdout or stderr
-// goes to the host's log, never into the protocol.
+// buffered, or else within 200–400 µs. A handler that panics answers with
+// the "panic" error code and the plugin serves on. Whatever the program
+// writes to stdout or stderr goes to the host's log, never into the
+// protocol.
 //
 // Serve returns ErrNotLaunched when the program was run by hand; a typical
 // main prints the error to stderr and exits with status 1.
