@@ -805,3 +805,52 @@ func TestGRPCFactoryRestartPolicy(t *testing.T) {
 		})
 	}
 }
+
+// TestGRPCRestartUnderConcurrentCalls: calls made while the child crashes
+// and is replaced fail only with ErrCrashed, and succeed again on the new
+// child; the connection swap is race-free (run with -race).
+func TestGRPCRestartUnderConcurrentCalls(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := buildGRPCCounter(t)
+	ctx := context.Background()
+	restarted := make(chan error, 10)
+	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
+		Name: "counter", Command: bin,
+		Restart:   RestartPolicy{Backoff: time.Millisecond},
+		OnRestart: func(_ int, err error) { restarted <- err },
+	})
+	require.NoError(t, err)
+	defer p.Close(ctx)
+
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				if _, err := p.Execute(ctx, counterReq{Op: "echo", Text: "x"}); err != nil && !errors.Is(err, ErrCrashed) {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	_, err = p.Execute(ctx, counterReq{Op: "exit"})
+	require.ErrorIs(t, err, ErrCrashed)
+	require.NoError(t, <-restarted)
+	_, err = p.Execute(ctx, counterReq{Op: "echo"})
+	require.NoError(t, err, "a call on the restarted child")
+	close(stop)
+	wg.Wait()
+	for range 4 {
+		require.NoError(t, <-errs, "a concurrent call failed with something other than ErrCrashed")
+	}
+}
