@@ -12,6 +12,8 @@ require (
 
 require (
 	github.com/Masterminds/semver/v3 v3.5.0 // indirect
+	github.com/agilira/argus v1.4.2 // indirect
+	github.com/agilira/flash-flags v1.1.8 // indirect
 	github.com/agilira/go-errors v1.1.2 // indirect
 	github.com/agilira/go-timecache v1.0.3 // indirect
 	github.com/fatih/color v1.13.0 // indirect
@@ -19,7 +21,9 @@ require (
 	github.com/hashicorp/yamux v0.1.2 // indirect
 	github.com/mattn/go-colorable v0.1.12 // indirect
 	github.com/mattn/go-isatty v0.0.17 // indirect
+	github.com/mattn/go-sqlite3 v1.14.44 // indirect
 	github.com/oklog/run v1.1.0 // indirect
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
