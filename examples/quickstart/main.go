@@ -196,30 +196,22 @@ func runQuickstart(ctx context.Context, out io.Writer) (res Result, err error) {
 
 	// 5. Keep requests flowing from several goroutines, install 2.0.0 and
 	// wait for the loader's hot swap.
-	stopLoad := make(chan struct{})
+	loadCtx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var firstErr atomic.Value
 	for g := range callers {
 		wg.Go(func() {
-			for i := g; ; i++ {
-				select {
-				case <-stopLoad:
-					return
-				default:
-				}
+			for i := g; loadCtx.Err() == nil; i++ {
 				if _, err := call(words[i%len(words)]); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 				}
 			}
 		})
 	}
-	stopTraffic := func() {
-		if stopLoad != nil {
-			close(stopLoad)
-			wg.Wait()
-			stopLoad = nil
-		}
-	}
+	stopTraffic := sync.OnceFunc(func() {
+		stopLoad()
+		wg.Wait()
+	})
 	defer stopTraffic()
 	tl.printf("%d goroutines calling wordcount without pause", callers)
 	if err := pause(ctx, 300*time.Millisecond); err != nil {
@@ -237,7 +229,8 @@ func runQuickstart(ctx context.Context, out io.Writer) (res Result, err error) {
 	res.Report = r
 	tl.printf("update seen and hot-swapped: %s %s -> %s, generation %d", r.Plugin, r.From, r.To, r.Generation)
 	tl.printf("  parked calls %d: p50 %v, p99 %v, max %v; %d gave up", r.ParkedCalls, r.ParkP50, r.ParkP99, r.ParkMax, r.GaveUp)
-	tl.printf("  phases: preflight %v, drain %v, dispatch %v, commit %v (total %v)", r.Preflight, r.Drain, r.Dispatch, r.Commit, r.Total)
+	tl.printf("  traffic paused %v: drain %v, dispatch %v, commit %v (preflight %v before, no traffic touched)",
+		r.Drain+r.Dispatch+r.Commit, r.Drain, r.Dispatch, r.Commit, r.Preflight)
 	var handed struct{ Total int }
 	if err := json.Unmarshal(r.Handed[goplugins.SurfaceState], &handed); err != nil {
 		return res, fmt.Errorf("reading the state handed over: %w", err)
