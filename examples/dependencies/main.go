@@ -75,7 +75,12 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	}
 	m := goplugins.NewManager[string, string]()
 	events := make(chan goplugins.Event, 64)
-	m.Subscribe(func(ev goplugins.Event) { events <- ev })
+	m.Subscribe(func(ev goplugins.Event) {
+		select {
+		case events <- ev:
+		default: // nobody is waiting for more: never block the manager's shutdown
+		}
+	})
 	loader := goplugins.NewDynamicLoader(m, engine)
 	loader.RegisterFactory("inprocess", func(_ context.Context, mf *goplugins.Manifest) (goplugins.Plugin[string, string], error) {
 		return &service{info: mf.Info()}, nil

@@ -144,7 +144,12 @@ func runQuickstart(ctx context.Context, out io.Writer) (res Result, err error) {
 	logger := slog.New(slog.NewTextHandler(tl, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	m := goplugins.NewManager[request, response](goplugins.WithLogger(logger))
 	events := make(chan goplugins.Event, 64)
-	cancelSub := m.Subscribe(func(ev goplugins.Event) { events <- ev })
+	cancelSub := m.Subscribe(func(ev goplugins.Event) {
+		select {
+		case events <- ev:
+		default: // nobody is waiting for more: never block the manager's shutdown
+		}
+	})
 	loader := goplugins.NewDynamicLoader(m, engine, goplugins.WithLoaderLogger(logger))
 	loader.RegisterFactory("subprocess", goplugins.SubprocessFactory[request, response](goplugins.SubprocessConfig{Logger: logger}))
 	defer func() {
