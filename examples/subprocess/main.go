@@ -84,8 +84,11 @@ func run(ctx context.Context, w io.Writer) (err error) {
 		Path:    bin,
 		Logger:  logger,
 		Restart: goplugins.RestartPolicy{MaxAttempts: 5, Backoff: 50 * time.Millisecond},
-		OnRestart: func(attempt int, err error) {
-			restarted <- err
+		OnRestart: func(_ int, err error) {
+			select { // it runs on the supervisor: never block it
+			case restarted <- err:
+			default:
+			}
 		},
 	})
 	if err != nil {
