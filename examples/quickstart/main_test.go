@@ -13,9 +13,9 @@ import (
 )
 
 // TestQuickstart runs the quickstart as `go run` would and checks its
-// outcome: version 2.0.0 serves, it carries the state of 1.0.0, every call
-// was served (none failed, none lost), calls were parked during the swap
-// rather than failed, and the temporary folder is gone.
+// outcome: the loader hot-swapped 1.0.0 for 2.0.0, 2.0.0 carries the state
+// of 1.0.0 and counted on from it, every call the host made was counted by
+// the plugin (none failed, none lost), and the temporary folder is gone.
 func TestQuickstart(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	before, err := filepath.Glob(filepath.Join(os.TempDir(), "goplugins-quickstart-*"))
