@@ -1,7 +1,10 @@
 // Package goplugins runs plugins inside a host service: in-process Go
 // values, child processes, or gRPC services, behind one contract, Plugin.
+// Plugins are discovered from manifests on disk, checked against
+// semantic-version rules, loaded in dependency order, and hot-swapped
+// without dropping a call or losing their state.
 //
-// The flow:
+// # The flow
 //
 //	manifest files --DiscoveryEngine--> events --DynamicLoader--> version checks + DependencyGraph
 //	   --> Factory (transport) --> Plugin[Req, Resp] --> Manager.Register / Manager.Reload
@@ -10,16 +13,67 @@
 //	   (per-kind handoffs, each with an undo) --> commit (atomic swap, release parked calls)
 //	   on any failure: undo in reverse, old plugin keeps serving, parked calls go to it
 //
-// A Manager owns registered plugins. Execute is lock-free and allocates
-// nothing on its success path; each plugin has a timeout, a circuit
-// breaker, retries for errors it marks retryable, panic recovery, health
-// checks, metrics and events.
+// A plugin's folder holds its manifest, plugin.json or plugin.yaml (see
+// Manifest for the fields: name, version, transport, command, checksum,
+// requires, dependencies, surfaces, timeouts, restart policy, endpoint and
+// TLS). A DiscoveryEngine finds the manifests under its roots, validates
+// them and, once started, watches them, reporting each change as a
+// DiscoveryEvent. A ConfigWatcher offers the plugins of a configuration file
+// (see Config) the same way; both are a ManifestSource.
+//
+// A DynamicLoader consumes a ManifestSource. It checks each manifest's host
+// constraint against a VersionPolicy and its dependency constraints against
+// the versions known, orders the plugins with a DependencyGraph, makes each
+// plugin with the Factory registered for its transport, and registers it
+// with a Manager. A plugin whose dependency is missing waits as pending and
+// loads once the dependency appears; an updated manifest becomes a
+// Manager.Reload; a removed one an unload, dependents first.
+//
+// A Manager owns the registered plugins and runs requests through them.
+// Execute is lock-free and allocates nothing on its success path; each
+// plugin has a timeout, a circuit breaker, retries for errors it marks
+// retryable, panic recovery, health checks, metrics (Manager.Metrics) and
+// events (Manager.Subscribe).
 //
 // Reload hot-swaps a plugin without dropping a call: new calls are parked
 // while the calls in flight finish, the plugin's state moves to the new
-// version through the surfaces it declares (see ReloadDispatcher), and one
-// atomic swap commits; any failure rolls back and the old version serves on.
+// version through the surfaces it declares (state, stream, schema, or kinds
+// the host registers; see ReloadDispatcher), and one atomic swap commits.
+// Any failure rolls back and the old version serves on; the ReloadReport
+// says how long calls were parked and what was handed over.
 //
-// Every error the package reports carries a code (see errors.go) and
-// matches its sentinel with errors.Is, e.g. errors.Is(err, ErrNotFound).
+// # Transports
+//
+//   - In-process: any Go value that implements Plugin (and, for its reload
+//     surfaces, StatefulPlugin, StreamPlugin or SchemaPlugin). Register it
+//     with Manager.Register, or make it in a Factory registered for the
+//     "inprocess" transport.
+//   - Subprocess: a child process speaking the language-neutral protocol of
+//     docs/PROTOCOL.md over two pipes; Go plugins call sdk.Serve (package
+//     github.com/goplugins/goplugins/sdk). NewSubprocess starts one;
+//     SubprocessFactory makes one from a manifest. Crashed children are
+//     restarted with backoff; a child never outlives the host.
+//   - gRPC: the goplugins.plugin.v1.Plugin service of docs/GRPC.md, served
+//     by package github.com/goplugins/goplugins/sdk/grpcplugin, either as a
+//     child the host starts (with automatic mTLS if asked for) or as a
+//     remote service reached over TLS or mTLS. NewGRPCPlugin connects to
+//     one; GRPCFactory makes one from a manifest.
+//
+// # Where to start
+//
+// Run the quickstart, which builds a plugin, discovers, loads and hot-swaps
+// it under load:
+//
+//	go run ./examples/quickstart
+//
+// Then see the examples of NewManager, Manager.Reload, NewDynamicLoader and
+// NewDiscoveryEngine, and the programs under examples/ (in-process plugins,
+// dependencies, subprocess, Python, gRPC with mTLS, configuration file).
+//
+// # Errors
+//
+// Every error the package reports carries a code (see the Code constants)
+// and matches its sentinel with errors.Is, e.g. errors.Is(err, ErrNotFound).
+// Messages name the plugin (or the file and field) and say what to do. A
+// plugin's own errors pass through Execute unchanged.
 package goplugins

@@ -688,14 +688,7 @@ func (l *DynamicLoader[Req, Resp]) Unload(ctx context.Context, name string, poli
 	if !l.isLoaded(name) {
 		return newError(CodeNotFound, name, "the plugin is not loaded")
 	}
-	l.mu.Lock()
-	var loadedDeps []string
-	for _, d := range l.graph.Dependents(name) {
-		if st := l.status[d]; st != nil && st.State == StateLoaded {
-			loadedDeps = append(loadedDeps, d)
-		}
-	}
-	l.mu.Unlock()
+	loadedDeps := l.loadedTransitiveDependents(name)
 	if len(loadedDeps) > 0 && policy == UnloadRefuse {
 		return newError(CodeDependentsLoaded, name,
 			"loaded plugins depend on it: %v; unload them first or use UnloadCascade", loadedDeps)
@@ -711,6 +704,20 @@ func (l *DynamicLoader[Req, Resp]) Unload(ctx context.Context, name string, poli
 	return nil
 }
 
+// loadedTransitiveDependents returns the loaded plugins that need name,
+// directly or not, in a safe unload order (dependents first).
+func (l *DynamicLoader[Req, Resp]) loadedTransitiveDependents(name string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, d := range l.graph.Dependents(name) {
+		if st := l.status[d]; st != nil && st.State == StateLoaded {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // remove handles a removed manifest: loaded dependents are unloaded and
 // wait as pending, then the plugin is unloaded and forgotten.
 func (l *DynamicLoader[Req, Resp]) remove(ctx context.Context, name string) error {
@@ -718,15 +725,7 @@ func (l *DynamicLoader[Req, Resp]) remove(ctx context.Context, name string) erro
 	defer l.op.Unlock()
 	var errs []error
 	if l.isLoaded(name) {
-		l.mu.Lock()
-		var loadedDeps []string
-		for _, d := range l.graph.Dependents(name) {
-			if st := l.status[d]; st != nil && st.State == StateLoaded {
-				loadedDeps = append(loadedDeps, d)
-			}
-		}
-		l.mu.Unlock()
-		for _, d := range loadedDeps {
+		for _, d := range l.loadedTransitiveDependents(name) {
 			errs = append(errs, l.unloadOne(ctx, d, StatePending))
 		}
 		errs = append(errs, l.unloadOne(ctx, name, StateDiscovered))

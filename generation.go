@@ -38,6 +38,9 @@ type generation[Req, Resp any] struct {
 	plugin Plugin[Req, Resp]
 	info   PluginInfo
 	id     uint64
+	// baseCalls and baseStarted are the calls and starts of the
+	// generations before this one; set before it is published.
+	baseCalls, baseStarted uint64
 
 	gate     atomic.Pointer[gate]
 	idle     chan struct{} // signalled when a finish may have made the generation idle

@@ -87,6 +87,14 @@ func (e *entry[Req, Resp]) checkHealth(ctx context.Context) HealthReport {
 	}
 
 	e.healthMu.Lock()
+	if e.gen.Load() != g {
+		// The plugin was swapped during the check: the result is the old
+		// plugin's, not the one serving now.
+		r := e.healthState
+		e.healthMu.Unlock()
+		r.Plugin = e.name
+		return r
+	}
 	prev := e.healthState.Status
 	r := HealthReport{Plugin: e.name, Checked: time.Now()}
 	if err == nil {

@@ -90,3 +90,12 @@ func TestDiscoveryToReloadEndToEnd(t *testing.T) {
 	require.NoError(t, engine.Close())
 	require.NoError(t, m.Shutdown(ctx))
 }
+
+func TestSubprocessFactoryRefusesOtherProtocol(t *testing.T) {
+	mf, err := ParseManifest(filepath.Join(t.TempDir(), "plugin.json"),
+		[]byte(`{"name": "echo", "version": "1.0.0", "transport": "subprocess", "command": "./echo", "requires": {"protocol": 2}}`))
+	require.NoError(t, err)
+	_, err = SubprocessFactory[echoReq, echoResp](SubprocessConfig{})(context.Background(), mf)
+	require.ErrorIs(t, err, ErrProtocolVersion)
+	require.ErrorContains(t, err, "protocol 2")
+}

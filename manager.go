@@ -156,11 +156,10 @@ func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req,
 		cfg: cfg.breaker,
 		now: time.Now,
 		calls: func() uint64 {
-			n := e.ctr.retiredStarted.Load()
 			if g := e.gen.Load(); g != nil {
-				n += g.startedCalls()
+				return g.baseStarted + g.startedCalls()
 			}
-			return n
+			return 0
 		},
 		onChange: func(from, to BreakerState) {
 			kind := map[BreakerState]EventKind{
@@ -402,8 +401,6 @@ func (e *entry[Req, Resp]) retire() *generation[Req, Resp] {
 	gt := newGate()
 	g.gate.Store(gt)
 	e.gen.Store(nil)
-	e.ctr.retiredStarted.Add(g.startedCalls())
-	e.ctr.retiredCalls.Add(g.calls())
 	gt.open()
 	return g
 }
@@ -571,10 +568,9 @@ func (m *Manager[Req, Resp]) Metrics() Metrics {
 			Breaker:  BreakerState(e.brk.state.Load()),
 			Health:   e.healthReport().Status,
 			Latency:  e.ctr.latency.snapshot(int(m.cfg.sampleMask + 1)),
-			Calls:    e.ctr.retiredCalls.Load(),
 		}
 		if g := e.gen.Load(); g != nil {
-			pm.Calls += g.calls()
+			pm.Calls = g.baseCalls + g.calls()
 			pm.InFlight = g.inFlight()
 			pm.Generation = g.id
 		}

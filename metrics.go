@@ -118,8 +118,5 @@ func (h *histogram) snapshot(sampleEvery int) LatencyHistogram {
 // path (errors and rejections), plus the latency histogram.
 type pluginCounters struct {
 	errors, timeouts, panics, rejected, retries atomic.Uint64
-	// retiredCalls and retiredStarted sum the calls and starts of
-	// generations that were replaced.
-	retiredCalls, retiredStarted atomic.Uint64
-	latency                      histogram
+	latency                                     histogram
 }

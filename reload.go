@@ -317,8 +317,10 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 	// Phase 4: commit.
 	t = time.Now()
 	e.genSeq = ng.id
-	e.ctr.retiredStarted.Add(old.startedCalls())
-	e.ctr.retiredCalls.Add(old.calls())
+	// The old generation is drained: its counts are final and carry over
+	// with the swap, so Metrics never counts a call twice or not at all.
+	ng.baseCalls = old.baseCalls + old.calls()
+	ng.baseStarted = old.baseStarted + old.startedCalls()
 	e.resetState()
 	e.gen.Store(ng)
 	gt.open()

@@ -1,0 +1,272 @@
+package goplugins
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	tmp := path + ".tmp"
+	require.NoError(t, os.WriteFile(tmp, []byte(content), 0o644))
+	require.NoError(t, os.Rename(tmp, path))
+}
+
+func TestParseConfig(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "extra", "auth", "plugin.json"), `{"name": "auth", "version": "1.2.0", "transport": "inprocess"}`)
+	t.Setenv("GOPLUGINS_TEST_ROOT", "plugins")
+	t.Setenv("GOPLUGINS_TEST_EMPTY", "")
+
+	yamlConfig := `
+host_version: 1.4.0
+defaults:
+  timeout: 5s
+  drain_timeout: 3s
+  breaker: {consecutive_failures: 7, failure_rate: 0.5, min_calls: 10, window: 30s, open_timeout: 2s, half_open_probes: 2}
+  health: {interval: 15s, timeout: 1s, unhealthy_after: 4}
+  restart: {max_attempts: 3, backoff: 50ms, max_backoff: 1s}
+discovery:
+  roots: ["./${GOPLUGINS_TEST_ROOT}", "${GOPLUGINS_TEST_UNSET:-/opt/plugins}"]
+  max_depth: 3
+  poll_interval: 500ms
+plugins:
+  - manifest: ./extra/auth/plugin.json
+  - name: metrics
+    version: 2.0.0
+    transport: inprocess
+    description: "costs $$5 ${GOPLUGINS_TEST_EMPTY:-nothing}"
+    dependencies: {auth: ^1.0.0}
+`
+	path := filepath.Join(dir, "goplugins.yaml")
+	writeFile(t, path, yamlConfig)
+	c, err := LoadConfig(path)
+	require.NoError(t, err)
+	require.Equal(t, "1.4.0", c.HostVersion)
+	require.Equal(t, ConfigDefaults{
+		Timeout: 5 * time.Second, DrainTimeout: 3 * time.Second,
+		Breaker: BreakerConfig{ConsecutiveFailures: 7, FailureRate: 0.5, MinCalls: 10, Window: 30 * time.Second, OpenTimeout: 2 * time.Second, HalfOpenProbes: 2},
+		Health:  HealthConfig{Interval: 15 * time.Second, Timeout: time.Second, UnhealthyAfter: 4},
+		Restart: RestartPolicy{MaxAttempts: 3, Backoff: 50 * time.Millisecond, MaxBackoff: time.Second},
+	}, c.Defaults)
+	require.Equal(t, []string{filepath.Join(dir, "plugins"), "/opt/plugins"}, c.Discovery.Roots)
+	require.Equal(t, 3, c.Discovery.MaxDepth)
+	require.Equal(t, 500*time.Millisecond, c.Discovery.PollInterval)
+	require.Len(t, c.Plugins, 2)
+	require.Equal(t, "auth", c.Plugins[0].Name)
+	require.Equal(t, filepath.Join(dir, "extra", "auth", "plugin.json"), c.Plugins[0].Path)
+	require.Equal(t, "metrics", c.Plugins[1].Name)
+	require.Equal(t, "costs $5 nothing", c.Plugins[1].Description, "$$ is a literal $; an empty variable takes the :- default")
+	require.Equal(t, []ManifestDependency{{Name: "auth", Constraint: "^1.0.0"}}, c.Plugins[1].Dependencies)
+	require.NotNil(t, c.VersionPolicy())
+	require.Len(t, c.ManagerOptions(), 5)
+
+	// The same configuration in JSON parses the same.
+	jsonPath := filepath.Join(dir, "goplugins.json")
+	writeFile(t, jsonPath, `{"host_version": "1.4.0", "plugins": [{"manifest": "./extra/auth/plugin.json"}]}`)
+	cj, err := LoadConfig(jsonPath)
+	require.NoError(t, err)
+	require.Equal(t, "auth", cj.Plugins[0].Name)
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name, file, content string
+		want                error
+		mention             string
+	}{
+		{"unknown top-level field", "c.yaml", "hosts_version: 1.0.0\n", ErrInvalidConfig, "hosts_version"},
+		{"unknown defaults field", "c.json", `{"defaults": {"timout": "5s"}}`, ErrInvalidConfig, "timout"},
+		{"bad duration", "c.yaml", "defaults: {timeout: 5 seconds}\n", ErrInvalidConfig, "defaults.timeout"},
+		{"bad host version", "c.yaml", "host_version: v1\n", ErrInvalidConfig, "host_version"},
+		{"unset variable", "c.yaml", "discovery: {roots: [\"${GOPLUGINS_SURELY_UNSET}\"]}\n", ErrInvalidConfig, "GOPLUGINS_SURELY_UNSET"},
+		{"no roots", "c.yaml", "discovery: {max_depth: 2}\n", ErrInvalidConfig, "discovery.roots"},
+		{"bad rate", "c.yaml", "defaults: {breaker: {failure_rate: 2}}\n", ErrInvalidConfig, "failure_rate"},
+		{"duplicate plugin", "c.yaml", "plugins:\n - {name: a, version: 1.0.0, transport: inprocess}\n - {name: a, version: 1.1.0, transport: inprocess}\n", ErrInvalidConfig, "plugins[1]"},
+		{"invalid inline manifest", "c.yaml", "plugins:\n - {name: a, version: 1.0, transport: inprocess}\n", ErrInvalidManifest, "plugins[0]"},
+		{"inline path escape", "c.yaml", "plugins:\n - {name: a, version: 1.0.0, transport: subprocess, command: ../../bin/a}\n", ErrPathEscape, "command"},
+		{"reference with other fields", "c.yaml", "plugins:\n - {manifest: ./x/plugin.json, name: a}\n", ErrInvalidConfig, "no other field"},
+		{"missing reference", "c.yaml", "plugins:\n - {manifest: ./nope/plugin.json}\n", ErrInvalidManifest, "nope"},
+		{"bad extension", "c.toml", "x = 1\n", ErrInvalidConfig, ".toml"},
+		{"broken YAML", "c.yaml", "plugins: [\n", ErrInvalidConfig, "YAML"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, tc.file)
+			_, err := ParseConfig(path, []byte(tc.content))
+			require.ErrorIs(t, err, tc.want)
+			require.ErrorContains(t, err, tc.mention)
+		})
+	}
+}
+
+func TestExpandString(t *testing.T) {
+	t.Setenv("GP_A", "alpha")
+	t.Setenv("GP_EMPTY", "")
+	cases := []struct{ in, want, err string }{
+		{"plain", "plain", ""},
+		{"${GP_A}/x", "alpha/x", ""},
+		{"${GP_UNSET_X:-def}", "def", ""},
+		{"${GP_EMPTY:-def}", "def", ""},
+		{"${GP_EMPTY}", "", ""},
+		{"$$5 and $5", "$5 and $5", ""},
+		{"${GP_UNSET_X}", "", "not set"},
+		{"${GP_A", "", "unclosed"},
+		{"${1BAD}", "", "not a variable name"},
+	}
+	for _, tc := range cases {
+		got, err := expandString(tc.in)
+		if tc.err != "" {
+			require.ErrorContains(t, err, tc.err, tc.in)
+			continue
+		}
+		require.NoError(t, err, tc.in)
+		require.Equal(t, tc.want, got, tc.in)
+	}
+}
+
+// TestConfigWatcherRoundTrip drives a loader from a configuration file:
+// plugins added, changed and removed in the file are loaded, reloaded and
+// unloaded; a broken file keeps the last good configuration serving.
+func TestConfigWatcherRoundTrip(t *testing.T) {
+	verifyNoLeaks(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "plugins.yaml")
+	writeFile(t, path, "plugins:\n  - {name: a, version: 1.0.0, transport: inprocess}\n")
+
+	var errMu sync.Mutex
+	var reported []error
+	w, err := WatchConfig(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond, OnError: func(err error) {
+		errMu.Lock()
+		reported = append(reported, err)
+		errMu.Unlock()
+	}})
+	require.NoError(t, err)
+	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	events := make(chan Event, 64)
+	m.Subscribe(func(ev Event) { events <- ev })
+	l := NewDynamicLoader(m, w)
+	l.RegisterFactory("inprocess", newEchoFactory().make)
+	ctx := context.Background()
+	require.NoError(t, l.Start(ctx))
+	await := func(kind EventKind, plugin string) Event {
+		t.Helper()
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case ev := <-events:
+				if ev.Kind == kind && ev.Plugin == plugin {
+					return ev
+				}
+			case <-timeout:
+				t.Fatalf("no %s event for %s", kind, plugin)
+			}
+		}
+	}
+	await(EventRegistered, "a")
+
+	writeFile(t, path, "plugins:\n  - {name: a, version: 1.1.0, transport: inprocess}\n  - {name: b, version: 1.0.0, transport: inprocess, dependencies: {a: ^1.0.0}}\n")
+	await(EventRegistered, "b")
+	require.Equal(t, "1.1.0", await(EventReloaded, "a").Version)
+
+	// A broken file: the last good configuration keeps serving.
+	writeFile(t, path, "plugins:\n  - {name: a, version: 1.2.0, transport: inprocess, colour: red}\n")
+	require.Eventually(t, func() bool { return w.Err() != nil }, 10*time.Second, 5*time.Millisecond)
+	require.ErrorIs(t, w.Err(), ErrInvalidManifest)
+	require.ErrorContains(t, w.Err(), "colour")
+	errMu.Lock()
+	require.Len(t, reported, 1)
+	errMu.Unlock()
+	require.Len(t, w.Config().Plugins, 2)
+	got, err := m.Execute(ctx, "b", 7)
+	require.NoError(t, err)
+	require.Equal(t, 7, got)
+
+	// Fixed, and b removed: b is unloaded.
+	writeFile(t, path, "plugins:\n  - {name: a, version: 1.1.0, transport: inprocess}\n")
+	await(EventUnregistered, "b")
+	require.NoError(t, w.Err())
+	require.Equal(t, []string{"a"}, registered(m))
+
+	require.NoError(t, l.Close(ctx))
+	require.NoError(t, w.Close())
+	require.NoError(t, w.Close())
+	require.NoError(t, m.Shutdown(ctx))
+}
+
+func TestConfigWatcherLongPath(t *testing.T) {
+	verifyNoLeaks(t)
+	dir := t.TempDir()
+	for len(dir) < 120 {
+		dir = filepath.Join(dir, "a-rather-long-folder-name")
+	}
+	path := filepath.Join(dir, "plugins.json")
+	require.Greater(t, len(path), 109)
+	writeFile(t, path, `{"plugins": [{"name": "a", "version": "1.0.0", "transport": "inprocess"}]}`)
+	w, err := WatchConfig(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	defer w.Close()
+	ev := <-w.Events()
+	require.Equal(t, ManifestDiscovered, ev.Kind)
+	writeFile(t, path, `{"plugins": [{"name": "a", "version": "1.0.1", "transport": "inprocess"}]}`)
+	ev = <-w.Events()
+	require.Equal(t, ManifestUpdated, ev.Kind)
+	require.Equal(t, "1.0.1", ev.Manifest.Version)
+}
+
+func TestConfigWatcherInvalidAtStart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	writeFile(t, path, "nonsense: true\n")
+	_, err := WatchConfig(path, ConfigWatchOptions{})
+	require.ErrorIs(t, err, ErrInvalidConfig)
+}
+
+func TestMergeSources(t *testing.T) {
+	first := newMemSource(manifest(t, "a", "1.0.0", nil))
+	second := newMemSource(manifest(t, "a", "2.0.0", nil), manifest(t, "b", "1.0.0", nil))
+	merged := MergeSources(first, second)
+	got := merged.Manifests()
+	require.Len(t, got, 2)
+	require.Equal(t, "1.0.0", got[0].Version, "the first source wins")
+
+	recv := func() DiscoveryEvent {
+		t.Helper()
+		select {
+		case ev := <-merged.Events():
+			return ev
+		case <-time.After(5 * time.Second):
+			t.Fatal("no merged event")
+		}
+		return DiscoveryEvent{}
+	}
+	// The second source's update to a shadowed plugin is reported, not used.
+	second.events <- DiscoveryEvent{Kind: ManifestUpdated, Name: "a", Manifest: manifest(t, "a", "2.1.0", nil)}
+	ev := recv()
+	require.Equal(t, ManifestInvalid, ev.Kind)
+	require.True(t, errors.Is(ev.Err, ErrInvalidManifest))
+	// The first source removes it: the second takes over.
+	first.events <- DiscoveryEvent{Kind: ManifestRemoved, Name: "a"}
+	ev = recv()
+	require.Equal(t, ManifestUpdated, ev.Kind)
+	require.Equal(t, "2.1.0", ev.Manifest.Version)
+	// The second removes it too: it is gone.
+	second.events <- DiscoveryEvent{Kind: ManifestRemoved, Name: "a"}
+	require.Equal(t, ManifestRemoved, recv().Kind)
+	// Unrelated events pass through.
+	first.events <- DiscoveryEvent{Kind: ManifestDiscovered, Name: "c", Manifest: manifest(t, "c", "1.0.0", nil)}
+	require.Equal(t, "c", recv().Name)
+
+	close(first.events)
+	close(second.events)
+	_, open := <-merged.Events()
+	require.False(t, open, "closed once every source is closed")
+}
