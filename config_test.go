@@ -270,3 +270,72 @@ func TestMergeSources(t *testing.T) {
 	_, open := <-merged.Events()
 	require.False(t, open, "closed once every source is closed")
 }
+
+// TestConfigWatcherOnError checks that OnError may read the watcher's state
+// and may panic: either way the last good configuration stays in force,
+// later changes are still applied and Close returns.
+func TestConfigWatcherOnError(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		panic bool
+	}{
+		{name: "reads Err and Config"},
+		{name: "panics", panic: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			verifyNoLeaks(t)
+			path := filepath.Join(t.TempDir(), "plugins.yaml")
+			writeFile(t, path, "plugins:\n  - {name: a, version: 1.0.0, transport: inprocess}\n")
+			type seen struct {
+				err error
+				cfg *Config
+			}
+			called := make(chan seen, 1)
+			var w *ConfigWatcher
+			ready := make(chan struct{})
+			w, err := WatchConfig(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond, OnError: func(error) {
+				<-ready
+				if tc.panic {
+					called <- seen{}
+					panic("host bug")
+				}
+				called <- seen{err: w.Err(), cfg: w.Config()}
+			}})
+			require.NoError(t, err)
+			close(ready)
+			require.Equal(t, ManifestDiscovered, (<-w.Events()).Kind)
+
+			writeFile(t, path, "plugins:\n  - {name: a, version: 1.1.0, transport: inprocess, colour: red}\n")
+			var got seen
+			select {
+			case got = <-called:
+			case <-time.After(10 * time.Second):
+				t.Fatal("OnError was not called, or blocked in the watcher")
+			}
+			ev := <-w.Events()
+			require.Equal(t, ManifestInvalid, ev.Kind)
+			require.ErrorIs(t, ev.Err, ErrInvalidManifest)
+			if !tc.panic {
+				require.ErrorIs(t, got.err, ErrInvalidManifest, "Err inside OnError sees the new error")
+				require.Equal(t, "1.0.0", got.cfg.Plugins[0].Version, "Config inside OnError is the last good one")
+			}
+
+			writeFile(t, path, "plugins:\n  - {name: a, version: 1.2.0, transport: inprocess}\n")
+			ev = <-w.Events()
+			require.Equal(t, ManifestUpdated, ev.Kind, "the watcher goes on after OnError")
+			require.Equal(t, "1.2.0", ev.Manifest.Version)
+			require.NoError(t, w.Err())
+
+			closed := make(chan struct{})
+			go func() {
+				_ = w.Close()
+				close(closed)
+			}()
+			select {
+			case <-closed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Close blocked")
+			}
+		})
+	}
+}

@@ -25,6 +25,9 @@ type ConfigWatchOptions struct {
 	Logger *slog.Logger
 	// OnError, if set, is called (from the watcher's goroutine) when the
 	// file becomes invalid; the last good configuration stays in force.
+	// It may call the watcher's Config and Err but not Close, which waits
+	// for that goroutine; a panic in it is recovered and logged. The
+	// watcher checks for further changes only once it has returned.
 	OnError func(error)
 }
 
@@ -209,38 +212,65 @@ func (w *ConfigWatcher) run(queue []DiscoveryEvent) {
 
 // check reads the file again and returns the events of what changed, and
 // whether to check again on the next tick (an invalid file seen once).
+// It runs on the watcher's goroutine, the only writer of the watcher's
+// state; w.mu is held only to publish that state, never while calling out,
+// so OnError may call Config and Err.
 func (w *ConfigWatcher) check() ([]DiscoveryEvent, bool) {
 	next, err := LoadConfig(w.path)
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	if err != nil {
-		data, _ := os.ReadFile(w.path)
-		sum := sha256.Sum256(data)
-		if sum != w.pending {
-			w.pending = sum // maybe half-written: report if it stays so
-			return nil, true
-		}
-		if w.err != nil && w.err.Error() == err.Error() {
-			return nil, false
-		}
-		w.err = err
-		w.log.Error("goplugins: configuration is invalid; the last good one stays in force", "path", w.path, "error", err)
-		if w.opts.OnError != nil {
-			w.opts.OnError(err)
-		}
-		return []DiscoveryEvent{{Kind: ManifestInvalid, Path: w.path, Err: err}}, false
+		return w.invalid(err)
 	}
+	w.mu.Lock()
 	w.err, w.pending = nil, [sha256.Size]byte{}
 	prev := w.cur
-	if next.Hash == prev.Hash {
+	changed := next.Hash != prev.Hash
+	if changed {
+		w.cur = next
+	}
+	w.mu.Unlock()
+	if !changed {
 		return nil, false
 	}
-	w.cur = next
 	w.syncWatches(next)
 	if prev.HostVersion != next.HostVersion || !reflect.DeepEqual(prev.Defaults, next.Defaults) || !reflect.DeepEqual(prev.Discovery, next.Discovery) {
 		w.log.Warn("goplugins: configuration defaults, host version or discovery changed; they apply when the host restarts", "path", w.path)
 	}
 	return diffPlugins(prev.Plugins, next.Plugins), false
+}
+
+// invalid handles a file that does not load: it is reported once it has
+// stayed the same for one check, and only once while it stays so.
+func (w *ConfigWatcher) invalid(err error) ([]DiscoveryEvent, bool) {
+	data, _ := os.ReadFile(w.path)
+	sum := sha256.Sum256(data)
+	w.mu.Lock()
+	if sum != w.pending {
+		w.pending = sum // maybe half-written: report if it stays so
+		w.mu.Unlock()
+		return nil, true
+	}
+	if w.err != nil && w.err.Error() == err.Error() {
+		w.mu.Unlock()
+		return nil, false
+	}
+	w.err = err
+	w.mu.Unlock()
+	w.log.Error("goplugins: configuration is invalid; the last good one stays in force", "path", w.path, "error", err)
+	w.report(err)
+	return []DiscoveryEvent{{Kind: ManifestInvalid, Path: w.path, Err: err}}, false
+}
+
+// report calls OnError, if set; a panic in it is logged, not propagated.
+func (w *ConfigWatcher) report(err error) {
+	if w.opts.OnError == nil {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			w.log.Error("goplugins: ConfigWatchOptions.OnError panicked", "path", w.path, "panic", r)
+		}
+	}()
+	w.opts.OnError(err)
 }
 
 // diffPlugins returns the events that turn the plugin set before into
