@@ -142,7 +142,11 @@ func WithRegisterOptions(f func(*Manifest) []RegisterOption) LoaderOption {
 //     plugin whose dependency is missing waits as pending and loads by itself
 //     when the dependency appears);
 //   - updated: reloaded through Manager.Reload, refused while a loaded
-//     dependent's constraint would break;
+//     dependent's constraint, the host policy or a dependency's running
+//     version would break. After a refused or failed update the running
+//     version stays in force, also for its dependents' checks and load
+//     order (Status shows both versions), and the update is tried again
+//     when its manifest is delivered again;
 //   - removed: unloaded; loaded dependents are unloaded first and wait as
 //     pending for it to come back;
 //   - invalid: reported in Status; a running version keeps serving.
@@ -157,10 +161,13 @@ type DynamicLoader[Req, Resp any] struct {
 
 	mu        sync.Mutex // guards what follows
 	factories map[string]Factory[Req, Resp]
-	known     map[string]*Manifest
+	known     map[string]*Manifest // the latest valid manifest of each plugin
+	running   map[string]*Manifest // the manifest of the version serving, for loaded plugins
 	status    map[string]*PluginStatus
 	wanted    map[string]bool // asked to load (explicitly or by auto-load)
-	graph     *DependencyGraph
+	// graph holds the running manifest of a loaded plugin and the latest
+	// one of the others: what dependents are checked and ordered against.
+	graph *DependencyGraph
 
 	loads, loadFailures, reloads, reloadFailures, unloads, events atomic.Uint64
 
@@ -183,6 +190,7 @@ func NewDynamicLoader[Req, Resp any](m *Manager[Req, Resp], src ManifestSource, 
 		m: m, src: src, cfg: cfg,
 		factories: make(map[string]Factory[Req, Resp]),
 		known:     make(map[string]*Manifest),
+		running:   make(map[string]*Manifest),
 		status:    make(map[string]*PluginStatus),
 		wanted:    make(map[string]bool),
 		graph:     NewDependencyGraph(),
@@ -264,7 +272,9 @@ func (l *DynamicLoader[Req, Resp]) handle(ev DiscoveryEvent) {
 }
 
 // Add records a manifest (as a discovery event would) without loading it.
-// A manifest for a known name replaces the old one.
+// A manifest for a known name replaces the old one; if that plugin is
+// loaded, its running version stays in force (for its dependents' checks
+// too) until it is reloaded.
 func (l *DynamicLoader[Req, Resp]) Add(mf *Manifest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -272,11 +282,11 @@ func (l *DynamicLoader[Req, Resp]) Add(mf *Manifest) error {
 }
 
 func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
-	deps := make([]Dependency, len(mf.Dependencies))
-	for i, d := range mf.Dependencies {
-		deps[i] = Dependency(d)
+	g := l.graph
+	if l.running[mf.Name] != nil {
+		g = NewDependencyGraph() // only checked: the graph keeps the running version
 	}
-	if err := l.graph.Add(mf.Name, mf.Version, deps...); err != nil {
+	if err := addManifest(g, mf); err != nil {
 		return err
 	}
 	l.known[mf.Name] = mf
@@ -289,39 +299,64 @@ func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
 	return nil
 }
 
-// apply handles a discovered or updated manifest.
+// addManifest adds mf's node to g.
+func addManifest(g *DependencyGraph, mf *Manifest) error {
+	deps := make([]Dependency, len(mf.Dependencies))
+	for i, d := range mf.Dependencies {
+		deps[i] = Dependency(d)
+	}
+	return g.Add(mf.Name, mf.Version, deps...)
+}
+
+// setRunningLocked records mf as the manifest of name's version serving,
+// or, with mf nil, that name no longer serves; the graph follows.
+func (l *DynamicLoader[Req, Resp]) setRunningLocked(name string, mf *Manifest) {
+	st := l.status[name]
+	if mf == nil {
+		delete(l.running, name)
+		mf = l.known[name]
+		if st != nil {
+			st.Loaded = ""
+		}
+	} else {
+		l.running[name] = mf
+		if st != nil {
+			st.Loaded = mf.Version
+		}
+	}
+	if mf != nil {
+		_ = addManifest(l.graph, mf) // checked when it was added
+	}
+}
+
+// apply handles a discovered or updated manifest. It is recorded as the
+// latest; a loaded plugin whose running manifest differs is reloaded (when
+// auto-loading is on), so a failed update is tried again when its manifest
+// is delivered again.
 func (l *DynamicLoader[Req, Resp]) apply(ctx context.Context, mf *Manifest) error {
 	l.op.Lock()
 	defer l.op.Unlock()
 	l.mu.Lock()
-	prev := l.known[mf.Name]
-	loaded := l.status[mf.Name] != nil && l.status[mf.Name].State == StateLoaded
-	if loaded {
-		// Refuse before recording: the graph keeps the running version.
-		if err := l.checkDependentsLocked(mf); err != nil {
-			l.status[mf.Name].Err = err
-			l.mu.Unlock()
-			l.reloadFailures.Add(1)
-			l.m.emit(Event{Kind: EventReloadFailed, Plugin: mf.Name, Version: mf.Version, Err: err})
-			return err
-		}
-	}
 	err := l.addLocked(mf)
+	run := l.running[mf.Name]
 	auto := l.cfg.autoLoad
-	if auto {
+	if err == nil && auto {
 		l.wanted[mf.Name] = true
 	}
-	l.mu.Unlock()
-	if err != nil {
-		return err
+	if err == nil && run != nil && run.Hash == mf.Hash {
+		l.status[mf.Name].Err = nil // back to the version serving: no update is pending
 	}
+	l.mu.Unlock()
 	switch {
-	case loaded && (prev == nil || prev.Hash != mf.Hash):
-		if !auto {
-			return nil
+	case err != nil:
+		return err
+	case run != nil && run.Hash != mf.Hash && auto:
+		if err := l.reloadLocked(ctx, mf); err != nil {
+			return err
 		}
-		return l.reloadLocked(ctx, mf)
-	case !loaded && auto:
+		l.loadPendingLocked(ctx) // dependents that waited for this version
+		return nil
+	case run == nil && auto:
 		_, err := l.loadLocked(ctx, mf.Name)
 		if errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion) {
 			err = nil // pending: it loads when its dependency appears
@@ -346,16 +381,12 @@ func (l *DynamicLoader[Req, Resp]) checkDependentsLocked(mf *Manifest) error {
 	return nil
 }
 
-// loadedDependentsLocked returns the loaded plugins that depend directly on
-// name, with their constraints.
+// loadedDependentsLocked returns the loaded plugins whose running version
+// depends directly on name, with their constraints.
 func (l *DynamicLoader[Req, Resp]) loadedDependentsLocked(name string) []dependentConstraint {
 	var out []dependentConstraint
-	for _, n := range slices.Sorted(maps.Keys(l.known)) {
-		st := l.status[n]
-		if st == nil || st.State != StateLoaded {
-			continue
-		}
-		for _, d := range l.known[n].Dependencies {
+	for _, n := range slices.Sorted(maps.Keys(l.running)) {
+		for _, d := range l.running[n].Dependencies {
 			if d.Name == name {
 				out = append(out, dependentConstraint{dependent: n, constraint: d.Constraint})
 			}
@@ -364,8 +395,27 @@ func (l *DynamicLoader[Req, Resp]) loadedDependentsLocked(name string) []depende
 	return out
 }
 
-// reloadLocked swaps the loaded plugin for the one mf describes.
+// reloadLocked swaps the loaded plugin for the one mf describes. It refuses
+// first, while the running version keeps serving, an update that a loaded
+// dependent's constraint, the host policy or a dependency's running version
+// rejects.
 func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifest) error {
+	l.mu.Lock()
+	err := l.checkDependentsLocked(mf)
+	if err == nil {
+		if err = l.checkLoadLocked(mf); err != nil {
+			err = wrapError(err, codeOr(err, CodeIncompatibleVersion), mf.Name,
+				"update to %s refused; the running version keeps serving", mf.Version)
+		}
+	}
+	if err != nil {
+		l.status[mf.Name].Err = err
+		l.mu.Unlock()
+		l.reloadFailures.Add(1)
+		l.m.emit(Event{Kind: EventReloadFailed, Plugin: mf.Name, Version: mf.Version, Err: err})
+		return err
+	}
+	l.mu.Unlock()
 	next, err := l.make(ctx, mf)
 	if err != nil {
 		l.reloadFailures.Add(1)
@@ -386,8 +436,8 @@ func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifes
 	}
 	l.reloads.Add(1)
 	l.mu.Lock()
-	st := l.status[mf.Name]
-	st.Loaded, st.Err = mf.Version, nil
+	l.setRunningLocked(mf.Name, mf)
+	l.status[mf.Name].Err = nil
 	l.mu.Unlock()
 	return nil
 }
@@ -595,7 +645,7 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 		return err
 	}
 	l.setStateLocked(name, StateLoaded, nil)
-	l.status[name].Loaded = mf.Version
+	l.setRunningLocked(name, mf)
 	l.loads.Add(1)
 	return nil
 }
@@ -755,9 +805,7 @@ func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, a
 		reason = newError(CodeDependencyMissing, name, "waiting for a dependency that was removed")
 	}
 	l.setStateLocked(name, after, reason)
-	if st := l.status[name]; st != nil {
-		st.Loaded = ""
-	}
+	l.setRunningLocked(name, nil)
 	if err == nil {
 		l.unloads.Add(1)
 	}

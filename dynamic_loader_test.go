@@ -391,3 +391,116 @@ func TestLoaderCloseUnloadsEverything(t *testing.T) {
 	require.Equal(t, int32(1), f.close["auth"].closed.Load())
 	require.ErrorIs(t, l.Start(context.Background()), ErrShuttingDown)
 }
+
+// TestLoaderFailedUpdateKeepsRunningManifest checks that after an update
+// fails, the loader goes on checking and ordering against the version that
+// still serves, shows both versions, and applies the update when its
+// manifest is delivered again.
+func TestLoaderFailedUpdateKeepsRunningManifest(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "x", "1.0.0", map[string]string{"y": "^1.0.0"}),
+		manifest(t, "y", "1.0.0", nil),
+	)
+	l, m, f := newTestLoader(t, src)
+	require.NoError(t, l.Start(context.Background()))
+	version := func(name string) string {
+		t.Helper()
+		info, ok := m.Info(name)
+		require.True(t, ok, name)
+		return info.Version
+	}
+	status := func(name string) PluginStatus {
+		t.Helper()
+		for _, st := range l.Status() {
+			if st.Name == name {
+				return st
+			}
+		}
+		t.Fatalf("no status for %s", name)
+		return PluginStatus{}
+	}
+
+	// x 2.0.0 needs y ^2 and its factory fails: x 1.0.0 keeps serving.
+	boom := errors.New("binary missing")
+	f.setFail("x", boom)
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: manifest(t, "x", "2.0.0", map[string]string{"y": "^2.0.0"})})
+	require.Equal(t, "1.0.0", version("x"))
+	st := status("x")
+	require.Equal(t, StateLoaded, st.State)
+	require.Equal(t, "2.0.0", st.Version, "Version is the discovered one")
+	require.Equal(t, "1.0.0", st.Loaded, "Loaded is the one serving")
+	require.Error(t, st.Err)
+
+	// A new plugin that needs x ^1 loads: x 1.0.0 serves.
+	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "z", Manifest: manifest(t, "z", "1.0.0", map[string]string{"x": "^1.0.0"})})
+	require.Equal(t, StateLoaded, states(l)["z"])
+	require.Equal(t, "1.0.0", version("z"))
+
+	// y 2.0.0 would break the running x 1.0.0 (^1): refused.
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "y", Manifest: manifest(t, "y", "2.0.0", nil)})
+	require.Equal(t, "1.0.0", version("y"))
+	st = status("y")
+	require.ErrorIs(t, st.Err, ErrIncompatibleVersion)
+	require.Contains(t, st.Err.Error(), `"x"`)
+	require.Equal(t, "2.0.0", st.Version)
+	require.Equal(t, "1.0.0", st.Loaded)
+
+	// y 1.1.0 suits x 1.0.0: applied.
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "y", Manifest: manifest(t, "y", "1.1.0", nil)})
+	require.Equal(t, "1.1.0", version("y"))
+	require.NoError(t, status("y").Err)
+
+	// x 1.2.0 fails in its factory, then is delivered again once the
+	// factory works: the retry applies it.
+	x12 := manifest(t, "x", "1.2.0", map[string]string{"y": "^1.0.0"})
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: x12})
+	require.Equal(t, "1.0.0", version("x"))
+	require.ErrorIs(t, status("x").Err, boom)
+	f.setFail("x", nil)
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: x12})
+	require.Equal(t, "1.2.0", version("x"))
+	st = status("x")
+	require.Equal(t, "1.2.0", st.Version)
+	require.Equal(t, "1.2.0", st.Loaded)
+	require.NoError(t, st.Err)
+	require.Equal(t, uint64(2), l.Metrics().Reloads, "y 1.1.0 and x 1.2.0")
+}
+
+// TestLoaderReloadLoadsWaitingDependents checks that a plugin pending on a
+// version its dependency's running version does not satisfy loads once
+// the dependency is reloaded to a version that does.
+func TestLoaderReloadLoadsWaitingDependents(t *testing.T) {
+	src := newMemSource(manifest(t, "y", "1.0.0", nil))
+	l, m, _ := newTestLoader(t, src)
+	require.NoError(t, l.Start(context.Background()))
+	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "x", Manifest: manifest(t, "x", "1.0.0", map[string]string{"y": "^2.0.0"})})
+	require.Equal(t, StatePending, states(l)["x"])
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "y", Manifest: manifest(t, "y", "2.0.0", nil)})
+	require.Equal(t, StateLoaded, states(l)["x"])
+	require.Equal(t, []string{"x", "y"}, registered(m))
+}
+
+// TestLoaderUpdateRefusedByDependencyVersion checks that an update whose
+// dependency constraint the dependency's running version does not meet is
+// refused before its factory runs, and the old version keeps serving.
+func TestLoaderUpdateRefusedByDependencyVersion(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "x", "1.0.0", map[string]string{"y": "^1.0.0"}),
+		manifest(t, "y", "1.0.0", nil),
+	)
+	l, m, f := newTestLoader(t, src)
+	require.NoError(t, l.Start(context.Background()))
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: manifest(t, "x", "2.0.0", map[string]string{"y": "^2.0.0"})})
+	info, _ := m.Info("x")
+	require.Equal(t, "1.0.0", info.Version)
+	f.mu.Lock()
+	require.Equal(t, 1, f.made["x"], "the factory did not run for the refused update")
+	f.mu.Unlock()
+	for _, st := range l.Status() {
+		if st.Name == "x" {
+			require.ErrorIs(t, st.Err, ErrIncompatibleVersion)
+			require.Contains(t, st.Err.Error(), "running version keeps serving")
+		}
+	}
+	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+}
