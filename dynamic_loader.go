@@ -334,7 +334,9 @@ func (l *DynamicLoader[Req, Resp]) setRunningLocked(name string, mf *Manifest) {
 // auto-loading is on), so a failed update is tried again when its manifest
 // is delivered again.
 func (l *DynamicLoader[Req, Resp]) apply(ctx context.Context, mf *Manifest) error {
-	l.op.Lock()
+	if err := l.lockOp(); err != nil {
+		return err
+	}
 	defer l.op.Unlock()
 	l.mu.Lock()
 	err := l.addLocked(mf)
@@ -448,7 +450,9 @@ func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifes
 // matching ErrDependencyMissing or ErrIncompatibleVersion. If a load fails,
 // the plugins this call loaded are unloaded again.
 func (l *DynamicLoader[Req, Resp]) Load(ctx context.Context, name string) error {
-	l.op.Lock()
+	if err := l.lockOp(); err != nil {
+		return err
+	}
 	defer l.op.Unlock()
 	l.mu.Lock()
 	if l.known[name] == nil {
@@ -504,7 +508,9 @@ func (l *DynamicLoader[Req, Resp]) loadLocked(ctx context.Context, name string) 
 // those failures joined. If a load itself fails, everything this call
 // loaded is unloaded again and that error is returned.
 func (l *DynamicLoader[Req, Resp]) LoadAll(ctx context.Context) error {
-	l.op.Lock()
+	if err := l.lockOp(); err != nil {
+		return err
+	}
 	defer l.op.Unlock()
 	l.mu.Lock()
 	sub := l.graph.Copy()
@@ -733,7 +739,9 @@ func (l *DynamicLoader[Req, Resp]) rollback(loaded []string) {
 // plugins stay known (StateDiscovered) and are not loaded again by
 // auto-loading until Load is called.
 func (l *DynamicLoader[Req, Resp]) Unload(ctx context.Context, name string, policy UnloadPolicy) error {
-	l.op.Lock()
+	if err := l.lockOp(); err != nil {
+		return err
+	}
 	defer l.op.Unlock()
 	if !l.isLoaded(name) {
 		return newError(CodeNotFound, name, "the plugin is not loaded")
@@ -771,7 +779,9 @@ func (l *DynamicLoader[Req, Resp]) loadedTransitiveDependents(name string) []str
 // remove handles a removed manifest: loaded dependents are unloaded and
 // wait as pending, then the plugin is unloaded and forgotten.
 func (l *DynamicLoader[Req, Resp]) remove(ctx context.Context, name string) error {
-	l.op.Lock()
+	if err := l.lockOp(); err != nil {
+		return err
+	}
 	defer l.op.Unlock()
 	var errs []error
 	if l.isLoaded(name) {
@@ -873,7 +883,9 @@ func (l *DynamicLoader[Req, Resp]) Metrics() LoaderMetrics {
 
 // Close stops consuming events and unloads every plugin the loader loaded,
 // dependents first. It does not close the source or the manager. Close is
-// idempotent.
+// idempotent. An operation (Load, LoadAll, Unload, an event) already
+// running finishes first and what it loaded is unloaded; one that begins,
+// or waits for its turn, after Close has begun fails with ErrShuttingDown.
 func (l *DynamicLoader[Req, Resp]) Close(ctx context.Context) error {
 	if !l.closed.CompareAndSwap(false, true) {
 		return nil
@@ -907,6 +919,17 @@ func (l *DynamicLoader[Req, Resp]) Close(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// lockOp takes the operations lock, unless Close has begun: then it fails
+// with ErrShuttingDown, so that nothing is loaded after Close's unloading.
+func (l *DynamicLoader[Req, Resp]) lockOp() error {
+	l.op.Lock()
+	if l.closed.Load() {
+		l.op.Unlock()
+		return newError(CodeShuttingDown, "", "the loader is closed")
+	}
+	return nil
 }
 
 // closeQuietly closes a plugin the loader made but will not use.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -503,4 +504,77 @@ func TestLoaderUpdateRefusedByDependencyVersion(t *testing.T) {
 		}
 	}
 	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+}
+
+// TestLoaderOperationsAfterClose checks that nothing is loaded, unloaded or
+// forgotten once Close has run: every operation fails with ErrShuttingDown.
+func TestLoaderOperationsAfterClose(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		op   func(*DynamicLoader[int, int]) error
+	}{
+		{"Load", func(l *DynamicLoader[int, int]) error { return l.Load(ctx, "a") }},
+		{"LoadAll", func(l *DynamicLoader[int, int]) error { return l.LoadAll(ctx) }},
+		{"Unload", func(l *DynamicLoader[int, int]) error { return l.Unload(ctx, "a", UnloadCascade) }},
+		{"discovered event", func(l *DynamicLoader[int, int]) error { return l.apply(ctx, manifest(t, "b", "1.0.0", nil)) }},
+		{"removed event", func(l *DynamicLoader[int, int]) error { return l.remove(ctx, "a") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, m, _ := newTestLoader(t, nil)
+			require.NoError(t, l.Add(manifest(t, "a", "1.0.0", nil)))
+			require.NoError(t, l.Load(ctx, "a"))
+			require.NoError(t, l.Close(ctx))
+			require.Empty(t, registered(m))
+
+			require.ErrorIs(t, tc.op(l), ErrShuttingDown)
+			require.Empty(t, registered(m), "nothing is loaded after Close")
+			require.Equal(t, map[string]LoadState{"a": StateDiscovered}, states(l), "nothing is changed after Close")
+		})
+	}
+}
+
+// TestLoaderCloseWaitsForRunningLoad checks that a load running when Close
+// begins finishes first and is unloaded by Close, and that a load asked
+// for once Close has begun is refused.
+func TestLoaderCloseWaitsForRunningLoad(t *testing.T) {
+	verifyNoLeaks(t)
+	ctx := context.Background()
+	m := newTestManager(t)
+	l := NewDynamicLoader(m, nil)
+	entered, release := make(chan struct{}), make(chan struct{})
+	made := map[string]*echo{}
+	var mu sync.Mutex
+	l.RegisterFactory("inprocess", func(_ context.Context, mf *Manifest) (Plugin[int, int], error) {
+		if mf.Name == "a" {
+			close(entered)
+			<-release
+		}
+		p := newEcho(mf.Name, mf.Version)
+		mu.Lock()
+		made[mf.Name] = p
+		mu.Unlock()
+		return p, nil
+	})
+	require.NoError(t, l.Add(manifest(t, "a", "1.0.0", nil)))
+	require.NoError(t, l.Add(manifest(t, "b", "1.0.0", nil)))
+
+	loadA := make(chan error, 1)
+	go func() { loadA <- l.Load(ctx, "a") }()
+	<-entered // a's load holds the loader
+	closed := make(chan error, 1)
+	go func() { closed <- l.Close(ctx) }()
+	require.Eventually(t, l.closed.Load, 10*time.Second, time.Millisecond, "Close has begun") // no event marks it
+	loadB := make(chan error, 1)
+	go func() { loadB <- l.Load(ctx, "b") }() // waits for its turn behind a's load and Close
+	close(release)
+
+	require.NoError(t, <-loadA)
+	require.NoError(t, <-closed)
+	require.ErrorIs(t, <-loadB, ErrShuttingDown)
+	require.Empty(t, registered(m), "a was unloaded by Close, b never loaded")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, int32(1), made["a"].closed.Load())
+	require.Nil(t, made["b"])
 }
