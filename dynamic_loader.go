@@ -128,7 +128,8 @@ func WithLoaderLogger(l *slog.Logger) LoaderOption {
 }
 
 // WithRegisterOptions adds options to every Register the loader makes, on
-// top of those the manifest implies (its timeout and health settings).
+// top of those the manifest implies (its timeout, and the fields its health
+// section sets, over the manager's health settings).
 func WithRegisterOptions(f func(*Manifest) []RegisterOption) LoaderOption {
 	return loaderOption(func(c *loaderConfig) { c.register = f })
 }
@@ -632,8 +633,8 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 		if mf.Timeout > 0 {
 			opts = append(opts, WithTimeout(mf.Timeout))
 		}
-		if mf.Health.Interval > 0 || mf.Health.Timeout > 0 {
-			opts = append(opts, WithHealthCheck(HealthConfig{Interval: mf.Health.Interval, Timeout: mf.Health.Timeout}))
+		if mf.Health != (ManifestHealth{}) {
+			opts = append(opts, WithHealthCheck(l.healthConfig(mf)))
 		}
 		if l.cfg.register != nil {
 			opts = append(opts, l.cfg.register(mf)...)
@@ -654,6 +655,20 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 	l.setRunningLocked(name, mf)
 	l.loads.Add(1)
 	return nil
+}
+
+// healthConfig returns the manager's health settings with the fields mf's
+// health section sets replaced, so a manifest that sets only a timeout
+// keeps the host's interval (or its checks off) and UnhealthyAfter.
+func (l *DynamicLoader[Req, Resp]) healthConfig(mf *Manifest) HealthConfig {
+	h := l.m.cfg.plugin.health
+	if mf.Health.Interval > 0 {
+		h.Interval = mf.Health.Interval
+	}
+	if mf.Health.Timeout > 0 {
+		h.Timeout = mf.Health.Timeout
+	}
+	return h
 }
 
 // checkLoadLocked checks the host constraint and the dependencies' loaded

@@ -578,3 +578,33 @@ func TestLoaderCloseWaitsForRunningLoad(t *testing.T) {
 	require.Equal(t, int32(1), made["a"].closed.Load())
 	require.Nil(t, made["b"])
 }
+
+// TestLoaderManifestHealthOverridesOnlyItsFields checks that a manifest's
+// health section replaces only the fields it sets in the manager's health
+// settings.
+func TestLoaderManifestHealthOverridesOnlyItsFields(t *testing.T) {
+	host := HealthConfig{Interval: -1, Timeout: 500 * time.Millisecond, UnhealthyAfter: 7}
+	for _, tc := range []struct {
+		name   string
+		health string // the manifest's health section, JSON
+		want   HealthConfig
+	}{
+		{"none", `{}`, host},
+		{"timeout only: checks stay off", `{"timeout": "2s"}`, HealthConfig{Interval: -1, Timeout: 2 * time.Second, UnhealthyAfter: 7}},
+		{"interval only", `{"interval": "1m"}`, HealthConfig{Interval: time.Minute, Timeout: 500 * time.Millisecond, UnhealthyAfter: 7}},
+		{"both", `{"interval": "1m", "timeout": "3s"}`, HealthConfig{Interval: time.Minute, Timeout: 3 * time.Second, UnhealthyAfter: 7}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newTestManager(t, WithHealthCheck(host))
+			l := NewDynamicLoader(m, nil)
+			l.RegisterFactory("inprocess", newEchoFactory().make)
+			t.Cleanup(func() { _ = l.Close(context.Background()) })
+			mf, err := ParseManifest("/plugins/a/plugin.json",
+				[]byte(`{"name": "a", "version": "1.0.0", "transport": "inprocess", "health": `+tc.health+`}`))
+			require.NoError(t, err)
+			require.NoError(t, l.Add(mf))
+			require.NoError(t, l.Load(context.Background(), "a"))
+			require.Equal(t, tc.want, m.reg.Load().entries["a"].cfg.health)
+		})
+	}
+}
