@@ -264,8 +264,9 @@ func (p *GRPCPlugin[Req, Resp]) setCodec(c Codec) {
 	}
 }
 
-// startChild starts cfg.Command serving on a unix socket in a new private
-// directory and connects l to it; the connection is made by the handshake.
+// startChild creates l's client for a unix socket in a new private
+// directory, then starts cfg.Command serving on it; the connection is made
+// by the handshake.
 func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	cfg := &p.cfg
 	var sum []byte
@@ -291,6 +292,20 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 		}
 		env = append(env, mtlsEnv...)
 	}
+	// The client is made before the child is started: grpc.NewClient
+	// refuses unusable dial options (say, per-RPC credentials that need
+	// transport security on a plaintext socket), and then no child runs.
+	// A local child is connected to again quickly: grpc-go's default
+	// reconnect backoff starts at one second.
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
+			BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond,
+		}}),
+	}, cfg.DialOptions...)
+	if err := p.connect(l, "unix://"+sock, opts); err != nil {
+		return err
+	}
 	logger := p.log.With("plugin", p.name)
 	pr, err := proc.Start(proc.Config{
 		Path: cfg.Command, Args: cfg.Args, Env: env, Dir: cfg.Dir, SHA256: sum,
@@ -304,15 +319,7 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 		return wrapError(err, CodeHandshake, p.name, "starting %s", cfg.Command)
 	}
 	l.child.proc = pr
-	// A local child is connected to again quickly: grpc-go's default
-	// reconnect backoff starts at one second.
-	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(creds),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
-			BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond,
-		}}),
-	}, cfg.DialOptions...)
-	return p.connect(l, "unix://"+sock, opts)
+	return nil
 }
 
 // dialRemote creates the client of a remote endpoint; grpc-go connects on
@@ -691,9 +698,12 @@ func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 func (p *GRPCPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) error {
 	var errs []error
 	if l.child != nil && l.child.proc != nil && !l.exited() {
-		sctx, cancel := context.WithTimeout(ctx, p.grace)
-		_, err := l.client.Shutdown(sctx, &pluginpb.ShutdownRequest{})
-		cancel()
+		err := errors.New("no client was made")
+		if l.client != nil {
+			sctx, cancel := context.WithTimeout(ctx, p.grace)
+			_, err = l.client.Shutdown(sctx, &pluginpb.ShutdownRequest{})
+			cancel()
+		}
 		if err != nil {
 			// Not asked politely: skip the wait for a polite exit.
 			p.log.Debug("goplugins: the gRPC plugin did not accept Shutdown; stopping it by signal", "plugin", p.name, "err", err)

@@ -468,6 +468,9 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		{"TLS files for a child", GRPCConfig{Name: "counter", Command: bin, TLS: &TLSFiles{}}, ErrInvalidConfig},
 		{"automatic mTLS for an endpoint", GRPCConfig{Name: "counter", Endpoint: "localhost:1", AutoMTLS: true}, ErrInvalidConfig},
 		{"invalid name", GRPCConfig{Name: "Counter", Command: bin}, ErrInvalidConfig},
+		// grpc.NewClient refuses per-RPC credentials that need transport
+		// security on the plaintext socket of a child without AutoMTLS.
+		{"dial options the client refuses", GRPCConfig{Name: "counter", Command: bin, DialOptions: []grpc.DialOption{grpc.WithPerRPCCredentials(secureOnlyCreds{})}}, ErrInvalidConfig},
 	}
 	for _, tc := range errorCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -480,6 +483,15 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		})
 	}
 }
+
+// secureOnlyCreds are per-RPC credentials that require transport security.
+type secureOnlyCreds struct{}
+
+func (secureOnlyCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer test"}, nil
+}
+
+func (secureOnlyCreds) RequireTransportSecurity() bool { return true }
 
 // grpcChildOf returns the child p is connected to now.
 func grpcChildOf(t *testing.T, p *GRPCPlugin[counterReq, counterResp]) *grpcChild {
