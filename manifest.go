@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"net"
 	"os"
@@ -58,9 +59,11 @@ const DefaultManifestMaxSize = 1 << 20
 // Field names are case-sensitive. Unknown fields are errors that name the
 // field, so that a misspelt field is never silently ignored. Durations must parse with time.ParseDuration and be
 // positive. Paths (command, TLS files) are resolved against the manifest's
-// folder and must stay inside it unless ManifestAllowOutside is set; the
-// check is lexical (symbolic links inside the folder are the transport's to
-// check when it opens the file, together with the checksum).
+// folder and must stay inside it unless ManifestAllowOutside is set, also
+// through symbolic links: a path that a link below the folder leads out of
+// the folder's real location is refused (ErrPathEscape) when the manifest
+// is parsed. Links can change after that; what is executed is pinned by the
+// checksum, which the transports verify on the very bytes they execute.
 //
 // Treat a Manifest as read-only: the DiscoveryEngine hands the same value to
 // every consumer.
@@ -200,7 +203,8 @@ func ManifestMaxSize(n int64) ManifestOption {
 }
 
 // ManifestAllowOutside lets command and TLS paths leave the plugin folder
-// (absolute paths and "../" are then accepted).
+// (absolute paths, "../" and symbolic links that lead out of the folder are
+// then accepted).
 func ManifestAllowOutside(allow bool) ManifestOption {
 	return func(o *manifestOptions) { o.allowOutside = allow }
 }
@@ -1202,7 +1206,65 @@ func (v *manifestValidator) resolvePath(field, p string) string {
 			"%q resolves to %s, outside the plugin folder %s; keep it inside or allow paths outside", p, abs, v.dir)
 		return ""
 	}
+	if escape := v.linkEscape(abs); escape != "" {
+		v.failCause(field, newError(CodePathEscape, "", "%s %s", p, escape),
+			"%q %s; keep it inside or allow paths outside", p, escape)
+		return ""
+	}
 	return abs
+}
+
+// linkEscape says how abs, a path lexically inside the plugin folder,
+// leaves the folder's real location through a symbolic link below the
+// folder, or returns "" when it stays inside. Only the part of abs that
+// exists is resolved: the rest holds no link yet. A link that cannot be
+// resolved (a dangling one, say) counts as leaving, since nothing shows
+// where it will lead. The common path, with no link below the folder,
+// costs one Lstat a path element.
+func (v *manifestValidator) linkEscape(abs string) string {
+	link := ""
+	for end := len(v.dir) + 1; end < len(abs) && link == ""; end++ {
+		if i := strings.IndexByte(abs[end:], filepath.Separator); i >= 0 {
+			end += i
+		} else {
+			end = len(abs)
+		}
+		fi, err := os.Lstat(abs[:end])
+		if err != nil {
+			return "" // nothing below exists
+		}
+		if fi.Mode()&os.ModeSymlink != 0 {
+			link = abs[:end]
+		}
+	}
+	if link == "" {
+		return ""
+	}
+	unresolvable := fmt.Sprintf("leads through the symbolic link %s, which does not resolve, so it may leave the plugin folder %s", link, v.dir)
+	dir, err := filepath.EvalSymlinks(v.dir)
+	if err != nil {
+		return unresolvable
+	}
+	// Resolve the longest part of abs that exists, from the link down.
+	real, rest := "", ""
+	for p := abs; real == ""; p = filepath.Dir(p) {
+		resolved, err := filepath.EvalSymlinks(p)
+		switch {
+		case err == nil:
+			real = filepath.Join(resolved, rest)
+		case !errors.Is(err, fs.ErrNotExist):
+			return unresolvable
+		default:
+			if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+				return unresolvable // a dangling link
+			}
+			rest = filepath.Join(filepath.Base(p), rest)
+		}
+	}
+	if strings.HasPrefix(real, dir+string(filepath.Separator)) && len(real) > len(dir)+1 {
+		return ""
+	}
+	return fmt.Sprintf("leads through the symbolic link %s to %s, outside the plugin folder %s", link, real, v.dir)
 }
 
 func (v *manifestValidator) endpoint(ep string) {

@@ -65,7 +65,9 @@ type GRPCConfig struct {
 	AutoMTLS bool
 	// StopGrace is how long Close waits after each step of stopping a child
 	// (the Shutdown RPC, then SIGTERM) before escalating (to SIGTERM, then
-	// SIGKILL). Zero means DefaultGRPCStopGrace.
+	// SIGKILL). After the Shutdown RPC, Close first waits up to StopGrace
+	// for the calls in flight to end (the child finishes them), then up to
+	// StopGrace for the child to exit. Zero means DefaultGRPCStopGrace.
 	StopGrace time.Duration
 
 	// Endpoint is a remote plugin service: "host:port", "dns:///host:port",
@@ -144,6 +146,10 @@ type grpcLink struct {
 	health healthpb.HealthClient
 	child  *grpcChild  // nil for a remote endpoint
 	served atomic.Bool // a call succeeded: restart attempts count from 0 again
+
+	calls    atomic.Int64  // calls in flight, counted by live and release
+	draining atomic.Bool   // closeLink waits for the calls to end
+	idle     chan struct{} // a release of a draining link left no call in flight
 }
 
 // grpcChild is a plugin process the host started.
@@ -204,7 +210,7 @@ func (p *GRPCPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, start)
 	defer cancel()
-	l := &grpcLink{}
+	l := &grpcLink{idle: make(chan struct{}, 1)}
 	var err error
 	if p.cfg.Command != "" {
 		err = p.startChild(l)
@@ -264,8 +270,9 @@ func (p *GRPCPlugin[Req, Resp]) setCodec(c Codec) {
 	}
 }
 
-// startChild starts cfg.Command serving on a unix socket in a new private
-// directory and connects l to it; the connection is made by the handshake.
+// startChild creates l's client for a unix socket in a new private
+// directory, then starts cfg.Command serving on it; the connection is made
+// by the handshake.
 func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	cfg := &p.cfg
 	var sum []byte
@@ -291,6 +298,20 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 		}
 		env = append(env, mtlsEnv...)
 	}
+	// The client is made before the child is started: grpc.NewClient
+	// refuses unusable dial options (say, per-RPC credentials that need
+	// transport security on a plaintext socket), and then no child runs.
+	// A local child is connected to again quickly: grpc-go's default
+	// reconnect backoff starts at one second.
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
+			BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond,
+		}}),
+	}, cfg.DialOptions...)
+	if err := p.connect(l, "unix://"+sock, opts); err != nil {
+		return err
+	}
 	logger := p.log.With("plugin", p.name)
 	pr, err := proc.Start(proc.Config{
 		Path: cfg.Command, Args: cfg.Args, Env: env, Dir: cfg.Dir, SHA256: sum,
@@ -304,15 +325,7 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 		return wrapError(err, CodeHandshake, p.name, "starting %s", cfg.Command)
 	}
 	l.child.proc = pr
-	// A local child is connected to again quickly: grpc-go's default
-	// reconnect backoff starts at one second.
-	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(creds),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
-			BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond,
-		}}),
-	}, cfg.DialOptions...)
-	return p.connect(l, "unix://"+sock, opts)
+	return nil
 }
 
 // dialRemote creates the client of a remote endpoint; grpc-go connects on
@@ -449,6 +462,7 @@ func (p *GRPCPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 	if err != nil {
 		return zero, err
 	}
+	defer l.release()
 	payload, err := p.encode(req)
 	if err != nil {
 		return zero, wrapError(err, CodeInvalidConfig, p.name, "the request does not encode with codec %q", p.codec)
@@ -473,6 +487,7 @@ func (p *GRPCPlugin[Req, Resp]) Health(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer l.release()
 	r, err := l.health.Check(ctx, &healthpb.HealthCheckRequest{Service: pluginpb.ServiceName})
 	if err != nil {
 		return p.callError(ctx, l, "Health", err)
@@ -489,6 +504,7 @@ func (p *GRPCPlugin[Req, Resp]) PersistState(ctx context.Context) ([]byte, error
 	if err != nil {
 		return nil, err
 	}
+	defer l.release()
 	r, err := l.client.PersistState(ctx, &pluginpb.PersistStateRequest{})
 	if err != nil {
 		return nil, p.callError(ctx, l, "PersistState", err)
@@ -502,6 +518,7 @@ func (p *GRPCPlugin[Req, Resp]) RestoreState(ctx context.Context, state []byte) 
 	if err != nil {
 		return err
 	}
+	defer l.release()
 	if _, err := l.client.RestoreState(ctx, &pluginpb.RestoreStateRequest{State: state}); err != nil {
 		return p.callError(ctx, l, "RestoreState", err)
 	}
@@ -515,6 +532,7 @@ func (p *GRPCPlugin[Req, Resp]) Checkpoint(ctx context.Context) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
+	defer l.release()
 	r, err := l.client.Checkpoint(ctx, &pluginpb.CheckpointRequest{})
 	if err != nil {
 		return nil, p.callError(ctx, l, "Checkpoint", err)
@@ -529,6 +547,7 @@ func (p *GRPCPlugin[Req, Resp]) Resume(ctx context.Context, position []byte) err
 	if err != nil {
 		return err
 	}
+	defer l.release()
 	if _, err := l.client.Resume(ctx, &pluginpb.ResumeRequest{Position: position}); err != nil {
 		return p.callError(ctx, l, "Resume", err)
 	}
@@ -542,6 +561,7 @@ func (p *GRPCPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo)
 	if err != nil {
 		return err
 	}
+	defer l.release()
 	req := &pluginpb.CheckCompatRequest{Old: &pluginpb.InfoResponse{
 		Name: old.Name, Version: old.Version, Description: old.Description, Metadata: old.Metadata,
 	}}
@@ -558,13 +578,14 @@ func (p *GRPCPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo)
 // so far.
 func (p *GRPCPlugin[Req, Resp]) Restarts() int { return int(p.restarts.Load()) }
 
-// live returns the connection to call, or the error explaining why there
-// is none.
+// live returns the connection to call, counting the call in flight until
+// its release, or the error explaining why there is none.
 func (p *GRPCPlugin[Req, Resp]) live() (*grpcLink, error) {
 	if p.closed.Load() {
 		return nil, p.closedError()
 	}
 	if l := p.link.Load(); l != nil && !l.exited() {
+		l.calls.Add(1)
 		return l, nil
 	}
 	p.mu.Lock()
@@ -578,6 +599,30 @@ func (p *GRPCPlugin[Req, Resp]) live() (*grpcLink, error) {
 		return nil, newError(CodeCrashed, p.name, "the gRPC plugin process is down and restarts are disabled (GRPCConfig.Restart.MaxAttempts < 0)")
 	}
 	return nil, retryable(newError(CodeCrashed, p.name, "the gRPC plugin process is down and being restarted; retry later"))
+}
+
+// release ends a call that live counted.
+func (l *grpcLink) release() {
+	if l.calls.Add(-1) == 0 && l.draining.Load() {
+		select {
+		case l.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// awaitCalls waits, bounded by ctx, until no call is in flight over l, and
+// reports whether none is.
+func (l *grpcLink) awaitCalls(ctx context.Context) bool {
+	l.draining.Store(true)
+	for l.calls.Load() != 0 {
+		select {
+		case <-l.idle:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 // exited reports whether l's child has exited.
@@ -666,8 +711,10 @@ func (p *GRPCPlugin[Req, Resp]) supervise(l *grpcLink) {
 
 // Close disconnects from the plugin. It stops restarting a crashed child
 // (abandoning a restart under way) and returns once the supervisor is
-// gone. A child is asked to shut down gracefully (it finishes its calls in
-// flight), then stopped by escalation (SIGTERM, then SIGKILL of its
+// gone. A child is asked to shut down gracefully: it finishes its calls in
+// flight, and their callers get the answers (Close waits for them up to
+// GRPCConfig.StopGrace, bounded by ctx, before closing the connection).
+// It is then stopped by escalation (SIGTERM, then SIGKILL of its
 // process group, GRPCConfig.StopGrace apart; at once when ctx ends),
 // reaped, and its socket directory removed. A remote service is left
 // running. Calling Close again returns the first call's result.
@@ -687,17 +734,31 @@ func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 	return p.closeErr
 }
 
-// closeLink closes l's connection and stops its child, if any.
+// closeLink closes l's connection and stops its child, if any. A child that
+// accepts the Shutdown RPC is given StopGrace (bounded by ctx) to finish
+// the calls in flight over l before the connection is closed, then
+// StopGrace to exit before it is signalled.
 func (p *GRPCPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) error {
 	var errs []error
 	if l.child != nil && l.child.proc != nil && !l.exited() {
-		sctx, cancel := context.WithTimeout(ctx, p.grace)
-		_, err := l.client.Shutdown(sctx, &pluginpb.ShutdownRequest{})
-		cancel()
+		err := errors.New("no client was made")
+		if l.client != nil {
+			sctx, cancel := context.WithTimeout(ctx, p.grace)
+			_, err = l.client.Shutdown(sctx, &pluginpb.ShutdownRequest{})
+			cancel()
+		}
 		if err != nil {
 			// Not asked politely: skip the wait for a polite exit.
 			p.log.Debug("goplugins: the gRPC plugin did not accept Shutdown; stopping it by signal", "plugin", p.name, "err", err)
 			_ = l.child.proc.Signal(syscall.SIGTERM)
+		} else {
+			// The child finishes its calls in flight before it exits;
+			// closing the connection now would cancel them on this side.
+			wctx, cancel := context.WithTimeout(ctx, p.grace)
+			if !l.awaitCalls(wctx) {
+				p.log.Warn("goplugins: calls to the gRPC plugin were still in flight after Shutdown; they are cancelled", "plugin", p.name, "calls", l.calls.Load())
+			}
+			cancel()
 		}
 	}
 	if l.conn != nil {

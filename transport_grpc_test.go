@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/goplugins/goplugins/internal/pluginpb"
@@ -468,6 +469,9 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		{"TLS files for a child", GRPCConfig{Name: "counter", Command: bin, TLS: &TLSFiles{}}, ErrInvalidConfig},
 		{"automatic mTLS for an endpoint", GRPCConfig{Name: "counter", Endpoint: "localhost:1", AutoMTLS: true}, ErrInvalidConfig},
 		{"invalid name", GRPCConfig{Name: "Counter", Command: bin}, ErrInvalidConfig},
+		// grpc.NewClient refuses per-RPC credentials that need transport
+		// security on the plaintext socket of a child without AutoMTLS.
+		{"dial options the client refuses", GRPCConfig{Name: "counter", Command: bin, DialOptions: []grpc.DialOption{grpc.WithPerRPCCredentials(secureOnlyCreds{})}}, ErrInvalidConfig},
 	}
 	for _, tc := range errorCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -480,6 +484,15 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		})
 	}
 }
+
+// secureOnlyCreds are per-RPC credentials that require transport security.
+type secureOnlyCreds struct{}
+
+func (secureOnlyCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer test"}, nil
+}
+
+func (secureOnlyCreds) RequireTransportSecurity() bool { return true }
 
 // grpcChildOf returns the child p is connected to now.
 func grpcChildOf(t *testing.T, p *GRPCPlugin[counterReq, counterResp]) *grpcChild {
@@ -854,3 +867,64 @@ func TestGRPCRestartUnderConcurrentCalls(t *testing.T) {
 		require.NoError(t, <-errs, "a concurrent call failed with something other than ErrCrashed")
 	}
 }
+
+// TestGRPCCloseFinishesCallsInFlight closes a child while a call is in
+// flight in it: the child finishes the call gracefully, and its caller
+// gets the answer instead of a cancellation.
+func TestGRPCCloseFinishesCallsInFlight(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := buildGRPCCounter(t)
+	ctx := context.Background()
+	children, dirs := grpcChildPids(t), gpSocketDirs(t)
+	sent := &requestSent{method: "/" + pluginpb.ServiceName + "/Execute", ch: make(chan struct{}, 1)}
+	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
+		Name: "counter", Command: bin, AutoMTLS: true,
+		DialOptions: []grpc.DialOption{grpc.WithStatsHandler(sent)},
+	})
+	require.NoError(t, err)
+
+	type result struct {
+		resp counterResp
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := p.Execute(ctx, counterReq{Op: "sleep", N: 300, Text: "finished"})
+		done <- result{resp, err}
+	}()
+	// The request is on the connection before the Shutdown RPC, so the
+	// child has the call when it starts its graceful stop.
+	<-sent.ch
+	require.NoError(t, p.Close(ctx))
+	r := <-done
+	require.NoError(t, r.err, "the call the child finished gracefully")
+	assert.Equal(t, "finished", r.resp.Text)
+	assert.Equal(t, children, grpcChildPids(t), "no child left")
+	assert.Equal(t, dirs, gpSocketDirs(t), "no socket directory left")
+}
+
+// requestSent is a client stats handler that signals on ch when the
+// request message of a call to method has been written to the connection.
+type requestSent struct {
+	method string
+	ch     chan struct{}
+}
+
+type rpcMethodKey struct{}
+
+func (h *requestSent) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	return context.WithValue(ctx, rpcMethodKey{}, info.FullMethodName)
+}
+
+func (h *requestSent) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.OutPayload); ok && ctx.Value(rpcMethodKey{}) == h.method {
+		select {
+		case h.ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (h *requestSent) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+
+func (h *requestSent) HandleConn(context.Context, stats.ConnStats) {}

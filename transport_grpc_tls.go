@@ -59,9 +59,17 @@ func (f *TLSFiles) credentials() (credentials.TransportCredentials, error) {
 	return credentials.NewTLS(cfg), nil
 }
 
+// autoMTLSValidity is how long the certificates newAutoMTLS generates are
+// valid. They live only in the memory of the host and of one child, and
+// grpc-go makes a new TLS handshake each time it reconnects to the child
+// (after an idle half hour, say), so they must outlive any child: a
+// certificate that expired under a running child would cut the host off
+// from it for good. A new child gets new key pairs.
+const autoMTLSValidity = 10 * 365 * 24 * time.Hour
+
 // newAutoMTLS generates a key pair for the host and one for a child, each
-// the only certificate the other side trusts. It returns the host's
-// credentials and the child's environment entries.
+// the only certificate the other side trusts, valid for autoMTLSValidity.
+// It returns the host's credentials and the child's environment entries.
 func newAutoMTLS() (credentials.TransportCredentials, []string, error) {
 	hostCert, hostPEM, _, err := selfSigned("goplugins-host", x509.ExtKeyUsageClientAuth)
 	if err != nil {
@@ -87,8 +95,8 @@ func newAutoMTLS() (credentials.TransportCredentials, []string, error) {
 	return creds, env, nil
 }
 
-// selfSigned returns a fresh ECDSA P-256 certificate for name, valid for a
-// day, self-signed so that it can be its own trust anchor, with its PEM
+// selfSigned returns a fresh ECDSA P-256 certificate for name, valid from a
+// minute ago (to allow for clock steps) for autoMTLSValidity, self-signed so that it can be its own trust anchor, with its PEM
 // certificate and key.
 func selfSigned(name string, usage x509.ExtKeyUsage) (tls.Certificate, []byte, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -105,7 +113,7 @@ func selfSigned(name string, usage x509.ExtKeyUsage) (tls.Certificate, []byte, [
 		Subject:               pkix.Name{CommonName: name},
 		DNSNames:              []string{name},
 		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              now.Add(24 * time.Hour),
+		NotAfter:              now.Add(autoMTLSValidity),
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
 		BasicConstraintsValid: true,
