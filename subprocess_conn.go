@@ -68,6 +68,7 @@ type subConn struct {
 	served    atomic.Bool           // a call succeeded: the child is not crash-looping
 	closing   atomic.Bool           // stop was called: errors report ErrClosed
 	violation atomic.Pointer[error] // how the plugin broke the protocol
+	stalled   atomic.Bool           // a write to the plugin was cut short
 	reading   atomic.Bool           // the read token
 	turn      chan struct{}         // the token is free and calls are waiting
 
@@ -178,6 +179,15 @@ func (c *subConn) broken(err error) {
 	c.ended(err)
 }
 
+// stall ends the connection after a write to the child was cut short: the
+// child stopped reading its input, and a frame may have been cut in the
+// middle. The child is killed; the supervisor restarts it.
+func (c *subConn) stall(err error) {
+	c.stalled.Store(true)
+	_ = c.proc.Signal(syscall.SIGKILL)
+	c.ended(err)
+}
+
 // ended marks the connection dead, once, when the child has exited (it
 // waits for that). readErr is how the end showed on the pipe (io.EOF when
 // it was seen on the process instead).
@@ -213,6 +223,8 @@ func (c *subConn) exitError(readErr error) error {
 		return newError(CodeClosed, c.name, "the plugin was closed (%s)", status)
 	case v != nil:
 		return wrapError(*v, CodeTransport, c.name, "the plugin broke the protocol and was killed (%s); stderr tail:\n%s\nthe reason", status, tail)
+	case c.stalled.Load():
+		return newError(CodeCrashed, c.name, "the plugin stopped reading its input and was killed (%s); it is restarted; stderr tail:\n%s", status, tail)
 	case readErr == io.EOF || errors.Is(readErr, io.ErrUnexpectedEOF) || errors.Is(readErr, os.ErrClosed):
 		return newError(CodeCrashed, c.name, "the plugin process exited (%s); stderr tail:\n%s", status, tail)
 	default:
@@ -266,20 +278,26 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 	}
 	c.pending[id] = ch
 	c.mu.Unlock()
-	if err := c.w.Write(t, id, payload); err != nil {
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	if err := c.w.WriteContext(ctx, deadline, t, id, payload); err != nil {
 		c.abandon(id)
-		if errors.Is(err, wire.ErrFrameTooLarge) {
+		switch {
+		case errors.Is(err, wire.ErrFrameTooLarge):
 			subReplyChans.Put(ch)
 			return nil, newError(CodeFrameTooLarge, c.name, "the %s request of %d bytes is over the plugin's maximum frame size of %d bytes; nothing was sent", t, len(payload)+wire.MinFrameSize, c.w.Max())
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			c.stall(err)
+			return nil, c.stallError(t, ctx.Err(), timeout)
 		}
 		c.ended(err) // the child closed its end: it is exiting
 		return nil, c.err
 	}
-	var deadline time.Time
 	var timer <-chan time.Time
 	if timeout > 0 {
-		deadline = time.Now().Add(timeout)
-		tm := time.NewTimer(timeout)
+		tm := time.NewTimer(time.Until(deadline))
 		defer tm.Stop()
 		timer = tm.C
 	}
@@ -322,9 +340,11 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 }
 
 // cancel abandons request id and tells the plugin to cancel its handler.
+// The CANCEL is queued, never waited for: a plugin that stopped reading
+// cannot block the caller.
 func (c *subConn) cancel(id uint64) {
 	c.abandon(id)
-	_ = c.w.Write(wire.TypeCancel, id, nil)
+	_ = c.w.Post(wire.TypeCancel, id, nil)
 }
 
 func (c *subConn) abandon(id uint64) {
@@ -342,6 +362,19 @@ func (c *subConn) ctxError(t wire.Type, err error) error {
 
 func (c *subConn) timeoutError(t wire.Type, timeout time.Duration) error {
 	return newError(CodeTimeout, c.name, "no answer to %s within the call timeout of %v; the plugin was asked to cancel it", t, timeout)
+}
+
+// stallError is the error of a call whose request could not be sent before
+// ctx ended (ctxErr) or the call timeout passed.
+func (c *subConn) stallError(t wire.Type, ctxErr error, timeout time.Duration) error {
+	const what = "%s not sent: the plugin stopped reading its input; it was killed and is restarted"
+	switch {
+	case errors.Is(ctxErr, context.Canceled):
+		return wrapError(ctxErr, CodeTransport, c.name, what+" (the caller's context was cancelled)", t)
+	case ctxErr != nil:
+		return wrapError(ctxErr, CodeTimeout, c.name, what+" (the caller's deadline passed)", t)
+	}
+	return newError(CodeTimeout, c.name, what+" (the call timeout of %v passed)", t, timeout)
 }
 
 // answer turns a RESULT into its payload and an ERROR into an error.
@@ -385,10 +418,10 @@ func subRemoteError(name string, t wire.Type, rep wire.ErrorReply) error {
 // the pipes. It returns the last signal it had to send, 0 if none.
 func (c *subConn) stop(ctx context.Context, grace time.Duration) syscall.Signal {
 	c.closing.Store(true)
-	// A child that stopped reading must not block Close, nor the callers
-	// stuck writing to it: their writes fail once the grace period is over.
-	_ = c.toChild.SetWriteDeadline(time.Now().Add(grace))
-	_ = c.w.Write(wire.TypeShutdown, 0, nil)
+	// A child that stopped reading must not block Close: the write is cut
+	// short at the end of the grace period (or of ctx), and the signals
+	// follow. Callers writing to it are unblocked when it dies.
+	_ = c.w.WriteContext(ctx, time.Now().Add(grace), wire.TypeShutdown, 0, nil)
 	sig := c.proc.Stop(ctx, grace)
 	c.ended(io.EOF)
 	c.release()
