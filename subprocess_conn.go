@@ -70,6 +70,7 @@ type subConn struct {
 	violation atomic.Pointer[error] // how the plugin broke the protocol
 	stalled   atomic.Bool           // a write to the plugin was cut short
 	reading   atomic.Bool           // the read token
+	draining  atomic.Bool           // ended waits for the read token
 	turn      chan struct{}         // the token is free and calls are waiting
 
 	mu      sync.Mutex
@@ -90,17 +91,24 @@ const (
 	connDead                // the connection died
 )
 
+// drainTimeout bounds the reading of the answers a child wrote before it
+// exited: its pipe ends when every process holding it open has exited,
+// and a descendant may hold it open longer.
+const drainTimeout = 250 * time.Millisecond
+
 // readFor reads frames, holding the read token, until the answer to id
 // arrives, ctx ends, deadline (if set) passes or the connection dies.
-// Answers to other calls are handed to them.
-func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, deadline time.Time) (subReply, outcome) {
+// Answers to other calls are handed to them. When reading fails it returns
+// connDead and the error, which the caller passes to broken once it has
+// given the token back.
+func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, deadline time.Time) (subReply, outcome, error) {
 	select {
 	case r := <-ch: // delivered by the previous reader
-		return r, answered
+		return r, answered, nil
 	default:
 	}
 	if c.isDead() {
-		return subReply{}, connDead
+		return subReply{}, connDead, nil
 	}
 	if !deadline.IsZero() {
 		_ = c.toHost.SetReadDeadline(deadline)
@@ -124,35 +132,79 @@ func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, dead
 		case err == nil:
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			if ctx.Err() != nil {
-				return subReply{}, ctxDone
+				return subReply{}, ctxDone, nil
 			}
 			if !deadline.IsZero() && !time.Now().Before(deadline) {
-				return subReply{}, timedOut
+				return subReply{}, timedOut, nil
 			}
 			// Set by another call's cancellation that fired late: not ours.
 			_ = c.toHost.SetReadDeadline(deadline)
 			continue
 		case errors.As(err, &tl):
-			r := subReply{err: newError(CodeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)}
+			r := subReply{err: c.tooLarge(tl)}
 			if tl.ID == id {
 				c.abandon(id)
-				return r, answered
+				return r, answered, nil
 			}
 			c.deliver(tl.ID, r)
 			continue
 		default:
-			c.broken(err)
-			return subReply{}, connDead
+			return subReply{}, connDead, err
 		}
 		if f.Type != wire.TypeResult && f.Type != wire.TypeError {
-			c.broken(fmt.Errorf("%w: a plugin may not send %s frames after the handshake", wire.ErrMalformed, f.Type))
-			return subReply{}, connDead
+			return subReply{}, connDead, misdirected(f.Type)
 		}
 		if f.ID == id {
 			c.abandon(id)
-			return subReply{f: f}, answered
+			return subReply{f: f}, answered, nil
 		}
 		c.deliver(f.ID, subReply{f: f})
+	}
+}
+
+// tooLarge is the error of a call whose answer was over the host's limit.
+func (c *subConn) tooLarge(tl *wire.FrameTooLargeError) error {
+	return newError(CodeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)
+}
+
+// misdirected is the protocol violation of a plugin that sends a frame of
+// type t after the handshake.
+func misdirected(t wire.Type) error {
+	return fmt.Errorf("%w: a plugin may not send %s frames after the handshake", wire.ErrMalformed, t)
+}
+
+// drain delivers the answers the child wrote before it exited, which are
+// still in the pipe or in the reader's buffer: it takes the read token and
+// reads to the end of the pipe, for at most drainTimeout.
+func (c *subConn) drain() {
+	deadline := time.Now().Add(drainTimeout)
+	t := time.NewTimer(drainTimeout)
+	defer t.Stop()
+	c.draining.Store(true)
+	for !c.reading.CompareAndSwap(false, true) {
+		select {
+		case <-c.turn: // the token was passed on; try to take it
+		case <-t.C:
+			return
+		}
+	}
+	defer c.reading.Store(false)
+	_ = c.toHost.SetReadDeadline(deadline)
+	defer func() { _ = c.toHost.SetReadDeadline(time.Time{}) }()
+	for {
+		f, err := c.r.Read()
+		var tl *wire.FrameTooLargeError
+		switch {
+		case err == nil && (f.Type == wire.TypeResult || f.Type == wire.TypeError):
+			c.deliver(f.ID, subReply{f: f})
+		case errors.As(err, &tl):
+			c.deliver(tl.ID, subReply{err: c.tooLarge(tl)})
+		case errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(deadline):
+			// A caller's cancellation that fired late: not the drain's.
+			_ = c.toHost.SetReadDeadline(deadline)
+		default:
+			return // the end of the pipe, the drain's deadline, or a violation
+		}
 	}
 }
 
@@ -160,7 +212,7 @@ func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, dead
 func (c *subConn) passTurn() {
 	c.reading.Store(false)
 	c.mu.Lock()
-	waiting := len(c.pending) > 0
+	waiting := len(c.pending) > 0 || c.draining.Load()
 	c.mu.Unlock()
 	if waiting {
 		select {
@@ -189,11 +241,16 @@ func (c *subConn) stall(err error) {
 }
 
 // ended marks the connection dead, once, when the child has exited (it
-// waits for that). readErr is how the end showed on the pipe (io.EOF when
-// it was seen on the process instead).
+// waits for that) and the answers it wrote before have been delivered.
+// Calls still pending then fail. readErr is how the end showed on the pipe
+// (io.EOF when it was seen on the process instead). ended must not be
+// called while holding the read token.
 func (c *subConn) ended(readErr error) {
 	c.endOnce.Do(func() {
 		c.awaitExit()
+		if c.violation.Load() == nil { // else the stream is unreadable
+			c.drain()
+		}
 		c.fail(c.exitError(readErr))
 	})
 }
@@ -303,8 +360,11 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 	}
 	for {
 		if c.reading.CompareAndSwap(false, true) {
-			r, how := c.readFor(ctx, id, ch, deadline)
+			r, how, err := c.readFor(ctx, id, ch, deadline)
 			c.passTurn()
+			if err != nil {
+				c.broken(err)
+			}
 			switch how {
 			case answered:
 				subReplyChans.Put(ch)
@@ -414,8 +474,8 @@ func subRemoteError(name string, t wire.Type, rep wire.ErrorReply) error {
 }
 
 // stop shuts the child down: SHUTDOWN, then SIGTERM and SIGKILL of its
-// group after grace each, then fails what is still pending and releases
-// the pipes. It returns the last signal it had to send, 0 if none.
+// group after grace each, then delivers the answers the child wrote before
+// it exited, fails what is still pending and releases the pipes. It returns the last signal it had to send, 0 if none.
 func (c *subConn) stop(ctx context.Context, grace time.Duration) syscall.Signal {
 	c.closing.Store(true)
 	// A child that stopped reading must not block Close: the write is cut

@@ -3,8 +3,10 @@ package goplugins
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -98,6 +100,48 @@ func TestSubprocessStalledPluginDoesNotBlockCaller(t *testing.T) {
 				}
 			case <-time.After(hangLimit):
 				t.Fatal("the stalled plugin was not restarted")
+			}
+		})
+	}
+}
+
+// TestSubprocessAnswersBeforeExitDelivered: answers a plugin writes before
+// it exits reach their callers, also during Close (PROTOCOL.md §9).
+func TestSubprocessAnswersBeforeExitDelivered(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	const calls = 20
+	for round := range 3 {
+		t.Run(fmt.Sprint("round ", round), func(t *testing.T) {
+			h := newRecordingHandler()
+			p := startRaw(t, "lastwords", h, nil)
+			var wg sync.WaitGroup
+			errs := make([]error, calls)
+			for i := range calls {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					req := fmt.Sprint(i, strings.Repeat(" answer", 400))
+					got, err := p.Execute(context.Background(), req)
+					if err == nil && got != req {
+						err = fmt.Errorf("answer %q, want %q", got, req)
+					}
+					errs[i] = err
+				}()
+			}
+			waitCtx, stop := context.WithTimeout(context.Background(), hangLimit)
+			defer stop()
+			if _, ok := h.wait(waitCtx, func(r record) bool { return r.msg == fmt.Sprint("queued ", calls) }); !ok {
+				t.Fatal("the plugin did not receive every call")
+			}
+			if err := p.Close(context.Background()); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			wg.Wait()
+			for i, err := range errs {
+				if err != nil {
+					t.Errorf("call %d: %v (the plugin answered it before exiting)", i, err)
+				}
 			}
 		})
 	}
