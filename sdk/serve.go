@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/goplugins/goplugins/internal/wire"
 )
@@ -467,10 +468,47 @@ func (s *server) replyError(id uint64, err error) {
 	case errors.Is(err, context.Canceled):
 		r.Code = wire.CodeCanceled
 	}
-	payload, _ := json.Marshal(r) // a struct of strings and a bool always encodes
-	if len(payload)+wire.MinFrameSize > s.out.Max() {
-		r.Message = r.Message[:min(len(r.Message), s.out.Max()/2)]
-		payload, _ = json.Marshal(r)
+	_ = s.out.Write(wire.TypeError, id, fitErrorReply(r, s.out.Max())) // a write error ends the loop's stream too
+}
+
+// errorReplyTooLarge is the message of the reply that replaces one whose
+// code alone is over the host's maximum frame size.
+const errorReplyTooLarge = "the plugin's error reply is over the host's maximum frame size"
+
+// fitErrorReply encodes r so that its frame fits the host's limit (at
+// least wire.MinMaxFrameSize): the message is cut to the longest prefix,
+// on a character boundary and marked with "…", whose encoding fits; a reply
+// whose code alone is too large becomes code "error" with a fixed message.
+// Every request id is therefore answered.
+func fitErrorReply(r wire.ErrorReply, limit int) []byte {
+	encode := func(r wire.ErrorReply) ([]byte, bool) {
+		b, _ := json.Marshal(r) // a struct of strings and a bool always encodes
+		return b, len(b)+wire.MinFrameSize <= limit
 	}
-	_ = s.out.Write(wire.TypeError, id, payload) // a write error ends the loop's stream too
+	if b, ok := encode(r); ok {
+		return b
+	}
+	msg := r.Message
+	cut := func(n int) wire.ErrorReply {
+		for n > 0 && !utf8.RuneStart(msg[n]) {
+			n--
+		}
+		return wire.ErrorReply{Code: r.Code, Message: msg[:n] + "…", Retryable: r.Retryable}
+	}
+	// Binary search for the longest prefix that fits: escaping makes the
+	// encoded length of a prefix unknown until it is encoded.
+	lo, hi := 0, len(msg)-1
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if _, ok := encode(cut(mid)); ok {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	if b, ok := encode(cut(lo)); ok {
+		return b
+	}
+	b, _ := encode(wire.ErrorReply{Code: wire.CodeError, Message: errorReplyTooLarge, Retryable: r.Retryable})
+	return b
 }
