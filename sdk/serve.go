@@ -40,8 +40,9 @@ func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 
 // Serve serves p to the host that started the program, over the protocol
 // pipes on file descriptors 3 and 4, until the host sends shutdown (Serve
-// waits for the requests in flight, then returns nil) or goes away (Serve
-// cancels the requests in flight and returns nil). Handlers run
+// waits for the requests in flight and for every answer queued to be
+// written, then returns nil) or goes away (Serve cancels the requests in
+// flight and returns nil). Handlers run
 // concurrently: each runs on the goroutine that read its request, and while
 // it runs, reading goes on in another goroutine at once if more frames are
 // buffered, or else within 200–400 µs. A handler that panics answers with
@@ -249,6 +250,9 @@ func (s *server) loop() error {
 	go s.watch()
 	go s.read()
 	err := <-s.end
+	// Answers queued behind another goroutine's write are written before
+	// Serve returns and the plugin exits.
+	_ = s.out.Flush()
 	close(s.stop)
 	s.watcher.Wait()
 	s.cancelAll()

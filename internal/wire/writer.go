@@ -26,6 +26,7 @@ type Writer struct {
 	mu       sync.Mutex
 	buf      []byte
 	spare    []byte
+	idle     sync.Cond // broadcast when a flush ends
 	flushing bool
 	flushes  uint64 // numbers the bounded flushes
 	armed    uint64 // the bounded flush in progress, 0 if none
@@ -42,6 +43,7 @@ func NewWriter(w io.Writer, max int) *Writer {
 	}
 	wr := &Writer{w: w, max: max}
 	wr.dl, _ = w.(deadliner)
+	wr.idle.L = &wr.mu
 	return wr
 }
 
@@ -123,6 +125,18 @@ func (w *Writer) Post(t Type, id uint64, payload []byte) error {
 	return nil
 }
 
+// Flush waits until no goroutine is writing the queue, so that every frame
+// queued before it was called has been written, and returns the stream's
+// error, if any.
+func (w *Writer) Flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.flushing {
+		w.idle.Wait()
+	}
+	return w.err
+}
+
 // queue appends one frame to the buffer, with w.mu held.
 func (w *Writer) queue(t Type, id uint64, payload []byte) error {
 	if size := MinFrameSize + len(payload); size > w.max {
@@ -136,7 +150,7 @@ func (w *Writer) queue(t Type, id uint64, payload []byte) error {
 }
 
 // flush writes the buffer until it stays empty or a write fails, with w.mu
-// held and w.flushing set; it clears w.flushing.
+// held and w.flushing set; it clears w.flushing and wakes Flush.
 func (w *Writer) flush() {
 	for len(w.buf) > 0 && w.err == nil {
 		out := w.buf
@@ -154,6 +168,7 @@ func (w *Writer) flush() {
 		}
 	}
 	w.flushing = false
+	w.idle.Broadcast()
 }
 
 // cut returns the function that interrupts bounded flush n, if it is still
