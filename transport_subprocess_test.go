@@ -485,6 +485,8 @@ func TestSubprocessStartFailures(t *testing.T) {
 		{"wrong name", SubprocessConfig{Name: "other", Path: echoBin}, []error{ErrHandshake}},
 		{"wrong version", SubprocessConfig{Name: "echo", Version: "9.9.9", Path: echoBin}, []error{ErrHandshake, ErrIncompatibleVersion}},
 		{"protocol version", SubprocessConfig{Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "badversion"}}, []error{ErrProtocolVersion}},
+		{"plugin's maximum frame size over the limit", SubprocessConfig{Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "hugemax"}}, []error{ErrHandshake}},
+		{"maximum frame size over the limit", SubprocessConfig{Name: "echo", Path: echoBin, MaxFrameSize: 1<<30 + 1}, []error{ErrInvalidConfig}},
 		{"checksum mismatch", SubprocessConfig{Name: "sh", Path: "/bin/sh", Args: []string{"-c", "touch " + marker}, Checksum: "sha256:" + hex.EncodeToString(shSum[:])}, []error{ErrChecksumMismatch}},
 		{"bad checksum syntax", SubprocessConfig{Name: "echo", Path: echoBin, Checksum: "md5:00"}, []error{ErrInvalidConfig}},
 		{"missing binary", SubprocessConfig{Name: "echo", Path: filepath.Join(dir, "nope")}, []error{ErrTransport}},

@@ -34,7 +34,7 @@ type config struct {
 func WithCodec(c Codec) Option { return func(cf *config) { cf.codecs = append(cf.codecs, c) } }
 
 // WithMaxFrameSize sets the largest frame the plugin accepts (its length
-// field, in bytes; at least 1 KiB). A larger request is refused with the
+// field, in bytes; at least 1 KiB, at most 1 GiB). A larger request is refused with the
 // "frame_too_large" error code. The default is 4 MiB.
 func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 
@@ -88,9 +88,7 @@ func newServer[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, 
 	for _, o := range opts {
 		o(&cf)
 	}
-	if cf.max < wire.MinMaxFrameSize {
-		cf.max = wire.MinMaxFrameSize
-	}
+	cf.max = min(max(cf.max, wire.MinMaxFrameSize), wire.MaxFrameSizeLimit)
 	ctx, cancel := context.WithCancel(ctx)
 	s := &server{
 		plugin:  p,

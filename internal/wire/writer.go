@@ -34,23 +34,26 @@ type Writer struct {
 }
 
 // NewWriter returns a Writer that refuses frames whose length field would
-// exceed max (DefaultMaxFrameSize when max <= 0): the limit of the peer.
+// exceed max (DefaultMaxFrameSize when max <= 0, MaxFrameSizeLimit when
+// larger): the limit of the peer.
 // When w has a SetWriteDeadline method (an *os.File), WriteContext can
 // bound its writes.
 func NewWriter(w io.Writer, max int) *Writer {
 	if max <= 0 {
 		max = DefaultMaxFrameSize
 	}
-	wr := &Writer{w: w, max: max}
+	wr := &Writer{w: w, max: min(max, MaxFrameSizeLimit)}
 	wr.dl, _ = w.(deadliner)
 	wr.idle.L = &wr.mu
 	return wr
 }
 
-// SetMax changes the peer's maximum frame size, as learned in the handshake.
+// SetMax changes the peer's maximum frame size, as learned in the
+// handshake. It is capped at MaxFrameSizeLimit, so that a frame's length
+// field never wraps.
 func (w *Writer) SetMax(max int) {
 	w.mu.Lock()
-	w.max = max
+	w.max = min(max, MaxFrameSizeLimit)
 	w.mu.Unlock()
 }
 

@@ -6,6 +6,7 @@
 //	bigframe    answers a CALL whose payload is "big" with a RESULT larger
 //	            than the host's maximum frame size, others with an echo
 //	noread      stops reading after the handshake
+//	hugemax     declares a maximum frame size over the protocol's limit
 //	lastwords   keeps every CALL unanswered, printing "queued N" to stderr
 //	            after the Nth; on SHUTDOWN answers them all (echo) in one
 //	            write and exits 0
@@ -30,8 +31,11 @@ func main() {
 		os.Exit(2)
 	}
 	w := wire.Welcome{Protocol: wire.ProtocolVersion, MaxFrameSize: wire.DefaultMaxFrameSize, Info: wire.Info{Name: "raw", Version: "1.0.0"}}
-	if mode == "badversion" {
+	switch mode {
+	case "badversion":
 		w.Protocol = 99
+	case "hugemax":
+		w.MaxFrameSize = 1<<32 + 1<<10 // wraps to 1 KiB in a uint32
 	}
 	b, _ := json.Marshal(w)
 	if out.Write(wire.TypeWelcome, 0, b) != nil {
