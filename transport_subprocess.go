@@ -49,7 +49,8 @@ type SubprocessConfig struct {
 	Dir string
 	// Checksum, when set, is "sha256:<hex>" of the binary. It is checked
 	// before every start (restarts included), and on Linux the child runs
-	// from a sealed in-memory copy of the very bytes checked.
+	// from a sealed in-memory copy of the very bytes checked. For a script
+	// ("#!") the script is checked, not its interpreter.
 	Checksum string
 	// Codec encodes requests and responses; nil means JSONCodec.
 	Codec Codec

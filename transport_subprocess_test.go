@@ -654,6 +654,45 @@ func TestSubprocessPythonPlugin(t *testing.T) {
 	}
 }
 
+// TestSubprocessVerifiedScriptPlugin: an executable script plugin with a
+// checksum runs from its verified copy (its interpreter must be able to
+// open that copy after the exec).
+func TestSubprocessVerifiedScriptPlugin(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed; the Python plugin test needs it")
+	}
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	src, err := os.ReadFile("testdata/plugins/python/echo_plugin.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body, _ := strings.Cut(string(src), "\n")
+	script := []byte("#!" + python + "\n" + body)
+	path := filepath.Join(t.TempDir(), "echo_plugin.py")
+	if err := os.WriteFile(path, script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(script)
+	ctx := context.Background()
+	p, err := NewSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
+		Name: "pyecho", Version: "1.0.0", Path: path, Checksum: "sha256:" + hex.EncodeToString(sum[:]),
+		Logger: slog.New(newRecordingHandler()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	resp, err := p.Execute(ctx, map[string]any{"data": "verified script"})
+	if err != nil || resp["data"] != "verified script" {
+		t.Fatalf("Execute = %v, %v", resp, err)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestSubprocessEnvironment(t *testing.T) {
 	verifyNoLeaks(t)
 	t.Setenv("GOPLUGINS_TEST_HOST_VAR", "from the host")
