@@ -68,7 +68,9 @@ type subConn struct {
 	served    atomic.Bool           // a call succeeded: the child is not crash-looping
 	closing   atomic.Bool           // stop was called: errors report ErrClosed
 	violation atomic.Pointer[error] // how the plugin broke the protocol
+	stalled   atomic.Bool           // a write to the plugin was cut short
 	reading   atomic.Bool           // the read token
+	draining  atomic.Bool           // ended waits for the read token
 	turn      chan struct{}         // the token is free and calls are waiting
 
 	mu      sync.Mutex
@@ -89,17 +91,24 @@ const (
 	connDead                // the connection died
 )
 
+// drainTimeout bounds the reading of the answers a child wrote before it
+// exited: its pipe ends when every process holding it open has exited,
+// and a descendant may hold it open longer.
+const drainTimeout = 250 * time.Millisecond
+
 // readFor reads frames, holding the read token, until the answer to id
 // arrives, ctx ends, deadline (if set) passes or the connection dies.
-// Answers to other calls are handed to them.
-func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, deadline time.Time) (subReply, outcome) {
+// Answers to other calls are handed to them. When reading fails it returns
+// connDead and the error, which the caller passes to broken once it has
+// given the token back.
+func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, deadline time.Time) (subReply, outcome, error) {
 	select {
 	case r := <-ch: // delivered by the previous reader
-		return r, answered
+		return r, answered, nil
 	default:
 	}
 	if c.isDead() {
-		return subReply{}, connDead
+		return subReply{}, connDead, nil
 	}
 	if !deadline.IsZero() {
 		_ = c.toHost.SetReadDeadline(deadline)
@@ -123,35 +132,79 @@ func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, dead
 		case err == nil:
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			if ctx.Err() != nil {
-				return subReply{}, ctxDone
+				return subReply{}, ctxDone, nil
 			}
 			if !deadline.IsZero() && !time.Now().Before(deadline) {
-				return subReply{}, timedOut
+				return subReply{}, timedOut, nil
 			}
 			// Set by another call's cancellation that fired late: not ours.
 			_ = c.toHost.SetReadDeadline(deadline)
 			continue
 		case errors.As(err, &tl):
-			r := subReply{err: newError(CodeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)}
+			r := subReply{err: c.tooLarge(tl)}
 			if tl.ID == id {
 				c.abandon(id)
-				return r, answered
+				return r, answered, nil
 			}
 			c.deliver(tl.ID, r)
 			continue
 		default:
-			c.broken(err)
-			return subReply{}, connDead
+			return subReply{}, connDead, err
 		}
 		if f.Type != wire.TypeResult && f.Type != wire.TypeError {
-			c.broken(fmt.Errorf("%w: a plugin may not send %s frames after the handshake", wire.ErrMalformed, f.Type))
-			return subReply{}, connDead
+			return subReply{}, connDead, misdirected(f.Type)
 		}
 		if f.ID == id {
 			c.abandon(id)
-			return subReply{f: f}, answered
+			return subReply{f: f}, answered, nil
 		}
 		c.deliver(f.ID, subReply{f: f})
+	}
+}
+
+// tooLarge is the error of a call whose answer was over the host's limit.
+func (c *subConn) tooLarge(tl *wire.FrameTooLargeError) error {
+	return newError(CodeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)
+}
+
+// misdirected is the protocol violation of a plugin that sends a frame of
+// type t after the handshake.
+func misdirected(t wire.Type) error {
+	return fmt.Errorf("%w: a plugin may not send %s frames after the handshake", wire.ErrMalformed, t)
+}
+
+// drain delivers the answers the child wrote before it exited, which are
+// still in the pipe or in the reader's buffer: it takes the read token and
+// reads to the end of the pipe, for at most drainTimeout.
+func (c *subConn) drain() {
+	deadline := time.Now().Add(drainTimeout)
+	t := time.NewTimer(drainTimeout)
+	defer t.Stop()
+	c.draining.Store(true)
+	for !c.reading.CompareAndSwap(false, true) {
+		select {
+		case <-c.turn: // the token was passed on; try to take it
+		case <-t.C:
+			return
+		}
+	}
+	defer c.reading.Store(false)
+	_ = c.toHost.SetReadDeadline(deadline)
+	defer func() { _ = c.toHost.SetReadDeadline(time.Time{}) }()
+	for {
+		f, err := c.r.Read()
+		var tl *wire.FrameTooLargeError
+		switch {
+		case err == nil && (f.Type == wire.TypeResult || f.Type == wire.TypeError):
+			c.deliver(f.ID, subReply{f: f})
+		case errors.As(err, &tl):
+			c.deliver(tl.ID, subReply{err: c.tooLarge(tl)})
+		case errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(deadline):
+			// A caller's cancellation that fired late: not the drain's.
+			_ = c.toHost.SetReadDeadline(deadline)
+		default:
+			return // the end of the pipe, the drain's deadline, or a violation
+		}
 	}
 }
 
@@ -159,7 +212,7 @@ func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, dead
 func (c *subConn) passTurn() {
 	c.reading.Store(false)
 	c.mu.Lock()
-	waiting := len(c.pending) > 0
+	waiting := len(c.pending) > 0 || c.draining.Load()
 	c.mu.Unlock()
 	if waiting {
 		select {
@@ -178,12 +231,26 @@ func (c *subConn) broken(err error) {
 	c.ended(err)
 }
 
+// stall ends the connection after a write to the child was cut short: the
+// child stopped reading its input, and a frame may have been cut in the
+// middle. The child is killed; the supervisor restarts it.
+func (c *subConn) stall(err error) {
+	c.stalled.Store(true)
+	_ = c.proc.Signal(syscall.SIGKILL)
+	c.ended(err)
+}
+
 // ended marks the connection dead, once, when the child has exited (it
-// waits for that). readErr is how the end showed on the pipe (io.EOF when
-// it was seen on the process instead).
+// waits for that) and the answers it wrote before have been delivered.
+// Calls still pending then fail. readErr is how the end showed on the pipe
+// (io.EOF when it was seen on the process instead). ended must not be
+// called while holding the read token.
 func (c *subConn) ended(readErr error) {
 	c.endOnce.Do(func() {
 		c.awaitExit()
+		if c.violation.Load() == nil { // else the stream is unreadable
+			c.drain()
+		}
 		c.fail(c.exitError(readErr))
 	})
 }
@@ -213,6 +280,8 @@ func (c *subConn) exitError(readErr error) error {
 		return newError(CodeClosed, c.name, "the plugin was closed (%s)", status)
 	case v != nil:
 		return wrapError(*v, CodeTransport, c.name, "the plugin broke the protocol and was killed (%s); stderr tail:\n%s\nthe reason", status, tail)
+	case c.stalled.Load():
+		return newError(CodeCrashed, c.name, "the plugin stopped reading its input and was killed (%s); it is restarted; stderr tail:\n%s", status, tail)
 	case readErr == io.EOF || errors.Is(readErr, io.ErrUnexpectedEOF) || errors.Is(readErr, os.ErrClosed):
 		return newError(CodeCrashed, c.name, "the plugin process exited (%s); stderr tail:\n%s", status, tail)
 	default:
@@ -266,27 +335,36 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 	}
 	c.pending[id] = ch
 	c.mu.Unlock()
-	if err := c.w.Write(t, id, payload); err != nil {
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	if err := c.w.WriteContext(ctx, deadline, t, id, payload); err != nil {
 		c.abandon(id)
-		if errors.Is(err, wire.ErrFrameTooLarge) {
+		switch {
+		case errors.Is(err, wire.ErrFrameTooLarge):
 			subReplyChans.Put(ch)
 			return nil, newError(CodeFrameTooLarge, c.name, "the %s request of %d bytes is over the plugin's maximum frame size of %d bytes; nothing was sent", t, len(payload)+wire.MinFrameSize, c.w.Max())
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			c.stall(err)
+			return nil, c.stallError(t, ctx.Err(), timeout)
 		}
 		c.ended(err) // the child closed its end: it is exiting
 		return nil, c.err
 	}
-	var deadline time.Time
 	var timer <-chan time.Time
 	if timeout > 0 {
-		deadline = time.Now().Add(timeout)
-		tm := time.NewTimer(timeout)
+		tm := time.NewTimer(time.Until(deadline))
 		defer tm.Stop()
 		timer = tm.C
 	}
 	for {
 		if c.reading.CompareAndSwap(false, true) {
-			r, how := c.readFor(ctx, id, ch, deadline)
+			r, how, err := c.readFor(ctx, id, ch, deadline)
 			c.passTurn()
+			if err != nil {
+				c.broken(err)
+			}
 			switch how {
 			case answered:
 				subReplyChans.Put(ch)
@@ -322,9 +400,11 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 }
 
 // cancel abandons request id and tells the plugin to cancel its handler.
+// The CANCEL is queued, never waited for: a plugin that stopped reading
+// cannot block the caller.
 func (c *subConn) cancel(id uint64) {
 	c.abandon(id)
-	_ = c.w.Write(wire.TypeCancel, id, nil)
+	_ = c.w.Post(wire.TypeCancel, id, nil)
 }
 
 func (c *subConn) abandon(id uint64) {
@@ -342,6 +422,19 @@ func (c *subConn) ctxError(t wire.Type, err error) error {
 
 func (c *subConn) timeoutError(t wire.Type, timeout time.Duration) error {
 	return newError(CodeTimeout, c.name, "no answer to %s within the call timeout of %v; the plugin was asked to cancel it", t, timeout)
+}
+
+// stallError is the error of a call whose request could not be sent before
+// ctx ended (ctxErr) or the call timeout passed.
+func (c *subConn) stallError(t wire.Type, ctxErr error, timeout time.Duration) error {
+	const what = "%s not sent: the plugin stopped reading its input; it was killed and is restarted"
+	switch {
+	case errors.Is(ctxErr, context.Canceled):
+		return wrapError(ctxErr, CodeTransport, c.name, what+" (the caller's context was cancelled)", t)
+	case ctxErr != nil:
+		return wrapError(ctxErr, CodeTimeout, c.name, what+" (the caller's deadline passed)", t)
+	}
+	return newError(CodeTimeout, c.name, what+" (the call timeout of %v passed)", t, timeout)
 }
 
 // answer turns a RESULT into its payload and an ERROR into an error.
@@ -381,14 +474,14 @@ func subRemoteError(name string, t wire.Type, rep wire.ErrorReply) error {
 }
 
 // stop shuts the child down: SHUTDOWN, then SIGTERM and SIGKILL of its
-// group after grace each, then fails what is still pending and releases
-// the pipes. It returns the last signal it had to send, 0 if none.
+// group after grace each, then delivers the answers the child wrote before
+// it exited, fails what is still pending and releases the pipes. It returns the last signal it had to send, 0 if none.
 func (c *subConn) stop(ctx context.Context, grace time.Duration) syscall.Signal {
 	c.closing.Store(true)
-	// A child that stopped reading must not block Close, nor the callers
-	// stuck writing to it: their writes fail once the grace period is over.
-	_ = c.toChild.SetWriteDeadline(time.Now().Add(grace))
-	_ = c.w.Write(wire.TypeShutdown, 0, nil)
+	// A child that stopped reading must not block Close: the write is cut
+	// short at the end of the grace period (or of ctx), and the signals
+	// follow. Callers writing to it are unblocked when it dies.
+	_ = c.w.WriteContext(ctx, time.Now().Add(grace), wire.TypeShutdown, 0, nil)
 	sig := c.proc.Stop(ctx, grace)
 	c.ended(io.EOF)
 	c.release()

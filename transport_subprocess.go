@@ -49,7 +49,8 @@ type SubprocessConfig struct {
 	Dir string
 	// Checksum, when set, is "sha256:<hex>" of the binary. It is checked
 	// before every start (restarts included), and on Linux the child runs
-	// from a sealed in-memory copy of the very bytes checked.
+	// from a sealed in-memory copy of the very bytes checked. For a script
+	// ("#!") the script is checked, not its interpreter.
 	Checksum string
 	// Codec encodes requests and responses; nil means JSONCodec.
 	Codec Codec
@@ -63,7 +64,7 @@ type SubprocessConfig struct {
 	// Restart says how a crashed child is restarted.
 	Restart RestartPolicy
 	// MaxFrameSize is the largest frame the host accepts, in bytes
-	// (wire default 4 MiB, at least 1 KiB).
+	// (wire default 4 MiB, at least 1 KiB, at most 1 GiB).
 	MaxFrameSize int
 	// Logger receives the child's stdout and stderr lines and the
 	// transport's own records; nil means slog.Default().
@@ -193,6 +194,8 @@ func (s *Subprocess[Req, Resp]) validate() error {
 		cfg.MaxFrameSize = wire.DefaultMaxFrameSize
 	case cfg.MaxFrameSize < wire.MinMaxFrameSize:
 		return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.MaxFrameSize %d is below the minimum of %d bytes", cfg.MaxFrameSize, wire.MinMaxFrameSize)
+	case cfg.MaxFrameSize > wire.MaxFrameSizeLimit:
+		return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.MaxFrameSize %d is over the protocol's limit of %d bytes", cfg.MaxFrameSize, wire.MaxFrameSizeLimit)
 	}
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = subprocessStartTimeout
@@ -328,6 +331,8 @@ func (s *Subprocess[Req, Resp]) handshake(ctx context.Context, c *subConn) error
 		return newError(CodeHandshake, name, "%s reports the name %q; the host expects %q: check SubprocessConfig.Path", s.cfg.Path, w.Name, name)
 	case w.MaxFrameSize < wire.MinMaxFrameSize:
 		return newError(CodeHandshake, name, "the plugin's maximum frame size %d is below the minimum of %d bytes", w.MaxFrameSize, wire.MinMaxFrameSize)
+	case w.MaxFrameSize > wire.MaxFrameSizeLimit:
+		return newError(CodeHandshake, name, "the plugin's maximum frame size %d is over the protocol's limit of %d bytes: fix the plugin's WELCOME", w.MaxFrameSize, wire.MaxFrameSizeLimit)
 	}
 	if _, err := ParseVersion(name, w.Version); err != nil {
 		return wrapError(err, CodeHandshake, name, "the plugin reports a bad version")

@@ -485,6 +485,8 @@ func TestSubprocessStartFailures(t *testing.T) {
 		{"wrong name", SubprocessConfig{Name: "other", Path: echoBin}, []error{ErrHandshake}},
 		{"wrong version", SubprocessConfig{Name: "echo", Version: "9.9.9", Path: echoBin}, []error{ErrHandshake, ErrIncompatibleVersion}},
 		{"protocol version", SubprocessConfig{Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "badversion"}}, []error{ErrProtocolVersion}},
+		{"plugin's maximum frame size over the limit", SubprocessConfig{Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "hugemax"}}, []error{ErrHandshake}},
+		{"maximum frame size over the limit", SubprocessConfig{Name: "echo", Path: echoBin, MaxFrameSize: 1<<30 + 1}, []error{ErrInvalidConfig}},
 		{"checksum mismatch", SubprocessConfig{Name: "sh", Path: "/bin/sh", Args: []string{"-c", "touch " + marker}, Checksum: "sha256:" + hex.EncodeToString(shSum[:])}, []error{ErrChecksumMismatch}},
 		{"bad checksum syntax", SubprocessConfig{Name: "echo", Path: echoBin, Checksum: "md5:00"}, []error{ErrInvalidConfig}},
 		{"missing binary", SubprocessConfig{Name: "echo", Path: filepath.Join(dir, "nope")}, []error{ErrTransport}},
@@ -646,6 +648,45 @@ func TestSubprocessPythonPlugin(t *testing.T) {
 	}
 	if err := p.Health(ctx); err != nil {
 		t.Fatalf("Health: %v", err)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSubprocessVerifiedScriptPlugin: an executable script plugin with a
+// checksum runs from its verified copy (its interpreter must be able to
+// open that copy after the exec).
+func TestSubprocessVerifiedScriptPlugin(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed; the Python plugin test needs it")
+	}
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	src, err := os.ReadFile("testdata/plugins/python/echo_plugin.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body, _ := strings.Cut(string(src), "\n")
+	script := []byte("#!" + python + "\n" + body)
+	path := filepath.Join(t.TempDir(), "echo_plugin.py")
+	if err := os.WriteFile(path, script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(script)
+	ctx := context.Background()
+	p, err := NewSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
+		Name: "pyecho", Version: "1.0.0", Path: path, Checksum: "sha256:" + hex.EncodeToString(sum[:]),
+		Logger: slog.New(newRecordingHandler()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	resp, err := p.Execute(ctx, map[string]any{"data": "verified script"})
+	if err != nil || resp["data"] != "verified script" {
+		t.Fatalf("Execute = %v, %v", resp, err)
 	}
 	if err := p.Close(ctx); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/goplugins/goplugins/internal/wire"
 )
@@ -33,14 +34,15 @@ type config struct {
 func WithCodec(c Codec) Option { return func(cf *config) { cf.codecs = append(cf.codecs, c) } }
 
 // WithMaxFrameSize sets the largest frame the plugin accepts (its length
-// field, in bytes; at least 1 KiB). A larger request is refused with the
+// field, in bytes; at least 1 KiB, at most 1 GiB). A larger request is refused with the
 // "frame_too_large" error code. The default is 4 MiB.
 func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 
 // Serve serves p to the host that started the program, over the protocol
 // pipes on file descriptors 3 and 4, until the host sends shutdown (Serve
-// waits for the requests in flight, then returns nil) or goes away (Serve
-// cancels the requests in flight and returns nil). Handlers run
+// waits for the requests in flight and for every answer queued to be
+// written, then returns nil) or goes away (Serve cancels the requests in
+// flight and returns nil). Handlers run
 // concurrently: each runs on the goroutine that read its request, and while
 // it runs, reading goes on in another goroutine at once if more frames are
 // buffered, or else within 200–400 µs. A handler that panics answers with
@@ -86,9 +88,7 @@ func newServer[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, 
 	for _, o := range opts {
 		o(&cf)
 	}
-	if cf.max < wire.MinMaxFrameSize {
-		cf.max = wire.MinMaxFrameSize
-	}
+	cf.max = min(max(cf.max, wire.MinMaxFrameSize), wire.MaxFrameSizeLimit)
 	ctx, cancel := context.WithCancel(ctx)
 	s := &server{
 		plugin:  p,
@@ -248,6 +248,9 @@ func (s *server) loop() error {
 	go s.watch()
 	go s.read()
 	err := <-s.end
+	// Answers queued behind another goroutine's write are written before
+	// Serve returns and the plugin exits.
+	_ = s.out.Flush()
 	close(s.stop)
 	s.watcher.Wait()
 	s.cancelAll()
@@ -467,10 +470,47 @@ func (s *server) replyError(id uint64, err error) {
 	case errors.Is(err, context.Canceled):
 		r.Code = wire.CodeCanceled
 	}
-	payload, _ := json.Marshal(r) // a struct of strings and a bool always encodes
-	if len(payload)+wire.MinFrameSize > s.out.Max() {
-		r.Message = r.Message[:min(len(r.Message), s.out.Max()/2)]
-		payload, _ = json.Marshal(r)
+	_ = s.out.Write(wire.TypeError, id, fitErrorReply(r, s.out.Max())) // a write error ends the loop's stream too
+}
+
+// errorReplyTooLarge is the message of the reply that replaces one whose
+// code alone is over the host's maximum frame size.
+const errorReplyTooLarge = "the plugin's error reply is over the host's maximum frame size"
+
+// fitErrorReply encodes r so that its frame fits the host's limit (at
+// least wire.MinMaxFrameSize): the message is cut to the longest prefix,
+// on a character boundary and marked with "…", whose encoding fits; a reply
+// whose code alone is too large becomes code "error" with a fixed message.
+// Every request id is therefore answered.
+func fitErrorReply(r wire.ErrorReply, limit int) []byte {
+	encode := func(r wire.ErrorReply) ([]byte, bool) {
+		b, _ := json.Marshal(r) // a struct of strings and a bool always encodes
+		return b, len(b)+wire.MinFrameSize <= limit
 	}
-	_ = s.out.Write(wire.TypeError, id, payload) // a write error ends the loop's stream too
+	if b, ok := encode(r); ok {
+		return b
+	}
+	msg := r.Message
+	cut := func(n int) wire.ErrorReply {
+		for n > 0 && !utf8.RuneStart(msg[n]) {
+			n--
+		}
+		return wire.ErrorReply{Code: r.Code, Message: msg[:n] + "…", Retryable: r.Retryable}
+	}
+	// Binary search for the longest prefix that fits: escaping makes the
+	// encoded length of a prefix unknown until it is encoded.
+	lo, hi := 0, len(msg)-1
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if _, ok := encode(cut(mid)); ok {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	if b, ok := encode(cut(lo)); ok {
+		return b
+	}
+	b, _ := encode(wire.ErrorReply{Code: wire.CodeError, Message: errorReplyTooLarge, Retryable: r.Retryable})
+	return b
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/goplugins/goplugins/internal/wire"
 )
@@ -237,5 +238,58 @@ func TestErrorf(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || e.Code != "busy" || !e.Retryable || e.Message != "queue 3 full" || err.Error() != "busy: queue 3 full" {
 		t.Fatalf("Errorf = %#v", err)
+	}
+}
+
+// failing answers every request with its error.
+type failing struct{ err error }
+
+func (f failing) Execute(context.Context, string) (string, error) { return "", f.err }
+
+// TestServeErrorReplyFitsHostLimit: an error reply whose encoding is over
+// the host's maximum frame size is cut to fit, never dropped.
+func TestServeErrorReplyFitsHostLimit(t *testing.T) {
+	const limit = 1024
+	tests := []struct {
+		name     string
+		err      error
+		code     string
+		prefixOf string // the message sent is a prefix of this, marked "…"
+	}{
+		{"characters JSON escapes", Errorf("busy", true, "%s", strings.Repeat("<", 600)), "busy", strings.Repeat("<", 600)},
+		{"multibyte characters", errors.New(strings.Repeat("é", 1000)), wire.CodeError, strings.Repeat("é", 1000)},
+		{"code over the limit", &Error{Code: strings.Repeat("c", 2000), Message: "m", Retryable: true}, wire.CodeError, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := startServe(t, failing{tt.err})
+			h.send(wire.TypeHello, 0, wire.Hello{Protocols: []int{1}, Codec: "json", MaxFrameSize: limit})
+			if f := h.read(); f.Type != wire.TypeWelcome {
+				t.Fatalf("handshake answer %s", f.Type)
+			}
+			h.send(wire.TypeCall, 1, "x")
+			h.send(wire.TypeHealth, 2, nil)
+			f := h.read()
+			if f.ID != 1 {
+				t.Fatalf("first answer is for id %d: the error reply to id 1 was dropped", f.ID)
+			}
+			if size := len(f.Payload) + wire.MinFrameSize; size > limit {
+				t.Fatalf("ERROR frame of %d bytes, over the host's limit of %d", size, limit)
+			}
+			r := h.errorReply(f)
+			if r.Code != tt.code || !r.Retryable != !errors.As(tt.err, new(*Error)) {
+				t.Fatalf("reply %+v, want code %q and the retryable flag kept", r, tt.code)
+			}
+			if tt.prefixOf == "" {
+				if r.Message != errorReplyTooLarge {
+					t.Fatalf("message %q, want %q", r.Message, errorReplyTooLarge)
+				}
+				return
+			}
+			msg, cut := strings.CutSuffix(r.Message, "…")
+			if !cut || msg == "" || !strings.HasPrefix(tt.prefixOf, msg) || !utf8.ValidString(msg) {
+				t.Fatalf("message %q, want a non-empty prefix of the original marked with …", r.Message)
+			}
+		})
 	}
 }

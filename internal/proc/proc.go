@@ -70,14 +70,14 @@ type Process struct {
 // Start verifies and starts the child described by cfg. The caller must
 // eventually wait for Done (Stop does) so the child is reaped.
 func Start(cfg Config) (*Process, error) {
-	path := cfg.Path
+	path, extra := cfg.Path, cfg.ExtraFiles
 	if cfg.SHA256 != nil {
 		f, err := openVerified(cfg.Path, cfg.SHA256)
 		if err != nil {
 			return nil, err
 		}
 		defer f.Close()
-		path = execPath(f)
+		path, extra = execVerified(f, extra)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
@@ -96,7 +96,7 @@ func Start(cfg Config) (*Process, error) {
 		Dir:         cfg.Dir,
 		Stdout:      outW,
 		Stderr:      errW,
-		ExtraFiles:  cfg.ExtraFiles,
+		ExtraFiles:  extra,
 		SysProcAttr: sysProcAttr(),
 	}
 	if cmd.Env == nil {

@@ -61,7 +61,21 @@ func openVerified(path string, want []byte) (*os.File, error) {
 	return os.NewFile(uintptr(high), "memfd:goplugins-plugin"), nil
 }
 
-func execPath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
+// execVerified returns the path the child executes to run the verified copy
+// f, and the child's extra descriptors. A binary is executed as
+// /proc/self/fd/N of f, which is close-on-exec. A script ("#!") is too, but
+// the kernel then hands that path to the interpreter, which opens it after
+// the exec: so f is passed to the child, as the descriptor after extra,
+// and the child executes /proc/self/fd/ of that number (a script keeps it
+// open; a binary gets no extra descriptor).
+func execVerified(f *os.File, extra []*os.File) (string, []*os.File) {
+	magic := make([]byte, 2)
+	if n, _ := f.ReadAt(magic, 0); n < 2 || string(magic) != "#!" {
+		return fmt.Sprintf("/proc/self/fd/%d", f.Fd()), extra
+	}
+	extra = append(extra[:len(extra):len(extra)], f)
+	return fmt.Sprintf("/proc/self/fd/%d", 3+len(extra)-1), extra
+}
 
 // waitExited blocks until the child has exited, without reaping it.
 func waitExited(pid int) {

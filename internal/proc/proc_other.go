@@ -32,7 +32,9 @@ func openVerified(path string, want []byte) (*os.File, error) {
 	return f, nil
 }
 
-func execPath(f *os.File) string { return f.Name() }
+// execVerified returns the path the child executes (the verified file's)
+// and the child's extra descriptors, unchanged.
+func execVerified(f *os.File, extra []*os.File) (string, []*os.File) { return f.Name(), extra }
 
 // waitExited returns at once: without waitid(WNOWAIT) the group is killed
 // after the leader is reaped.

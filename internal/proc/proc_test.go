@@ -149,3 +149,40 @@ func TestParseChecksum(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifiedScriptRuns: a script ("#!") run from its verified copy
+// reaches its interpreter, which must open the copy after the exec, and
+// the caller's extra descriptors keep their numbers.
+func TestVerifiedScriptRuns(t *testing.T) {
+	if _, err := os.Stat("/bin/sh"); err != nil {
+		t.Skip("no /bin/sh")
+	}
+	script := []byte("#!/bin/sh\necho \"script ran: $1\" >&2\necho ok >&3\nexit 4\n")
+	path := filepath.Join(t.TempDir(), "plugin.sh")
+	if err := os.WriteFile(path, script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(script)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var errs lines
+	p, err := Start(Config{Path: path, Args: []string{"arg"}, SHA256: sum[:], ExtraFiles: []*os.File{w}, Stderr: errs.add})
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if code := p.State().ExitCode(); code != 4 {
+		t.Fatalf("exit code %d, want 4; stderr: %q", code, errs.get())
+	}
+	if got := errs.get(); len(got) != 1 || got[0] != "script ran: arg" {
+		t.Fatalf("stderr %q, want [\"script ran: arg\"]", got)
+	}
+	out := make([]byte, 16)
+	if n, _ := r.Read(out); string(out[:n]) != "ok\n" {
+		t.Fatalf("descriptor 3 got %q, want \"ok\\n\"", out[:n])
+	}
+}

@@ -34,6 +34,10 @@ const (
 	DefaultMaxFrameSize = 4 << 20
 	// MinMaxFrameSize is the smallest maximum frame size a peer may declare.
 	MinMaxFrameSize = 1 << 10
+	// MaxFrameSizeLimit is the largest maximum frame size a peer may
+	// declare: far below the 4 GiB a length field can hold, so that a
+	// frame's length never wraps, and an int on every platform.
+	MaxFrameSizeLimit = 1 << 30
 )
 
 // Type is a frame's type.
@@ -107,6 +111,8 @@ func (e *FrameTooLargeError) Error() string {
 func (e *FrameTooLargeError) Is(target error) bool { return target == ErrFrameTooLarge }
 
 // AppendFrame appends the encoding of a frame to b and returns the result.
+// The payload must be shorter than MaxFrameSizeLimit (a Writer checks the
+// peer's limit, which is at most that).
 func AppendFrame(b []byte, t Type, id uint64, payload []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(MinFrameSize+len(payload)))
 	b = append(b, byte(t))

@@ -5,12 +5,19 @@
 //	badversion  chooses a protocol version the host did not offer
 //	bigframe    answers a CALL whose payload is "big" with a RESULT larger
 //	            than the host's maximum frame size, others with an echo
+//	noread      stops reading after the handshake
+//	hugemax     declares a maximum frame size over the protocol's limit
+//	lastwords   keeps every CALL unanswered, printing "queued N" to stderr
+//	            after the Nth; on SHUTDOWN answers them all (echo) in one
+//	            write and exits 0
 package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/goplugins/goplugins/internal/wire"
 )
@@ -24,17 +31,39 @@ func main() {
 		os.Exit(2)
 	}
 	w := wire.Welcome{Protocol: wire.ProtocolVersion, MaxFrameSize: wire.DefaultMaxFrameSize, Info: wire.Info{Name: "raw", Version: "1.0.0"}}
-	if mode == "badversion" {
+	switch mode {
+	case "badversion":
 		w.Protocol = 99
+	case "hugemax":
+		w.MaxFrameSize = 1<<32 + 1<<10 // wraps to 1 KiB in a uint32
 	}
 	b, _ := json.Marshal(w)
 	if out.Write(wire.TypeWelcome, 0, b) != nil {
 		os.Exit(2)
 	}
+	if mode == "noread" {
+		time.Sleep(time.Hour)
+	}
+	var queued []wire.Frame
 	for {
 		f, err := in.Read()
 		if err != nil {
 			return
+		}
+		if mode == "lastwords" {
+			switch f.Type {
+			case wire.TypeCall:
+				queued = append(queued, f)
+				fmt.Fprintf(os.Stderr, "queued %d\n", len(queued))
+			case wire.TypeShutdown: // all answers in one write, then exit
+				var b []byte
+				for _, q := range queued {
+					b = wire.AppendFrame(b, wire.TypeResult, q.ID, q.Payload)
+				}
+				outFile.Write(b)
+				os.Exit(0)
+			}
+			continue
 		}
 		if f.Type != wire.TypeCall {
 			continue
