@@ -169,6 +169,10 @@ func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req,
 			m.cfg.logger.Warn("goplugins: circuit breaker changed", "plugin", name, "from", from.String(), "to", to.String())
 			m.emit(Event{Kind: kind, Plugin: name})
 		},
+		onPanic: func(r any) {
+			m.cfg.logger.Error("goplugins: BreakerConfig.IsFailure panicked; the call counts as a failure",
+				"plugin", name, "panic", r, "stack", string(debug.Stack()))
+		},
 	}
 	e.brk.startWindow()
 	return e
