@@ -159,3 +159,34 @@ func TestHealthIgnoringCtxDoesNotBlock(t *testing.T) {
 	awaitErr(t, "Shutdown", shut)
 	awaitClosed(t, "the plugin", p.closedCh)
 }
+
+// Unregister that cannot take the plugin from a running reload within its
+// ctx reports ErrDrainTimeout (as its doc promises) and changes nothing.
+func TestUnregisterWhileReloadHoldsPlugin(t *testing.T) {
+	verifyNoLeaks(t)
+	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	defer m.Shutdown(context.Background())
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) { return 1, nil }}))
+	entered, release := make(chan struct{}), make(chan struct{})
+	hold := ReloadKind{Surface: "host-handle", Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+		close(entered)
+		<-release
+		return nil, nil
+	}}
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "p", &scripted{name: "p", version: "1.1.0", exec: func(context.Context, int) (int, error) { return 2, nil }}, WithHandoff(hold))
+		reloaded <- err
+	}()
+	<-entered
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	err := m.Unregister(ctx, "p")
+	require.ErrorIs(t, err, ErrDrainTimeout)
+	require.NotErrorIs(t, err, ErrTimeout, "ErrTimeout is for calls past the plugin's timeout")
+	close(release)
+	require.NoError(t, awaitErr(t, "Reload", reloaded))
+	got, err := m.Execute(context.Background(), "p", 0)
+	require.NoError(t, err, "the plugin stays registered")
+	require.Equal(t, 2, got)
+}
