@@ -386,10 +386,14 @@ func (m *Manager[Req, Resp]) checkReloadVersion(info PluginInfo, dependents []de
 	return nil
 }
 
-// resetState gives a new generation a clean breaker and health status.
+// resetState gives a new generation a clean breaker and health status:
+// closed, with no failures counted (transition changes nothing when the
+// breaker is closed already, so the count is reset here).
 func (e *entry[Req, Resp]) resetState() {
 	e.brk.mu.Lock()
 	e.brk.transition(BreakerClosed)
+	e.brk.consecutive.Store(0)
+	e.brk.startWindow()
 	e.brk.mu.Unlock()
 	e.healthMu.Lock()
 	e.healthState = HealthReport{}
