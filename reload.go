@@ -115,6 +115,7 @@ type ReloadReport struct {
 // serves on: Handed keeps what was persisted or checkpointed before the
 // failure, so nothing is lost.
 type ReloadError struct {
+	// Plugin is the name of the plugin whose reload failed.
 	Plugin string
 	// Phase is "preflight", "drain" or "dispatch".
 	Phase string
