@@ -18,7 +18,10 @@ type Plugin[Req, Resp any] interface {
 	// Execute handles one request. It should honour ctx: the manager
 	// cancels ctx on the caller's behalf and at the plugin's timeout.
 	Execute(ctx context.Context, req Req) (Resp, error)
-	// Health reports whether the plugin can serve; nil means healthy.
+	// Health reports whether the plugin can serve; nil means healthy. It
+	// should honour ctx: the manager stops waiting at the health-check
+	// timeout and counts the check as failed (ErrTimeout), and Close waits
+	// for a running check no longer than its own ctx.
 	Health(ctx context.Context) error
 	// Close releases the plugin's resources. The manager calls it once the
 	// plugin has no call in flight, except when it gives up waiting: a
