@@ -21,7 +21,8 @@ import (
 // nothing (unless a timeout is configured, see WithTimeout).
 //
 // A Manager is safe for concurrent use. Shutdown releases everything it
-// holds; no goroutine outlives it.
+// holds; no goroutine of the manager outlives it, except one still waiting
+// on a plugin whose Close or reload step ignores its ctx (see Shutdown).
 type Manager[Req, Resp any] struct {
 	cfg managerConfig
 	reg atomic.Pointer[registry[Req, Resp]]
