@@ -62,7 +62,8 @@ type BreakerConfig struct {
 	// and how many successes close the breaker. Default 1.
 	HalfOpenProbes int
 	// IsFailure decides which errors count as failures. Default: every
-	// error except the caller's own ctx being cancelled or expiring.
+	// error except the caller's own ctx being cancelled or expiring. A
+	// panic in IsFailure is recovered, logged, and counts as a failure.
 	IsFailure func(error) bool
 }
 
@@ -93,6 +94,7 @@ type breaker struct {
 	now      func() time.Time
 	calls    func() uint64 // calls made so far, for the failure-rate window
 	onChange func(from, to BreakerState)
+	onPanic  func(recovered any) // IsFailure panicked; may be nil
 
 	state       atomic.Int32
 	consecutive atomic.Int64
@@ -157,9 +159,13 @@ func (b *breaker) record(callerCtx context.Context, t ticket, err error) {
 	}
 	failed := err != nil && b.isFailure(callerCtx, err)
 	if t == ticketProbe {
+		// A probe has three outcomes: a failure reopens, a success counts
+		// towards closing, and a probe the caller gave up on proves
+		// nothing: it frees its slot and the breaker stays half-open.
+		undecided := !failed && err != nil && callerGaveUp(callerCtx, err)
 		b.mu.Lock()
 		b.probes.Add(-1)
-		if BreakerState(b.state.Load()) == BreakerHalfOpen {
+		if BreakerState(b.state.Load()) == BreakerHalfOpen && !undecided {
 			if failed {
 				b.open()
 			} else if b.probeSuccesses++; b.probeSuccesses >= b.cfg.HalfOpenProbes {
@@ -206,14 +212,30 @@ func (b *breaker) startWindow() {
 	b.windowStart, b.windowBase, b.windowFailures = b.now(), b.calls(), 0
 }
 
+// isFailure classifies a call's error (err is not nil).
 func (b *breaker) isFailure(callerCtx context.Context, err error) bool {
 	if b.cfg.IsFailure != nil {
-		return b.cfg.IsFailure(err)
+		return b.userIsFailure(err)
 	}
-	if callerCtx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		return false
-	}
-	return true
+	return !callerGaveUp(callerCtx, err)
+}
+
+// userIsFailure calls the configured IsFailure; a panic counts as a failure.
+func (b *breaker) userIsFailure(err error) (failed bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			failed = true
+			if b.onPanic != nil {
+				b.onPanic(r)
+			}
+		}
+	}()
+	return b.cfg.IsFailure(err)
+}
+
+// callerGaveUp reports whether err is the caller's own ctx ending.
+func callerGaveUp(callerCtx context.Context, err error) bool {
+	return callerCtx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
 }
 
 // open moves to BreakerOpen; mu is held.

@@ -20,7 +20,7 @@ func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 func TestBreakerTransitions(t *testing.T) {
 	boom := errors.New("boom")
 	type step struct {
-		do      string // "ok", "fail", "wait", "reject" (allow must refuse), "probe" (admit and hold)
+		do      string // "ok", "fail", "cancel" (the caller's ctx ends), "wait", "reject" (allow must refuse), "probe" (admit and hold), "release-ok", "release-cancelled"
 		want    BreakerState
 		advance time.Duration
 	}
@@ -89,6 +89,40 @@ func TestBreakerTransitions(t *testing.T) {
 			},
 		},
 		{
+			name: "a probe its caller cancelled proves nothing",
+			cfg:  BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Second},
+			steps: []step{
+				{do: "fail", want: BreakerOpen},
+				{do: "wait", advance: time.Second, want: BreakerOpen},
+				{do: "cancel", want: BreakerHalfOpen},
+				{do: "ok", want: BreakerClosed},
+			},
+		},
+		{
+			name: "a cancelled probe frees its slot",
+			cfg:  BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Second},
+			steps: []step{
+				{do: "fail", want: BreakerOpen},
+				{do: "wait", advance: time.Second, want: BreakerOpen},
+				{do: "probe", want: BreakerHalfOpen},
+				{do: "reject", want: BreakerHalfOpen},
+				{do: "release-cancelled", want: BreakerHalfOpen},
+				{do: "probe", want: BreakerHalfOpen},
+				{do: "release-ok", want: BreakerClosed},
+			},
+		},
+		{
+			name: "a cancelled probe does not count towards closing",
+			cfg:  BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Second, HalfOpenProbes: 2},
+			steps: []step{
+				{do: "fail", want: BreakerOpen},
+				{do: "wait", advance: time.Second, want: BreakerOpen},
+				{do: "ok", want: BreakerHalfOpen},
+				{do: "cancel", want: BreakerHalfOpen},
+				{do: "ok", want: BreakerClosed},
+			},
+		},
+		{
 			name: "failure rate over the window opens it",
 			cfg:  BreakerConfig{ConsecutiveFailures: -1, FailureRate: 0.5, MinCalls: 4, Window: time.Minute},
 			steps: []step{
@@ -144,6 +178,8 @@ func TestBreakerTransitions(t *testing.T) {
 			b.startWindow()
 			var held []ticket
 			ctx := context.Background()
+			cancelled, cancel := context.WithCancel(ctx)
+			cancel()
 			for i, s := range tc.steps {
 				switch s.do {
 				case "ok", "fail":
@@ -161,8 +197,17 @@ func TestBreakerTransitions(t *testing.T) {
 					require.Equal(t, ticketProbe, tk, "step %d", i)
 					calls++
 					held = append(held, tk)
-				case "release-ok":
-					b.record(ctx, held[0], nil)
+				case "cancel":
+					tk, ok := b.allow()
+					require.True(t, ok, "step %d: call refused", i)
+					calls++
+					b.record(cancelled, tk, context.Canceled)
+				case "release-ok", "release-cancelled":
+					if s.do == "release-ok" {
+						b.record(ctx, held[0], nil)
+					} else {
+						b.record(cancelled, held[0], context.Canceled)
+					}
 					held = held[1:]
 				case "reject":
 					_, ok := b.allow()
@@ -191,4 +236,28 @@ func TestBreakerIgnoresCallerCancellation(t *testing.T) {
 	tk, _ = b.allow()
 	b.record(context.Background(), tk, context.DeadlineExceeded)
 	require.Equal(t, BreakerOpen, BreakerState(b.state.Load()), "a deadline the caller did not set is a failure")
+}
+
+// TestBreakerIsFailurePanicIsContained: a panic in the user's IsFailure
+// reaches neither the caller nor the in-flight count, and counts as a
+// failure.
+func TestBreakerIsFailurePanicIsContained(t *testing.T) {
+	verifyNoLeaks(t)
+	m := NewManager[int, int](
+		WithHealthCheck(HealthConfig{Interval: -1}),
+		WithBreaker(BreakerConfig{ConsecutiveFailures: 1, IsFailure: func(error) bool { panic("bad classifier") }}),
+	)
+	defer m.Shutdown(context.Background())
+	boom := errors.New("boom")
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) { return 0, boom }}))
+
+	require.NotPanics(t, func() {
+		_, err := m.Execute(context.Background(), "p", 1)
+		require.ErrorIs(t, err, boom, "the plugin's error reaches the caller")
+	})
+	pm := m.Metrics().Plugins["p"]
+	require.Zero(t, pm.InFlight, "the call is counted out")
+	require.Equal(t, BreakerOpen, pm.Breaker, "the panic counted as a failure")
+	_, err := m.Execute(context.Background(), "p", 1)
+	require.ErrorIs(t, err, ErrBreakerOpen)
 }

@@ -63,11 +63,19 @@ type Config struct {
 // ConfigDefaults are the per-plugin defaults of a Config. Zero values mean
 // the library's defaults.
 type ConfigDefaults struct {
-	Timeout      time.Duration
+	// Timeout bounds each call to a plugin (see WithTimeout); zero means
+	// no timeout.
+	Timeout time.Duration
+	// DrainTimeout bounds how long a reload may pause a plugin's traffic
+	// (see WithDrainTimeout).
 	DrainTimeout time.Duration
-	Breaker      BreakerConfig
-	Health       HealthConfig
-	Restart      RestartPolicy
+	// Breaker configures each plugin's circuit breaker (see WithBreaker).
+	Breaker BreakerConfig
+	// Health configures each plugin's health checks (see WithHealthCheck).
+	Health HealthConfig
+	// Restart says how a crashed child process (subprocess or gRPC
+	// plugin) is restarted.
+	Restart RestartPolicy
 }
 
 // ManagerOptions returns the options that make a Manager follow the

@@ -16,9 +16,12 @@ import (
 // ParseConstraint). An Optional dependency may be absent; when it is present,
 // its constraint must hold and it is loaded first, like a required one.
 type Dependency struct {
-	Name       string
+	// Name is the name of the plugin depended on.
+	Name string
+	// Constraint is the version range it must be in, e.g. ">=1.2, <2".
 	Constraint string
-	Optional   bool
+	// Optional makes the dependency satisfied when the plugin is absent.
+	Optional bool
 }
 
 // DependencyGraph holds plugins, each a name and a strict semantic version,

@@ -55,10 +55,12 @@ func (s LoadState) String() string {
 
 // PluginStatus is the loader's view of one plugin.
 type PluginStatus struct {
+	// Name is the plugin's name.
 	Name string
 	// Version is the discovered version; Loaded the version serving, if any.
 	Version, Loaded string
-	State           LoadState
+	// State is where the plugin is in the loader's life cycle.
+	State LoadState
 	// Err is why the plugin is pending or failed, or why the last update
 	// was refused while the old version kept serving.
 	Err error

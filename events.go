@@ -12,13 +12,23 @@ type EventKind int
 
 // Event kinds.
 const (
+	// EventRegistered: Register added the plugin.
 	EventRegistered EventKind = iota + 1
+	// EventUnregistered: the plugin was removed (by Unregister or
+	// Shutdown) and closed; Err is Close's error, if any.
 	EventUnregistered
+	// EventBreakerOpened: the circuit breaker opened; calls are rejected.
 	EventBreakerOpened
+	// EventBreakerHalfOpen: the breaker's open timeout passed; probes run.
 	EventBreakerHalfOpen
+	// EventBreakerClosed: the probes succeeded; calls flow again.
 	EventBreakerClosed
+	// EventHealthChanged: the plugin's health status changed (see Health).
 	EventHealthChanged
+	// EventReloaded: a Reload committed; Reload carries its report.
 	EventReloaded
+	// EventReloadFailed: a Reload failed and the old plugin serves on;
+	// Err is the *ReloadError and Reload its report.
 	EventReloadFailed
 	// EventPending: the DynamicLoader is waiting for a plugin's dependency.
 	EventPending
@@ -49,9 +59,12 @@ func (k EventKind) String() string {
 
 // Event reports something that happened to a plugin.
 type Event struct {
-	Kind   EventKind
+	// Kind says what happened.
+	Kind EventKind
+	// Plugin is the name of the plugin it happened to.
 	Plugin string
-	Time   time.Time
+	// Time is when it happened.
+	Time time.Time
 	// Version is the plugin's version, for registered, unregistered and
 	// reload events (the new version after a reload).
 	Version string

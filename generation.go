@@ -47,7 +47,12 @@ type generation[Req, Resp any] struct {
 	detached atomic.Int64  // timed-out calls still running on their own goroutine
 	backouts atomic.Uint64 // starts that parked instead of running
 
-	healthMu  sync.Mutex // held by health checks; Close takes it too
+	// checks counts health checks running on their own goroutine; close
+	// waits for them (bounded by its ctx) and refuses new ones.
+	checkMu   sync.Mutex
+	checks    int
+	checkIdle chan struct{} // closed when checks drops to 0 while close waits
+	closing   bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -135,9 +140,34 @@ func (g *generation[Req, Resp]) drain(ctx context.Context) error {
 	return nil
 }
 
-func (g *generation[Req, Resp]) health(ctx context.Context, name string) (err error) {
-	g.healthMu.Lock()
-	defer g.healthMu.Unlock()
+// health runs the plugin's Health on a goroutine of its own and returns its
+// result, or ctx's error as soon as ctx ends: a check that ignores ctx never
+// holds up its caller. Once close has started, health refuses to run.
+func (g *generation[Req, Resp]) health(ctx context.Context, name string) error {
+	g.checkMu.Lock()
+	if g.closing {
+		g.checkMu.Unlock()
+		return newError(CodeClosed, name, "the plugin is being closed; check the plugin that serves now")
+	}
+	g.checks++
+	g.checkMu.Unlock()
+
+	done := make(chan error, 1)
+	go func() {
+		defer g.checkDone()
+		done <- g.runHealth(ctx, name)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return wrapError(ctx.Err(), CodeTimeout, name,
+			"the health check did not return in time; the plugin's Health must honour its ctx")
+	}
+}
+
+// runHealth calls the plugin's Health, turning a panic into ErrPanic.
+func (g *generation[Req, Resp]) runHealth(ctx context.Context, name string) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = newError(CodePanic, name, "health check panicked: %v", r)
@@ -146,11 +176,36 @@ func (g *generation[Req, Resp]) health(ctx context.Context, name string) (err er
 	return g.plugin.Health(ctx)
 }
 
-// close closes the plugin once; later calls return the first result.
+// checkDone counts a health check out and wakes a close waiting for it.
+func (g *generation[Req, Resp]) checkDone() {
+	g.checkMu.Lock()
+	defer g.checkMu.Unlock()
+	g.checks--
+	if g.checks == 0 && g.checkIdle != nil {
+		close(g.checkIdle)
+		g.checkIdle = nil
+	}
+}
+
+// close closes the plugin once; later calls return the first result. It
+// refuses new health checks and waits for the running ones, bounded by ctx;
+// when ctx ends first it closes the plugin all the same.
 func (g *generation[Req, Resp]) close(ctx context.Context, name string) error {
 	g.closeOnce.Do(func() {
-		g.healthMu.Lock()
-		defer g.healthMu.Unlock()
+		g.checkMu.Lock()
+		g.closing = true
+		var idle chan struct{}
+		if g.checks > 0 {
+			idle = make(chan struct{})
+			g.checkIdle = idle
+		}
+		g.checkMu.Unlock()
+		if idle != nil {
+			select {
+			case <-idle:
+			case <-ctx.Done():
+			}
+		}
 		defer func() {
 			if r := recover(); r != nil {
 				g.closeErr = newError(CodePanic, name, "Close panicked: %v", r)

@@ -62,7 +62,9 @@ func (c HealthConfig) withDefaults() HealthConfig {
 
 // HealthReport is the outcome of a plugin's latest health check.
 type HealthReport struct {
+	// Plugin is the plugin's name.
 	Plugin string
+	// Status is the plugin's health after the check.
 	Status HealthStatus
 	// Err is the error of the latest failed check; nil when healthy.
 	Err error

@@ -3,6 +3,7 @@ package goplugins
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"maps"
 	"runtime/debug"
 	"slices"
@@ -20,7 +21,8 @@ import (
 // nothing (unless a timeout is configured, see WithTimeout).
 //
 // A Manager is safe for concurrent use. Shutdown releases everything it
-// holds; no goroutine outlives it.
+// holds; no goroutine of the manager outlives it, except one still waiting
+// on a plugin whose Close or reload step ignores its ctx (see Shutdown).
 type Manager[Req, Resp any] struct {
 	cfg managerConfig
 	reg atomic.Pointer[registry[Req, Resp]]
@@ -167,6 +169,10 @@ func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req,
 			}[to]
 			m.cfg.logger.Warn("goplugins: circuit breaker changed", "plugin", name, "from", from.String(), "to", to.String())
 			m.emit(Event{Kind: kind, Plugin: name})
+		},
+		onPanic: func(r any) {
+			m.cfg.logger.Error("goplugins: BreakerConfig.IsFailure panicked; the call counts as a failure",
+				"plugin", name, "panic", r, "stack", string(debug.Stack()))
 		},
 	}
 	e.brk.startWindow()
@@ -340,7 +346,8 @@ func (e *entry[Req, Resp]) lock(ctx context.Context) error {
 	case e.op <- struct{}{}:
 		return nil
 	case <-ctx.Done():
-		return wrapError(ctx.Err(), CodeTimeout, e.name, "waiting for another reload or unregister of the plugin")
+		return wrapError(ctx.Err(), CodeDrainTimeout, e.name,
+			"a reload or unregister of the plugin is still running; retry with a longer ctx")
 	}
 }
 
@@ -350,9 +357,12 @@ func (e *entry[Req, Resp]) unlock() { <-e.op }
 // calls in flight finish, then the plugin is closed. If a reload of the
 // plugin is running, Unregister first waits for it to end.
 //
-// If ctx ends before the calls in flight finish, the plugin is removed all
-// the same and closed in the background after its last call (or at
-// Shutdown); Unregister then returns an error matching ErrDrainTimeout.
+// If ctx ends (or Shutdown starts) before the calls in flight finish, the
+// plugin is removed all the same and closed in the background after its
+// last call, or when Shutdown gives up waiting; Unregister then returns an
+// error matching ErrDrainTimeout. If ctx ends while a reload still holds
+// the plugin, Unregister changes nothing and returns an error matching
+// ErrDrainTimeout. Shutdown waits for every Unregister in progress.
 func (m *Manager[Req, Resp]) Unregister(ctx context.Context, name string) error {
 	e := m.reg.Load().entries[name]
 	if e == nil {
@@ -372,15 +382,21 @@ func (m *Manager[Req, Resp]) Unregister(ctx context.Context, name string) error 
 	next := maps.Clone(r.entries)
 	delete(next, name)
 	m.reg.Store(&registry[Req, Resp]{entries: next, closed: r.closed})
+	// Shutdown waits for this removal: the registry is open, so Shutdown
+	// has not started waiting yet (it closes the registry under m.mu).
+	m.wg.Add(1)
 	m.mu.Unlock()
 
 	g := e.retire()
-	if err := g.drain(ctx); err != nil {
+	dctx, stop := mergeCancel(ctx, m.closing)
+	defer stop()
+	if g.drain(dctx) != nil {
 		left := g.inFlight()
-		m.closeLater(e, g)
-		return wrapError(err, CodeDrainTimeout, name,
+		go m.closeLater(e, g)
+		return wrapError(context.Cause(dctx), CodeDrainTimeout, name,
 			"removed, but %d call(s) were still running; it will be closed after the last one ends", left)
 	}
+	defer m.wg.Done()
 	err := g.close(ctx, name)
 	m.cfg.logger.Info("goplugins: plugin unregistered", "plugin", name, "version", g.info.Version)
 	m.emit(Event{Kind: EventUnregistered, Plugin: name, Version: g.info.Version, Err: err})
@@ -392,12 +408,16 @@ func (m *Manager[Req, Resp]) Unregister(ctx context.Context, name string) error 
 
 // retire stops routing calls to the entry: health checks stop, calls
 // starting from now on find no generation (callers that already hold it
-// back out and retry). It returns the generation to drain and close.
+// back out and retry). It returns the generation to drain and close, nil
+// if the entry was retired already. The op slot must be held.
 func (e *entry[Req, Resp]) retire() *generation[Req, Resp] {
 	if e.stopHealth != nil {
 		e.stopHealth()
 	}
 	g := e.gen.Load()
+	if g == nil {
+		return nil
+	}
 	gt := newGate()
 	g.gate.Store(gt)
 	e.gen.Store(nil)
@@ -405,30 +425,34 @@ func (e *entry[Req, Resp]) retire() *generation[Req, Resp] {
 	return g
 }
 
-// closeLater closes g after its last call, or when Shutdown gives up waiting.
+// closeLater closes g after its last call, or when Shutdown gives up
+// waiting. It runs on its own goroutine and owns one count of m.wg, which
+// its caller added.
 func (m *Manager[Req, Resp]) closeLater(e *entry[Req, Resp], g *generation[Req, Resp]) {
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		drained := g.drain(m.abandon) == nil
-		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.health.Timeout)
-		defer cancel()
-		err := g.close(ctx, e.name)
-		if !drained {
-			m.cfg.logger.Warn("goplugins: plugin closed with calls still running", "plugin", e.name, "in_flight", g.inFlight())
-		}
-		m.emit(Event{Kind: EventUnregistered, Plugin: e.name, Version: g.info.Version, Err: err})
-	}()
+	defer m.wg.Done()
+	drained := g.drain(m.abandon) == nil
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.health.Timeout)
+	defer cancel()
+	err := g.close(ctx, e.name)
+	if !drained {
+		m.cfg.logger.Warn("goplugins: plugin closed with calls still running", "plugin", e.name, "in_flight", g.inFlight())
+	}
+	m.emit(Event{Kind: EventUnregistered, Plugin: e.name, Version: g.info.Version, Err: err})
 }
 
 // Shutdown stops health checks, aborts reloads in progress (they roll
 // back), refuses new calls with ErrShuttingDown, waits for the calls in
-// flight and closes every plugin concurrently. Event subscribers receive
-// what was queued, then stop.
+// flight and for Unregisters in progress, and closes every plugin
+// concurrently. Event subscribers receive what was queued, then stop.
 //
-// If ctx ends first, plugins with calls still running are closed anyway and
-// Shutdown returns ctx's error joined with any Close errors. Shutdown is
-// idempotent: later calls wait for the first and return its result.
+// If ctx ends first, plugins with calls still running are closed anyway;
+// a plugin that a reload still holds (a reload step ignoring its ctx) is
+// closed as soon as the reload lets go of it. Shutdown then waits at most
+// one more health-check timeout (the bound Close gets, see HealthConfig)
+// for those closes, and returns ctx's error joined with any Close errors.
+// Only a plugin whose Close or reload ignores its ctx outlives that wait;
+// its goroutine ends when the plugin returns. Shutdown is idempotent: later
+// calls wait for the first and return its result.
 func (m *Manager[Req, Resp]) Shutdown(ctx context.Context) error {
 	m.shutdownOnce.Do(func() { m.shutdownErr = m.shutdown(ctx) })
 	return m.shutdownErr
@@ -439,25 +463,21 @@ func (m *Manager[Req, Resp]) shutdown(ctx context.Context) error {
 	m.mu.Lock()
 	entries := m.reg.Load().entries
 	m.reg.Store(&registry[Req, Resp]{entries: map[string]*entry[Req, Resp]{}, closed: true})
+	// The last m.wg.Add: from now on the registry is closed, so Register
+	// and Unregister add nothing.
+	m.wg.Add(len(entries))
 	m.mu.Unlock()
 
-	var (
-		errMu sync.Mutex
-		errs  []error
-		wg    sync.WaitGroup
-	)
+	grace := m.cfg.plugin.health.Timeout
+	var errs shutdownErrors
+	errs.log = m.cfg.logger
 	for _, e := range entries {
-		wg.Add(1)
+		grace = max(grace, e.cfg.health.Timeout)
 		go func() {
-			defer wg.Done()
-			if err := m.shutdownEntry(ctx, e); err != nil {
-				errMu.Lock()
-				errs = append(errs, err)
-				errMu.Unlock()
-			}
+			defer m.wg.Done()
+			m.shutdownEntry(ctx, e, errs.add)
 		}()
 	}
-	wg.Wait()
 
 	done := make(chan struct{})
 	go func() {
@@ -468,7 +488,14 @@ func (m *Manager[Req, Resp]) shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		m.cancelAbandon()
-		<-done
+		t := time.NewTimer(grace)
+		select {
+		case <-done:
+		case <-t.C:
+			errs.add(newError(CodeShuttingDown, "",
+				"a plugin's Close or reload ignores its ctx: still running %v after shutdown's ctx ended; it is closed when it returns", grace))
+		}
+		t.Stop()
 	}
 	m.cancelAbandon()
 	for _, d := range m.bus.close() {
@@ -478,20 +505,59 @@ func (m *Manager[Req, Resp]) shutdown(ctx context.Context) error {
 		}
 	}
 	if ctx.Err() != nil {
-		errs = append(errs, wrapError(ctx.Err(), CodeShuttingDown, "", "shutdown did not finish in time"))
+		errs.add(wrapError(ctx.Err(), CodeShuttingDown, "", "shutdown did not finish in time"))
 	}
-	return errors.Join(errs...)
+	return errs.result()
 }
 
-func (m *Manager[Req, Resp]) shutdownEntry(ctx context.Context, e *entry[Req, Resp]) error {
+// shutdownErrors gathers the errors of a shutdown. Errors that arrive after
+// Shutdown returned are logged instead.
+type shutdownErrors struct {
+	log      *slog.Logger
+	mu       sync.Mutex
+	errs     []error
+	returned bool
+}
+
+func (s *shutdownErrors) add(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.returned {
+		s.log.Warn("goplugins: error after shutdown returned", "error", err.Error())
+		return
+	}
+	s.errs = append(s.errs, err)
+}
+
+func (s *shutdownErrors) result() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.returned = true
+	return errors.Join(s.errs...)
+}
+
+// shutdownEntry retires, drains and closes one plugin, reporting errors.
+// If a reload or Unregister holds the plugin past ctx, it stops the health
+// checks at once, reports that, and closes the plugin when the holder lets
+// go (without waiting for calls in flight any more).
+func (m *Manager[Req, Resp]) shutdownEntry(ctx context.Context, e *entry[Req, Resp], report func(error)) {
+	drainCtx := ctx
 	if err := e.lock(ctx); err != nil {
-		return err
+		if e.stopHealth != nil {
+			e.stopHealth()
+		}
+		report(wrapError(err, CodeShuttingDown, e.name, "not closed in time; it will be closed when the reload ends"))
+		e.op <- struct{}{}
+		drainCtx = m.abandon
 	}
 	defer e.unlock()
 	g := e.retire()
-	drainErr := g.drain(ctx)
+	if g == nil { // an Unregister removed it and closes it
+		return
+	}
+	drainErr := g.drain(drainCtx)
 	closeCtx := ctx
-	if drainErr != nil {
+	if drainErr != nil || ctx.Err() != nil {
 		c, cancel := context.WithTimeout(context.Background(), e.cfg.health.Timeout)
 		defer cancel()
 		closeCtx = c
@@ -499,12 +565,11 @@ func (m *Manager[Req, Resp]) shutdownEntry(ctx context.Context, e *entry[Req, Re
 	err := g.close(closeCtx, e.name)
 	m.emit(Event{Kind: EventUnregistered, Plugin: e.name, Version: g.info.Version, Err: err})
 	if err != nil {
-		return wrapError(err, CodeClosed, e.name, "Close failed during shutdown")
+		report(wrapError(err, CodeClosed, e.name, "Close failed during shutdown"))
 	}
 	if drainErr != nil {
-		return wrapError(drainErr, CodeDrainTimeout, e.name, "closed with %d call(s) still running", g.inFlight())
+		report(wrapError(drainErr, CodeDrainTimeout, e.name, "closed with %d call(s) still running", g.inFlight()))
 	}
-	return nil
 }
 
 // Plugins returns the info of every registered plugin, sorted by name.

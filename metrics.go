@@ -19,7 +19,11 @@ type Metrics struct {
 type PluginMetrics struct {
 	// Calls counts Execute calls that reached the plugin (retries are one call).
 	Calls uint64
-	// Errors counts calls that returned an error, whatever the cause.
+	// Errors counts the calls that ran on the plugin (see Calls) and
+	// returned an error, whatever the cause: the plugin's error, a timeout,
+	// a panic, the caller's ctx. Calls refused before reaching the plugin
+	// (see Rejected) and calls parked by a reload whose ctx ended first are
+	// not counted.
 	Errors uint64
 	// Timeouts counts calls that hit the plugin's timeout.
 	Timeouts uint64

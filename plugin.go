@@ -11,16 +11,24 @@ import (
 // Execute may be called from many goroutines at once. Close is idempotent.
 type Plugin[Req, Resp any] interface {
 	// Info describes the plugin. It must return the same name for the
-	// plugin's whole life and be cheap: the manager calls it on Register,
-	// Reload and Plugins.
+	// plugin's whole life and be cheap: the manager calls it on Register
+	// and Reload, and caches the result (Plugins and Manager.Info return
+	// the cached info).
 	Info() PluginInfo
 	// Execute handles one request. It should honour ctx: the manager
 	// cancels ctx on the caller's behalf and at the plugin's timeout.
 	Execute(ctx context.Context, req Req) (Resp, error)
-	// Health reports whether the plugin can serve; nil means healthy.
+	// Health reports whether the plugin can serve; nil means healthy. It
+	// should honour ctx: the manager stops waiting at the health-check
+	// timeout and counts the check as failed (ErrTimeout), and Close waits
+	// for a running check no longer than its own ctx.
 	Health(ctx context.Context) error
-	// Close releases the plugin's resources. It is called once the plugin
-	// has no call in flight; calling it again returns nil.
+	// Close releases the plugin's resources. The manager calls it once the
+	// plugin has no call in flight, except when it gives up waiting: a
+	// Shutdown whose ctx ended, or a plugin that Unregister left to close
+	// in the background when Shutdown's ctx ends; then Close runs while
+	// calls may still be running and must tolerate them. Calling it again
+	// returns nil.
 	Close(ctx context.Context) error
 }
 

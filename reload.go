@@ -115,6 +115,7 @@ type ReloadReport struct {
 // serves on: Handed keeps what was persisted or checkpointed before the
 // failure, so nothing is lost.
 type ReloadError struct {
+	// Plugin is the name of the plugin whose reload failed.
 	Plugin string
 	// Phase is "preflight", "drain" or "dispatch".
 	Phase string
@@ -386,10 +387,14 @@ func (m *Manager[Req, Resp]) checkReloadVersion(info PluginInfo, dependents []de
 	return nil
 }
 
-// resetState gives a new generation a clean breaker and health status.
+// resetState gives a new generation a clean breaker and health status:
+// closed, with no failures counted (transition changes nothing when the
+// breaker is closed already, so the count is reset here).
 func (e *entry[Req, Resp]) resetState() {
 	e.brk.mu.Lock()
 	e.brk.transition(BreakerClosed)
+	e.brk.consecutive.Store(0)
+	e.brk.startWindow()
 	e.brk.mu.Unlock()
 	e.healthMu.Lock()
 	e.healthState = HealthReport{}

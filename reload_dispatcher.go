@@ -65,9 +65,10 @@ func (h *Handoff) recorded() map[Surface][]byte {
 }
 
 // ReloadDispatcher holds the table of reload kinds: the handoffs that
-// Manager.Reload runs between drain and commit. The zero value is not
-// usable; NewReloadDispatcher returns one with the built-in kinds (schema,
-// state, stream), and Register adds the host's own. It is safe for
+// Manager.Reload runs between drain and commit. The zero value is an
+// empty table, without the built-in kinds; NewReloadDispatcher returns one
+// with the built-in kinds (schema, state, stream), and Register adds the
+// host's own. It is safe for
 // concurrent use.
 //
 // Manager.Reload swaps a plugin in four phases:

@@ -1234,3 +1234,23 @@ func TestReloadStreamRollbackNeverRunsBothStreams(t *testing.T) {
 	_, err = m.Execute(context.Background(), "sw", 0)
 	assert.NoError(t, err, "the old plugin still serves calls")
 }
+
+// TestReloadResetsBreakerFailures: a successful reload gives the new plugin
+// a clean breaker, even when the breaker was closed with failures counted.
+func TestReloadResetsBreakerFailures(t *testing.T) {
+	verifyNoLeaks(t)
+	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}), WithBreaker(BreakerConfig{ConsecutiveFailures: 3}))
+	defer m.Shutdown(context.Background())
+	boom := errors.New("boom")
+	failing := func(context.Context, int) (int, error) { return 0, boom }
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: failing}))
+	for range 2 {
+		_, err := m.Execute(context.Background(), "p", 0)
+		require.ErrorIs(t, err, boom)
+	}
+	_, err := m.Reload(context.Background(), "p", &scripted{name: "p", version: "1.1.0", exec: failing})
+	require.NoError(t, err)
+	_, err = m.Execute(context.Background(), "p", 0)
+	require.ErrorIs(t, err, boom)
+	require.Equal(t, BreakerClosed, m.Metrics().Plugins["p"].Breaker, "the old plugin's failures do not count against the new one")
+}
