@@ -2,7 +2,6 @@ package goplugins
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,7 +9,7 @@ import (
 
 // counterShards spreads the in-flight counters of a generation over cache
 // lines so that cores calling the same plugin rarely contend.
-const counterShards = 8
+const counterShards = 16
 
 // callShard holds the started and finished counts of one shard. A call
 // starts and finishes on the same shard, which therefore stays in one
@@ -63,9 +62,33 @@ func newGeneration[Req, Resp any](p Plugin[Req, Resp], info PluginInfo, id uint6
 
 // start counts a call in and returns its shard and the shard's start count.
 func (g *generation[Req, Resp]) start() (uint32, uint64) {
-	s := rand.Uint32() % counterShards
+	s := callerShard()
 	return s, g.shards[s].started.Add(1)
 }
+
+// callerShard returns a shard owned by the caller's P (the scheduler's
+// processor, one a core): sync.Pool keeps one token per P and hands a P
+// its own, so the calls a core makes in a row stay on one cache line and
+// two cores never share one. (A random shard per call would make each core
+// write lines the other wrote last about half the time; a shard per
+// goroutine would let two busy goroutines collide.) The pool may drop its
+// tokens at a garbage collection; a new one is then made, and the next
+// token number picked.
+func callerShard() uint32 {
+	t := shardTokens.Get().(*uint32)
+	s := *t
+	shardTokens.Put(t)
+	return s
+}
+
+var (
+	nextShard   atomic.Uint32
+	shardTokens = sync.Pool{New: func() any {
+		t := new(uint32)
+		*t = nextShard.Add(1) % counterShards
+		return t
+	}}
+)
 
 // finish counts a call out. While a drain is waiting it signals when the
 // generation may have become idle.
