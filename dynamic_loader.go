@@ -447,6 +447,35 @@ func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifes
 	return nil
 }
 
+// Reload applies the latest known manifest of a loaded plugin, for hosts
+// that turned auto-loading off (with it on, updates apply by themselves):
+// the plugin is hot-swapped through Manager.Reload after the checks an
+// update event gets (host policy, dependencies' running versions, loaded
+// dependents' constraints). If the running manifest is the latest, Reload
+// does nothing. On failure the running version keeps serving.
+func (l *DynamicLoader[Req, Resp]) Reload(ctx context.Context, name string) error {
+	if err := l.lockOp(); err != nil {
+		return err
+	}
+	defer l.op.Unlock()
+	l.mu.Lock()
+	mf, run := l.known[name], l.running[name]
+	l.mu.Unlock()
+	switch {
+	case mf == nil:
+		return newError(CodeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
+	case run == nil:
+		return newError(CodeNotFound, name, "the plugin is not loaded; use Load")
+	case run.Hash == mf.Hash:
+		return nil
+	}
+	if err := l.reloadLocked(ctx, mf); err != nil {
+		return err
+	}
+	l.loadPendingLocked(ctx) // dependents that waited for this version
+	return nil
+}
+
 // Load loads the named plugin, loading its missing dependencies first, in
 // order. If a dependency is missing or unsatisfied the plugin waits as
 // pending (and loads by itself once it can) and Load returns an error

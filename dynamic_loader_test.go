@@ -608,3 +608,27 @@ func TestLoaderManifestHealthOverridesOnlyItsFields(t *testing.T) {
 		})
 	}
 }
+
+func TestLoaderReloadWithAutoLoadOff(t *testing.T) {
+	src := newMemSource(manifest(t, "auth", "1.0.0", nil))
+	l, m, _ := newTestLoader(t, src, WithAutoLoad(false))
+	ctx := context.Background()
+	require.NoError(t, l.Start(ctx))
+	require.ErrorIs(t, l.Reload(ctx, "auth"), ErrNotFound, "not loaded yet")
+	require.NoError(t, l.Load(ctx, "auth"))
+
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.1.0", nil)})
+	info, _ := m.Info("auth")
+	require.Equal(t, "1.0.0", info.Version, "auto-loading is off: the update waits")
+	st := l.Status()[0]
+	require.Equal(t, "1.1.0", st.Version)
+	require.Equal(t, "1.0.0", st.Loaded)
+
+	require.NoError(t, l.Reload(ctx, "auth"))
+	info, _ = m.Info("auth")
+	require.Equal(t, "1.1.0", info.Version)
+	require.Equal(t, uint64(2), m.Metrics().Plugins["auth"].Generation)
+	require.NoError(t, l.Reload(ctx, "auth"), "already the latest: nothing to do")
+	require.Equal(t, uint64(2), m.Metrics().Plugins["auth"].Generation)
+	require.ErrorIs(t, l.Reload(ctx, "nope"), ErrNotFound)
+}
