@@ -3,7 +3,6 @@ package goplugins
 import (
 	"context"
 	"errors"
-	"sync"
 	"sync/atomic"
 )
 
@@ -41,55 +40,7 @@ func (p *scripted) Health(ctx context.Context) error {
 }
 func (p *scripted) Close(context.Context) error { p.closed.Add(1); return nil }
 
-// counter is a stateful plugin: it counts the calls it served and hands the
-// count over on reload.
-type counter struct {
-	name, version string
-	mu            sync.Mutex
-	n             int
-	failPersist   error
-	failRestore   error
-	closed        atomic.Int32
-}
-
-func (p *counter) Info() PluginInfo {
-	return PluginInfo{Name: p.name, Version: p.version, Surfaces: []Surface{SurfaceState}}
-}
-func (p *counter) Execute(context.Context, int) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.n++
-	return p.n, nil
-}
-func (p *counter) Health(context.Context) error { return nil }
-func (p *counter) Close(context.Context) error  { p.closed.Add(1); return nil }
-func (p *counter) count() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.n
-}
-func (p *counter) PersistState(context.Context) ([]byte, error) {
-	if p.failPersist != nil {
-		return nil, p.failPersist
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return encodeInt(p.n), nil
-}
-func (p *counter) RestoreState(_ context.Context, b []byte) error {
-	if p.failRestore != nil {
-		return p.failRestore
-	}
-	n, err := decodeInt(b)
-	if err != nil {
-		return err
-	}
-	p.mu.Lock()
-	p.n = n
-	p.mu.Unlock()
-	return nil
-}
-
+// encodeInt and decodeInt are the state format of the test plugins.
 func encodeInt(n int) []byte {
 	b := make([]byte, 8)
 	for i := range b {

@@ -135,6 +135,13 @@ func (p *swappable) Resume(_ context.Context, pos []byte) error {
 func (p *swappable) CheckCompat(context.Context, PluginInfo) error { return p.failCompat }
 
 // snapshot returns the plugin's state, stream position and whether it streams.
+// count returns the calls served: the plugin's state.
+func (p *swappable) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n
+}
+
 func (p *swappable) snapshot() (n int, pos uint64, streaming bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -702,14 +709,14 @@ func TestReloadUnderLoadLosesNoCall(t *testing.T) {
 	verifyNoLeaks(t)
 	const reloads = 1000
 	m := newReloadManager(t)
-	first := &counter{name: "ctr", version: "1.0.0"}
+	first := newSwappable("ctr", "1.0.0", SurfaceState)
 	require.NoError(t, m.Register(first))
 	l := startLoad(t, m, "ctr", 3)
 
-	plugins := []*counter{first}
+	plugins := []*swappable{first}
 	parked := 0
 	for i := 1; i <= reloads; i++ {
-		next := &counter{name: "ctr", version: fmt.Sprintf("1.0.%d", i)}
+		next := newSwappable("ctr", fmt.Sprintf("1.0.%d", i), SurfaceState)
 		rep, err := m.Reload(context.Background(), "ctr", next)
 		require.NoError(t, err, "reload %d", i)
 		require.Equal(t, uint64(i+1), rep.Generation)
@@ -964,8 +971,8 @@ func TestReloadThenUnregisterWaits(t *testing.T) {
 func TestReloadAbortedByShutdown(t *testing.T) {
 	verifyNoLeaks(t)
 	m := newReloadManager(t)
-	old := &counter{name: "ctr", version: "1.0.0"}
-	next := &counter{name: "ctr", version: "1.1.0"}
+	old := newSwappable("ctr", "1.0.0", SurfaceState)
+	next := newSwappable("ctr", "1.1.0", SurfaceState)
 	require.NoError(t, m.Register(old))
 	_, err := m.Execute(context.Background(), "ctr", 0)
 	require.NoError(t, err)
