@@ -22,12 +22,7 @@ func SubprocessFactory[Req, Resp any](base SubprocessConfig) Factory[Req, Resp] 
 		}
 		cfg := base
 		cfg.Name, cfg.Version, cfg.Path, cfg.Checksum = m.Name, m.Version, m.Command, m.Checksum
-		cfg.Args = append(append([]string(nil), base.Args...), m.Args...)
-		cfg.Env = mergeEnv(base.Env, m.Env)
-		if cfg.Dir == "" {
-			cfg.Dir = m.Dir
-		}
-		cfg.Restart = mergeRestart(base.Restart, m.Restart)
+		cfg.Args, cfg.Env, cfg.Dir, cfg.Restart = childSettings(m, base.Args, base.Env, base.Dir, base.Restart)
 		p, err := NewSubprocess[Req, Resp](ctx, cfg)
 		if err != nil {
 			return nil, err
@@ -56,12 +51,7 @@ func GRPCFactory[Req, Resp any](base GRPCConfig) Factory[Req, Resp] {
 			}
 		} else {
 			cfg.Command, cfg.Checksum, cfg.Endpoint = m.Command, m.Checksum, ""
-			cfg.Args = append(append([]string(nil), base.Args...), m.Args...)
-			cfg.Env = mergeEnv(base.Env, m.Env)
-			if cfg.Dir == "" {
-				cfg.Dir = m.Dir
-			}
-			cfg.Restart = mergeRestart(base.Restart, m.Restart)
+			cfg.Args, cfg.Env, cfg.Dir, cfg.Restart = childSettings(m, base.Args, base.Env, base.Dir, base.Restart)
 		}
 		p, err := NewGRPCPlugin[Req, Resp](ctx, cfg)
 		if err != nil {
@@ -69,6 +59,18 @@ func GRPCFactory[Req, Resp any](base GRPCConfig) Factory[Req, Resp] {
 		}
 		return p, nil
 	}
+}
+
+// childSettings combines a transport's base settings for a child process
+// with the manifest's: its arguments follow the base ones, its environment
+// overrides the base one, the child runs in the manifest's folder unless
+// the base names one, and the manifest's restart fields override the base
+// policy's.
+func childSettings(m *Manifest, args []string, env map[string]string, dir string, restart RestartPolicy) ([]string, map[string]string, string, RestartPolicy) {
+	if dir == "" {
+		dir = m.Dir
+	}
+	return append(append([]string(nil), args...), m.Args...), mergeEnv(env, m.Env), dir, mergeRestart(restart, m.Restart)
 }
 
 // mergeRestart returns base overridden by the fields the manifest sets.
