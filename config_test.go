@@ -197,7 +197,7 @@ func TestConfigWatcherRoundTrip(t *testing.T) {
 	require.NoError(t, w.Err())
 	require.Equal(t, []string{"a"}, registered(m))
 
-	require.NoError(t, l.Close(ctx))
+	require.NoError(t, l.Shutdown(ctx))
 	require.NoError(t, w.Close())
 	require.NoError(t, w.Close())
 	require.NoError(t, m.Shutdown(ctx))

@@ -174,11 +174,14 @@ type DynamicLoader[Req, Resp any] struct {
 
 	loads, loadFailures, reloads, reloadFailures, unloads, events atomic.Uint64
 
-	ctx     context.Context // cancelled by Close
+	ctx     context.Context // cancelled by Shutdown
 	cancel  context.CancelFunc
 	started atomic.Bool
 	stopped chan struct{} // closed when the event loop ends
-	closed  atomic.Bool
+	closed  atomic.Bool   // Shutdown has begun
+
+	shutDone bool // Shutdown finished (guarded by op), with shutErr
+	shutErr  error
 }
 
 // NewDynamicLoader returns a loader that loads into m what src describes.
@@ -213,13 +216,20 @@ func (l *DynamicLoader[Req, Resp]) RegisterFactory(transport string, f Factory[R
 
 // Start takes the source's current manifests (loading them, level by level,
 // when auto-loading is on) and then consumes its events on a goroutine of
-// its own until Close.
+// its own until Shutdown. A second Start does nothing; after Shutdown,
+// Start fails with ErrShuttingDown.
 func (l *DynamicLoader[Req, Resp]) Start(ctx context.Context) error {
-	if l.closed.Load() {
-		return newError(CodeShuttingDown, "", "the loader is closed")
-	}
 	if l.src == nil || !l.started.CompareAndSwap(false, true) {
+		if l.closed.Load() {
+			return newError(CodeShuttingDown, "", "the loader is shut down; make a new one")
+		}
 		return nil
+	}
+	// Shutdown stores closed, then loads started: one of the two sees the
+	// other, so either Start stops here or Shutdown waits for consume.
+	if l.closed.Load() {
+		close(l.stopped)
+		return newError(CodeShuttingDown, "", "the loader is shut down; make a new one")
 	}
 	for _, mf := range l.src.Manifests() {
 		l.Add(mf)
@@ -333,21 +343,27 @@ func (l *DynamicLoader[Req, Resp]) setRunningLocked(name string, mf *Manifest) {
 }
 
 // apply handles a discovered or updated manifest. It is recorded as the
-// latest; a loaded plugin whose running manifest differs is reloaded (when
-// auto-loading is on), so a failed update is tried again when its manifest
-// is delivered again.
+// latest. A plugin seen for the first time is wanted when auto-loading is
+// on; one unloaded by Unload stays unloaded until Load, whatever its
+// manifests. A loaded plugin whose running manifest differs is reloaded
+// (when auto-loading is on), so a failed update is tried again when its
+// manifest is delivered again. A manifest the loader knows already (the
+// source's start events repeat what Start took from Manifests) changes
+// nothing else.
 func (l *DynamicLoader[Req, Resp]) apply(ctx context.Context, mf *Manifest) error {
 	if err := l.lockOp(); err != nil {
 		return err
 	}
 	defer l.op.Unlock()
 	l.mu.Lock()
+	prev := l.known[mf.Name]
 	err := l.addLocked(mf)
 	run := l.running[mf.Name]
 	auto := l.cfg.autoLoad
-	if err == nil && auto {
+	if err == nil && auto && prev == nil {
 		l.wanted[mf.Name] = true
 	}
+	wanted := l.wanted[mf.Name]
 	if err == nil && run != nil && run.Hash == mf.Hash {
 		l.status[mf.Name].Err = nil // back to the version serving: no update is pending
 	}
@@ -361,7 +377,7 @@ func (l *DynamicLoader[Req, Resp]) apply(ctx context.Context, mf *Manifest) erro
 		}
 		l.loadPendingLocked(ctx) // dependents that waited for this version
 		return nil
-	case run == nil && auto:
+	case run == nil && auto && wanted && !sameManifest(prev, mf):
 		_, err := l.loadLocked(ctx, mf.Name)
 		if errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion) {
 			err = nil // pending: it loads when its dependency appears
@@ -372,6 +388,11 @@ func (l *DynamicLoader[Req, Resp]) apply(ctx context.Context, mf *Manifest) erro
 		return err
 	}
 	return nil
+}
+
+// sameManifest reports whether a and b are the same manifest file and content.
+func sameManifest(a, b *Manifest) bool {
+	return a != nil && b != nil && a.Hash == b.Hash && a.Path == b.Path
 }
 
 // checkDependentsLocked refuses mf if a loaded dependent's constraint
@@ -403,28 +424,14 @@ func (l *DynamicLoader[Req, Resp]) loadedDependentsLocked(name string) []depende
 // reloadLocked swaps the loaded plugin for the one mf describes. It refuses
 // first, while the running version keeps serving, an update that a loaded
 // dependent's constraint, the host policy or a dependency's running version
-// rejects.
+// rejects. Every failed update is recorded in Status and sends an
+// EventReloadFailed (Manager.Reload sends its own).
 func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifest) error {
-	l.mu.Lock()
-	err := l.checkDependentsLocked(mf)
-	if err == nil {
-		if err = l.checkLoadLocked(mf); err != nil {
-			err = wrapError(err, codeOr(err, CodeIncompatibleVersion), mf.Name,
-				"update to %s refused; the running version keeps serving", mf.Version)
-		}
-	}
-	if err != nil {
-		l.status[mf.Name].Err = err
-		l.mu.Unlock()
-		l.reloadFailures.Add(1)
-		l.m.emit(Event{Kind: EventReloadFailed, Plugin: mf.Name, Version: mf.Version, Err: err})
-		return err
-	}
-	l.mu.Unlock()
-	next, err := l.make(ctx, mf)
+	next, err := l.prepareReload(ctx, mf)
 	if err != nil {
 		l.reloadFailures.Add(1)
 		l.setErr(mf.Name, err)
+		l.m.emit(Event{Kind: EventReloadFailed, Plugin: mf.Name, Version: mf.Version, Err: err})
 		return err
 	}
 	l.mu.Lock()
@@ -445,6 +452,23 @@ func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifes
 	l.status[mf.Name].Err = nil
 	l.mu.Unlock()
 	return nil
+}
+
+// prepareReload checks an update and makes its plugin.
+func (l *DynamicLoader[Req, Resp]) prepareReload(ctx context.Context, mf *Manifest) (Plugin[Req, Resp], error) {
+	l.mu.Lock()
+	err := l.checkDependentsLocked(mf)
+	if err == nil {
+		if err = l.checkLoadLocked(mf); err != nil {
+			err = wrapError(err, codeOr(err, CodeIncompatibleVersion), mf.Name,
+				"update to %s refused; the running version keeps serving", mf.Version)
+		}
+	}
+	l.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return l.newPlugin(ctx, mf)
 }
 
 // Reload applies the latest known manifest of a loaded plugin, for hosts
@@ -535,17 +559,34 @@ func (l *DynamicLoader[Req, Resp]) loadLocked(ctx context.Context, name string) 
 // LoadAll loads every known plugin that can be loaded, level by level, the
 // plugins of a level in parallel. What can be known before loading anything
 // is screened first: plugins with a missing or unsatisfied dependency become
-// pending, plugins in a cycle or refused by the host's version policy fail
-// (and their dependents wait as pending); LoadAll loads the rest and returns
-// those failures joined. If a load itself fails, everything this call
-// loaded is unloaded again and that error is returned.
+// pending, plugins in a cycle or refused by the host's version policy fail.
+// A plugin whose load fails fails alone: the plugins loaded beside it stay
+// loaded, and its dependents, like those of every plugin that cannot load,
+// wait as pending. LoadAll returns every failure joined, each problem once
+// (a cycle once, not once per member).
 func (l *DynamicLoader[Req, Resp]) LoadAll(ctx context.Context) error {
 	if err := l.lockOp(); err != nil {
 		return err
 	}
 	defer l.op.Unlock()
 	l.mu.Lock()
-	sub := l.graph.Copy()
+	sub, problems := l.screenLocked()
+	l.mu.Unlock()
+	levels, err := sub.Levels()
+	if err != nil { // cannot happen: the screen removed every problem
+		return errors.Join(append(problems, err)...)
+	}
+	blocked := map[string]bool{} // a dependency failed in this call
+	for _, level := range levels {
+		problems = append(problems, l.loadLevel(ctx, level, blocked)...)
+	}
+	return errors.Join(problems...)
+}
+
+// screenLocked marks every known plugin wanted and returns the graph of
+// those LoadAll may load, with the problems found: pending and failed
+// plugins, and their dependents, are left out.
+func (l *DynamicLoader[Req, Resp]) screenLocked() (*DependencyGraph, []error) {
 	var problems []error
 	excluded := map[string]bool{}
 	names := slices.Sorted(maps.Keys(l.known))
@@ -559,17 +600,19 @@ func (l *DynamicLoader[Req, Resp]) LoadAll(ctx context.Context) error {
 		switch {
 		case errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion):
 			state = StatePending
+		case errors.Is(err, ErrDependencyCycle) && !l.onCycleLocked(n):
+			continue // after a cycle: pending as its dependent, below
 		case err == nil:
-			err = l.checkPolicyLocked(l.known[n])
-		}
-		if err != nil {
-			if state == StateFailed {
+			if err = l.checkPolicyLocked(l.known[n]); err != nil {
 				problems = append(problems, err)
 			}
+		}
+		if err != nil {
 			l.setStateLocked(n, state, err)
 			excluded[n] = true
 		}
 	}
+	problems = append(problems, cycles(l.graph)...)
 	for _, n := range names {
 		if !excluded[n] {
 			continue
@@ -581,45 +624,92 @@ func (l *DynamicLoader[Req, Resp]) LoadAll(ctx context.Context) error {
 			}
 		}
 	}
+	sub := l.graph.Copy()
 	for n := range excluded {
 		sub.Remove(n)
 	}
-	l.mu.Unlock()
-	levels, err := sub.Levels()
-	if err != nil {
-		return err
+	return sub, problems
+}
+
+// onCycleLocked reports whether name is on a dependency cycle: whether one
+// of its dependencies needs it.
+func (l *DynamicLoader[Req, Resp]) onCycleLocked(name string) bool {
+	dependents := l.graph.Dependents(name)
+	for _, d := range l.graph.Dependencies(name) {
+		if slices.Contains(dependents, d.Name) {
+			return true
+		}
 	}
-	var done []string
-	for _, level := range levels {
-		var (
-			wg     sync.WaitGroup
-			mu     sync.Mutex
-			failed []error
-		)
-		for _, n := range level {
-			if l.isLoaded(n) {
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				err := l.loadOne(ctx, n)
+	return false
+}
+
+// cycles returns the dependency cycles of g, each once.
+func cycles(g *DependencyGraph) []error {
+	var out []error
+	for _, err := range unjoin(g.Check()) {
+		if errors.Is(err, ErrDependencyCycle) {
+			out = append(out, err)
+		}
+	}
+	return out
+}
+
+// unjoin returns the errors err joins, or err alone.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err == nil {
+		return nil
+	}
+	return []error{err}
+}
+
+// loadLevel loads in parallel the plugins of one level that are not
+// blocked; the dependents of one that fails wait as pending and are
+// blocked. It returns the failures.
+func (l *DynamicLoader[Req, Resp]) loadLevel(ctx context.Context, level []string, blocked map[string]bool) []error {
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		failed []error
+	)
+	for _, n := range level {
+		if blocked[n] || l.isLoaded(n) {
+			continue
+		}
+		wg.Go(func() {
+			if err := l.loadOne(ctx, n); err != nil {
 				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					failed = append(failed, err)
-				} else {
-					done = append(done, n)
-				}
-			}()
-		}
-		wg.Wait()
-		if len(failed) > 0 {
-			l.rollback(done)
-			return errors.Join(failed...)
+				failed = append(failed, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	for _, n := range level {
+		if l.state(n) == StateFailed {
+			for _, d := range l.pendDependents(n) {
+				blocked[d] = true
+			}
 		}
 	}
-	return errors.Join(problems...)
+	return failed
+}
+
+// pendDependents makes the plugins that need name, which failed to load,
+// wait as pending, and returns them.
+func (l *DynamicLoader[Req, Resp]) pendDependents(name string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, d := range l.graph.Dependents(name) {
+		if st := l.status[d]; st != nil && st.State != StateLoaded {
+			l.setStateLocked(d, StatePending, newError(CodeDependencyMissing, d, "dependency %q cannot load", name))
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // loadPendingLocked retries the pending plugins, until no more load.
@@ -658,7 +748,7 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 	l.setStateLocked(name, StateLoading, nil)
 	l.mu.Unlock()
 
-	p, err := l.make(ctx, mf)
+	p, err := l.newPlugin(ctx, mf)
 	if err == nil {
 		var opts []RegisterOption
 		if mf.Timeout > 0 {
@@ -734,8 +824,8 @@ func (l *DynamicLoader[Req, Resp]) checkPolicyLocked(mf *Manifest) error {
 	return l.cfg.policy.CheckPlugin(mf.Name, mf.Version)
 }
 
-// make runs the transport's factory for mf.
-func (l *DynamicLoader[Req, Resp]) make(ctx context.Context, mf *Manifest) (p Plugin[Req, Resp], err error) {
+// newPlugin runs the transport's factory for mf.
+func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) (p Plugin[Req, Resp], err error) {
 	transport := mf.Transport
 	if transport == "" {
 		transport = "inprocess"
@@ -868,11 +958,16 @@ func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, a
 	return err
 }
 
-func (l *DynamicLoader[Req, Resp]) isLoaded(name string) bool {
+func (l *DynamicLoader[Req, Resp]) isLoaded(name string) bool { return l.state(name) == StateLoaded }
+
+// state returns name's state, or 0 for a plugin not known.
+func (l *DynamicLoader[Req, Resp]) state(name string) LoadState {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := l.status[name]
-	return st != nil && st.State == StateLoaded
+	if st := l.status[name]; st != nil {
+		return st.State
+	}
+	return 0
 }
 
 func (l *DynamicLoader[Req, Resp]) setErr(name string, err error) {
@@ -927,25 +1022,42 @@ func (l *DynamicLoader[Req, Resp]) Metrics() LoaderMetrics {
 	return out
 }
 
-// Close stops consuming events and unloads every plugin the loader loaded,
-// dependents first. It does not close the source or the manager. Close is
-// idempotent. An operation (Load, LoadAll, Unload, an event) already
-// running finishes first and what it loaded is unloaded; one that begins,
-// or waits for its turn, after Close has begun fails with ErrShuttingDown.
-func (l *DynamicLoader[Req, Resp]) Close(ctx context.Context) error {
-	if !l.closed.CompareAndSwap(false, true) {
-		return nil
-	}
+// Shutdown stops consuming events and unloads every plugin the loader
+// loaded, dependents first; ctx bounds the wait for the event loop and
+// each unload. It does not close the source or the manager. An operation
+// (Load, LoadAll, Unload, an event) already running finishes first and what
+// it loaded is unloaded; one that begins, or waits for its turn, after
+// Shutdown has begun fails with ErrShuttingDown.
+//
+// If ctx ends first, Shutdown returns an error matching ErrCanceled and
+// ctx's error, and may be called again to finish unloading. Once it has
+// finished, every further call returns its first result. A loader may not
+// be reused after Shutdown.
+func (l *DynamicLoader[Req, Resp]) Shutdown(ctx context.Context) error {
+	l.closed.Store(true)
 	l.cancel()
 	if l.started.Load() {
 		select {
 		case <-l.stopped:
 		case <-ctx.Done():
-			return ctx.Err()
+			return canceledError(ctx, "")
 		}
 	}
 	l.op.Lock()
 	defer l.op.Unlock()
+	if l.shutDone {
+		return l.shutErr
+	}
+	err := l.unloadAllLocked(ctx)
+	if ctx.Err() != nil {
+		return errors.Join(canceledError(ctx, ""), err)
+	}
+	l.shutDone, l.shutErr = true, err
+	return err
+}
+
+// unloadAllLocked unloads the loaded plugins, dependents first.
+func (l *DynamicLoader[Req, Resp]) unloadAllLocked(ctx context.Context) error {
 	l.mu.Lock()
 	loaded := l.graph.Copy()
 	for n, st := range l.status {
@@ -959,7 +1071,7 @@ func (l *DynamicLoader[Req, Resp]) Close(ctx context.Context) error {
 	}
 	l.mu.Unlock()
 	var errs []error
-	for i := len(order) - 1; i >= 0; i-- {
+	for i := len(order) - 1; i >= 0 && ctx.Err() == nil; i-- {
 		if l.isLoaded(order[i]) {
 			errs = append(errs, l.unloadOne(ctx, order[i], StateDiscovered))
 		}
@@ -967,13 +1079,13 @@ func (l *DynamicLoader[Req, Resp]) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// lockOp takes the operations lock, unless Close has begun: then it fails
-// with ErrShuttingDown, so that nothing is loaded after Close's unloading.
+// lockOp takes the operations lock, unless Shutdown has begun: then it fails
+// with ErrShuttingDown, so that nothing is loaded after Shutdown unloads.
 func (l *DynamicLoader[Req, Resp]) lockOp() error {
 	l.op.Lock()
 	if l.closed.Load() {
 		l.op.Unlock()
-		return newError(CodeShuttingDown, "", "the loader is closed")
+		return newError(CodeShuttingDown, "", "the loader is shut down; make a new one")
 	}
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -87,7 +89,7 @@ func newTestLoader(t *testing.T, src ManifestSource, opts ...LoaderOption) (*Dyn
 	l := NewDynamicLoader(m, src, opts...)
 	f := newEchoFactory()
 	l.RegisterFactory("inprocess", f.make)
-	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	t.Cleanup(func() { _ = l.Shutdown(context.Background()) })
 	return l, m, f
 }
 
@@ -270,12 +272,15 @@ func TestLoaderUpdateRefusedByDependentConstraint(t *testing.T) {
 	require.Equal(t, "1.0.1", info.Version)
 }
 
-func TestLoaderLoadAllRollsBackOnFailure(t *testing.T) {
+// TestLoaderLoadAllFailureLoadsTheOthers checks that a failed load in
+// LoadAll fails alone: the plugins loaded beside it stay loaded.
+func TestLoaderLoadAllFailureLoadsTheOthers(t *testing.T) {
 	src := newMemSource(
 		manifest(t, "a", "1.0.0", nil),
 		manifest(t, "b", "1.0.0", nil),
 		manifest(t, "c", "1.0.0", map[string]string{"a": "*"}),
 		manifest(t, "d", "1.0.0", map[string]string{"b": "*"}),
+		manifest(t, "e", "1.0.0", map[string]string{"d": "*"}),
 	)
 	l, m, f := newTestLoader(t, src, WithAutoLoad(false))
 	require.NoError(t, l.Start(context.Background()))
@@ -285,15 +290,14 @@ func TestLoaderLoadAllRollsBackOnFailure(t *testing.T) {
 	err := l.LoadAll(context.Background())
 	require.ErrorIs(t, err, boom)
 	require.Contains(t, err.Error(), `"d"`)
-	require.Empty(t, registered(m), "a, b and c were rolled back")
-	for _, n := range []string{"a", "b", "c"} {
-		require.Equal(t, int32(1), f.close[n].closed.Load(), "%s closed by the rollback", n)
-	}
+	require.Equal(t, []string{"a", "b", "c"}, registered(m), "the others stay loaded")
 	require.Equal(t, StateFailed, states(l)["d"])
+	require.Equal(t, StatePending, states(l)["e"], "d's dependent waits")
 
 	f.setFail("d", nil)
 	require.NoError(t, l.LoadAll(context.Background()))
-	require.Equal(t, []string{"a", "b", "c", "d"}, registered(m))
+	require.Equal(t, []string{"a", "b", "c", "d", "e"}, registered(m))
+	require.Equal(t, 1, f.made["a"], "a started once")
 }
 
 func TestLoaderLoadLoadsDependenciesFirst(t *testing.T) {
@@ -328,7 +332,7 @@ func TestLoaderNoFactory(t *testing.T) {
 	src := newMemSource(manifest(t, "a", "1.0.0", nil))
 	m := newTestManager(t)
 	l := NewDynamicLoader(m, src)
-	defer l.Close(context.Background())
+	defer l.Shutdown(context.Background())
 	err := l.Start(context.Background())
 	require.ErrorIs(t, err, ErrNoFactory)
 	require.Equal(t, StateFailed, states(l)["a"])
@@ -372,7 +376,7 @@ func TestLoaderConcurrentEvents(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	require.NoError(t, l.Close(ctx))
+	require.NoError(t, l.Shutdown(ctx))
 	require.NoError(t, m.Shutdown(ctx))
 	require.Empty(t, registered(m))
 	require.Equal(t, uint64(90), l.Metrics().Events)
@@ -385,8 +389,8 @@ func TestLoaderCloseUnloadsEverything(t *testing.T) {
 	)
 	l, m, f := newTestLoader(t, src)
 	require.NoError(t, l.Start(context.Background()))
-	require.NoError(t, l.Close(context.Background()))
-	require.NoError(t, l.Close(context.Background()), "idempotent")
+	require.NoError(t, l.Shutdown(context.Background()))
+	require.NoError(t, l.Shutdown(context.Background()), "idempotent")
 	require.Empty(t, registered(m))
 	require.Equal(t, int32(1), f.close["app"].closed.Load())
 	require.Equal(t, int32(1), f.close["auth"].closed.Load())
@@ -524,7 +528,7 @@ func TestLoaderOperationsAfterClose(t *testing.T) {
 			l, m, _ := newTestLoader(t, nil)
 			require.NoError(t, l.Add(manifest(t, "a", "1.0.0", nil)))
 			require.NoError(t, l.Load(ctx, "a"))
-			require.NoError(t, l.Close(ctx))
+			require.NoError(t, l.Shutdown(ctx))
 			require.Empty(t, registered(m))
 
 			require.ErrorIs(t, tc.op(l), ErrShuttingDown)
@@ -563,7 +567,7 @@ func TestLoaderCloseWaitsForRunningLoad(t *testing.T) {
 	go func() { loadA <- l.Load(ctx, "a") }()
 	<-entered // a's load holds the loader
 	closed := make(chan error, 1)
-	go func() { closed <- l.Close(ctx) }()
+	go func() { closed <- l.Shutdown(ctx) }()
 	require.Eventually(t, l.closed.Load, 10*time.Second, time.Millisecond, "Close has begun") // no event marks it
 	loadB := make(chan error, 1)
 	go func() { loadB <- l.Load(ctx, "b") }() // waits for its turn behind a's load and Close
@@ -598,7 +602,7 @@ func TestLoaderManifestHealthOverridesOnlyItsFields(t *testing.T) {
 			m := newTestManager(t, WithHealthCheck(host))
 			l := NewDynamicLoader(m, nil)
 			l.RegisterFactory("inprocess", newEchoFactory().make)
-			t.Cleanup(func() { _ = l.Close(context.Background()) })
+			t.Cleanup(func() { _ = l.Shutdown(context.Background()) })
 			mf, err := ParseManifest("/plugins/a/plugin.json",
 				[]byte(`{"name": "a", "version": "1.0.0", "transport": "inprocess", "health": `+tc.health+`}`))
 			require.NoError(t, err)
@@ -631,4 +635,138 @@ func TestLoaderReloadWithAutoLoadOff(t *testing.T) {
 	require.NoError(t, l.Reload(ctx, "auth"), "already the latest: nothing to do")
 	require.Equal(t, uint64(2), m.Metrics().Plugins["auth"].Generation)
 	require.ErrorIs(t, l.Reload(ctx, "nope"), ErrNotFound)
+}
+
+// inprocessJSON is an in-process manifest for a DiscoveryEngine's folder.
+func inprocessJSON(name, version string) string {
+	return fmt.Sprintf(`{"name": %q, "version": %q, "transport": "inprocess"}`, name, version)
+}
+
+// TestLoaderCycleDependentsWaitAsPending checks the LoadAll doc: plugins on
+// a cycle fail, their dependents wait as pending, and the joined error
+// names the cycle once.
+func TestLoaderCycleDependentsWaitAsPending(t *testing.T) {
+	src := newMemSource(
+		manifest(t, "a", "1.0.0", map[string]string{"b": "*"}),
+		manifest(t, "b", "1.0.0", map[string]string{"a": "*"}),
+		manifest(t, "c", "1.0.0", map[string]string{"a": "*"}),
+		manifest(t, "d", "1.0.0", map[string]string{"c": "*"}),
+		manifest(t, "ok", "1.0.0", nil),
+	)
+	l, m, _ := newTestLoader(t, src)
+	err := l.Start(context.Background())
+	require.ErrorIs(t, err, ErrDependencyCycle)
+	require.Equal(t, 1, strings.Count(err.Error(), "dependency cycle"), "the cycle is listed once: %v", err)
+	require.Equal(t, map[string]LoadState{"a": StateFailed, "b": StateFailed, "c": StatePending, "d": StatePending, "ok": StateLoaded}, states(l))
+	require.Equal(t, []string{"ok"}, registered(m))
+}
+
+// TestLoaderUnloadedStaysUnloadedUntilLoad checks that a plugin unloaded
+// right after Start is not loaded again by the start events still queued,
+// nor by an updated manifest, but is by Load.
+func TestLoaderUnloadedStaysUnloadedUntilLoad(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	writePlugin(t, filepath.Join(root, "base"), inprocessJSON("base", "1.0.0"))
+	writePlugin(t, filepath.Join(root, "leaf"), inprocessJSON("leaf", "1.0.0"))
+	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
+	l, m, f := newTestLoader(t, e)
+	require.NoError(t, l.Start(ctx))
+	require.NoError(t, l.Unload(ctx, "leaf", UnloadRefuse))
+
+	writePlugin(t, filepath.Join(root, "leaf"), inprocessJSON("leaf", "1.1.0"))
+	updated := make(chan struct{})
+	m.Subscribe(func(ev Event) {
+		if ev.Kind == EventRegistered && ev.Plugin == "late" {
+			close(updated)
+		}
+	})
+	// The engine orders a sweep's events by name: late comes after leaf's update.
+	writePlugin(t, filepath.Join(root, "late"), inprocessJSON("late", "1.0.0"))
+	<-updated
+	require.Equal(t, StateDiscovered, states(l)["leaf"])
+	require.ElementsMatch(t, []string{"base", "late"}, registered(m))
+	f.mu.Lock()
+	require.Equal(t, 1, f.made["leaf"], "leaf was started once, before Unload")
+	f.mu.Unlock()
+
+	require.NoError(t, l.Load(ctx, "leaf"))
+	info, ok := m.Info("leaf")
+	require.True(t, ok)
+	require.Equal(t, "1.1.0", info.Version, "Load takes the latest manifest")
+}
+
+// TestLoaderEveryFailedUpdateSendsReloadFailed checks that an update whose
+// factory fails sends an EventReloadFailed, as a refused update does.
+func TestLoaderEveryFailedUpdateSendsReloadFailed(t *testing.T) {
+	src := newMemSource(manifest(t, "x", "1.0.0", nil))
+	l, m, f := newTestLoader(t, src)
+	failed := make(chan Event, 4)
+	m.Subscribe(func(ev Event) {
+		if ev.Kind == EventReloadFailed {
+			failed <- ev
+		}
+	})
+	require.NoError(t, l.Start(context.Background()))
+	boom := errors.New("checksum mismatch")
+	f.setFail("x", boom)
+	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: manifest(t, "x", "1.1.0", nil)})
+	ev := <-failed
+	require.Equal(t, "x", ev.Plugin)
+	require.ErrorIs(t, ev.Err, boom)
+	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+}
+
+// TestLoaderOneBadPluginKeepsTheGoodLoaded checks the README's promise for
+// Start: the plugins that could not load are reported, the others serve
+// right away, each started once (the start events queued by the engine
+// start nothing again).
+func TestLoaderOneBadPluginKeepsTheGoodLoaded(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	writePlugin(t, filepath.Join(root, "kv"), inprocessJSON("kv", "1.0.0"))
+	writePlugin(t, filepath.Join(root, "kvbad"), inprocessJSON("kvbad", "1.0.0"))
+	writePlugin(t, filepath.Join(root, "kvuser"), `{"name": "kvuser", "version": "1.0.0", "transport": "inprocess", "dependencies": {"kvbad": "*"}}`)
+	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
+	l, m, f := newTestLoader(t, e)
+	boom := errors.New("checksum mismatch")
+	f.setFail("kvbad", boom)
+	err := l.Start(ctx)
+	require.ErrorIs(t, err, boom)
+	require.Equal(t, []string{"kv"}, registered(m), "kv serves right after Start")
+	require.Equal(t, map[string]LoadState{"kv": StateLoaded, "kvbad": StateFailed, "kvuser": StatePending}, states(l))
+
+	loaded := make(chan struct{})
+	m.Subscribe(func(ev Event) {
+		if ev.Kind == EventRegistered && ev.Plugin == "zz" {
+			close(loaded)
+		}
+	})
+	writePlugin(t, filepath.Join(root, "zz"), inprocessJSON("zz", "1.0.0"))
+	<-loaded // the start events came before zz's
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	require.Equal(t, 1, f.made["kv"], "kv started once")
+	require.Equal(t, int32(0), f.close["kv"].closed.Load())
+}
+
+// TestLoaderShutdownRetriedAfterCtxEndsFinishes checks the lifecycle rule:
+// a Shutdown whose ctx ended says so and can be called again to finish;
+// once finished, further calls return its result.
+func TestLoaderShutdownRetriedAfterCtxEndsFinishes(t *testing.T) {
+	l, m, f := newTestLoader(t, nil)
+	require.NoError(t, l.Add(manifest(t, "a", "1.0.0", nil)))
+	require.NoError(t, l.Load(context.Background(), "a"))
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := l.Shutdown(ended)
+	require.ErrorIs(t, err, ErrCanceled)
+	require.ErrorIs(t, err, context.Canceled)
+	require.ErrorIs(t, l.Load(context.Background(), "a"), ErrShuttingDown, "Shutdown has begun")
+	require.Equal(t, []string{"a"}, registered(m), "nothing unloaded yet")
+
+	require.NoError(t, l.Shutdown(context.Background()))
+	require.Empty(t, registered(m))
+	require.Equal(t, int32(1), f.close["a"].closed.Load())
+	require.NoError(t, l.Shutdown(ended), "the first result, though this ctx has ended")
 }

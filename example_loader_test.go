@@ -56,7 +56,7 @@ func ExampleNewDynamicLoader() {
 	m := goplugins.NewManager[string, string]()
 	defer m.Shutdown(ctx)
 	loader := goplugins.NewDynamicLoader(m, nil)
-	defer loader.Close(ctx)
+	defer loader.Shutdown(ctx)
 	loader.RegisterFactory("inprocess", func(_ context.Context, mf *goplugins.Manifest) (goplugins.Plugin[string, string], error) {
 		return &service{info: mf.Info()}, nil
 	})
@@ -109,7 +109,7 @@ func ExampleNewDiscoveryEngine() {
 		log.Fatal(err)
 	}
 	loader := goplugins.NewDynamicLoader(m, engine, goplugins.WithHostPolicy(policy))
-	defer loader.Close(ctx)
+	defer loader.Shutdown(ctx)
 	loader.RegisterFactory("subprocess", goplugins.SubprocessFactory[map[string]string, map[string]string](goplugins.SubprocessConfig{}))
 	loader.RegisterFactory("grpc", goplugins.GRPCFactory[map[string]string, map[string]string](goplugins.GRPCConfig{AutoMTLS: true}))
 

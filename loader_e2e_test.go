@@ -86,7 +86,7 @@ func TestDiscoveryToReloadEndToEnd(t *testing.T) {
 	_, err = m.Execute(ctx, "echo", echoReq{})
 	require.ErrorIs(t, err, ErrNotFound)
 
-	require.NoError(t, loader.Close(ctx))
+	require.NoError(t, loader.Shutdown(ctx))
 	require.NoError(t, engine.Close())
 	require.NoError(t, m.Shutdown(ctx))
 }

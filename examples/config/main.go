@@ -102,7 +102,7 @@ func run(ctx context.Context, out io.Writer) error {
 	}
 	defer watcher.Close()
 	loader := goplugins.NewDynamicLoader(m, watcher, goplugins.WithHostPolicy(cfg.VersionPolicy()))
-	defer loader.Close(context.Background())
+	defer loader.Shutdown(context.Background())
 	loader.RegisterFactory("inprocess", func(_ context.Context, mf *goplugins.Manifest) (goplugins.Plugin[string, string], error) {
 		return greeter{info: mf.Info()}, nil
 	})

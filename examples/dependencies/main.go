@@ -87,7 +87,7 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	})
 	defer func() {
 		cctx := context.WithoutCancel(ctx)
-		if cerr := errors.Join(loader.Close(cctx), engine.Close(), m.Shutdown(cctx)); cerr != nil && err == nil {
+		if cerr := errors.Join(loader.Shutdown(cctx), engine.Close(), m.Shutdown(cctx)); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()

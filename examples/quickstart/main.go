@@ -156,7 +156,7 @@ func runQuickstart(ctx context.Context, out io.Writer) (res Result, err error) {
 		// Clean up even when ctx was cancelled (Ctrl-C): give it its own time.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		cerr := errors.Join(loader.Close(cctx), engine.Close(), m.Shutdown(cctx))
+		cerr := errors.Join(loader.Shutdown(cctx), engine.Close(), m.Shutdown(cctx))
 		cancelSub()
 		if cerr != nil && err == nil {
 			err = fmt.Errorf("shutting down: %w", cerr)
