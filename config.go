@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -113,28 +112,11 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, newError(CodeInvalidConfig, "", "configuration %s: %v", path, err)
 	}
-	data, err := readLimited(abs, DefaultConfigMaxSize)
+	data, err := readSmallFile(abs, DefaultConfigMaxSize, "configuration", CodeInvalidConfig)
 	if err != nil {
 		return nil, err
 	}
 	return ParseConfig(abs, data)
-}
-
-// readLimited reads a file of at most max bytes.
-func readLimited(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, wrapError(err, CodeInvalidConfig, "", "configuration %s cannot be read", path)
-	}
-	defer f.Close()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(io.LimitReader(f, max+1)); err != nil {
-		return nil, wrapError(err, CodeInvalidConfig, "", "configuration %s cannot be read", path)
-	}
-	if int64(buf.Len()) > max {
-		return nil, newError(CodeInvalidConfig, "", "configuration %s is larger than %d bytes", path, max)
-	}
-	return buf.Bytes(), nil
 }
 
 // ParseConfig parses and validates configuration data; path (the file's
@@ -279,7 +261,7 @@ func configPlugin(path, dir, where string, entry map[string]json.RawMessage) (*M
 		}
 		mf, err := LoadManifest(resolvePath(dir, file))
 		if err != nil {
-			return nil, wrapError(err, CodeInvalidManifest, "", "configuration %s: %s", path, where)
+			return nil, wrapError(err, CodeInvalidManifest, "", "configuration %s: %s.manifest", path, where)
 		}
 		return mf, nil
 	}

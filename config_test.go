@@ -5,7 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -338,4 +340,40 @@ func TestConfigWatcherOnError(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLoadConfigRefusesNamedPipeWithoutBlocking checks that a named pipe
+// as a configuration, or as a manifest it references, is refused at once.
+func TestLoadConfigRefusesNamedPipeWithoutBlocking(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "goplugins.yaml")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o644))
+	_, err := LoadConfig(fifo) // blocked forever before the fix
+	require.ErrorIs(t, err, ErrInvalidConfig)
+	require.ErrorContains(t, err, "named pipe")
+
+	ref := filepath.Join(dir, "p", "plugin.json")
+	require.NoError(t, os.MkdirAll(filepath.Dir(ref), 0o755))
+	require.NoError(t, syscall.Mkfifo(ref, 0o644))
+	cfg := filepath.Join(dir, "c.yaml")
+	writeFile(t, cfg, "plugins:\n - {manifest: ./p/plugin.json}\n")
+	_, err = LoadConfig(cfg)
+	require.ErrorIs(t, err, ErrInvalidManifest)
+	require.ErrorContains(t, err, "named pipe")
+}
+
+// TestConfigMissingReferenceSaysCodeAndPathOnce checks that the error for
+// a referenced manifest that is missing is one line naming the
+// configuration, the entry and the manifest's path once, with one code.
+func TestConfigMissingReferenceSaysCodeAndPathOnce(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	_, err := ParseConfig(path, []byte("plugins:\n - {manifest: ./nope/plugin.json}\n"))
+	require.ErrorIs(t, err, ErrInvalidManifest)
+	require.ErrorIs(t, err, os.ErrNotExist)
+	msg := err.Error()
+	require.Equal(t, 1, strings.Count(msg, "[PLUGIN_"), msg)
+	require.Equal(t, 1, strings.Count(msg, filepath.Join(dir, "nope", "plugin.json")), msg)
+	require.Contains(t, msg, "plugins[0].manifest")
+	require.NotContains(t, msg, "\n")
 }

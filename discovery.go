@@ -756,18 +756,12 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 	}
 	// From here the file changed: a problem found is a new one, seen now.
 	en.size, en.mtime, en.fi = fi.Size(), fi.ModTime(), fi
-	if err := checkManifestStat(c.path, fi, e.opts.maxSize); err != nil {
-		en.err = err
-		return en
-	}
-	// Read the size seen by the stat: a file that changes meanwhile has a
-	// newer stat, so the next sweep reads it again.
-	data, err := readSmallFile(c.real, fi.Size())
+	data, err := readSmallFile(c.real, e.opts.maxSize, "manifest", CodeInvalidManifest)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
-		en.err = wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", c.path)
+		en.err = err
 		return en
 	}
 	en.hash = sha256.Sum256(data)
@@ -779,36 +773,6 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 	}
 	en.m, en.name, en.err = parseManifestNamed(c.path, data, e.opts)
 	return en
-}
-
-// readSmallFile reads up to size bytes of the file at path. It uses the
-// system calls directly: os.Open would also register the file with the
-// network poller, a wasted system call for a regular file that costs a
-// tenth of a scan.
-func readSmallFile(path string, size int64) ([]byte, error) {
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	for err == syscall.EINTR {
-		fd, err = syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	}
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer syscall.Close(fd)
-	data := make([]byte, size)
-	n := 0
-	for n < len(data) {
-		m, err := syscall.Read(fd, data[n:])
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err != nil:
-			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
-		case m == 0:
-			return data[:n], nil
-		}
-		n += m
-	}
-	return data, nil
 }
 
 func sameStat(en *discoveryEntry, fi os.FileInfo) bool {

@@ -3,6 +3,7 @@ package goplugins
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -842,6 +843,9 @@ func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) 
 		}
 	}()
 	p, err = f(ctx, mf)
+	if errors.Is(err, ErrChecksumMismatch) {
+		return nil, checksumError(err, mf)
+	}
 	if err != nil {
 		return nil, wrapError(err, codeOr(err, CodeInvalidPlugin), mf.Name, "the %s factory failed", transport)
 	}
@@ -857,6 +861,17 @@ func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) 
 		return nil, err
 	}
 	return p, nil
+}
+
+// checksumError is the one line for a binary that does not match its
+// manifest's checksum: it names the manifest and its field, once; err, the
+// transport's report, stays the cause for errors.Is and errors.As.
+func checksumError(err error, mf *Manifest) error {
+	e := goerrors.Wrap(err, CodeChecksumMismatch, fmt.Sprintf(
+		"plugin %q: manifest %s, field checksum: %s does not have that SHA-256, so nothing was run; replace the binary or update the checksum",
+		mf.Name, mf.Path, mf.Command))
+	e.WithContext("plugin", mf.Name)
+	return e
 }
 
 // rollback unloads, in reverse order, plugins loaded by a failed call.

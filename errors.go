@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	goerrors "github.com/agilira/go-errors"
 )
@@ -134,12 +135,13 @@ func newError(code goerrors.ErrorCode, plugin, format string, args ...any) error
 }
 
 // wrapError is newError with a cause; the cause's text is appended to the
-// message because go-errors does not print it. A nil cause gives newError.
+// message because go-errors does not print it (see causeText). A nil cause
+// gives newError.
 func wrapError(cause error, code goerrors.ErrorCode, plugin, format string, args ...any) error {
 	if cause == nil {
 		return newError(code, plugin, format, args...)
 	}
-	msg := fmt.Sprintf(format, args...) + ": " + cause.Error()
+	msg := fmt.Sprintf(format, args...) + ": " + causeText(cause, plugin)
 	if plugin != "" {
 		msg = fmt.Sprintf("plugin %q: %s", plugin, msg)
 	}
@@ -194,4 +196,18 @@ func canceledError(ctx context.Context, plugin string) error {
 		cause = errors.Join(cause, c)
 	}
 	return wrapError(cause, CodeCanceled, plugin, "the caller's context ended before the plugin answered")
+}
+
+// causeText is the text of a cause in a wrapping message: for one of this
+// package's errors its message without the code and without the plugin
+// the wrapping message names already, so that a line says each once.
+func causeText(cause error, plugin string) string {
+	ge, ok := cause.(*goerrors.Error)
+	if !ok {
+		return cause.Error()
+	}
+	if plugin != "" {
+		return strings.TrimPrefix(ge.Message, fmt.Sprintf("plugin %q: ", plugin))
+	}
+	return ge.Message
 }

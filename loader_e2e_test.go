@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,4 +101,35 @@ func TestSubprocessFactoryRefusesOtherProtocol(t *testing.T) {
 	_, err = SubprocessFactory[echoReq, echoResp](SubprocessConfig{})(context.Background(), mf)
 	require.ErrorIs(t, err, ErrProtocolVersion)
 	require.ErrorContains(t, err, "protocol 2")
+}
+
+// TestLoaderChecksumErrorNamesManifestFieldOnce checks the error a host
+// reads when a binary does not match its manifest's checksum: one line,
+// one code, naming the manifest and its checksum field, and no process run.
+func TestLoaderChecksumErrorNamesManifestFieldOnce(t *testing.T) {
+	verifyNoLeaks(t)
+	root := t.TempDir()
+	dir := filepath.Join(root, "echo")
+	installPlugin(t, dir, "echo", "echo-1", "1.0.0")
+	path := filepath.Join(dir, "plugin.json")
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	bad := regexp.MustCompile(`sha256:[0-9a-f]+`).ReplaceAll(data, []byte("sha256:"+strings.Repeat("0", 64)))
+	require.NoError(t, os.WriteFile(path, bad, 0o644))
+
+	ctx := context.Background()
+	engine, err := NewDiscoveryEngine(DiscoveryConfig{Roots: []string{root}})
+	require.NoError(t, err)
+	m := NewManager[echoReq, echoResp](WithHealthCheck(HealthConfig{Interval: -1}))
+	loader := NewDynamicLoader(m, engine)
+	loader.RegisterFactory("subprocess", SubprocessFactory[echoReq, echoResp](SubprocessConfig{Logger: slog.New(slog.DiscardHandler)}))
+	require.NoError(t, engine.Start(ctx))
+	err = loader.Start(ctx)
+	require.ErrorIs(t, err, ErrChecksumMismatch)
+	msg := err.Error()
+	require.Equal(t, 1, strings.Count(msg, "[PLUGIN_"), msg)
+	require.Equal(t, 1, strings.Count(msg, path), msg)
+	require.Contains(t, msg, "field checksum")
+	require.Empty(t, m.Plugins())
+	require.NoError(t, errors.Join(loader.Shutdown(ctx), engine.Close(), m.Shutdown(ctx)))
 }

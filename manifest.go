@@ -266,49 +266,11 @@ func newManifestOptions(opts []ManifestOption) manifestOptions {
 // folder) and name the file and the field.
 func LoadManifest(path string, opts ...ManifestOption) (*Manifest, error) {
 	o := newManifestOptions(opts)
-	data, err := readManifestFile(path, o.maxSize)
+	data, err := readSmallFile(path, o.maxSize, "manifest", CodeInvalidManifest)
 	if err != nil {
 		return nil, err
 	}
 	return parseManifest(path, data, o)
-}
-
-// readManifestFile reads the regular file at path, refusing one larger
-// than maxSize.
-func readManifestFile(path string, maxSize int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be opened", path)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", path)
-	}
-	if err := checkManifestStat(path, fi, maxSize); err != nil {
-		return nil, err
-	}
-	// The file may grow while it is read: read up to one byte past the limit.
-	data, err := io.ReadAll(io.LimitReader(f, maxSize+1))
-	if err != nil {
-		return nil, wrapError(err, CodeInvalidManifest, "", "manifest %s cannot be read", path)
-	}
-	if int64(len(data)) > maxSize {
-		return nil, newError(CodeInvalidManifest, "", "manifest %s is larger than the limit of %d bytes: shrink it or raise the limit", path, maxSize)
-	}
-	return data, nil
-}
-
-// checkManifestStat refuses a manifest that is not a regular file or is
-// larger than maxSize.
-func checkManifestStat(path string, fi os.FileInfo, maxSize int64) error {
-	if !fi.Mode().IsRegular() {
-		return newError(CodeInvalidManifest, "", "manifest %s is not a regular file (%s)", path, fi.Mode().Type())
-	}
-	if fi.Size() > maxSize {
-		return newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", path, fi.Size(), maxSize)
-	}
-	return nil
 }
 
 // ParseManifest parses and validates a manifest held in data. path is the

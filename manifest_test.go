@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -262,4 +263,15 @@ func TestManifestDependenciesConvertToGraph(t *testing.T) {
 		{Name: "logging", Constraint: "^1.0.0"},
 		{Name: "metrics", Constraint: "~2.1", Optional: true},
 	}, deps)
+}
+
+// TestLoadManifestRefusesNamedPipeWithoutBlocking checks that a named pipe
+// where a manifest belongs is refused at once, not waited on.
+func TestLoadManifestRefusesNamedPipeWithoutBlocking(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "plugin.json")
+	require.NoError(t, syscall.Mkfifo(path, 0o644))
+	_, err := LoadManifest(path) // blocked forever before the fix
+	require.ErrorIs(t, err, ErrInvalidManifest)
+	assert.Contains(t, err.Error(), "named pipe")
+	assert.Contains(t, err.Error(), path)
 }
