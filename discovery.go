@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/agilira/argus"
 	goerrors "github.com/agilira/go-errors"
 )
 
@@ -35,15 +34,6 @@ const (
 // DefaultManifestNames are the manifest file names looked for in a plugin
 // folder unless configured.
 var DefaultManifestNames = []string{"plugin.json", "plugin.yaml", "plugin.yml"}
-
-// argusMaxPath is the longest path argus v1.4.2 reports changes for: its
-// events carry at most 109 bytes of the path, and a cut path matches no watch.
-const argusMaxPath = 109
-
-// argusMaxWatches bounds the paths given to argus: its stat cache is copied
-// on every update, so a poll costs the square of the watched paths. Beyond
-// this the engine polls the tree itself, which costs one stat a path.
-const argusMaxWatches = 128
 
 // msgHeld is logged (debug) when a manifest that does not read or parse
 // is held back to be looked at again.
@@ -227,22 +217,18 @@ type DiscoveryEngine struct {
 	mu    sync.Mutex // guards valid
 	valid map[string]*Manifest
 
-	lifecycle sync.Mutex // serializes Start and Close; guards started, closed
+	lifecycle sync.Mutex // serializes Start and Close; guards what follows
 	started   bool
 	closed    bool
+	closeErr  error
 
 	events chan DiscoveryEvent
-	kick   chan struct{}
-	stop   chan struct{}
-	cancel context.CancelFunc // cancels a sweep in progress at Close
-	wg     sync.WaitGroup
+	cancel context.CancelFunc // ends the watching, and a sweep in progress
+	done   chan struct{}      // closed when the watching has ended
 
 	// Owned by the watching goroutine after Start.
-	watcher  *argus.Watcher
-	watched  map[string]bool
 	entries  map[string]*discoveryEntry
 	reported map[string]string
-	needPoll bool
 }
 
 var _ ManifestSource = (*DiscoveryEngine)(nil)
@@ -305,8 +291,7 @@ func NewDiscoveryEngine(cfg DiscoveryConfig) (*DiscoveryEngine, error) {
 		log:    cfg.Logger,
 		valid:  make(map[string]*Manifest),
 		events: make(chan DiscoveryEvent, discoveryEventBuffer),
-		kick:   make(chan struct{}, 1),
-		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
 	}, nil
 }
 
@@ -381,99 +366,53 @@ func (e *DiscoveryEngine) Start(ctx context.Context) error {
 	}
 	e.entries = make(map[string]*discoveryEntry)
 	e.reported = make(map[string]string)
-	e.watched = make(map[string]bool)
-	evs, desired, err := e.safeSweep(ctx, false)
+	evs, desired, _, err := e.safeSweep(ctx, false)
 	if err != nil {
 		return err
 	}
-	// A Watcher cannot be restarted after Stop: one is made per Start.
-	e.watcher = argus.New(argus.Config{
-		PollInterval:         e.cfg.PollInterval,
-		CacheTTL:             e.cfg.PollInterval / 4,
-		MaxWatchedFiles:      argusMaxWatches,
-		DisableAudit:         true,
-		OptimizationStrategy: argus.OptimizationLight,
-		ErrorHandler: func(err error, path string) {
-			defer func() { _ = recover() }() // a panicking log handler must not wedge argus
-			e.log.Debug("discovery: argus cannot stat a path", "path", path, "err", err)
-		},
-	})
-	e.syncWatches(desired)
-	if err := e.watcher.Start(); err != nil {
-		return wrapError(err, CodeInvalidConfig, "", "discovery: the file watcher does not start")
-	}
-	e.started = true
 	runCtx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	e.wg.Add(1)
-	go e.run(runCtx, evs)
+	fw := newFileWatch(e.cfg.PollInterval, e.log)
+	if err := fw.start(runCtx, desired, evs, e.events, e.check, e.done); err != nil {
+		cancel()
+		return err
+	}
+	e.started, e.cancel = true, cancel
 	return nil
 }
 
 // Close stops watching, waits for the engine's goroutines, and closes the
-// Events channel. Events not yet received are discarded with it. Close is
-// idempotent.
+// Events channel. Events not yet received are discarded with it. A second
+// Close returns the first one's result. The engine may not be reused.
 func (e *DiscoveryEngine) Close() error {
 	e.lifecycle.Lock()
 	defer e.lifecycle.Unlock()
 	if e.closed {
-		return nil
+		return e.closeErr
 	}
 	e.closed = true
-	close(e.stop)
 	if e.started {
 		e.cancel()
-		// Stop waits for argus's poll loop; its callbacks only signal kick,
-		// which never blocks, so a late callback is harmless.
-		_ = e.watcher.Stop()
+		<-e.done
 	}
-	e.wg.Wait()
 	close(e.events)
 	return nil
 }
 
-// run is the watching goroutine: it delivers queued events, and sweeps the
-// tree when argus reports a change or, when needed, every PollInterval.
-func (e *DiscoveryEngine) run(ctx context.Context, queue []DiscoveryEvent) {
-	defer e.wg.Done()
-	ticker := time.NewTicker(e.cfg.PollInterval)
-	defer ticker.Stop()
-	for {
-		if len(queue) > 0 {
-			select {
-			case e.events <- queue[0]:
-				queue = queue[1:]
-				continue
-			case <-e.stop:
-				return
-			}
-		}
-		select {
-		case <-e.stop:
-			return
-		case <-e.kick:
-		case <-ticker.C:
-			if !e.needPoll {
-				continue
-			}
-		}
-		evs, desired, err := e.safeSweep(ctx, true)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			e.needPoll = true
+// check is the watching's look at the tree (see watchCheck).
+func (e *DiscoveryEngine) check(ctx context.Context) ([]DiscoveryEvent, []string, bool) {
+	evs, desired, again, err := e.safeSweep(ctx, true)
+	if err != nil {
+		if ctx.Err() == nil {
 			e.log.Warn("discovery: scan failed; retrying on the next poll", "err", err)
-			continue
 		}
-		e.syncWatches(desired)
-		queue = append(queue, evs...)
+		return nil, nil, true
 	}
+	return evs, desired, again
 }
 
 // safeSweep is sweep with a panic turned into an error matching ErrPanic,
 // so that it never reaches the host; the next poll tries again.
-func (e *DiscoveryEngine) safeSweep(ctx context.Context, settle bool) (evs []DiscoveryEvent, desired []string, err error) {
+func (e *DiscoveryEngine) safeSweep(ctx context.Context, settle bool) (evs []DiscoveryEvent, desired []string, again bool, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			evs, desired = nil, nil
@@ -481,53 +420,6 @@ func (e *DiscoveryEngine) safeSweep(ctx context.Context, settle bool) (evs []Dis
 		}
 	}()
 	return e.sweep(ctx, settle)
-}
-
-// onChange is argus's callback. It must not block, panic or call back into
-// the watcher (argus deadlocks on both): it only asks for a sweep.
-func (e *DiscoveryEngine) onChange(argus.ChangeEvent) {
-	defer func() {
-		if r := recover(); r != nil {
-			e.log.Error("discovery: panic in the watch callback", "panic", r)
-		}
-	}()
-	select {
-	case e.kick <- struct{}{}:
-	default:
-	}
-}
-
-// syncWatches makes argus watch the desired paths it can; the others make
-// the engine poll by itself. It runs outside argus callbacks only.
-func (e *DiscoveryEngine) syncWatches(desired []string) {
-	want := make(map[string]bool, len(desired))
-	for _, p := range desired {
-		if len(p) > argusMaxPath || len(want) >= argusMaxWatches {
-			e.needPoll = true
-			continue
-		}
-		want[p] = true
-	}
-	for p := range e.watched {
-		if !want[p] {
-			_ = e.watcher.Unwatch(p)
-			delete(e.watched, p)
-		}
-	}
-	for _, p := range slices.Sorted(maps.Keys(want)) {
-		if e.watched[p] {
-			continue
-		}
-		if err := e.watcher.Watch(p, e.onChange); err != nil {
-			e.needPoll = true
-			e.log.Debug("discovery: argus refuses a path; polling it instead", "path", p, "err", err)
-			continue
-		}
-		e.watched[p] = true
-		// A change made between the sweep that found p and this watch is
-		// not one argus will report: sweep once more on the next poll.
-		e.needPoll = true
-	}
 }
 
 // discoveryEntry is the state of one manifest file.
@@ -650,7 +542,17 @@ func parallel(ctx context.Context, n int, fn func(i int)) {
 // subfolders when t is above MaxDepth.
 func (e *DiscoveryEngine) searchDir(t dirTask, prev map[string]*discoveryEntry, now time.Time) dirResult {
 	if t.err != nil {
-		return dirResult{entry: e.loadOne(candidate{path: t.path, err: t.err}, nil, prev[t.path], now), link: true}
+		// A link to the folder that cannot be followed: the problem of the
+		// manifest last seen through it, so that it is held and reported as
+		// a manifest's (with its name) would be.
+		c := candidate{path: t.path, err: t.err}
+		for _, name := range e.cfg.ManifestNames {
+			if p := filepath.Join(t.path, name); prev[p] != nil {
+				c.path = p
+				break
+			}
+		}
+		return dirResult{entry: e.loadOne(c, nil, prev[c.path], now), link: true}
 	}
 	// The first of the manifest names present is the folder's manifest.
 	// Looking for the others too would cost a stat each on every folder.
@@ -749,6 +651,9 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 			return prev
 		}
 		en.err = c.err
+		if prev != nil {
+			en.name = prev.name // the plugin last seen there
+		}
 		return en
 	}
 	if prev != nil && prev.fi != nil && sameStat(prev, fi) {
@@ -812,66 +717,84 @@ func resolveNames(entries []*discoveryEntry) (map[string]*Manifest, map[string]e
 }
 
 // sweep walks and loads the tree, updates the engine's state and returns
-// the events to deliver and the paths to watch. With settle, a problem is
-// reported only once it has stayed unchanged for a PollInterval.
-func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEvent, []string, error) {
+// the events to deliver, the paths to watch, and whether to look again on
+// the next poll. With settle, a problem is reported only once it has
+// stayed unchanged for a PollInterval.
+func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEvent, []string, bool, error) {
 	now := time.Now()
 	c, err := e.collect(ctx, e.entries, now)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	entries := c.entries
-	valid, conflicts := resolveNames(entries)
-
+	valid, conflicts := resolveNames(c.entries)
 	e.mu.Lock()
 	old := e.valid
 	e.mu.Unlock()
+	st := e.settle(c.entries, conflicts, old, valid, settle, now)
+	removed, changed := e.diff(old, valid, st)
+	evs := slices.Concat(removed, e.newProblems(st), changed)
+	e.entries = st.next
+	e.mu.Lock()
+	e.valid = valid
+	e.mu.Unlock()
+	// argus resolves links once: poll the paths through followed links.
+	return evs, c.watch, len(st.held) > 0 || c.links, nil
+}
 
-	e.needPoll = false
+// sweepState is what one sweep found, by manifest path.
+type sweepState struct {
+	next     map[string]*discoveryEntry
+	problems map[string]*discoveryEntry // to report now
+	errs     map[string]error           // why, for each problem
+	held     map[string]bool            // problems looked at again next poll
+}
+
+// settle sorts the entries' problems into those to report and, with
+// settle, those held back for a poll because the file may be in the middle
+// of a write; meanwhile a held plugin keeps its last valid manifest in valid.
+func (e *DiscoveryEngine) settle(entries []*discoveryEntry, conflicts map[string]error, old, valid map[string]*Manifest, settle bool, now time.Time) sweepState {
 	oldByPath := make(map[string]*Manifest, len(old))
 	for _, m := range old {
 		oldByPath[m.Path] = m
 	}
-	next := make(map[string]*discoveryEntry, len(entries))
-	problems := make(map[string]*discoveryEntry) // settled problems by path
-	problemErr := make(map[string]error)
-	held := make(map[string]bool)
+	st := sweepState{next: make(map[string]*discoveryEntry, len(entries)),
+		problems: map[string]*discoveryEntry{}, errs: map[string]error{}, held: map[string]bool{}}
 	for _, en := range entries {
-		next[en.path] = en
+		st.next[en.path] = en
 		err := en.err
 		if err == nil {
 			err = conflicts[en.path]
 		}
-		if err == nil {
-			continue
-		}
-		if settle && en.err != nil && now.Sub(en.seen) < e.cfg.PollInterval {
-			// Maybe a write in progress: look again on the next poll and
-			// keep the plugin's last valid manifest meanwhile.
-			e.needPoll = true
-			held[en.path] = true
+		switch {
+		case err == nil:
+		case settle && en.err != nil && now.Sub(en.seen) < e.cfg.PollInterval:
+			st.held[en.path] = true
 			e.log.Debug(msgHeld, "path", en.path, "err", en.err)
 			if m := oldByPath[en.path]; m != nil && valid[m.Name] == nil {
 				valid[m.Name] = m
 			}
-			continue
+		default:
+			st.problems[en.path], st.errs[en.path] = en, err
 		}
-		problems[en.path] = en
-		problemErr[en.path] = err
 	}
+	return st
+}
 
-	var removed, changed, invalid []DiscoveryEvent
+// diff returns the events that turn old into valid: removals and plugins
+// that became invalid, and discoveries and updates, each sorted by name.
+// A plugin whose content did not change keeps the manifest handed out.
+func (e *DiscoveryEngine) diff(old, valid map[string]*Manifest, st sweepState) (removed, changed []DiscoveryEvent) {
 	for name, m := range old {
 		if nm, ok := valid[name]; ok {
 			if nm != m && (nm.Hash != m.Hash || nm.Path != m.Path) {
 				changed = append(changed, DiscoveryEvent{Kind: ManifestUpdated, Name: name, Path: nm.Path, Manifest: nm})
 			} else if nm != m {
-				valid[name] = m // same content: keep the manifest already handed out
+				valid[name] = m
 			}
 			continue
 		}
-		if en := problems[m.Path]; en != nil {
-			err := problemErr[m.Path]
+		if en := st.problems[m.Path]; en != nil {
+			err := st.errs[m.Path]
 			removed = append(removed, DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: m.Path, Manifest: m, Err: err})
 			e.reported[m.Path] = en.problemKey(err)
 			continue
@@ -883,8 +806,18 @@ func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEv
 			changed = append(changed, DiscoveryEvent{Kind: ManifestDiscovered, Name: name, Path: m.Path, Manifest: m})
 		}
 	}
-	for path, en := range problems {
-		key := en.problemKey(problemErr[path])
+	byName := func(a, b DiscoveryEvent) int { return strings.Compare(a.Name, b.Name) }
+	slices.SortFunc(removed, byName)
+	slices.SortFunc(changed, byName)
+	return removed, changed
+}
+
+// newProblems returns the invalid events of the problems not reported yet,
+// sorted by path, and forgets those that went away.
+func (e *DiscoveryEngine) newProblems(st sweepState) []DiscoveryEvent {
+	var invalid []DiscoveryEvent
+	for path, en := range st.problems {
+		key := en.problemKey(st.errs[path])
 		if e.reported[path] == key {
 			continue
 		}
@@ -893,26 +826,13 @@ func (e *DiscoveryEngine) sweep(ctx context.Context, settle bool) ([]DiscoveryEv
 		if en.m != nil {
 			name = en.m.Name
 		}
-		invalid = append(invalid, DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: path, Err: problemErr[path]})
+		invalid = append(invalid, DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: path, Err: st.errs[path]})
 	}
 	for path := range e.reported {
-		if problems[path] == nil && !held[path] {
+		if st.problems[path] == nil && !st.held[path] {
 			delete(e.reported, path) // valid or gone: report its next problem
 		}
 	}
-	byName := func(a, b DiscoveryEvent) int { return strings.Compare(a.Name, b.Name) }
-	slices.SortFunc(removed, byName)
 	slices.SortFunc(invalid, func(a, b DiscoveryEvent) int { return strings.Compare(a.Path, b.Path) })
-	slices.SortFunc(changed, byName)
-	evs := slices.Concat(removed, invalid, changed)
-
-	e.entries = next
-	e.mu.Lock()
-	e.valid = valid
-	e.mu.Unlock()
-
-	if c.links {
-		e.needPoll = true // argus resolves links once: poll them
-	}
-	return evs, c.watch, nil
+	return invalid
 }

@@ -702,29 +702,6 @@ func TestDiscoveryEventKindString(t *testing.T) {
 	}
 }
 
-func TestDiscoveryWatchesWithArgus(t *testing.T) {
-	verifyNoLeaks(t)
-	root := t.TempDir()
-	path := writePlugin(t, filepath.Join(root, "p"), manifestJSON("p", "1.0.0"))
-	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
-	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
-	require.NoError(t, e.Close())
-
-	// Read after Close: the watching goroutine has ended.
-	assert.Equal(t, map[string]bool{root: true, filepath.Join(root, "p"): true, path: true}, e.watched,
-		"argus watches the root, the plugin folder and the manifest")
-
-	long := filepath.Join(t.TempDir(), strings.Repeat("long-root-", 12))
-	require.NoError(t, os.MkdirAll(long, 0o755))
-	writePlugin(t, filepath.Join(long, "p"), manifestJSON("p", "1.0.0"))
-	e = startEngine(t, DiscoveryConfig{Roots: []string{long}})
-	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
-	require.NoError(t, e.Close())
-	assert.Empty(t, e.watched, "argus cannot watch paths over 109 bytes")
-	assert.True(t, e.needPoll, "so the engine polls them itself")
-	// (TestDiscoveryLongPath and TestDiscoveryLongRoot show that it works.)
-}
-
 // panicHandler is a slog handler that panics on the record with message
 // msg, and signals failed on each failed scan the engine logs.
 type panicHandler struct {
@@ -793,4 +770,61 @@ func TestDiscoveryPanicNeverReachesTheHost(t *testing.T) {
 	assert.Equal(t, ManifestDiscovered, ev.Kind)
 	assert.Equal(t, "late", ev.Name)
 	assert.Empty(t, barrier(t, e, root, 1))
+}
+
+// TestDiscoveryFolderLinkDanglingIsHeldLikeAFile checks that with
+// FollowSymlinks a linked plugin folder whose link dangles for a moment is
+// held back for a poll, as a half-written file is: the plugin keeps its
+// manifest and no event is sent once the link resolves again.
+func TestDiscoveryFolderLinkDanglingIsHeldLikeAFile(t *testing.T) {
+	verifyNoLeaks(t)
+	root := t.TempDir()
+	v1 := filepath.Join(root, ".versions", "v1")
+	writePlugin(t, v1, manifestJSON("k8s", "1.0.0"))
+	current := filepath.Join(root, "k8s")
+	require.NoError(t, os.Symlink(v1, current))
+	held := make(chan string, 1)
+	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, FollowSymlinks: true,
+		PollInterval: 500 * time.Millisecond, Logger: slog.New(heldHandler{held: held})})
+	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+
+	away := v1 + ".away"
+	require.NoError(t, os.Rename(v1, away)) // the link dangles
+	select {
+	case p := <-held:
+		require.Equal(t, filepath.Join(current, "plugin.json"), p, "held under the manifest's path")
+	case <-time.After(eventTimeout):
+		t.Fatal("no sweep held the dangling link")
+	}
+	require.Equal(t, []string{"k8s"}, names(e.Manifests()), "the plugin keeps its manifest meanwhile")
+	require.NoError(t, os.Rename(away, v1))
+	assert.Empty(t, barrier(t, e, root, 1), "back before a poll passed: no event")
+}
+
+// TestDiscoveryFolderLinkSwappedOutsideIsOneNamedInvalid checks that a
+// plugin folder link swapped to a folder outside the root gives one
+// ManifestInvalid event naming the plugin with its last manifest, as a
+// file that became invalid does, and no ManifestRemoved.
+func TestDiscoveryFolderLinkSwappedOutsideIsOneNamedInvalid(t *testing.T) {
+	verifyNoLeaks(t)
+	root := t.TempDir()
+	v1 := filepath.Join(root, ".versions", "v1")
+	writePlugin(t, v1, manifestJSON("k8s", "1.0.0"))
+	outside := t.TempDir()
+	writePlugin(t, outside, manifestJSON("k8s", "2.0.0"))
+	current := filepath.Join(root, "k8s")
+	require.NoError(t, os.Symlink(v1, current))
+	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, FollowSymlinks: true})
+	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+
+	tmp := filepath.Join(root, "k8s.tmp")
+	require.NoError(t, os.Symlink(outside, tmp))
+	require.NoError(t, os.Rename(tmp, current))
+	ev := nextEvent(t, e)
+	assert.Equal(t, ManifestInvalid, ev.Kind)
+	assert.Equal(t, "k8s", ev.Name)
+	require.NotNil(t, ev.Manifest, "the last valid manifest, for the consumer to choose")
+	assert.Equal(t, "1.0.0", ev.Manifest.Version)
+	assert.ErrorIs(t, ev.Err, ErrPathEscape)
+	assert.Empty(t, barrier(t, e, root, 1), "one event: no removal, no nameless invalid")
 }
