@@ -147,12 +147,13 @@ func TestConfigWatcherRoundTrip(t *testing.T) {
 
 	var errMu sync.Mutex
 	var reported []error
-	w, err := WatchConfig(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond, OnError: func(err error) {
+	w, err := NewConfigWatcher(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond, OnError: func(err error) {
 		errMu.Lock()
 		reported = append(reported, err)
 		errMu.Unlock()
 	}})
 	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
 	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
 	events := make(chan Event, 64)
 	m.Subscribe(func(ev Event) { events <- ev })
@@ -214,8 +215,9 @@ func TestConfigWatcherLongPath(t *testing.T) {
 	path := filepath.Join(dir, "plugins.json")
 	require.Greater(t, len(path), 109)
 	writeFile(t, path, `{"plugins": [{"name": "a", "version": "1.0.0", "transport": "inprocess"}]}`)
-	w, err := WatchConfig(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond})
+	w, err := NewConfigWatcher(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond})
 	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
 	defer w.Close()
 	ev := <-w.Events()
 	require.Equal(t, ManifestDiscovered, ev.Kind)
@@ -228,7 +230,7 @@ func TestConfigWatcherLongPath(t *testing.T) {
 func TestConfigWatcherInvalidAtStart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.yaml")
 	writeFile(t, path, "nonsense: true\n")
-	_, err := WatchConfig(path, ConfigWatchOptions{})
+	_, err := NewConfigWatcher(path, ConfigWatchOptions{})
 	require.ErrorIs(t, err, ErrInvalidConfig)
 }
 
@@ -295,7 +297,7 @@ func TestConfigWatcherOnError(t *testing.T) {
 			called := make(chan seen, 1)
 			var w *ConfigWatcher
 			ready := make(chan struct{})
-			w, err := WatchConfig(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond, OnError: func(error) {
+			w, err := NewConfigWatcher(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond, OnError: func(error) {
 				<-ready
 				if tc.panic {
 					called <- seen{}
@@ -304,6 +306,7 @@ func TestConfigWatcherOnError(t *testing.T) {
 				called <- seen{err: w.Err(), cfg: w.Config()}
 			}})
 			require.NoError(t, err)
+			require.NoError(t, w.Start(context.Background()))
 			close(ready)
 			require.Equal(t, ManifestDiscovered, (<-w.Events()).Kind)
 
@@ -376,4 +379,50 @@ func TestConfigMissingReferenceSaysCodeAndPathOnce(t *testing.T) {
 	require.Equal(t, 1, strings.Count(msg, filepath.Join(dir, "nope", "plugin.json")), msg)
 	require.Contains(t, msg, "plugins[0].manifest")
 	require.NotContains(t, msg, "\n")
+}
+
+// TestConfigWatcherSeesWriteBeforeFirstWatch checks the change between the
+// first load and the first watch: a write that lands after the file was
+// read and before argus watches it is delivered too.
+func TestConfigWatcherSeesWriteBeforeFirstWatch(t *testing.T) {
+	verifyNoLeaks(t)
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	writeFile(t, path, "plugins:\n  - {name: a, version: 1.0.0, transport: inprocess}\n")
+	w, err := NewConfigWatcher(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	defer w.Close()
+	writeFile(t, path, "plugins:\n  - {name: a, version: 1.1.0, transport: inprocess}\n")
+	require.NoError(t, w.Start(context.Background()))
+	require.Equal(t, ManifestDiscovered, (<-w.Events()).Kind)
+	ev := <-w.Events()
+	require.Equal(t, ManifestUpdated, ev.Kind)
+	require.Equal(t, "1.1.0", ev.Manifest.Version)
+}
+
+// TestConfigWatcherNamedPipeIsReportedAndCloseReturns checks that a
+// configuration replaced by a named pipe while watched is reported as
+// invalid instead of blocking the watcher, and that Close returns.
+func TestConfigWatcherNamedPipeIsReportedAndCloseReturns(t *testing.T) {
+	verifyNoLeaks(t)
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	writeFile(t, path, "plugins:\n  - {name: a, version: 1.0.0, transport: inprocess}\n")
+	reported := make(chan error, 1)
+	w, err := NewConfigWatcher(path, ConfigWatchOptions{PollInterval: 10 * time.Millisecond, OnError: func(err error) {
+		select {
+		case reported <- err:
+		default:
+		}
+	}})
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	require.Equal(t, ManifestDiscovered, (<-w.Events()).Kind)
+	require.NoError(t, os.Remove(path))
+	require.NoError(t, syscall.Mkfifo(path, 0o644))
+	ev := <-w.Events()
+	require.Equal(t, ManifestInvalid, ev.Kind)
+	require.ErrorContains(t, ev.Err, "named pipe")
+	require.ErrorContains(t, <-reported, "named pipe")
+	require.Equal(t, "1.0.0", w.Config().Plugins[0].Version, "the last good configuration stays in force")
+	require.NoError(t, w.Close())
+	require.NoError(t, w.Close(), "a second Close returns the first result")
 }

@@ -1,14 +1,13 @@
 package goplugins
 
 import (
+	"context"
 	"crypto/sha256"
 	"log/slog"
 	"os"
 	"reflect"
 	"sync"
 	"time"
-
-	"github.com/agilira/argus"
 )
 
 // DefaultConfigPollInterval is how often a ConfigWatcher checks its files.
@@ -37,11 +36,16 @@ type ConfigWatchOptions struct {
 // unloaded. A new version of the file is validated as a whole before any
 // of it is applied; a broken file keeps the last good configuration in
 // force, is reported (OnError, the log, an invalid DiscoveryEvent, Err) and
-// is retried on the next change.
+// is retried on the next change. Watching is done by the same argus
+// wrapper as the DiscoveryEngine's, with the same guarantees.
 //
 // Only the plugins section applies while running: changes to the defaults,
 // the host version or the discovery settings are logged and take effect
 // when the host next builds its Manager from Config.
+//
+// Like a DiscoveryEngine, a ConfigWatcher is made, then started with
+// Start, then closed with Close; it may not be reused. It is safe for
+// concurrent use.
 type ConfigWatcher struct {
 	path string
 	opts ConfigWatchOptions
@@ -52,21 +56,18 @@ type ConfigWatcher struct {
 	err     error
 	pending [sha256.Size]byte // hash of an invalid file seen once, not yet reported
 
-	events  chan DiscoveryEvent
-	kick    chan struct{}
-	stop    chan struct{}
-	done    chan struct{}
-	watcher *argus.Watcher
-	watched map[string]bool
-	polling bool
-	once    sync.Once
+	lifecycle sync.Mutex // serializes Start and Close; guards what follows
+	started   bool
+	closed    bool
+	cancel    context.CancelFunc
+
+	events chan DiscoveryEvent
+	done   chan struct{} // closed when the watching has ended
 }
 
-// WatchConfig loads the configuration file at path and watches it (and the
-// manifest files it references) until Close. An invalid file at start is
-// an error. The current plugins are delivered first as ManifestDiscovered
-// events.
-func WatchConfig(path string, opts ConfigWatchOptions) (*ConfigWatcher, error) {
+// NewConfigWatcher loads the configuration file at path; an invalid file
+// is an error. Config is in force from then on; Start watches the file.
+func NewConfigWatcher(path string, opts ConfigWatchOptions) (*ConfigWatcher, error) {
 	cfg, err := LoadConfig(path)
 	if err != nil {
 		return nil, err
@@ -78,31 +79,42 @@ func WatchConfig(path string, opts ConfigWatchOptions) (*ConfigWatcher, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w := &ConfigWatcher{
+	return &ConfigWatcher{
 		path: cfg.Path, opts: opts, log: log, cur: cfg,
-		events:  make(chan DiscoveryEvent),
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-		watched: map[string]bool{},
+		events: make(chan DiscoveryEvent),
+		done:   make(chan struct{}),
+	}, nil
+}
+
+// Start queues a ManifestDiscovered event for each plugin of the
+// configuration in force and watches the file (and the manifest files it
+// references) until Close. A change made since NewConfigWatcher read the
+// file is seen too. Start may be called once; after Close it returns an
+// error matching ErrClosed. ctx is not used beyond Start.
+func (w *ConfigWatcher) Start(ctx context.Context) error {
+	w.lifecycle.Lock()
+	defer w.lifecycle.Unlock()
+	switch {
+	case w.closed:
+		return newError(CodeClosed, "", "configuration watcher for %s is closed; make a new one", w.path)
+	case w.started:
+		return newError(CodeInvalidConfig, "", "configuration watcher for %s is started already", w.path)
+	case ctx.Err() != nil:
+		return canceledError(ctx, "")
 	}
-	w.watcher = argus.New(argus.Config{
-		PollInterval:         opts.PollInterval,
-		CacheTTL:             opts.PollInterval / 4,
-		DisableAudit:         true,
-		OptimizationStrategy: argus.OptimizationLight,
-		ErrorHandler:         func(error, string) {},
-	})
-	w.syncWatches(cfg)
-	if err := w.watcher.Start(); err != nil {
-		return nil, wrapError(err, CodeInvalidConfig, "", "configuration %s: the file watcher does not start", cfg.Path)
-	}
+	cfg := w.Config()
 	var initial []DiscoveryEvent
 	for _, mf := range cfg.Plugins {
 		initial = append(initial, DiscoveryEvent{Kind: ManifestDiscovered, Name: mf.Name, Path: mf.Path, Manifest: mf})
 	}
-	go w.run(initial)
-	return w, nil
+	runCtx, cancel := context.WithCancel(context.Background())
+	fw := newFileWatch(w.opts.PollInterval, w.log)
+	if err := fw.start(runCtx, watchedPaths(cfg), initial, w.events, w.check, w.done); err != nil {
+		cancel()
+		return wrapError(err, CodeInvalidConfig, "", "configuration %s", w.path)
+	}
+	w.started, w.cancel = true, cancel
+	return nil
 }
 
 // Config returns the configuration in force: the last valid one.
@@ -126,99 +138,45 @@ func (w *ConfigWatcher) Manifests() []*Manifest { return w.Config().Plugins }
 // the channel is closed by Close.
 func (w *ConfigWatcher) Events() <-chan DiscoveryEvent { return w.events }
 
-// Close stops watching and closes Events. It is idempotent.
+// Close stops watching, waits for the watcher's goroutine, and closes
+// Events; events not yet received are discarded with it. A second Close
+// returns the first one's result.
 func (w *ConfigWatcher) Close() error {
-	w.once.Do(func() {
-		close(w.stop)
+	w.lifecycle.Lock()
+	defer w.lifecycle.Unlock()
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	if w.started {
+		w.cancel()
 		<-w.done
-		_ = w.watcher.Stop()
-		close(w.events)
-	})
+	}
+	close(w.events)
 	return nil
 }
 
-// syncWatches watches the file and its referenced manifests through argus;
-// paths argus cannot watch (too long) are polled by the run loop.
-func (w *ConfigWatcher) syncWatches(cfg *Config) {
-	want := map[string]bool{cfg.Path: true}
+// watchedPaths are the file and the manifests it references.
+func watchedPaths(cfg *Config) []string {
+	paths := []string{cfg.Path}
 	for _, mf := range cfg.Plugins {
-		if _, err := os.Stat(mf.Path); err == nil {
-			want[mf.Path] = true
+		if _, err := os.Stat(mf.Path); err == nil { // not an inline manifest
+			paths = append(paths, mf.Path)
 		}
 	}
-	w.polling = false
-	for p := range w.watched {
-		if !want[p] {
-			_ = w.watcher.Unwatch(p)
-			delete(w.watched, p)
-		}
-	}
-	for p := range want {
-		if w.watched[p] {
-			continue
-		}
-		if len(p) > argusMaxPath {
-			w.polling = true
-			continue
-		}
-		if err := w.watcher.Watch(p, w.onChange); err != nil {
-			w.polling = true
-			continue
-		}
-		w.watched[p] = true
-	}
+	return paths
 }
 
-func (w *ConfigWatcher) onChange(argus.ChangeEvent) {
-	defer func() { _ = recover() }()
-	select {
-	case w.kick <- struct{}{}:
-	default:
-	}
-}
-
-func (w *ConfigWatcher) run(queue []DiscoveryEvent) {
-	defer close(w.done)
-	ticker := time.NewTicker(w.opts.PollInterval)
-	defer ticker.Stop()
-	retry := false
-	for {
-		if len(queue) > 0 {
-			select {
-			case w.events <- queue[0]:
-				queue = queue[1:]
-				continue
-			case <-w.stop:
-				return
-			case <-w.kick:
-			case <-ticker.C:
-			}
-		} else {
-			select {
-			case <-w.stop:
-				return
-			case <-w.kick:
-			case <-ticker.C:
-				if !w.polling && !retry {
-					continue
-				}
-			}
-		}
-		var evs []DiscoveryEvent
-		evs, retry = w.check()
-		queue = append(queue, evs...)
-	}
-}
-
-// check reads the file again and returns the events of what changed, and
-// whether to check again on the next tick (an invalid file seen once).
-// It runs on the watcher's goroutine, the only writer of the watcher's
-// state; w.mu is held only to publish that state, never while calling out,
-// so OnError may call Config and Err.
-func (w *ConfigWatcher) check() ([]DiscoveryEvent, bool) {
+// check reads the file again and returns the events of what changed, the
+// paths to watch, and whether to check again on the next poll (an invalid
+// file seen once); see watchCheck. It runs on the watching goroutine, the
+// only writer of the watcher's state; w.mu is held only to publish that
+// state, never while calling out, so OnError may call Config and Err.
+func (w *ConfigWatcher) check(context.Context) ([]DiscoveryEvent, []string, bool) {
 	next, err := LoadConfig(w.path)
 	if err != nil {
-		return w.invalid(err)
+		evs, again := w.invalid(err)
+		return evs, nil, again
 	}
 	w.mu.Lock()
 	w.err, w.pending = nil, [sha256.Size]byte{}
@@ -229,19 +187,21 @@ func (w *ConfigWatcher) check() ([]DiscoveryEvent, bool) {
 	}
 	w.mu.Unlock()
 	if !changed {
-		return nil, false
+		return nil, nil, false
 	}
-	w.syncWatches(next)
 	if prev.HostVersion != next.HostVersion || !reflect.DeepEqual(prev.Defaults, next.Defaults) || !reflect.DeepEqual(prev.Discovery, next.Discovery) {
 		w.log.Warn("goplugins: configuration defaults, host version or discovery changed; they apply when the host restarts", "path", w.path)
 	}
-	return diffPlugins(prev.Plugins, next.Plugins), false
+	return diffPlugins(prev.Plugins, next.Plugins), watchedPaths(next), false
 }
 
 // invalid handles a file that does not load: it is reported once it has
 // stayed the same for one check, and only once while it stays so.
 func (w *ConfigWatcher) invalid(err error) ([]DiscoveryEvent, bool) {
-	data, _ := os.ReadFile(w.path)
+	data, rerr := readSmallFile(w.path, DefaultConfigMaxSize, "configuration", CodeInvalidConfig)
+	if rerr != nil {
+		data = []byte(rerr.Error()) // not a file that reads: the same while its problem is
+	}
 	sum := sha256.Sum256(data)
 	w.mu.Lock()
 	if sum != w.pending {

@@ -88,7 +88,7 @@ func run(ctx context.Context, out io.Writer) error {
 	m.Subscribe(func(ev goplugins.Event) { events <- ev })
 
 	refused := make(chan error, 1)
-	watcher, err := goplugins.WatchConfig(path, goplugins.ConfigWatchOptions{
+	watcher, err := goplugins.NewConfigWatcher(path, goplugins.ConfigWatchOptions{
 		PollInterval: 50 * time.Millisecond,
 		OnError: func(err error) {
 			select {
@@ -98,6 +98,9 @@ func run(ctx context.Context, out io.Writer) error {
 		},
 	})
 	if err != nil {
+		return err
+	}
+	if err := watcher.Start(ctx); err != nil {
 		return err
 	}
 	defer watcher.Close()
