@@ -654,6 +654,7 @@ func (d *jsonDecoder) object(field string, fn func(d *jsonDecoder, key []byte) e
 		d.pos++
 		return nil
 	}
+	var seen keySet
 	for {
 		if d.peek() != '"' {
 			return d.syntax("a string key")
@@ -661,6 +662,9 @@ func (d *jsonDecoder) object(field string, fn func(d *jsonDecoder, key []byte) e
 		key, err := d.key()
 		if err != nil {
 			return err
+		}
+		if seen.add(key) {
+			return duplicateJSONKey(field, key)
 		}
 		if d.peek() != ':' {
 			return d.syntax("':' after a key")
@@ -778,6 +782,50 @@ func (d *jsonDecoder) int(field string, n *int) error {
 	}
 	*n = v
 	return nil
+}
+
+// keySet is the keys of one JSON object seen so far: a list while the
+// object is small, as manifests' objects are, a map beyond.
+type keySet struct {
+	few  [16][]byte
+	n    int
+	many map[string]struct{}
+}
+
+// add adds key and reports whether it was there already.
+func (s *keySet) add(key []byte) bool {
+	if s.many != nil {
+		if _, ok := s.many[string(key)]; ok {
+			return true
+		}
+		s.many[string(key)] = struct{}{}
+		return false
+	}
+	for _, k := range s.few[:s.n] {
+		if bytes.Equal(k, key) {
+			return true
+		}
+	}
+	if s.n < len(s.few) {
+		s.few[s.n] = key
+		s.n++
+		return false
+	}
+	s.many = make(map[string]struct{}, 2*len(s.few))
+	for _, k := range s.few {
+		s.many[string(k)] = struct{}{}
+	}
+	s.many[string(key)] = struct{}{}
+	return false
+}
+
+// duplicateJSONKey is the error for a key given twice in one object, as
+// YAML refuses it: encoding/json would keep the last one quietly.
+func duplicateJSONKey(field string, key []byte) error {
+	if field == "" {
+		return fmt.Errorf("field %q is given twice; give each field once", key)
+	}
+	return fmt.Errorf("field %q: key %q is given twice; give each key once", field, key)
 }
 
 // key reads an object key at d.pos, which holds '"'. Without escapes it is
