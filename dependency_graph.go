@@ -13,7 +13,7 @@ import (
 
 // Dependency is a plugin's declared need for another plugin: the plugin named
 // Name, at a version that satisfies Constraint (Masterminds syntax, as for
-// ParseConstraint). An Optional dependency may be absent; when it is present,
+// parseConstraint). An Optional dependency may be absent; when it is present,
 // its constraint must hold and it is loaded first, like a required one.
 type Dependency struct {
 	// Name is the name of the plugin depended on.
@@ -76,7 +76,7 @@ func (g *DependencyGraph) Add(name, version string, deps ...Dependency) error {
 	if err := ValidateName(name); err != nil {
 		errs = append(errs, err)
 	}
-	v, err := ParseVersion(name, version)
+	v, err := parseVersion(name, version)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -416,7 +416,7 @@ func (g *DependencyGraph) index(names []string) (*graphIndex, []error) {
 				continue
 			}
 			if !e.fits {
-				problems = append(problems, CheckConstraint(name, "dependency \""+e.Name+"\" version", g.nodes[e.Name].v, e.c))
+				problems = append(problems, checkConstraint(name, "dependency \""+e.Name+"\" version", g.nodes[e.Name].v, e.c))
 			}
 			x.depIDs = append(x.depIDs, j)
 		}

@@ -31,9 +31,9 @@ const (
 	DefaultDiscoveryPollInterval = time.Second
 )
 
-// DefaultManifestNames are the manifest file names looked for in a plugin
+// defaultManifestNames are the manifest file names looked for in a plugin
 // folder unless configured.
-var DefaultManifestNames = []string{"plugin.json", "plugin.yaml", "plugin.yml"}
+var defaultManifestNames = []string{"plugin.json", "plugin.yaml", "plugin.yml"}
 
 // msgHeld is logged (debug) when a manifest that does not read or parse
 // is held back to be looked at again.
@@ -59,7 +59,7 @@ type DiscoveryConfig struct {
 	// ManifestNames are the manifest file names looked for, each ending in
 	// .json, .yaml or .yml. The first one present in a folder, in this
 	// order, is the folder's manifest; the others are not read.
-	// Default DefaultManifestNames.
+	// Default plugin.json, plugin.yaml, plugin.yml.
 	ManifestNames []string
 	// FollowSymlinks makes the engine follow symbolic links to manifests
 	// and folders, as long as their targets stay inside the root; a link
@@ -246,7 +246,7 @@ func NewDiscoveryEngine(cfg DiscoveryConfig) (*DiscoveryEngine, error) {
 		cfg.MaxDepth = DefaultDiscoveryMaxDepth
 	}
 	if len(cfg.ManifestNames) == 0 {
-		cfg.ManifestNames = DefaultManifestNames
+		cfg.ManifestNames = defaultManifestNames
 	}
 	cfg.ManifestNames = slices.Clone(cfg.ManifestNames)
 	for _, n := range cfg.ManifestNames {

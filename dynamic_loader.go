@@ -400,7 +400,7 @@ func sameManifest(a, b *Manifest) bool {
 // rejects its version.
 func (l *DynamicLoader[Req, Resp]) checkDependentsLocked(mf *Manifest) error {
 	for _, dc := range l.loadedDependentsLocked(mf.Name) {
-		if err := CheckDependency(dc.dependent, mf.Name, dc.constraint, mf.Version); err != nil {
+		if err := checkDependency(dc.dependent, mf.Name, dc.constraint, mf.Version); err != nil {
 			return wrapError(err, CodeIncompatibleVersion, mf.Name,
 				"update to %s refused: loaded plugin %q needs %s; the running version keeps serving", mf.Version, dc.dependent, dc.constraint)
 		}
@@ -807,7 +807,7 @@ func (l *DynamicLoader[Req, Resp]) checkLoadLocked(mf *Manifest) error {
 			}
 			return newError(CodeDependencyMissing, mf.Name, "dependency %q (%s) is not loaded", d.Name, d.Constraint)
 		}
-		if err := CheckDependency(mf.Name, d.Name, d.Constraint, info.Version); err != nil {
+		if err := checkDependency(mf.Name, d.Name, d.Constraint, info.Version); err != nil {
 			return err
 		}
 	}

@@ -219,7 +219,7 @@ func newConstraintCache() *constraintCache {
 // parse returns the parsed constraint s, from the cache when c is not nil.
 func (c *constraintCache) parse(s string) (*semver.Constraints, error) {
 	if c == nil {
-		return ParseConstraint("", s)
+		return parseConstraint("", s)
 	}
 	c.mu.RLock()
 	pc := c.m[s]
@@ -227,7 +227,7 @@ func (c *constraintCache) parse(s string) (*semver.Constraints, error) {
 	if pc != nil {
 		return pc, nil
 	}
-	pc, err := ParseConstraint("", s)
+	pc, err := parseConstraint("", s)
 	if err != nil {
 		return nil, err
 	}

@@ -126,6 +126,6 @@ func validateInfo(info PluginInfo) error {
 	if err := ValidateName(info.Name); err != nil {
 		return err
 	}
-	_, err := ParseVersion(info.Name, info.Version)
+	_, err := parseVersion(info.Name, info.Version)
 	return err
 }

@@ -379,7 +379,7 @@ func (m *Manager[Req, Resp]) checkReloadVersion(info PluginInfo, dependents []de
 		}
 	}
 	for _, d := range dependents {
-		if err := CheckDependency(d.dependent, info.Name, d.constraint, info.Version); err != nil {
+		if err := checkDependency(d.dependent, info.Name, d.constraint, info.Version); err != nil {
 			return wrapError(err, CodeIncompatibleVersion, info.Name,
 				"loaded plugin %q needs %s, so version %s would break it", d.dependent, d.constraint, info.Version)
 		}

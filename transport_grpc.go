@@ -234,7 +234,7 @@ func (cfg *GRPCConfig) validate() error {
 		return wrapError(err, CodeInvalidConfig, cfg.Name, "GRPCConfig.Name is invalid")
 	}
 	if cfg.Version != "" {
-		if _, err := ParseVersion(cfg.Name, cfg.Version); err != nil {
+		if _, err := parseVersion(cfg.Name, cfg.Version); err != nil {
 			return err
 		}
 	}
@@ -377,7 +377,7 @@ func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, l *grpcLink
 	if info.Name != cfg.Name {
 		return newError(CodeInvalidPlugin, cfg.Name, "the gRPC plugin reports the name %q; point GRPCConfig at the right plugin or fix its name", info.Name)
 	}
-	if _, err := ParseVersion(info.Name, info.Version); err != nil {
+	if _, err := parseVersion(info.Name, info.Version); err != nil {
 		return err
 	}
 	if cfg.Version != "" && info.Version != cfg.Version {

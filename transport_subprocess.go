@@ -170,7 +170,7 @@ func (s *Subprocess[Req, Resp]) validate() error {
 		return wrapError(err, CodeInvalidConfig, cfg.Name, "SubprocessConfig.Name")
 	}
 	if cfg.Version != "" {
-		if _, err := ParseVersion(cfg.Name, cfg.Version); err != nil {
+		if _, err := parseVersion(cfg.Name, cfg.Version); err != nil {
 			return wrapError(err, CodeInvalidConfig, cfg.Name, "SubprocessConfig.Version")
 		}
 	}
@@ -334,7 +334,7 @@ func (s *Subprocess[Req, Resp]) handshake(ctx context.Context, c *subConn) error
 	case w.MaxFrameSize > wire.MaxFrameSizeLimit:
 		return newError(CodeHandshake, name, "the plugin's maximum frame size %d is over the protocol's limit of %d bytes: fix the plugin's WELCOME", w.MaxFrameSize, wire.MaxFrameSizeLimit)
 	}
-	if _, err := ParseVersion(name, w.Version); err != nil {
+	if _, err := parseVersion(name, w.Version); err != nil {
 		return wrapError(err, CodeHandshake, name, "the plugin reports a bad version")
 	}
 	if s.cfg.Version != "" && w.Version != s.cfg.Version {

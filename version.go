@@ -7,11 +7,11 @@ import (
 	"github.com/Masterminds/semver/v3"
 )
 
-// ParseVersion parses a strict semantic version (SemVer 2.0.0: "1.4.0",
+// parseVersion parses a strict semantic version (SemVer 2.0.0: "1.4.0",
 // "2.0.0-rc.1+build.5"; no "v" prefix, no missing parts, no leading zeros).
 // plugin names the plugin the version belongs to, for the error message.
 // A malformed version yields an error matching ErrInvalidVersion.
-func ParseVersion(plugin, version string) (*semver.Version, error) {
+func parseVersion(plugin, version string) (*semver.Version, error) {
 	v, err := semver.StrictNewVersion(version)
 	if err != nil {
 		return nil, newError(CodeInvalidVersion, plugin,
@@ -20,10 +20,10 @@ func ParseVersion(plugin, version string) (*semver.Version, error) {
 	return v, nil
 }
 
-// ParseConstraint parses a version constraint in Masterminds syntax
+// parseConstraint parses a version constraint in Masterminds syntax
 // (">=1.2.0, <2.0.0", "^1.4", "~2.1", "1.x", "1.0 - 2.0", "a || b").
 // A malformed constraint yields an error matching ErrInvalidConstraint.
-func ParseConstraint(plugin, constraint string) (*semver.Constraints, error) {
+func parseConstraint(plugin, constraint string) (*semver.Constraints, error) {
 	if strings.TrimSpace(constraint) == "" {
 		return nil, newError(CodeInvalidConstraint, plugin, "version constraint is empty; use \"*\" to accept any version")
 	}
@@ -34,10 +34,10 @@ func ParseConstraint(plugin, constraint string) (*semver.Constraints, error) {
 	return c, nil
 }
 
-// CheckConstraint reports whether v satisfies c. On failure the error matches
+// checkConstraint reports whether v satisfies c. On failure the error matches
 // ErrIncompatibleVersion, names the plugin and what was checked (subject, such
 // as "host version" or "dependency \"auth\""), and lists semver's reasons.
-func CheckConstraint(plugin, subject string, v *semver.Version, c *semver.Constraints) error {
+func checkConstraint(plugin, subject string, v *semver.Version, c *semver.Constraints) error {
 	ok, reasons := c.Validate(v)
 	if ok {
 		return nil
@@ -90,7 +90,7 @@ func (p *VersionPolicy) SetRule(name, constraint string) error {
 		p.mu.Unlock()
 		return nil
 	}
-	c, err := ParseConstraint(name, constraint)
+	c, err := parseConstraint(name, constraint)
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func (p *VersionPolicy) CheckHost(name, requires string) error {
 	if requires == "" {
 		return nil
 	}
-	c, err := ParseConstraint(name, requires)
+	c, err := parseConstraint(name, requires)
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func (p *VersionPolicy) CheckHost(name, requires string) error {
 
 // CheckPlugin checks a plugin's own version against the rule set for it, if any.
 func (p *VersionPolicy) CheckPlugin(name, version string) error {
-	v, err := ParseVersion(name, version)
+	v, err := parseVersion(name, version)
 	if err != nil {
 		return err
 	}
@@ -130,19 +130,19 @@ func (p *VersionPolicy) CheckPlugin(name, version string) error {
 	if c == nil {
 		return nil
 	}
-	return CheckConstraint(name, "plugin version", v, c)
+	return checkConstraint(name, "plugin version", v, c)
 }
 
-// CheckDependency checks that dependency dep, found at version found, meets
+// checkDependency checks that dependency dep, found at version found, meets
 // the constraint plugin declares on it.
-func CheckDependency(plugin, dep, constraint, found string) error {
-	c, err := ParseConstraint(plugin, constraint)
+func checkDependency(plugin, dep, constraint, found string) error {
+	c, err := parseConstraint(plugin, constraint)
 	if err != nil {
 		return err
 	}
-	v, err := ParseVersion(dep, found)
+	v, err := parseVersion(dep, found)
 	if err != nil {
 		return err
 	}
-	return CheckConstraint(plugin, "dependency \""+dep+"\" version", v, c)
+	return checkConstraint(plugin, "dependency \""+dep+"\" version", v, c)
 }

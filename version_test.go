@@ -22,10 +22,10 @@ func TestVersionPrecedence(t *testing.T) {
 	}
 	for _, chain := range chains {
 		for i := range chain {
-			vi, err := ParseVersion("p", chain[i])
+			vi, err := parseVersion("p", chain[i])
 			require.NoError(t, err)
 			for j := range chain {
-				vj, err := ParseVersion("p", chain[j])
+				vj, err := parseVersion("p", chain[j])
 				require.NoError(t, err)
 				want := 0
 				switch {
@@ -42,9 +42,9 @@ func TestVersionPrecedence(t *testing.T) {
 	}
 
 	// Build metadata does not take part in precedence.
-	a, err := ParseVersion("p", "1.0.0+build.1")
+	a, err := parseVersion("p", "1.0.0+build.1")
 	require.NoError(t, err)
-	b, err := ParseVersion("p", "1.0.0+build.2")
+	b, err := parseVersion("p", "1.0.0+build.2")
 	require.NoError(t, err)
 	assert.Equal(t, 0, a.Compare(b))
 }
@@ -52,7 +52,7 @@ func TestVersionPrecedence(t *testing.T) {
 func TestParseVersion(t *testing.T) {
 	for _, s := range []string{"0.0.0", "1.2.3", "10.20.30", "1.0.0-rc.1", "1.0.0-0.3.7",
 		"1.0.0-x-y-z.--", "1.0.0+20130313144700", "1.0.0-beta+exp.sha.5114f85"} {
-		v, err := ParseVersion("auth", s)
+		v, err := parseVersion("auth", s)
 		if assert.NoError(t, err, s) {
 			assert.Equal(t, s, v.Original())
 		}
@@ -75,7 +75,7 @@ func TestParseVersion(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.version, func(t *testing.T) {
-			v, err := ParseVersion("auth", tt.version)
+			v, err := parseVersion("auth", tt.version)
 			assert.Nil(t, v)
 			require.ErrorIs(t, err, ErrInvalidVersion)
 			for _, s := range []string{`plugin "auth"`, fmt.Sprintf("%q", tt.version), "strict", tt.reason} {
@@ -88,7 +88,7 @@ func TestParseVersion(t *testing.T) {
 func TestParseConstraint(t *testing.T) {
 	for _, s := range []string{"*", "^1.4", "~2.1", "1.x", ">=1.2.0, <2.0.0", ">=1.2.0 <2.0.0",
 		"1.0 - 2.0", "^1 || ^3", "!=1.2.0", ">=1.0.0-0"} {
-		_, err := ParseConstraint("auth", s)
+		_, err := parseConstraint("auth", s)
 		assert.NoError(t, err, s)
 	}
 
@@ -105,7 +105,7 @@ func TestParseConstraint(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.constraint, func(t *testing.T) {
-			c, err := ParseConstraint("auth", tt.constraint)
+			c, err := parseConstraint("auth", tt.constraint)
 			assert.Nil(t, c)
 			require.ErrorIs(t, err, ErrInvalidConstraint)
 			assert.Contains(t, err.Error(), `plugin "auth"`)
@@ -182,11 +182,11 @@ func TestCheckConstraint(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.constraint+" "+tt.version, func(t *testing.T) {
-			c, err := ParseConstraint("auth", tt.constraint)
+			c, err := parseConstraint("auth", tt.constraint)
 			require.NoError(t, err)
-			v, err := ParseVersion("auth", tt.version)
+			v, err := parseVersion("auth", tt.version)
 			require.NoError(t, err)
-			err = CheckConstraint("auth", "dependency \"db\" version", v, c)
+			err = checkConstraint("auth", "dependency \"db\" version", v, c)
 			if tt.reason == "" {
 				assert.NoError(t, err)
 				return
@@ -327,7 +327,7 @@ func TestCheckDependency(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := CheckDependency("web", "db", tt.constraint, tt.found)
+			err := checkDependency("web", "db", tt.constraint, tt.found)
 			if tt.is == nil {
 				assert.NoError(t, err)
 				return
