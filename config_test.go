@@ -67,7 +67,7 @@ plugins:
 	require.Equal(t, filepath.Join(dir, "extra", "auth", "plugin.json"), c.Plugins[0].Path)
 	require.Equal(t, "metrics", c.Plugins[1].Name)
 	require.Equal(t, "costs $5 nothing", c.Plugins[1].Description, "$$ is a literal $; an empty variable takes the :- default")
-	require.Equal(t, []ManifestDependency{{Name: "auth", Constraint: "^1.0.0"}}, c.Plugins[1].Dependencies)
+	require.Equal(t, []Dependency{{Name: "auth", Constraint: "^1.0.0"}}, c.Plugins[1].Dependencies)
 	require.NotNil(t, c.VersionPolicy())
 	require.Len(t, c.ManagerOptions(), 5)
 

@@ -315,11 +315,7 @@ func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
 
 // addManifest adds mf's node to g.
 func addManifest(g *DependencyGraph, mf *Manifest) error {
-	deps := make([]Dependency, len(mf.Dependencies))
-	for i, d := range mf.Dependencies {
-		deps[i] = Dependency(d)
-	}
-	return g.Add(mf.Name, mf.Version, deps...)
+	return g.Add(mf.Name, mf.Version, mf.Dependencies...)
 }
 
 // setRunningLocked records mf as the manifest of name's version serving,

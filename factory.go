@@ -42,10 +42,6 @@ func GRPCFactory[Req, Resp any](base GRPCConfig) Factory[Req, Resp] {
 		cfg.Name, cfg.Version = m.Name, m.Version
 		if m.Endpoint != "" {
 			cfg.Endpoint, cfg.Command = m.Endpoint, ""
-			if m.TLS != nil && m.TLS.Insecure {
-				return nil, newError(CodeInvalidConfig, m.Name,
-					"tls.insecure is not supported by the gRPC transport; give tls.ca_file to verify the server")
-			}
 			if m.TLS != nil {
 				cfg.TLS = &TLSFiles{CAFile: m.TLS.CAFile, CertFile: m.TLS.CertFile, KeyFile: m.TLS.KeyFile, ServerName: m.TLS.ServerName}
 			}
@@ -74,7 +70,7 @@ func childSettings(m *Manifest, args []string, env map[string]string, dir string
 }
 
 // mergeRestart returns base overridden by the fields the manifest sets.
-func mergeRestart(base RestartPolicy, m ManifestRestart) RestartPolicy {
+func mergeRestart(base RestartPolicy, m RestartPolicy) RestartPolicy {
 	if m.MaxAttempts != 0 {
 		base.MaxAttempts = m.MaxAttempts
 	}

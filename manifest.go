@@ -73,7 +73,7 @@ type Manifest struct {
 	// Requires holds what the plugin needs from its host.
 	Requires ManifestRequires
 	// Dependencies lists the plugins this one needs, sorted by name.
-	Dependencies []ManifestDependency
+	Dependencies []Dependency
 	// Surfaces lists the plugin's reload surfaces.
 	Surfaces []Surface
 	// Timeout is the per-call timeout; zero means the host's default.
@@ -82,7 +82,7 @@ type Manifest struct {
 	Health ManifestHealth
 	// Restart configures restarts of a child process; zero fields mean the
 	// host's defaults.
-	Restart ManifestRestart
+	Restart RestartPolicy
 	// Endpoint is the "host:port" of a remote gRPC service, or "".
 	Endpoint string
 	// TLS configures the connection to Endpoint; nil means plaintext.
@@ -108,35 +108,12 @@ type ManifestRequires struct {
 	Protocol int
 }
 
-// ManifestDependency is one entry of a manifest's "dependencies". Its fields
-// match the dependency graph's Dependency, so Dependency(d) converts it.
-type ManifestDependency struct {
-	// Name is the plugin depended on.
-	Name string
-	// Constraint is the version constraint the dependency must satisfy.
-	Constraint string
-	// Optional dependencies may be absent; when present they must satisfy
-	// Constraint.
-	Optional bool
-}
-
 // ManifestHealth is the "health" section of a manifest.
 type ManifestHealth struct {
 	// Interval between health checks.
 	Interval time.Duration
 	// Timeout of one health check; not longer than Interval.
 	Timeout time.Duration
-}
-
-// ManifestRestart is the "restart" section of a manifest.
-type ManifestRestart struct {
-	// MaxAttempts is how many restarts are tried in a row; 0 means the
-	// host's default.
-	MaxAttempts int
-	// Backoff is the first delay between restarts.
-	Backoff time.Duration
-	// MaxBackoff caps the growing delay; not shorter than Backoff.
-	MaxBackoff time.Duration
 }
 
 // ManifestTLS is the "tls" section of a gRPC manifest with an endpoint.
@@ -150,9 +127,6 @@ type ManifestTLS struct {
 	KeyFile  string
 	// ServerName overrides the name checked in the server's certificate.
 	ServerName string
-	// Insecure skips verification of the server's certificate. It is
-	// refused together with CAFile.
-	Insecure bool
 }
 
 // SemVer returns the parsed Version.

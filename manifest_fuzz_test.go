@@ -137,7 +137,7 @@ func checkManifestRules(t *testing.T, m *Manifest, data []byte) {
 	if m.Requires.Host != "" && m.HostConstraint() == nil {
 		t.Fatal("host constraint not parsed")
 	}
-	if !slices.IsSortedFunc(m.Dependencies, func(a, b ManifestDependency) int { return strings.Compare(a.Name, b.Name) }) {
+	if !slices.IsSortedFunc(m.Dependencies, func(a, b Dependency) int { return strings.Compare(a.Name, b.Name) }) {
 		t.Fatal("dependencies not sorted")
 	}
 	for _, d := range m.Dependencies {
@@ -209,7 +209,7 @@ func manifestJSONForm(m *Manifest) map[string]any {
 	}
 	set("restart", restart, len(restart) > 0)
 	if m.TLS != nil {
-		tls := map[string]any{"server_name": m.TLS.ServerName, "insecure": m.TLS.Insecure}
+		tls := map[string]any{"server_name": m.TLS.ServerName, "insecure": false}
 		for k, p := range map[string]string{"ca_file": m.TLS.CAFile, "cert_file": m.TLS.CertFile, "key_file": m.TLS.KeyFile} {
 			if p != "" {
 				tls[k] = rel(p)

@@ -36,7 +36,7 @@ func TestManifestLoadTestdata(t *testing.T) {
 		assert.Equal(t, ManifestRequires{Host: ">=1.2.0, <2.0.0", Protocol: 1}, m.Requires)
 		require.NotNil(t, m.HostConstraint())
 		assert.True(t, m.HostConstraint().Check(m.SemVer()), "1.4.0 satisfies >=1.2.0, <2.0.0")
-		assert.Equal(t, []ManifestDependency{
+		assert.Equal(t, []Dependency{
 			{Name: "logging", Constraint: "^1.0.0"},
 			{Name: "metrics", Constraint: "~2.1", Optional: true},
 		}, m.Dependencies)
@@ -45,7 +45,7 @@ func TestManifestLoadTestdata(t *testing.T) {
 		assert.Equal(t, []Surface{SurfaceState}, m.Surfaces)
 		assert.Equal(t, 5*time.Second, m.Timeout)
 		assert.Equal(t, ManifestHealth{Interval: 10 * time.Second, Timeout: 2 * time.Second}, m.Health)
-		assert.Equal(t, ManifestRestart{MaxAttempts: 5, Backoff: 100 * time.Millisecond, MaxBackoff: 10 * time.Second}, m.Restart)
+		assert.Equal(t, RestartPolicy{MaxAttempts: 5, Backoff: 100 * time.Millisecond, MaxBackoff: 10 * time.Second}, m.Restart)
 		assert.Equal(t, path, m.Path)
 		assert.Equal(t, filepath.Join(dir, "auth"), m.Dir)
 		assert.Equal(t, sha256.Sum256(data), m.Hash)
@@ -57,7 +57,7 @@ func TestManifestLoadTestdata(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, "grpc", m.Transport)
 		assert.Equal(t, filepath.Join(dir, "metrics", "bin", "metrics"), m.Command)
-		assert.Equal(t, []ManifestDependency{{Name: "logging", Constraint: ">=1.0.0"}}, m.Dependencies)
+		assert.Equal(t, []Dependency{{Name: "logging", Constraint: ">=1.0.0"}}, m.Dependencies)
 		assert.Equal(t, []Surface{SurfaceStream, SurfaceSchema}, m.Surfaces)
 		assert.Equal(t, 250*time.Millisecond, m.Timeout)
 		assert.Nil(t, m.TLS)
@@ -138,7 +138,7 @@ func TestManifestInvalid(t *testing.T) {
 		{name: "grpc bad endpoint", data: `{` + base + `"transport": "grpc", "endpoint": "nohost"}`, want: []string{`field "endpoint"`, "host:port"}},
 		{name: "grpc bad port", data: `{` + base + `"transport": "grpc", "endpoint": "h:99999"}`, want: []string{`field "endpoint"`, "1 to 65535"}},
 		{name: "tls half mTLS", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"cert_file": "c.pem"}}`, want: []string{`field "tls.cert_file"`, "give both or neither"}},
-		{name: "tls insecure with ca", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"ca_file": "ca.pem", "insecure": true}}`, want: []string{`field "tls.insecure"`}},
+		{name: "tls insecure refused", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"insecure": true}}`, want: []string{`field "tls.insecure"`, "not supported"}},
 		{name: "tls path escape", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"ca_file": "../ca.pem"}}`, is: ErrPathEscape, want: []string{`field "tls.ca_file"`, "outside the plugin folder"}},
 		{name: "command escape", data: `{` + base + `"transport": "subprocess", "command": "../other/bin"}`, is: ErrPathEscape, want: []string{`field "command"`, "outside the plugin folder"}},
 		{name: "command escape through folder", data: `{` + base + `"transport": "subprocess", "command": "sub/../../bin"}`, is: ErrPathEscape, want: []string{`field "command"`}},
@@ -255,17 +255,16 @@ func TestLoadManifestFileErrors(t *testing.T) {
 	assert.Contains(t, err.Error(), "not a regular file")
 }
 
-func TestManifestDependenciesConvertToGraph(t *testing.T) {
+func TestManifestDependenciesGoToTheGraph(t *testing.T) {
 	m, err := LoadManifest(filepath.Join("testdata", "manifests", "auth", "plugin.json"))
 	require.NoError(t, err)
-	deps := make([]Dependency, len(m.Dependencies))
-	for i, d := range m.Dependencies {
-		deps[i] = Dependency(d)
-	}
 	assert.Equal(t, []Dependency{
 		{Name: "logging", Constraint: "^1.0.0"},
 		{Name: "metrics", Constraint: "~2.1", Optional: true},
-	}, deps)
+	}, m.Dependencies)
+	g := NewDependencyGraph()
+	require.NoError(t, g.Add(m.Name, m.Version, m.Dependencies...))
+	assert.Equal(t, m.Dependencies, g.Dependencies(m.Name))
 }
 
 // TestLoadManifestRefusesNamedPipeWithoutBlocking checks that a named pipe

@@ -307,12 +307,12 @@ func (v *manifestValidator) endpoint(ep string) {
 }
 
 func (v *manifestValidator) tls(r *rawTLS) *ManifestTLS {
-	t := &ManifestTLS{ServerName: r.ServerName, Insecure: r.Insecure}
+	t := &ManifestTLS{ServerName: r.ServerName}
+	if r.Insecure {
+		v.fail("tls.insecure", "skipping the server's verification is not supported; give tls.ca_file to verify it")
+	}
 	if r.CAFile != "" {
 		t.CAFile = v.resolvePath("tls.ca_file", r.CAFile)
-		if r.Insecure {
-			v.fail("tls.insecure", "true skips verification, which contradicts tls.ca_file; remove one")
-		}
 	}
 	if (r.CertFile == "") != (r.KeyFile == "") {
 		v.fail("tls.cert_file", "cert_file and key_file go together (mutual TLS); give both or neither")
@@ -372,7 +372,7 @@ func (v *manifestValidator) validateDependencies(r *rawManifest, m *Manifest) {
 	if len(r.Dependencies) == 0 {
 		return
 	}
-	m.Dependencies = make([]ManifestDependency, 0, len(r.Dependencies))
+	m.Dependencies = make([]Dependency, 0, len(r.Dependencies))
 	m.deps = make(map[string]*semver.Constraints, len(r.Dependencies))
 	for _, name := range slices.Sorted(maps.Keys(r.Dependencies)) {
 		d := r.Dependencies[name]
@@ -390,7 +390,7 @@ func (v *manifestValidator) validateDependencies(r *rawManifest, m *Manifest) {
 			continue
 		}
 		m.deps[name] = c
-		m.Dependencies = append(m.Dependencies, ManifestDependency{Name: name, Constraint: d.Version, Optional: d.Optional})
+		m.Dependencies = append(m.Dependencies, Dependency{Name: name, Constraint: d.Version, Optional: d.Optional})
 	}
 }
 

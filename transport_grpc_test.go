@@ -801,12 +801,12 @@ func TestGRPCFactoryRestartPolicy(t *testing.T) {
 	base := GRPCConfig{Restart: RestartPolicy{MaxAttempts: 9, Backoff: time.Second, MaxBackoff: time.Minute}}
 	tests := []struct {
 		name    string
-		restart ManifestRestart
+		restart RestartPolicy
 		want    RestartPolicy
 	}{
-		{"manifest overrides", ManifestRestart{MaxAttempts: 2, Backoff: 7 * time.Millisecond, MaxBackoff: 70 * time.Millisecond},
+		{"manifest overrides", RestartPolicy{MaxAttempts: 2, Backoff: 7 * time.Millisecond, MaxBackoff: 70 * time.Millisecond},
 			RestartPolicy{MaxAttempts: 2, Backoff: 7 * time.Millisecond, MaxBackoff: 70 * time.Millisecond}},
-		{"base fills the gaps", ManifestRestart{MaxAttempts: -1}, RestartPolicy{MaxAttempts: -1, Backoff: time.Second, MaxBackoff: time.Minute}},
+		{"base fills the gaps", RestartPolicy{MaxAttempts: -1}, RestartPolicy{MaxAttempts: -1, Backoff: time.Second, MaxBackoff: time.Minute}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
