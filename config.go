@@ -1,17 +1,15 @@
 package goplugins
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 )
 
 // DefaultConfigMaxSize is the largest configuration file accepted.
@@ -132,36 +130,22 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	fail := func(format string, args ...any) error {
 		return newError(CodeInvalidConfig, "", "configuration %s: %s", path, fmt.Sprintf(format, args...))
 	}
-	var tree any
-	switch ext := strings.ToLower(filepath.Ext(path)); ext {
-	case ".json":
-		dec := json.NewDecoder(bytes.NewReader(data))
-		dec.UseNumber()
-		if err := dec.Decode(&tree); err != nil {
-			return nil, fail("invalid JSON: %v", err)
-		}
-	case ".yaml", ".yml":
-		if err := yaml.Unmarshal(data, &tree); err != nil {
-			return nil, fail("invalid YAML: %v", err)
-		}
-	default:
+	ext := strings.ToLower(filepath.Ext(path))
+	if ext != ".json" && ext != ".yaml" && ext != ".yml" {
 		return nil, fail("unknown extension %q; name the file .json, .yaml or .yml", ext)
 	}
-	tree, err = expandEnv(tree, "")
+	b := binder{yaml: ext != ".json"}
+	tree, err := configTree(data, b.yaml)
 	if err != nil {
 		return nil, fail("%v", err)
 	}
-	normal, err := json.Marshal(tree)
-	if err != nil {
+	if tree, err = expandEnv(tree, ""); err != nil {
 		return nil, fail("%v", err)
 	}
 	var raw rawConfig
-	dec := json.NewDecoder(bytes.NewReader(normal))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&raw); err != nil {
+	if err := b.bind(tree, reflect.ValueOf(&raw).Elem(), ""); err != nil {
 		return nil, fail("%v", err)
 	}
-
 	c := &Config{Path: path, HostVersion: raw.HostVersion}
 	if raw.HostVersion != "" {
 		if _, err := NewVersionPolicy(raw.HostVersion); err != nil {
@@ -250,13 +234,13 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 }
 
 // configPlugin reads one entry of "plugins": a reference or an inline manifest.
-func configPlugin(path, dir, where string, entry map[string]json.RawMessage) (*Manifest, error) {
+func configPlugin(path, dir, where string, entry map[string]any) (*Manifest, error) {
 	if ref, ok := entry["manifest"]; ok {
 		if len(entry) != 1 {
 			return nil, newError(CodeInvalidConfig, "", "configuration %s: %s: an entry with \"manifest\" takes no other field", path, where)
 		}
-		var file string
-		if err := json.Unmarshal(ref, &file); err != nil || file == "" {
+		file, ok := ref.(string)
+		if !ok || file == "" {
 			return nil, newError(CodeInvalidConfig, "", "configuration %s: %s.manifest: want the path of a manifest file", path, where)
 		}
 		mf, err := LoadManifest(resolvePath(dir, file))
@@ -371,10 +355,10 @@ func validEnvName(s string) bool {
 }
 
 type rawConfig struct {
-	HostVersion string                       `json:"host_version"`
-	Defaults    rawConfigDefaults            `json:"defaults"`
-	Discovery   *rawConfigDiscovery          `json:"discovery"`
-	Plugins     []map[string]json.RawMessage `json:"plugins"`
+	HostVersion string              `json:"host_version"`
+	Defaults    rawConfigDefaults   `json:"defaults"`
+	Discovery   *rawConfigDiscovery `json:"discovery"`
+	Plugins     []map[string]any    `json:"plugins"`
 }
 
 type rawConfigDefaults struct {

@@ -426,3 +426,36 @@ func TestConfigWatcherNamedPipeIsReportedAndCloseReturns(t *testing.T) {
 	require.NoError(t, w.Close())
 	require.NoError(t, w.Close(), "a second Close returns the first result")
 }
+
+// TestConfigErrorsNameFileFieldPathAndWant checks the errors a user reads
+// for a configuration of the wrong shape: the file, the field's path and
+// what was expected, in the terms of the file's format, with no Go types.
+func TestConfigErrorsNameFileFieldPathAndWant(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, file, content string
+		want                []string
+	}{
+		{"yaml number for a string", "c.yaml", "host_version: 1.4\n", []string{"host_version: want a string, got the number 1.4", `quote it: "1.4"`}},
+		{"yaml mapping for a list", "c.yaml", "plugins: {name: a}\n", []string{"plugins: want a list, got a mapping"}},
+		{"yaml misspelt field", "c.yaml", "defaults:\n  timeuot: 5s\n", []string{"defaults.timeuot is not a field", "the fields in defaults are", "timeout"}},
+		{"yaml nested wrong kind", "c.yaml", "defaults: {breaker: {min_calls: many}}\n", []string{`defaults.breaker.min_calls: want a whole number, got the string "many"`}},
+		{"json object for a string", "c.json", `{"host_version": {"v": 1}}`, []string{"host_version: want a string, got an object"}},
+		{"json duplicate key refused like yaml", "c.json", `{"defaults": {"timeout": "1s", "timeout": "2s"}}`, []string{"defaults.timeout is given twice"}},
+		{"yaml duplicate key", "c.yaml", "host_version: 1.0.0\nhost_version: 1.1.0\n", []string{"host_version"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, tc.file)
+			_, err := ParseConfig(path, []byte(tc.content))
+			require.ErrorIs(t, err, ErrInvalidConfig)
+			msg := err.Error()
+			require.Contains(t, msg, path)
+			for _, w := range tc.want {
+				require.Contains(t, msg, w)
+			}
+			for _, internal := range []string{"json: cannot", "json: unknown", "rawConfig", "map[string]", "Go struct"} {
+				require.NotContains(t, msg, internal)
+			}
+		})
+	}
+}
