@@ -130,20 +130,8 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	fail := func(format string, args ...any) error {
 		return newError(CodeInvalidConfig, "", "configuration %s: %s", path, fmt.Sprintf(format, args...))
 	}
-	ext := strings.ToLower(filepath.Ext(path))
-	if ext != ".json" && ext != ".yaml" && ext != ".yml" {
-		return nil, fail("unknown extension %q; name the file .json, .yaml or .yml", ext)
-	}
-	b := binder{yaml: ext != ".json"}
-	tree, err := configTree(data, b.yaml)
+	raw, err := decodeConfig(path, data)
 	if err != nil {
-		return nil, fail("%v", err)
-	}
-	if tree, err = expandEnv(tree, ""); err != nil {
-		return nil, fail("%v", err)
-	}
-	var raw rawConfig
-	if err := b.bind(tree, reflect.ValueOf(&raw).Elem(), ""); err != nil {
 		return nil, fail("%v", err)
 	}
 	c := &Config{Path: path, HostVersion: raw.HostVersion}
@@ -152,77 +140,120 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 			return nil, fail("host_version: %v", err)
 		}
 	}
-	var problems []string
-	dur := func(field, s string) time.Duration {
-		if s == "" {
-			return 0
-		}
-		d, err := time.ParseDuration(s)
-		if err != nil || d <= 0 {
-			problems = append(problems, fmt.Sprintf("%s: %q is not a positive duration such as \"5s\"", field, s))
-		}
-		return d
+	var cv configValidator
+	c.Defaults = cv.defaults(raw.Defaults)
+	c.Discovery = cv.discovery(raw.Discovery, filepath.Dir(path))
+	if len(cv.problems) > 0 {
+		return nil, fail("%s", strings.Join(cv.problems, "; "))
 	}
-	d := raw.Defaults
-	c.Defaults = ConfigDefaults{
-		Timeout:      dur("defaults.timeout", d.Timeout),
-		DrainTimeout: dur("defaults.drain_timeout", d.DrainTimeout),
+	if err := c.addPlugins(raw.Plugins, data); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// decodeConfig decodes the file, of the format its extension names,
+// expands its ${VAR}s and binds it to a rawConfig.
+func decodeConfig(path string, data []byte) (*rawConfig, error) {
+	ext := strings.ToLower(filepath.Ext(path))
+	if ext != ".json" && ext != ".yaml" && ext != ".yml" {
+		return nil, fmt.Errorf("unknown extension %q; name the file .json, .yaml or .yml", ext)
+	}
+	b := binder{yaml: ext != ".json"}
+	tree, err := configTree(data, b.yaml)
+	if err != nil {
+		return nil, err
+	}
+	if tree, err = expandEnv(tree, ""); err != nil {
+		return nil, err
+	}
+	var raw rawConfig
+	if err := b.bind(tree, reflect.ValueOf(&raw).Elem(), ""); err != nil {
+		return nil, err
+	}
+	return &raw, nil
+}
+
+// configValidator collects the problems of a configuration's settings,
+// each naming its field.
+type configValidator struct{ problems []string }
+
+func (v *configValidator) dur(field, s string) time.Duration {
+	if s == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		v.problems = append(v.problems, fmt.Sprintf("%s: %q is not a positive duration such as \"5s\"", field, s))
+	}
+	return d
+}
+
+func (v *configValidator) defaults(d rawConfigDefaults) ConfigDefaults {
+	if r := d.Breaker.FailureRate; r < 0 || r > 1 {
+		v.problems = append(v.problems, fmt.Sprintf("defaults.breaker.failure_rate: %v is not between 0 and 1", r))
+	}
+	return ConfigDefaults{
+		Timeout:      v.dur("defaults.timeout", d.Timeout),
+		DrainTimeout: v.dur("defaults.drain_timeout", d.DrainTimeout),
 		Breaker: BreakerConfig{
 			ConsecutiveFailures: d.Breaker.ConsecutiveFailures,
 			FailureRate:         d.Breaker.FailureRate,
 			MinCalls:            d.Breaker.MinCalls,
-			Window:              dur("defaults.breaker.window", d.Breaker.Window),
-			OpenTimeout:         dur("defaults.breaker.open_timeout", d.Breaker.OpenTimeout),
+			Window:              v.dur("defaults.breaker.window", d.Breaker.Window),
+			OpenTimeout:         v.dur("defaults.breaker.open_timeout", d.Breaker.OpenTimeout),
 			HalfOpenProbes:      d.Breaker.HalfOpenProbes,
 			Disabled:            d.Breaker.Disabled,
 		},
 		Health: HealthConfig{
-			Interval:       dur("defaults.health.interval", d.Health.Interval),
-			Timeout:        dur("defaults.health.timeout", d.Health.Timeout),
+			Interval:       v.dur("defaults.health.interval", d.Health.Interval),
+			Timeout:        v.dur("defaults.health.timeout", d.Health.Timeout),
 			UnhealthyAfter: d.Health.UnhealthyAfter,
 		},
 		Restart: RestartPolicy{
 			MaxAttempts: d.Restart.MaxAttempts,
-			Backoff:     dur("defaults.restart.backoff", d.Restart.Backoff),
-			MaxBackoff:  dur("defaults.restart.max_backoff", d.Restart.MaxBackoff),
+			Backoff:     v.dur("defaults.restart.backoff", d.Restart.Backoff),
+			MaxBackoff:  v.dur("defaults.restart.max_backoff", d.Restart.MaxBackoff),
 		},
 	}
-	if r := d.Breaker.FailureRate; r < 0 || r > 1 {
-		problems = append(problems, fmt.Sprintf("defaults.breaker.failure_rate: %v is not between 0 and 1", r))
-	}
-	dir := filepath.Dir(path)
-	if raw.Discovery != nil {
-		rd := raw.Discovery
-		if len(rd.Roots) == 0 {
-			problems = append(problems, "discovery.roots: name at least one folder")
-		}
-		dc := &DiscoveryConfig{
-			MaxDepth:       rd.MaxDepth,
-			ManifestNames:  rd.ManifestNames,
-			FollowSymlinks: rd.FollowSymlinks,
-			PollInterval:   dur("discovery.poll_interval", rd.PollInterval),
-			AllowOutside:   rd.AllowOutside,
-		}
-		for _, r := range rd.Roots {
-			dc.Roots = append(dc.Roots, resolvePath(dir, r))
-		}
-		c.Discovery = dc
-	}
-	if len(problems) > 0 {
-		return nil, fail("%s", strings.Join(problems, "; "))
-	}
+}
 
+// discovery returns the discovery settings, roots resolved against dir,
+// or nil when the file has none.
+func (v *configValidator) discovery(rd *rawConfigDiscovery, dir string) *DiscoveryConfig {
+	if rd == nil {
+		return nil
+	}
+	if len(rd.Roots) == 0 {
+		v.problems = append(v.problems, "discovery.roots: name at least one folder")
+	}
+	dc := &DiscoveryConfig{
+		MaxDepth:       rd.MaxDepth,
+		ManifestNames:  rd.ManifestNames,
+		FollowSymlinks: rd.FollowSymlinks,
+		PollInterval:   v.dur("discovery.poll_interval", rd.PollInterval),
+		AllowOutside:   rd.AllowOutside,
+	}
+	for _, r := range rd.Roots {
+		dc.Roots = append(dc.Roots, resolvePath(dir, r))
+	}
+	return dc
+}
+
+// addPlugins reads the plugins section into c.Plugins, sorted by name, and
+// sets c.Hash over data and every plugin's manifest.
+func (c *Config) addPlugins(entries []map[string]any, data []byte) error {
 	h := sha256.New()
 	h.Write(data)
 	seen := map[string]string{}
-	for i, entry := range raw.Plugins {
+	for i, entry := range entries {
 		where := fmt.Sprintf("plugins[%d]", i)
-		mf, err := configPlugin(path, dir, where, entry)
+		mf, err := configPlugin(c.Path, filepath.Dir(c.Path), where, entry)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if prev, ok := seen[mf.Name]; ok {
-			return nil, fail("%s: plugin %q is named already by %s; name each plugin once", where, mf.Name, prev)
+			return newError(CodeInvalidConfig, "", "configuration %s: %s: plugin %q is named already by %s; name each plugin once", c.Path, where, mf.Name, prev)
 		}
 		seen[mf.Name] = where
 		h.Write(mf.Hash[:])
@@ -230,7 +261,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	}
 	slices.SortFunc(c.Plugins, func(a, b *Manifest) int { return strings.Compare(a.Name, b.Name) })
 	h.Sum(c.Hash[:0])
-	return c, nil
+	return nil
 }
 
 // configPlugin reads one entry of "plugins": a reference or an inline manifest.
