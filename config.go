@@ -12,8 +12,8 @@ import (
 	"time"
 )
 
-// DefaultConfigMaxSize is the largest configuration file accepted.
-const DefaultConfigMaxSize = 4 << 20
+// configMaxSize is the largest configuration file accepted: 4 MiB.
+const configMaxSize = 4 << 20
 
 // Config is a host's plugin configuration, read from a JSON or YAML file:
 //
@@ -110,7 +110,7 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, newError(CodeInvalidConfig, "", "configuration %s: %v", path, err)
 	}
-	data, err := readSmallFile(abs, DefaultConfigMaxSize, "configuration", CodeInvalidConfig)
+	data, err := readSmallFile(abs, configMaxSize, "configuration", CodeInvalidConfig)
 	if err != nil {
 		return nil, err
 	}

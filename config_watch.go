@@ -10,15 +10,15 @@ import (
 	"time"
 )
 
-// DefaultConfigPollInterval is how often a ConfigWatcher checks its files.
-const DefaultConfigPollInterval = time.Second
+// defaultConfigPollInterval is how often a ConfigWatcher checks its files.
+const defaultConfigPollInterval = time.Second
 
 // ConfigWatchOptions configures WatchConfig.
 type ConfigWatchOptions struct {
 	// PollInterval is how often the file and the manifests it references
 	// are checked; a change is seen within one interval, an invalid file
 	// is reported once it has stayed the same for one interval (so a
-	// half-written file is not). Default DefaultConfigPollInterval.
+	// half-written file is not). Default 1s.
 	PollInterval time.Duration
 	// Logger receives the watcher's records. Default: discard.
 	Logger *slog.Logger
@@ -73,7 +73,7 @@ func NewConfigWatcher(path string, opts ConfigWatchOptions) (*ConfigWatcher, err
 		return nil, err
 	}
 	if opts.PollInterval <= 0 {
-		opts.PollInterval = DefaultConfigPollInterval
+		opts.PollInterval = defaultConfigPollInterval
 	}
 	log := opts.Logger
 	if log == nil {
@@ -198,7 +198,7 @@ func (w *ConfigWatcher) check(context.Context) ([]DiscoveryEvent, []string, bool
 // invalid handles a file that does not load: it is reported once it has
 // stayed the same for one check, and only once while it stays so.
 func (w *ConfigWatcher) invalid(err error) ([]DiscoveryEvent, bool) {
-	data, rerr := readSmallFile(w.path, DefaultConfigMaxSize, "configuration", CodeInvalidConfig)
+	data, rerr := readSmallFile(w.path, configMaxSize, "configuration", CodeInvalidConfig)
 	if rerr != nil {
 		data = []byte(rerr.Error()) // not a file that reads: the same while its problem is
 	}

@@ -23,12 +23,12 @@ import (
 
 // Defaults of DiscoveryConfig.
 const (
-	// DefaultDiscoveryMaxDepth is how many folder levels below a root are
+	// defaultDiscoveryMaxDepth is how many folder levels below a root are
 	// searched for manifests unless configured.
-	DefaultDiscoveryMaxDepth = 2
-	// DefaultDiscoveryPollInterval is how often the files are checked for
+	defaultDiscoveryMaxDepth = 2
+	// defaultDiscoveryPollInterval is how often the files are checked for
 	// changes unless configured.
-	DefaultDiscoveryPollInterval = time.Second
+	defaultDiscoveryPollInterval = time.Second
 )
 
 // defaultManifestNames are the manifest file names looked for in a plugin
@@ -54,7 +54,7 @@ type DiscoveryConfig struct {
 	// manifest directly in a root has depth 0, root/auth/plugin.json depth
 	// 1. A folder holding a manifest is a plugin folder and is not searched
 	// further. Folders whose names start with '.' are skipped.
-	// Default DefaultDiscoveryMaxDepth.
+	// Default 2.
 	MaxDepth int
 	// ManifestNames are the manifest file names looked for, each ending in
 	// .json, .yaml or .yml. The first one present in a folder, in this
@@ -72,7 +72,7 @@ type DiscoveryConfig struct {
 	// PollInterval is how often files are checked for changes while
 	// watching: a change is reported within one interval. An invalid
 	// manifest is reported once it has stayed the same for one interval
-	// (see DiscoveryEngine). Default DefaultDiscoveryPollInterval.
+	// (see DiscoveryEngine). Default 1s.
 	PollInterval time.Duration
 	// Logger receives the engine's diagnostics. Default: discard.
 	Logger *slog.Logger
@@ -80,7 +80,7 @@ type DiscoveryConfig struct {
 	// plugin folder (see ManifestAllowOutside).
 	AllowOutside bool
 	// MaxManifestSize is the largest manifest file accepted, in bytes.
-	// Default DefaultManifestMaxSize.
+	// Default 1 MiB.
 	MaxManifestSize int64
 }
 
@@ -243,7 +243,7 @@ func NewDiscoveryEngine(cfg DiscoveryConfig) (*DiscoveryEngine, error) {
 		return nil, newError(CodeInvalidConfig, "", "DiscoveryConfig.MaxDepth is %d; use 0 for the default or a positive depth", cfg.MaxDepth)
 	}
 	if cfg.MaxDepth == 0 {
-		cfg.MaxDepth = DefaultDiscoveryMaxDepth
+		cfg.MaxDepth = defaultDiscoveryMaxDepth
 	}
 	if len(cfg.ManifestNames) == 0 {
 		cfg.ManifestNames = defaultManifestNames
@@ -256,13 +256,13 @@ func NewDiscoveryEngine(cfg DiscoveryConfig) (*DiscoveryEngine, error) {
 		}
 	}
 	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = DefaultDiscoveryPollInterval
+		cfg.PollInterval = defaultDiscoveryPollInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.MaxManifestSize <= 0 {
-		cfg.MaxManifestSize = DefaultManifestMaxSize
+		cfg.MaxManifestSize = defaultManifestMaxSize
 	}
 	roots := make([]string, 0, len(cfg.Roots))
 	for _, r := range cfg.Roots {

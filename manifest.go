@@ -11,9 +11,9 @@ import (
 	"github.com/Masterminds/semver/v3"
 )
 
-// DefaultManifestMaxSize is the largest manifest file accepted unless a
+// defaultManifestMaxSize is the largest manifest file accepted unless a
 // limit is configured: 1 MiB.
-const DefaultManifestMaxSize = 1 << 20
+const defaultManifestMaxSize = 1 << 20
 
 // Manifest describes one plugin, as read from a plugin.json, plugin.yaml or
 // plugin.yml file in the plugin's folder.
@@ -96,8 +96,6 @@ type Manifest struct {
 	Hash [sha256.Size]byte
 
 	version *semver.Version
-	host    *semver.Constraints
-	deps    map[string]*semver.Constraints
 }
 
 // ManifestRequires is the "requires" section of a manifest.
@@ -132,13 +130,6 @@ type ManifestTLS struct {
 // SemVer returns the parsed Version.
 func (m *Manifest) SemVer() *semver.Version { return m.version }
 
-// HostConstraint returns the parsed Requires.Host, or nil if it is empty.
-func (m *Manifest) HostConstraint() *semver.Constraints { return m.host }
-
-// DependencyConstraint returns the parsed constraint on dependency name, or
-// nil if the manifest does not depend on name.
-func (m *Manifest) DependencyConstraint(name string) *semver.Constraints { return m.deps[name] }
-
 // Info returns the PluginInfo the manifest declares.
 func (m *Manifest) Info() PluginInfo {
 	return PluginInfo{
@@ -153,7 +144,7 @@ func (m *Manifest) Info() PluginInfo {
 type ManifestOption func(*manifestOptions)
 
 // ManifestMaxSize sets the largest manifest file accepted, in bytes; n <= 0
-// keeps DefaultManifestMaxSize.
+// keeps the default, 1 MiB.
 func ManifestMaxSize(n int64) ManifestOption {
 	return func(o *manifestOptions) {
 		if n > 0 {
@@ -214,7 +205,7 @@ func (c *constraintCache) parse(s string) (*semver.Constraints, error) {
 }
 
 func newManifestOptions(opts []ManifestOption) manifestOptions {
-	o := manifestOptions{maxSize: DefaultManifestMaxSize}
+	o := manifestOptions{maxSize: defaultManifestMaxSize}
 	for _, opt := range opts {
 		opt(&o)
 	}

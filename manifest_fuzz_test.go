@@ -134,14 +134,14 @@ func checkManifestRules(t *testing.T, m *Manifest, data []byte) {
 			t.Fatal("negative duration accepted")
 		}
 	}
-	if m.Requires.Host != "" && m.HostConstraint() == nil {
+	if _, err := parseConstraint(m.Name, m.Requires.Host); m.Requires.Host != "" && err != nil {
 		t.Fatal("host constraint not parsed")
 	}
 	if !slices.IsSortedFunc(m.Dependencies, func(a, b Dependency) int { return strings.Compare(a.Name, b.Name) }) {
 		t.Fatal("dependencies not sorted")
 	}
 	for _, d := range m.Dependencies {
-		if m.DependencyConstraint(d.Name) == nil || d.Name == m.Name {
+		if _, err := parseConstraint(m.Name, d.Constraint); err != nil || d.Name == m.Name {
 			t.Fatalf("dependency %q accepted", d.Name)
 		}
 	}

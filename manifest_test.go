@@ -34,14 +34,10 @@ func TestManifestLoadTestdata(t *testing.T) {
 		assert.Equal(t, map[string]string{"AUTH_LEVEL": "high"}, m.Env)
 		assert.Equal(t, "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", m.Checksum)
 		assert.Equal(t, ManifestRequires{Host: ">=1.2.0, <2.0.0", Protocol: 1}, m.Requires)
-		require.NotNil(t, m.HostConstraint())
-		assert.True(t, m.HostConstraint().Check(m.SemVer()), "1.4.0 satisfies >=1.2.0, <2.0.0")
 		assert.Equal(t, []Dependency{
 			{Name: "logging", Constraint: "^1.0.0"},
 			{Name: "metrics", Constraint: "~2.1", Optional: true},
 		}, m.Dependencies)
-		require.NotNil(t, m.DependencyConstraint("metrics"))
-		assert.Nil(t, m.DependencyConstraint("nope"))
 		assert.Equal(t, []Surface{SurfaceState}, m.Surfaces)
 		assert.Equal(t, 5*time.Second, m.Timeout)
 		assert.Equal(t, ManifestHealth{Interval: 10 * time.Second, Timeout: 2 * time.Second}, m.Health)
@@ -236,7 +232,7 @@ func TestManifestSizeLimit(t *testing.T) {
 
 	big := filepath.Join(dir, "big", "plugin.json")
 	require.NoError(t, os.MkdirAll(filepath.Dir(big), 0o755))
-	require.NoError(t, os.WriteFile(big, []byte(`{"description": "`+strings.Repeat("x", DefaultManifestMaxSize)+`"}`), 0o644))
+	require.NoError(t, os.WriteFile(big, []byte(`{"description": "`+strings.Repeat("x", defaultManifestMaxSize)+`"}`), 0o644))
 	_, err = LoadManifest(big)
 	require.ErrorIs(t, err, ErrInvalidManifest)
 	assert.Contains(t, err.Error(), "limit")

@@ -131,7 +131,7 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 	}
 	m.Requires = ManifestRequires{Host: r.Requires.Host, Protocol: r.Requires.Protocol}
 	if r.Requires.Host != "" {
-		m.host = v.constraint("requires.host", r.Requires.Host)
+		v.constraint("requires.host", r.Requires.Host)
 	}
 	if r.Requires.Protocol < 0 {
 		v.fail("requires.protocol", "%d is negative; protocol versions start at 1", r.Requires.Protocol)
@@ -373,7 +373,6 @@ func (v *manifestValidator) validateDependencies(r *rawManifest, m *Manifest) {
 		return
 	}
 	m.Dependencies = make([]Dependency, 0, len(r.Dependencies))
-	m.deps = make(map[string]*semver.Constraints, len(r.Dependencies))
 	for _, name := range slices.Sorted(maps.Keys(r.Dependencies)) {
 		d := r.Dependencies[name]
 		field := "dependencies." + name
@@ -385,11 +384,9 @@ func (v *manifestValidator) validateDependencies(r *rawManifest, m *Manifest) {
 			v.fail(field, "a plugin cannot depend on itself")
 			continue
 		}
-		c := v.constraint(field, d.Version)
-		if c == nil {
+		if v.constraint(field, d.Version) == nil {
 			continue
 		}
-		m.deps[name] = c
 		m.Dependencies = append(m.Dependencies, Dependency{Name: name, Constraint: d.Version, Optional: d.Optional})
 	}
 }
