@@ -195,7 +195,11 @@ type ScanProblem struct {
 // watching is reported as ManifestInvalid only once it has stayed unchanged
 // for a PollInterval (so within two intervals), so that a file caught in
 // the middle of a non-atomic write is read again instead of reported;
-// meanwhile a plugin that was valid keeps its last valid manifest. At
+// meanwhile a plugin that was valid keeps its last valid manifest. With
+// FollowSymlinks, a link to a plugin folder that dangles or leaves the root
+// is held and reported the same way, under the manifest's path and with
+// the plugin's name. A manifest that is not a regular file (a named pipe,
+// a device) is invalid; it is never opened for a blocking read. At
 // Start and in Scan, problems are reported at once. A YAML file cut at a
 // line boundary can be valid on its own: write YAML manifests atomically
 // (write a temporary file, then rename it).
@@ -207,7 +211,9 @@ type ScanProblem struct {
 // while watching, the engine logs it, keeps what it knew and tries again
 // every PollInterval.
 //
-// A DiscoveryEngine is safe for concurrent use.
+// Life cycle: NewDiscoveryEngine, then Start, then Close; an engine may not
+// be reused. A ConfigWatcher follows the same rule. A DiscoveryEngine is
+// safe for concurrent use.
 type DiscoveryEngine struct {
 	roots []string
 	cfg   DiscoveryConfig
@@ -581,6 +587,12 @@ func (e *DiscoveryEngine) searchDir(t dirTask, prev map[string]*discoveryEntry, 
 	if t.depth >= e.cfg.MaxDepth {
 		return dirResult{}
 	}
+	return e.subdirs(t)
+}
+
+// subdirs lists the folders of t to search next: its subfolders, and,
+// with FollowSymlinks, its links to folders inside the root.
+func (e *DiscoveryEngine) subdirs(t dirTask) dirResult {
 	ents, err := os.ReadDir(t.real)
 	if err != nil {
 		if t.depth > 0 && errors.Is(err, fs.ErrNotExist) {
