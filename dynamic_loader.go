@@ -147,7 +147,8 @@ func WithRegisterOptions(f func(*Manifest) []RegisterOption) LoaderOption {
 //     when the dependency appears);
 //   - updated: reloaded through Manager.Reload, refused while a loaded
 //     dependent's constraint, the host policy or a dependency's running
-//     version would break. After a refused or failed update the running
+//     version would break. Every refused or failed update (the factory's
+//     failure included) sends an EventReloadFailed. After it the running
 //     version stays in force, also for its dependents' checks and load
 //     order (Status shows both versions), and the update is tried again
 //     when its manifest is delivered again;
@@ -155,7 +156,12 @@ func WithRegisterOptions(f func(*Manifest) []RegisterOption) LoaderOption {
 //     pending for it to come back;
 //   - invalid: reported in Status; a running version keeps serving.
 //
-// Operations are serialized. A DynamicLoader is safe for concurrent use.
+// A plugin unloaded by Unload stays unloaded until Load, whatever its
+// source delivers meanwhile. Life cycle: NewDynamicLoader, Start, then
+// Shutdown, which unloads what the loader loaded; there is no Close, as
+// nothing is left to end at once (Manager.Shutdown ends the plugins
+// themselves). Operations are serialized. A DynamicLoader is safe for
+// concurrent use.
 type DynamicLoader[Req, Resp any] struct {
 	m   *Manager[Req, Resp]
 	src ManifestSource
