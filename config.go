@@ -146,7 +146,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	if len(cv.problems) > 0 {
 		return nil, fail("%s", strings.Join(cv.problems, "; "))
 	}
-	if err := c.addPlugins(raw.Plugins, data); err != nil {
+	if err := c.addPlugins(raw.Plugins, data, configBinder(path)); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -159,7 +159,7 @@ func decodeConfig(path string, data []byte) (*rawConfig, error) {
 	if ext != ".json" && ext != ".yaml" && ext != ".yml" {
 		return nil, fmt.Errorf("unknown extension %q; name the file .json, .yaml or .yml", ext)
 	}
-	b := binder{yaml: ext != ".json"}
+	b := configBinder(path)
 	tree, err := configTree(data, b.yaml)
 	if err != nil {
 		return nil, err
@@ -172,6 +172,11 @@ func decodeConfig(path string, data []byte) (*rawConfig, error) {
 		return nil, err
 	}
 	return &raw, nil
+}
+
+// configBinder binds the trees of the configuration file at path.
+func configBinder(path string) binder {
+	return binder{yaml: strings.ToLower(filepath.Ext(path)) != ".json"}
 }
 
 // configValidator collects the problems of a configuration's settings,
@@ -242,13 +247,13 @@ func (v *configValidator) discovery(rd *rawConfigDiscovery, dir string) *Discove
 
 // addPlugins reads the plugins section into c.Plugins, sorted by name, and
 // sets c.Hash over data and every plugin's manifest.
-func (c *Config) addPlugins(entries []map[string]any, data []byte) error {
+func (c *Config) addPlugins(entries []map[string]any, data []byte, b binder) error {
 	h := sha256.New()
 	h.Write(data)
 	seen := map[string]string{}
 	for i, entry := range entries {
 		where := fmt.Sprintf("plugins[%d]", i)
-		mf, err := configPlugin(c.Path, filepath.Dir(c.Path), where, entry)
+		mf, err := configPlugin(c.Path, where, entry, b)
 		if err != nil {
 			return err
 		}
@@ -264,8 +269,11 @@ func (c *Config) addPlugins(entries []map[string]any, data []byte) error {
 	return nil
 }
 
-// configPlugin reads one entry of "plugins": a reference or an inline manifest.
-func configPlugin(path, dir, where string, entry map[string]any) (*Manifest, error) {
+// configPlugin reads one entry of "plugins": a reference or an inline
+// manifest, whose fields are checked for their kinds in the file's terms
+// before the manifest is validated.
+func configPlugin(path, where string, entry map[string]any, b binder) (*Manifest, error) {
+	dir := filepath.Dir(path)
 	if ref, ok := entry["manifest"]; ok {
 		if len(entry) != 1 {
 			return nil, newError(CodeInvalidConfig, "", "configuration %s: %s: an entry with \"manifest\" takes no other field", path, where)
@@ -280,6 +288,10 @@ func configPlugin(path, dir, where string, entry map[string]any) (*Manifest, err
 		}
 		return mf, nil
 	}
+	var raw rawManifest
+	if err := b.bind(entry, reflect.ValueOf(&raw).Elem(), where); err != nil {
+		return nil, newError(CodeInvalidManifest, "", "configuration %s: %v", path, err)
+	}
 	data, err := json.Marshal(entry)
 	if err != nil {
 		return nil, newError(CodeInvalidConfig, "", "configuration %s: %s: %v", path, where, err)
@@ -287,11 +299,7 @@ func configPlugin(path, dir, where string, entry map[string]any) (*Manifest, err
 	// The manifest's "file" is virtual: it names the entry in errors and
 	// puts the plugin folder at the configuration's folder.
 	virtual := filepath.Join(dir, filepath.Base(path)+"#"+where+".json")
-	mf, err := ParseManifest(virtual, data)
-	if err != nil {
-		return nil, err
-	}
-	return mf, nil
+	return ParseManifest(virtual, data)
 }
 
 func resolvePath(dir, p string) string {

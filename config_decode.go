@@ -89,6 +89,25 @@ func joinPath(at, key string) string {
 	return at + "." + key
 }
 
+// treeBinder is a type that binds itself, for values of more than one form.
+type treeBinder interface {
+	bindTree(b binder, v any, at string) error
+}
+
+// bindTree accepts a dependency's two forms: a constraint string, or
+// {version: constraint, optional: bool}.
+func (d *rawDependency) bindTree(b binder, v any, at string) error {
+	if s, ok := v.(string); ok {
+		d.Version = s
+		return nil
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return b.want(at, "a constraint string or {version: ..., optional: true}", v)
+	}
+	type plain rawDependency
+	return b.bind(v, reflect.ValueOf((*plain)(d)).Elem(), at)
+}
+
 // binder binds a configuration tree to a Go value.
 type binder struct{ yaml bool }
 
@@ -97,6 +116,9 @@ type binder struct{ yaml bool }
 func (b binder) bind(v any, dst reflect.Value, at string) error {
 	if v == nil {
 		return nil // null or absent: the zero value
+	}
+	if tb, ok := dst.Addr().Interface().(treeBinder); ok {
+		return tb.bindTree(b, v, at)
 	}
 	switch dst.Kind() {
 	case reflect.Pointer:
@@ -116,12 +138,24 @@ func (b binder) bind(v any, dst reflect.Value, at string) error {
 			}
 		}
 		return nil
-	case reflect.Map: // a plugin entry: kept as a tree
+	case reflect.Map:
 		m, ok := v.(map[string]any)
 		if !ok {
 			return b.want(at, "a mapping", v)
 		}
-		dst.Set(reflect.ValueOf(m))
+		if dst.Type().Elem().Kind() == reflect.Interface { // a plugin entry: kept as a tree
+			dst.Set(reflect.ValueOf(m))
+			return nil
+		}
+		out := reflect.MakeMapWithSize(dst.Type(), len(m))
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			e := reflect.New(dst.Type().Elem()).Elem()
+			if err := b.bind(m[k], e, joinPath(at, k)); err != nil {
+				return err
+			}
+			out.SetMapIndex(reflect.ValueOf(k), e)
+		}
+		dst.Set(out)
 		return nil
 	}
 	return b.bindScalar(v, dst, at)

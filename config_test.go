@@ -440,6 +440,9 @@ func TestConfigErrorsNameFileFieldPathAndWant(t *testing.T) {
 		{"yaml mapping for a list", "c.yaml", "plugins: {name: a}\n", []string{"plugins: want a list, got a mapping"}},
 		{"yaml misspelt field", "c.yaml", "defaults:\n  timeuot: 5s\n", []string{"defaults.timeuot is not a field", "the fields in defaults are", "timeout"}},
 		{"yaml nested wrong kind", "c.yaml", "defaults: {breaker: {min_calls: many}}\n", []string{`defaults.breaker.min_calls: want a whole number, got the string "many"`}},
+		{"yaml inline manifest number for a string", "c.yaml", "plugins:\n  - {name: a, version: 1.5, transport: inprocess}\n", []string{"plugins[0].version: want a string, got the number 1.5", "quote it"}},
+		{"yaml inline manifest misspelt field", "c.yaml", "plugins:\n  - {name: a, version: 1.0.0, transport: inprocess, timeuot: 5s}\n", []string{"plugins[0].timeuot is not a field", "the fields in plugins[0] are"}},
+		{"yaml inline dependency of the wrong kind", "c.yaml", "plugins:\n  - {name: a, version: 1.0.0, transport: inprocess, dependencies: {b: [1]}}\n", []string{"plugins[0].dependencies.b: want a constraint string or {version: ..., optional: true}, got a sequence"}},
 		{"json object for a string", "c.json", `{"host_version": {"v": 1}}`, []string{"host_version: want a string, got an object"}},
 		{"json duplicate key refused like yaml", "c.json", `{"defaults": {"timeout": "1s", "timeout": "2s"}}`, []string{"defaults.timeout is given twice"}},
 		{"yaml duplicate key", "c.yaml", "host_version: 1.0.0\nhost_version: 1.1.0\n", []string{"host_version"}},
@@ -447,7 +450,11 @@ func TestConfigErrorsNameFileFieldPathAndWant(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(dir, tc.file)
 			_, err := ParseConfig(path, []byte(tc.content))
-			require.ErrorIs(t, err, ErrInvalidConfig)
+			if strings.Contains(tc.name, "inline") {
+				require.ErrorIs(t, err, ErrInvalidManifest, "a plugin's problem")
+			} else {
+				require.ErrorIs(t, err, ErrInvalidConfig)
+			}
 			msg := err.Error()
 			require.Contains(t, msg, path)
 			for _, w := range tc.want {
