@@ -435,22 +435,36 @@ func TestDiscoveryRapidWrites(t *testing.T) {
 	t.Logf("%d writes gave %d events: %v", last, len(seen), seen)
 }
 
-// heldHandler is a slog handler that reports each manifest the engine
-// holds back as half-written: the sweep that saw it is an event to await.
-type heldHandler struct{ held chan string }
+// logHandler is a slog handler for tests of the engine's diagnostics: it
+// sends the path of each held manifest to held, the error of each failed
+// scan to failed (when set, never blocking), and panics on the record whose
+// message is panicOn.
+type logHandler struct {
+	panicOn string
+	held    chan string
+	failed  chan error
+}
 
-func (h heldHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h heldHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h heldHandler) WithGroup(string) slog.Handler            { return h }
-func (h heldHandler) Handle(_ context.Context, r slog.Record) error {
-	if r.Message != msgHeld {
-		return nil
+func (h logHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h logHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h logHandler) WithGroup(string) slog.Handler            { return h }
+func (h logHandler) Handle(_ context.Context, r slog.Record) error {
+	if h.panicOn != "" && r.Message == h.panicOn {
+		panic("handler panic")
 	}
 	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "path" {
+		switch {
+		case r.Message == msgHeld && a.Key == "path" && h.held != nil:
 			select {
 			case h.held <- a.Value.String():
 			default:
+			}
+		case r.Message == "discovery: scan failed; retrying on the next poll" && h.failed != nil:
+			if err, ok := a.Value.Any().(error); ok {
+				select {
+				case h.failed <- err:
+				default:
+				}
 			}
 		}
 		return true
@@ -467,7 +481,7 @@ func TestDiscoveryNonAtomicWrite(t *testing.T) {
 	// A poll long enough that a half-written file seen by one sweep is
 	// completed well before it could be reported as invalid.
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, PollInterval: 500 * time.Millisecond,
-		Logger: slog.New(heldHandler{held: held})})
+		Logger: slog.New(logHandler{held: held})})
 	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
 
 	// writeHalf truncates the manifest, writes half of content, and waits
@@ -702,40 +716,12 @@ func TestDiscoveryEventKindString(t *testing.T) {
 	}
 }
 
-// panicHandler is a slog handler that panics on the record with message
-// msg, and signals failed on each failed scan the engine logs.
-type panicHandler struct {
-	msg    string
-	failed chan error
-}
-
-func (h panicHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h panicHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h panicHandler) WithGroup(string) slog.Handler            { return h }
-func (h panicHandler) Handle(_ context.Context, r slog.Record) error {
-	if r.Message == h.msg {
-		panic("handler panic")
-	}
-	if r.Message == "discovery: scan failed; retrying on the next poll" {
-		r.Attrs(func(a slog.Attr) bool {
-			if err, ok := a.Value.Any().(error); ok {
-				select {
-				case h.failed <- err:
-				default:
-				}
-			}
-			return true
-		})
-	}
-	return nil
-}
-
 func TestDiscoveryPanicNeverReachesTheHost(t *testing.T) {
 	verifyNoLeaks(t)
 	root := t.TempDir()
 	link := filepath.Join(root, "linked")
 	// Logging about a linked folder panics, in whichever goroutine scans it.
-	h := panicHandler{msg: "discovery: skipping a linked folder; FollowSymlinks is off", failed: make(chan error, 1)}
+	h := logHandler{panicOn: "discovery: skipping a linked folder; FollowSymlinks is off", failed: make(chan error, 1)}
 	logger := slog.New(h)
 	for i := range 100 {
 		writePlugin(t, filepath.Join(root, fmt.Sprintf("p%03d", i)), manifestJSON(fmt.Sprintf("p%03d", i), "1.0.0"))
@@ -785,7 +771,7 @@ func TestDiscoveryFolderLinkDanglingIsHeldLikeAFile(t *testing.T) {
 	require.NoError(t, os.Symlink(v1, current))
 	held := make(chan string, 1)
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, FollowSymlinks: true,
-		PollInterval: 500 * time.Millisecond, Logger: slog.New(heldHandler{held: held})})
+		PollInterval: 500 * time.Millisecond, Logger: slog.New(logHandler{held: held})})
 	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
 
 	away := v1 + ".away"
