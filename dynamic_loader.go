@@ -617,14 +617,8 @@ func (l *DynamicLoader[Req, Resp]) screenLocked() (*DependencyGraph, []error) {
 	}
 	problems = append(problems, cycles(l.graph)...)
 	for _, n := range names {
-		if !excluded[n] {
-			continue
-		}
-		for _, d := range l.graph.Dependents(n) {
-			if !excluded[d] && l.status[d].State != StateLoaded {
-				excluded[d] = true
-				l.setStateLocked(d, StatePending, newError(CodeDependencyMissing, d, "dependency %q cannot load", n))
-			}
+		if excluded[n] {
+			l.pendDependentsLocked(n, excluded)
 		}
 	}
 	sub := l.graph.Copy()
@@ -690,29 +684,26 @@ func (l *DynamicLoader[Req, Resp]) loadLevel(ctx context.Context, level []string
 		})
 	}
 	wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for _, n := range level {
-		if l.state(n) == StateFailed {
-			for _, d := range l.pendDependents(n) {
-				blocked[d] = true
-			}
+		if l.status[n].State == StateFailed {
+			l.pendDependentsLocked(n, blocked)
 		}
 	}
 	return failed
 }
 
-// pendDependents makes the plugins that need name, which failed to load,
-// wait as pending, and returns them.
-func (l *DynamicLoader[Req, Resp]) pendDependents(name string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
+// pendDependentsLocked makes the plugins that need name, which cannot
+// load, wait as pending, except those loaded or in skip; it adds them to
+// skip.
+func (l *DynamicLoader[Req, Resp]) pendDependentsLocked(name string, skip map[string]bool) {
 	for _, d := range l.graph.Dependents(name) {
-		if st := l.status[d]; st != nil && st.State != StateLoaded {
+		if st := l.status[d]; st != nil && st.State != StateLoaded && !skip[d] {
+			skip[d] = true
 			l.setStateLocked(d, StatePending, newError(CodeDependencyMissing, d, "dependency %q cannot load", name))
-			out = append(out, d)
 		}
 	}
-	return out
 }
 
 // loadPendingLocked retries the pending plugins, until no more load.
