@@ -381,6 +381,19 @@ func TestConfigMissingReferenceSaysCodeAndPathOnce(t *testing.T) {
 	require.NotContains(t, msg, "\n")
 }
 
+// nextConfigEvent returns the watcher's next event or fails the test.
+func nextConfigEvent(t *testing.T, w *ConfigWatcher) DiscoveryEvent {
+	t.Helper()
+	select {
+	case ev, ok := <-w.Events():
+		require.True(t, ok, "events channel closed")
+		return ev
+	case <-time.After(eventTimeout):
+		t.Fatalf("no configuration event within %s", eventTimeout)
+	}
+	panic("unreachable")
+}
+
 // TestConfigWatcherSeesWriteBeforeFirstWatch checks the change between the
 // first load and the first watch: a write that lands after the file was
 // read and before argus watches it is delivered too.
@@ -393,8 +406,8 @@ func TestConfigWatcherSeesWriteBeforeFirstWatch(t *testing.T) {
 	defer w.Close()
 	writeFile(t, path, "plugins:\n  - {name: a, version: 1.1.0, transport: inprocess}\n")
 	require.NoError(t, w.Start(context.Background()))
-	require.Equal(t, ManifestDiscovered, (<-w.Events()).Kind)
-	ev := <-w.Events()
+	require.Equal(t, ManifestDiscovered, nextConfigEvent(t, w).Kind)
+	ev := nextConfigEvent(t, w)
 	require.Equal(t, ManifestUpdated, ev.Kind)
 	require.Equal(t, "1.1.0", ev.Manifest.Version)
 }
@@ -415,13 +428,18 @@ func TestConfigWatcherNamedPipeIsReportedAndCloseReturns(t *testing.T) {
 	}})
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
-	require.Equal(t, ManifestDiscovered, (<-w.Events()).Kind)
+	require.Equal(t, ManifestDiscovered, nextConfigEvent(t, w).Kind)
 	require.NoError(t, os.Remove(path))
 	require.NoError(t, syscall.Mkfifo(path, 0o644))
-	ev := <-w.Events()
+	ev := nextConfigEvent(t, w)
 	require.Equal(t, ManifestInvalid, ev.Kind)
 	require.ErrorContains(t, ev.Err, "named pipe")
-	require.ErrorContains(t, <-reported, "named pipe")
+	select {
+	case err := <-reported:
+		require.ErrorContains(t, err, "named pipe")
+	case <-time.After(eventTimeout):
+		t.Fatal("OnError was not called")
+	}
 	require.Equal(t, "1.0.0", w.Config().Plugins[0].Version, "the last good configuration stays in force")
 	require.NoError(t, w.Close())
 	require.NoError(t, w.Close(), "a second Close returns the first result")

@@ -637,6 +637,18 @@ func TestLoaderReloadWithAutoLoadOff(t *testing.T) {
 	require.ErrorIs(t, l.Reload(ctx, "nope"), ErrNotFound)
 }
 
+// receive returns the next value of ch or fails the test.
+func receive[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(eventTimeout):
+		t.Fatalf("nothing received within %s", eventTimeout)
+	}
+	panic("unreachable")
+}
+
 // inprocessJSON is an in-process manifest for a DiscoveryEngine's folder.
 func inprocessJSON(name, version string) string {
 	return fmt.Sprintf(`{"name": %q, "version": %q, "transport": "inprocess"}`, name, version)
@@ -683,7 +695,7 @@ func TestLoaderUnloadedStaysUnloadedUntilLoad(t *testing.T) {
 	})
 	// The engine orders a sweep's events by name: late comes after leaf's update.
 	writePlugin(t, filepath.Join(root, "late"), inprocessJSON("late", "1.0.0"))
-	<-updated
+	receive(t, updated)
 	require.Equal(t, StateDiscovered, states(l)["leaf"])
 	require.ElementsMatch(t, []string{"base", "late"}, registered(m))
 	f.mu.Lock()
@@ -711,7 +723,7 @@ func TestLoaderEveryFailedUpdateSendsReloadFailed(t *testing.T) {
 	boom := errors.New("checksum mismatch")
 	f.setFail("x", boom)
 	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: manifest(t, "x", "1.1.0", nil)})
-	ev := <-failed
+	ev := receive(t, failed)
 	require.Equal(t, "x", ev.Plugin)
 	require.ErrorIs(t, ev.Err, boom)
 	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
@@ -743,7 +755,7 @@ func TestLoaderOneBadPluginKeepsTheGoodLoaded(t *testing.T) {
 		}
 	})
 	writePlugin(t, filepath.Join(root, "zz"), inprocessJSON("zz", "1.0.0"))
-	<-loaded // the start events came before zz's
+	receive(t, loaded) // the start events came before zz's
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	require.Equal(t, 1, f.made["kv"], "kv started once")
