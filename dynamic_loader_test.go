@@ -689,15 +689,15 @@ func TestLoaderUnloadedStaysUnloadedUntilLoad(t *testing.T) {
 	writePlugin(t, filepath.Join(root, "leaf"), inprocessJSON("leaf", "1.1.0"))
 	updated := make(chan struct{})
 	m.Subscribe(func(ev Event) {
-		if ev.Kind == EventRegistered && ev.Plugin == "late" {
+		if ev.Kind == EventRegistered && ev.Plugin == "zz" {
 			close(updated)
 		}
 	})
-	// The engine orders a sweep's events by name: late comes after leaf's update.
-	writePlugin(t, filepath.Join(root, "late"), inprocessJSON("late", "1.0.0"))
+	// The engine orders a sweep's events by name: zz comes after leaf's update.
+	writePlugin(t, filepath.Join(root, "zz"), inprocessJSON("zz", "1.0.0"))
 	receive(t, updated)
 	require.Equal(t, StateDiscovered, states(l)["leaf"])
-	require.ElementsMatch(t, []string{"base", "late"}, registered(m))
+	require.ElementsMatch(t, []string{"base", "zz"}, registered(m))
 	f.mu.Lock()
 	require.Equal(t, 1, f.made["leaf"], "leaf was started once, before Unload")
 	f.mu.Unlock()
