@@ -484,3 +484,37 @@ func TestConfigErrorsNameFileFieldPathAndWant(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigWatcherLifecycle checks the rule the two manifest sources
+// share: made, then Start (once), then Close (a second Close returns the
+// first result); Start after Close or with an ended ctx fails.
+func TestConfigWatcherLifecycle(t *testing.T) {
+	verifyNoLeaks(t)
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	writeFile(t, path, "plugins:\n  - {name: a, version: 1.0.0, transport: inprocess}\n")
+	opts := ConfigWatchOptions{PollInterval: 10 * time.Millisecond}
+
+	w, err := NewConfigWatcher(path, opts)
+	require.NoError(t, err)
+	require.Equal(t, "a", w.Manifests()[0].Name, "the configuration is in force before Start")
+	require.NoError(t, w.Close(), "Close before Start")
+	_, open := <-w.Events()
+	require.False(t, open, "Close closes Events")
+	require.ErrorIs(t, w.Start(context.Background()), ErrClosed)
+
+	w, err = NewConfigWatcher(path, opts)
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	require.ErrorContains(t, w.Start(context.Background()), "started already")
+	require.NoError(t, w.Close())
+	require.NoError(t, w.Close())
+
+	w, err = NewConfigWatcher(path, opts)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = w.Start(ctx)
+	require.ErrorIs(t, err, ErrCanceled)
+	require.ErrorIs(t, err, context.Canceled)
+	require.NoError(t, w.Close())
+}

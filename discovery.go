@@ -309,7 +309,8 @@ func within(dir, path string) bool {
 
 // Scan walks the roots once and validates every manifest found. It reports
 // invalid manifests and duplicate names in the result; its error is for a
-// folder that cannot be read or a cancelled ctx. Scan does not need Start
+// folder that cannot be read, or ctx ending (matching ErrCanceled and ctx's
+// error). Scan does not need Start
 // and does not change what Manifests returns.
 func (e *DiscoveryEngine) Scan(ctx context.Context) (res ScanResult, err error) {
 	defer func() {
@@ -318,6 +319,9 @@ func (e *DiscoveryEngine) Scan(ctx context.Context) (res ScanResult, err error) 
 		}
 	}()
 	c, err := e.collect(ctx, nil, time.Time{})
+	if ctx.Err() != nil {
+		return ScanResult{}, canceledError(ctx, "")
+	}
 	if err != nil {
 		return ScanResult{}, err
 	}
@@ -359,7 +363,8 @@ func (e *DiscoveryEngine) Events() <-chan DiscoveryEvent { return e.events }
 
 // Start scans the roots, queues an event for every manifest found
 // (ManifestDiscovered or ManifestInvalid), and watches for changes until
-// Close. ctx bounds the first scan only. Start may be called once; after
+// Close. ctx bounds the first scan only (if it ends first, the error
+// matches ErrCanceled and ctx's error). Start may be called once; after
 // Close it returns an error matching ErrClosed.
 func (e *DiscoveryEngine) Start(ctx context.Context) error {
 	e.lifecycle.Lock()
@@ -373,6 +378,9 @@ func (e *DiscoveryEngine) Start(ctx context.Context) error {
 	e.entries = make(map[string]*discoveryEntry)
 	e.reported = make(map[string]string)
 	evs, desired, _, err := e.safeSweep(ctx, false)
+	if ctx.Err() != nil {
+		return canceledError(ctx, "")
+	}
 	if err != nil {
 		return err
 	}

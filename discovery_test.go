@@ -292,7 +292,9 @@ func TestDiscoveryLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	require.ErrorIs(t, e.Start(ctx), context.Canceled)
+	err = e.Start(ctx)
+	require.ErrorIs(t, err, ErrCanceled)
+	require.ErrorIs(t, err, context.Canceled)
 	require.NoError(t, e.Close())
 }
 
