@@ -836,6 +836,9 @@ func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) 
 		}
 	}()
 	p, err = f(ctx, mf)
+	if err != nil && ctx.Err() != nil {
+		return nil, canceledError(ctx, mf.Name)
+	}
 	if errors.Is(err, ErrChecksumMismatch) {
 		return nil, checksumError(err, mf)
 	}

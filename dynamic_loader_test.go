@@ -782,3 +782,23 @@ func TestLoaderShutdownRetriedAfterCtxEndsFinishes(t *testing.T) {
 	require.Equal(t, int32(1), f.close["a"].closed.Load())
 	require.NoError(t, l.Shutdown(ended), "the first result, though this ctx has ended")
 }
+
+// TestLoaderCallerCtxEndingIsCanceled checks the project's rule on the
+// loader's path: a factory stopped by the caller's ctx ending gives an
+// error matching ErrCanceled and the ctx's error, not a factory failure.
+func TestLoaderCallerCtxEndingIsCanceled(t *testing.T) {
+	m := newTestManager(t)
+	l := NewDynamicLoader(m, nil)
+	t.Cleanup(func() { _ = l.Shutdown(context.Background()) })
+	l.RegisterFactory("inprocess", func(ctx context.Context, _ *Manifest) (Plugin[int, int], error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	require.NoError(t, l.Add(manifest(t, "a", "1.0.0", nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := l.Load(ctx, "a")
+	require.ErrorIs(t, err, ErrCanceled)
+	require.ErrorIs(t, err, context.Canceled)
+	require.NotErrorIs(t, err, ErrInvalidPlugin)
+}
