@@ -139,19 +139,7 @@ func (raw *rawManifest) field(d *jsonDecoder, k []byte) error {
 	case "args":
 		return d.strs("args", &raw.Args)
 	case "env":
-		if d.null() {
-			raw.Env = nil
-			return nil
-		}
-		if raw.Env == nil {
-			raw.Env = make(map[string]string)
-		}
-		return d.object("env", func(d *jsonDecoder, name []byte) error {
-			var v string
-			err := d.str("env", &v)
-			raw.Env[string(name)] = v
-			return err
-		})
+		return raw.envField(d)
 	case "checksum":
 		return d.str("checksum", &raw.Checksum)
 	case "requires":
@@ -165,38 +153,7 @@ func (raw *rawManifest) field(d *jsonDecoder, k []byte) error {
 			return unknownJSONField("requires", f)
 		})
 	case "dependencies":
-		if d.null() {
-			raw.Dependencies = nil
-			return nil
-		}
-		if raw.Dependencies == nil {
-			raw.Dependencies = make(map[string]rawDependency)
-		}
-		return d.object("dependencies", func(d *jsonDecoder, name []byte) error {
-			var dep rawDependency
-			var err error
-			switch d.peek() {
-			case '"':
-				err = d.str("dependencies", &dep.Version)
-			case '{':
-				err = d.object("dependencies", func(d *jsonDecoder, f []byte) error {
-					switch string(f) {
-					case "version":
-						return d.str("dependencies", &dep.Version)
-					case "optional":
-						return d.bool("dependencies", &dep.Optional)
-					}
-					return unknownJSONField("dependencies."+string(name), f)
-				})
-			default:
-				err = errors.New(`a dependency is a constraint string or {"version": "...", "optional": true}`)
-			}
-			raw.Dependencies[string(name)] = dep
-			if err != nil {
-				return fmt.Errorf("dependency %q: %w", name, err)
-			}
-			return nil
-		})
+		return raw.dependenciesField(d)
 	case "surfaces":
 		return d.strs("surfaces", &raw.Surfaces)
 	case "timeout":
@@ -226,31 +183,90 @@ func (raw *rawManifest) field(d *jsonDecoder, k []byte) error {
 	case "endpoint":
 		return d.str("endpoint", &raw.Endpoint)
 	case "tls":
-		if d.null() {
-			raw.TLS = nil
-			return nil
-		}
-		if raw.TLS == nil {
-			raw.TLS = new(rawTLS)
-		}
-		t := raw.TLS
-		return d.object("tls", func(d *jsonDecoder, f []byte) error {
-			switch string(f) {
-			case "ca_file":
-				return d.str("tls.ca_file", &t.CAFile)
-			case "cert_file":
-				return d.str("tls.cert_file", &t.CertFile)
-			case "key_file":
-				return d.str("tls.key_file", &t.KeyFile)
-			case "server_name":
-				return d.str("tls.server_name", &t.ServerName)
-			case "insecure":
-				return d.bool("tls.insecure", &t.Insecure)
-			}
-			return unknownJSONField("tls", f)
-		})
+		return raw.tlsField(d)
 	}
 	return unknownJSONField("", k)
+}
+
+// envField decodes "env": an object of strings.
+func (raw *rawManifest) envField(d *jsonDecoder) error {
+	if d.null() {
+		raw.Env = nil
+		return nil
+	}
+	if raw.Env == nil {
+		raw.Env = make(map[string]string)
+	}
+	return d.object("env", func(d *jsonDecoder, name []byte) error {
+		var v string
+		err := d.str("env", &v)
+		raw.Env[string(name)] = v
+		return err
+	})
+}
+
+// dependenciesField decodes "dependencies": an object whose values are a
+// constraint string or {"version": ..., "optional": ...}.
+func (raw *rawManifest) dependenciesField(d *jsonDecoder) error {
+	if d.null() {
+		raw.Dependencies = nil
+		return nil
+	}
+	if raw.Dependencies == nil {
+		raw.Dependencies = make(map[string]rawDependency)
+	}
+	return d.object("dependencies", func(d *jsonDecoder, name []byte) error {
+		var dep rawDependency
+		var err error
+		switch d.peek() {
+		case '"':
+			err = d.str("dependencies", &dep.Version)
+		case '{':
+			err = d.object("dependencies", func(d *jsonDecoder, f []byte) error {
+				switch string(f) {
+				case "version":
+					return d.str("dependencies", &dep.Version)
+				case "optional":
+					return d.bool("dependencies", &dep.Optional)
+				}
+				return unknownJSONField("dependencies."+string(name), f)
+			})
+		default:
+			err = errors.New(`a dependency is a constraint string or {"version": "...", "optional": true}`)
+		}
+		raw.Dependencies[string(name)] = dep
+		if err != nil {
+			return fmt.Errorf("dependency %q: %w", name, err)
+		}
+		return nil
+	})
+}
+
+// tlsField decodes "tls".
+func (raw *rawManifest) tlsField(d *jsonDecoder) error {
+	if d.null() {
+		raw.TLS = nil
+		return nil
+	}
+	if raw.TLS == nil {
+		raw.TLS = new(rawTLS)
+	}
+	t := raw.TLS
+	return d.object("tls", func(d *jsonDecoder, f []byte) error {
+		switch string(f) {
+		case "ca_file":
+			return d.str("tls.ca_file", &t.CAFile)
+		case "cert_file":
+			return d.str("tls.cert_file", &t.CertFile)
+		case "key_file":
+			return d.str("tls.key_file", &t.KeyFile)
+		case "server_name":
+			return d.str("tls.server_name", &t.ServerName)
+		case "insecure":
+			return d.bool("tls.insecure", &t.Insecure)
+		}
+		return unknownJSONField("tls", f)
+	})
 }
 
 // unknownJSONField reports key, a key of the object at path ("" for the
