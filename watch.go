@@ -148,23 +148,26 @@ func (fw *fileWatch) close() {
 }
 
 // loop is the watching goroutine: it delivers queued events, and checks
-// when argus reports a change or, when needed, every poll.
+// when argus reports a change or, when needed, every poll. While events
+// wait for the consumer it only delivers them: a consumer that stops
+// reading stalls the watching (a change meanwhile is kept by kick).
 func (fw *fileWatch) loop(ctx context.Context, queue []DiscoveryEvent, out chan<- DiscoveryEvent, check watchCheck) {
 	ticker := time.NewTicker(fw.poll)
 	defer ticker.Stop()
 	again := false
 	for {
-		var send chan<- DiscoveryEvent
-		var next DiscoveryEvent
 		if len(queue) > 0 {
-			send, next = out, queue[0]
+			select {
+			case <-ctx.Done():
+				return
+			case out <- queue[0]:
+				queue = queue[1:]
+			}
+			continue
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case send <- next:
-			queue = queue[1:]
-			continue
 		case <-fw.kick:
 		case <-ticker.C:
 			if !fw.polling && !fw.fresh && !again {
