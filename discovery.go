@@ -270,8 +270,27 @@ func NewDiscoveryEngine(cfg DiscoveryConfig) (*DiscoveryEngine, error) {
 	if cfg.MaxManifestSize <= 0 {
 		cfg.MaxManifestSize = defaultManifestMaxSize
 	}
-	roots := make([]string, 0, len(cfg.Roots))
-	for _, r := range cfg.Roots {
+	roots, err := resolveRoots(cfg.Roots)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Roots = roots
+	return &DiscoveryEngine{
+		roots:  roots,
+		cfg:    cfg,
+		opts:   manifestOptions{maxSize: cfg.MaxManifestSize, allowOutside: cfg.AllowOutside, constraints: newConstraintCache()},
+		log:    cfg.Logger,
+		valid:  make(map[string]*Manifest),
+		events: make(chan DiscoveryEvent, discoveryEventBuffer),
+		done:   make(chan struct{}),
+	}, nil
+}
+
+// resolveRoots makes each root absolute, clean and free of links, and
+// checks that it is a folder and that no two nest.
+func resolveRoots(in []string) ([]string, error) {
+	roots := make([]string, 0, len(in))
+	for _, r := range in {
 		abs, err := filepath.Abs(r)
 		if err == nil {
 			abs, err = filepath.EvalSymlinks(abs)
@@ -289,16 +308,7 @@ func NewDiscoveryEngine(cfg DiscoveryConfig) (*DiscoveryEngine, error) {
 		}
 		roots = append(roots, abs)
 	}
-	cfg.Roots = roots
-	return &DiscoveryEngine{
-		roots:  roots,
-		cfg:    cfg,
-		opts:   manifestOptions{maxSize: cfg.MaxManifestSize, allowOutside: cfg.AllowOutside, constraints: newConstraintCache()},
-		log:    cfg.Logger,
-		valid:  make(map[string]*Manifest),
-		events: make(chan DiscoveryEvent, discoveryEventBuffer),
-		done:   make(chan struct{}),
-	}, nil
+	return roots, nil
 }
 
 // within reports whether path is dir or inside it; both are clean.
