@@ -35,27 +35,23 @@ func readSmallFile(path string, max int64, what string, code goerrors.ErrorCode)
 	if st.Size > max {
 		return nil, newError(code, "", "%s %s is %d bytes; the limit is %d: shrink it or raise the limit", what, path, st.Size, max)
 	}
-	// Room for one byte past the size seen, to see the end of the file
-	// without a second read unless it grew meanwhile.
-	data := make([]byte, 0, min(st.Size, max)+1)
-	for {
-		if len(data) == cap(data) {
-			data = append(data, 0)[:len(data)]
-		}
-		m, err := syscall.Read(fd, data[len(data):cap(data)])
+	// Read the size fstat saw, in one read for a small file: a file that
+	// changes meanwhile has a newer stat, and the next look reads it again.
+	data := make([]byte, st.Size)
+	n := 0
+	for n < len(data) {
+		m, err := syscall.Read(fd, data[n:])
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err != nil:
 			return nil, wrapError(err, code, "", "%s %s cannot be read", what, path)
 		case m == 0:
-			return data, nil
+			return data[:n], nil
 		}
-		data = data[:len(data)+m]
-		if int64(len(data)) > max {
-			return nil, newError(code, "", "%s %s is larger than the limit of %d bytes: shrink it or raise the limit", what, path, max)
-		}
+		n += m
 	}
+	return data, nil
 }
 
 // fileType names the type of a file that is not regular.
