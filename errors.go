@@ -1,6 +1,7 @@
 package goplugins
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -41,6 +42,7 @@ const (
 	CodeInvalidConfig       goerrors.ErrorCode = "PLUGIN_INVALID_CONFIG"
 	CodeNoFactory           goerrors.ErrorCode = "PLUGIN_NO_FACTORY"
 	CodeClosed              goerrors.ErrorCode = "PLUGIN_CLOSED"
+	CodeCanceled            goerrors.ErrorCode = "PLUGIN_CANCELED"
 )
 
 // Sentinels for errors.Is. They are never returned themselves and must never
@@ -107,10 +109,23 @@ var (
 	ErrNoFactory = sentinel(CodeNoFactory)
 	// ErrClosed: the object was closed.
 	ErrClosed = sentinel(CodeClosed)
+	// ErrCanceled: the caller's context ended before the plugin answered; the error also matches the context's error (context.Canceled or context.DeadlineExceeded) with errors.Is.
+	ErrCanceled = sentinel(CodeCanceled)
 )
 
 func sentinel(code goerrors.ErrorCode) error {
 	return goerrors.New(code, string(code))
+}
+
+// canceledError is ErrCanceled for a call to plugin whose ctx ended; it
+// wraps the ctx's cause (context.DeadlineExceeded when ctx is about to end
+// at its deadline but is not marked done yet).
+func canceledError(ctx context.Context, plugin string) error {
+	cause := context.Cause(ctx)
+	if cause == nil {
+		cause = context.DeadlineExceeded
+	}
+	return wrapError(cause, CodeCanceled, plugin, "the caller's context ended before the plugin answered")
 }
 
 // newError returns a fresh coded error whose message names the plugin.

@@ -526,7 +526,7 @@ func TestGRPCChildCrashAndRestart(t *testing.T) {
 	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: bin, AutoMTLS: true,
 		Restart:   RestartPolicy{MaxAttempts: 3, Backoff: 10 * time.Millisecond},
-		OnRestart: func(_ int, err error) { restarted <- err },
+		OnRestart: func(_ string, _ int, err error) { restarted <- err },
 	})
 	require.NoError(t, err)
 	old := grpcChildOf(t, p)
@@ -616,7 +616,7 @@ func TestGRPCCloseDuringRestart(t *testing.T) {
 	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: script, StartTimeout: time.Minute,
 		Restart:   RestartPolicy{Backoff: time.Millisecond},
-		OnRestart: func(_ int, err error) { restarted <- err },
+		OnRestart: func(_ string, _ int, err error) { restarted <- err },
 	})
 	require.NoError(t, err)
 	_, err = p.Execute(ctx, counterReq{Op: "exit"})
@@ -830,7 +830,7 @@ func TestGRPCRestartUnderConcurrentCalls(t *testing.T) {
 	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: bin,
 		Restart:   RestartPolicy{Backoff: time.Millisecond},
-		OnRestart: func(_ int, err error) { restarted <- err },
+		OnRestart: func(_ string, _ int, err error) { restarted <- err },
 	})
 	require.NoError(t, err)
 	defer p.Close(ctx)

@@ -45,8 +45,8 @@ func startEcho(t testing.TB, h *recordingHandler, mod func(*SubprocessConfig)) *
 		h = newRecordingHandler()
 	}
 	cfg := SubprocessConfig{
-		Name: "echo", Path: pluginBinary(t, "echo"),
-		StopTimeout: 2 * time.Second, Logger: slog.New(h),
+		Name: "echo", Command: pluginBinary(t, "echo"),
+		StopGrace: 2 * time.Second, Logger: slog.New(h),
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -204,7 +204,7 @@ func TestSubprocessCrashAndRestart(t *testing.T) {
 	restarted := make(chan error, 10)
 	p := startEcho(t, nil, func(c *SubprocessConfig) {
 		c.Restart = RestartPolicy{MaxAttempts: 3, Backoff: 10 * time.Millisecond}
-		c.OnRestart = func(attempt int, err error) { restarted <- err }
+		c.OnRestart = func(_ string, attempt int, err error) { restarted <- err }
 	})
 	pid := pidOf(t, p)
 
@@ -244,7 +244,7 @@ func TestSubprocessKilledWhileIdle(t *testing.T) {
 	restarted := make(chan error, 10)
 	p := startEcho(t, nil, func(c *SubprocessConfig) {
 		c.Restart = RestartPolicy{Backoff: time.Millisecond}
-		c.OnRestart = func(attempt int, err error) { restarted <- err }
+		c.OnRestart = func(_ string, attempt int, err error) { restarted <- err }
 	})
 	pid := pidOf(t, p)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -296,7 +296,7 @@ func TestSubprocessCloseKillsHungPlugin(t *testing.T) {
 	checkNoFDLeak(t)
 	ctx := context.Background()
 	h := newRecordingHandler()
-	p := startEcho(t, h, func(c *SubprocessConfig) { c.StopTimeout = 100 * time.Millisecond })
+	p := startEcho(t, h, func(c *SubprocessConfig) { c.StopGrace = 100 * time.Millisecond })
 	pid := pidOf(t, p)
 	if _, err := p.Execute(ctx, echoReq{Op: "ignore_term"}); err != nil {
 		t.Fatal(err)
@@ -337,7 +337,7 @@ func TestSubprocessCloseWithCallInFlight(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newRecordingHandler()
-			p := startEcho(t, h, func(c *SubprocessConfig) { c.StopTimeout = 100 * time.Millisecond })
+			p := startEcho(t, h, func(c *SubprocessConfig) { c.StopGrace = 100 * time.Millisecond })
 			pid := pidOf(t, p)
 			done := make(chan error, 1)
 			go func() {
@@ -409,7 +409,7 @@ func TestSubprocessGarbageOnProtocolPipe(t *testing.T) {
 	verifyNoLeaks(t)
 	checkNoFDLeak(t)
 	p, err := NewSubprocess[string, string](context.Background(), SubprocessConfig{
-		Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "garbage"},
+		Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "garbage"},
 		Restart: RestartPolicy{MaxAttempts: -1}, Logger: slog.New(newRecordingHandler()),
 	})
 	if err != nil {
@@ -447,7 +447,7 @@ func TestSubprocessFrameTooLarge(t *testing.T) {
 	})
 	t.Run("answer over the host's limit, refused by the host", func(t *testing.T) {
 		p, err := NewSubprocess[string, string](ctx, SubprocessConfig{
-			Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "bigframe"},
+			Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "bigframe"},
 			MaxFrameSize: 4096, Logger: slog.New(newRecordingHandler()),
 		})
 		if err != nil {
@@ -480,16 +480,16 @@ func TestSubprocessStartFailures(t *testing.T) {
 		cfg  SubprocessConfig
 		want []error
 	}{
-		{"not a plugin", SubprocessConfig{Name: "sh", Path: "/bin/sh", Args: []string{"-c", "echo I am not a plugin"}}, []error{ErrHandshake}},
-		{"silent non-plugin", SubprocessConfig{Name: "sh", Path: "/bin/sh", Args: []string{"-c", "exec sleep 30"}, StartTimeout: 200 * time.Millisecond}, []error{ErrHandshake}},
-		{"wrong name", SubprocessConfig{Name: "other", Path: echoBin}, []error{ErrHandshake}},
-		{"wrong version", SubprocessConfig{Name: "echo", Version: "9.9.9", Path: echoBin}, []error{ErrHandshake, ErrIncompatibleVersion}},
-		{"protocol version", SubprocessConfig{Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "badversion"}}, []error{ErrProtocolVersion}},
-		{"plugin's maximum frame size over the limit", SubprocessConfig{Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "hugemax"}}, []error{ErrHandshake}},
-		{"maximum frame size over the limit", SubprocessConfig{Name: "echo", Path: echoBin, MaxFrameSize: 1<<30 + 1}, []error{ErrInvalidConfig}},
-		{"checksum mismatch", SubprocessConfig{Name: "sh", Path: "/bin/sh", Args: []string{"-c", "touch " + marker}, Checksum: "sha256:" + hex.EncodeToString(shSum[:])}, []error{ErrChecksumMismatch}},
-		{"bad checksum syntax", SubprocessConfig{Name: "echo", Path: echoBin, Checksum: "md5:00"}, []error{ErrInvalidConfig}},
-		{"missing binary", SubprocessConfig{Name: "echo", Path: filepath.Join(dir, "nope")}, []error{ErrTransport}},
+		{"not a plugin", SubprocessConfig{Name: "sh", Command: "/bin/sh", Args: []string{"-c", "echo I am not a plugin"}}, []error{ErrHandshake}},
+		{"silent non-plugin", SubprocessConfig{Name: "sh", Command: "/bin/sh", Args: []string{"-c", "exec sleep 30"}, StartTimeout: 200 * time.Millisecond}, []error{ErrHandshake}},
+		{"wrong name", SubprocessConfig{Name: "other", Command: echoBin}, []error{ErrHandshake}},
+		{"wrong version", SubprocessConfig{Name: "echo", Version: "9.9.9", Command: echoBin}, []error{ErrHandshake, ErrIncompatibleVersion}},
+		{"protocol version", SubprocessConfig{Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "badversion"}}, []error{ErrProtocolVersion}},
+		{"plugin's maximum frame size over the limit", SubprocessConfig{Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "hugemax"}}, []error{ErrHandshake}},
+		{"maximum frame size over the limit", SubprocessConfig{Name: "echo", Command: echoBin, MaxFrameSize: 1<<30 + 1}, []error{ErrInvalidConfig}},
+		{"checksum mismatch", SubprocessConfig{Name: "sh", Command: "/bin/sh", Args: []string{"-c", "touch " + marker}, Checksum: "sha256:" + hex.EncodeToString(shSum[:])}, []error{ErrChecksumMismatch}},
+		{"bad checksum syntax", SubprocessConfig{Name: "echo", Command: echoBin, Checksum: "md5:00"}, []error{ErrInvalidConfig}},
+		{"missing binary", SubprocessConfig{Name: "echo", Command: filepath.Join(dir, "nope")}, []error{ErrTransport}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -541,7 +541,7 @@ func TestSubprocessReloadSurfaces(t *testing.T) {
 	verifyNoLeaks(t)
 	ctx := context.Background()
 	v1 := startEcho(t, nil, nil)
-	v2 := startEcho(t, nil, func(c *SubprocessConfig) { c.Path, c.Version = pluginBinary(t, "echo2"), "2.0.0" })
+	v2 := startEcho(t, nil, func(c *SubprocessConfig) { c.Command, c.Version = pluginBinary(t, "echo2"), "2.0.0" })
 	mustExec := func(p *echoPlugin, req echoReq) echoResp {
 		t.Helper()
 		resp, err := p.Execute(ctx, req)
@@ -635,7 +635,7 @@ func TestSubprocessPythonPlugin(t *testing.T) {
 	checkNoFDLeak(t)
 	ctx := context.Background()
 	p, err := NewSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
-		Name: "pyecho", Version: "1.0.0", Path: python, Args: []string{"testdata/plugins/python/echo_plugin.py"},
+		Name: "pyecho", Version: "1.0.0", Command: python, Args: []string{"testdata/plugins/python/echo_plugin.py"},
 		Logger: slog.New(newRecordingHandler()),
 	})
 	if err != nil {
@@ -677,7 +677,7 @@ func TestSubprocessVerifiedScriptPlugin(t *testing.T) {
 	sum := sha256.Sum256(script)
 	ctx := context.Background()
 	p, err := NewSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
-		Name: "pyecho", Version: "1.0.0", Path: path, Checksum: "sha256:" + hex.EncodeToString(sum[:]),
+		Name: "pyecho", Version: "1.0.0", Command: path, Checksum: "sha256:" + hex.EncodeToString(sum[:]),
 		Logger: slog.New(newRecordingHandler()),
 	})
 	if err != nil {
@@ -741,7 +741,7 @@ func TestSubprocessHelperHost(t *testing.T) {
 	if bin == "" {
 		t.Skip("helper process for TestSubprocessChildDiesWithHost")
 	}
-	p, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{Name: "echo", Path: bin})
+	p, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{Name: "echo", Command: bin})
 	if err != nil {
 		t.Fatal(err)
 	}

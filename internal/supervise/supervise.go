@@ -35,10 +35,9 @@ func (p Policy) Delay(n int) time.Duration {
 
 // Child is a running child as the supervisor sees it.
 type Child interface {
-	// Done is closed when the child has ended.
-	Done() <-chan struct{}
-	// Reap releases what the ended child held and returns why it ended.
-	Reap() error
+	// Wait blocks until the child has ended, releases what it held and
+	// returns why it ended, or returns early when ctx ends.
+	Wait(ctx context.Context) error
 }
 
 // Kind says what an Event reports.
@@ -100,12 +99,10 @@ func Run(ctx context.Context, cfg Config, child Child) error {
 	}
 	attempt, up := 0, clk.Now()
 	for {
-		select {
-		case <-child.Done():
-		case <-ctx.Done():
+		reason := child.Wait(ctx)
+		if ctx.Err() != nil {
 			return nil
 		}
-		reason := child.Reap()
 		if clk.Now().Sub(up) >= cfg.Policy.MinUptime {
 			attempt = 0
 		}

@@ -32,8 +32,7 @@ type fakeChild struct {
 
 var errExit = errors.New("exit status 1")
 
-func (c fakeChild) Done() <-chan struct{} { ch := make(chan struct{}); close(ch); return ch }
-func (c fakeChild) Reap() error           { c.clk.now = c.clk.now.Add(c.lifetime); return errExit }
+func (c fakeChild) Wait(context.Context) error { c.clk.now = c.clk.now.Add(c.lifetime); return errExit }
 
 // run supervises children with the given lifetimes in turn (the first is
 // the initial child) until they run out, and returns the waits and events.
