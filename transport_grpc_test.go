@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	goerrors "github.com/agilira/go-errors"
 	"log/slog"
 	"math/big"
 	"net"
@@ -537,7 +538,10 @@ func TestGRPCChildCrashAndRestart(t *testing.T) {
 	_, err = p.Execute(ctx, counterReq{Op: "exit"})
 	require.ErrorIs(t, err, ErrCrashed, "a call in flight when the child exits")
 	assert.Contains(t, err.Error(), "exit status 3", "the crash error carries the exit status")
-	assert.Contains(t, err.Error(), "grpc-counter 1.0.0 starting", "the crash error carries the stderr tail")
+	var ge *goerrors.Error
+	require.ErrorAs(t, err, &ge)
+	assert.Contains(t, ge.Context["stderr_tail"], "grpc-counter 1.0.0 starting", "the crash error carries the stderr tail in its context")
+	assert.NotContains(t, err.Error(), "grpc-counter 1.0.0 starting", "the stderr tail is not in the message")
 	assert.False(t, IsRetryable(err), "a call in flight during a crash may have had effects: not retryable")
 
 	require.NoError(t, <-restarted, "the first restart attempt")

@@ -384,7 +384,7 @@ func TestSubprocessOutputReachesLogger(t *testing.T) {
 	}{
 		{"stdout at startup", slog.LevelInfo, "stray stdout at startup: must not break the protocol", "stdout", "", nil},
 		{"stdout in a call", slog.LevelInfo, "stray stdout line from the plugin", "stdout", "", nil},
-		{"json stderr keeps its level", slog.LevelWarn, "json stderr line", "stderr", "answer", float64(42)},
+		{"json stderr keeps its level", slog.LevelWarn, "json stderr line", "stderr", "answer", int64(42)},
 		{"plain stderr", slog.LevelInfo, "plain stderr line", "stderr", "", nil},
 	}
 	for _, tt := range tests {
@@ -703,7 +703,7 @@ func TestSubprocessEnvironment(t *testing.T) {
 		want    []string // exactly these, in any order, unless inherit
 		wantHas []string
 	}{
-		{"minimal", false, []string{"A=1", "B=two", cookie}, nil},
+		{"minimal", false, []string{"A=1", "B=two", cookie, "PATH=" + os.Getenv("PATH")}, nil},
 		{"inherited", true, nil, []string{"A=1", "B=two", cookie, "GOPLUGINS_TEST_HOST_VAR=from the host"}},
 	}
 	for _, tt := range tests {

@@ -119,9 +119,6 @@ func Run(ctx context.Context, cfg Config, child Child) error {
 				return nil
 			}
 			c, err := cfg.Start(ctx)
-			if ctx.Err() != nil {
-				return nil // Start stopped what it began
-			}
 			if err == nil {
 				child, up = c, clk.Now()
 				emit(Event{Kind: Restarted, Attempt: attempt})
