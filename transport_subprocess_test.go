@@ -1,3 +1,5 @@
+//go:build unix
+
 package goplugins
 
 import (
@@ -5,8 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -17,57 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // echoReq and echoResp mirror testdata/plugins/echo.
-type echoReq struct {
-	Op   string `json:"op,omitempty"`
-	Data string `json:"data,omitempty"`
-	Key  string `json:"key,omitempty"`
-	N    int    `json:"n,omitempty"`
-}
-
-type echoResp struct {
-	Data    string `json:"data,omitempty"`
-	Version string `json:"version,omitempty"`
-	PID     int    `json:"pid,omitempty"`
-}
-
-type echoPlugin = Subprocess[echoReq, echoResp]
-
-// startEcho starts the echo plugin with cfg adjusted by mod; it is closed
-// at cleanup.
-func startEcho(t testing.TB, h *recordingHandler, mod func(*SubprocessConfig)) *echoPlugin {
-	t.Helper()
-	if h == nil {
-		h = newRecordingHandler()
-	}
-	cfg := SubprocessConfig{
-		Name: "echo", Command: pluginBinary(t, "echo"),
-		StopGrace: 2 * time.Second, Logger: slog.New(h),
-	}
-	if mod != nil {
-		mod(&cfg)
-	}
-	p, err := NewSubprocess[echoReq, echoResp](context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("NewSubprocess: %v", err)
-	}
-	t.Cleanup(func() { p.Close(context.Background()) })
-	return p
-}
-
-func pidOf(t *testing.T, p *echoPlugin) int {
-	t.Helper()
-	resp, err := p.Execute(context.Background(), echoReq{Op: "pid"})
-	if err != nil {
-		t.Fatalf("pid call: %v", err)
-	}
-	return resp.PID
-}
-
 func TestSubprocessLifecycle(t *testing.T) {
 	verifyNoLeaks(t)
 	checkNoFDLeak(t)
@@ -730,70 +682,5 @@ func TestSubprocessEnvironment(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// TestSubprocessHelperHost is not a test: TestSubprocessChildDiesWithHost
-// runs the test binary as a host process that starts the echo plugin,
-// prints its pid and waits to be killed.
-func TestSubprocessHelperHost(t *testing.T) {
-	bin := os.Getenv("GOPLUGINS_HELPER_HOST_PLUGIN")
-	if bin == "" {
-		t.Skip("helper process for TestSubprocessChildDiesWithHost")
-	}
-	p, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{Name: "echo", Command: bin})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Println(pidOf(t, p))
-	io.Copy(io.Discard, os.Stdin) // until the parent test kills this process
-}
-
-func TestSubprocessChildDiesWithHost(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSubprocessHelperHost$")
-	cmd.Env = append(os.Environ(), "GOPLUGINS_HELPER_HOST_PLUGIN="+pluginBinary(t, "echo"))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stdin.Close()
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var pid int
-	if _, err := fmt.Fscan(stdout, &pid); err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("reading the plugin pid from the helper host: %v", err)
-	}
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Skipf("pidfd_open: %v", err)
-	}
-	defer unix.Close(pidfd)
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
-	// The pidfd becomes readable when the plugin exits.
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	for {
-		n, err := unix.Poll(fds, 10_000)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			t.Fatalf("plugin %d still runs 10s after its host was killed", pid)
-		}
-		return
 	}
 }
