@@ -730,6 +730,7 @@ func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 			p.cancel()
 		}
 		p.wg.Wait()
+		p.pid.Store(0)
 		if l := p.link.Swap(nil); l != nil {
 			p.closeErr = p.closeLink(ctx, l)
 		}

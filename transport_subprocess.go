@@ -491,6 +491,7 @@ func (s *Subprocess[Req, Resp]) Close(ctx context.Context) error {
 	s.cancel()
 	s.wg.Wait()
 	c := s.conn.Swap(nil)
+	s.pid.Store(0)
 	if c == nil {
 		return nil
 	}

@@ -116,6 +116,8 @@ func Run(ctx context.Context, cfg Config, child Child) error {
 			select {
 			case <-clk.After(cfg.Policy.Delay(attempt)):
 			case <-ctx.Done():
+			}
+			if ctx.Err() != nil {
 				return nil
 			}
 			c, err := cfg.Start(ctx)

@@ -35,7 +35,8 @@ var errExit = errors.New("exit status 1")
 func (c fakeChild) Wait(context.Context) error { c.clk.now = c.clk.now.Add(c.lifetime); return errExit }
 
 // run supervises children with the given lifetimes in turn (the first is
-// the initial child) until they run out, and returns the waits and events.
+// the initial child) until the last has started, and returns the waits and
+// events.
 func run(t *testing.T, p Policy, lifetimes []time.Duration) ([]time.Duration, []Event, error) {
 	t.Helper()
 	clk := &fakeClock{now: time.Unix(0, 0)}
@@ -47,11 +48,9 @@ func run(t *testing.T, p Policy, lifetimes []time.Duration) ([]time.Duration, []
 		Policy: p, Clock: clk,
 		Event: func(ev Event) { events = append(events, ev) },
 		Start: func(context.Context) (Child, error) {
-			if next == len(lifetimes) {
-				cancel()
-				return nil, errors.New("no more")
+			if next++; next == len(lifetimes) {
+				cancel() // the last child: stop supervising
 			}
-			next++
 			return fakeChild{clk, lifetimes[next-1]}, nil
 		},
 	}
@@ -63,7 +62,7 @@ func repeat(d time.Duration, n int) []time.Duration { return slices.Repeat([]tim
 
 func TestBackoffDoublesToTheCapWhileCrashLooping(t *testing.T) {
 	p := Policy{Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, MinUptime: time.Minute}
-	waits, _, _ := run(t, p, repeat(time.Millisecond, 7))
+	waits, _, _ := run(t, p, repeat(time.Millisecond, 8))
 	want := []time.Duration{100e6, 200e6, 400e6, 800e6, 1e9, 1e9, 1e9}
 	if !slices.Equal(waits, want) {
 		t.Fatalf("waits %v, want %v", waits, want)
@@ -75,7 +74,7 @@ func TestBackoffDoublesToTheCapWhileCrashLooping(t *testing.T) {
 // the first backoff again and is not counted against MaxAttempts.
 func TestBudgetResetsAfterMinUptimeWithoutCalls(t *testing.T) {
 	p := Policy{MaxAttempts: 2, Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, MinUptime: time.Minute}
-	waits, events, _ := run(t, p, repeat(time.Hour, 10))
+	waits, events, _ := run(t, p, repeat(time.Hour, 11))
 	if !slices.Equal(waits, repeat(100*time.Millisecond, 10)) {
 		t.Fatalf("waits %v, want the first backoff each time", waits)
 	}
@@ -103,7 +102,7 @@ func TestPoisonCallsDoNotResetTheBudget(t *testing.T) {
 
 func TestNoLimitByDefault(t *testing.T) {
 	p := Policy{Backoff: time.Millisecond, MaxBackoff: time.Millisecond, MinUptime: time.Minute}
-	waits, events, err := run(t, p, repeat(0, 50))
+	waits, events, err := run(t, p, repeat(0, 51))
 	if len(waits) != 50 || err != nil {
 		t.Fatalf("%d attempts, Run returned %v; want 50 attempts until stopped", len(waits), err)
 	}
@@ -138,7 +137,7 @@ func TestEventsInOrder(t *testing.T) {
 		},
 	}
 	_ = Run(ctx, cfg, fakeChild{clk, 0})
-	if want := []Kind{Crashed, RestartFailed}; !slices.Equal(kinds, want) {
+	if want := []Kind{Crashed, RestartFailed, Restarted}; !slices.Equal(kinds, want) {
 		t.Fatalf("events %v, want %v", kinds, want)
 	}
 }
