@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -382,4 +383,65 @@ func TestStopSinceCountsFromTheRequest(t *testing.T) {
 	if took := time.Since(asked); took >= 3*grace {
 		t.Fatalf("the stop ended %v after the request, past 2 grace periods of %v", took, grace)
 	}
+}
+
+// TestSignalAfterReapSparesARecycledGroup: once the child is reaped its
+// pid, and so its group id, may name another process group; Signal must
+// not reach it, even while the output pumps are still draining (a
+// descendant outside the group holds stderr open here). The test recycles
+// the pid through /proc/sys/kernel/ns_last_pid, so it needs root.
+func TestSignalAfterReapSparesARecycledGroup(t *testing.T) {
+	const lastPid = "/proc/sys/kernel/ns_last_pid"
+	if f, err := os.OpenFile(lastPid, os.O_WRONLY, 0); err != nil {
+		t.Skipf("cannot choose the next pid: %v", err)
+	} else {
+		f.Close()
+	}
+	p, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "setsid sleep 3 & sleep 0.3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc := "/proc/" + itoa(p.Pid())
+	for deadline := time.Now().Add(10 * time.Second); ; runtime.Gosched() {
+		if _, err := os.Stat(proc); os.IsNotExist(err) {
+			break // reaped
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the child was not reaped within 10s")
+		}
+	}
+	select {
+	case <-p.Done():
+		t.Skip("the pumps finished before the pid could be recycled")
+	default:
+	}
+	var other *exec.Cmd
+	for range 200 {
+		if err := os.WriteFile(lastPid, []byte(itoa(p.Pid()-1)), 0); err != nil {
+			t.Skip(err)
+		}
+		cmd := exec.Command("/bin/sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == p.Pid() {
+			other = cmd
+			break
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	if other == nil {
+		t.Skip("could not recycle the pid")
+	}
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = other.Process.Signal(syscall.SIGTERM)
+	err = other.Wait()
+	if ws, ok := other.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("the process that got the recycled pid ended with %v, want SIGTERM (Signal reached it)", err)
+	}
+	<-p.Done()
 }
