@@ -62,6 +62,28 @@ func (r RestartPolicy) policy() supervise.Policy {
 	return p
 }
 
+// downError is the fast failure of a call while no child serves, the same
+// on both transports: ErrClosed after Close; once restarts were given up,
+// the error that said so; with restarts disabled a non-retryable
+// ErrCrashed; while a restart is pending a retryable one.
+func downError(plugin string, closed bool, down error, r RestartPolicy) error {
+	switch {
+	case closed:
+		return newError(CodeClosed, plugin, "the plugin is closed; create a new one to use it again")
+	case down != nil:
+		return down
+	case r.MaxAttempts < 0:
+		return newError(CodeCrashed, plugin, "the plugin process is down and restarts are disabled (RestartPolicy.MaxAttempts < 0)")
+	}
+	return retryable(newError(CodeCrashed, plugin, "the plugin process is down and being restarted; retry later"))
+}
+
+// leftDownError is the error calls get once the supervisor gave up; it is
+// not retryable, whatever the last failure was.
+func leftDownError(plugin string, r RestartPolicy, last error) error {
+	return newError(CodeCrashed, plugin, "the plugin crashed and is not restarted (RestartPolicy.MaxAttempts %d); reload it to start it again; the last failure: %v", r.MaxAttempts, last)
+}
+
 // childEnviron returns a child's environment: with inherit, the host's
 // whole environment; otherwise only the host's PATH (so that a
 // "#!/usr/bin/env" script finds its interpreter). env overrides these, and

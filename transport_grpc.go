@@ -593,15 +593,7 @@ func (p *GRPCPlugin[Req, Resp]) live() (*grpcLink, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	switch {
-	case p.closed.Load():
-		return nil, p.closedError()
-	case p.down != nil:
-		return nil, p.down
-	case p.cfg.Restart.MaxAttempts < 0:
-		return nil, newError(CodeCrashed, p.name, "the gRPC plugin process is down and restarts are disabled (GRPCConfig.Restart.MaxAttempts < 0)")
-	}
-	return nil, retryable(newError(CodeCrashed, p.name, "the gRPC plugin process is down and being restarted; retry later"))
+	return nil, downError(p.name, p.closed.Load(), p.down, p.cfg.Restart)
 }
 
 // release ends a call that live counted.
@@ -674,7 +666,7 @@ func (p *GRPCPlugin[Req, Resp]) supervise(l *grpcLink) {
 	}, grpcSupervised[Req, Resp]{p, l})
 	if last != nil {
 		p.mu.Lock()
-		p.down = newError(CodeCrashed, p.name, "the gRPC plugin crashed and is not restarted (GRPCConfig.Restart.MaxAttempts %d); last failure: %v", p.cfg.Restart.MaxAttempts, last)
+		p.down = leftDownError(p.name, p.cfg.Restart, last)
 		p.mu.Unlock()
 	}
 }

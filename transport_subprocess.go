@@ -324,7 +324,7 @@ func (s *Subprocess[Req, Resp]) supervise(c *subConn) {
 	}, subChild[Req, Resp]{s, c})
 	if last != nil {
 		s.mu.Lock()
-		s.down = newError(CodeCrashed, s.cfg.Name, "the plugin crashed and is not restarted (RestartPolicy.MaxAttempts %d); last failure: %v", s.cfg.Restart.MaxAttempts, last)
+		s.down = leftDownError(s.cfg.Name, s.cfg.Restart, last)
 		s.mu.Unlock()
 	}
 }
@@ -375,15 +375,7 @@ func (s *Subprocess[Req, Resp]) live() (*subConn, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.closed:
-		return nil, newError(CodeClosed, s.cfg.Name, "the plugin is closed")
-	case s.down != nil:
-		return nil, s.down
-	case s.cfg.Restart.MaxAttempts < 0:
-		return nil, newError(CodeCrashed, s.cfg.Name, "the plugin process is down and restarts are disabled (RestartPolicy.MaxAttempts < 0)")
-	}
-	return nil, retryable(newError(CodeCrashed, s.cfg.Name, "the plugin process is down and being restarted; retry later"))
+	return nil, downError(s.cfg.Name, s.closed, s.down, s.cfg.Restart)
 }
 
 // Pid returns the process id of the plugin's child process (also its
