@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // awaitRestart waits for the next restart report; a test that gets none in
@@ -245,4 +246,50 @@ func TestRemoteErrorIsTheSameOnBothTransports(t *testing.T) {
 	err = remoteError("p", "CALL", "busy", "later", true)
 	assert.True(t, IsRetryable(err))
 	assert.False(t, errors.Is(err, ErrTransport))
+}
+
+// TestSubprocessCloseCountsGraceFromShutdown: when SHUTDOWN cannot be
+// written (the plugin stopped reading and its pipe is full), SIGTERM still
+// goes StopGrace after Close began, not StopGrace after the write gave up.
+func TestSubprocessCloseCountsGraceFromShutdown(t *testing.T) {
+	verifyNoLeaks(t)
+	const grace = 400 * time.Millisecond
+	p, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{
+		Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "noread"},
+		StopGrace: grace, Logger: slog.New(slog.DiscardHandler),
+	})
+	require.NoError(t, err)
+	// A request larger than the pipe's buffer: its write blocks, with no
+	// deadline to cut it short, until the plugin dies.
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Execute(context.Background(), echoReq{Data: strings.Repeat("x", 1<<20)})
+		done <- err
+	}()
+	awaitPipeFull(t, p.Pid())
+	began := time.Now()
+	require.NoError(t, p.Close(context.Background()))
+	took := time.Since(began)
+	t.Logf("Close took %v; Execute: %v", took, <-done)
+	// The plugin exits on SIGTERM: Close ends about one grace period after
+	// it began; two were the bug.
+	assert.Less(t, took, 3*grace/2, "SIGTERM was sent later than StopGrace after Close began")
+}
+
+// awaitPipeFull waits until the pipe the plugin pid reads its requests
+// from (its descriptor 3) holds a full pipe buffer: the host's writes to it
+// block.
+func awaitPipeFull(t *testing.T, pid int) {
+	t.Helper()
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/fd/3")
+	require.NoError(t, err)
+	defer f.Close()
+	for deadline := time.Now().Add(time.Minute); ; runtime.Gosched() {
+		n, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCINQ) // FIONREAD
+		require.NoError(t, err)
+		if n >= 64<<10 {
+			return
+		}
+		require.True(t, time.Now().Before(deadline), "the request pipe holds %d bytes after a minute", n)
+	}
 }
