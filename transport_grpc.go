@@ -707,11 +707,12 @@ func (s grpcSupervised[Req, Resp]) Wait(ctx context.Context) error {
 // Close disconnects from the plugin. It stops restarting a crashed child
 // (abandoning a restart under way) and returns once the supervisor is
 // gone. A child is asked to shut down gracefully: it finishes its calls in
-// flight, and their callers get the answers (Close waits for them up to
-// GRPCConfig.StopGrace, bounded by ctx, before closing the connection).
-// It is then stopped by escalation (SIGTERM, then SIGKILL of its
-// process group, GRPCConfig.StopGrace apart; at once when ctx ends),
-// reaped, and its socket directory removed. A remote service is left
+// flight, and their callers get the answers (Close waits for them until
+// GRPCConfig.StopGrace after the request, bounded by ctx, before closing
+// the connection). It is then stopped by escalation: SIGTERM to its
+// process group StopGrace after the request, SIGKILL 2·StopGrace after it
+// (SIGKILL at once when ctx ends). It is reaped and its socket directory
+// removed. A remote service is left
 // running. Calling Close again returns the first call's result.
 func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
