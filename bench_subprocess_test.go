@@ -54,7 +54,7 @@ func BenchmarkSubprocessParallel(b *testing.B) {
 
 // BenchmarkSubprocessStart: start, handshake, first call and Close.
 func BenchmarkSubprocessStart(b *testing.B) {
-	cfg := SubprocessConfig{Name: "echo", Path: pluginBinary(b, "echo"), Logger: slog.New(slog.DiscardHandler)}
+	cfg := SubprocessConfig{Name: "echo", Command: pluginBinary(b, "echo"), Logger: slog.New(slog.DiscardHandler)}
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

@@ -34,6 +34,16 @@ const (
 	EventPending
 	// EventLoadFailed: the DynamicLoader could not load a plugin.
 	EventLoadFailed
+	// EventCrashed: the plugin's child process ended unexpectedly; Err says
+	// how. It is restarted as its RestartPolicy says.
+	EventCrashed
+	// EventRestarted: a new child process serves; Attempt is its number.
+	EventRestarted
+	// EventRestartFailed: a restart attempt failed; Err says why.
+	EventRestartFailed
+	// EventLeftDown: the RestartPolicy allows no more attempts; the plugin
+	// stays down until it is reloaded or unregistered.
+	EventLeftDown
 )
 
 var eventKindNames = [...]string{
@@ -47,6 +57,10 @@ var eventKindNames = [...]string{
 	EventReloadFailed:    "reload-failed",
 	EventPending:         "pending",
 	EventLoadFailed:      "load-failed",
+	EventCrashed:         "crashed",
+	EventRestarted:       "restarted",
+	EventRestartFailed:   "restart-failed",
+	EventLeftDown:        "left-down",
 }
 
 // String returns the kind's name, such as "breaker-opened".
@@ -70,8 +84,13 @@ type Event struct {
 	Version string
 	// Health is the new status, for EventHealthChanged.
 	Health HealthStatus
-	// Err is the cause, for failed health checks and failed reloads.
+	// Err is the cause, for failed health checks, failed reloads, crashes,
+	// failed restarts and EventLeftDown.
 	Err error
+	// Attempt is the consecutive restart attempt (from 1) of
+	// EventRestarted and EventRestartFailed, and the number of attempts
+	// made for EventCrashed and EventLeftDown.
+	Attempt int
 	// Reload is the report of EventReloaded and EventReloadFailed.
 	Reload *ReloadReport
 }

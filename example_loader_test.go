@@ -131,7 +131,7 @@ func ExampleNewSubprocess() {
 	ctx := context.Background()
 	p, err := goplugins.NewSubprocess[map[string]string, map[string]string](ctx, goplugins.SubprocessConfig{
 		Name:     "auth",
-		Path:     filepath.Join("plugins", "auth", "auth-plugin"),
+		Command:  filepath.Join("plugins", "auth", "auth-plugin"),
 		Checksum: os.Getenv("AUTH_PLUGIN_SHA256"), // "sha256:<hex>", checked before every start
 		Restart:  goplugins.RestartPolicy{MaxAttempts: 5, Backoff: 100 * time.Millisecond},
 	})

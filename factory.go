@@ -21,7 +21,7 @@ func SubprocessFactory[Req, Resp any](base SubprocessConfig) Factory[Req, Resp] 
 				p, wire.ProtocolVersion, wire.ProtocolVersion)
 		}
 		cfg := base
-		cfg.Name, cfg.Version, cfg.Path, cfg.Checksum = m.Name, m.Version, m.Command, m.Checksum
+		cfg.Name, cfg.Version, cfg.Command, cfg.Checksum = m.Name, m.Version, m.Command, m.Checksum
 		cfg.Args, cfg.Env, cfg.Dir, cfg.Restart = childSettings(m, base.Args, base.Env, base.Dir, base.Restart)
 		p, err := NewSubprocess[Req, Resp](ctx, cfg)
 		if err != nil {
@@ -35,18 +35,20 @@ func SubprocessFactory[Req, Resp any](base SubprocessConfig) Factory[Req, Resp] 
 // starts (the manifest's command, restarted as its restart policy says) or
 // a remote service (its endpoint, with its TLS files). base gives what
 // manifests do not carry (Logger, Codec, DialOptions, AutoMTLS for
-// children) and the defaults of the rest.
+// children, TLS for endpoints) and the defaults of the rest. A folder may
+// mix both kinds: AutoMTLS applies to the children, TLS to the endpoints
+// whose manifests have no "tls" section.
 func GRPCFactory[Req, Resp any](base GRPCConfig) Factory[Req, Resp] {
 	return func(ctx context.Context, m *Manifest) (Plugin[Req, Resp], error) {
 		cfg := base
 		cfg.Name, cfg.Version = m.Name, m.Version
 		if m.Endpoint != "" {
-			cfg.Endpoint, cfg.Command = m.Endpoint, ""
+			cfg.Endpoint, cfg.Command, cfg.AutoMTLS = m.Endpoint, "", false
 			if m.TLS != nil {
 				cfg.TLS = &TLSFiles{CAFile: m.TLS.CAFile, CertFile: m.TLS.CertFile, KeyFile: m.TLS.KeyFile, ServerName: m.TLS.ServerName}
 			}
 		} else {
-			cfg.Command, cfg.Checksum, cfg.Endpoint = m.Command, m.Checksum, ""
+			cfg.Command, cfg.Checksum, cfg.Endpoint, cfg.TLS = m.Command, m.Checksum, "", nil
 			cfg.Args, cfg.Env, cfg.Dir, cfg.Restart = childSettings(m, base.Args, base.Env, base.Dir, base.Restart)
 		}
 		p, err := NewGRPCPlugin[Req, Resp](ctx, cfg)

@@ -118,6 +118,7 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOptio
 		return newError(CodeAlreadyRegistered, info.Name,
 			"a plugin of this name is registered already; use Reload to replace it or Unregister it first")
 	}
+	watchLifecycle(p, m.emit)
 	e.genSeq = 1
 	e.gen.Store(newGeneration(p, info, 1))
 	next := maps.Clone(r.entries)

@@ -276,6 +276,7 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 
 	// Made before the pause, to keep the pause short.
 	ng := newGeneration(next, info, e.genSeq+1)
+	watchLifecycle(next, m.emit)
 
 	// Phase 2: drain. New calls park on the gate; calls in flight finish.
 	pause, cancelPause := context.WithTimeout(ctx, cfg.drain)

@@ -481,8 +481,9 @@ func (c *subConn) stop(ctx context.Context, grace time.Duration) syscall.Signal 
 	// A child that stopped reading must not block Close: the write is cut
 	// short at the end of the grace period (or of ctx), and the signals
 	// follow. Callers writing to it are unblocked when it dies.
-	_ = c.w.WriteContext(ctx, time.Now().Add(grace), wire.TypeShutdown, 0, nil)
-	sig := c.proc.Stop(ctx, grace)
+	asked := time.Now() // the grace periods count from the SHUTDOWN
+	_ = c.w.WriteContext(ctx, asked.Add(grace), wire.TypeShutdown, 0, nil)
+	sig := c.proc.StopSince(ctx, asked, grace)
 	c.ended(io.EOF)
 	c.release()
 	return sig

@@ -15,8 +15,8 @@ import (
 func startRaw(t *testing.T, mode string, h *recordingHandler, mod func(*SubprocessConfig)) *Subprocess[string, string] {
 	t.Helper()
 	cfg := SubprocessConfig{
-		Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": mode},
-		StopTimeout: 200 * time.Millisecond, Logger: slog.New(h),
+		Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": mode},
+		StopGrace: 200 * time.Millisecond, Logger: slog.New(h),
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -73,7 +73,7 @@ func TestSubprocessStalledPluginDoesNotBlockCaller(t *testing.T) {
 			restarted := make(chan error, 10)
 			p := startRaw(t, "noread", newRecordingHandler(), func(c *SubprocessConfig) {
 				c.CallTimeout = tt.callTimeout
-				c.OnRestart = func(_ int, err error) { restarted <- err }
+				c.OnRestart = func(_ string, _ int, err error) { restarted <- err }
 			})
 			ctx, cancel := tt.ctx()
 			defer cancel()

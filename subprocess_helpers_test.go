@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestMain removes the plugin binaries built for the tests.
@@ -159,4 +160,50 @@ func checkReaped(t *testing.T, pid int) {
 		b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 		t.Errorf("plugin process %d still exists after Close: %s", pid, b)
 	}
+}
+
+type echoReq struct {
+	Op   string `json:"op,omitempty"`
+	Data string `json:"data,omitempty"`
+	Key  string `json:"key,omitempty"`
+	N    int    `json:"n,omitempty"`
+}
+
+type echoResp struct {
+	Data    string `json:"data,omitempty"`
+	Version string `json:"version,omitempty"`
+	PID     int    `json:"pid,omitempty"`
+}
+
+type echoPlugin = Subprocess[echoReq, echoResp]
+
+// startEcho starts the echo plugin with cfg adjusted by mod; it is closed
+// at cleanup.
+func startEcho(t testing.TB, h *recordingHandler, mod func(*SubprocessConfig)) *echoPlugin {
+	t.Helper()
+	if h == nil {
+		h = newRecordingHandler()
+	}
+	cfg := SubprocessConfig{
+		Name: "echo", Command: pluginBinary(t, "echo"),
+		StopGrace: 2 * time.Second, Logger: slog.New(h),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := NewSubprocess[echoReq, echoResp](context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("NewSubprocess: %v", err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	return p
+}
+
+func pidOf(t *testing.T, p *echoPlugin) int {
+	t.Helper()
+	resp, err := p.Execute(context.Background(), echoReq{Op: "pid"})
+	if err != nil {
+		t.Fatalf("pid call: %v", err)
+	}
+	return resp.PID
 }

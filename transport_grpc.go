@@ -8,10 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	goerrors "github.com/agilira/go-errors"
@@ -25,23 +23,15 @@ import (
 	"github.com/goplugins/goplugins/internal/pluginpb"
 	"github.com/goplugins/goplugins/internal/proc"
 	"github.com/goplugins/goplugins/internal/protocodec"
-)
-
-// Defaults of GRPCConfig.
-const (
-	// DefaultGRPCStartTimeout bounds a child's start when
-	// GRPCConfig.StartTimeout is zero.
-	DefaultGRPCStartTimeout = 10 * time.Second
-	// DefaultGRPCStopGrace is how long Close waits, when
-	// GRPCConfig.StopGrace is zero, for a child to exit after each step of
-	// the escalation (Shutdown RPC, SIGTERM) before the next one.
-	DefaultGRPCStopGrace = 5 * time.Second
+	"github.com/goplugins/goplugins/internal/supervise"
 )
 
 // GRPCConfig describes a plugin served over gRPC (the
 // goplugins.plugin.v1.Plugin service of proto/goplugins/plugin/v1), either
 // a child process the host starts (Command) or a remote endpoint
-// (Endpoint). Exactly one of the two is set.
+// (Endpoint). Exactly one of the two is set. The child-process fields
+// (Command through OnRestart) have the same names and meaning as
+// SubprocessConfig's.
 type GRPCConfig struct {
 	// Name is the plugin's name; the plugin must report it in Info.
 	Name string
@@ -49,26 +39,44 @@ type GRPCConfig struct {
 	Version string
 
 	// Command is the plugin program the host starts, with Args, in Dir.
-	// The child gets Env and nothing else of the host's environment, plus
-	// the variables of the launch contract: the unix socket it must serve
-	// on (in a directory only the host's user can enter) and, with
-	// AutoMTLS, its certificate. Serve it with grpcplugin.Serve.
+	// Serve it with grpcplugin.Serve.
 	Command string
 	Args    []string
-	Env     map[string]string
-	Dir     string
+	// Env holds the child's environment variables. The child gets the
+	// host's PATH (unless Env sets it), Env and the variables of the launch
+	// contract (the unix socket it must serve on, in a directory only the
+	// host's user can enter, and, with AutoMTLS, its certificate), nothing
+	// else, unless InheritEnv is set.
+	Env map[string]string
+	// InheritEnv passes the host's whole environment too (Env overrides it).
+	InheritEnv bool
+	Dir        string
 	// Checksum, if set ("sha256:<hex>"), is verified before the child is
 	// started; the very bytes verified are executed.
 	Checksum string
+	// StartTimeout bounds the start: the child's start until it reports
+	// SERVING, or the first Info call to a remote endpoint (default 10s).
+	StartTimeout time.Duration
+	// StopGrace paces Close's escalation, counted from the Shutdown RPC:
+	// Close waits up to StopGrace for the calls in flight to end (the child
+	// finishes them) and the child to exit, then sends SIGTERM to its
+	// process group, and SIGKILL 2·StopGrace after the Shutdown RPC. A child
+	// that refuses the RPC gets SIGTERM at once and SIGKILL StopGrace later
+	// (default 5s).
+	StopGrace time.Duration
+	// Restart says how a crashed child is restarted: each new child gets a
+	// new socket and, with AutoMTLS, new key pairs. It does not apply to a
+	// remote endpoint, which grpc-go reconnects to by itself.
+	Restart RestartPolicy
+	// OnRestart, when set, is called after every restart attempt of a
+	// child with the plugin's name, the attempt number (1 for the first
+	// after a crash) and its error (nil when the new child is serving). It
+	// runs on the supervising goroutine: it must return promptly and must
+	// not call Close. Manager.Subscribe reports the same as events.
+	OnRestart func(plugin string, attempt int, err error)
 	// AutoMTLS secures a child's connection with mutual TLS from key pairs
 	// the host generates for each child; no files are involved.
 	AutoMTLS bool
-	// StopGrace is how long Close waits after each step of stopping a child
-	// (the Shutdown RPC, then SIGTERM) before escalating (to SIGTERM, then
-	// SIGKILL). After the Shutdown RPC, Close first waits up to StopGrace
-	// for the calls in flight to end (the child finishes them), then up to
-	// StopGrace for the child to exit. Zero means DefaultGRPCStopGrace.
-	StopGrace time.Duration
 
 	// Endpoint is a remote plugin service: "host:port", "dns:///host:port",
 	// "unix:///path" or any target grpc.NewClient accepts. The connection
@@ -81,10 +89,6 @@ type GRPCConfig struct {
 	// ("proto") when both Req and Resp are protobuf message pointers, and
 	// JSONCodec otherwise. The plugin must accept the codec.
 	Codec Codec
-	// StartTimeout bounds the start: the child's start until it reports
-	// SERVING, or the first Info call to a remote endpoint. Zero means
-	// DefaultGRPCStartTimeout.
-	StartTimeout time.Duration
 	// Logger receives the child's stdout and stderr, one record a line,
 	// tagged with the plugin's name; JSON log lines keep their level. Nil
 	// means slog.Default().
@@ -92,16 +96,6 @@ type GRPCConfig struct {
 	// DialOptions are added to the host's own when the connection is made
 	// (e.g. interceptors, keepalive, grpc.WithConnectParams).
 	DialOptions []grpc.DialOption
-
-	// Restart says how a crashed child is restarted: each new child gets a
-	// new socket and, with AutoMTLS, new key pairs. It does not apply to a
-	// remote endpoint, which grpc-go reconnects to by itself.
-	Restart RestartPolicy
-	// OnRestart, when set, is called after every restart attempt of a
-	// child with the attempt number (1 for the first after a crash) and its
-	// error (nil when the new child is serving). It runs on the supervising
-	// goroutine: it must return promptly and must not call Close.
-	OnRestart func(attempt int, err error)
 }
 
 // GRPCPlugin is a plugin served over gRPC. It implements Plugin[Req, Resp],
@@ -110,10 +104,14 @@ type GRPCConfig struct {
 // concurrent use.
 //
 // A child the host started is supervised: if it exits, calls in flight
-// fail with ErrCrashed (with its exit status and the tail of its stderr),
-// it is restarted as GRPCConfig.Restart says, and meanwhile calls and
-// Health fail fast with a retryable ErrCrashed.
+// fail with ErrCrashed (with its exit status; the tail of its stderr is in
+// the error's context under "stderr_tail"), it is restarted as
+// GRPCConfig.Restart says, and meanwhile calls and Health fail fast with a
+// retryable ErrCrashed. A Manager it is registered with reports the
+// crashes and restarts as events (EventCrashed, EventRestarted,
+// EventRestartFailed, EventLeftDown).
 type GRPCPlugin[Req, Resp any] struct {
+	lifecycle
 	name   string
 	cfg    GRPCConfig
 	grace  time.Duration // a child's StopGrace
@@ -122,10 +120,9 @@ type GRPCPlugin[Req, Resp any] struct {
 	decode func([]byte) (Resp, error)
 	log    *slog.Logger
 
-	link     atomic.Pointer[grpcLink] // nil while a crashed child is down
-	info     atomic.Pointer[PluginInfo]
-	restarts atomic.Int64
-	closed   atomic.Bool
+	link   atomic.Pointer[grpcLink] // nil while a crashed child is down
+	info   atomic.Pointer[PluginInfo]
+	closed atomic.Bool
 
 	ctx    context.Context // cancelled by Close; nil for a remote endpoint
 	cancel context.CancelFunc
@@ -144,8 +141,7 @@ type grpcLink struct {
 	conn   *grpc.ClientConn
 	client pluginpb.PluginClient
 	health healthpb.HealthClient
-	child  *grpcChild  // nil for a remote endpoint
-	served atomic.Bool // a call succeeded: restart attempts count from 0 again
+	child  *grpcChild // nil for a remote endpoint
 
 	calls    atomic.Int64  // calls in flight, counted by live and release
 	draining atomic.Bool   // closeLink waits for the calls to end
@@ -178,20 +174,20 @@ func NewGRPCPlugin[Req, Resp any](ctx context.Context, cfg GRPCConfig) (*GRPCPlu
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	cfg.Restart = cfg.Restart.withDefaults()
 	p := &GRPCPlugin[Req, Resp]{name: cfg.Name, cfg: cfg, grace: cfg.StopGrace, log: cfg.Logger}
 	if p.grace <= 0 {
-		p.grace = DefaultGRPCStopGrace
+		p.grace = defaultStopGrace
 	}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
+	p.lifecycle = lifecycle{plugin: cfg.Name, log: p.log.With("plugin", cfg.Name), onRestart: cfg.OnRestart}
 	p.setCodec(cfg.Codec)
 	l, err := p.open(ctx)
 	if err != nil {
 		return nil, err
 	}
-	p.link.Store(l)
+	p.serve(l)
 	if l.child != nil {
 		p.ctx, p.cancel = context.WithCancel(context.Background())
 		p.wg.Add(1)
@@ -206,7 +202,7 @@ func NewGRPCPlugin[Req, Resp any](ctx context.Context, cfg GRPCConfig) (*GRPCPlu
 func (p *GRPCPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
 	start := p.cfg.StartTimeout
 	if start <= 0 {
-		start = DefaultGRPCStartTimeout
+		start = defaultStartTimeout
 	}
 	sctx, cancel := context.WithTimeout(ctx, start)
 	defer cancel()
@@ -221,7 +217,7 @@ func (p *GRPCPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
 		err = p.handshake(sctx, ctx, l)
 	}
 	if err != nil {
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 3*p.grace)
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 2*p.grace)
 		defer ccancel()
 		_ = p.closeLink(cctx, l)
 		return nil, err
@@ -245,6 +241,11 @@ func (cfg *GRPCConfig) validate() error {
 		return newError(CodeInvalidConfig, cfg.Name, "GRPCConfig.AutoMTLS applies to a child the host starts; secure a remote endpoint with GRPCConfig.TLS")
 	case cfg.TLS != nil && cfg.Endpoint == "":
 		return newError(CodeInvalidConfig, cfg.Name, "GRPCConfig.TLS applies to a remote endpoint; secure a child with GRPCConfig.AutoMTLS")
+	}
+	for k := range cfg.Env {
+		if !envVarName(k) {
+			return newError(CodeInvalidConfig, cfg.Name, "GRPCConfig.Env has the invalid variable name %q", k)
+		}
 	}
 	return nil
 }
@@ -288,7 +289,7 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	}
 	l.child = &grpcChild{dir: dir}
 	sock := filepath.Join(dir, "plugin.sock")
-	env := childEnv(cfg.Env, pluginpb.EnvCookie+"="+pluginpb.CookieValue, pluginpb.EnvSocket+"="+sock)
+	launch := []string{pluginpb.EnvCookie + "=" + pluginpb.CookieValue, pluginpb.EnvSocket + "=" + sock}
 	creds := insecure.NewCredentials()
 	if cfg.AutoMTLS {
 		var mtlsEnv []string
@@ -296,7 +297,7 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 		if err != nil {
 			return wrapError(err, CodeTransport, p.name, "generating the automatic mTLS certificates")
 		}
-		env = append(env, mtlsEnv...)
+		launch = append(launch, mtlsEnv...)
 	}
 	// The client is made before the child is started: grpc.NewClient
 	// refuses unusable dial options (say, per-RPC credentials that need
@@ -314,15 +315,13 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	}
 	logger := p.log.With("plugin", p.name)
 	pr, err := proc.Start(proc.Config{
-		Path: cfg.Command, Args: cfg.Args, Env: env, Dir: cfg.Dir, SHA256: sum,
+		Path: cfg.Command, Args: cfg.Args, Dir: cfg.Dir, SHA256: sum,
+		Env:    childEnviron(cfg.Env, cfg.InheritEnv, launch...),
 		Stdout: lineLogger(logger, "stdout"),
 		Stderr: lineLogger(logger, "stderr"),
 	})
-	if errors.Is(err, proc.ErrChecksum) {
-		return wrapError(err, CodeChecksumMismatch, p.name, "the plugin binary is not the one the checksum names; rebuild it or update GRPCConfig.Checksum")
-	}
 	if err != nil {
-		return wrapError(err, CodeHandshake, p.name, "starting %s", cfg.Command)
+		return startError(err, p.name, cfg.Command, "GRPCConfig", CodeHandshake)
 	}
 	l.child.proc = pr
 	return nil
@@ -475,7 +474,6 @@ func (p *GRPCPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 	if err != nil {
 		return zero, wrapError(err, CodeRemote, p.name, "the answer does not decode with codec %q; host and plugin disagree on the response type", p.codec)
 	}
-	l.served.Store(true)
 	return resp, nil
 }
 
@@ -578,6 +576,11 @@ func (p *GRPCPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo)
 // so far.
 func (p *GRPCPlugin[Req, Resp]) Restarts() int { return int(p.restarts.Load()) }
 
+// Pid returns the process id of the plugin's child process (also its
+// process group id), or 0 for a remote endpoint and while the child is
+// down.
+func (p *GRPCPlugin[Req, Resp]) Pid() int { return int(p.pid.Load()) }
+
 // live returns the connection to call, counting the call in flight until
 // its release, or the error explaining why there is none.
 func (p *GRPCPlugin[Req, Resp]) live() (*grpcLink, error) {
@@ -590,15 +593,7 @@ func (p *GRPCPlugin[Req, Resp]) live() (*grpcLink, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	switch {
-	case p.closed.Load():
-		return nil, p.closedError()
-	case p.down != nil:
-		return nil, p.down
-	case p.cfg.Restart.MaxAttempts < 0:
-		return nil, newError(CodeCrashed, p.name, "the gRPC plugin process is down and restarts are disabled (GRPCConfig.Restart.MaxAttempts < 0)")
-	}
-	return nil, retryable(newError(CodeCrashed, p.name, "the gRPC plugin process is down and being restarted; retry later"))
+	return nil, downError(p.name, p.closed.Load(), p.down, p.cfg.Restart)
 }
 
 // release ends a call that live counted.
@@ -652,71 +647,72 @@ func (l *grpcLink) awaitExit(ctx context.Context) bool {
 	return false
 }
 
+// serve makes l the connection calls use.
+func (p *GRPCPlugin[Req, Resp]) serve(l *grpcLink) {
+	p.link.Store(l)
+	if l.child != nil {
+		p.pid.Store(int64(l.child.proc.Pid()))
+	}
+}
+
 // supervise restarts the child each time it exits, until Close. l is the
 // serving connection.
 func (p *GRPCPlugin[Req, Resp]) supervise(l *grpcLink) {
 	defer p.wg.Done()
-	policy := p.cfg.Restart
-	attempt := 0
-	for {
-		select {
-		case <-l.child.proc.Done():
-		case <-p.ctx.Done():
-			return
-		}
-		p.link.CompareAndSwap(l, nil)
-		if l.served.Load() {
-			attempt = 0
-		}
-		p.log.Warn("goplugins: the gRPC plugin process exited", "plugin", p.name,
-			"pid", l.child.proc.Pid(), "state", l.child.proc.State().String())
-		if err := p.closeLink(p.ctx, l); err != nil {
-			p.log.Warn("goplugins: releasing the exited gRPC plugin", "plugin", p.name, "err", err)
-		}
-		for {
-			attempt++
-			if policy.MaxAttempts < 0 || attempt > policy.MaxAttempts {
-				p.mu.Lock()
-				p.down = newError(CodeCrashed, p.name, "the gRPC plugin crashed and is not restarted (%d attempts made, GRPCConfig.Restart.MaxAttempts %d); last exit: %v",
-					attempt-1, policy.MaxAttempts, l.child.proc.State())
-				p.mu.Unlock()
-				p.log.Error("goplugins: the gRPC plugin is left down", "plugin", p.name, "attempts", attempt-1)
-				return
-			}
-			t := time.NewTimer(policy.delay(attempt))
-			select {
-			case <-t.C:
-			case <-p.ctx.Done():
-				t.Stop()
-				return
-			}
-			nl, err := p.open(p.ctx)
-			p.restarts.Add(1)
-			if err == nil {
-				// Close, if it is running, swaps it out and closes it
-				// after this goroutine has returned.
-				p.link.Store(nl)
-				l = nl
-			}
-			p.log.Info("goplugins: gRPC plugin restart", "plugin", p.name, "attempt", attempt, "restarts", p.restarts.Load(), "err", err)
-			if p.cfg.OnRestart != nil {
-				p.cfg.OnRestart(attempt, err)
-			}
-			if err == nil {
-				break
-			}
-		}
+	last := supervise.Run(p.ctx, supervise.Config{
+		Policy: p.cfg.Restart.policy(),
+		Start:  p.restart,
+		Event:  p.event,
+	}, grpcSupervised[Req, Resp]{p, l})
+	if last != nil {
+		p.mu.Lock()
+		p.down = leftDownError(p.name, p.cfg.Restart, last)
+		p.mu.Unlock()
 	}
+}
+
+// restart starts a new child and makes it the serving one. Close, if it
+// is running, swaps it out and closes it after the supervisor returned.
+func (p *GRPCPlugin[Req, Resp]) restart(ctx context.Context) (supervise.Child, error) {
+	l, err := p.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.serve(l)
+	return grpcSupervised[Req, Resp]{p, l}, nil
+}
+
+// grpcSupervised is a child as the supervisor sees it.
+type grpcSupervised[Req, Resp any] struct {
+	p *GRPCPlugin[Req, Resp]
+	l *grpcLink
+}
+
+func (s grpcSupervised[Req, Resp]) Wait(ctx context.Context) error {
+	pr := s.l.child.proc
+	select {
+	case <-pr.Done():
+	case <-ctx.Done():
+		return nil
+	}
+	if s.p.link.CompareAndSwap(s.l, nil) {
+		s.p.pid.Store(0)
+	}
+	if err := s.p.closeLink(ctx, s.l); err != nil {
+		s.p.log.Warn("goplugins: releasing the exited gRPC plugin", "plugin", s.p.name, "err", err)
+	}
+	return newError(CodeCrashed, s.p.name, "the gRPC plugin process (pid %d) exited: %v", pr.Pid(), pr.State())
 }
 
 // Close disconnects from the plugin. It stops restarting a crashed child
 // (abandoning a restart under way) and returns once the supervisor is
 // gone. A child is asked to shut down gracefully: it finishes its calls in
-// flight, and their callers get the answers (Close waits for them up to
-// GRPCConfig.StopGrace, bounded by ctx, before closing the connection).
-// It is then stopped by escalation (SIGTERM, then SIGKILL of its
-// process group, GRPCConfig.StopGrace apart; at once when ctx ends),
-// reaped, and its socket directory removed. A remote service is left
+// flight, and their callers get the answers (Close waits for them until
+// GRPCConfig.StopGrace after the request, bounded by ctx, before closing
+// the connection). It is then stopped by escalation: SIGTERM to its
+// process group StopGrace after the request, SIGKILL 2·StopGrace after it
+// (SIGKILL at once when ctx ends). It is reaped and its socket directory
+// removed. A remote service is left
 // running. Calling Close again returns the first call's result.
 func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
@@ -727,6 +723,7 @@ func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 			p.cancel()
 		}
 		p.wg.Wait()
+		p.pid.Store(0)
 		if l := p.link.Swap(nil); l != nil {
 			p.closeErr = p.closeLink(ctx, l)
 		}
@@ -734,27 +731,29 @@ func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 	return p.closeErr
 }
 
-// closeLink closes l's connection and stops its child, if any. A child that
-// accepts the Shutdown RPC is given StopGrace (bounded by ctx) to finish
-// the calls in flight over l before the connection is closed, then
-// StopGrace to exit before it is signalled.
+// closeLink closes l's connection and stops its child, if any, as
+// GRPCConfig.StopGrace says: a child that accepts the Shutdown RPC has
+// until StopGrace after it to finish the calls in flight over l (the
+// connection is closed after them) and exit, then SIGTERM and SIGKILL
+// follow StopGrace apart; one that refuses it gets SIGTERM at once.
 func (p *GRPCPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) error {
 	var errs []error
+	asked := time.Now()
 	if l.child != nil && l.child.proc != nil && !l.exited() {
 		err := errors.New("no client was made")
 		if l.client != nil {
-			sctx, cancel := context.WithTimeout(ctx, p.grace)
+			sctx, cancel := context.WithDeadline(ctx, asked.Add(p.grace))
 			_, err = l.client.Shutdown(sctx, &pluginpb.ShutdownRequest{})
 			cancel()
 		}
 		if err != nil {
-			// Not asked politely: skip the wait for a polite exit.
+			// Not asked politely: the polite grace is over.
 			p.log.Debug("goplugins: the gRPC plugin did not accept Shutdown; stopping it by signal", "plugin", p.name, "err", err)
-			_ = l.child.proc.Signal(syscall.SIGTERM)
+			asked = time.Now().Add(-p.grace)
 		} else {
 			// The child finishes its calls in flight before it exits;
 			// closing the connection now would cancel them on this side.
-			wctx, cancel := context.WithTimeout(ctx, p.grace)
+			wctx, cancel := context.WithDeadline(ctx, asked.Add(p.grace))
 			if !l.awaitCalls(wctx) {
 				p.log.Warn("goplugins: calls to the gRPC plugin were still in flight after Shutdown; they are cancelled", "plugin", p.name, "calls", l.calls.Load())
 			}
@@ -768,7 +767,7 @@ func (p *GRPCPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) erro
 	}
 	if l.child != nil {
 		if l.child.proc != nil {
-			if sig := l.child.proc.Stop(ctx, p.grace); sig != 0 {
+			if sig := l.child.proc.StopSince(ctx, asked, p.grace); sig != 0 {
 				p.log.Warn("goplugins: the gRPC plugin did not exit after Shutdown; it was signalled", "plugin", p.name, "signal", sig.String())
 			}
 		}
@@ -786,8 +785,8 @@ func (p *GRPCPlugin[Req, Resp]) closedError() error {
 // callError turns the error of a call to the plugin over l into the
 // library's typed error, naming the plugin and the operation.
 func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op string, err error) error {
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		return ctxErr
+	if ctx.Err() != nil {
+		return canceledError(ctx, p.name)
 	}
 	if p.closed.Load() {
 		return p.closedError()
@@ -795,36 +794,39 @@ func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op s
 	st := status.Convert(err)
 	for _, d := range st.Details() {
 		if e, ok := d.(*pluginpb.Error); ok {
-			err := newError(CodeRemote, p.name, "%s failed with the plugin's error %s: %s", op, e.Code, e.Message)
-			if e.Retryable {
-				return retryable(err)
-			}
-			return err
+			return remoteError(p.name, op, e.Code, e.Message, e.Retryable)
 		}
 	}
 	if l.child != nil {
 		// A lost connection to a child is most often its exit, which is
 		// confirmed once it has been reaped.
-		lost := st.Code() == codes.Unavailable || st.Code() == codes.Canceled
-		if l.exited() || lost && l.awaitExit(ctx) {
-			return newError(CodeCrashed, p.name, "%s failed: the plugin process exited (%v); its last stderr lines:\n%s",
-				op, l.child.proc.State(), l.child.proc.StderrTail())
+		if l.exited() || st.Code() == codes.Unavailable && l.awaitExit(ctx) {
+			pr := l.child.proc
+			return crashError(p.name, pr.StderrTail(), "%s failed: the plugin process exited (%v)", op, pr.State())
 		}
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return ctxErr
+		if ctx.Err() != nil {
+			return canceledError(ctx, p.name)
 		}
 	}
+	return p.statusError(ctx, op, st)
+}
+
+// statusError is the error of a gRPC status without the plugin's Error
+// detail.
+func (p *GRPCPlugin[Req, Resp]) statusError(ctx context.Context, op string, st *status.Status) error {
 	switch st.Code() {
 	case codes.Unavailable:
 		return retryable(newError(CodeTransport, p.name, "%s failed: the plugin is unreachable (%s); the call may be retried", op, st.Message()))
-	case codes.ResourceExhausted, codes.Aborted:
+	case codes.ResourceExhausted:
+		return newError(CodeFrameTooLarge, p.name, "%s failed: a message is over a gRPC size limit (%s); the request cannot be retried as it is", op, st.Message())
+	case codes.Aborted:
 		return retryable(newError(CodeRemote, p.name, "%s failed with %s: %s; the call may be retried", op, st.Code(), st.Message()))
 	case codes.DeadlineExceeded:
 		// gRPC can see the caller's deadline pass before ctx's own timer
 		// marks ctx done; the plugin's deadline derives from ctx's and is
 		// never earlier (grpc-timeout rounds up).
 		if d, ok := ctx.Deadline(); ok && time.Until(d) <= 0 {
-			return context.DeadlineExceeded
+			return canceledError(ctx, p.name)
 		}
 		return newError(CodeTimeout, p.name, "%s got no answer in time: %s", op, st.Message())
 	case codes.Canceled:
@@ -847,16 +849,6 @@ func retryable(err error) error {
 	return err
 }
 
-// childEnv returns env as sorted "KEY=value" strings followed by extra.
-func childEnv(env map[string]string, extra ...string) []string {
-	out := make([]string, 0, len(env)+len(extra))
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	sort.Strings(out)
-	return append(out, extra...)
-}
-
 // socketTempDir returns a directory short enough for a unix socket path
 // (at most 108 bytes on Linux) inside it.
 func socketTempDir() string {
@@ -864,15 +856,6 @@ func socketTempDir() string {
 		return dir
 	}
 	return "/tmp"
-}
-
-// lineLogger logs each line a child writes, tagged with its stream; a JSON
-// log line keeps its level, message and fields (see parseLogLine).
-func lineLogger(l *slog.Logger, stream string) func([]byte) {
-	return func(line []byte) {
-		level, msg, attrs := parseLogLine(line)
-		l.LogAttrs(context.Background(), level, msg, append(attrs, slog.String("stream", stream))...)
-	}
 }
 
 // Interfaces a GRPCPlugin implements.

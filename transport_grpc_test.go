@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	goerrors "github.com/agilira/go-errors"
 	"log/slog"
 	"math/big"
 	"net"
@@ -526,7 +527,7 @@ func TestGRPCChildCrashAndRestart(t *testing.T) {
 	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: bin, AutoMTLS: true,
 		Restart:   RestartPolicy{MaxAttempts: 3, Backoff: 10 * time.Millisecond},
-		OnRestart: func(_ int, err error) { restarted <- err },
+		OnRestart: func(_ string, _ int, err error) { restarted <- err },
 	})
 	require.NoError(t, err)
 	old := grpcChildOf(t, p)
@@ -537,7 +538,10 @@ func TestGRPCChildCrashAndRestart(t *testing.T) {
 	_, err = p.Execute(ctx, counterReq{Op: "exit"})
 	require.ErrorIs(t, err, ErrCrashed, "a call in flight when the child exits")
 	assert.Contains(t, err.Error(), "exit status 3", "the crash error carries the exit status")
-	assert.Contains(t, err.Error(), "grpc-counter 1.0.0 starting", "the crash error carries the stderr tail")
+	var ge *goerrors.Error
+	require.ErrorAs(t, err, &ge)
+	assert.Contains(t, ge.Context["stderr_tail"], "grpc-counter 1.0.0 starting", "the crash error carries the stderr tail in its context")
+	assert.NotContains(t, err.Error(), "grpc-counter 1.0.0 starting", "the stderr tail is not in the message")
 	assert.False(t, IsRetryable(err), "a call in flight during a crash may have had effects: not retryable")
 
 	require.NoError(t, <-restarted, "the first restart attempt")
@@ -616,7 +620,7 @@ func TestGRPCCloseDuringRestart(t *testing.T) {
 	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: script, StartTimeout: time.Minute,
 		Restart:   RestartPolicy{Backoff: time.Millisecond},
-		OnRestart: func(_ int, err error) { restarted <- err },
+		OnRestart: func(_ string, _ int, err error) { restarted <- err },
 	})
 	require.NoError(t, err)
 	_, err = p.Execute(ctx, counterReq{Op: "exit"})
@@ -830,7 +834,7 @@ func TestGRPCRestartUnderConcurrentCalls(t *testing.T) {
 	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: bin,
 		Restart:   RestartPolicy{Backoff: time.Millisecond},
-		OnRestart: func(_ int, err error) { restarted <- err },
+		OnRestart: func(_ string, _ int, err error) { restarted <- err },
 	})
 	require.NoError(t, err)
 	defer p.Close(ctx)

@@ -7,111 +7,67 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	goerrors "github.com/agilira/go-errors"
-
 	"github.com/goplugins/goplugins/internal/proc"
+	"github.com/goplugins/goplugins/internal/supervise"
 	"github.com/goplugins/goplugins/internal/wire"
 )
 
-// Defaults of SubprocessConfig, as documented on its fields.
-const (
-	subprocessStartTimeout   = 10 * time.Second
-	subprocessStopTimeout    = 5 * time.Second
-	subprocessRestartBackoff = 100 * time.Millisecond
-	subprocessMaxBackoff     = 10 * time.Second
-	subprocessMaxRestarts    = 5
-)
-
 // SubprocessConfig describes a plugin that runs as a child process speaking
-// the protocol of docs/PROTOCOL.md (for Go plugins: the sdk package).
+// the protocol of docs/PROTOCOL.md (for Go plugins: the sdk package). The
+// child-process fields (Command through OnRestart) have the same names and
+// meaning as GRPCConfig's.
 type SubprocessConfig struct {
 	// Name is the plugin's name; the child must report the same name.
 	Name string
 	// Version, when set, is the exact version the child must report.
 	Version string
-	// Path is the plugin binary.
-	Path string
+
+	// Command is the plugin program.
+	Command string
 	// Args are the arguments, without the program name.
 	Args []string
-	// Env holds the child's environment variables. The child gets these,
-	// the protocol's magic cookie and nothing else (not even PATH) unless
-	// InheritEnv is set.
+	// Env holds the child's environment variables. The child gets the
+	// host's PATH (unless Env sets it), Env and the protocol's magic cookie,
+	// nothing else, unless InheritEnv is set.
 	Env map[string]string
-	// InheritEnv passes the host's environment too (Env overrides it).
+	// InheritEnv passes the host's whole environment too (Env overrides it).
 	InheritEnv bool
 	// Dir is the child's working directory; "" for the host's.
 	Dir string
-	// Checksum, when set, is "sha256:<hex>" of the binary. It is checked
+	// Checksum, when set, is "sha256:<hex>" of the program. It is checked
 	// before every start (restarts included), and on Linux the child runs
 	// from a sealed in-memory copy of the very bytes checked. For a script
 	// ("#!") the script is checked, not its interpreter.
 	Checksum string
-	// Codec encodes requests and responses; nil means JSONCodec.
-	Codec Codec
 	// StartTimeout bounds the start and handshake (default 10s).
 	StartTimeout time.Duration
-	// CallTimeout, when > 0, bounds every call on top of the caller's ctx.
-	CallTimeout time.Duration
-	// StopTimeout is each grace period of Close: after the shutdown
-	// message, then after SIGTERM (default 5s).
-	StopTimeout time.Duration
+	// StopGrace is each grace period of Close, counted from the shutdown
+	// message: SIGTERM goes to the child's process group StopGrace after
+	// it, SIGKILL 2·StopGrace after it (default 5s).
+	StopGrace time.Duration
 	// Restart says how a crashed child is restarted.
 	Restart RestartPolicy
+	// OnRestart, when set, is called after every restart attempt with the
+	// plugin's name, the attempt number (1 for the first after a crash) and
+	// its error (nil when the child is serving again). It runs on the
+	// supervising goroutine: it must return promptly and must not call
+	// Close. Manager.Subscribe reports the same as events.
+	OnRestart func(plugin string, attempt int, err error)
+
+	// Codec encodes requests and responses; nil means JSONCodec.
+	Codec Codec
+	// CallTimeout, when > 0, bounds every call on top of the caller's ctx.
+	CallTimeout time.Duration
 	// MaxFrameSize is the largest frame the host accepts, in bytes
 	// (wire default 4 MiB, at least 1 KiB, at most 1 GiB).
 	MaxFrameSize int
 	// Logger receives the child's stdout and stderr lines and the
 	// transport's own records; nil means slog.Default().
 	Logger *slog.Logger
-	// OnRestart, when set, is called after every restart attempt with the
-	// attempt number (1 for the first after a crash) and its error (nil
-	// when the child is serving again). It runs on the supervising
-	// goroutine: it must return promptly and must not call Close.
-	OnRestart func(attempt int, err error)
-}
-
-// RestartPolicy bounds the restarts of a crashed plugin child process
-// (subprocess or gRPC). The n-th consecutive attempt waits Backoff·2ⁿ⁻¹, at
-// most MaxBackoff. The count starts again once a restarted child has
-// answered a call.
-type RestartPolicy struct {
-	// MaxAttempts is how many consecutive attempts are made before the
-	// plugin stays down: 0 means 5, < 0 never restart.
-	MaxAttempts int
-	// Backoff is the first wait (default 100ms).
-	Backoff time.Duration
-	// MaxBackoff caps the wait (default 10s, or Backoff if that is longer).
-	MaxBackoff time.Duration
-}
-
-// withDefaults returns r with its zero fields set to their defaults.
-func (r RestartPolicy) withDefaults() RestartPolicy {
-	if r.MaxAttempts == 0 {
-		r.MaxAttempts = subprocessMaxRestarts
-	}
-	if r.Backoff <= 0 {
-		r.Backoff = subprocessRestartBackoff
-	}
-	if r.MaxBackoff <= 0 {
-		r.MaxBackoff = max(subprocessMaxBackoff, r.Backoff)
-	}
-	return r
-}
-
-// delay returns the wait before the given consecutive attempt (from 1) of
-// a policy with defaults set.
-func (r RestartPolicy) delay(attempt int) time.Duration {
-	wait := r.Backoff << min(attempt-1, 32)
-	if wait <= 0 || wait > r.MaxBackoff {
-		wait = r.MaxBackoff
-	}
-	return wait
 }
 
 // Subprocess is a plugin running as a supervised child process. It
@@ -121,17 +77,19 @@ func (r RestartPolicy) delay(attempt int) time.Duration {
 //
 // Calls are multiplexed over one child. If the child crashes, calls in
 // flight fail with ErrCrashed (with the exit status and the tail of its
-// stderr), the child is restarted with backoff, and meanwhile calls and
-// Health fail fast with a retryable ErrCrashed.
+// stderr), the child is restarted as SubprocessConfig.Restart says, and
+// meanwhile calls and Health fail fast with a retryable ErrCrashed. A
+// Manager it is registered with reports the crashes and restarts as
+// events (EventCrashed, EventRestarted, EventRestartFailed, EventLeftDown).
 type Subprocess[Req, Resp any] struct {
+	lifecycle
 	cfg   SubprocessConfig
 	sum   []byte
 	codec Codec
 	log   *slog.Logger
 
-	conn     atomic.Pointer[subConn] // nil while down
-	info     atomic.Pointer[PluginInfo]
-	restarts atomic.Int64
+	conn atomic.Pointer[subConn] // nil while down
+	info atomic.Pointer[PluginInfo]
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -145,19 +103,20 @@ type Subprocess[Req, Resp any] struct {
 // NewSubprocess starts the plugin described by cfg and completes the
 // handshake. Errors match ErrInvalidConfig (bad cfg), ErrChecksumMismatch
 // (nothing ran), ErrHandshake (not a plugin, or the name or version is not
-// the expected one) or ErrProtocolVersion.
+// the expected one), ErrProtocolVersion, or ErrTransport (matching
+// errors.ErrUnsupported too) on an OS without child processes (Windows).
 func NewSubprocess[Req, Resp any](ctx context.Context, cfg SubprocessConfig) (*Subprocess[Req, Resp], error) {
 	s := &Subprocess[Req, Resp]{cfg: cfg, codec: cfg.Codec, log: cfg.Logger}
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
+	s.lifecycle = lifecycle{plugin: cfg.Name, log: s.log, onRestart: cfg.OnRestart}
 	c, err := s.start(ctx)
 	if err != nil {
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.conn.Store(c)
-	s.info.Store(&c.info)
+	s.serve(c)
 	s.wg.Add(1)
 	go s.supervise(c)
 	return s, nil
@@ -174,8 +133,8 @@ func (s *Subprocess[Req, Resp]) validate() error {
 			return wrapError(err, CodeInvalidConfig, cfg.Name, "SubprocessConfig.Version")
 		}
 	}
-	if cfg.Path == "" {
-		return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.Path is empty; set it to the plugin binary")
+	if cfg.Command == "" {
+		return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.Command is empty; set it to the plugin program")
 	}
 	if cfg.Checksum != "" {
 		sum, err := proc.ParseChecksum(cfg.Checksum)
@@ -185,7 +144,7 @@ func (s *Subprocess[Req, Resp]) validate() error {
 		s.sum = sum
 	}
 	for k := range cfg.Env {
-		if k == "" || strings.ContainsAny(k, "=\x00") {
+		if !envVarName(k) {
 			return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.Env has the invalid variable name %q", k)
 		}
 	}
@@ -198,12 +157,11 @@ func (s *Subprocess[Req, Resp]) validate() error {
 		return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.MaxFrameSize %d is over the protocol's limit of %d bytes", cfg.MaxFrameSize, wire.MaxFrameSizeLimit)
 	}
 	if cfg.StartTimeout <= 0 {
-		cfg.StartTimeout = subprocessStartTimeout
+		cfg.StartTimeout = defaultStartTimeout
 	}
-	if cfg.StopTimeout <= 0 {
-		cfg.StopTimeout = subprocessStopTimeout
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = defaultStopGrace
 	}
-	cfg.Restart = cfg.Restart.withDefaults()
 	if s.codec == nil {
 		s.codec = JSONCodec
 	}
@@ -212,23 +170,6 @@ func (s *Subprocess[Req, Resp]) validate() error {
 	}
 	s.log = s.log.With(slog.String("plugin", cfg.Name))
 	return nil
-}
-
-// environ returns the child's environment.
-func (s *Subprocess[Req, Resp]) environ() []string {
-	var env []string
-	if s.cfg.InheritEnv {
-		env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
-			k, _, _ := strings.Cut(kv, "=")
-			_, override := s.cfg.Env[k]
-			return override || k == wire.CookieKey
-		})
-	}
-	for k, v := range s.cfg.Env {
-		env = append(env, k+"="+v)
-	}
-	slices.Sort(env[len(env)-len(s.cfg.Env):])
-	return append(env, wire.CookieKey+"="+wire.CookieValue)
 }
 
 // start starts a child and completes the handshake.
@@ -245,30 +186,27 @@ func (s *Subprocess[Req, Resp]) start(ctx context.Context) (*subConn, error) {
 		return nil, wrapError(err, CodeTransport, name, "creating the protocol pipe")
 	}
 	p, err := proc.Start(proc.Config{
-		Path:       s.cfg.Path,
+		Path:       s.cfg.Command,
 		Args:       s.cfg.Args,
-		Env:        s.environ(),
+		Env:        childEnviron(s.cfg.Env, s.cfg.InheritEnv, wire.CookieKey+"="+wire.CookieValue),
 		Dir:        s.cfg.Dir,
 		SHA256:     s.sum,
 		ExtraFiles: []*os.File{childIn, childOut},
-		Stdout:     s.logLine("stdout"),
-		Stderr:     s.logLine("stderr"),
+		Stdout:     lineLogger(s.log, "stdout"),
+		Stderr:     lineLogger(s.log, "stderr"),
 	})
 	childIn.Close()
 	childOut.Close()
 	if err != nil {
 		toChild.Close()
 		toHost.Close()
-		if errors.Is(err, proc.ErrChecksum) {
-			return nil, wrapError(err, CodeChecksumMismatch, name, "refusing to run %s: replace the binary or update the checksum", s.cfg.Path)
-		}
-		return nil, wrapError(err, CodeTransport, name, "starting %s", s.cfg.Path)
+		return nil, startError(err, name, s.cfg.Command, "SubprocessConfig", CodeTransport)
 	}
 	c := &subConn{
 		name: name, proc: p, toChild: toChild, toHost: toHost,
 		r:       wire.NewReader(toHost, s.cfg.MaxFrameSize),
 		w:       wire.NewWriter(toChild, wire.DefaultMaxFrameSize),
-		grace:   s.cfg.StopTimeout,
+		grace:   s.cfg.StopGrace,
 		pending: make(map[uint64]chan subReply),
 		dead:    make(chan struct{}),
 		turn:    make(chan struct{}, 1),
@@ -328,7 +266,7 @@ func (s *Subprocess[Req, Resp]) handshake(ctx context.Context, c *subConn) error
 	case w.Protocol != wire.ProtocolVersion:
 		return newError(CodeProtocolVersion, name, "the plugin chose protocol version %d; the host offered [%d]: rebuild the plugin with a matching SDK", w.Protocol, wire.ProtocolVersion)
 	case w.Name != name:
-		return newError(CodeHandshake, name, "%s reports the name %q; the host expects %q: check SubprocessConfig.Path", s.cfg.Path, w.Name, name)
+		return newError(CodeHandshake, name, "%s reports the name %q; the host expects %q: check SubprocessConfig.Command", s.cfg.Command, w.Name, name)
 	case w.MaxFrameSize < wire.MinMaxFrameSize:
 		return newError(CodeHandshake, name, "the plugin's maximum frame size %d is below the minimum of %d bytes", w.MaxFrameSize, wire.MinMaxFrameSize)
 	case w.MaxFrameSize > wire.MaxFrameSizeLimit:
@@ -339,7 +277,7 @@ func (s *Subprocess[Req, Resp]) handshake(ctx context.Context, c *subConn) error
 	}
 	if s.cfg.Version != "" && w.Version != s.cfg.Version {
 		return wrapError(newError(CodeIncompatibleVersion, name, "version %s, expected %s", w.Version, s.cfg.Version),
-			CodeHandshake, name, "%s is not the configured version", s.cfg.Path)
+			CodeHandshake, name, "%s is not the configured version", s.cfg.Command)
 	}
 	c.w.SetMax(w.MaxFrameSize)
 	c.info = PluginInfo{Name: w.Name, Version: w.Version, Description: w.Description, Metadata: w.Metadata}
@@ -354,9 +292,9 @@ func (s *Subprocess[Req, Resp]) handshakeFailed(ctx context.Context, c *subConn,
 	name := s.cfg.Name
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		if ctx.Err() != nil {
-			return wrapError(ctx.Err(), CodeHandshake, name, "the handshake with %s was abandoned", s.cfg.Path)
+			return wrapError(ctx.Err(), CodeHandshake, name, "the handshake with %s was abandoned", s.cfg.Command)
 		}
-		return newError(CodeHandshake, name, "%s did not answer the handshake within %v: is it a goplugins plugin? stderr tail:\n%s", s.cfg.Path, s.cfg.StartTimeout, stderrSummary(c.proc))
+		return newError(CodeHandshake, name, "%s did not answer the handshake within %v: is it a goplugins plugin? stderr tail:\n%s", s.cfg.Command, s.cfg.StartTimeout, stderrSummary(c.proc))
 	}
 	c.awaitExit()
 	status := "still running"
@@ -364,114 +302,70 @@ func (s *Subprocess[Req, Resp]) handshakeFailed(ctx context.Context, c *subConn,
 		status = st.String()
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return newError(CodeHandshake, name, "%s closed the protocol pipe without a handshake (%s): is it a goplugins plugin built with the sdk? stderr tail:\n%s", s.cfg.Path, status, stderrSummary(c.proc))
+		return newError(CodeHandshake, name, "%s closed the protocol pipe without a handshake (%s): is it a goplugins plugin built with the sdk? stderr tail:\n%s", s.cfg.Command, status, stderrSummary(c.proc))
 	}
-	return wrapError(err, CodeHandshake, name, "%s broke off the handshake (%s); stderr tail:\n%s\nthe reason", s.cfg.Path, status, stderrSummary(c.proc))
+	return wrapError(err, CodeHandshake, name, "%s broke off the handshake (%s); stderr tail:\n%s\nthe reason", s.cfg.Command, status, stderrSummary(c.proc))
 }
 
-// logLine returns the callback that forwards one output stream's lines.
-func (s *Subprocess[Req, Resp]) logLine(stream string) func([]byte) {
-	return func(line []byte) {
-		level, msg, attrs := parseLogLine(line)
-		attrs = append(attrs, slog.String("stream", stream))
-		s.log.LogAttrs(context.Background(), level, msg, attrs...)
-	}
-}
-
-// parseLogLine reads a JSON log line ({"level": ..., "msg": ...}) as a
-// record with that level and message and its other fields as attributes;
-// any other line is an Info record with the line as message.
-func parseLogLine(line []byte) (slog.Level, string, []slog.Attr) {
-	if len(line) == 0 || line[0] != '{' {
-		return slog.LevelInfo, string(line), nil
-	}
-	var fields map[string]any
-	if json.Unmarshal(line, &fields) != nil {
-		return slog.LevelInfo, string(line), nil
-	}
-	lv, ok := fields["level"].(string)
-	var level slog.Level
-	if !ok || level.UnmarshalText([]byte(strings.ToUpper(strings.Replace(lv, "warning", "warn", 1)))) != nil {
-		return slog.LevelInfo, string(line), nil
-	}
-	msg, _ := fields["msg"].(string)
-	if m, ok := fields["message"].(string); ok && msg == "" {
-		msg = m
-	}
-	keys := make([]string, 0, len(fields))
-	for k := range fields {
-		switch k {
-		case "level", "msg", "message", "time":
-		default:
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	attrs := make([]slog.Attr, 0, len(keys)+1)
-	for _, k := range keys {
-		attrs = append(attrs, slog.Any(k, fields[k]))
-	}
-	return level, msg, attrs
+// serve makes c the serving child.
+func (s *Subprocess[Req, Resp]) serve(c *subConn) {
+	s.conn.Store(c)
+	s.info.Store(&c.info)
+	s.pid.Store(int64(c.proc.Pid()))
 }
 
 // supervise restarts the child each time it dies, until Close.
 func (s *Subprocess[Req, Resp]) supervise(c *subConn) {
 	defer s.wg.Done()
-	attempt := 0
-	for {
-		select {
-		case <-c.dead:
-		case <-c.proc.Done(): // crashed while no call was reading
-			c.ended(io.EOF)
-		case <-s.ctx.Done():
-			return
-		}
-		if s.conn.CompareAndSwap(c, nil) {
-			c.release()
-		}
-		if c.served.Load() {
-			attempt = 0
-		}
-		s.log.Warn("plugin process ended", slog.Any("error", c.err))
-		for {
-			attempt++
-			if s.cfg.Restart.MaxAttempts < 0 || attempt > s.cfg.Restart.MaxAttempts {
-				s.mu.Lock()
-				s.down = newError(CodeCrashed, s.cfg.Name, "the plugin crashed and is not restarted (%d attempts made, RestartPolicy.MaxAttempts %d); last exit: %v", attempt-1, s.cfg.Restart.MaxAttempts, c.err)
-				s.mu.Unlock()
-				s.log.Error("plugin left down", slog.Int("attempts", attempt-1))
-				return
-			}
-			t := time.NewTimer(s.cfg.Restart.delay(attempt))
-			select {
-			case <-t.C:
-			case <-s.ctx.Done():
-				t.Stop()
-				return
-			}
-			nc, err := s.start(s.ctx)
-			s.restarts.Add(1)
-			if err == nil {
-				s.mu.Lock()
-				if s.closed {
-					s.mu.Unlock()
-					nc.kill()
-					return
-				}
-				s.conn.Store(nc)
-				s.info.Store(&nc.info)
-				s.mu.Unlock()
-				c = nc
-			}
-			s.log.Info("plugin restart", slog.Int("attempt", attempt), slog.Int64("restarts", s.restarts.Load()), slog.Any("error", err))
-			if s.cfg.OnRestart != nil {
-				s.cfg.OnRestart(attempt, err)
-			}
-			if err == nil {
-				break
-			}
-		}
+	last := supervise.Run(s.ctx, supervise.Config{
+		Policy: s.cfg.Restart.policy(),
+		Start:  s.restart,
+		Event:  s.event,
+	}, subChild[Req, Resp]{s, c})
+	if last != nil {
+		s.mu.Lock()
+		s.down = leftDownError(s.cfg.Name, s.cfg.Restart, last)
+		s.mu.Unlock()
 	}
+}
+
+// restart starts a new child and makes it the serving one, unless Close
+// began meanwhile.
+func (s *Subprocess[Req, Resp]) restart(ctx context.Context) (supervise.Child, error) {
+	c, err := s.start(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.kill()
+		return nil, newError(CodeClosed, s.cfg.Name, "the plugin was closed during a restart")
+	}
+	s.serve(c)
+	return subChild[Req, Resp]{s, c}, nil
+}
+
+// subChild is a child as the supervisor sees it.
+type subChild[Req, Resp any] struct {
+	s *Subprocess[Req, Resp]
+	c *subConn
+}
+
+func (sc subChild[Req, Resp]) Wait(ctx context.Context) error {
+	c := sc.c
+	select {
+	case <-c.dead:
+	case <-c.proc.Done(): // crashed while no call was reading
+		c.ended(io.EOF)
+	case <-ctx.Done():
+		return nil
+	}
+	if sc.s.conn.CompareAndSwap(c, nil) {
+		sc.s.pid.Store(0)
+		c.release()
+	}
+	return c.err
 }
 
 // live returns the serving child, or the error explaining why none is.
@@ -481,27 +375,18 @@ func (s *Subprocess[Req, Resp]) live() (*subConn, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.closed:
-		return nil, newError(CodeClosed, s.cfg.Name, "the plugin is closed")
-	case s.down != nil:
-		return nil, s.down
-	case s.cfg.Restart.MaxAttempts < 0:
-		return nil, newError(CodeCrashed, s.cfg.Name, "the plugin process is down and restarts are disabled (RestartPolicy.MaxAttempts < 0)")
-	}
-	err := newError(CodeCrashed, s.cfg.Name, "the plugin process is down and being restarted; retry later")
-	var e *goerrors.Error
-	if errors.As(err, &e) {
-		e.AsRetryable()
-	}
-	return nil, err
+	return nil, downError(s.cfg.Name, s.closed, s.down, s.cfg.Restart)
 }
 
-// Info returns the info the child reported in its handshake.
-func (s *Subprocess[Req, Resp]) Info() PluginInfo { return *s.info.Load() }
+// Pid returns the process id of the plugin's child process (also its
+// process group id), or 0 while it is down.
+func (s *Subprocess[Req, Resp]) Pid() int { return int(s.pid.Load()) }
 
 // Restarts returns how many restart attempts were made so far.
 func (s *Subprocess[Req, Resp]) Restarts() int { return int(s.restarts.Load()) }
+
+// Info returns the info the child reported in its handshake.
+func (s *Subprocess[Req, Resp]) Info() PluginInfo { return *s.info.Load() }
 
 // Execute sends req to the child and returns its answer. Cancelling ctx
 // abandons the call and cancels the handler's context in the child.
@@ -582,8 +467,8 @@ func (s *Subprocess[Req, Resp]) control(ctx context.Context, t wire.Type, surfac
 	return c.call(ctx, t, payload, s.cfg.CallTimeout)
 }
 
-// Close stops the child: the shutdown message, then after StopTimeout
-// SIGTERM to its process group, then after StopTimeout again SIGKILL (at
+// Close stops the child: the shutdown message, then StopGrace after it
+// SIGTERM to its process group, then 2·StopGrace after it SIGKILL (at
 // once when ctx ends). It returns when the child is reaped and every
 // goroutine and descriptor of the plugin is released. Calling Close again
 // returns nil.
@@ -598,10 +483,11 @@ func (s *Subprocess[Req, Resp]) Close(ctx context.Context) error {
 	s.cancel()
 	s.wg.Wait()
 	c := s.conn.Swap(nil)
+	s.pid.Store(0)
 	if c == nil {
 		return nil
 	}
-	if sig := c.stop(ctx, s.cfg.StopTimeout); sig != 0 {
+	if sig := c.stop(ctx, s.cfg.StopGrace); sig != 0 {
 		s.log.Warn("plugin did not exit on shutdown", slog.String("signal", sig.String()))
 	}
 	return nil

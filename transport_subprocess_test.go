@@ -1,3 +1,5 @@
+//go:build unix
+
 package goplugins
 
 import (
@@ -5,8 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -17,57 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // echoReq and echoResp mirror testdata/plugins/echo.
-type echoReq struct {
-	Op   string `json:"op,omitempty"`
-	Data string `json:"data,omitempty"`
-	Key  string `json:"key,omitempty"`
-	N    int    `json:"n,omitempty"`
-}
-
-type echoResp struct {
-	Data    string `json:"data,omitempty"`
-	Version string `json:"version,omitempty"`
-	PID     int    `json:"pid,omitempty"`
-}
-
-type echoPlugin = Subprocess[echoReq, echoResp]
-
-// startEcho starts the echo plugin with cfg adjusted by mod; it is closed
-// at cleanup.
-func startEcho(t testing.TB, h *recordingHandler, mod func(*SubprocessConfig)) *echoPlugin {
-	t.Helper()
-	if h == nil {
-		h = newRecordingHandler()
-	}
-	cfg := SubprocessConfig{
-		Name: "echo", Path: pluginBinary(t, "echo"),
-		StopTimeout: 2 * time.Second, Logger: slog.New(h),
-	}
-	if mod != nil {
-		mod(&cfg)
-	}
-	p, err := NewSubprocess[echoReq, echoResp](context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("NewSubprocess: %v", err)
-	}
-	t.Cleanup(func() { p.Close(context.Background()) })
-	return p
-}
-
-func pidOf(t *testing.T, p *echoPlugin) int {
-	t.Helper()
-	resp, err := p.Execute(context.Background(), echoReq{Op: "pid"})
-	if err != nil {
-		t.Fatalf("pid call: %v", err)
-	}
-	return resp.PID
-}
-
 func TestSubprocessLifecycle(t *testing.T) {
 	verifyNoLeaks(t)
 	checkNoFDLeak(t)
@@ -204,7 +156,7 @@ func TestSubprocessCrashAndRestart(t *testing.T) {
 	restarted := make(chan error, 10)
 	p := startEcho(t, nil, func(c *SubprocessConfig) {
 		c.Restart = RestartPolicy{MaxAttempts: 3, Backoff: 10 * time.Millisecond}
-		c.OnRestart = func(attempt int, err error) { restarted <- err }
+		c.OnRestart = func(_ string, attempt int, err error) { restarted <- err }
 	})
 	pid := pidOf(t, p)
 
@@ -244,7 +196,7 @@ func TestSubprocessKilledWhileIdle(t *testing.T) {
 	restarted := make(chan error, 10)
 	p := startEcho(t, nil, func(c *SubprocessConfig) {
 		c.Restart = RestartPolicy{Backoff: time.Millisecond}
-		c.OnRestart = func(attempt int, err error) { restarted <- err }
+		c.OnRestart = func(_ string, attempt int, err error) { restarted <- err }
 	})
 	pid := pidOf(t, p)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -296,7 +248,7 @@ func TestSubprocessCloseKillsHungPlugin(t *testing.T) {
 	checkNoFDLeak(t)
 	ctx := context.Background()
 	h := newRecordingHandler()
-	p := startEcho(t, h, func(c *SubprocessConfig) { c.StopTimeout = 100 * time.Millisecond })
+	p := startEcho(t, h, func(c *SubprocessConfig) { c.StopGrace = 100 * time.Millisecond })
 	pid := pidOf(t, p)
 	if _, err := p.Execute(ctx, echoReq{Op: "ignore_term"}); err != nil {
 		t.Fatal(err)
@@ -337,7 +289,7 @@ func TestSubprocessCloseWithCallInFlight(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newRecordingHandler()
-			p := startEcho(t, h, func(c *SubprocessConfig) { c.StopTimeout = 100 * time.Millisecond })
+			p := startEcho(t, h, func(c *SubprocessConfig) { c.StopGrace = 100 * time.Millisecond })
 			pid := pidOf(t, p)
 			done := make(chan error, 1)
 			go func() {
@@ -384,7 +336,7 @@ func TestSubprocessOutputReachesLogger(t *testing.T) {
 	}{
 		{"stdout at startup", slog.LevelInfo, "stray stdout at startup: must not break the protocol", "stdout", "", nil},
 		{"stdout in a call", slog.LevelInfo, "stray stdout line from the plugin", "stdout", "", nil},
-		{"json stderr keeps its level", slog.LevelWarn, "json stderr line", "stderr", "answer", float64(42)},
+		{"json stderr keeps its level", slog.LevelWarn, "json stderr line", "stderr", "answer", int64(42)},
 		{"plain stderr", slog.LevelInfo, "plain stderr line", "stderr", "", nil},
 	}
 	for _, tt := range tests {
@@ -409,7 +361,7 @@ func TestSubprocessGarbageOnProtocolPipe(t *testing.T) {
 	verifyNoLeaks(t)
 	checkNoFDLeak(t)
 	p, err := NewSubprocess[string, string](context.Background(), SubprocessConfig{
-		Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "garbage"},
+		Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "garbage"},
 		Restart: RestartPolicy{MaxAttempts: -1}, Logger: slog.New(newRecordingHandler()),
 	})
 	if err != nil {
@@ -447,7 +399,7 @@ func TestSubprocessFrameTooLarge(t *testing.T) {
 	})
 	t.Run("answer over the host's limit, refused by the host", func(t *testing.T) {
 		p, err := NewSubprocess[string, string](ctx, SubprocessConfig{
-			Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "bigframe"},
+			Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "bigframe"},
 			MaxFrameSize: 4096, Logger: slog.New(newRecordingHandler()),
 		})
 		if err != nil {
@@ -480,16 +432,16 @@ func TestSubprocessStartFailures(t *testing.T) {
 		cfg  SubprocessConfig
 		want []error
 	}{
-		{"not a plugin", SubprocessConfig{Name: "sh", Path: "/bin/sh", Args: []string{"-c", "echo I am not a plugin"}}, []error{ErrHandshake}},
-		{"silent non-plugin", SubprocessConfig{Name: "sh", Path: "/bin/sh", Args: []string{"-c", "exec sleep 30"}, StartTimeout: 200 * time.Millisecond}, []error{ErrHandshake}},
-		{"wrong name", SubprocessConfig{Name: "other", Path: echoBin}, []error{ErrHandshake}},
-		{"wrong version", SubprocessConfig{Name: "echo", Version: "9.9.9", Path: echoBin}, []error{ErrHandshake, ErrIncompatibleVersion}},
-		{"protocol version", SubprocessConfig{Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "badversion"}}, []error{ErrProtocolVersion}},
-		{"plugin's maximum frame size over the limit", SubprocessConfig{Name: "raw", Path: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "hugemax"}}, []error{ErrHandshake}},
-		{"maximum frame size over the limit", SubprocessConfig{Name: "echo", Path: echoBin, MaxFrameSize: 1<<30 + 1}, []error{ErrInvalidConfig}},
-		{"checksum mismatch", SubprocessConfig{Name: "sh", Path: "/bin/sh", Args: []string{"-c", "touch " + marker}, Checksum: "sha256:" + hex.EncodeToString(shSum[:])}, []error{ErrChecksumMismatch}},
-		{"bad checksum syntax", SubprocessConfig{Name: "echo", Path: echoBin, Checksum: "md5:00"}, []error{ErrInvalidConfig}},
-		{"missing binary", SubprocessConfig{Name: "echo", Path: filepath.Join(dir, "nope")}, []error{ErrTransport}},
+		{"not a plugin", SubprocessConfig{Name: "sh", Command: "/bin/sh", Args: []string{"-c", "echo I am not a plugin"}}, []error{ErrHandshake}},
+		{"silent non-plugin", SubprocessConfig{Name: "sh", Command: "/bin/sh", Args: []string{"-c", "exec sleep 30"}, StartTimeout: 200 * time.Millisecond}, []error{ErrHandshake}},
+		{"wrong name", SubprocessConfig{Name: "other", Command: echoBin}, []error{ErrHandshake}},
+		{"wrong version", SubprocessConfig{Name: "echo", Version: "9.9.9", Command: echoBin}, []error{ErrHandshake, ErrIncompatibleVersion}},
+		{"protocol version", SubprocessConfig{Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "badversion"}}, []error{ErrProtocolVersion}},
+		{"plugin's maximum frame size over the limit", SubprocessConfig{Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "hugemax"}}, []error{ErrHandshake}},
+		{"maximum frame size over the limit", SubprocessConfig{Name: "echo", Command: echoBin, MaxFrameSize: 1<<30 + 1}, []error{ErrInvalidConfig}},
+		{"checksum mismatch", SubprocessConfig{Name: "sh", Command: "/bin/sh", Args: []string{"-c", "touch " + marker}, Checksum: "sha256:" + hex.EncodeToString(shSum[:])}, []error{ErrChecksumMismatch}},
+		{"bad checksum syntax", SubprocessConfig{Name: "echo", Command: echoBin, Checksum: "md5:00"}, []error{ErrInvalidConfig}},
+		{"missing binary", SubprocessConfig{Name: "echo", Command: filepath.Join(dir, "nope")}, []error{ErrTransport}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -541,7 +493,7 @@ func TestSubprocessReloadSurfaces(t *testing.T) {
 	verifyNoLeaks(t)
 	ctx := context.Background()
 	v1 := startEcho(t, nil, nil)
-	v2 := startEcho(t, nil, func(c *SubprocessConfig) { c.Path, c.Version = pluginBinary(t, "echo2"), "2.0.0" })
+	v2 := startEcho(t, nil, func(c *SubprocessConfig) { c.Command, c.Version = pluginBinary(t, "echo2"), "2.0.0" })
 	mustExec := func(p *echoPlugin, req echoReq) echoResp {
 		t.Helper()
 		resp, err := p.Execute(ctx, req)
@@ -635,7 +587,7 @@ func TestSubprocessPythonPlugin(t *testing.T) {
 	checkNoFDLeak(t)
 	ctx := context.Background()
 	p, err := NewSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
-		Name: "pyecho", Version: "1.0.0", Path: python, Args: []string{"testdata/plugins/python/echo_plugin.py"},
+		Name: "pyecho", Version: "1.0.0", Command: python, Args: []string{"testdata/plugins/python/echo_plugin.py"},
 		Logger: slog.New(newRecordingHandler()),
 	})
 	if err != nil {
@@ -677,7 +629,7 @@ func TestSubprocessVerifiedScriptPlugin(t *testing.T) {
 	sum := sha256.Sum256(script)
 	ctx := context.Background()
 	p, err := NewSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
-		Name: "pyecho", Version: "1.0.0", Path: path, Checksum: "sha256:" + hex.EncodeToString(sum[:]),
+		Name: "pyecho", Version: "1.0.0", Command: path, Checksum: "sha256:" + hex.EncodeToString(sum[:]),
 		Logger: slog.New(newRecordingHandler()),
 	})
 	if err != nil {
@@ -703,7 +655,7 @@ func TestSubprocessEnvironment(t *testing.T) {
 		want    []string // exactly these, in any order, unless inherit
 		wantHas []string
 	}{
-		{"minimal", false, []string{"A=1", "B=two", cookie}, nil},
+		{"minimal", false, []string{"A=1", "B=two", cookie, "PATH=" + os.Getenv("PATH")}, nil},
 		{"inherited", true, nil, []string{"A=1", "B=two", cookie, "GOPLUGINS_TEST_HOST_VAR=from the host"}},
 	}
 	for _, tt := range tests {
@@ -730,70 +682,5 @@ func TestSubprocessEnvironment(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// TestSubprocessHelperHost is not a test: TestSubprocessChildDiesWithHost
-// runs the test binary as a host process that starts the echo plugin,
-// prints its pid and waits to be killed.
-func TestSubprocessHelperHost(t *testing.T) {
-	bin := os.Getenv("GOPLUGINS_HELPER_HOST_PLUGIN")
-	if bin == "" {
-		t.Skip("helper process for TestSubprocessChildDiesWithHost")
-	}
-	p, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{Name: "echo", Path: bin})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Println(pidOf(t, p))
-	io.Copy(io.Discard, os.Stdin) // until the parent test kills this process
-}
-
-func TestSubprocessChildDiesWithHost(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSubprocessHelperHost$")
-	cmd.Env = append(os.Environ(), "GOPLUGINS_HELPER_HOST_PLUGIN="+pluginBinary(t, "echo"))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stdin.Close()
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var pid int
-	if _, err := fmt.Fscan(stdout, &pid); err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("reading the plugin pid from the helper host: %v", err)
-	}
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Skipf("pidfd_open: %v", err)
-	}
-	defer unix.Close(pidfd)
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
-	// The pidfd becomes readable when the plugin exits.
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	for {
-		n, err := unix.Poll(fds, 10_000)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			t.Fatalf("plugin %d still runs 10s after its host was killed", pid)
-		}
-		return
 	}
 }

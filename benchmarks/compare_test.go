@@ -225,7 +225,7 @@ func startGoplugins(b *testing.B, env map[string]string) (*goplugins.Manager[str
 	b.Helper()
 	ctx := context.Background()
 	p, err := goplugins.NewSubprocess[string, string](ctx, goplugins.SubprocessConfig{
-		Name: "echo", Path: binary(b, "gpecho"), Logger: slog.New(slog.DiscardHandler), Env: env,
+		Name: "echo", Command: binary(b, "gpecho"), Logger: slog.New(slog.DiscardHandler), Env: env,
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -64,10 +64,10 @@ func run(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	p, err := goplugins.NewSubprocess[request, response](ctx, goplugins.SubprocessConfig{
-		Name:   "wordstats",
-		Path:   python,
-		Args:   []string{path},
-		Logger: slog.New(slog.DiscardHandler),
+		Name:    "wordstats",
+		Command: python,
+		Args:    []string{path},
+		Logger:  slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		return err

@@ -81,10 +81,10 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	restarted := make(chan error, 8)
 	p, err := goplugins.NewSubprocess[request, response](ctx, goplugins.SubprocessConfig{
 		Name:    "hasher",
-		Path:    bin,
+		Command: bin,
 		Logger:  logger,
 		Restart: goplugins.RestartPolicy{MaxAttempts: 5, Backoff: 50 * time.Millisecond},
-		OnRestart: func(_ int, err error) {
+		OnRestart: func(_ string, _ int, err error) {
 			select { // it runs on the supervisor: never block it
 			case restarted <- err:
 			default:

@@ -1,10 +1,11 @@
 // Package proc starts and supervises plugin child processes: each child
 // leads its own process group, dies with its parent where the OS allows,
-// has its stdout and stderr pumped line by line to callbacks, is reaped,
-// and is stopped by escalation (the caller's polite request, then SIGTERM,
-// then SIGKILL of the whole group). A binary can be checksum-verified
-// before it is executed, without a gap between the check and the exec on
-// Linux (see openVerified).
+// gets only the descriptors it is given, has its stdout and stderr pumped
+// line by line to callbacks, is reaped without a thread blocked for it
+// (Linux), and is stopped by escalation (the caller's polite request, then
+// SIGTERM, then SIGKILL of the whole group). A binary can be
+// checksum-verified before it is executed, without a gap between the check
+// and the exec on Linux (see openVerified).
 package proc
 
 import (
@@ -28,12 +29,22 @@ import (
 // not have the expected SHA-256 digest.
 var ErrChecksum = errors.New("proc: checksum mismatch")
 
+// ErrUnsupported is matched (with errors.Is, as is errors.ErrUnsupported)
+// by the error Start returns on Windows: plugin child processes need the
+// protocol pipes passed as descriptors 3 and 4, process groups and
+// signals, which this package implements only on Unix.
+var ErrUnsupported = fmt.Errorf("proc: plugin child processes are not supported on this OS: %w", errors.ErrUnsupported)
+
 // maxLine is the longest stdout or stderr line passed to a callback whole;
 // longer lines are split.
 const maxLine = 64 << 10
 
-// tailLines is how many stderr lines a Process keeps for crash reports.
-const tailLines = 20
+// Bounds of the stderr tail a Process keeps for crash reports: the last
+// tailLines lines, each cut to tailLineMax bytes.
+const (
+	tailLines   = 20
+	tailLineMax = 200
+)
 
 // pumpGrace bounds how long, after the child exits, the line pumps may
 // drain output still held open by descendants that escaped the group.
@@ -48,7 +59,8 @@ type Config struct {
 	// SHA256, when set, is the digest the binary must have; Start verifies
 	// it and executes the very bytes it verified.
 	SHA256 []byte
-	// ExtraFiles become the child's descriptors 3, 4, ...
+	// ExtraFiles become the child's descriptors 3, 4, ...; the child gets
+	// no other descriptor than these and 0-2 (stdin is /dev/null).
 	ExtraFiles []*os.File
 	// Stdout and Stderr receive the child's output one line at a time,
 	// without the newline, from one goroutine each. Nil discards.
@@ -58,27 +70,41 @@ type Config struct {
 // Process is a started child process.
 type Process struct {
 	cmd  *exec.Cmd
+	pid  int
 	done chan struct{}
+	keep *os.File // held open until the child is reaped (a verified script)
 
 	// Set before done is closed.
 	state *os.ProcessState
 
-	mu   sync.Mutex
-	tail []string
+	mu     sync.Mutex // guards reaped and tail
+	reaped bool       // the pid (and group id) may belong to another process now
+	tail   []string
 }
 
 // Start verifies and starts the child described by cfg. The caller must
-// eventually wait for Done (Stop does) so the child is reaped.
+// eventually wait for Done (Stop does) so the child's goroutines end.
 func Start(cfg Config) (*Process, error) {
 	path, extra := cfg.Path, cfg.ExtraFiles
+	var keep *os.File
 	if cfg.SHA256 != nil {
 		f, err := openVerified(cfg.Path, cfg.SHA256)
 		if err != nil {
 			return nil, err
 		}
-		defer f.Close()
-		path, extra = execVerified(f, extra)
+		path, keep = execVerified(f)
+		if keep != f {
+			defer f.Close()
+		}
 	}
+	p, err := start(cfg, path, extra, keep)
+	if err != nil && keep != nil {
+		keep.Close()
+	}
+	return p, err
+}
+
+func start(cfg Config, path string, extra []*os.File, keep *os.File) (*Process, error) {
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("proc: stdout pipe: %w", err)
@@ -102,7 +128,7 @@ func Start(cfg Config) (*Process, error) {
 	if cmd.Env == nil {
 		cmd.Env = []string{} // nil would mean the parent's environment
 	}
-	err = cmd.Start()
+	err = launch(cmd)
 	outW.Close()
 	errW.Close()
 	if err != nil {
@@ -110,7 +136,7 @@ func Start(cfg Config) (*Process, error) {
 		errR.Close()
 		return nil, fmt.Errorf("proc: starting %s: %w", cfg.Path, err)
 	}
-	p := &Process{cmd: cmd, done: make(chan struct{})}
+	p := &Process{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{}), keep: keep}
 	var pumps sync.WaitGroup
 	pumps.Add(2)
 	go p.pump(&pumps, outR, cfg.Stdout, false)
@@ -122,12 +148,10 @@ func Start(cfg Config) (*Process, error) {
 // wait reaps the child, kills what is left of its group, and lets the
 // pumps drain before closing done.
 func (p *Process) wait(pumps *sync.WaitGroup, outR, errR *os.File) {
-	waitExited(p.cmd.Process.Pid)
-	// The leader is a zombie now, so its pid, the group id, cannot be
-	// reused: killing the group reaches only the child's descendants.
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	_ = p.cmd.Wait()
-	p.state = p.cmd.ProcessState
+	p.reap()
+	if p.keep != nil {
+		p.keep.Close()
+	}
 	drained := make(chan struct{})
 	go func() { pumps.Wait(); close(drained) }()
 	t := time.NewTimer(pumpGrace)
@@ -142,6 +166,26 @@ func (p *Process) wait(pumps *sync.WaitGroup, outR, errR *os.File) {
 	close(p.done)
 }
 
+// reap waits for the child to exit and reaps it. Where the OS can wait
+// without reaping (Linux), the group's remaining members are killed first,
+// while the leader's pid still names the group.
+func (p *Process) reap() {
+	if awaitExit(p.pid) {
+		p.mu.Lock()
+		_ = signalGroup(p.pid, syscall.SIGKILL)
+		_ = p.cmd.Wait() // the child is a zombie: this does not block
+		p.reaped = true
+		p.mu.Unlock()
+	} else {
+		_ = p.cmd.Wait()
+		p.mu.Lock()
+		p.reaped = true
+		p.mu.Unlock()
+	}
+	p.state = p.cmd.ProcessState
+	exited()
+}
+
 func (p *Process) pump(wg *sync.WaitGroup, r io.Reader, fn func([]byte), keepTail bool) {
 	defer wg.Done()
 	br := bufio.NewReaderSize(r, maxLine)
@@ -150,12 +194,7 @@ func (p *Process) pump(wg *sync.WaitGroup, r io.Reader, fn func([]byte), keepTai
 		if len(line) > 0 {
 			line = bytes.TrimRight(line, "\r\n")
 			if keepTail {
-				p.mu.Lock()
-				if len(p.tail) == tailLines {
-					p.tail = append(p.tail[:0], p.tail[1:]...)
-				}
-				p.tail = append(p.tail, string(line))
-				p.mu.Unlock()
+				p.addTail(line)
 			}
 			if fn != nil {
 				fn(line)
@@ -167,8 +206,22 @@ func (p *Process) pump(wg *sync.WaitGroup, r io.Reader, fn func([]byte), keepTai
 	}
 }
 
+// addTail keeps line, cut to tailLineMax bytes, among the last tailLines.
+func (p *Process) addTail(line []byte) {
+	s := string(line)
+	if len(s) > tailLineMax {
+		s = strings.ToValidUTF8(s[:tailLineMax], "") + "…"
+	}
+	p.mu.Lock()
+	if len(p.tail) == tailLines {
+		p.tail = append(p.tail[:0], p.tail[1:]...)
+	}
+	p.tail = append(p.tail, s)
+	p.mu.Unlock()
+}
+
 // Pid returns the child's process id (also its process group id).
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+func (p *Process) Pid() int { return p.pid }
 
 // Done is closed once the child has exited, been reaped, and its output
 // has been pumped.
@@ -184,34 +237,45 @@ func (p *Process) State() *os.ProcessState {
 	}
 }
 
-// StderrTail returns the child's last stderr lines, joined by newlines.
+// StderrTail returns the child's last stderr lines, joined by newlines:
+// at most 20 lines of at most 200 bytes each (a longer line is cut and
+// ends in "…").
 func (p *Process) StderrTail() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return strings.Join(p.tail, "\n")
 }
 
-// Signal sends sig to the child's whole process group.
+// Signal sends sig to the child's whole process group. Once the child has
+// been reaped it does nothing: the group id may name another group by then.
 func (p *Process) Signal(sig syscall.Signal) error {
-	select {
-	case <-p.done:
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reaped {
 		return nil
-	default:
 	}
-	if err := syscall.Kill(-p.cmd.Process.Pid, sig); err != nil && err != syscall.ESRCH {
-		return fmt.Errorf("proc: signal %v to process group %d: %w", sig, p.cmd.Process.Pid, err)
+	if err := signalGroup(p.pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("proc: signal %v to process group %d: %w", sig, p.pid, err)
 	}
 	return nil
 }
 
-// Stop waits up to grace for the child to exit (the caller has asked it
-// to), then sends SIGTERM to its group and waits up to grace again, then
-// sends SIGKILL and waits for the exit. When ctx ends first, Stop sends
-// SIGKILL at once. It returns the last signal it sent, 0 if none.
+// Stop is StopSince(ctx, time.Now(), grace): the caller has just asked the
+// child to exit.
 func (p *Process) Stop(ctx context.Context, grace time.Duration) syscall.Signal {
+	return p.StopSince(ctx, time.Now(), grace)
+}
+
+// StopSince stops a child that the caller asked to exit at asked: if it
+// has not exited by asked+grace, SIGTERM goes to its group; if not by
+// asked+2·grace, SIGKILL; then Stop waits for the exit. So the whole stop,
+// the polite request included, takes at most 2·grace before the SIGKILL.
+// When ctx ends first, Stop sends SIGKILL at once. It returns the last
+// signal it sent, 0 if none.
+func (p *Process) StopSince(ctx context.Context, asked time.Time, grace time.Duration) syscall.Signal {
 	var sent syscall.Signal
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		t := time.NewTimer(grace)
+	for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t := time.NewTimer(time.Until(asked.Add(time.Duration(i+1) * grace)))
 		select {
 		case <-p.done:
 			t.Stop()

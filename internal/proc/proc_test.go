@@ -1,3 +1,5 @@
+//go:build linux
+
 package proc
 
 import (
@@ -6,7 +8,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -185,4 +189,259 @@ func TestVerifiedScriptRuns(t *testing.T) {
 	if n, _ := r.Read(out); string(out[:n]) != "ok\n" {
 		t.Fatalf("descriptor 3 got %q, want \"ok\\n\"", out[:n])
 	}
+}
+
+// childFds starts cfg (with a shell command that ends in listing its own
+// descriptors) and returns the child's open descriptors, number -> target,
+// without the listing's own directory descriptor.
+func childFds(t *testing.T, cfg Config) map[string]string {
+	t.Helper()
+	var out lines
+	cfg.Stdout = out.add
+	p, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	fds := map[string]string{}
+	for _, l := range out.get() {
+		before, target, ok := strings.Cut(l, " -> ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(before)
+		if strings.HasPrefix(target, "/proc/") && strings.HasSuffix(target, "/fd") {
+			continue // ls's own
+		}
+		fds[f[len(f)-1]] = target
+	}
+	return fds
+}
+
+// TestChildGetsOnlyItsDescriptors: a descriptor the host holds without
+// close-on-exec (as one it inherited would be) and the verified copy of a
+// checksummed script do not reach the child: it has 0-2 and ExtraFiles.
+func TestChildGetsOnlyItsDescriptors(t *testing.T) {
+	if _, err := os.Stat("/bin/ls"); err != nil {
+		t.Skip("no /bin/ls")
+	}
+	leak := filepath.Join(t.TempDir(), "inherited")
+	fd, err := syscall.Open(leak, syscall.O_CREAT|syscall.O_RDWR, 0o600) // no O_CLOEXEC
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	script := []byte("#!/bin/sh\nexec ls -l /proc/self/fd\n")
+	path := filepath.Join(t.TempDir(), "list.sh")
+	if err := os.WriteFile(path, script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(script)
+	for name, cfg := range map[string]Config{
+		"binary":             {Path: "/bin/sh", Args: []string{"-c", "exec ls -l /proc/self/fd"}, ExtraFiles: []*os.File{r, w}},
+		"checksummed script": {Path: path, SHA256: sum[:], ExtraFiles: []*os.File{r, w}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			fds := childFds(t, cfg)
+			for _, n := range []string{"0", "1", "2", "3", "4"} {
+				if _, ok := fds[n]; !ok {
+					t.Errorf("descriptor %s missing: %v", n, fds)
+				}
+				delete(fds, n)
+			}
+			if len(fds) != 0 {
+				t.Fatalf("the child has descriptors beyond 0-4: %v", fds)
+			}
+		})
+	}
+}
+
+func threads(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip(err)
+	}
+	for l := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	t.Fatal("no Threads line in /proc/self/status")
+	return 0
+}
+
+// TestReapingBlocksNoThreadPerChild: 200 running children do not hold 200
+// host threads (the reaper waits through the runtime's poller).
+func TestReapingBlocksNoThreadPerChild(t *testing.T) {
+	const n = 200
+	before := threads(t)
+	ps := make([]*Process, 0, n)
+	defer func() {
+		for _, p := range ps {
+			_ = p.Signal(syscall.SIGKILL)
+			<-p.Done()
+		}
+	}()
+	for range n {
+		p, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "exec sleep 60"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	got := threads(t) - before
+	t.Logf("%d running children added %d host threads", n, got)
+	if got > 20 {
+		t.Fatalf("%d children added %d host threads, want at most 20", n, got)
+	}
+}
+
+// TestChildSurvivesItsStarterThread: a child started by a goroutine that
+// locked its OS thread and returned (which ends the thread) keeps running:
+// the parent-death signal is bound to the forker's thread.
+func TestChildSurvivesItsStarterThread(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	type started struct {
+		p   *Process
+		tid int
+		err error
+	}
+	ch := make(chan started, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		p, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "read x <&3; echo alive"}, ExtraFiles: []*os.File{r}})
+		ch <- started{p, syscall.Gettid(), err}
+	}()
+	s := <-ch
+	if s.err != nil {
+		t.Fatal(s.err)
+	}
+	defer func() { _ = s.p.Signal(syscall.SIGKILL); <-s.p.Done() }()
+	task := "/proc/self/task/" + itoa(s.tid)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, err := os.Stat(task); os.IsNotExist(err) {
+			break // the starter's thread is gone
+		}
+		if time.Now().After(deadline) {
+			t.Skip("the runtime kept the locked thread")
+		}
+		runtime.Gosched()
+	}
+	if _, err := w.WriteString("go\n"); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	<-s.p.Done()
+	if st := s.p.State(); !st.Exited() || st.ExitCode() != 0 {
+		t.Fatalf("the child ended with %v after its starter's thread exited, want exit status 0", st)
+	}
+}
+
+// TestStderrTailIsBounded: a child flooding stderr without newlines leaves
+// a short tail, not megabytes.
+func TestStderrTailIsBounded(t *testing.T) {
+	p, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "head -c 2000000 /dev/zero | tr '\\0' x >&2; exit 1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if n := len(p.StderrTail()); n == 0 || n > tailLines*(tailLineMax+4) {
+		t.Fatalf("stderr tail of %d bytes, want 1..%d", n, tailLines*(tailLineMax+4))
+	}
+}
+
+// TestStopSinceCountsFromTheRequest: when the polite request itself took
+// the grace period, SIGTERM goes at once, and the whole stop ends within
+// two grace periods of the request.
+func TestStopSinceCountsFromTheRequest(t *testing.T) {
+	ready := make(chan struct{}, 1)
+	p, err := Start(Config{
+		Path: "/bin/sh", Args: []string{"-c", `trap "" TERM; echo ready; while :; do sleep 1; done`},
+		Stdout: func([]byte) { ready <- struct{}{} },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ready
+	const grace = 300 * time.Millisecond
+	asked := time.Now().Add(-grace) // the request took the first grace period
+	if got := p.StopSince(context.Background(), asked, grace); got != syscall.SIGKILL {
+		t.Fatalf("StopSince sent %v, want SIGKILL", got)
+	}
+	if took := time.Since(asked); took >= 3*grace {
+		t.Fatalf("the stop ended %v after the request, past 2 grace periods of %v", took, grace)
+	}
+}
+
+// TestSignalAfterReapSparesARecycledGroup: once the child is reaped its
+// pid, and so its group id, may name another process group; Signal must
+// not reach it, even while the output pumps are still draining (a
+// descendant outside the group holds stderr open here). The test recycles
+// the pid through /proc/sys/kernel/ns_last_pid, so it needs root.
+func TestSignalAfterReapSparesARecycledGroup(t *testing.T) {
+	const lastPid = "/proc/sys/kernel/ns_last_pid"
+	if f, err := os.OpenFile(lastPid, os.O_WRONLY, 0); err != nil {
+		t.Skipf("cannot choose the next pid: %v", err)
+	} else {
+		f.Close()
+	}
+	p, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "setsid sleep 3 & sleep 0.3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc := "/proc/" + itoa(p.Pid())
+	for deadline := time.Now().Add(10 * time.Second); ; runtime.Gosched() {
+		if _, err := os.Stat(proc); os.IsNotExist(err) {
+			break // reaped
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the child was not reaped within 10s")
+		}
+	}
+	select {
+	case <-p.Done():
+		t.Skip("the pumps finished before the pid could be recycled")
+	default:
+	}
+	var other *exec.Cmd
+	for range 200 {
+		if err := os.WriteFile(lastPid, []byte(itoa(p.Pid()-1)), 0); err != nil {
+			t.Skip(err)
+		}
+		cmd := exec.Command("/bin/sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == p.Pid() {
+			other = cmd
+			break
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	if other == nil {
+		t.Skip("could not recycle the pid")
+	}
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = other.Process.Signal(syscall.SIGTERM)
+	err = other.Wait()
+	if ws, ok := other.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("the process that got the recycled pid ended with %v, want SIGTERM (Signal reached it)", err)
+	}
+	<-p.Done()
 }

@@ -22,6 +22,7 @@ const (
 	codeBadRequest  = "bad_request"
 	codeCodec       = "codec"
 	codePanic       = "panic"
+	codeCanceled    = "canceled"
 	codeUnsupported = "unsupported"
 )
 
@@ -233,18 +234,22 @@ func unsupported(method, surface string) error {
 		Message: fmt.Sprintf("the plugin has no %q surface, so it cannot answer %s", surface, method)})
 }
 
-// handlerStatus turns a handler's error into a status: cancellation and
-// deadlines keep their gRPC codes, everything else is UNKNOWN with the
-// error's code, message and retryable flag in an Error detail.
+// handlerStatus turns a handler's error into a status with the error's
+// code, message and retryable flag in an Error detail, as the subprocess
+// protocol's ERROR reply carries them: an error wrapping context.Canceled
+// has the code "canceled" (and the gRPC code CANCELLED), one wrapping
+// context.DeadlineExceeded the gRPC code DEADLINE_EXCEEDED, everything else
+// UNKNOWN. The detail tells the host that the handler answered: the
+// connection was not lost.
 func handlerStatus(err error) error {
 	var e *sdk.Error
 	switch {
 	case errors.As(err, &e):
 		return errorStatus(codes.Unknown, e)
 	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
+		return errorStatus(codes.Canceled, &sdk.Error{Code: codeCanceled, Message: err.Error()})
 	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
+		return errorStatus(codes.DeadlineExceeded, &sdk.Error{Code: codeError, Message: err.Error()})
 	default:
 		return errorStatus(codes.Unknown, &sdk.Error{Code: codeError, Message: err.Error()})
 	}

@@ -20,7 +20,7 @@ import (
 
 // Request is what the host sends.
 type Request struct {
-	Op   string `json:"op"` // "echo", "add", "fail", "sleep", "exit"
+	Op   string `json:"op"` // "echo", "add", "fail", "canceled", "sleep", "exit"
 	Text string `json:"text,omitempty"`
 	N    int    `json:"n,omitempty"`
 }
@@ -54,6 +54,9 @@ func (c *counter) Execute(ctx context.Context, r Request) (Response, error) {
 	case "fail":
 		c.mu.Unlock()
 		return Response{}, sdk.Errorf("overloaded", r.N == 1, "failing on request: %s", r.Text)
+	case "canceled":
+		c.mu.Unlock()
+		return Response{}, fmt.Errorf("the handler gave up: %w", context.Canceled)
 	case "sleep":
 		c.mu.Unlock()
 		select {

@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build unix && !linux
 
 package proc
 
@@ -7,10 +7,25 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"syscall"
 )
 
 func sysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
+
+// launch starts cmd. This OS has no parent-death signal: a child that
+// does not exit at the end of its protocol pipe can outlive a host that
+// is killed.
+func launch(cmd *exec.Cmd) error { return cmd.Start() }
+
+func exited() {}
+
+// awaitExit returns false: this OS cannot wait without reaping, so the
+// child is reaped first and its group is not killed afterwards (the group
+// id may be reused by then); Stop signals the group while the child lives.
+func awaitExit(int) bool { return false }
+
+func signalGroup(pid int, sig syscall.Signal) error { return syscall.Kill(-pid, sig) }
 
 // openVerified hashes the binary at path and returns it open. Without
 // memfd the child executes the path again, so a file replaced between the
@@ -32,10 +47,5 @@ func openVerified(path string, want []byte) (*os.File, error) {
 	return f, nil
 }
 
-// execVerified returns the path the child executes (the verified file's)
-// and the child's extra descriptors, unchanged.
-func execVerified(f *os.File, extra []*os.File) (string, []*os.File) { return f.Name(), extra }
-
-// waitExited returns at once: without waitid(WNOWAIT) the group is killed
-// after the leader is reaped.
-func waitExited(int) {}
+// execVerified returns the path the child executes (the verified file's).
+func execVerified(f *os.File) (string, *os.File) { return f.Name(), nil }
