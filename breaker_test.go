@@ -194,7 +194,7 @@ func TestBreakerTransitions(t *testing.T) {
 				case "probe":
 					tk, ok := b.allow()
 					require.True(t, ok, "step %d: probe refused", i)
-					require.Equal(t, ticketProbe, tk, "step %d", i)
+					require.Equal(t, ticketProbe, tk.kind, "step %d", i)
 					calls++
 					held = append(held, tk)
 				case "cancel":

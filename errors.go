@@ -1,6 +1,7 @@
 package goplugins
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -41,6 +42,7 @@ const (
 	CodeInvalidConfig       goerrors.ErrorCode = "PLUGIN_INVALID_CONFIG"
 	CodeNoFactory           goerrors.ErrorCode = "PLUGIN_NO_FACTORY"
 	CodeClosed              goerrors.ErrorCode = "PLUGIN_CLOSED"
+	CodeCanceled            goerrors.ErrorCode = "PLUGIN_CANCELED"
 )
 
 // Sentinels for errors.Is. They are never returned themselves and must never
@@ -107,6 +109,10 @@ var (
 	ErrNoFactory = sentinel(CodeNoFactory)
 	// ErrClosed: the object was closed.
 	ErrClosed = sentinel(CodeClosed)
+	// ErrCanceled: the caller's context ended before the plugin answered; the
+	// error also matches the context's error (context.Canceled or
+	// context.DeadlineExceeded) with errors.Is.
+	ErrCanceled = sentinel(CodeCanceled)
 )
 
 func sentinel(code goerrors.ErrorCode) error {
@@ -142,6 +148,23 @@ func wrapError(cause error, code goerrors.ErrorCode, plugin, format string, args
 		e.WithContext("plugin", plugin)
 	}
 	return e
+}
+
+// canceledError is the error of a call whose caller's ctx ended before the
+// plugin answered: it matches ErrCanceled and ctx's error, and its cause
+// when that differs (context.WithCancelCause).
+func canceledError(ctx context.Context, plugin string) error {
+	cause := ctx.Err()
+	if c := context.Cause(ctx); c != nil && c != cause {
+		cause = errors.Join(cause, c)
+	}
+	return wrapError(cause, CodeCanceled, plugin, "the caller's context ended before the plugin answered")
+}
+
+// isCanceled reports whether err is ctx's own ending: ctx is done and err
+// is (or wraps) its error.
+func isCanceled(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
 }
 
 // IsRetryable reports whether err, or an error it wraps, is marked retryable

@@ -427,23 +427,66 @@ func TestHealthChecks(t *testing.T) {
 	ctx := context.Background()
 
 	rep := m.Health(ctx)["p"]
-	require.Equal(t, Degraded, rep.Status)
+	require.Equal(t, HealthDegraded, rep.Status)
 	require.ErrorContains(t, rep.Err, "disk full")
 	_, err := m.Execute(ctx, "p", 1)
 	require.NoError(t, err, "a degraded plugin still serves")
 
 	rep = m.Health(ctx)["p"]
-	require.Equal(t, Unhealthy, rep.Status)
+	require.Equal(t, HealthUnhealthy, rep.Status)
 	require.Equal(t, 2, rep.Failures)
 	_, err = m.Execute(ctx, "p", 1)
 	require.ErrorIs(t, err, ErrUnhealthy)
-	require.ErrorContains(t, err, "disk full")
 
 	healthy.Store(true)
-	require.Equal(t, Healthy, m.Health(ctx)["p"].Status)
+	require.Equal(t, HealthHealthy, m.Health(ctx)["p"].Status)
 	_, err = m.Execute(ctx, "p", 1)
 	require.NoError(t, err)
-	require.Equal(t, []HealthStatus{Degraded, Unhealthy, Healthy}, []HealthStatus{<-changes, <-changes, <-changes})
+	require.Equal(t, []HealthStatus{HealthDegraded, HealthUnhealthy, HealthHealthy}, []HealthStatus{<-changes, <-changes, <-changes})
+}
+
+// TestHealthCallerGivingUpIsNotAFailedCheck: a caller of Manager.Health
+// whose ctx ends (an HTTP health endpoint hung up) does not book a failed
+// check, even three times in a row.
+func TestHealthCallerGivingUpIsNotAFailedCheck(t *testing.T) {
+	m := newTestManager(t, WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 3}))
+	entered := make(chan struct{}, 1)
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
+		exec: func(context.Context, int) (int, error) { return 1, nil },
+		health: func(ctx context.Context) error {
+			entered <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		}}))
+	for range 3 {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-entered; cancel() }()
+		rep := m.Health(ctx)["p"]
+		require.ErrorIs(t, rep.Err, ErrCanceled)
+		require.Equal(t, 0, rep.Failures)
+	}
+	require.Equal(t, HealthUnknown, m.Metrics().Plugins["p"].Health)
+	_, err := m.Execute(context.Background(), "p", 1)
+	require.NoError(t, err)
+}
+
+// TestUnhealthyRefusalDoesNotMatchTimeout: the fail-fast ErrUnhealthy says
+// no call ran; it does not match the failed check's ErrTimeout.
+func TestUnhealthyRefusalDoesNotMatchTimeout(t *testing.T) {
+	m := newTestManager(t, WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 1, Timeout: time.Millisecond}))
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
+		exec: func(context.Context, int) (int, error) { return 1, nil },
+		health: func(ctx context.Context) error {
+			<-ctx.Done()
+			return ctx.Err()
+		}}))
+	rep := m.Health(context.Background())["p"]
+	require.ErrorIs(t, rep.Err, ErrTimeout)
+	require.Equal(t, HealthUnhealthy, rep.Status)
+	_, err := m.Execute(context.Background(), "p", 1)
+	require.ErrorIs(t, err, ErrUnhealthy)
+	require.NotErrorIs(t, err, ErrTimeout)
+	require.NotErrorIs(t, err, context.DeadlineExceeded)
 }
 
 func TestPeriodicHealthCheck(t *testing.T) {
@@ -452,7 +495,7 @@ func TestPeriodicHealthCheck(t *testing.T) {
 	defer m.Shutdown(context.Background())
 	unhealthy := make(chan struct{})
 	m.Subscribe(func(ev Event) {
-		if ev.Kind == EventHealthChanged && ev.Health == Unhealthy {
+		if ev.Kind == EventHealthChanged && ev.Health == HealthUnhealthy {
 			close(unhealthy)
 		}
 	})
