@@ -159,9 +159,7 @@ func pluginInfo[Req, Resp any](p Plugin[Req, Resp]) (info PluginInfo, err error)
 			err = newError(CodeInvalidPlugin, "", "the plugin's Info method panicked: %v", r)
 		}
 	}()
-	info = p.Info()
-	info.Surfaces = slices.Clone(info.Surfaces)
-	info.Metadata = maps.Clone(info.Metadata)
+	info = p.Info().clone()
 	return info, validateInfo(info)
 }
 
@@ -353,7 +351,6 @@ func (e *entry[Req, Resp]) timeoutError() error {
 	e.ctr.timeouts.Add(1)
 	return newError(CodeTimeout, e.name, "no answer within the plugin's timeout of %v; raise WithTimeout or find what slows the plugin", e.cfg.timeout)
 }
-
 
 // missing explains why name cannot be called.
 func (m *Manager[Req, Resp]) missing(name string) error {
@@ -666,24 +663,25 @@ func (m *Manager[Req, Resp]) shutdownEntry(e *entry[Req, Resp]) {
 	}
 }
 
-// Plugins returns the info of every registered plugin, sorted by name.
+// Plugins returns the info of every registered plugin, sorted by name. The
+// infos are copies: changing them changes nothing in the manager.
 func (m *Manager[Req, Resp]) Plugins() []PluginInfo {
 	r := m.reg.Load()
 	out := make([]PluginInfo, 0, len(r.entries))
 	for _, e := range r.entries {
 		if g := e.gen.Load(); g != nil {
-			out = append(out, g.info)
+			out = append(out, g.info.clone())
 		}
 	}
 	slices.SortFunc(out, func(a, b PluginInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
-// Info returns the info of the named plugin as it serves now.
+// Info returns (a copy of) the info of the named plugin as it serves now.
 func (m *Manager[Req, Resp]) Info(name string) (PluginInfo, bool) {
 	if e := m.reg.Load().entries[name]; e != nil {
 		if g := e.gen.Load(); g != nil {
-			return g.info, true
+			return g.info.clone(), true
 		}
 	}
 	return PluginInfo{}, false

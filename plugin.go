@@ -2,6 +2,7 @@ package goplugins
 
 import (
 	"context"
+	"maps"
 	"slices"
 )
 
@@ -44,6 +45,13 @@ type PluginInfo struct {
 	Surfaces []Surface `json:"surfaces,omitempty"`
 	// Metadata is free-form key/value data.
 	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// clone returns a copy of i that shares no slice or map with it.
+func (i PluginInfo) clone() PluginInfo {
+	i.Surfaces = slices.Clone(i.Surfaces)
+	i.Metadata = maps.Clone(i.Metadata)
+	return i
 }
 
 // Has reports whether the plugin declares surface s.
