@@ -156,7 +156,7 @@ func wrapError(cause error, code goerrors.ErrorCode, plugin, format string, args
 func canceledError(ctx context.Context, plugin string) error {
 	cause := ctx.Err()
 	if c := context.Cause(ctx); c != nil && c != cause {
-		cause = errors.Join(cause, c)
+		cause = fmt.Errorf("%w: %w", cause, c)
 	}
 	return wrapError(cause, CodeCanceled, plugin, "the caller's context ended before the plugin answered")
 }

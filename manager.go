@@ -99,7 +99,9 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 // ValidateName and the version must be strict semver (and pass the
 // manager's VersionPolicy rule for the name, if any). Registering a name
 // that is taken fails with ErrAlreadyRegistered: use Reload to replace a
-// plugin.
+// plugin. A plugin with the stream surface (a StreamPlugin) starts its
+// first stream here: Register calls Resume with a nil position, bounded by
+// the health-check timeout, and fails with ErrInvalidPlugin if it fails.
 func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOption) error {
 	if p == nil {
 		return newError(CodeInvalidPlugin, "", "Register got a nil plugin")
@@ -117,18 +119,24 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOptio
 	for _, o := range opts {
 		o.applyPlugin(&cfg)
 	}
+	if m.reg.Load().entries[info.Name] != nil {
+		return m.taken(info.Name)
+	}
+	stopStream, err := startStream(p, info, cfg.health.Timeout)
+	if err != nil {
+		return err
+	}
 	e := m.newEntry(info.Name, cfg)
 
 	m.mu.Lock()
 	r := m.reg.Load()
-	if r.closed {
+	if r.closed || r.entries[info.Name] != nil {
 		m.mu.Unlock()
-		return newError(CodeShuttingDown, info.Name, "cannot register: the manager is shut down")
-	}
-	if _, ok := r.entries[info.Name]; ok {
-		m.mu.Unlock()
-		return newError(CodeAlreadyRegistered, info.Name,
-			"a plugin of this name is registered already; use Reload to replace it or Unregister it first")
+		stopStream()
+		if r.closed {
+			return newError(CodeShuttingDown, info.Name, "cannot register: the manager is shut down")
+		}
+		return m.taken(info.Name)
 	}
 	e.genSeq = 1
 	e.gen.Store(newGeneration(p, info, 1))
@@ -150,6 +158,32 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOptio
 
 	m.cfg.logger.Info("goplugins: plugin registered", "plugin", info.Name, "version", info.Version)
 	return nil
+}
+
+func (m *Manager[Req, Resp]) taken(name string) error {
+	return newError(CodeAlreadyRegistered, name,
+		"a plugin of this name is registered already; use Reload to replace it or Unregister it first")
+}
+
+// startStream starts the first stream of a plugin with the stream surface:
+// Register calls its Resume with a nil position, bounded by the health
+// timeout. The returned func stops it again (Checkpoint) if Register fails
+// after all.
+func startStream[Req, Resp any](p Plugin[Req, Resp], info PluginInfo, timeout time.Duration) (stop func(), err error) {
+	sp, ok := p.(StreamPlugin)
+	if !ok || !info.Has(SurfaceStream) {
+		return func() {}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := runStep(SurfaceStream, "resume", func() error { return sp.Resume(ctx, nil) }); err != nil {
+		return nil, wrapError(err, CodeInvalidPlugin, info.Name, "Register starts the plugin's stream with Resume(nil), and it failed")
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		_ = runStep(SurfaceStream, "checkpoint", func() error { _, err := sp.Checkpoint(ctx); return err })
+	}, nil
 }
 
 // pluginInfo reads and validates p.Info, recovering a panic.

@@ -121,9 +121,12 @@ func (p *swappable) Resume(_ context.Context, pos []byte) error {
 	if p.failResume != nil {
 		return p.failResume
 	}
-	n, err := decodeInt(pos)
-	if err != nil {
-		return err
+	n := 0 // a nil position starts a fresh stream (Register)
+	if pos != nil {
+		var err error
+		if n, err = decodeInt(pos); err != nil {
+			return err
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -298,10 +301,10 @@ func waitBlockedIn(t *testing.T, frames ...string) {
 
 // blockingKind is a host-owned reload kind whose transfer reports that it
 // started and then waits for release (or ctx).
-func blockingKind(surface Surface, entered chan<- struct{}, release <-chan struct{}) ReloadKind {
-	return ReloadKind{
+func blockingKind(surface Surface, entered chan<- struct{}, release <-chan struct{}) Handoff {
+	return Handoff{
 		Surface: surface,
-		Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+		Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 			entered <- struct{}{}
 			select {
 			case <-release:
@@ -398,7 +401,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "host kind without a name", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				return []ReloadOption{WithHandoff(Handoff{Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 					return nil, nil
 				}})}
 			},
@@ -407,7 +410,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "host kind reuses a built-in name", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{Surface: SurfaceState, Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				return []ReloadOption{WithHandoff(Handoff{Surface: SurfaceState, Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 					return nil, nil
 				}})}
 			},
@@ -448,6 +451,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				return nil
 			},
 			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "persist",
+			handed: []Surface{SurfaceStream}, oldResumes: 1, // the stream stopped first
 		},
 		{
 			name: "restore fails", oldSurfaces: all, nextSurfaces: all,
@@ -456,7 +460,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				return nil
 			},
 			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "restore",
-			handed: []Surface{SurfaceState},
+			handed: []Surface{SurfaceStream, SurfaceState}, oldResumes: 1,
 		},
 		{
 			name: "checkpoint fails", oldSurfaces: all, nextSurfaces: all,
@@ -465,7 +469,6 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				return nil
 			},
 			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "stream", step: "checkpoint",
-			handed: []Surface{SurfaceState},
 		},
 		{
 			name: "resume fails", oldSurfaces: all, nextSurfaces: all,
@@ -479,9 +482,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "host kind fails", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(_ context.Context, h *Handoff) (func(context.Context) error, error) {
+					Transfer: func(_ context.Context, h *Swap) (func(context.Context) error, error) {
 						h.Record("conn", []byte("fd:7"))
 						return nil, errInjected
 					},
@@ -493,9 +496,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "host kind panics", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 						panic("host handoff bug")
 					},
 				})}
@@ -507,9 +510,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			name: "custom kind fails", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
 			mgrOpts: func(t *testing.T) []Option {
 				d := NewReloadDispatcher()
-				require.NoError(t, d.Register(ReloadKind{
+				require.NoError(t, d.Register(Handoff{
 					Surface: "cache",
-					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 						return nil, errInjected
 					},
 				}))
@@ -522,9 +525,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			name: "custom kind preflight refuses", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
 			mgrOpts: func(t *testing.T) []Option {
 				d := NewReloadDispatcher()
-				require.NoError(t, d.Register(ReloadKind{
+				require.NoError(t, d.Register(Handoff{
 					Surface:   "cache",
-					Preflight: func(context.Context, *Handoff) error { return errInjected },
+					Preflight: func(context.Context, *Swap) error { return errInjected },
 				}))
 				return []Option{WithReloadDispatcher(d)}
 			},
@@ -533,9 +536,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "handoffs exceed the drain timeout", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond), WithHandoff(ReloadKind{
+				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond), WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+					Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 						<-ctx.Done()
 						return nil, ctx.Err()
 					},
@@ -547,9 +550,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "ctx cancelled mid-dispatch", oldSurfaces: all, nextSurfaces: all,
 			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+					Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 						cancel()
 						<-ctx.Done()
 						return nil, ctx.Err()
@@ -562,10 +565,10 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "ctx cancelled after the last handoff", oldSurfaces: all, nextSurfaces: all,
 			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
-						cancel()
+					Resume: func(context.Context, *Swap) (func(context.Context) error, error) {
+						cancel() // in the last step of all
 						return nil, nil
 					},
 				})}
@@ -585,8 +588,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			events := collectEvents(m, EventReloaded, EventReloadFailed)
 			old := newSwappable("sw", "1.0.0", r.oldSurfaces...)
 			old.hold, old.held = make(chan struct{}), make(chan struct{})
-			old.streaming = true
-			require.NoError(t, m.Register(old))
+			require.NoError(t, m.Register(old)) // starts old's stream
 			nextName, nextVersion := cmp.Or(r.nextName, "sw"), cmp.Or(r.nextVersion, "1.1.0")
 			next := newSwappable(nextName, nextVersion, r.nextSurfaces...)
 
@@ -635,7 +637,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			require.ErrorAs(t, err, &re)
 			assert.Equal(t, "sw", re.Plugin)
 			assert.Equal(t, r.phase, re.Phase)
-			assert.Equal(t, Surface(r.kind), re.Kind)
+			assert.Equal(t, Surface(r.kind), re.Surface)
 			assert.Equal(t, r.step, re.Step)
 			assert.NoError(t, re.RollbackErr)
 			assert.ElementsMatch(t, r.handed, slices.Collect(maps.Keys(re.Handed)))
@@ -675,7 +677,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			assert.Zero(t, next.execs.Load(), "no call ran on the next plugin")
 			assert.True(t, streaming, "the old plugin streams on")
 			assert.Greater(t, pos, posBefore, "the old stream advanced after the failure")
-			assert.Equal(t, r.oldResumes, old.resumes, "old resumed from its own checkpoint")
+			assert.Equal(t, 1+r.oldResumes, old.resumes, "old resumed at Register, then from its own checkpoint")
 			_, _, nextStreaming := next.snapshot()
 			assert.False(t, nextStreaming, "the next plugin's stream is not left running")
 			assert.Zero(t, old.closed.Load(), "a failed reload never closes the old plugin")
@@ -757,9 +759,9 @@ func TestReloadReportAndEvents(t *testing.T) {
 	parkedCall := make(chan result, 1)
 	rep, err := m.Reload(context.Background(), "sw", next,
 		WithDependentConstraint("app", "^1.0.0"), // 1.1.0 meets it
-		WithHandoff(ReloadKind{
+		WithHandoff(Handoff{
 			Surface: "conn",
-			Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+			Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 				go func() {
 					n, err := m.Execute(context.Background(), "sw", 0)
 					parkedCall <- result{n, err}
@@ -768,9 +770,9 @@ func TestReloadReportAndEvents(t *testing.T) {
 				return nil, nil
 			},
 		}),
-		WithHandoff(ReloadKind{
+		WithHandoff(Handoff{
 			Surface: "fd",
-			Transfer: func(_ context.Context, h *Handoff) (func(context.Context) error, error) {
+			Transfer: func(_ context.Context, h *Swap) (func(context.Context) error, error) {
 				h.Record("fd", []byte("fd:7"))
 				return nil, nil
 			},
@@ -916,9 +918,9 @@ func TestReloadParallelAcrossPlugins(t *testing.T) {
 	// Each reload's handoff waits for the other's: both complete only if
 	// they run at the same time.
 	meet := func(mine, other chan struct{}) ReloadOption {
-		return WithHandoff(ReloadKind{
+		return WithHandoff(Handoff{
 			Surface: "meet",
-			Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+			Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 				close(mine)
 				select {
 				case <-other:
@@ -1012,10 +1014,10 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 		order = append(order, s)
 		mu.Unlock()
 	}
-	kind := func(s Surface, fail, failUndo error) ReloadKind {
-		return ReloadKind{
+	kind := func(s Surface, fail, failUndo error) Handoff {
+		return Handoff{
 			Surface: s,
-			Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+			Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 				note("transfer " + string(s))
 				return func(context.Context) error {
 					note("undo " + string(s))
@@ -1027,7 +1029,7 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 	errUndo, errHost := errors.New("undo failed"), errors.New("host handoff failed")
 	d := NewReloadDispatcher()
 	require.NoError(t, d.Register(kind("cache", nil, errUndo)))
-	assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, "cache"}, d.Kinds())
+	assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, "cache"}, d.Surfaces())
 	m := newReloadManager(t, WithReloadDispatcher(d))
 	surfaces := []Surface{SurfaceState, SurfaceStream, "cache"}
 	old := newSwappable("sw", "1.0.0", surfaces...)
@@ -1041,7 +1043,7 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 	assert.ErrorIs(t, err, errUndo, "the failed undo is reported")
 	var re *ReloadError
 	require.ErrorAs(t, err, &re)
-	assert.Equal(t, Surface("h2"), re.Kind)
+	assert.Equal(t, Surface("h2"), re.Surface)
 	assert.ErrorIs(t, re.RollbackErr, errUndo)
 	assert.Contains(t, err.Error(), "rollback also failed")
 	assert.Equal(t, []string{"transfer cache", "transfer h1", "transfer h2", "undo h2", "undo h1", "undo cache"}, order,
@@ -1055,16 +1057,16 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 }
 
 func TestReloadDispatcherRegister(t *testing.T) {
-	noop := func(context.Context, *Handoff) error { return nil }
+	noop := func(context.Context, *Swap) error { return nil }
 	tests := []struct {
 		name string
-		kind ReloadKind
+		kind Handoff
 		ok   bool
 	}{
-		{"custom kind", ReloadKind{Surface: "cache", Preflight: noop}, true},
-		{"no surface", ReloadKind{Preflight: noop}, false},
-		{"no funcs", ReloadKind{Surface: "cache"}, false},
-		{"built-in surface", ReloadKind{Surface: SurfaceState, Preflight: noop}, false},
+		{"custom kind", Handoff{Surface: "cache", Preflight: noop}, true},
+		{"no surface", Handoff{Preflight: noop}, false},
+		{"no funcs", Handoff{Surface: "cache"}, false},
+		{"built-in surface", Handoff{Surface: SurfaceState, Preflight: noop}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1072,12 +1074,12 @@ func TestReloadDispatcherRegister(t *testing.T) {
 			err := d.Register(tt.kind)
 			if tt.ok {
 				require.NoError(t, err)
-				assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, tt.kind.Surface}, d.Kinds())
+				assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, tt.kind.Surface}, d.Surfaces())
 				assert.ErrorIs(t, d.Register(tt.kind), ErrInvalidConfig, "registered twice")
 				return
 			}
 			assert.ErrorIs(t, err, ErrInvalidConfig)
-			assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream}, d.Kinds())
+			assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream}, d.Surfaces())
 		})
 	}
 }
@@ -1176,9 +1178,9 @@ func TestReloadRandomFailuresUnderLoad(t *testing.T) {
 		case 3:
 			next.failResume = errInjected
 		case 4:
-			opts = append(opts, WithHandoff(ReloadKind{
+			opts = append(opts, WithHandoff(Handoff{
 				Surface: "conn",
-				Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 					return nil, errInjected
 				},
 			}))
@@ -1218,15 +1220,14 @@ func TestReloadStreamRollbackNeverRunsBothStreams(t *testing.T) {
 	errStop, errHost := errors.New("cannot stop"), errors.New("host handoff failed")
 	m := newReloadManager(t)
 	old := newSwappable("sw", "1.0.0", SurfaceStream)
-	old.streaming = true
 	require.NoError(t, m.Register(old))
 	next := newSwappable("sw", "1.1.0", SurfaceStream)
 	next.failCheckpoint = errStop
 
-	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(ReloadKind{
+	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(Handoff{
 		Surface: "conn",
-		Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
-			return nil, errHost
+		Resume: func(context.Context, *Swap) (func(context.Context) error, error) {
+			return nil, errHost // after the next plugin resumed the stream
 		},
 	}))
 	assert.ErrorIs(t, err, errHost)

@@ -63,7 +63,7 @@ func TestShutdownWhileReloadHoldsPlugin(t *testing.T) {
 	require.NoError(t, m.Register(old))
 
 	entered, release := make(chan struct{}), make(chan struct{})
-	stubborn := ReloadKind{Surface: "host-handle", Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+	stubborn := Handoff{Surface: "host-handle", Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 		close(entered)
 		<-release // ignores ctx
 		return nil, nil
@@ -171,7 +171,7 @@ func TestUnregisterWhileReloadHoldsPlugin(t *testing.T) {
 	defer m.Shutdown(context.Background())
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) { return 1, nil }}))
 	entered, release := make(chan struct{}), make(chan struct{})
-	hold := ReloadKind{Surface: "host-handle", Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+	hold := Handoff{Surface: "host-handle", Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 		close(entered)
 		<-release
 		return nil, nil
