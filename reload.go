@@ -401,6 +401,9 @@ func (r *reload[Req, Resp]) fail(ctx context.Context, phase string, err, undoErr
 	}
 	if se := (*stepError)(nil); errors.As(err, &se) {
 		re.Surface, re.Step = se.surface, se.step
+		if cause != err {
+			re.Err = &stepError{se.surface, se.step, cause}
+		}
 	}
 	if r.sw != nil {
 		r.rep.setHanded(r.sw)
@@ -453,7 +456,8 @@ func (r *ReloadReport) setParked(gt *gate) {
 // classify returns the one code a reload failure matches besides
 // ErrReloadFailed, and its cause: the reason ctx ended (ErrShuttingDown
 // when Shutdown aborted the reload, ErrCanceled when the caller's ctx
-// ended), else ErrDrainTimeout when pause ended, else err's own code.
+// ended; the cause is then ctx's, not the step's error, which the ending
+// caused), else ErrDrainTimeout when pause ended, else err's own code.
 func classify(ctx, pause context.Context, err error) (goerrors.ErrorCode, error) {
 	switch {
 	case ctx.Err() != nil:
@@ -461,10 +465,7 @@ func classify(ctx, pause context.Context, err error) (goerrors.ErrorCode, error)
 		if code := ErrorCode(cause); code != "" {
 			return code, cause
 		}
-		if errors.Is(err, ctx.Err()) {
-			return CodeCanceled, err
-		}
-		return CodeCanceled, fmt.Errorf("%w: %w", ctx.Err(), err)
+		return CodeCanceled, cause
 	case pause != nil && pause.Err() != nil:
 		return CodeDrainTimeout, err
 	}

@@ -32,6 +32,7 @@ type swappable struct {
 	surfaces      []Surface
 
 	failPersist, failRestore, failCheckpoint, failResume, failCompat error
+	panicRestore                                                     bool
 
 	// hold, when set, makes Execute(holdReq) send on held and then block
 	// until hold is closed.
@@ -93,6 +94,9 @@ func (p *swappable) PersistState(context.Context) ([]byte, error) {
 }
 
 func (p *swappable) RestoreState(_ context.Context, b []byte) error {
+	if p.panicRestore {
+		panic("restore bug")
+	}
 	if p.failRestore != nil {
 		return p.failRestore
 	}
@@ -1261,4 +1265,319 @@ func TestReloadResetsBreakerFailures(t *testing.T) {
 	_, err = m.Execute(context.Background(), "p", 0)
 	require.ErrorIs(t, err, boom)
 	require.Equal(t, BreakerClosed, m.Metrics().Plugins["p"].Breaker, "the old plugin's failures do not count against the new one")
+}
+
+// streamer is a plugin with state and stream whose stream runs on its own
+// goroutine: each event it consumes adds one to its state and its position,
+// then it waits for the next tick. An event arrives while PersistState runs
+// if the stream still runs then.
+type streamer struct {
+	name, version string
+
+	mu           sync.Mutex
+	n, pos       int
+	stop, exited chan struct{} // set while the stream runs
+	tick         chan struct{}
+}
+
+func newStreamer(version string) *streamer {
+	return &streamer{name: "st", version: version, tick: make(chan struct{})}
+}
+
+func (p *streamer) Info() PluginInfo {
+	return PluginInfo{Name: p.name, Version: p.version, Surfaces: []Surface{SurfaceState, SurfaceStream}}
+}
+func (p *streamer) Execute(context.Context, int) (int, error) { return 0, nil }
+func (p *streamer) Health(context.Context) error              { return nil }
+func (p *streamer) Close(ctx context.Context) error {
+	_, err := p.Checkpoint(ctx)
+	return err
+}
+
+func (p *streamer) counts() (n, pos int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n, p.pos
+}
+
+func (p *streamer) PersistState(context.Context) ([]byte, error) {
+	p.mu.Lock()
+	n, running := p.n, p.stop != nil
+	p.mu.Unlock()
+	if running {
+		p.tick <- struct{}{} // an event arrives meanwhile
+		<-p.tick             // and is consumed
+	}
+	return encodeInt(n), nil
+}
+
+func (p *streamer) RestoreState(_ context.Context, b []byte) error {
+	n, err := decodeInt(b)
+	p.mu.Lock()
+	p.n = n
+	p.mu.Unlock()
+	return err
+}
+
+func (p *streamer) Checkpoint(context.Context) ([]byte, error) {
+	p.mu.Lock()
+	stop, exited := p.stop, p.exited
+	p.stop, p.exited = nil, nil
+	p.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-exited
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return encodeInt(p.pos), nil
+}
+
+func (p *streamer) Resume(_ context.Context, pos []byte) error {
+	n := 0
+	if pos != nil {
+		var err error
+		if n, err = decodeInt(pos); err != nil {
+			return err
+		}
+	}
+	stop, exited := make(chan struct{}), make(chan struct{})
+	p.mu.Lock()
+	p.pos, p.stop, p.exited = n, stop, exited
+	p.mu.Unlock()
+	go func() {
+		defer close(exited)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-p.tick:
+			}
+			p.mu.Lock()
+			p.n++
+			p.pos++
+			p.mu.Unlock()
+			select {
+			case <-stop:
+				return
+			case p.tick <- struct{}{}:
+			}
+		}
+	}()
+	return nil
+}
+
+// step makes the stream consume one event.
+func (p *streamer) step() {
+	p.tick <- struct{}{}
+	<-p.tick
+}
+
+// TestReloadMovesStateAndStreamConsistently: with both surfaces, the stream
+// stops before the state is persisted, so an event is never in neither the
+// saved state nor after the resume position.
+func TestReloadMovesStateAndStreamConsistently(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old := newStreamer("1.0.0")
+	require.NoError(t, m.Register(old)) // starts the stream from nil
+	for range 3 {
+		old.step()
+	}
+	next := newStreamer("1.1.0")
+	_, err := m.Reload(context.Background(), "st", next)
+	require.NoError(t, err)
+	next.step()
+	n, pos := next.counts()
+	require.Equal(t, 4, pos)
+	require.Equal(t, pos, n, "the state counts every event before the resume position")
+}
+
+// TestReloadParkedCallsBoundedByDrainTimeout: a handoff step that ignores
+// its ctx does not keep parked calls past the drain timeout: they are
+// released to the old plugin, and the reload rolls back once the step
+// returns.
+func TestReloadParkedCallsBoundedByDrainTimeout(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old := newSwappable("sw", "1.0.0")
+	require.NoError(t, m.Register(old))
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	undone := make(chan struct{})
+	stubborn := Handoff{Surface: "conn", Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
+		entered <- struct{}{}
+		<-release // ignores ctx
+		return func(context.Context) error { close(undone); return nil }, nil
+	}}
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"),
+			WithHandoff(stubborn), WithDrainTimeout(50*time.Millisecond))
+		reloaded <- err
+	}()
+	<-entered
+	parked := make(chan error, 1)
+	go func() {
+		_, err := m.Execute(context.Background(), "sw", 1)
+		parked <- err
+	}()
+	require.NoError(t, awaitErr(t, "the parked call, with the step still stuck", parked))
+	require.Equal(t, int64(1), old.execs.Load(), "the parked call ran on the old plugin")
+	close(release)
+	err := awaitErr(t, "Reload", reloaded)
+	require.ErrorIs(t, err, ErrDrainTimeout)
+	awaitClosed(t, "the undo", undone)
+}
+
+// canceller is a swappable whose CheckCompat waits for its ctx to end.
+type canceller struct {
+	*swappable
+	entered chan struct{}
+}
+
+func (p *canceller) CheckCompat(ctx context.Context, _ PluginInfo) error {
+	close(p.entered)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestReloadCancelledDuringCompatReportsCtx: a reload cancelled by its
+// caller or by Shutdown while CheckCompat runs reports that, not
+// ErrSchemaIncompatible.
+func TestReloadCancelledDuringCompatReportsCtx(t *testing.T) {
+	for _, byShutdown := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shutdown=%v", byShutdown), func(t *testing.T) {
+			m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+			defer m.Shutdown(context.Background())
+			require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceSchema)))
+			next := &canceller{newSwappable("sw", "1.1.0", SurfaceSchema), make(chan struct{})}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() {
+				<-next.entered
+				if byShutdown {
+					m.Shutdown(context.Background())
+				} else {
+					cancel()
+				}
+			}()
+			_, err := m.Reload(ctx, "sw", next)
+			require.ErrorIs(t, err, ErrReloadFailed)
+			require.NotErrorIs(t, err, ErrSchemaIncompatible)
+			if byShutdown {
+				require.ErrorIs(t, err, ErrShuttingDown)
+			} else {
+				require.ErrorIs(t, err, ErrCanceled)
+				require.ErrorIs(t, err, context.Canceled)
+			}
+		})
+	}
+}
+
+// TestReloadCannotDropSchema: a next version that drops the schema surface
+// does not skip the compat check: the reload is refused.
+func TestReloadCannotDropSchema(t *testing.T) {
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceSchema)))
+	_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "2.0.0"))
+	require.ErrorIs(t, err, ErrReloadFailed)
+	require.ErrorContains(t, err, `drops the "schema" surface`)
+	info, _ := m.Info("sw")
+	require.Equal(t, "1.0.0", info.Version)
+}
+
+// TestReloadPreflightExcludesLockWait: ReloadReport.Preflight does not
+// include the wait for another reload of the plugin; Total does.
+func TestReloadPreflightExcludesLockWait(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newSwappable("sw", "1.0.0")))
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"), WithHandoff(blockingKind("hold", entered, release)))
+		first <- err
+	}()
+	<-entered
+	began := time.Now()
+	second := make(chan ReloadReport, 1)
+	go func() {
+		rep, _ := m.Reload(context.Background(), "sw", newSwappable("sw", "1.2.0"))
+		second <- rep
+	}()
+	waitBlockedIn(t, "(*entry[...]).lock")
+	time.Sleep(20 * time.Millisecond) // the wait to be excluded (not synchronisation)
+	waited := time.Since(began)
+	close(release)
+	require.NoError(t, awaitErr(t, "the first reload", first))
+	rep := <-second
+	require.Less(t, rep.Preflight, waited)
+	require.GreaterOrEqual(t, rep.Total, 20*time.Millisecond, "Total includes the wait")
+}
+
+// TestReloadResetsHealthWithEvent: the commit resets the health status
+// together with the swap and reports the reset with an event.
+func TestReloadResetsHealthWithEvent(t *testing.T) {
+	m := newReloadManager(t)
+	old := &scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) { return 1, nil },
+		health: func(context.Context) error { return errors.New("sick") }}
+	require.NoError(t, m.Register(old))
+	require.Equal(t, HealthDegraded, m.Health(context.Background())["p"].Status)
+	events := collectEvents(m, EventHealthChanged, EventReloaded)
+	_, err := m.Reload(context.Background(), "p", &scripted{name: "p", version: "1.1.0",
+		exec: func(context.Context, int) (int, error) { return 2, nil }})
+	require.NoError(t, err)
+	ev := awaitEvent(t, events)
+	require.Equal(t, EventHealthChanged, ev.Kind)
+	require.Equal(t, HealthUnknown, ev.Health)
+	require.Equal(t, EventReloaded, awaitEvent(t, events).Kind)
+	require.Equal(t, HealthUnknown, m.Metrics().Plugins["p"].Health)
+}
+
+// TestRegisterStartsFirstStream: Register gives a StreamPlugin its first
+// Resume, with a nil position.
+func TestRegisterStartsFirstStream(t *testing.T) {
+	m := newReloadManager(t)
+	p := newSwappable("sw", "1.0.0", SurfaceStream)
+	require.NoError(t, m.Register(p))
+	_, pos, streaming := p.snapshot()
+	require.True(t, streaming)
+	require.Zero(t, pos)
+	require.Equal(t, 1, p.resumes)
+
+	bad := newSwappable("bad", "1.0.0", SurfaceStream)
+	bad.failResume = errors.New("no stream")
+	require.ErrorIs(t, m.Register(bad), ErrInvalidPlugin)
+	require.Empty(t, slices.DeleteFunc(m.Plugins(), func(i PluginInfo) bool { return i.Name != "bad" }))
+}
+
+// TestReloadRestorePanicNamesRestoreStep: a RestoreState that panics is
+// reported as the state surface's "restore" step.
+func TestReloadRestorePanicNamesRestoreStep(t *testing.T) {
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceState)))
+	next := newSwappable("sw", "1.1.0", SurfaceState)
+	next.panicRestore = true
+	_, err := m.Reload(context.Background(), "sw", next)
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	require.ErrorIs(t, err, ErrPanic)
+	require.Equal(t, SurfaceState, re.Surface)
+	require.Equal(t, "restore", re.Step)
+}
+
+// TestReloadEventReportIsACopy: the report sent with EventReloaded shares
+// nothing with the one Reload returns.
+func TestReloadEventReportIsACopy(t *testing.T) {
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceState)))
+	events := collectEvents(m, EventReloaded)
+	rep, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0", SurfaceState))
+	require.NoError(t, err)
+	want := slices.Clone(rep.Handed[SurfaceState])
+	rep.Handed[SurfaceState][0] = 0xff
+	rep.Steps[0] = "changed"
+	ev := awaitEvent(t, events)
+	require.Equal(t, want, ev.Reload.Handed[SurfaceState])
+	require.Equal(t, []Surface{SurfaceState}, ev.Reload.Steps)
 }
