@@ -17,12 +17,15 @@ import (
 //
 // Execute is lock-free: it reads an immutable snapshot of the registry
 // through an atomic pointer, which Register and Unregister replace
-// copy-on-write. On its success path it takes no mutex and allocates
-// nothing (unless a timeout is configured, see WithTimeout).
+// copy-on-write. On its success path, and when it refuses a call, it
+// takes no mutex and allocates nothing (unless a timeout is configured,
+// see WithTimeout).
 //
 // A Manager is safe for concurrent use. Shutdown releases everything it
-// holds; no goroutine of the manager outlives it, except one still waiting
-// on a plugin whose Close or reload step ignores its ctx (see Shutdown).
+// holds; no goroutine of the manager outlives a Shutdown that returned nil,
+// except one still waiting on a plugin whose Close or reload step ignores
+// its ctx, or a subscriber that called Shutdown itself (see Shutdown). A
+// Manager cannot be reused after Shutdown.
 type Manager[Req, Resp any] struct {
 	cfg managerConfig
 	reg atomic.Pointer[registry[Req, Resp]]
@@ -773,8 +776,11 @@ func (m *Manager[Req, Resp]) Metrics() Metrics {
 // Subscribe calls fn with every event from now on, in order, from a
 // goroutine of its own: a slow fn never blocks Execute or other
 // subscribers, but events beyond its buffer are dropped and counted (see
-// WithEventBuffer). A panic in fn is recovered and logged. Call cancel to
-// stop; Shutdown stops every subscriber after delivering what was queued.
+// WithEventBuffer). A panic in fn is recovered and logged. Events carry
+// Seq, their place in the order of the changes. Call cancel to stop: once
+// it returns, fn gets no further event (queued ones are dropped; a call
+// running then finishes). Shutdown stops every subscriber after delivering
+// what was queued; fn may call Shutdown.
 func (m *Manager[Req, Resp]) Subscribe(fn func(Event)) (cancel func()) {
 	return m.bus.subscribe(fn)
 }

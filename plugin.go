@@ -62,8 +62,8 @@ func (i PluginInfo) Has(s Surface) bool { return slices.Contains(i.Surfaces, s) 
 // implements the matching optional interfaces.
 type Surface string
 
-// The built-in reload surfaces. Hosts may register more kinds with the
-// ReloadDispatcher.
+// The built-in reload surfaces. Hosts may register more surfaces, each with
+// a Handoff, with the ReloadDispatcher.
 const (
 	// SurfaceState: the old plugin's PersistState bytes are handed to the
 	// new plugin's RestoreState (see StatefulPlugin).
@@ -90,9 +90,10 @@ type StreamPlugin interface {
 	// Checkpoint stops the plugin's stream processing and returns the
 	// position it reached.
 	Checkpoint(ctx context.Context) ([]byte, error)
-	// Resume restarts stream processing from position. The new plugin
-	// resumes from the old one's checkpoint; on rollback the old plugin
-	// resumes from its own.
+	// Resume starts stream processing from position. Register calls it
+	// with a nil position (the first stream); in a reload the new plugin
+	// resumes from the old one's checkpoint (nil when the old one had no
+	// stream), and on rollback the old plugin resumes from its own.
 	Resume(ctx context.Context, position []byte) error
 }
 
