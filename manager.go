@@ -102,9 +102,8 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 // ValidateName and the version must be strict semver (and pass the
 // manager's VersionPolicy rule for the name, if any). Registering a name
 // that is taken fails with ErrAlreadyRegistered: use Reload to replace a
-// plugin. A plugin with the stream surface (a StreamPlugin) starts its
-// first stream here: Register calls Resume with a nil position, bounded by
-// the health-check timeout, and fails with ErrInvalidPlugin if it fails.
+// plugin. With WithStreamStart, Register starts the plugin's first stream
+// (Resume) before the plugin serves.
 func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOption) error {
 	if p == nil {
 		return newError(CodeInvalidPlugin, "", "Register got a nil plugin")
@@ -125,7 +124,7 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOptio
 	if m.reg.Load().entries[info.Name] != nil {
 		return m.taken(info.Name)
 	}
-	stopStream, err := startStream(p, info, cfg.health.Timeout)
+	stopStream, err := startStream(p, info, cfg)
 	if err != nil {
 		return err
 	}
@@ -168,19 +167,23 @@ func (m *Manager[Req, Resp]) taken(name string) error {
 		"a plugin of this name is registered already; use Reload to replace it or Unregister it first")
 }
 
-// startStream starts the first stream of a plugin with the stream surface:
-// Register calls its Resume with a nil position, bounded by the health
+// startStream starts the first stream of a plugin registered with
+// WithStreamStart: Resume from the given position, bounded by the health
 // timeout. The returned func stops it again (Checkpoint) if Register fails
 // after all.
-func startStream[Req, Resp any](p Plugin[Req, Resp], info PluginInfo, timeout time.Duration) (stop func(), err error) {
-	sp, ok := p.(StreamPlugin)
-	if !ok || !info.Has(SurfaceStream) {
+func startStream[Req, Resp any](p Plugin[Req, Resp], info PluginInfo, cfg pluginConfig) (stop func(), err error) {
+	if !cfg.streamStart {
 		return func() {}, nil
 	}
+	sp, ok := p.(StreamPlugin)
+	if !ok || !info.Has(SurfaceStream) {
+		return nil, newError(CodeInvalidPlugin, info.Name, "WithStreamStart needs a StreamPlugin that declares the stream surface")
+	}
+	timeout := cfg.health.Timeout
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := runStep(SurfaceStream, "resume", func() error { return sp.Resume(ctx, nil) }); err != nil {
-		return nil, wrapError(err, CodeInvalidPlugin, info.Name, "Register starts the plugin's stream with Resume(nil), and it failed")
+	if err := runStep(SurfaceStream, "resume", func() error { return sp.Resume(ctx, cfg.streamPos) }); err != nil {
+		return nil, wrapError(err, CodeInvalidPlugin, info.Name, "Register started the plugin's stream (WithStreamStart), and Resume failed")
 	}
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -461,7 +464,12 @@ func (m *Manager[Req, Resp]) Unregister(ctx context.Context, name string) error 
 			"removed, but %d call(s) were still running; it will be closed after the last one ends", left)
 	}
 	defer m.wg.Done()
-	err := g.close(ctx, name)
+	closeCtx, cancel := ctx, context.CancelFunc(func() {})
+	if ctx.Err() != nil { // an ended ctx still gets a bounded Close
+		closeCtx, cancel = context.WithTimeout(context.WithoutCancel(ctx), e.cfg.health.Timeout)
+	}
+	defer cancel()
+	err := g.close(closeCtx, name)
 	m.cfg.logger.Info("goplugins: plugin unregistered", "plugin", name, "version", g.info.Version)
 	m.emit(Event{Kind: EventUnregistered, Plugin: name, Version: g.info.Version, Err: err})
 	if err != nil {

@@ -90,10 +90,10 @@ type StreamPlugin interface {
 	// Checkpoint stops the plugin's stream processing and returns the
 	// position it reached.
 	Checkpoint(ctx context.Context) ([]byte, error)
-	// Resume starts stream processing from position. Register calls it
-	// with a nil position (the first stream); in a reload the new plugin
-	// resumes from the old one's checkpoint (nil when the old one had no
-	// stream), and on rollback the old plugin resumes from its own.
+	// Resume starts stream processing from position. In a reload the new
+	// plugin resumes from the old one's checkpoint, and on rollback the old
+	// plugin resumes from its own; with WithStreamStart, Register calls it
+	// for the first stream (a nil position: from the beginning).
 	Resume(ctx context.Context, position []byte) error
 }
 

@@ -100,7 +100,7 @@ func cloneHanded(h map[Surface][]byte) map[Surface][]byte {
 // be declared by the next one too and have a handoff, or the reload is
 // refused in preflight: what it holds would be lost, or its check skipped.
 // The state and stream handoffs move nothing when the old plugin lacks the
-// surface: the next plugin starts fresh (a stream from a nil position).
+// surface: the next plugin starts fresh.
 type ReloadDispatcher struct {
 	mu       sync.RWMutex
 	handoffs []Handoff
@@ -341,10 +341,10 @@ var streamHandoff = Handoff{
 		}, nil
 	},
 	Resume: func(ctx context.Context, sw *Swap) (func(context.Context) error, error) {
-		var pos []byte // nil: the next plugin starts a fresh stream
-		if sw.OldInfo.Has(SurfaceStream) {
-			pos = sw.recorded()[SurfaceStream]
+		if !sw.OldInfo.Has(SurfaceStream) {
+			return nil, nil // nothing to hand over: the next plugin starts its own stream
 		}
+		pos := sw.recorded()[SurfaceStream]
 		next := sw.Next.(StreamPlugin)
 		if err := runStep(SurfaceStream, "resume", func() error { return next.Resume(ctx, pos) }); err != nil {
 			return nil, err
@@ -360,10 +360,7 @@ var streamHandoff = Handoff{
 			if _, err := next.Checkpoint(ctx); err != nil {
 				return fmt.Errorf("stopping the next plugin's stream: %w", err)
 			}
-			if sw.OldInfo.Has(SurfaceStream) {
-				return sw.Old.(StreamPlugin).Resume(ctx, pos)
-			}
-			return nil
+			return sw.Old.(StreamPlugin).Resume(ctx, pos)
 		}, nil
 	},
 }

@@ -592,7 +592,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			events := collectEvents(m, EventReloaded, EventReloadFailed)
 			old := newSwappable("sw", "1.0.0", r.oldSurfaces...)
 			old.hold, old.held = make(chan struct{}), make(chan struct{})
-			require.NoError(t, m.Register(old)) // starts old's stream
+			require.NoError(t, m.Register(old, WithStreamStart(nil)))
 			nextName, nextVersion := cmp.Or(r.nextName, "sw"), cmp.Or(r.nextVersion, "1.1.0")
 			next := newSwappable(nextName, nextVersion, r.nextSurfaces...)
 
@@ -1224,7 +1224,7 @@ func TestReloadStreamRollbackNeverRunsBothStreams(t *testing.T) {
 	errStop, errHost := errors.New("cannot stop"), errors.New("host handoff failed")
 	m := newReloadManager(t)
 	old := newSwappable("sw", "1.0.0", SurfaceStream)
-	require.NoError(t, m.Register(old))
+	require.NoError(t, m.Register(old, WithStreamStart(nil)))
 	next := newSwappable("sw", "1.1.0", SurfaceStream)
 	next.failCheckpoint = errStop
 
@@ -1380,7 +1380,7 @@ func TestReloadMovesStateAndStreamConsistently(t *testing.T) {
 	verifyNoLeaks(t)
 	m := newReloadManager(t)
 	old := newStreamer("1.0.0")
-	require.NoError(t, m.Register(old)) // starts the stream from nil
+	require.NoError(t, m.Register(old, WithStreamStart(nil)))
 	for range 3 {
 		old.step()
 	}
@@ -1534,20 +1534,26 @@ func TestReloadResetsHealthWithEvent(t *testing.T) {
 	require.Equal(t, HealthUnknown, m.Metrics().Plugins["p"].Health)
 }
 
-// TestRegisterStartsFirstStream: Register gives a StreamPlugin its first
-// Resume, with a nil position.
+// TestRegisterStartsFirstStream: with WithStreamStart, Register gives a
+// StreamPlugin its first Resume, from the position given (nil: the
+// beginning); a failing Resume fails Register.
 func TestRegisterStartsFirstStream(t *testing.T) {
 	m := newReloadManager(t)
 	p := newSwappable("sw", "1.0.0", SurfaceStream)
-	require.NoError(t, m.Register(p))
+	require.NoError(t, m.Register(p, WithStreamStart(encodeInt(7))))
 	_, pos, streaming := p.snapshot()
 	require.True(t, streaming)
-	require.Zero(t, pos)
+	require.Equal(t, uint64(7), pos)
 	require.Equal(t, 1, p.resumes)
+
+	plain := newSwappable("plain", "1.0.0", SurfaceStream)
+	require.NoError(t, m.Register(plain))
+	require.Zero(t, plain.resumes, "without the option the plugin starts its own stream")
 
 	bad := newSwappable("bad", "1.0.0", SurfaceStream)
 	bad.failResume = errors.New("no stream")
-	require.ErrorIs(t, m.Register(bad), ErrInvalidPlugin)
+	require.ErrorIs(t, m.Register(bad, WithStreamStart(nil)), ErrInvalidPlugin)
+	require.ErrorIs(t, m.Register(newEcho("nostream", "1.0.0"), WithStreamStart(nil)), ErrInvalidPlugin)
 	require.Empty(t, slices.DeleteFunc(m.Plugins(), func(i PluginInfo) bool { return i.Name != "bad" }))
 }
 
