@@ -2,7 +2,9 @@ package goplugins
 
 import (
 	"context"
+	"errors"
 	"testing"
+	"time"
 )
 
 func benchManager(b *testing.B) *Manager[int, int] {
@@ -38,4 +40,23 @@ func BenchmarkExecuteParallel(b *testing.B) {
 			i++
 		}
 	})
+}
+
+func BenchmarkExecuteRejected(b *testing.B) {
+	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}),
+		WithBreaker(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}))
+	fail := errors.New("down")
+	if err := m.Register(&scripted{name: "down", version: "1.0.0",
+		exec: func(context.Context, int) (int, error) { return 0, fail }}); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Shutdown(context.Background()) })
+	ctx := context.Background()
+	m.Execute(ctx, "down", 0) // opens the breaker
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if _, err := m.Execute(ctx, "down", i); !errors.Is(err, ErrBreakerOpen) {
+			b.Fatal(err)
+		}
+	}
 }

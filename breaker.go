@@ -88,7 +88,9 @@ func (c BreakerConfig) withDefaults() BreakerConfig {
 }
 
 // breaker is a circuit breaker whose closed-state success path is two
-// atomic loads. Transitions take mu.
+// atomic loads. Transitions take mu. Times are durations since epoch, read
+// from the monotonic clock: a wall-clock step does not move the open
+// timeout.
 type breaker struct {
 	cfg      BreakerConfig
 	now      func() time.Time
@@ -98,10 +100,14 @@ type breaker struct {
 
 	state       atomic.Int32
 	consecutive atomic.Int64
-	probes      atomic.Int32 // probes running while half-open
-	openUntil   atomic.Int64 // unix nanoseconds
+	// probes is the episode (high 32 bits), renewed at every transition,
+	// and the probes running in it while half-open (low 32 bits): a probe
+	// is booked only in the half-open episode that admitted it.
+	probes    atomic.Uint64
+	openUntil atomic.Int64 // since epoch, in nanoseconds
 
 	mu             sync.Mutex
+	epoch          time.Time
 	probeSuccesses int
 	windowStart    time.Time
 	windowBase     uint64
@@ -109,10 +115,15 @@ type breaker struct {
 }
 
 // ticket records how a call was admitted, so its outcome is booked right.
-type ticket uint8
+type ticket struct {
+	kind    ticketKind
+	episode uint32 // for probes: the half-open episode that admitted it
+}
+
+type ticketKind uint8
 
 const (
-	ticketNormal ticket = iota
+	ticketNormal ticketKind = iota
 	ticketProbe
 	ticketNone // breaker disabled
 )
@@ -120,14 +131,14 @@ const (
 // allow admits a call or reports ErrBreakerOpen (as false).
 func (b *breaker) allow() (ticket, bool) {
 	if b.cfg.Disabled {
-		return ticketNone, true
+		return ticket{kind: ticketNone}, true
 	}
 	switch BreakerState(b.state.Load()) {
 	case BreakerClosed:
-		return ticketNormal, true
+		return ticket{}, true
 	case BreakerOpen:
-		if b.now().UnixNano() < b.openUntil.Load() {
-			return ticketNormal, false
+		if int64(b.now().Sub(b.epoch)) < b.openUntil.Load() {
+			return ticket{}, false
 		}
 		b.mu.Lock()
 		if BreakerState(b.state.Load()) == BreakerOpen {
@@ -136,44 +147,59 @@ func (b *breaker) allow() (ticket, bool) {
 		b.mu.Unlock()
 		return b.allow()
 	default:
-		if int(b.probes.Add(1)) > b.cfg.HalfOpenProbes {
-			b.probes.Add(-1)
-			return ticketNormal, false
+		for {
+			v := b.probes.Load()
+			if BreakerState(b.state.Load()) != BreakerHalfOpen {
+				return b.allow()
+			}
+			if int(uint32(v)) >= b.cfg.HalfOpenProbes {
+				return ticket{}, false
+			}
+			if b.probes.CompareAndSwap(v, v+1) {
+				return ticket{kind: ticketProbe, episode: uint32(v >> 32)}, true
+			}
 		}
-		return ticketProbe, true
+	}
+}
+
+// endProbe frees the slot of a probe of the current episode and reports
+// whether it was one; a probe of an earlier episode has no slot any more.
+func (b *breaker) endProbe(t ticket) bool {
+	for {
+		v := b.probes.Load()
+		if uint32(v>>32) != t.episode {
+			return false
+		}
+		if b.probes.CompareAndSwap(v, v-1) {
+			return true
+		}
 	}
 }
 
 // release gives back an admission whose call never ran (it was parked).
 func (b *breaker) release(t ticket) {
-	if t == ticketProbe {
-		b.probes.Add(-1)
+	if t.kind == ticketProbe {
+		b.endProbe(t)
 	}
 }
 
 // record books the outcome of an admitted call. callerCtx is the caller's
 // ctx, used by the default failure classification.
 func (b *breaker) record(callerCtx context.Context, t ticket, err error) {
-	if t == ticketNone {
+	if t.kind == ticketNone {
 		return
 	}
 	failed := err != nil && b.isFailure(callerCtx, err)
-	if t == ticketProbe {
-		// A probe has three outcomes: a failure reopens, a success counts
-		// towards closing, and a probe the caller gave up on proves
-		// nothing: it frees its slot and the breaker stays half-open.
-		undecided := !failed && err != nil && callerGaveUp(callerCtx, err)
+	if t.kind == ticketProbe {
 		b.mu.Lock()
-		b.probes.Add(-1)
-		if BreakerState(b.state.Load()) == BreakerHalfOpen && !undecided {
-			if failed {
-				b.open()
-			} else if b.probeSuccesses++; b.probeSuccesses >= b.cfg.HalfOpenProbes {
-				b.transition(BreakerClosed)
-			}
-		}
+		current := b.endProbe(t) && BreakerState(b.state.Load()) == BreakerHalfOpen
 		b.mu.Unlock()
-		return
+		if current {
+			b.recordProbe(callerCtx, failed, err)
+			return
+		}
+		// The episode that admitted the probe is over: its outcome is an
+		// ordinary call's in the state the breaker is in now.
 	}
 	if !failed {
 		if b.consecutive.Load() != 0 {
@@ -206,9 +232,31 @@ func (b *breaker) record(callerCtx context.Context, t ticket, err error) {
 	}
 }
 
+// recordProbe books a probe of the current half-open episode. A probe has
+// three outcomes: a failure reopens, a success counts towards closing, and
+// a probe the caller gave up on proves nothing: the breaker stays half-open.
+func (b *breaker) recordProbe(callerCtx context.Context, failed bool, err error) {
+	if !failed && err != nil && callerGaveUp(callerCtx, err) {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if BreakerState(b.state.Load()) != BreakerHalfOpen {
+		return
+	}
+	if failed {
+		b.open()
+	} else if b.probeSuccesses++; b.probeSuccesses >= b.cfg.HalfOpenProbes {
+		b.transition(BreakerClosed)
+	}
+}
+
 // startWindow starts a failure-rate window now; it runs when the breaker is
 // made and each time it closes.
 func (b *breaker) startWindow() {
+	if b.epoch.IsZero() {
+		b.epoch = b.now()
+	}
 	b.windowStart, b.windowBase, b.windowFailures = b.now(), b.calls(), 0
 }
 
@@ -240,7 +288,7 @@ func callerGaveUp(callerCtx context.Context, err error) bool {
 
 // open moves to BreakerOpen; mu is held.
 func (b *breaker) open() {
-	b.openUntil.Store(b.now().Add(b.cfg.OpenTimeout).UnixNano())
+	b.openUntil.Store(int64(b.now().Sub(b.epoch) + b.cfg.OpenTimeout))
 	b.transition(BreakerOpen)
 }
 
@@ -252,6 +300,7 @@ func (b *breaker) transition(to BreakerState) {
 	}
 	b.consecutive.Store(0)
 	b.probeSuccesses = 0
+	b.probes.Store((b.probes.Load()>>32 + 1) << 32) // a new episode, no probe
 	if to == BreakerClosed {
 		b.startWindow()
 	}

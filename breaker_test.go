@@ -194,7 +194,7 @@ func TestBreakerTransitions(t *testing.T) {
 				case "probe":
 					tk, ok := b.allow()
 					require.True(t, ok, "step %d: probe refused", i)
-					require.Equal(t, ticketProbe, tk, "step %d", i)
+					require.Equal(t, ticketProbe, tk.kind, "step %d", i)
 					calls++
 					held = append(held, tk)
 				case "cancel":
@@ -260,4 +260,50 @@ func TestBreakerIsFailurePanicIsContained(t *testing.T) {
 	require.Equal(t, BreakerOpen, pm.Breaker, "the panic counted as a failure")
 	_, err := m.Execute(context.Background(), "p", 1)
 	require.ErrorIs(t, err, ErrBreakerOpen)
+}
+
+// TestBreakerProbeBookedInItsEpisode: a half-open probe is booked in the
+// episode that admitted it. A late probe whose episode closed the breaker
+// counts as an ordinary call (its failure is not dropped), and a probe of
+// an earlier episode never frees a slot of a later one.
+func TestBreakerProbeBookedInItsEpisode(t *testing.T) {
+	boom := errors.New("boom")
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	b := &breaker{cfg: BreakerConfig{ConsecutiveFailures: 1, HalfOpenProbes: 2, OpenTimeout: time.Second}.withDefaults(),
+		now: clock.now, calls: func() uint64 { return 0 }}
+	b.startWindow()
+	ctx := context.Background()
+	open := func() {
+		tk, _ := b.allow()
+		b.record(ctx, tk, boom)
+		require.Equal(t, BreakerOpen, BreakerState(b.state.Load()))
+		clock.advance(time.Second)
+	}
+	open()
+	p1, ok1 := b.allow()
+	p2, ok2 := b.allow()
+	require.True(t, ok1 && ok2)
+	b.record(ctx, p1, nil)
+	p3, ok3 := b.allow()
+	require.True(t, ok3)
+	b.record(ctx, p3, nil)
+	require.Equal(t, BreakerClosed, BreakerState(b.state.Load()))
+	b.record(ctx, p2, boom) // late: its episode closed the breaker
+	require.Equal(t, BreakerOpen, BreakerState(b.state.Load()), "the late failure counts")
+
+	clock.advance(time.Second)
+	q1, ok := b.allow() // a new half-open episode
+	require.True(t, ok)
+	stale, _ := b.allow()
+	b.record(ctx, q1, boom) // reopens
+	clock.advance(time.Second)
+	r1, ok1 := b.allow()
+	r2, ok2 := b.allow()
+	require.True(t, ok1 && ok2)
+	b.release(stale) // a probe of the earlier episode
+	_, ok = b.allow()
+	require.False(t, ok, "the stale probe freed no slot of this episode")
+	b.record(ctx, r1, nil)
+	b.record(ctx, r2, nil)
+	require.Equal(t, BreakerClosed, BreakerState(b.state.Load()))
 }

@@ -9,9 +9,10 @@
 //	manifest files --DiscoveryEngine--> events --DynamicLoader--> version checks + DependencyGraph
 //	   --> Factory (transport) --> Plugin[Req, Resp] --> Manager.Register / Manager.Reload
 //	Manager.Execute(ctx, name, req) --> registry snapshot --> breaker --> plugin.Execute
-//	Manager.Reload: preflight --> drain (park new calls, wait in-flight) --> ReloadDispatcher
-//	   (per-kind handoffs, each with an undo) --> commit (atomic swap, release parked calls)
-//	   on any failure: undo in reverse, old plugin keeps serving, parked calls go to it
+//	Manager.Reload: preflight --> drain (park new calls, wait in-flight) --> dispatch (each
+//	   surface's Handoff: stop, move, start, each step with an undo) --> commit (atomic swap,
+//	   release parked calls); on any failure: rollback (undo in reverse, old plugin keeps
+//	   serving, parked calls go to it)
 //
 // A plugin's folder holds its manifest, plugin.json or plugin.yaml (see
 // Manifest for the fields: name, version, transport, command, checksum,
@@ -33,12 +34,15 @@
 // Execute is lock-free and allocates nothing on its success path; each
 // plugin has a timeout, a circuit breaker, retries for errors it marks
 // retryable, panic recovery, health checks, metrics (Manager.Metrics) and
-// events (Manager.Subscribe).
+// events (Manager.Subscribe). A caller whose ctx ends before the plugin
+// answers gets an error matching ErrCanceled and ctx's error, on every
+// transport; ErrTimeout is only the plugin's own timeout.
 //
 // Reload hot-swaps a plugin without dropping a call: new calls are parked
 // while the calls in flight finish, the plugin's state moves to the new
-// version through the surfaces it declares (state, stream, schema, or kinds
-// the host registers; see ReloadDispatcher), and one atomic swap commits.
+// version through the surfaces it declares (state, stream, schema, or
+// surfaces the host registers a Handoff for; see ReloadDispatcher), and one
+// atomic swap commits.
 // Any failure rolls back and the old version serves on; the ReloadReport
 // says how long calls were parked and what was handed over.
 //

@@ -152,6 +152,23 @@ func wrapError(cause error, code goerrors.ErrorCode, plugin, format string, args
 	return e
 }
 
+// canceledError is the error of a call whose caller's ctx ended before the
+// plugin answered: it matches ErrCanceled and ctx's error, and its cause
+// when that differs (context.WithCancelCause).
+func canceledError(ctx context.Context, plugin string) error {
+	cause := ctx.Err()
+	if c := context.Cause(ctx); c != nil && c != cause {
+		cause = fmt.Errorf("%w: %w", cause, c)
+	}
+	return wrapError(cause, CodeCanceled, plugin, "the caller's context ended before the plugin answered")
+}
+
+// isCanceled reports whether err is ctx's own ending: ctx is done and err
+// is (or wraps) its error.
+func isCanceled(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
+}
+
 // IsRetryable reports whether err, or an error it wraps, is marked retryable
 // (go-errors' AsRetryable, or any error with an IsRetryable() bool method
 // that returns true).
@@ -185,17 +202,6 @@ func ErrorCode(err error) goerrors.ErrorCode {
 		return e.Code
 	}
 	return ""
-}
-
-// canceledError is the error of a call whose caller's ctx ended before the
-// plugin answered: it matches ErrCanceled and ctx's error, and its cause
-// when that differs (context.WithCancelCause).
-func canceledError(ctx context.Context, plugin string) error {
-	cause := ctx.Err()
-	if c := context.Cause(ctx); c != nil && c != cause {
-		cause = errors.Join(cause, c)
-	}
-	return wrapError(cause, CodeCanceled, plugin, "the caller's context ended before the plugin answered")
 }
 
 // causeText is the text of a cause in a wrapping message: for one of this

@@ -1,7 +1,10 @@
 package goplugins
 
 import (
+	"bytes"
 	"log/slog"
+	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,6 +82,10 @@ type Event struct {
 	Plugin string
 	// Time is when it happened.
 	Time time.Time
+	// Seq numbers the manager's events from 1 in the order of the changes
+	// they report; every subscriber receives them in that order (with gaps
+	// where its buffer was full).
+	Seq uint64
 	// Version is the plugin's version, for registered, unregistered and
 	// reload events (the new version after a reload).
 	Version string
@@ -98,17 +105,30 @@ type Event struct {
 // subscriber delivers events to one callback from its own goroutine, so a
 // slow callback delays only itself.
 type subscriber struct {
-	fn    func(Event)
-	queue chan Event
-	done  chan struct{}
+	fn        func(Event)
+	queue     chan Event
+	gid       atomic.Uint64 // the delivering goroutine, for Shutdown from fn
+	cancelled atomic.Bool   // cancel was called: queued events are dropped
+	doneOnce  sync.Once
+	done      chan struct{} // delivery ended, or fn called Shutdown
 }
 
 func (s *subscriber) run(log *slog.Logger) {
-	defer close(s.done)
+	defer s.finish()
+	s.gid.Store(goroutineID())
 	for ev := range s.queue {
+		if s.cancelled.Load() {
+			return
+		}
 		s.deliver(ev, log)
 	}
 }
+
+func (s *subscriber) finish() { s.doneOnce.Do(func() { close(s.done) }) }
+
+// stopped is closed once the subscriber delivered what was queued, or its
+// callback called Shutdown (which then must not wait for it).
+func (s *subscriber) stopped() <-chan struct{} { return s.done }
 
 func (s *subscriber) deliver(ev Event, log *slog.Logger) {
 	defer func() {
@@ -120,20 +140,26 @@ func (s *subscriber) deliver(ev Event, log *slog.Logger) {
 }
 
 // eventBus fans events out to subscribers without ever blocking the sender.
+// emit holds mu while it queues, and numbers the event: every subscriber
+// sees the events in one order, the order of the emits. A sender that emits
+// while holding the lock that orders its change makes the events follow
+// the changes.
 type eventBus struct {
 	log     *slog.Logger
 	buffer  int
 	dropped atomic.Uint64
 
-	mu     sync.RWMutex
+	mu     sync.Mutex
+	seq    uint64
 	subs   map[*subscriber]struct{}
-	closed bool
+	closed []*subscriber // the subscribers when close ran; nil before
+	isDone bool
 }
 
 func (b *eventBus) subscribe(fn func(Event)) (cancel func()) {
 	s := &subscriber{fn: fn, queue: make(chan Event, b.buffer), done: make(chan struct{})}
 	b.mu.Lock()
-	if b.closed {
+	if b.isDone {
 		b.mu.Unlock()
 		return func() {}
 	}
@@ -146,6 +172,7 @@ func (b *eventBus) subscribe(fn func(Event)) (cancel func()) {
 	var once sync.Once
 	return func() {
 		once.Do(func() {
+			s.cancelled.Store(true)
 			b.mu.Lock()
 			_, ok := b.subs[s]
 			delete(b.subs, s)
@@ -161,8 +188,10 @@ func (b *eventBus) emit(ev Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.seq++
+	ev.Seq = b.seq
 	for s := range b.subs {
 		select {
 		case s.queue <- ev:
@@ -172,17 +201,52 @@ func (b *eventBus) emit(ev Event) {
 	}
 }
 
-// close stops accepting events and returns the subscribers' done channels,
-// closed once each has delivered what was queued.
-func (b *eventBus) close() []chan struct{} {
+// close stops accepting events and returns the subscribers, each stopped
+// once it has delivered what was queued. Later calls return the same.
+func (b *eventBus) close() []*subscriber {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.closed = true
-	var done []chan struct{}
-	for s := range b.subs {
-		close(s.queue)
-		done = append(done, s.done)
+	if !b.isDone {
+		b.isDone = true
+		for s := range b.subs {
+			close(s.queue)
+			b.closed = append(b.closed, s)
+		}
+		b.subs = nil
 	}
-	b.subs = nil
-	return done
+	return b.closed
+}
+
+// reentered returns the subscriber whose callback runs on goroutine gid
+// (a callback calling Shutdown), marked stopped; nil if there is none.
+func (b *eventBus) reentered(gid uint64) *subscriber {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.subs {
+		if s.gid.Load() == gid {
+			s.finish()
+			return s
+		}
+	}
+	for _, s := range b.closed {
+		if s.gid.Load() == gid {
+			s.finish()
+			return s
+		}
+	}
+	return nil
+}
+
+// goroutineID returns the running goroutine's number, read from its stack
+// header ("goroutine 42 [running]:"). Only Shutdown and a subscriber's start
+// call it.
+func goroutineID() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); i > 0 {
+		b = b[:i]
+	}
+	id, _ := strconv.ParseUint(string(b), 10, 64)
+	return id
 }

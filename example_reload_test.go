@@ -30,9 +30,9 @@ func ExampleReloadDispatcher_Register() {
 	// A kind for the "cache" surface: the next version takes over the old
 	// one's warm cache. The old plugin keeps its own, so no undo is needed.
 	d := goplugins.NewReloadDispatcher()
-	err := d.Register(goplugins.ReloadKind{
+	err := d.Register(goplugins.Handoff{
 		Surface: "cache",
-		Transfer: func(_ context.Context, h *goplugins.Handoff) (func(context.Context) error, error) {
+		Transfer: func(_ context.Context, h *goplugins.Swap) (func(context.Context) error, error) {
 			old, next := h.Old.(*greeter), h.Next.(*greeter)
 			next.cache = make(map[string]string, len(old.cache))
 			for k, v := range old.cache {
@@ -45,7 +45,7 @@ func ExampleReloadDispatcher_Register() {
 		fmt.Println(err)
 		return
 	}
-	fmt.Println(d.Kinds())
+	fmt.Println(d.Surfaces())
 
 	m := goplugins.NewManager[string, string](goplugins.WithReloadDispatcher(d))
 	defer m.Shutdown(context.Background())
@@ -72,9 +72,9 @@ func ExampleWithHandoff() {
 	// moves to the next version inside the reload, with an undo that moves
 	// it back if a later step fails.
 	owner := "greeter 1.0.0"
-	conn := goplugins.ReloadKind{
+	conn := goplugins.Handoff{
 		Surface: "socket",
-		Transfer: func(_ context.Context, h *goplugins.Handoff) (func(context.Context) error, error) {
+		Transfer: func(_ context.Context, h *goplugins.Swap) (func(context.Context) error, error) {
 			prev := owner
 			owner = "greeter " + h.NextInfo.Version
 			h.Record("socket", []byte("/run/greeter.sock"))
@@ -95,16 +95,16 @@ func ExampleReloadError() {
 	defer m.Shutdown(context.Background())
 	_ = m.Register(&greeter{version: "1.0.0"})
 
-	failing := goplugins.ReloadKind{
+	failing := goplugins.Handoff{
 		Surface: "socket",
-		Transfer: func(context.Context, *goplugins.Handoff) (func(context.Context) error, error) {
+		Transfer: func(context.Context, *goplugins.Swap) (func(context.Context) error, error) {
 			return nil, errors.New("address in use")
 		},
 	}
 	_, err := m.Reload(context.Background(), "greeter", &greeter{version: "1.1.0"}, goplugins.WithHandoff(failing))
 	var re *goplugins.ReloadError
 	if errors.As(err, &re) {
-		fmt.Println(re.Phase, re.Kind, re.Step)
+		fmt.Println(re.Phase, re.Surface, re.Step)
 	}
 	fmt.Println(errors.Is(err, goplugins.ErrReloadFailed))
 	info, _ := m.Info("greeter")

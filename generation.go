@@ -165,7 +165,7 @@ func (g *generation[Req, Resp]) drain(ctx context.Context) error {
 
 // health runs the plugin's Health on a goroutine of its own and returns its
 // result, or ctx's error as soon as ctx ends: a check that ignores ctx never
-// holds up its caller. Once close has started, health refuses to run.
+// holds up its caller. The caller tells a timeout from a caller giving up. Once close has started, health refuses to run.
 func (g *generation[Req, Resp]) health(ctx context.Context, name string) error {
 	g.checkMu.Lock()
 	if g.closing {
@@ -184,8 +184,7 @@ func (g *generation[Req, Resp]) health(ctx context.Context, name string) error {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
-		return wrapError(ctx.Err(), CodeTimeout, name,
-			"the health check did not return in time; the plugin's Health must honour its ctx")
+		return ctx.Err()
 	}
 }
 

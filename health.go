@@ -12,24 +12,24 @@ type HealthStatus int32
 const (
 	// HealthUnknown: no check has run yet. Calls flow.
 	HealthUnknown HealthStatus = iota
-	// Healthy: the last check passed.
-	Healthy
-	// Degraded: the last check failed, fewer than UnhealthyAfter in a row.
-	// Calls flow.
-	Degraded
-	// Unhealthy: UnhealthyAfter checks in a row failed. Calls fail fast with
-	// ErrUnhealthy until a check passes.
-	Unhealthy
+	// HealthHealthy: the last check passed.
+	HealthHealthy
+	// HealthDegraded: the last check failed, fewer than UnhealthyAfter in a
+	// row. Calls flow.
+	HealthDegraded
+	// HealthUnhealthy: UnhealthyAfter checks in a row failed. Calls fail
+	// fast with ErrUnhealthy until a check passes.
+	HealthUnhealthy
 )
 
 // String returns "unknown", "healthy", "degraded" or "unhealthy".
 func (s HealthStatus) String() string {
 	switch s {
-	case Healthy:
+	case HealthHealthy:
 		return "healthy"
-	case Degraded:
+	case HealthDegraded:
 		return "degraded"
-	case Unhealthy:
+	case HealthUnhealthy:
 		return "unhealthy"
 	}
 	return "unknown"
@@ -75,45 +75,52 @@ type HealthReport struct {
 }
 
 // checkHealth runs one health check on the plugin's current generation and
-// books the outcome.
+// books the outcome. A check that ctx (the caller's) ended is not an
+// outcome: it is not booked, and the report is the last one, with Err
+// matching ErrCanceled. A check that passes the health timeout fails with
+// ErrTimeout.
 func (e *entry[Req, Resp]) checkHealth(ctx context.Context) HealthReport {
 	g := e.gen.Load()
 	if g == nil {
 		return e.healthReport()
 	}
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.health.Timeout)
+	tctx, cancel := context.WithTimeout(ctx, e.cfg.health.Timeout)
 	defer cancel()
-	err := g.health(ctx, e.name)
-	if ctx.Err() != nil && err == nil {
-		err = ctx.Err()
+	err := g.health(tctx, e.name)
+	if err != nil && isCanceled(tctx, err) {
+		if ctx.Err() != nil {
+			r := e.healthReport()
+			r.Err = canceledError(ctx, e.name)
+			return r
+		}
+		err = wrapError(err, CodeTimeout, e.name,
+			"the health check did not return within its timeout of %v; the plugin's Health must honour its ctx", e.cfg.health.Timeout)
 	}
 
 	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
 	if e.gen.Load() != g {
 		// The plugin was swapped during the check: the result is the old
-		// plugin's, not the one serving now.
+		// plugin's, not the one serving now. (The swap holds healthMu.)
 		r := e.healthState
-		e.healthMu.Unlock()
 		r.Plugin = e.name
 		return r
 	}
 	prev := e.healthState.Status
 	r := HealthReport{Plugin: e.name, Checked: time.Now()}
 	if err == nil {
-		r.Status = Healthy
+		r.Status = HealthHealthy
 	} else {
 		r.Err = err
 		r.Failures = e.healthState.Failures + 1
-		r.Status = Degraded
+		r.Status = HealthDegraded
 		if r.Failures >= e.cfg.health.UnhealthyAfter {
-			r.Status = Unhealthy
+			r.Status = HealthUnhealthy
 		}
 	}
 	e.healthState = r
-	e.unhealthy.Store(r.Status == Unhealthy)
-	e.healthMu.Unlock()
-
-	if r.Status != prev {
+	e.unhealthy.Store(r.Status == HealthUnhealthy)
+	if r.Status != prev { // under healthMu: health events follow the changes
 		e.m.emit(Event{Kind: EventHealthChanged, Plugin: e.name, Health: r.Status, Err: err})
 	}
 	return r

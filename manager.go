@@ -17,12 +17,15 @@ import (
 //
 // Execute is lock-free: it reads an immutable snapshot of the registry
 // through an atomic pointer, which Register and Unregister replace
-// copy-on-write. On its success path it takes no mutex and allocates
-// nothing (unless a timeout is configured, see WithTimeout).
+// copy-on-write. On its success path, and when it refuses a call, it
+// takes no mutex and allocates nothing (unless a timeout is configured,
+// see WithTimeout).
 //
 // A Manager is safe for concurrent use. Shutdown releases everything it
-// holds; no goroutine of the manager outlives it, except one still waiting
-// on a plugin whose Close or reload step ignores its ctx (see Shutdown).
+// holds; no goroutine of the manager outlives a Shutdown that returned nil,
+// except one still waiting on a plugin whose Close or reload step ignores
+// its ctx, or a subscriber that called Shutdown itself (see Shutdown). A
+// Manager cannot be reused after Shutdown.
 type Manager[Req, Resp any] struct {
 	cfg managerConfig
 	reg atomic.Pointer[registry[Req, Resp]]
@@ -37,9 +40,17 @@ type Manager[Req, Resp any] struct {
 	abandon       context.Context
 	cancelAbandon context.CancelFunc
 
-	wg           sync.WaitGroup // health loops and background closers
-	shutdownOnce sync.Once
-	shutdownErr  error
+	wg sync.WaitGroup // health loops, background closers, shutdown's closers
+
+	// Shutdown: begin runs once; drained is closed when wg reaches zero
+	// after it; final holds the result once a Shutdown finished the job.
+	beginOnce   sync.Once
+	drained     chan struct{}
+	grace       time.Duration
+	errs        shutdownErrors
+	finalMu     sync.Mutex
+	finished    bool
+	shutdownErr error
 }
 
 type registry[Req, Resp any] struct {
@@ -64,6 +75,10 @@ type entry[Req, Resp any] struct {
 	op     chan struct{}
 	genSeq uint64 // guarded by op
 
+	// breakerErr and unhealthyErr are the refusals of Execute, built once
+	// and never modified, so that refusing allocates nothing.
+	breakerErr, unhealthyErr error
+
 	healthMu    sync.Mutex
 	healthState HealthReport
 	stopHealth  context.CancelFunc
@@ -87,7 +102,8 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 // ValidateName and the version must be strict semver (and pass the
 // manager's VersionPolicy rule for the name, if any). Registering a name
 // that is taken fails with ErrAlreadyRegistered: use Reload to replace a
-// plugin.
+// plugin. With WithStreamStart, Register starts the plugin's first stream
+// (Resume) before the plugin serves.
 func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOption) error {
 	if p == nil {
 		return newError(CodeInvalidPlugin, "", "Register got a nil plugin")
@@ -105,18 +121,24 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOptio
 	for _, o := range opts {
 		o.applyPlugin(&cfg)
 	}
+	if m.reg.Load().entries[info.Name] != nil {
+		return m.taken(info.Name)
+	}
+	stopStream, err := startStream(p, info, cfg)
+	if err != nil {
+		return err
+	}
 	e := m.newEntry(info.Name, cfg)
 
 	m.mu.Lock()
 	r := m.reg.Load()
-	if r.closed {
+	if r.closed || r.entries[info.Name] != nil {
 		m.mu.Unlock()
-		return newError(CodeShuttingDown, info.Name, "cannot register: the manager is shut down")
-	}
-	if _, ok := r.entries[info.Name]; ok {
-		m.mu.Unlock()
-		return newError(CodeAlreadyRegistered, info.Name,
-			"a plugin of this name is registered already; use Reload to replace it or Unregister it first")
+		stopStream()
+		if r.closed {
+			return newError(CodeShuttingDown, info.Name, "cannot register: the manager is shut down")
+		}
+		return m.taken(info.Name)
 	}
 	watchLifecycle(p, m.emit)
 	e.genSeq = 1
@@ -133,11 +155,42 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOptio
 			e.healthLoop(ctx)
 		}()
 	}
+	// Sent under m.mu, so that an Unregister's event cannot come first.
+	m.emit(Event{Kind: EventRegistered, Plugin: info.Name, Version: info.Version})
 	m.mu.Unlock()
 
 	m.cfg.logger.Info("goplugins: plugin registered", "plugin", info.Name, "version", info.Version)
-	m.emit(Event{Kind: EventRegistered, Plugin: info.Name, Version: info.Version})
 	return nil
+}
+
+func (m *Manager[Req, Resp]) taken(name string) error {
+	return newError(CodeAlreadyRegistered, name,
+		"a plugin of this name is registered already; use Reload to replace it or Unregister it first")
+}
+
+// startStream starts the first stream of a plugin registered with
+// WithStreamStart: Resume from the given position, bounded by the health
+// timeout. The returned func stops it again (Checkpoint) if Register fails
+// after all.
+func startStream[Req, Resp any](p Plugin[Req, Resp], info PluginInfo, cfg pluginConfig) (stop func(), err error) {
+	if !cfg.streamStart {
+		return func() {}, nil
+	}
+	sp, ok := p.(StreamPlugin)
+	if !ok || !info.Has(SurfaceStream) {
+		return nil, newError(CodeInvalidPlugin, info.Name, "WithStreamStart needs a StreamPlugin that declares the stream surface")
+	}
+	timeout := cfg.health.Timeout
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := runStep(SurfaceStream, "resume", func() error { return sp.Resume(ctx, cfg.streamPos) }); err != nil {
+		return nil, wrapError(err, CodeInvalidPlugin, info.Name, "Register started the plugin's stream (WithStreamStart), and Resume failed")
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		_ = runStep(SurfaceStream, "checkpoint", func() error { _, err := sp.Checkpoint(ctx); return err })
+	}, nil
 }
 
 // pluginInfo reads and validates p.Info, recovering a panic.
@@ -147,14 +200,16 @@ func pluginInfo[Req, Resp any](p Plugin[Req, Resp]) (info PluginInfo, err error)
 			err = newError(CodeInvalidPlugin, "", "the plugin's Info method panicked: %v", r)
 		}
 	}()
-	info = p.Info()
-	info.Surfaces = slices.Clone(info.Surfaces)
-	info.Metadata = maps.Clone(info.Metadata)
+	info = p.Info().clone()
 	return info, validateInfo(info)
 }
 
 func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req, Resp] {
 	e := &entry[Req, Resp]{m: m, name: name, cfg: cfg, op: make(chan struct{}, 1)}
+	e.breakerErr = newError(CodeBreakerOpen, name,
+		"circuit breaker is open after repeated failures; calls resume after a successful probe once its open timeout passes")
+	e.unhealthyErr = newError(CodeUnhealthy, name,
+		"the plugin failed %d health checks in a row and fails fast until a check passes; Manager.Health reports the last error", cfg.health.UnhealthyAfter)
 	e.brk = breaker{
 		cfg: cfg.breaker,
 		now: time.Now,
@@ -184,11 +239,19 @@ func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req,
 //
 // Errors: ErrNotFound if no such plugin is registered, ErrShuttingDown after
 // Shutdown, ErrBreakerOpen or ErrUnhealthy when the plugin is rejecting
-// calls, ErrTimeout past the plugin's timeout, ErrPanic if it panicked,
-// ctx's error if ctx ended first, else the plugin's own error unchanged.
+// calls, ErrTimeout past the plugin's own timeout (WithTimeout), ErrPanic if
+// it panicked, else the plugin's own error unchanged.
+//
+// When ctx ends before the plugin answers (while the call runs, is parked
+// by a reload, or waits between retries), the error matches ErrCanceled and
+// also ctx's error (context.Canceled or context.DeadlineExceeded) with
+// errors.Is; it never matches ErrTimeout, which is for the plugin's own
+// timeout alone. The same rule holds on every transport.
+//
 // While the plugin is being reloaded the call is parked (bounded by ctx and
 // the drain timeout) and then runs on whichever plugin serves after the
-// reload: no call is dropped.
+// reload: no call is dropped. A refused call (breaker open, unhealthy)
+// returns an error built once per plugin: do not modify it.
 func (m *Manager[Req, Resp]) Execute(ctx context.Context, name string, req Req) (Resp, error) {
 	for {
 		e := m.reg.Load().entries[name]
@@ -204,22 +267,21 @@ func (m *Manager[Req, Resp]) Execute(ctx context.Context, name string, req Req) 
 		if e.unhealthy.Load() {
 			e.ctr.rejected.Add(1)
 			var zero Resp
-			return zero, e.unhealthyError()
+			return zero, e.unhealthyErr
 		}
 		t, ok := e.brk.allow()
 		if !ok {
 			e.ctr.rejected.Add(1)
 			var zero Resp
-			return zero, newError(CodeBreakerOpen, name,
-				"circuit breaker is open after repeated failures; calls resume after a successful probe once its open timeout passes")
+			return zero, e.breakerErr
 		}
 		shard, n := g.start()
 		if gt := g.gate.Load(); gt != nil {
 			g.backout(shard)
 			e.brk.release(t)
-			if err := gt.wait(ctx); err != nil {
+			if gt.wait(ctx) != nil {
 				var zero Resp
-				return zero, err
+				return zero, canceledError(ctx, name)
 			}
 			continue
 		}
@@ -245,11 +307,16 @@ func (e *entry[Req, Resp]) execute(ctx context.Context, g *generation[Req, Resp]
 	}
 	if err != nil {
 		e.ctr.errors.Add(1)
+		if isCanceled(ctx, err) && !errors.Is(err, ErrCanceled) {
+			err = canceledError(ctx, e.name)
+		}
 	}
 	return resp, err
 }
 
 // retry re-runs a failed call while its error is retryable, with backoff.
+// A retry the breaker refuses ends the call with the last attempt's error:
+// the call ran and failed, so it is not counted as rejected too.
 func (e *entry[Req, Resp]) retry(ctx context.Context, g *generation[Req, Resp], req Req, err error) (Resp, error) {
 	var resp Resp
 	backoff := e.cfg.retry.Backoff
@@ -258,13 +325,12 @@ func (e *entry[Req, Resp]) retry(ctx context.Context, g *generation[Req, Resp], 
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return resp, err
+			return resp, canceledError(ctx, e.name)
 		case <-timer.C:
 		}
 		backoff = min(2*backoff, e.cfg.retry.MaxBackoff)
 		t, ok := e.brk.allow()
 		if !ok {
-			e.ctr.rejected.Add(1)
 			return resp, err
 		}
 		e.ctr.retries.Add(1)
@@ -304,7 +370,7 @@ func (e *entry[Req, Resp]) attempt(ctx context.Context, g *generation[Req, Resp]
 	case <-tctx.Done():
 		var zero Resp
 		if ctx.Err() != nil {
-			return zero, ctx.Err()
+			return zero, canceledError(ctx, e.name)
 		}
 		return zero, e.timeoutError()
 	}
@@ -327,12 +393,6 @@ func (e *entry[Req, Resp]) timeoutError() error {
 	return newError(CodeTimeout, e.name, "no answer within the plugin's timeout of %v; raise WithTimeout or find what slows the plugin", e.cfg.timeout)
 }
 
-func (e *entry[Req, Resp]) unhealthyError() error {
-	r := e.healthReport()
-	return wrapError(r.Err, CodeUnhealthy, e.name,
-		"the plugin failed %d health checks in a row and fails fast until a check passes", r.Failures)
-}
-
 // missing explains why name cannot be called.
 func (m *Manager[Req, Resp]) missing(name string) error {
 	if m.reg.Load().closed {
@@ -342,7 +402,14 @@ func (m *Manager[Req, Resp]) missing(name string) error {
 }
 
 // lock takes the plugin's operation slot (Reload and Unregister hold it).
+// A free slot is taken even when ctx has ended already, so that the result
+// does not depend on a race between the two.
 func (e *entry[Req, Resp]) lock(ctx context.Context) error {
+	select {
+	case e.op <- struct{}{}:
+		return nil
+	default:
+	}
 	select {
 	case e.op <- struct{}{}:
 		return nil
@@ -398,7 +465,12 @@ func (m *Manager[Req, Resp]) Unregister(ctx context.Context, name string) error 
 			"removed, but %d call(s) were still running; it will be closed after the last one ends", left)
 	}
 	defer m.wg.Done()
-	err := g.close(ctx, name)
+	closeCtx, cancel := ctx, context.CancelFunc(func() {})
+	if ctx.Err() != nil { // an ended ctx still gets a bounded Close
+		closeCtx, cancel = context.WithTimeout(context.WithoutCancel(ctx), e.cfg.health.Timeout)
+	}
+	defer cancel()
+	err := g.close(closeCtx, name)
 	m.cfg.logger.Info("goplugins: plugin unregistered", "plugin", name, "version", g.info.Version)
 	m.emit(Event{Kind: EventUnregistered, Plugin: name, Version: g.info.Version, Err: err})
 	if err != nil {
@@ -444,22 +516,46 @@ func (m *Manager[Req, Resp]) closeLater(e *entry[Req, Resp], g *generation[Req, 
 // Shutdown stops health checks, aborts reloads in progress (they roll
 // back), refuses new calls with ErrShuttingDown, waits for the calls in
 // flight and for Unregisters in progress, and closes every plugin
-// concurrently. Event subscribers receive what was queued, then stop.
+// concurrently. Event subscribers receive what was queued, then stop; a
+// subscriber may call Shutdown itself (it does not wait for its own
+// delivery).
 //
 // If ctx ends first, plugins with calls still running are closed anyway;
 // a plugin that a reload still holds (a reload step ignoring its ctx) is
 // closed as soon as the reload lets go of it. Shutdown then waits at most
 // one more health-check timeout (the bound Close gets, see HealthConfig)
-// for those closes, and returns ctx's error joined with any Close errors.
-// Only a plugin whose Close or reload ignores its ctx outlives that wait;
-// its goroutine ends when the plugin returns. Shutdown is idempotent: later
-// calls wait for the first and return its result.
+// for those closes and for subscribers. If everything finished, it returns
+// the Close and drain errors; otherwise an error matching ErrShuttingDown
+// and ctx's error, and the job is not done: call Shutdown again (with a
+// new ctx) to wait for the rest. Once a call has finished the job, every
+// later call returns that call's result. A Manager cannot be reused after
+// Shutdown.
 func (m *Manager[Req, Resp]) Shutdown(ctx context.Context) error {
-	m.shutdownOnce.Do(func() { m.shutdownErr = m.shutdown(ctx) })
+	m.beginOnce.Do(m.beginShutdown)
+	self := m.bus.reentered(goroutineID())
+	if err := m.awaitDrained(ctx); err != nil {
+		return err
+	}
+	m.cancelAbandon()
+	for _, s := range m.bus.close() {
+		if s == self {
+			continue
+		}
+		if err := m.awaitSubscriber(ctx, s); err != nil {
+			return err
+		}
+	}
+	m.finalMu.Lock()
+	defer m.finalMu.Unlock()
+	if !m.finished {
+		m.finished, m.shutdownErr = true, m.errs.result()
+	}
 	return m.shutdownErr
 }
 
-func (m *Manager[Req, Resp]) shutdown(ctx context.Context) error {
+// beginShutdown closes the registry and starts closing every plugin; it
+// runs once, for the first Shutdown.
+func (m *Manager[Req, Resp]) beginShutdown() {
 	m.cancelClosing()
 	m.mu.Lock()
 	entries := m.reg.Load().entries
@@ -469,46 +565,84 @@ func (m *Manager[Req, Resp]) shutdown(ctx context.Context) error {
 	m.wg.Add(len(entries))
 	m.mu.Unlock()
 
-	grace := m.cfg.plugin.health.Timeout
-	var errs shutdownErrors
-	errs.log = m.cfg.logger
+	m.errs.log = m.cfg.logger
+	m.grace = m.cfg.plugin.health.Timeout
 	for _, e := range entries {
-		grace = max(grace, e.cfg.health.Timeout)
+		m.grace = max(m.grace, e.cfg.health.Timeout)
 		go func() {
 			defer m.wg.Done()
-			m.shutdownEntry(ctx, e, errs.add)
+			m.shutdownEntry(e)
 		}()
 	}
-
-	done := make(chan struct{})
+	m.drained = make(chan struct{})
 	go func() {
 		m.wg.Wait()
-		close(done)
+		close(m.drained)
 	}()
+}
+
+// awaitDrained waits until every plugin is closed. When ctx ends first it
+// gives up on calls still running (the plugins are closed anyway) and waits
+// one grace period more.
+func (m *Manager[Req, Resp]) awaitDrained(ctx context.Context) error {
+	return m.await(ctx, m.drained, func() {
+		m.cancelAbandon()
+	}, "a plugin's Close or reload ignores its ctx: still running %v after shutdown's ctx ended; it is closed when it returns")
+}
+
+// awaitSubscriber waits until s delivered what was queued (or s itself
+// called Shutdown), with the same bounds as awaitDrained.
+func (m *Manager[Req, Resp]) awaitSubscriber(ctx context.Context, s *subscriber) error {
+	return m.await(ctx, s.stopped(), func() {},
+		"an event subscriber is still running %v after shutdown's ctx ended")
+}
+
+// await waits for done: at once if it is done already, else until ctx
+// ends, then (after onLate) one grace period more. It returns the error of
+// an unfinished job, or nil.
+func (m *Manager[Req, Resp]) await(ctx context.Context, done <-chan struct{}, onLate func(), late string) error {
 	select {
 	case <-done:
+		return nil
+	default:
+	}
+	select {
+	case <-done:
+		return nil
 	case <-ctx.Done():
-		m.cancelAbandon()
-		t := time.NewTimer(grace)
-		select {
-		case <-done:
-		case <-t.C:
-			errs.add(newError(CodeShuttingDown, "",
-				"a plugin's Close or reload ignores its ctx: still running %v after shutdown's ctx ended; it is closed when it returns", grace))
+	}
+	onLate()
+	t := time.NewTimer(m.grace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+	}
+	return errors.Join(m.errs.snapshot(), newError(CodeShuttingDown, "", late, m.grace),
+		wrapError(ctx.Err(), CodeShuttingDown, "", "shutdown did not finish in time; call Shutdown again to wait for the rest"))
+}
+
+// graceCtx returns a ctx that ends d after abandon ends: the bound of a
+// Close during Shutdown.
+func graceCtx(abandon context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var t *time.Timer
+	var mu sync.Mutex
+	stop := context.AfterFunc(abandon, func() {
+		mu.Lock()
+		t = time.AfterFunc(d, cancel)
+		mu.Unlock()
+	})
+	return ctx, func() {
+		stop()
+		mu.Lock()
+		if t != nil {
+			t.Stop()
 		}
-		t.Stop()
+		mu.Unlock()
+		cancel()
 	}
-	m.cancelAbandon()
-	for _, d := range m.bus.close() {
-		select {
-		case <-d:
-		case <-ctx.Done():
-		}
-	}
-	if ctx.Err() != nil {
-		errs.add(wrapError(ctx.Err(), CodeShuttingDown, "", "shutdown did not finish in time"))
-	}
-	return errs.result()
 }
 
 // shutdownErrors gathers the errors of a shutdown. Errors that arrive after
@@ -530,6 +664,12 @@ func (s *shutdownErrors) add(err error) {
 	s.errs = append(s.errs, err)
 }
 
+func (s *shutdownErrors) snapshot() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return errors.Join(s.errs...)
+}
+
 func (s *shutdownErrors) result() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -541,15 +681,15 @@ func (s *shutdownErrors) result() error {
 // If a reload or Unregister holds the plugin past ctx, it stops the health
 // checks at once, reports that, and closes the plugin when the holder lets
 // go (without waiting for calls in flight any more).
-func (m *Manager[Req, Resp]) shutdownEntry(ctx context.Context, e *entry[Req, Resp], report func(error)) {
-	drainCtx := ctx
-	if err := e.lock(ctx); err != nil {
+func (m *Manager[Req, Resp]) shutdownEntry(e *entry[Req, Resp]) {
+	report := m.errs.add
+	drainCtx := m.abandon
+	if err := e.lock(drainCtx); err != nil {
 		if e.stopHealth != nil {
 			e.stopHealth()
 		}
 		report(wrapError(err, CodeShuttingDown, e.name, "not closed in time; it will be closed when the reload ends"))
 		e.op <- struct{}{}
-		drainCtx = m.abandon
 	}
 	defer e.unlock()
 	g := e.retire()
@@ -557,12 +697,8 @@ func (m *Manager[Req, Resp]) shutdownEntry(ctx context.Context, e *entry[Req, Re
 		return
 	}
 	drainErr := g.drain(drainCtx)
-	closeCtx := ctx
-	if drainErr != nil || ctx.Err() != nil {
-		c, cancel := context.WithTimeout(context.Background(), e.cfg.health.Timeout)
-		defer cancel()
-		closeCtx = c
-	}
+	closeCtx, cancel := graceCtx(m.abandon, e.cfg.health.Timeout)
+	defer cancel()
 	err := g.close(closeCtx, e.name)
 	m.emit(Event{Kind: EventUnregistered, Plugin: e.name, Version: g.info.Version, Err: err})
 	if err != nil {
@@ -573,24 +709,25 @@ func (m *Manager[Req, Resp]) shutdownEntry(ctx context.Context, e *entry[Req, Re
 	}
 }
 
-// Plugins returns the info of every registered plugin, sorted by name.
+// Plugins returns the info of every registered plugin, sorted by name. The
+// infos are copies: changing them changes nothing in the manager.
 func (m *Manager[Req, Resp]) Plugins() []PluginInfo {
 	r := m.reg.Load()
 	out := make([]PluginInfo, 0, len(r.entries))
 	for _, e := range r.entries {
 		if g := e.gen.Load(); g != nil {
-			out = append(out, g.info)
+			out = append(out, g.info.clone())
 		}
 	}
 	slices.SortFunc(out, func(a, b PluginInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
-// Info returns the info of the named plugin as it serves now.
+// Info returns (a copy of) the info of the named plugin as it serves now.
 func (m *Manager[Req, Resp]) Info(name string) (PluginInfo, bool) {
 	if e := m.reg.Load().entries[name]; e != nil {
 		if g := e.gen.Load(); g != nil {
-			return g.info, true
+			return g.info.clone(), true
 		}
 	}
 	return PluginInfo{}, false
@@ -648,8 +785,11 @@ func (m *Manager[Req, Resp]) Metrics() Metrics {
 // Subscribe calls fn with every event from now on, in order, from a
 // goroutine of its own: a slow fn never blocks Execute or other
 // subscribers, but events beyond its buffer are dropped and counted (see
-// WithEventBuffer). A panic in fn is recovered and logged. Call cancel to
-// stop; Shutdown stops every subscriber after delivering what was queued.
+// WithEventBuffer). A panic in fn is recovered and logged. Events carry
+// Seq, their place in the order of the changes. Call cancel to stop: once
+// it returns, fn gets no further event (queued ones are dropped; a call
+// running then finishes). Shutdown stops every subscriber after delivering
+// what was queued; fn may call Shutdown.
 func (m *Manager[Req, Resp]) Subscribe(fn func(Event)) (cancel func()) {
 	return m.bus.subscribe(fn)
 }

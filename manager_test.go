@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -161,7 +162,109 @@ func TestExecuteHonoursCallerContext(t *testing.T) {
 	}()
 	_, err := m.Execute(ctx, "p", 1)
 	require.ErrorIs(t, err, context.Canceled)
+	require.ErrorIs(t, err, ErrCanceled)
 	require.Equal(t, BreakerClosed, m.Metrics().Plugins["p"].Breaker, "the caller's cancellation is not the plugin's failure")
+}
+
+// TestCallerCtxEndingGivesErrCanceledOnEveryPath: the caller's ctx ending
+// before an answer gives an error matching ErrCanceled and ctx's error on
+// every Manager path (direct call, under WithTimeout, parked by a reload,
+// between retries), never ErrTimeout.
+func TestCallerCtxEndingGivesErrCanceledOnEveryPath(t *testing.T) {
+	waitCtx := func(ctx context.Context, _ int) (int, error) { <-ctx.Done(); return 0, ctx.Err() }
+	ignored := make(chan struct{})
+	defer close(ignored)
+	retryable := goerrors.New("BUSY", "busy").AsRetryable()
+	cases := []struct {
+		name string
+		opts []RegisterOption
+		exec func(context.Context, int) (int, error)
+		park bool
+	}{
+		{"direct", nil, waitCtx, false},
+		{"under WithTimeout", []RegisterOption{WithTimeout(time.Hour)}, waitCtx, false},
+		{"under WithTimeout, plugin ignores ctx", []RegisterOption{WithTimeout(time.Hour)},
+			func(context.Context, int) (int, error) { <-ignored; return 0, nil }, false},
+		{"between retries", []RegisterOption{WithRetry(RetryPolicy{MaxAttempts: 3, Backoff: time.Hour})},
+			func(context.Context, int) (int, error) { return 0, retryable }, false},
+		{"parked by a reload", nil, func(context.Context, int) (int, error) { return 1, nil }, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+			short, stop := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer stop()
+			defer m.Shutdown(short)
+			require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: tc.exec}, tc.opts...))
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+			defer cancel()
+			if tc.park {
+				release := make(chan struct{})
+				entered := make(chan struct{}, 1)
+				defer close(release)
+				go m.Reload(context.Background(), "p", &scripted{name: "p", version: "1.0.1", exec: tc.exec},
+					WithHandoff(blockingKind("hold", entered, release)))
+				<-entered
+			}
+			_, err := m.Execute(ctx, "p", 1)
+			require.ErrorIs(t, err, ErrCanceled)
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			require.NotErrorIs(t, err, ErrTimeout)
+		})
+	}
+}
+
+// TestRetryRefusedByBreakerCountedOnce: a call whose retry the open breaker
+// refuses ran once and failed once; it is not also counted as rejected.
+func TestRetryRefusedByBreakerCountedOnce(t *testing.T) {
+	m := newTestManager(t, WithBreaker(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}),
+		WithRetry(RetryPolicy{MaxAttempts: 3, Backoff: time.Millisecond}))
+	busy := goerrors.New("BUSY", "busy").AsRetryable()
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
+		exec: func(context.Context, int) (int, error) { return 0, busy }}))
+	_, err := m.Execute(context.Background(), "p", 1)
+	require.ErrorIs(t, err, busy)
+	pm := m.Metrics().Plugins["p"]
+	require.Equal(t, uint64(1), pm.Calls)
+	require.Equal(t, uint64(1), pm.Errors)
+	require.Equal(t, uint64(0), pm.Rejected)
+	require.Equal(t, uint64(0), pm.Retries)
+}
+
+// TestSnapshotsAreCopies: what Metrics, Info and Plugins return shares
+// nothing with the manager: editing it changes nothing.
+func TestSnapshotsAreCopies(t *testing.T) {
+	m := newTestManager(t, WithLatencySampling(1))
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", surfaces: []Surface{"x"},
+		exec: func(context.Context, int) (int, error) { return 1, nil }}))
+	_, err := m.Execute(context.Background(), "p", 1)
+	require.NoError(t, err)
+	h := m.Metrics().Plugins["p"].Latency
+	want := slices.Clone(h.Bounds)
+	h.Bounds[0] = time.Hour
+	require.Equal(t, want, m.Metrics().Plugins["p"].Latency.Bounds)
+
+	info, _ := m.Info("p")
+	info.Surfaces[0] = "changed"
+	m.Plugins()[0].Surfaces[0] = "changed"
+	info, _ = m.Info("p")
+	require.Equal(t, []Surface{"x"}, info.Surfaces)
+}
+
+// TestRejectedCallsShareOneError: refusals return an error built once per
+// plugin, so refusing allocates nothing (see BenchmarkExecuteRejected).
+func TestRejectedCallsShareOneError(t *testing.T) {
+	m := newTestManager(t, WithBreaker(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}))
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
+		exec: func(context.Context, int) (int, error) { return 0, errors.New("down") }}))
+	ctx := context.Background()
+	m.Execute(ctx, "p", 1)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := m.Execute(ctx, "p", 1); !errors.Is(err, ErrBreakerOpen) {
+			t.Fatal(err)
+		}
+	})
+	require.Zero(t, allocs)
 }
 
 func TestExecuteBreakerOpensAndRecovers(t *testing.T) {
@@ -427,23 +530,66 @@ func TestHealthChecks(t *testing.T) {
 	ctx := context.Background()
 
 	rep := m.Health(ctx)["p"]
-	require.Equal(t, Degraded, rep.Status)
+	require.Equal(t, HealthDegraded, rep.Status)
 	require.ErrorContains(t, rep.Err, "disk full")
 	_, err := m.Execute(ctx, "p", 1)
 	require.NoError(t, err, "a degraded plugin still serves")
 
 	rep = m.Health(ctx)["p"]
-	require.Equal(t, Unhealthy, rep.Status)
+	require.Equal(t, HealthUnhealthy, rep.Status)
 	require.Equal(t, 2, rep.Failures)
 	_, err = m.Execute(ctx, "p", 1)
 	require.ErrorIs(t, err, ErrUnhealthy)
-	require.ErrorContains(t, err, "disk full")
 
 	healthy.Store(true)
-	require.Equal(t, Healthy, m.Health(ctx)["p"].Status)
+	require.Equal(t, HealthHealthy, m.Health(ctx)["p"].Status)
 	_, err = m.Execute(ctx, "p", 1)
 	require.NoError(t, err)
-	require.Equal(t, []HealthStatus{Degraded, Unhealthy, Healthy}, []HealthStatus{<-changes, <-changes, <-changes})
+	require.Equal(t, []HealthStatus{HealthDegraded, HealthUnhealthy, HealthHealthy}, []HealthStatus{<-changes, <-changes, <-changes})
+}
+
+// TestHealthCallerGivingUpIsNotAFailedCheck: a caller of Manager.Health
+// whose ctx ends (an HTTP health endpoint hung up) does not book a failed
+// check, even three times in a row.
+func TestHealthCallerGivingUpIsNotAFailedCheck(t *testing.T) {
+	m := newTestManager(t, WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 3}))
+	entered := make(chan struct{}, 1)
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
+		exec: func(context.Context, int) (int, error) { return 1, nil },
+		health: func(ctx context.Context) error {
+			entered <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		}}))
+	for range 3 {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-entered; cancel() }()
+		rep := m.Health(ctx)["p"]
+		require.ErrorIs(t, rep.Err, ErrCanceled)
+		require.Equal(t, 0, rep.Failures)
+	}
+	require.Equal(t, HealthUnknown, m.Metrics().Plugins["p"].Health)
+	_, err := m.Execute(context.Background(), "p", 1)
+	require.NoError(t, err)
+}
+
+// TestUnhealthyRefusalDoesNotMatchTimeout: the fail-fast ErrUnhealthy says
+// no call ran; it does not match the failed check's ErrTimeout.
+func TestUnhealthyRefusalDoesNotMatchTimeout(t *testing.T) {
+	m := newTestManager(t, WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 1, Timeout: time.Millisecond}))
+	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
+		exec: func(context.Context, int) (int, error) { return 1, nil },
+		health: func(ctx context.Context) error {
+			<-ctx.Done()
+			return ctx.Err()
+		}}))
+	rep := m.Health(context.Background())["p"]
+	require.ErrorIs(t, rep.Err, ErrTimeout)
+	require.Equal(t, HealthUnhealthy, rep.Status)
+	_, err := m.Execute(context.Background(), "p", 1)
+	require.ErrorIs(t, err, ErrUnhealthy)
+	require.NotErrorIs(t, err, ErrTimeout)
+	require.NotErrorIs(t, err, context.DeadlineExceeded)
 }
 
 func TestPeriodicHealthCheck(t *testing.T) {
@@ -452,7 +598,7 @@ func TestPeriodicHealthCheck(t *testing.T) {
 	defer m.Shutdown(context.Background())
 	unhealthy := make(chan struct{})
 	m.Subscribe(func(ev Event) {
-		if ev.Kind == EventHealthChanged && ev.Health == Unhealthy {
+		if ev.Kind == EventHealthChanged && ev.Health == HealthUnhealthy {
 			close(unhealthy)
 		}
 	})

@@ -1,6 +1,7 @@
 package goplugins
 
 import (
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -106,7 +107,7 @@ func (h *histogram) observe(d time.Duration) {
 
 func (h *histogram) snapshot(sampleEvery int) LatencyHistogram {
 	s := LatencyHistogram{
-		Bounds:      latencyBounds,
+		Bounds:      slices.Clone(latencyBounds),
 		Counts:      make([]uint64, len(latencyBounds)+1),
 		Count:       h.count.Load(),
 		Sum:         time.Duration(h.sum.Load()),

@@ -30,10 +30,12 @@ type managerConfig struct {
 }
 
 type pluginConfig struct {
-	timeout time.Duration
-	breaker BreakerConfig
-	retry   RetryPolicy
-	health  HealthConfig
+	streamStart bool // WithStreamStart
+	streamPos   []byte
+	timeout     time.Duration
+	breaker     BreakerConfig
+	retry       RetryPolicy
+	health      HealthConfig
 }
 
 func defaultManagerConfig() managerConfig {
@@ -55,6 +57,21 @@ type pluginOption func(*pluginConfig)
 
 func (f pluginOption) applyManager(c *managerConfig) { f(&c.plugin) }
 func (f pluginOption) applyPlugin(c *pluginConfig)   { f(c) }
+
+type registerOption func(*pluginConfig)
+
+func (f registerOption) applyPlugin(c *pluginConfig) { f(c) }
+
+// WithStreamStart makes Register start the plugin's first stream: it calls
+// Resume(position) on the plugin (a StreamPlugin declaring SurfaceStream),
+// bounded by the health-check timeout, before the plugin serves. position
+// is where the stream starts; nil means from the beginning, as the plugin
+// defines it. If Resume fails, Register fails with ErrInvalidPlugin.
+// Without it a plugin starts its first stream on its own; reloads hand the
+// stream over with Checkpoint and Resume either way.
+func WithStreamStart(position []byte) RegisterOption {
+	return registerOption(func(c *pluginConfig) { c.streamStart, c.streamPos = true, position })
+}
 
 type managerOption func(*managerConfig)
 

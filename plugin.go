@@ -2,6 +2,7 @@ package goplugins
 
 import (
 	"context"
+	"maps"
 	"slices"
 )
 
@@ -46,6 +47,13 @@ type PluginInfo struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
+// clone returns a copy of i that shares no slice or map with it.
+func (i PluginInfo) clone() PluginInfo {
+	i.Surfaces = slices.Clone(i.Surfaces)
+	i.Metadata = maps.Clone(i.Metadata)
+	return i
+}
+
 // Has reports whether the plugin declares surface s.
 func (i PluginInfo) Has(s Surface) bool { return slices.Contains(i.Surfaces, s) }
 
@@ -54,8 +62,8 @@ func (i PluginInfo) Has(s Surface) bool { return slices.Contains(i.Surfaces, s) 
 // implements the matching optional interfaces.
 type Surface string
 
-// The built-in reload surfaces. Hosts may register more kinds with the
-// ReloadDispatcher.
+// The built-in reload surfaces. Hosts may register more surfaces, each with
+// a Handoff, with the ReloadDispatcher.
 const (
 	// SurfaceState: the old plugin's PersistState bytes are handed to the
 	// new plugin's RestoreState (see StatefulPlugin).
@@ -82,9 +90,10 @@ type StreamPlugin interface {
 	// Checkpoint stops the plugin's stream processing and returns the
 	// position it reached.
 	Checkpoint(ctx context.Context) ([]byte, error)
-	// Resume restarts stream processing from position. The new plugin
-	// resumes from the old one's checkpoint; on rollback the old plugin
-	// resumes from its own.
+	// Resume starts stream processing from position. In a reload the new
+	// plugin resumes from the old one's checkpoint, and on rollback the old
+	// plugin resumes from its own; with WithStreamStart, Register calls it
+	// for the first stream (a nil position: from the beginning).
 	Resume(ctx context.Context, position []byte) error
 }
 

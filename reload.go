@@ -18,7 +18,7 @@ type ReloadOption interface{ applyReload(*reloadConfig) }
 
 type reloadConfig struct {
 	drain      time.Duration
-	host       []ReloadKind
+	host       []Handoff
 	dependents []dependentConstraint
 }
 
@@ -42,8 +42,8 @@ func (d drainOption) applyReload(c *reloadConfig)   { c.drain = time.Duration(d)
 
 // WithDrainTimeout bounds how long a reload may pause the plugin's traffic:
 // the wait for calls in flight plus the handoffs. Parked calls wait at most
-// this long (plus the rollback, if the reload fails), or until their own ctx
-// ends. Past it the reload fails with ErrDrainTimeout. Default 10s.
+// this long, or until their own ctx ends, even when a handoff ignores its
+// ctx. Past it the reload fails with ErrDrainTimeout. Default 10s.
 func WithDrainTimeout(d time.Duration) DrainOption {
 	if d <= 0 {
 		d = 10 * time.Second
@@ -52,10 +52,10 @@ func WithDrainTimeout(d time.Duration) DrainOption {
 }
 
 // WithHandoff adds a host-owned handoff (an open handle, a live stream) to
-// one reload. It runs after the plugin's own kinds, with the same
-// transfer-and-undo discipline; its Surface names it in reports and errors.
-func WithHandoff(k ReloadKind) ReloadOption {
-	return reloadOption(func(c *reloadConfig) { c.host = append(c.host, k) })
+// one reload. Its steps run after the registered handoffs' in each step,
+// with the same undo discipline; its Surface names it in reports and errors.
+func WithHandoff(h Handoff) ReloadOption {
+	return reloadOption(func(c *reloadConfig) { c.host = append(c.host, h) })
 }
 
 // WithDependentConstraint makes the reload's preflight check the next
@@ -67,7 +67,7 @@ func WithDependentConstraint(dependent, constraint string) ReloadOption {
 	})
 }
 
-// WithReloadDispatcher sets the table of reload kinds the manager uses
+// WithReloadDispatcher sets the table of handoffs the manager uses
 // (default: NewReloadDispatcher()).
 func WithReloadDispatcher(d *ReloadDispatcher) Option {
 	return managerOption(func(c *managerConfig) {
@@ -87,12 +87,13 @@ type ReloadReport struct {
 	// Generation is the generation serving after the reload (unchanged
 	// when it failed).
 	Generation uint64
-	// Steps lists the kinds whose transfer completed, in order (after a
-	// failure, they were undone).
+	// Steps lists the surfaces whose handoffs completed, in order; empty
+	// after a failure (what ran was undone).
 	Steps []Surface
-	// Preflight, Drain, Dispatch and Commit time the phases that ran;
-	// Total times the whole reload, including the wait for another reload
-	// of the plugin to end. Drain+Dispatch+Commit is the traffic pause.
+	// Preflight, Drain, Dispatch and Commit time the phases that ran
+	// (Preflight starts once the wait for another reload or Unregister of
+	// the plugin is over); Total times the whole reload, that wait
+	// included. Drain+Dispatch+Commit is the traffic pause.
 	Preflight, Drain, Dispatch, Commit, Total time.Duration
 	// ParkedCalls is how many calls were parked and released; ParkP50,
 	// ParkP99 and ParkMax describe how long they were parked.
@@ -100,7 +101,7 @@ type ReloadReport struct {
 	ParkP50, ParkP99, ParkMax time.Duration
 	// GaveUp counts parked calls whose own ctx ended before the release.
 	GaveUp int
-	// Handed holds the bytes each kind handed over; BytesHandedOver sums them.
+	// Handed holds the bytes each surface handed over; BytesHandedOver sums them.
 	Handed          map[Surface][]byte
 	BytesHandedOver int
 	// CloseErr is the old plugin's Close error after a successful commit.
@@ -109,9 +110,11 @@ type ReloadReport struct {
 }
 
 // ReloadError is the error of a failed reload. It matches ErrReloadFailed,
-// and also ErrDrainTimeout, ErrSchemaIncompatible, ErrIncompatibleVersion,
-// ErrInvalidPlugin, ErrInvalidVersion or ErrShuttingDown when that was the
-// cause, and the cause itself (a kind's error, ctx's error). The old plugin
+// and also the one code of its cause: ErrShuttingDown when Shutdown aborted
+// it, ErrCanceled (and ctx's error) when the caller's ctx ended, else
+// ErrDrainTimeout when the drain timeout passed, else the failing step's
+// code (ErrSchemaIncompatible, ErrIncompatibleVersion, ErrInvalidPlugin,
+// ErrInvalidVersion, ErrPanic...); and the cause itself. The old plugin
 // serves on: Handed keeps what was persisted or checkpointed before the
 // failure, so nothing is lost.
 type ReloadError struct {
@@ -119,10 +122,10 @@ type ReloadError struct {
 	Plugin string
 	// Phase is "preflight", "drain" or "dispatch".
 	Phase string
-	// Kind and Step name the failing step, when a kind failed (e.g.
+	// Surface and Step name the failing step, when a handoff failed (e.g.
 	// "state", "restore").
-	Kind Surface
-	Step string
+	Surface Surface
+	Step    string
 	// Handed holds the bytes handed over before the failure.
 	Handed map[Surface][]byte
 	// Err is the cause; RollbackErr the first undo that failed, if any.
@@ -140,7 +143,7 @@ func (e *ReloadError) Error() string {
 	fmt.Fprintf(&b, "[%s]: plugin %q: reload failed in %s", CodeReloadFailed, e.Plugin, e.Phase)
 	cause := e.Err
 	if se, ok := cause.(*stepError); ok {
-		fmt.Fprintf(&b, " (%s %s)", se.kind, se.step)
+		fmt.Fprintf(&b, " (%s %s)", se.surface, se.step)
 		cause = se.err
 	}
 	fmt.Fprintf(&b, ": %v", cause)
@@ -171,173 +174,246 @@ func (e *ReloadError) Unwrap() []error {
 	return errs
 }
 
-// Reload hot-swaps the named plugin for next, without dropping a call: see
-// the phases and kinds in ReloadDispatcher. Reloads of one plugin are
-// serialized; reloads of different plugins run in parallel.
+// Reload hot-swaps the named plugin for next, without dropping a call.
+// Reloads and Unregisters of one plugin are serialized; reloads of
+// different plugins run in parallel. A reload runs in phases:
 //
-// On success the old plugin is closed after its last call and the report
-// says what happened; an EventReloaded carries it too. On failure the error
-// is a *ReloadError (and an EventReloadFailed is sent), the old plugin
-// serves on with its state, parked calls run on it, and next is not
-// closed: the caller still owns it. Only a plugin that is not registered is
-// reported otherwise, with ErrNotFound (or ErrShuttingDown after Shutdown).
+//  1. Preflight, with no traffic touched: next is a new value with the
+//     same name and a strict-semver version that passes the manager's
+//     VersionPolicy and the constraints loaded dependents hold on the
+//     plugin (WithDependentConstraint); it keeps every surface of the old
+//     plugin; every handoff's Preflight passes (schema runs CheckCompat
+//     here). Failure: nothing changed.
+//  2. Drain: new calls park, each bounded by its own ctx; calls in flight
+//     on the old plugin finish.
+//  3. Dispatch: the handoffs of the plugin's surfaces run their steps,
+//     stop, move, start (see Handoff and ReloadDispatcher).
+//  4. Commit: one atomic swap, with a clean breaker and health status;
+//     the generation number increases; parked calls run on the new
+//     plugin; the old one, with no call left, is closed (Close gets the
+//     health-check timeout); the report is returned and sent with
+//     EventReloaded.
+//  5. Rollback, on a failure in phase 2 or 3 (a step fails or panics, the
+//     drain timeout passes, ctx ends): the undos run in reverse, and the
+//     parked calls are released to the old plugin, which serves on with
+//     its state. The error is a *ReloadError naming the phase, surface and
+//     step and carrying what was handed over; EventReloadFailed is sent.
+//     next is not closed: the caller still owns it.
 //
-// ctx bounds the whole reload, including the wait for another reload of
-// the plugin to end; if it ends before the commit, the reload rolls back.
-// Unregister and Shutdown while a reload runs: Unregister waits for the
-// reload to end and then removes whichever version serves. Shutdown aborts
-// the reload: it rolls back, returns a *ReloadError that also matches
-// ErrShuttingDown, and Shutdown then closes the old plugin.
+// The drain timeout (WithDrainTimeout) bounds phases 2 and 3 together, and
+// so how long a call stays parked, even when a step ignores its ctx: at the
+// timeout the parked calls are released to the old plugin, which serves
+// them while the overrunning step is abandoned; Reload returns (with
+// ErrDrainTimeout) once that step has returned and the undos have run.
+//
+// ctx bounds the whole reload, including the wait for another reload or
+// Unregister of the plugin; if it ends before the commit, the reload rolls
+// back and the error matches ErrCanceled and ctx's error. Shutdown aborts
+// a reload the same way, with an error matching ErrShuttingDown, and then
+// closes the old plugin. Unregister during a reload waits for it and
+// removes whichever version serves. A plugin that is not registered is
+// reported with ErrNotFound (or ErrShuttingDown after Shutdown), without a
+// ReloadError.
 func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugin[Req, Resp], opts ...ReloadOption) (ReloadReport, error) {
-	began := time.Now()
-	rep := ReloadReport{Plugin: name}
-	cfg := reloadConfig{drain: m.cfg.drain}
+	r := &reload[Req, Resp]{m: m, began: time.Now(), rep: ReloadReport{Plugin: name}, cfg: reloadConfig{drain: m.cfg.drain}}
 	for _, o := range opts {
-		o.applyReload(&cfg)
+		o.applyReload(&r.cfg)
 	}
-	e := m.reg.Load().entries[name]
-	if e == nil {
-		return rep, m.missing(name)
+	if r.e = m.reg.Load().entries[name]; r.e == nil {
+		return r.rep, m.missing(name)
 	}
-	if g := e.gen.Load(); g != nil { // for a failure before the lock is taken
-		rep.From, rep.Generation = g.info.Version, g.id
+	if g := r.e.gen.Load(); g != nil { // for a failure before the lock is taken
+		r.rep.From, r.rep.Generation = g.info.Version, g.id
 	}
-	var (
-		h  *Handoff
-		gt *gate
-	)
-	fail := func(phase string, err, undoErr error, codes ...goerrors.ErrorCode) (ReloadReport, error) {
-		rep.Total = time.Since(began)
-		if gt != nil {
-			rep.setParked(gt)
-		}
-		re := &ReloadError{Plugin: name, Phase: phase, Err: err, RollbackErr: undoErr,
-			codes: []error{newError(CodeReloadFailed, name, "reload failed in %s", phase)}}
-		for _, c := range codes {
-			if c != "" && c != CodeReloadFailed {
-				re.codes = append(re.codes, newError(c, name, "reload failed in %s", phase))
-			}
-		}
-		if se := (*stepError)(nil); errors.As(err, &se) {
-			re.Kind, re.Step = se.kind, se.step
-		}
-		if h != nil {
-			rep.setHanded(h)
-			re.Handed = rep.Handed
-		}
-		re.Report = rep
-		m.cfg.logger.Warn("goplugins: reload failed", "plugin", name, "phase", phase, "error", re.Error())
-		m.emit(Event{Kind: EventReloadFailed, Plugin: name, Version: rep.From, Err: re, Reload: &re.Report})
-		return rep, re
-	}
-
 	ctx, stop := mergeCancel(ctx, m.closing)
 	defer stop()
-	if err := e.lock(ctx); err != nil {
-		return fail("preflight", fmt.Errorf("another reload or Unregister of the plugin was still running: %w", context.Cause(ctx)), nil, ctxCode(ctx))
+	if err := r.e.lock(ctx); err != nil {
+		return r.fail(ctx, "preflight", fmt.Errorf("another reload or Unregister of the plugin was still running: %w", context.Cause(ctx)), nil)
 	}
-	defer e.unlock()
-	if ctx.Err() != nil { // the lock may win the race with a ctx that has ended
-		return fail("preflight", context.Cause(ctx), nil, ctxCode(ctx))
+	defer r.e.unlock()
+	r.ctx = ctx
+	if r.old = r.e.gen.Load(); r.old == nil {
+		return r.rep, m.missing(name)
 	}
-	old := e.gen.Load()
-	if old == nil {
-		return rep, m.missing(name)
+	r.rep.From, r.rep.Generation = r.old.info.Version, r.old.id
+	if err := r.preflight(ctx, next); err != nil {
+		return r.fail(ctx, "preflight", err, nil)
 	}
-	rep.From, rep.Generation = old.info.Version, old.id
+	r.pause, r.cancelPause = context.WithTimeout(ctx, r.cfg.drain)
+	defer r.cancelPause()
+	if err := r.drain(); err != nil {
+		return r.fail(ctx, "drain", err, nil)
+	}
+	if err, undoErr := r.dispatch(); err != nil {
+		return r.fail(ctx, "dispatch", err, undoErr)
+	}
+	return r.commit(ctx), nil
+}
 
-	// Phase 1: preflight. Nothing is touched.
-	if next == nil {
-		return fail("preflight", errors.New("the next plugin is nil"), nil, CodeInvalidPlugin)
-	}
-	if isSameValue(next, old.plugin) {
-		return fail("preflight", errors.New("the next plugin is the value serving now; pass a new value (the old one is closed after the commit)"), nil, CodeInvalidPlugin)
+// reload is one run of Manager.Reload, split by phase.
+type reload[Req, Resp any] struct {
+	m     *Manager[Req, Resp]
+	e     *entry[Req, Resp]
+	cfg   reloadConfig
+	began time.Time
+	rep   ReloadReport
+
+	old, next *generation[Req, Resp]
+	sw        *Swap
+	plan      []Handoff
+	gt        *gate
+
+	ctx         context.Context // the caller's ctx, ended by Shutdown too
+	pause       context.Context // ends at the drain timeout or with ctx
+	cancelPause context.CancelFunc
+}
+
+// preflight checks next and plans the handoffs; nothing is touched.
+// Its time excludes the wait for the op slot.
+func (r *reload[Req, Resp]) preflight(ctx context.Context, next Plugin[Req, Resp]) error {
+	t := time.Now()
+	defer func() { r.rep.Preflight = time.Since(t) }()
+	name := r.e.name
+	switch {
+	case ctx.Err() != nil: // a free op slot is taken even when ctx has ended
+		return context.Cause(ctx)
+	case next == nil:
+		return newError(CodeInvalidPlugin, name, "the next plugin is nil")
+	case isSameValue(next, r.old.plugin):
+		return newError(CodeInvalidPlugin, name, "the next plugin is the value serving now; pass a new value (the old one is closed after the commit)")
 	}
 	info, err := pluginInfo(next)
 	if err != nil {
-		return fail("preflight", err, nil, CodeInvalidPlugin, ErrorCode(err))
+		return err
 	}
-	rep.To = info.Version
+	r.rep.To = info.Version
 	if info.Name != name {
-		return fail("preflight", fmt.Errorf("the next plugin is named %q, not %q; reload a plugin of the same name", info.Name, name), nil, CodeInvalidPlugin)
+		return newError(CodeInvalidPlugin, name, "the next plugin is named %q; reload a plugin of the same name", info.Name)
 	}
-	if err := m.checkReloadVersion(info, cfg.dependents); err != nil {
-		return fail("preflight", err, nil, ErrorCode(err))
+	if err := r.m.checkReloadVersion(info, r.cfg.dependents); err != nil {
+		return err
 	}
-	h = &Handoff{Plugin: name, Old: old.plugin, Next: next, OldInfo: old.info, NextInfo: info}
-	plan, err := m.cfg.dispatcher.plan(h, cfg.host)
-	if err != nil {
-		return fail("preflight", err, nil, ErrorCode(err))
+	r.sw = &Swap{Plugin: name, Old: r.old.plugin, Next: next, OldInfo: r.old.info, NextInfo: info}
+	if r.plan, err = r.m.cfg.dispatcher.plan(r.sw, r.cfg.host); err != nil {
+		return err
 	}
-	if err := preflight(ctx, plan, h); err != nil {
-		return fail("preflight", err, nil, ErrorCode(err))
+	if err := preflight(ctx, r.plan, r.sw); err != nil {
+		return err
 	}
-	rep.Preflight = time.Since(began)
+	r.next = newGeneration(next, info, r.e.genSeq+1) // made before the pause, to keep it short
+	watchLifecycle(next, r.m.emit)
+	return nil
+}
 
-	// Made before the pause, to keep the pause short.
-	ng := newGeneration(next, info, e.genSeq+1)
-	watchLifecycle(next, m.emit)
-
-	// Phase 2: drain. New calls park on the gate; calls in flight finish.
-	pause, cancelPause := context.WithTimeout(ctx, cfg.drain)
-	defer cancelPause()
-	gt = newGate()
-	old.gate.Store(gt)
-	resume := func() { // abort: the old plugin serves the parked calls
-		old.gate.Store(nil)
-		gt.open()
-	}
+// drain parks new calls on a gate and waits for the calls in flight.
+func (r *reload[Req, Resp]) drain() error {
 	t := time.Now()
-	if err := old.drain(pause); err != nil {
-		resume()
-		if ctx.Err() != nil {
-			return fail("drain", context.Cause(ctx), nil, ctxCode(ctx))
-		}
-		err = fmt.Errorf("%d call(s) still running after the drain timeout of %v (raise it with WithDrainTimeout or find what keeps them): %w",
-			old.inFlight(), cfg.drain, err)
-		return fail("drain", err, nil, CodeDrainTimeout)
+	r.gt = newGate()
+	r.old.gate.Store(r.gt)
+	if err := r.old.drain(r.pause); err != nil {
+		r.release()
+		return fmt.Errorf("%d call(s) still running when the drain ended (the drain timeout is %v: raise it with WithDrainTimeout or find what keeps them): %w",
+			r.old.inFlight(), r.cfg.drain, err)
 	}
-	rep.Drain = time.Since(t)
+	r.rep.Drain = time.Since(t)
+	return nil
+}
 
-	// Phase 3: dispatch the handoffs.
-	t = time.Now()
-	steps, err, undoErr := dispatch(pause, plan, h, e.cfg.health.Timeout+cfg.drain)
-	rep.Steps, rep.Dispatch = steps, time.Since(t)
-	if err != nil {
-		resume()
-		code := ErrorCode(err)
-		switch {
-		case ctx.Err() != nil:
-			code = ctxCode(ctx)
-		case pause.Err() != nil:
-			err = fmt.Errorf("the handoffs did not finish within the drain timeout of %v: %w", cfg.drain, err)
-			code = CodeDrainTimeout
-		}
-		return fail("dispatch", err, undoErr, code)
+// release ends the pause without a swap: the parked calls go to the old
+// plugin.
+func (r *reload[Req, Resp]) release() {
+	r.old.gate.Store(nil)
+	r.gt.open()
+}
+
+// dispatch runs the handoffs (and, on failure, their undos) on a goroutine
+// of its own, so that the parked calls wait no longer than the pause: if
+// the pause ends first (a step ignores its ctx), they are released to the
+// old plugin at once, and dispatch waits for the step to return and its
+// undos to run.
+func (r *reload[Req, Resp]) dispatch() (err, undoErr error) {
+	t := time.Now()
+	type result struct {
+		steps        []Surface
+		err, undoErr error
 	}
+	done := make(chan result, 1)
+	rollback := r.e.cfg.health.Timeout + r.cfg.drain
+	go func() {
+		steps, err, undoErr := dispatch(r.pause, r.plan, r.sw, rollback)
+		done <- result{steps, err, undoErr}
+	}()
+	var res result
+	select {
+	case res = <-done:
+	case <-r.pause.Done():
+		r.release()
+		res = <-done
+	}
+	r.rep.Steps, r.rep.Dispatch = res.steps, time.Since(t)
+	if res.err != nil {
+		r.release()
+		if r.pause.Err() != nil && r.ctx.Err() == nil {
+			res.err = fmt.Errorf("the handoffs did not finish within the drain timeout of %v: %w", r.cfg.drain, res.err)
+		}
+	}
+	return res.err, res.undoErr
+}
 
-	// Phase 4: commit.
-	t = time.Now()
+// commit swaps in the next generation, releases the parked calls to it and
+// closes the old one.
+func (r *reload[Req, Resp]) commit(ctx context.Context) ReloadReport {
+	t := time.Now()
+	e, old, ng := r.e, r.old, r.next
 	e.genSeq = ng.id
 	// The old generation is drained: its counts are final and carry over
 	// with the swap, so Metrics never counts a call twice or not at all.
 	ng.baseCalls = old.baseCalls + old.calls()
 	ng.baseStarted = old.baseStarted + old.startedCalls()
-	e.resetState()
-	e.gen.Store(ng)
-	gt.open()
-	rep.Commit = time.Since(t)
-	rep.Generation = ng.id
-	rep.setHanded(h)
-	rep.setParked(gt)
-	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.health.Timeout)
-	rep.CloseErr = old.close(closeCtx, name)
-	cancelClose()
-	rep.Total = time.Since(began)
-	m.cfg.logger.Info("goplugins: plugin reloaded", "plugin", name, "from", rep.From, "to", rep.To,
-		"parked", rep.ParkedCalls, "pause", rep.Drain+rep.Dispatch+rep.Commit)
-	m.emit(Event{Kind: EventReloaded, Plugin: name, Version: info.Version, Reload: &rep})
-	return rep, nil
+	e.swapTo(ng)
+	r.gt.open()
+	r.rep.Commit = time.Since(t)
+	r.rep.Generation = ng.id
+	r.rep.setHanded(r.sw)
+	r.rep.setParked(r.gt)
+	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.health.Timeout)
+	r.rep.CloseErr = old.close(closeCtx, e.name)
+	cancel()
+	r.rep.Total = time.Since(r.began)
+	r.m.cfg.logger.Info("goplugins: plugin reloaded", "plugin", e.name, "from", r.rep.From, "to", r.rep.To,
+		"parked", r.rep.ParkedCalls, "pause", r.rep.Drain+r.rep.Dispatch+r.rep.Commit)
+	r.m.emit(Event{Kind: EventReloaded, Plugin: e.name, Version: ng.info.Version, Reload: r.rep.clone()})
+	return r.rep
+}
+
+// fail builds the *ReloadError of a failure in phase, classified once
+// (see classify), and sends EventReloadFailed.
+func (r *reload[Req, Resp]) fail(ctx context.Context, phase string, err, undoErr error) (ReloadReport, error) {
+	name := r.e.name
+	code, cause := classify(ctx, r.pause, err)
+	r.rep.Total = time.Since(r.began)
+	if r.gt != nil {
+		r.rep.setParked(r.gt)
+	}
+	re := &ReloadError{Plugin: name, Phase: phase, Err: cause, RollbackErr: undoErr,
+		codes: []error{newError(CodeReloadFailed, name, "reload failed in %s", phase)}}
+	if code != "" && code != CodeReloadFailed {
+		re.codes = append(re.codes, newError(code, name, "reload failed in %s", phase))
+	}
+	if se := (*stepError)(nil); errors.As(err, &se) {
+		re.Surface, re.Step = se.surface, se.step
+		if cause != err {
+			re.Err = &stepError{se.surface, se.step, cause}
+		}
+	}
+	if r.sw != nil {
+		r.rep.setHanded(r.sw)
+		re.Handed = r.rep.Handed
+	}
+	re.Report = r.rep
+	r.m.cfg.logger.Warn("goplugins: reload failed", "plugin", name, "phase", phase, "error", re.Error())
+	r.m.emit(Event{Kind: EventReloadFailed, Plugin: name, Version: r.rep.From, Err: re, Reload: r.rep.clone()})
+	return r.rep, re
 }
 
 // isSameValue reports whether a and b are the same pointer. Other kinds of
@@ -347,13 +423,23 @@ func isSameValue(a, b any) bool {
 	return t != nil && t.Kind() == reflect.Pointer && t == reflect.TypeOf(b) && a == b
 }
 
-// setHanded fills in what the kinds handed over.
-func (r *ReloadReport) setHanded(h *Handoff) {
-	r.Handed = h.recorded()
+// setHanded fills in what the handoffs handed over.
+func (r *ReloadReport) setHanded(sw *Swap) {
+	r.Handed = sw.recorded()
 	r.BytesHandedOver = 0
 	for _, b := range r.Handed {
 		r.BytesHandedOver += len(b)
 	}
+}
+
+// clone returns a copy of r that shares no map, slice or bytes with it, for
+// the event (the caller may change the report it got).
+func (r ReloadReport) clone() *ReloadReport {
+	r.Steps = slices.Clone(r.Steps)
+	if r.Handed != nil {
+		r.Handed = cloneHanded(r.Handed)
+	}
+	return &r
 }
 
 // setParked fills in the parked-call figures from an opened gate.
@@ -368,9 +454,24 @@ func (r *ReloadReport) setParked(gt *gate) {
 	}
 }
 
-// ctxCode returns the library code of the reason ctx ended (CodeShuttingDown
-// when Shutdown aborted the reload), or "".
-func ctxCode(ctx context.Context) goerrors.ErrorCode { return ErrorCode(context.Cause(ctx)) }
+// classify returns the one code a reload failure matches besides
+// ErrReloadFailed, and its cause: the reason ctx ended (ErrShuttingDown
+// when Shutdown aborted the reload, ErrCanceled when the caller's ctx
+// ended; the cause is then ctx's, not the step's error, which the ending
+// caused), else ErrDrainTimeout when pause ended, else err's own code.
+func classify(ctx, pause context.Context, err error) (goerrors.ErrorCode, error) {
+	switch {
+	case ctx.Err() != nil:
+		cause := context.Cause(ctx)
+		if code := ErrorCode(cause); code != "" {
+			return code, cause
+		}
+		return CodeCanceled, cause
+	case pause != nil && pause.Err() != nil:
+		return CodeDrainTimeout, err
+	}
+	return ErrorCode(err), err
+}
 
 // checkReloadVersion applies the version policy and dependents' constraints.
 func (m *Manager[Req, Resp]) checkReloadVersion(info PluginInfo, dependents []dependentConstraint) error {
@@ -388,19 +489,25 @@ func (m *Manager[Req, Resp]) checkReloadVersion(info PluginInfo, dependents []de
 	return nil
 }
 
-// resetState gives a new generation a clean breaker and health status:
-// closed, with no failures counted (transition changes nothing when the
-// breaker is closed already, so the count is reset here).
-func (e *entry[Req, Resp]) resetState() {
+// swapTo makes ng the serving generation, with a clean breaker and health
+// status, under healthMu: a health check of the old plugin that finishes
+// meanwhile is not booked on the new one (see checkHealth). A status reset
+// sends EventHealthChanged, as a breaker reset sends its event.
+func (e *entry[Req, Resp]) swapTo(ng *generation[Req, Resp]) {
+	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
 	e.brk.mu.Lock()
 	e.brk.transition(BreakerClosed)
-	e.brk.consecutive.Store(0)
+	e.brk.consecutive.Store(0) // transition changes nothing when closed already
 	e.brk.startWindow()
 	e.brk.mu.Unlock()
-	e.healthMu.Lock()
+	prev := e.healthState.Status
 	e.healthState = HealthReport{}
 	e.unhealthy.Store(false)
-	e.healthMu.Unlock()
+	e.gen.Store(ng)
+	if prev != HealthUnknown {
+		e.m.emit(Event{Kind: EventHealthChanged, Plugin: e.name, Health: HealthUnknown})
+	}
 }
 
 // mergeCancel returns a ctx that also ends, with ErrShuttingDown as its

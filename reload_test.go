@@ -32,6 +32,7 @@ type swappable struct {
 	surfaces      []Surface
 
 	failPersist, failRestore, failCheckpoint, failResume, failCompat error
+	panicRestore                                                     bool
 
 	// hold, when set, makes Execute(holdReq) send on held and then block
 	// until hold is closed.
@@ -93,6 +94,9 @@ func (p *swappable) PersistState(context.Context) ([]byte, error) {
 }
 
 func (p *swappable) RestoreState(_ context.Context, b []byte) error {
+	if p.panicRestore {
+		panic("restore bug")
+	}
 	if p.failRestore != nil {
 		return p.failRestore
 	}
@@ -121,9 +125,12 @@ func (p *swappable) Resume(_ context.Context, pos []byte) error {
 	if p.failResume != nil {
 		return p.failResume
 	}
-	n, err := decodeInt(pos)
-	if err != nil {
-		return err
+	n := 0 // a nil position starts a fresh stream (Register)
+	if pos != nil {
+		var err error
+		if n, err = decodeInt(pos); err != nil {
+			return err
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -298,10 +305,10 @@ func waitBlockedIn(t *testing.T, frames ...string) {
 
 // blockingKind is a host-owned reload kind whose transfer reports that it
 // started and then waits for release (or ctx).
-func blockingKind(surface Surface, entered chan<- struct{}, release <-chan struct{}) ReloadKind {
-	return ReloadKind{
+func blockingKind(surface Surface, entered chan<- struct{}, release <-chan struct{}) Handoff {
+	return Handoff{
 		Surface: surface,
-		Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+		Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 			entered <- struct{}{}
 			select {
 			case <-release:
@@ -398,7 +405,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "host kind without a name", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				return []ReloadOption{WithHandoff(Handoff{Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 					return nil, nil
 				}})}
 			},
@@ -407,7 +414,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "host kind reuses a built-in name", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{Surface: SurfaceState, Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				return []ReloadOption{WithHandoff(Handoff{Surface: SurfaceState, Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 					return nil, nil
 				}})}
 			},
@@ -448,6 +455,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				return nil
 			},
 			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "persist",
+			handed: []Surface{SurfaceStream}, oldResumes: 1, // the stream stopped first
 		},
 		{
 			name: "restore fails", oldSurfaces: all, nextSurfaces: all,
@@ -456,7 +464,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				return nil
 			},
 			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "restore",
-			handed: []Surface{SurfaceState},
+			handed: []Surface{SurfaceStream, SurfaceState}, oldResumes: 1,
 		},
 		{
 			name: "checkpoint fails", oldSurfaces: all, nextSurfaces: all,
@@ -465,7 +473,6 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				return nil
 			},
 			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "stream", step: "checkpoint",
-			handed: []Surface{SurfaceState},
 		},
 		{
 			name: "resume fails", oldSurfaces: all, nextSurfaces: all,
@@ -479,9 +486,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "host kind fails", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(_ context.Context, h *Handoff) (func(context.Context) error, error) {
+					Transfer: func(_ context.Context, h *Swap) (func(context.Context) error, error) {
 						h.Record("conn", []byte("fd:7"))
 						return nil, errInjected
 					},
@@ -493,9 +500,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "host kind panics", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 						panic("host handoff bug")
 					},
 				})}
@@ -507,9 +514,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			name: "custom kind fails", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
 			mgrOpts: func(t *testing.T) []Option {
 				d := NewReloadDispatcher()
-				require.NoError(t, d.Register(ReloadKind{
+				require.NoError(t, d.Register(Handoff{
 					Surface: "cache",
-					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+					Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 						return nil, errInjected
 					},
 				}))
@@ -522,9 +529,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			name: "custom kind preflight refuses", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
 			mgrOpts: func(t *testing.T) []Option {
 				d := NewReloadDispatcher()
-				require.NoError(t, d.Register(ReloadKind{
+				require.NoError(t, d.Register(Handoff{
 					Surface:   "cache",
-					Preflight: func(context.Context, *Handoff) error { return errInjected },
+					Preflight: func(context.Context, *Swap) error { return errInjected },
 				}))
 				return []Option{WithReloadDispatcher(d)}
 			},
@@ -533,9 +540,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "handoffs exceed the drain timeout", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond), WithHandoff(ReloadKind{
+				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond), WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+					Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 						<-ctx.Done()
 						return nil, ctx.Err()
 					},
@@ -547,9 +554,9 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "ctx cancelled mid-dispatch", oldSurfaces: all, nextSurfaces: all,
 			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+					Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 						cancel()
 						<-ctx.Done()
 						return nil, ctx.Err()
@@ -562,10 +569,10 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "ctx cancelled after the last handoff", oldSurfaces: all, nextSurfaces: all,
 			inject: func(_ *testing.T, _, _ *swappable, cancel context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithHandoff(ReloadKind{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
-					Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
-						cancel()
+					Resume: func(context.Context, *Swap) (func(context.Context) error, error) {
+						cancel() // in the last step of all
 						return nil, nil
 					},
 				})}
@@ -585,8 +592,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			events := collectEvents(m, EventReloaded, EventReloadFailed)
 			old := newSwappable("sw", "1.0.0", r.oldSurfaces...)
 			old.hold, old.held = make(chan struct{}), make(chan struct{})
-			old.streaming = true
-			require.NoError(t, m.Register(old))
+			require.NoError(t, m.Register(old, WithStreamStart(nil)))
 			nextName, nextVersion := cmp.Or(r.nextName, "sw"), cmp.Or(r.nextVersion, "1.1.0")
 			next := newSwappable(nextName, nextVersion, r.nextSurfaces...)
 
@@ -635,7 +641,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			require.ErrorAs(t, err, &re)
 			assert.Equal(t, "sw", re.Plugin)
 			assert.Equal(t, r.phase, re.Phase)
-			assert.Equal(t, Surface(r.kind), re.Kind)
+			assert.Equal(t, Surface(r.kind), re.Surface)
 			assert.Equal(t, r.step, re.Step)
 			assert.NoError(t, re.RollbackErr)
 			assert.ElementsMatch(t, r.handed, slices.Collect(maps.Keys(re.Handed)))
@@ -675,7 +681,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			assert.Zero(t, next.execs.Load(), "no call ran on the next plugin")
 			assert.True(t, streaming, "the old plugin streams on")
 			assert.Greater(t, pos, posBefore, "the old stream advanced after the failure")
-			assert.Equal(t, r.oldResumes, old.resumes, "old resumed from its own checkpoint")
+			assert.Equal(t, 1+r.oldResumes, old.resumes, "old resumed at Register, then from its own checkpoint")
 			_, _, nextStreaming := next.snapshot()
 			assert.False(t, nextStreaming, "the next plugin's stream is not left running")
 			assert.Zero(t, old.closed.Load(), "a failed reload never closes the old plugin")
@@ -757,9 +763,9 @@ func TestReloadReportAndEvents(t *testing.T) {
 	parkedCall := make(chan result, 1)
 	rep, err := m.Reload(context.Background(), "sw", next,
 		WithDependentConstraint("app", "^1.0.0"), // 1.1.0 meets it
-		WithHandoff(ReloadKind{
+		WithHandoff(Handoff{
 			Surface: "conn",
-			Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+			Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 				go func() {
 					n, err := m.Execute(context.Background(), "sw", 0)
 					parkedCall <- result{n, err}
@@ -768,9 +774,9 @@ func TestReloadReportAndEvents(t *testing.T) {
 				return nil, nil
 			},
 		}),
-		WithHandoff(ReloadKind{
+		WithHandoff(Handoff{
 			Surface: "fd",
-			Transfer: func(_ context.Context, h *Handoff) (func(context.Context) error, error) {
+			Transfer: func(_ context.Context, h *Swap) (func(context.Context) error, error) {
 				h.Record("fd", []byte("fd:7"))
 				return nil, nil
 			},
@@ -916,9 +922,9 @@ func TestReloadParallelAcrossPlugins(t *testing.T) {
 	// Each reload's handoff waits for the other's: both complete only if
 	// they run at the same time.
 	meet := func(mine, other chan struct{}) ReloadOption {
-		return WithHandoff(ReloadKind{
+		return WithHandoff(Handoff{
 			Surface: "meet",
-			Transfer: func(ctx context.Context, _ *Handoff) (func(context.Context) error, error) {
+			Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 				close(mine)
 				select {
 				case <-other:
@@ -1012,10 +1018,10 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 		order = append(order, s)
 		mu.Unlock()
 	}
-	kind := func(s Surface, fail, failUndo error) ReloadKind {
-		return ReloadKind{
+	kind := func(s Surface, fail, failUndo error) Handoff {
+		return Handoff{
 			Surface: s,
-			Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+			Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 				note("transfer " + string(s))
 				return func(context.Context) error {
 					note("undo " + string(s))
@@ -1027,7 +1033,7 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 	errUndo, errHost := errors.New("undo failed"), errors.New("host handoff failed")
 	d := NewReloadDispatcher()
 	require.NoError(t, d.Register(kind("cache", nil, errUndo)))
-	assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, "cache"}, d.Kinds())
+	assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, "cache"}, d.Surfaces())
 	m := newReloadManager(t, WithReloadDispatcher(d))
 	surfaces := []Surface{SurfaceState, SurfaceStream, "cache"}
 	old := newSwappable("sw", "1.0.0", surfaces...)
@@ -1041,7 +1047,7 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 	assert.ErrorIs(t, err, errUndo, "the failed undo is reported")
 	var re *ReloadError
 	require.ErrorAs(t, err, &re)
-	assert.Equal(t, Surface("h2"), re.Kind)
+	assert.Equal(t, Surface("h2"), re.Surface)
 	assert.ErrorIs(t, re.RollbackErr, errUndo)
 	assert.Contains(t, err.Error(), "rollback also failed")
 	assert.Equal(t, []string{"transfer cache", "transfer h1", "transfer h2", "undo h2", "undo h1", "undo cache"}, order,
@@ -1055,16 +1061,16 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 }
 
 func TestReloadDispatcherRegister(t *testing.T) {
-	noop := func(context.Context, *Handoff) error { return nil }
+	noop := func(context.Context, *Swap) error { return nil }
 	tests := []struct {
 		name string
-		kind ReloadKind
+		kind Handoff
 		ok   bool
 	}{
-		{"custom kind", ReloadKind{Surface: "cache", Preflight: noop}, true},
-		{"no surface", ReloadKind{Preflight: noop}, false},
-		{"no funcs", ReloadKind{Surface: "cache"}, false},
-		{"built-in surface", ReloadKind{Surface: SurfaceState, Preflight: noop}, false},
+		{"custom kind", Handoff{Surface: "cache", Preflight: noop}, true},
+		{"no surface", Handoff{Preflight: noop}, false},
+		{"no funcs", Handoff{Surface: "cache"}, false},
+		{"built-in surface", Handoff{Surface: SurfaceState, Preflight: noop}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1072,12 +1078,12 @@ func TestReloadDispatcherRegister(t *testing.T) {
 			err := d.Register(tt.kind)
 			if tt.ok {
 				require.NoError(t, err)
-				assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, tt.kind.Surface}, d.Kinds())
+				assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, tt.kind.Surface}, d.Surfaces())
 				assert.ErrorIs(t, d.Register(tt.kind), ErrInvalidConfig, "registered twice")
 				return
 			}
 			assert.ErrorIs(t, err, ErrInvalidConfig)
-			assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream}, d.Kinds())
+			assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream}, d.Surfaces())
 		})
 	}
 }
@@ -1176,9 +1182,9 @@ func TestReloadRandomFailuresUnderLoad(t *testing.T) {
 		case 3:
 			next.failResume = errInjected
 		case 4:
-			opts = append(opts, WithHandoff(ReloadKind{
+			opts = append(opts, WithHandoff(Handoff{
 				Surface: "conn",
-				Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+				Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 					return nil, errInjected
 				},
 			}))
@@ -1218,15 +1224,14 @@ func TestReloadStreamRollbackNeverRunsBothStreams(t *testing.T) {
 	errStop, errHost := errors.New("cannot stop"), errors.New("host handoff failed")
 	m := newReloadManager(t)
 	old := newSwappable("sw", "1.0.0", SurfaceStream)
-	old.streaming = true
-	require.NoError(t, m.Register(old))
+	require.NoError(t, m.Register(old, WithStreamStart(nil)))
 	next := newSwappable("sw", "1.1.0", SurfaceStream)
 	next.failCheckpoint = errStop
 
-	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(ReloadKind{
+	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(Handoff{
 		Surface: "conn",
-		Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
-			return nil, errHost
+		Resume: func(context.Context, *Swap) (func(context.Context) error, error) {
+			return nil, errHost // after the next plugin resumed the stream
 		},
 	}))
 	assert.ErrorIs(t, err, errHost)
@@ -1260,4 +1265,324 @@ func TestReloadResetsBreakerFailures(t *testing.T) {
 	_, err = m.Execute(context.Background(), "p", 0)
 	require.ErrorIs(t, err, boom)
 	require.Equal(t, BreakerClosed, m.Metrics().Plugins["p"].Breaker, "the old plugin's failures do not count against the new one")
+}
+
+// streamer is a plugin with state and stream whose stream runs on its own
+// goroutine: each event it consumes adds one to its state and its position,
+// then it waits for the next tick. An event arrives while PersistState runs
+// if the stream still runs then.
+type streamer struct {
+	name, version string
+
+	mu           sync.Mutex
+	n, pos       int
+	stop, exited chan struct{} // set while the stream runs
+	tick         chan struct{}
+}
+
+func newStreamer(version string) *streamer {
+	return &streamer{name: "st", version: version, tick: make(chan struct{})}
+}
+
+func (p *streamer) Info() PluginInfo {
+	return PluginInfo{Name: p.name, Version: p.version, Surfaces: []Surface{SurfaceState, SurfaceStream}}
+}
+func (p *streamer) Execute(context.Context, int) (int, error) { return 0, nil }
+func (p *streamer) Health(context.Context) error              { return nil }
+func (p *streamer) Close(ctx context.Context) error {
+	_, err := p.Checkpoint(ctx)
+	return err
+}
+
+func (p *streamer) counts() (n, pos int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n, p.pos
+}
+
+func (p *streamer) PersistState(context.Context) ([]byte, error) {
+	p.mu.Lock()
+	n, running := p.n, p.stop != nil
+	p.mu.Unlock()
+	if running {
+		p.tick <- struct{}{} // an event arrives meanwhile
+		<-p.tick             // and is consumed
+	}
+	return encodeInt(n), nil
+}
+
+func (p *streamer) RestoreState(_ context.Context, b []byte) error {
+	n, err := decodeInt(b)
+	p.mu.Lock()
+	p.n = n
+	p.mu.Unlock()
+	return err
+}
+
+func (p *streamer) Checkpoint(context.Context) ([]byte, error) {
+	p.mu.Lock()
+	stop, exited := p.stop, p.exited
+	p.stop, p.exited = nil, nil
+	p.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-exited
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return encodeInt(p.pos), nil
+}
+
+func (p *streamer) Resume(_ context.Context, pos []byte) error {
+	n := 0
+	if pos != nil {
+		var err error
+		if n, err = decodeInt(pos); err != nil {
+			return err
+		}
+	}
+	stop, exited := make(chan struct{}), make(chan struct{})
+	p.mu.Lock()
+	p.pos, p.stop, p.exited = n, stop, exited
+	p.mu.Unlock()
+	go func() {
+		defer close(exited)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-p.tick:
+			}
+			p.mu.Lock()
+			p.n++
+			p.pos++
+			p.mu.Unlock()
+			select {
+			case <-stop:
+				return
+			case p.tick <- struct{}{}:
+			}
+		}
+	}()
+	return nil
+}
+
+// step makes the stream consume one event.
+func (p *streamer) step() {
+	p.tick <- struct{}{}
+	<-p.tick
+}
+
+// TestReloadMovesStateAndStreamConsistently: with both surfaces, the stream
+// stops before the state is persisted, so an event is never in neither the
+// saved state nor after the resume position.
+func TestReloadMovesStateAndStreamConsistently(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old := newStreamer("1.0.0")
+	require.NoError(t, m.Register(old, WithStreamStart(nil)))
+	for range 3 {
+		old.step()
+	}
+	next := newStreamer("1.1.0")
+	_, err := m.Reload(context.Background(), "st", next)
+	require.NoError(t, err)
+	next.step()
+	n, pos := next.counts()
+	require.Equal(t, 4, pos)
+	require.Equal(t, pos, n, "the state counts every event before the resume position")
+}
+
+// TestReloadParkedCallsBoundedByDrainTimeout: a handoff step that ignores
+// its ctx does not keep parked calls past the drain timeout: they are
+// released to the old plugin, and the reload rolls back once the step
+// returns.
+func TestReloadParkedCallsBoundedByDrainTimeout(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	old := newSwappable("sw", "1.0.0")
+	require.NoError(t, m.Register(old))
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	undone := make(chan struct{})
+	stubborn := Handoff{Surface: "conn", Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
+		entered <- struct{}{}
+		<-release // ignores ctx
+		return func(context.Context) error { close(undone); return nil }, nil
+	}}
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"),
+			WithHandoff(stubborn), WithDrainTimeout(50*time.Millisecond))
+		reloaded <- err
+	}()
+	<-entered
+	parked := make(chan error, 1)
+	go func() {
+		_, err := m.Execute(context.Background(), "sw", 1)
+		parked <- err
+	}()
+	require.NoError(t, awaitErr(t, "the parked call, with the step still stuck", parked))
+	require.Equal(t, int64(1), old.execs.Load(), "the parked call ran on the old plugin")
+	close(release)
+	err := awaitErr(t, "Reload", reloaded)
+	require.ErrorIs(t, err, ErrDrainTimeout)
+	awaitClosed(t, "the undo", undone)
+}
+
+// canceller is a swappable whose CheckCompat waits for its ctx to end.
+type canceller struct {
+	*swappable
+	entered chan struct{}
+}
+
+func (p *canceller) CheckCompat(ctx context.Context, _ PluginInfo) error {
+	close(p.entered)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestReloadCancelledDuringCompatReportsCtx: a reload cancelled by its
+// caller or by Shutdown while CheckCompat runs reports that, not
+// ErrSchemaIncompatible.
+func TestReloadCancelledDuringCompatReportsCtx(t *testing.T) {
+	for _, byShutdown := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shutdown=%v", byShutdown), func(t *testing.T) {
+			m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+			defer m.Shutdown(context.Background())
+			require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceSchema)))
+			next := &canceller{newSwappable("sw", "1.1.0", SurfaceSchema), make(chan struct{})}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() {
+				<-next.entered
+				if byShutdown {
+					m.Shutdown(context.Background())
+				} else {
+					cancel()
+				}
+			}()
+			_, err := m.Reload(ctx, "sw", next)
+			require.ErrorIs(t, err, ErrReloadFailed)
+			require.NotErrorIs(t, err, ErrSchemaIncompatible)
+			if byShutdown {
+				require.ErrorIs(t, err, ErrShuttingDown)
+			} else {
+				require.ErrorIs(t, err, ErrCanceled)
+				require.ErrorIs(t, err, context.Canceled)
+			}
+		})
+	}
+}
+
+// TestReloadCannotDropSchema: a next version that drops the schema surface
+// does not skip the compat check: the reload is refused.
+func TestReloadCannotDropSchema(t *testing.T) {
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceSchema)))
+	_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "2.0.0"))
+	require.ErrorIs(t, err, ErrReloadFailed)
+	require.ErrorContains(t, err, `drops the "schema" surface`)
+	info, _ := m.Info("sw")
+	require.Equal(t, "1.0.0", info.Version)
+}
+
+// TestReloadPreflightExcludesLockWait: ReloadReport.Preflight does not
+// include the wait for another reload of the plugin; Total does.
+func TestReloadPreflightExcludesLockWait(t *testing.T) {
+	verifyNoLeaks(t)
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newSwappable("sw", "1.0.0")))
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"), WithHandoff(blockingKind("hold", entered, release)))
+		first <- err
+	}()
+	<-entered
+	second := make(chan ReloadReport, 1)
+	go func() {
+		rep, _ := m.Reload(context.Background(), "sw", newSwappable("sw", "1.2.0"))
+		second <- rep
+	}()
+	waitBlockedIn(t, "(*entry[...]).lock")
+	const wait = 50 * time.Millisecond
+	time.Sleep(wait) // the wait to be excluded (not synchronisation)
+	close(release)
+	require.NoError(t, awaitErr(t, "the first reload", first))
+	rep := <-second
+	require.Less(t, rep.Preflight, wait, "Preflight excludes the wait")
+	require.GreaterOrEqual(t, rep.Total, wait, "Total includes the wait")
+}
+
+// TestReloadResetsHealthWithEvent: the commit resets the health status
+// together with the swap and reports the reset with an event.
+func TestReloadResetsHealthWithEvent(t *testing.T) {
+	m := newReloadManager(t)
+	old := &scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) { return 1, nil },
+		health: func(context.Context) error { return errors.New("sick") }}
+	require.NoError(t, m.Register(old))
+	require.Equal(t, HealthDegraded, m.Health(context.Background())["p"].Status)
+	events := collectEvents(m, EventHealthChanged, EventReloaded)
+	_, err := m.Reload(context.Background(), "p", &scripted{name: "p", version: "1.1.0",
+		exec: func(context.Context, int) (int, error) { return 2, nil }})
+	require.NoError(t, err)
+	ev := awaitEvent(t, events)
+	require.Equal(t, EventHealthChanged, ev.Kind)
+	require.Equal(t, HealthUnknown, ev.Health)
+	require.Equal(t, EventReloaded, awaitEvent(t, events).Kind)
+	require.Equal(t, HealthUnknown, m.Metrics().Plugins["p"].Health)
+}
+
+// TestRegisterStartsFirstStream: with WithStreamStart, Register gives a
+// StreamPlugin its first Resume, from the position given (nil: the
+// beginning); a failing Resume fails Register.
+func TestRegisterStartsFirstStream(t *testing.T) {
+	m := newReloadManager(t)
+	p := newSwappable("sw", "1.0.0", SurfaceStream)
+	require.NoError(t, m.Register(p, WithStreamStart(encodeInt(7))))
+	_, pos, streaming := p.snapshot()
+	require.True(t, streaming)
+	require.Equal(t, uint64(7), pos)
+	require.Equal(t, 1, p.resumes)
+
+	plain := newSwappable("plain", "1.0.0", SurfaceStream)
+	require.NoError(t, m.Register(plain))
+	require.Zero(t, plain.resumes, "without the option the plugin starts its own stream")
+
+	bad := newSwappable("bad", "1.0.0", SurfaceStream)
+	bad.failResume = errors.New("no stream")
+	require.ErrorIs(t, m.Register(bad, WithStreamStart(nil)), ErrInvalidPlugin)
+	require.ErrorIs(t, m.Register(newEcho("nostream", "1.0.0"), WithStreamStart(nil)), ErrInvalidPlugin)
+	require.Empty(t, slices.DeleteFunc(m.Plugins(), func(i PluginInfo) bool { return i.Name != "bad" }))
+}
+
+// TestReloadRestorePanicNamesRestoreStep: a RestoreState that panics is
+// reported as the state surface's "restore" step.
+func TestReloadRestorePanicNamesRestoreStep(t *testing.T) {
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceState)))
+	next := newSwappable("sw", "1.1.0", SurfaceState)
+	next.panicRestore = true
+	_, err := m.Reload(context.Background(), "sw", next)
+	var re *ReloadError
+	require.ErrorAs(t, err, &re)
+	require.ErrorIs(t, err, ErrPanic)
+	require.Equal(t, SurfaceState, re.Surface)
+	require.Equal(t, "restore", re.Step)
+}
+
+// TestReloadEventReportIsACopy: the report sent with EventReloaded shares
+// nothing with the one Reload returns.
+func TestReloadEventReportIsACopy(t *testing.T) {
+	m := newReloadManager(t)
+	require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceState)))
+	events := collectEvents(m, EventReloaded)
+	rep, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0", SurfaceState))
+	require.NoError(t, err)
+	want := slices.Clone(rep.Handed[SurfaceState])
+	rep.Handed[SurfaceState][0] = 0xff
+	rep.Steps[0] = "changed"
+	ev := awaitEvent(t, events)
+	require.Equal(t, want, ev.Reload.Handed[SurfaceState])
+	require.Equal(t, []Surface{SurfaceState}, ev.Reload.Steps)
 }

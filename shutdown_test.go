@@ -2,6 +2,9 @@ package goplugins
 
 import (
 	"context"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,7 +63,7 @@ func TestShutdownWhileReloadHoldsPlugin(t *testing.T) {
 	require.NoError(t, m.Register(old))
 
 	entered, release := make(chan struct{}), make(chan struct{})
-	stubborn := ReloadKind{Surface: "host-handle", Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+	stubborn := Handoff{Surface: "host-handle", Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 		close(entered)
 		<-release // ignores ctx
 		return nil, nil
@@ -168,7 +171,7 @@ func TestUnregisterWhileReloadHoldsPlugin(t *testing.T) {
 	defer m.Shutdown(context.Background())
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) { return 1, nil }}))
 	entered, release := make(chan struct{}), make(chan struct{})
-	hold := ReloadKind{Surface: "host-handle", Transfer: func(context.Context, *Handoff) (func(context.Context) error, error) {
+	hold := Handoff{Surface: "host-handle", Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 		close(entered)
 		<-release
 		return nil, nil
@@ -189,4 +192,136 @@ func TestUnregisterWhileReloadHoldsPlugin(t *testing.T) {
 	got, err := m.Execute(context.Background(), "p", 0)
 	require.NoError(t, err, "the plugin stays registered")
 	require.Equal(t, 2, got)
+}
+
+// TestEventsFollowTheChanges: a plugin's Registered event comes before the
+// Unregistered event of a concurrent Unregister, and Seq numbers events in
+// the order they arrive.
+func TestEventsFollowTheChanges(t *testing.T) {
+	m := newTestManager(t)
+	var mu sync.Mutex
+	var got []Event
+	m.Subscribe(func(ev Event) {
+		mu.Lock()
+		got = append(got, ev)
+		mu.Unlock()
+	})
+	const rounds = 200
+	for range rounds {
+		go m.Register(newEcho("p", "1.0.0"))
+		for m.Unregister(context.Background(), "p") != nil {
+			runtime.Gosched()
+		}
+	}
+	require.NoError(t, m.Shutdown(context.Background()))
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, got, 2*rounds)
+	for i, ev := range got {
+		want := EventRegistered
+		if i%2 == 1 {
+			want = EventUnregistered
+		}
+		require.Equal(t, want, ev.Kind, "event %d", i)
+		if i > 0 {
+			require.Greater(t, ev.Seq, got[i-1].Seq)
+		}
+	}
+}
+
+// TestCancelStopsQueuedDelivery: once cancel returns, a subscription
+// delivers nothing more, not even events queued before.
+func TestCancelStopsQueuedDelivery(t *testing.T) {
+	verifyNoLeaks(t)
+	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	defer m.Shutdown(context.Background())
+	entered, release := make(chan struct{}), make(chan struct{})
+	var delivered atomic.Int32
+	cancel := m.Subscribe(func(Event) {
+		if delivered.Add(1) == 1 {
+			close(entered)
+			<-release
+		}
+	})
+	var s *subscriber
+	for sub := range m.bus.subs {
+		s = sub
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		require.NoError(t, m.Register(newEcho(name, "1.0.0")))
+	}
+	<-entered
+	cancel()
+	close(release)
+	awaitClosed(t, "the cancelled subscriber", s.done)
+	require.Equal(t, int32(1), delivered.Load())
+}
+
+// TestShutdownFromSubscriber: a subscriber may call Shutdown; neither its
+// call nor a concurrent one deadlocks or burns its ctx.
+func TestShutdownFromSubscriber(t *testing.T) {
+	verifyNoLeaks(t)
+	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	inner := make(chan error, 1)
+	m.Subscribe(func(ev Event) {
+		if ev.Kind == EventRegistered {
+			inner <- m.Shutdown(context.Background())
+		}
+	})
+	require.NoError(t, m.Register(newEcho("p", "1.0.0")))
+	outer := make(chan error, 1)
+	go func() { outer <- m.Shutdown(context.Background()) }()
+	require.NoError(t, awaitErr(t, "Shutdown from the subscriber", inner))
+	require.NoError(t, awaitErr(t, "Shutdown beside it", outer))
+}
+
+// TestEndedCtxGivesDeterministicResults: Unregister and Shutdown with a ctx
+// that ended already, on an idle plugin, always do their job.
+func TestEndedCtxGivesDeterministicResults(t *testing.T) {
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 50 {
+		m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+		a, b := newEcho("a", "1.0.0"), newEcho("b", "1.0.0")
+		require.NoError(t, m.Register(a))
+		require.NoError(t, m.Register(b))
+		require.NoError(t, m.Unregister(ended, "a"))
+		require.Equal(t, int32(1), a.closed.Load())
+		require.NoError(t, m.Shutdown(ended))
+		require.Equal(t, int32(1), b.closed.Load())
+	}
+}
+
+// TestShutdownAgainFinishesTheJob: a Shutdown whose ctx ended before a
+// Close returned reports it, and a later Shutdown waits for the rest and
+// returns the result every call after it returns too.
+func TestShutdownAgainFinishesTheJob(t *testing.T) {
+	verifyNoLeaks(t)
+	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1, Timeout: time.Millisecond}))
+	release := make(chan struct{})
+	closing := make(chan struct{})
+	p := &slowCloser{echo: newEcho("p", "1.0.0"), entered: closing, release: release}
+	require.NoError(t, m.Register(p))
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := m.Shutdown(ended)
+	require.ErrorIs(t, err, ErrShuttingDown)
+	require.ErrorIs(t, err, context.Canceled)
+	awaitClosed(t, "Close", closing)
+	close(release)
+	require.NoError(t, m.Shutdown(context.Background()))
+	require.NoError(t, m.Shutdown(ended), "a finished Shutdown returns its result")
+}
+
+// slowCloser is an echo whose Close ignores its ctx until released.
+type slowCloser struct {
+	*echo
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (p *slowCloser) Close(context.Context) error {
+	close(p.entered)
+	<-p.release
+	return nil
 }
