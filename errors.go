@@ -1,6 +1,7 @@
 package goplugins
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -41,6 +42,7 @@ const (
 	CodeInvalidConfig       goerrors.ErrorCode = "PLUGIN_INVALID_CONFIG"
 	CodeNoFactory           goerrors.ErrorCode = "PLUGIN_NO_FACTORY"
 	CodeClosed              goerrors.ErrorCode = "PLUGIN_CLOSED"
+	CodeCanceled            goerrors.ErrorCode = "PLUGIN_CANCELED"
 )
 
 // Sentinels for errors.Is. They are never returned themselves and must never
@@ -107,6 +109,10 @@ var (
 	ErrNoFactory = sentinel(CodeNoFactory)
 	// ErrClosed: the object was closed.
 	ErrClosed = sentinel(CodeClosed)
+	// ErrCanceled: the caller's context ended before the plugin answered; the
+	// error also matches the context's error (context.Canceled or
+	// context.DeadlineExceeded) with errors.Is.
+	ErrCanceled = sentinel(CodeCanceled)
 )
 
 func sentinel(code goerrors.ErrorCode) error {
@@ -142,6 +148,17 @@ func wrapError(cause error, code goerrors.ErrorCode, plugin, format string, args
 		e.WithContext("plugin", plugin)
 	}
 	return e
+}
+
+// canceledError is the error of a call whose caller's ctx ended before the
+// plugin answered: it matches ErrCanceled and wraps context.Cause(ctx), and
+// ctx.Err() too when the cause is another error.
+func canceledError(ctx context.Context, plugin string) error {
+	cause := context.Cause(ctx)
+	if err := ctx.Err(); !errors.Is(cause, err) {
+		cause = fmt.Errorf("%w: %w", err, cause)
+	}
+	return wrapError(cause, CodeCanceled, plugin, "the caller's context ended before the plugin answered")
 }
 
 // IsRetryable reports whether err, or an error it wraps, is marked retryable
