@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -441,5 +443,57 @@ func TestSubprocessAnswersBeforeExitDelivered(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// childSwitches sums the context switches of every thread of process pid:
+// each is a wake-up of the child.
+func childSwitches(t *testing.T, pid int) int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Skipf("no /proc on this system: %v", err)
+	}
+	n := 0
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+		if err != nil {
+			continue // the thread exited
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				m, _ := strconv.Atoi(strings.TrimSpace(v))
+				n += m
+			}
+		}
+	}
+	return n
+}
+
+// TestSubprocessIsolatedCallWakeups: an sdk plugin that gets isolated calls
+// wakes a small, fixed number of times per call, not on timers after each
+// call, and not at all while idle.
+func TestSubprocessIsolatedCallWakeups(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	p := startEcho(t, nil, nil)
+	pid := pidOf(t, p)
+	const calls = 50
+	before := childSwitches(t, pid)
+	for range calls {
+		if _, err := p.Execute(context.Background(), echoReq{Data: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // spreads the calls: each finds the plugin idle
+	}
+	perCall := float64(childSwitches(t, pid)-before) / calls
+	t.Logf("%.1f wake-ups of the plugin per isolated call", perCall)
+	if perCall > 10 {
+		t.Fatalf("the plugin wakes %.1f times per isolated call; a request must cost a small fixed number", perCall)
+	}
+	idle := childSwitches(t, pid)
+	time.Sleep(100 * time.Millisecond) // an idle period, to count the wake-ups in it
+	if woke := childSwitches(t, pid) - idle; woke > 3 {
+		t.Fatalf("the idle plugin woke %d times in 100ms", woke)
 	}
 }

@@ -180,10 +180,6 @@ func (r *Reader) Read() (Frame, error) {
 	return f, nil
 }
 
-// Buffered reports whether bytes of a next frame have been read from the
-// stream already, so that Read can return at least part of it at once.
-func (r *Reader) Buffered() bool { return r.r.Buffered() > 0 }
-
 // header consumes the next frame header, or nothing if it fails. A length
 // field or a type that breaks the framing fails as soon as its bytes
 // arrive, without waiting for the rest of the header.
