@@ -76,9 +76,11 @@ type subLimits struct {
 // abandoned meanwhile, are read and dropped). One writer goroutine drains
 // the queue of frames, which holds at most subQueueBytes: callers wait for
 // room, bounded by their ctx. A caller that gives up before the writer took
-// its frame drops it without touching the stream. No caller's deadline ever
-// cuts a write: when the writer makes no progress for lim.stall, the child
-// stopped reading and is killed.
+// its frame drops it without touching the stream. A caller that finds the
+// stream idle writes its small frame itself, as far as the pipe takes it
+// without waiting, and leaves the rest to the writer: no caller ever blocks
+// on the pipe. No caller's deadline ever cuts a write: when the writer
+// makes no progress for lim.stall, the child stopped reading and is killed.
 type subConn struct {
 	name    string
 	proc    *proc.Process
@@ -99,11 +101,14 @@ type subConn struct {
 	pending map[uint64]*subCall // nil once dead
 	queue   []outFrame
 	queued  int           // bytes of the frames queued or being written
+	writing bool          // a caller or the writer owns the stream
+	rest    []byte        // what a caller's write left for the writer
 	waiting bool          // a caller waits for room in the queue
 	room    chan struct{} // closed (and replaced) when queued bytes are freed
 	wake    chan struct{} // the queue has frames
 
 	wdl       time.Time     // the write deadline armed; the writer's
+	inline    inlineWrite   // a caller's write; owned with writing
 	quit      chan struct{} // closed when the connection ends: the writer returns
 	readDone  chan struct{} // closed when the reader returned; nil before run
 	writeDone chan struct{} // closed when the writer returned
@@ -172,6 +177,7 @@ func newSubConn(name string, p *proc.Process, toChild, toHost *os.File, lim subL
 func (c *subConn) run(peerMax int) {
 	c.peerMax = min(peerMax, wire.MaxFrameSizeLimit)
 	c.readDone, c.writeDone = make(chan struct{}), make(chan struct{})
+	c.inline.start(c.toChild)
 	go func() {
 		err := c.readLoop()
 		if errors.Is(err, wire.ErrMalformed) {
@@ -238,17 +244,28 @@ func (c *subConn) writeLoop() error {
 			return nil
 		}
 		c.mu.Lock()
+		if c.writing && c.rest == nil {
+			c.mu.Unlock()
+			continue // a caller writes; it wakes the writer when it is done
+		}
+		c.writing = true
+		rest := c.rest
+		c.rest = nil
 		batch, c.queue = c.queue, batch[:0]
 		c.mu.Unlock()
-		var err error
-		buf, err = c.writeBatch(buf[:0], batch)
-		size := 0
+		err := c.writeAll(rest)
+		if err == nil {
+			buf, err = c.writeBatch(buf[:0], batch)
+		}
+		size := len(rest)
 		for _, f := range batch {
 			size += wire.HeaderSize + len(f.payload)
 		}
 		clear(batch)
 		c.mu.Lock()
+		c.writing = false
 		c.queued -= size
+		c.wakeWriter()
 		if c.waiting {
 			close(c.room)
 			c.room, c.waiting = make(chan struct{}), false
@@ -290,10 +307,23 @@ func (c *subConn) writeBatch(buf []byte, batch []outFrame) ([]byte, error) {
 	return buf, c.writeAll(buf)
 }
 
+// wakeWriter wakes the writer if frames are queued, with c.mu held.
+func (c *subConn) wakeWriter() {
+	if len(c.queue) > 0 || c.rest != nil {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // writeAll writes b to the child. It fails with errStalled when no byte
 // was taken for lim.stall: the write deadline is that long after the last
 // progress (armed lazily, so that a busy writer rarely resets it).
 func (c *subConn) writeAll(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
 	last := time.Now()
 	for {
 		if c.wdl.Sub(last) < c.lim.stall/2 {
@@ -350,9 +380,34 @@ func (c *subConn) enqueue(ctx context.Context, f outFrame, timer <-chan time.Tim
 		return err
 	}
 	c.pending[f.id] = f.call
-	c.push(f, size)
+	if c.writing || len(c.queue) > 0 || size > directWrite {
+		c.push(f, size)
+		c.mu.Unlock()
+		return nil
+	}
+	c.writing = true
 	c.mu.Unlock()
+	c.writeInline(f)
 	return nil
+}
+
+// writeInline writes f, whose caller owns the stream, as far as the pipe
+// takes it without waiting, and hands the rest and the stream to the
+// writer.
+func (c *subConn) writeInline(f outFrame) {
+	f.call.state.Store(callSent)
+	b := wire.AppendFrame(c.inline.buf[:0], f.t, f.id, f.payload)
+	c.inline.buf = b
+	n := c.inline.write(b)
+	c.mu.Lock()
+	if n < len(b) {
+		c.rest = b[n:]
+		c.queued += len(c.rest)
+	} else {
+		c.writing = false
+	}
+	c.wakeWriter()
+	c.mu.Unlock()
 }
 
 // post queues a frame without a call (CANCEL, SHUTDOWN), whatever room is
@@ -369,7 +424,7 @@ func (c *subConn) post(t wire.Type, id uint64) {
 func (c *subConn) push(f outFrame, size int) {
 	c.queue = append(c.queue, f)
 	c.queued += size
-	if len(c.queue) == 1 {
+	if len(c.queue) == 1 && !c.writing {
 		select {
 		case c.wake <- struct{}{}:
 		default:
