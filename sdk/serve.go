@@ -40,10 +40,11 @@ func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 // pipes on file descriptors 3 and 4, until the host sends shutdown (Serve
 // waits for the requests in flight and for every answer queued to be
 // written, then returns nil) or goes away (Serve cancels the requests in
-// flight and returns nil). One goroutine reads the host's pipe at all
-// times; each request's handler runs on a goroutine of its own and writes
-// its answer, so handlers run concurrently and a CANCEL reaches a handler
-// that blocks. An idle plugin wakes on no timer. A handler that panics
+// flight and returns nil). A goroutine reads the host's pipe at all
+// times: the one that reads a request hands reading on to a new goroutine
+// and runs the request's handler itself, which writes the answer. So
+// handlers run concurrently, a CANCEL reaches a handler that blocks, and
+// an idle plugin wakes on no timer. A handler that panics
 // answers with the "panic" error code and the plugin serves on. Whatever
 // the program writes to stdout or stderr goes to the host's log, never
 // into the protocol.
@@ -160,7 +161,7 @@ type server struct {
 	cancels      map[uint64]context.CancelFunc
 	requests     sync.WaitGroup // the requests being served
 	end          chan error     // how serving ends: nil or why it failed
-	shuttingDown bool           // SHUTDOWN was read; touched by the reader only
+	shuttingDown bool           // SHUTDOWN was read; touched by the reading goroutine only
 }
 
 // handshake answers the host's HELLO and returns the chosen codec.
@@ -208,8 +209,10 @@ func (s *server) handshake(codecs []Codec) (Codec, error) {
 	return codecs[i], nil
 }
 
-// loop serves until shutdown or the end of the stream: one goroutine
-// reads, each request runs on a goroutine of its own.
+// loop serves until shutdown or the end of the stream. One goroutine at a
+// time reads; on a request it starts the next reader and serves the
+// request, so that the request reaches its handler without a goroutine
+// switch while reading goes on.
 func (s *server) loop() error {
 	go s.read()
 	err := <-s.end
@@ -220,7 +223,8 @@ func (s *server) loop() error {
 	return err
 }
 
-// read reads frames until the end of the stream, then reports on s.end.
+// read reads frames until it hands reading on (after a request) or the
+// stream ends (it then reports on s.end).
 func (s *server) read() {
 	for {
 		f, err := s.in.Read()
@@ -236,12 +240,15 @@ func (s *server) read() {
 			s.finish(fmt.Errorf("sdk: reading from the host: %w", err))
 			return
 		}
-		s.frame(f)
+		if s.frame(f) {
+			return
+		}
 	}
 }
 
-// frame acts on one frame read from the host.
-func (s *server) frame(f wire.Frame) {
+// frame acts on one frame read from the host. For a request it hands
+// reading on to a new goroutine, serves the request and reports true.
+func (s *server) frame(f wire.Frame) bool {
 	switch f.Type {
 	case wire.TypeCancel:
 		s.mu.Lock()
@@ -264,20 +271,21 @@ func (s *server) frame(f wire.Frame) {
 		wire.TypeCheckpoint, wire.TypeResume, wire.TypeCheckCompat:
 		if s.shuttingDown {
 			s.replyError(f.ID, &Error{Code: wire.CodeShuttingDown, Message: fmt.Sprintf("%s refused: the plugin is shutting down", f.Type)})
-			return
+			return false
 		}
 		ctx, cancel := context.WithCancel(s.ctx)
 		s.mu.Lock()
 		s.cancels[f.ID] = cancel
 		s.mu.Unlock()
 		s.requests.Add(1)
-		go func() {
-			defer s.requests.Done()
-			s.serveRequest(ctx, cancel, f)
-		}()
+		defer s.requests.Done()
+		go s.read()
+		s.serveRequest(ctx, cancel, f)
+		return true
 	default:
 		s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames", f.Type)})
 	}
+	return false
 }
 
 // finish ends Serve with err, unless it is ending already.
