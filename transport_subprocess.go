@@ -420,8 +420,10 @@ func (s *Subprocess[Req, Resp]) Info() PluginInfo {
 // Restarts returns how many restart attempts were made so far.
 func (s *Subprocess[Req, Resp]) Restarts() int { return int(s.restarts.Load()) }
 
-// Execute sends req to the child and returns its answer. Cancelling ctx
-// abandons the call and cancels the handler's context in the child.
+// Execute sends req to the child and returns its answer. When ctx ends
+// first the call is abandoned (a request already sent is cancelled in the
+// child, one not yet sent is dropped) and the error matches ErrCanceled and
+// ctx's error; past CallTimeout it matches ErrTimeout.
 func (s *Subprocess[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, error) {
 	var zero Resp
 	c, err := s.live()
