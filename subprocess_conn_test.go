@@ -42,7 +42,8 @@ const hangLimit = 10 * time.Second
 // TestSubprocessStalledPluginDoesNotBlockCaller: a child that stops reading
 // its input holds no caller past its ctx or CallTimeout, even when the
 // request does not fit in the pipe; the stall watchdog, not the caller,
-// then kills the child, which is restarted.
+// then kills the child, whose calls fail with ErrCrashed, and it is
+// restarted.
 func TestSubprocessStalledPluginDoesNotBlockCaller(t *testing.T) {
 	verifyNoLeaks(t)
 	checkNoFDLeak(t)
@@ -73,6 +74,11 @@ func TestSubprocessStalledPluginDoesNotBlockCaller(t *testing.T) {
 				c.StallTimeout = 300 * time.Millisecond
 				c.OnRestart = func(_ int, err error) { restarted <- err }
 			})
+			patient := make(chan error, 1)
+			go func() {
+				_, err := p.Execute(context.Background(), "patient")
+				patient <- err
+			}()
 			ctx, cancel := tt.ctx()
 			defer cancel()
 			done := make(chan error, 1)
@@ -97,6 +103,9 @@ func TestSubprocessStalledPluginDoesNotBlockCaller(t *testing.T) {
 				}
 			case <-time.After(hangLimit):
 				t.Fatal("the stalled plugin was not killed and restarted by the watchdog")
+			}
+			if err := <-patient; tt.callTimeout == 0 && (!errors.Is(err, ErrCrashed) || !strings.Contains(err.Error(), "StallTimeout")) {
+				t.Fatalf("patient call to the stalled plugin: %v, want ErrCrashed naming StallTimeout", err)
 			}
 		})
 	}
@@ -185,7 +194,11 @@ func TestSubprocessDroppedRequestNeverWritten(t *testing.T) {
 		_, err := p.Execute(context.Background(), big)
 		done <- err
 	}()
-	waitQueued(t, p, 1)
+	ctx, stop := context.WithTimeout(context.Background(), hangLimit)
+	defer stop()
+	if _, ok := h.wait(ctx, func(r record) bool { return r.msg == "reading" }); !ok {
+		t.Fatal("the plugin did not start reading the big call")
+	}
 	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if _, err := p.Execute(short, "dropme"); !errors.Is(err, ErrCanceled) {
@@ -197,30 +210,12 @@ func TestSubprocessDroppedRequestNeverWritten(t *testing.T) {
 	if _, err := p.Execute(context.Background(), "after"); err != nil {
 		t.Fatalf("call after: %v", err)
 	}
-	ctx, stop := context.WithTimeout(context.Background(), hangLimit)
-	defer stop()
 	if _, ok := h.wait(ctx, func(r record) bool { return r.msg == `got "after"` }); !ok {
 		t.Fatal("the plugin did not log the last call")
 	}
 	if _, ok := h.wait(canceledCtx(), func(r record) bool { return r.msg == `got "dropme"` }); ok {
 		t.Fatal("the plugin received the request its caller dropped before it was written")
 	}
-}
-
-// waitQueued waits until p's connection has n requests pending.
-func waitQueued(t *testing.T, p *Subprocess[string, string], n int) {
-	t.Helper()
-	for range 1000 {
-		c := p.conn.Load()
-		c.mu.Lock()
-		got := len(c.pending)
-		c.mu.Unlock()
-		if got >= n {
-			return
-		}
-		time.Sleep(time.Millisecond) // polling internal state: no event to await
-	}
-	t.Fatalf("fewer than %d requests pending", n)
 }
 
 func canceledCtx() context.Context {

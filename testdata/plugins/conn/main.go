@@ -6,7 +6,9 @@
 //	shortlen      answers the first CALL with a frame whose length field is
 //	              5, keeping its pipe open
 //	slowread      reads its input slowly (8 KiB every 2 ms) and echoes
-//	              CALLs, printing "got <payload>" to stderr for short ones
+//	              CALLs, printing "reading" to stderr when the first bytes
+//	              after the handshake arrive and "got <payload>" for short
+//	              CALLs
 //	cancelstop    answers nothing, and stops reading after the first CANCEL
 //	late          an sdk plugin whose calls ignore their ctx for 50 ms and
 //	              answer 256 KiB
@@ -20,6 +22,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/goplugins/goplugins/internal/wire"
@@ -37,12 +40,19 @@ type echo struct{}
 
 func (echo) Execute(_ context.Context, s string) (string, error) { return s, nil }
 
-// slowReader hands out at most 8 KiB a read, 2 ms apart.
+// slowReader hands out at most 8 KiB a read, 2 ms apart; once announce is
+// set, the next read that gets bytes prints "reading".
 type slowReader struct{ r io.Reader }
+
+var announce atomic.Bool
 
 func (s slowReader) Read(b []byte) (int, error) {
 	time.Sleep(2 * time.Millisecond)
-	return s.r.Read(b[:min(len(b), 8<<10)])
+	n, err := s.r.Read(b[:min(len(b), 8<<10)])
+	if n > 0 && announce.CompareAndSwap(true, false) {
+		fmt.Fprintln(os.Stderr, "reading")
+	}
+	return n, err
 }
 
 func main() {
@@ -88,6 +98,7 @@ func raw(mode string) {
 	if out.Write(wire.TypeWelcome, 0, b) != nil {
 		os.Exit(2)
 	}
+	announce.Store(true)
 	for {
 		f, err := in.Read()
 		if err != nil {
