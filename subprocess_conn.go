@@ -44,8 +44,9 @@ const (
 	// subprocessStallTimeout is the default of SubprocessConfig.StallTimeout.
 	subprocessStallTimeout = 5 * time.Second
 	// subQueueBytes bounds the bytes of requests a connection holds queued or
-	// being written (one larger request is let through alone): the memory a
-	// child that stopped reading can cost its host.
+	// being written (one larger request is let through alone): with the
+	// writer's copy of the small ones, at most twice this is what a child
+	// that stopped reading can cost its host.
 	subQueueBytes = 4 << 20
 	// drainTimeout bounds the reading of the answers a child wrote before it
 	// exited: its pipe ends when every process holding it open has exited,
