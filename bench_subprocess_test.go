@@ -2,9 +2,12 @@ package goplugins
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // benchSubprocessManager registers the echo plugin with a manager, health
@@ -68,5 +71,38 @@ func BenchmarkSubprocessStart(b *testing.B) {
 		if err := p.Close(ctx); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkSubprocessRoundTripUnderCancel: 16 callers pipelining 64-byte
+// echoes over one child while every tenth call's ctx ends early (after
+// 20 µs, mostly before its answer). Reports calls/s and the restarts of
+// the child, which must stay 0: a cancelled call costs the plugin a
+// CANCEL, never its life.
+func BenchmarkSubprocessRoundTripUnderCancel(b *testing.B) {
+	p := startEcho(b, nil, func(c *SubprocessConfig) { c.Logger = slog.New(slog.DiscardHandler) })
+	var n atomic.Int64
+	b.SetParallelism(8)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if n.Add(1)%10 != 0 {
+				if resp, err := p.Execute(context.Background(), bench64); err != nil || len(resp.Data) != 64 {
+					b.Error(resp, err)
+					return
+				}
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Microsecond)
+			if _, err := p.Execute(ctx, bench64); err != nil && !errors.Is(err, ErrCanceled) {
+				b.Error(err)
+			}
+			cancel()
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+	b.ReportMetric(float64(p.Restarts()), "restarts")
+	if p.Restarts() != 0 {
+		b.Fatalf("%d restarts under cancellation", p.Restarts())
 	}
 }

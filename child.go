@@ -128,12 +128,12 @@ func startError(err error, plugin, command, config string, code goerrors.ErrorCo
 	return wrapError(err, code, plugin, "starting %s", command)
 }
 
-// crashError is ErrCrashed for a child that exited, with the tail of its
-// stderr in the error's context under "stderr_tail", not in its message.
-func crashError(plugin, tail, format string, args ...any) error {
-	err := newError(CodeCrashed, plugin, format, args...)
+// withStderr attaches the tail of p's stderr to err, a fresh coded error,
+// under the context key "stderr_tail": error messages stay one line and
+// the tail is there for whoever logs or inspects the error.
+func withStderr(err error, p *proc.Process) error {
 	var e *goerrors.Error
-	if errors.As(err, &e) && tail != "" {
+	if tail := strings.TrimSpace(p.StderrTail()); tail != "" && errors.As(err, &e) {
 		e.WithContext("stderr_tail", tail)
 	}
 	return err

@@ -153,12 +153,12 @@ func wrapError(cause error, code goerrors.ErrorCode, plugin, format string, args
 }
 
 // canceledError is the error of a call whose caller's ctx ended before the
-// plugin answered: it matches ErrCanceled and ctx's error, and its cause
-// when that differs (context.WithCancelCause).
+// plugin answered: it matches ErrCanceled and wraps context.Cause(ctx), and
+// ctx.Err() too when the cause is another error.
 func canceledError(ctx context.Context, plugin string) error {
-	cause := ctx.Err()
-	if c := context.Cause(ctx); c != nil && c != cause {
-		cause = fmt.Errorf("%w: %w", cause, c)
+	cause := context.Cause(ctx)
+	if err := ctx.Err(); !errors.Is(cause, err) {
+		cause = fmt.Errorf("%w: %w", err, cause)
 	}
 	return wrapError(cause, CodeCanceled, plugin, "the caller's context ended before the plugin answered")
 }

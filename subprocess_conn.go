@@ -2,18 +2,16 @@ package goplugins
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	goerrors "github.com/agilira/go-errors"
 
 	"github.com/goplugins/goplugins/internal/proc"
 	"github.com/goplugins/goplugins/internal/wire"
@@ -39,126 +37,453 @@ func (e *ErrorReply) Error() string { return e.Code + ": " + e.Message }
 // IsRetryable reports the plugin's retryable flag.
 func (e *ErrorReply) IsRetryable() bool { return e.Retryable }
 
-// subReply is what a pending call receives.
-type subReply struct {
-	f   wire.Frame
-	err error
-}
+const (
+	// subprocessStallTimeout is the default of SubprocessConfig.StallTimeout.
+	subprocessStallTimeout = 5 * time.Second
+	// subQueueBytes bounds the bytes of requests a connection holds queued or
+	// being written (one larger request is let through alone): with the
+	// writer's copy of the small ones, at most twice this is what a child
+	// that stopped reading can cost its host.
+	subQueueBytes = 4 << 20
+	// drainTimeout bounds the reading of the answers a child wrote before it
+	// exited: its pipe ends when every process holding it open has exited,
+	// and a descendant may hold it open longer.
+	drainTimeout = 250 * time.Millisecond
+	// directWrite is the payload size from which the writer writes a payload
+	// from the caller's buffer instead of copying it into its own.
+	directWrite = 64 << 10
+	// maxSpare is the largest write buffer the writer keeps for reuse.
+	maxSpare = 1 << 20
+)
 
-var subReplyChans = sync.Pool{New: func() any { return make(chan subReply, 1) }}
+// subLimits are the settings of one connection.
+type subLimits struct {
+	readMax int           // the host's maximum frame size
+	grace   time.Duration // how long an ended child may take to exit before SIGKILL
+	stall   time.Duration // no write progress for this long: the child stopped reading
+}
 
 // subConn is one running child and the protocol connection to it.
 //
-// There is no reading goroutine: callers waiting for an answer take turns
-// reading the plugin's pipe (whoever holds the read token reads, handing
-// other callers their answers, until its own arrives), so a lone caller
-// reads its own answer without a goroutine switch. When no call is in
-// flight nobody reads; the supervisor watches the process instead.
+// The surface the rest of the transport uses: newSubConn (from the process,
+// its pipes and limits), run (after the handshake), call, stop, kill, the
+// dead channel with err, info, served, ended and release.
+//
+// One reader goroutine reads the child's pipe at all times and hands each
+// answer to its caller through the pending map (late answers, to calls
+// abandoned meanwhile, are read and dropped). One writer goroutine drains
+// the queue of frames, which holds at most subQueueBytes: callers wait for
+// room, bounded by their ctx. A caller that gives up before the writer took
+// its frame drops it without touching the stream. A caller that finds the
+// stream idle writes its small frame itself, as far as the pipe takes it
+// without waiting, and leaves the rest to the writer: no caller ever blocks
+// on the pipe. No caller's deadline ever cuts a write: when the writer
+// makes no progress for lim.stall, the child stopped reading and is killed.
 type subConn struct {
 	name    string
 	proc    *proc.Process
 	toChild *os.File // host → plugin pipe
 	toHost  *os.File // plugin → host pipe
 	r       *wire.Reader
-	w       *wire.Writer
+	lim     subLimits
+	peerMax int // the plugin's maximum frame size; set by run
 	info    PluginInfo
-	grace   time.Duration
 
 	nextID    atomic.Uint64
 	served    atomic.Bool           // a call succeeded: the child is not crash-looping
 	closing   atomic.Bool           // stop was called: errors report ErrClosed
 	violation atomic.Pointer[error] // how the plugin broke the protocol
-	stalled   atomic.Bool           // a write to the plugin was cut short
-	reading   atomic.Bool           // the read token
-	draining  atomic.Bool           // ended waits for the read token
-	turn      chan struct{}         // the token is free and calls are waiting
+	stalled   atomic.Bool           // the plugin stopped reading its input
 
 	mu      sync.Mutex
-	pending map[uint64]chan subReply // nil once dead
+	pending map[uint64]*subCall // nil once dead
+	queue   []outFrame
+	queued  int           // bytes of the frames queued or being written
+	writing bool          // a caller or the writer owns the stream
+	rest    []byte        // what a caller's write left for the writer
+	waiting bool          // a caller waits for room in the queue
+	room    chan struct{} // closed (and replaced) when queued bytes are freed
+	wake    chan struct{} // the queue has frames
+
+	wdl       time.Time     // the write deadline armed; the writer's
+	inline    inlineWrite   // a caller's write; owned with writing
+	quit      chan struct{} // closed when the connection ends: the writer returns
+	readDone  chan struct{} // closed when the reader returned; nil before run
+	writeDone chan struct{} // closed when the writer returned
 
 	endOnce sync.Once
 	dead    chan struct{} // closed when the connection is unusable
 	err     error         // why; set before dead is closed
 }
 
-// outcome says how a turn at reading ended.
-type outcome int
+// outFrame is a frame in the writer's queue; call is nil for CANCEL and
+// SHUTDOWN.
+type outFrame struct {
+	t       wire.Type
+	id      uint64
+	payload []byte
+	call    *subCall
+}
+
+// subCall is a request waiting for its answer.
+type subCall struct {
+	state atomic.Uint32 // callQueued, then callSent (by the writer) or callDropped (by the caller)
+	reply chan subReply // buffered; sent to at most once
+}
 
 const (
-	answered outcome = iota // the caller's answer arrived
-	ctxDone                 // the caller's ctx ended
-	timedOut                // the call timeout passed
-	connDead                // the connection died
+	callQueued uint32 = iota
+	callSent
+	callDropped
 )
 
-// drainTimeout bounds the reading of the answers a child wrote before it
-// exited: its pipe ends when every process holding it open has exited,
-// and a descendant may hold it open longer.
-const drainTimeout = 250 * time.Millisecond
+// subReply is what a pending call receives.
+type subReply struct {
+	f   wire.Frame
+	err error
+}
 
-// readFor reads frames, holding the read token, until the answer to id
-// arrives, ctx ends, deadline (if set) passes or the connection dies.
-// Answers to other calls are handed to them. When reading fails it returns
-// connDead and the error, which the caller passes to broken once it has
-// given the token back.
-func (c *subConn) readFor(ctx context.Context, id uint64, ch chan subReply, deadline time.Time) (subReply, outcome, error) {
-	select {
-	case r := <-ch: // delivered by the previous reader
-		return r, answered, nil
-	default:
+// subCalls recycles the subCalls of answered requests; one whose caller
+// gave up is left to the collector, as the writer or the reader may still
+// hold it.
+var subCalls = sync.Pool{New: func() any { return &subCall{reply: make(chan subReply, 1)} }}
+
+// errStalled is the writer's error when the plugin stopped reading.
+var errStalled = errors.New("no write progress: the plugin stopped reading its input")
+
+// newSubConn returns the connection to the started child p over its
+// protocol pipes; the caller completes the handshake on them, then calls
+// run (or kill).
+func newSubConn(name string, p *proc.Process, toChild, toHost *os.File, lim subLimits) *subConn {
+	if lim.stall <= 0 {
+		lim.stall = subprocessStallTimeout
 	}
-	if c.isDead() {
-		return subReply{}, connDead, nil
+	return &subConn{
+		name: name, proc: p, toChild: toChild, toHost: toHost,
+		r:       wire.NewReader(toHost, lim.readMax),
+		lim:     lim,
+		pending: make(map[uint64]*subCall),
+		room:    make(chan struct{}),
+		wake:    make(chan struct{}, 1),
+		quit:    make(chan struct{}),
+		dead:    make(chan struct{}),
 	}
-	if !deadline.IsZero() {
-		_ = c.toHost.SetReadDeadline(deadline)
-	}
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { _ = c.toHost.SetReadDeadline(time.Unix(1, 0)) })
-	}
-	defer func() {
-		if stop != nil {
-			stop()
+}
+
+// run starts the reader and the writer once the handshake is done; peerMax
+// is the plugin's maximum frame size.
+func (c *subConn) run(peerMax int) {
+	c.peerMax = min(peerMax, wire.MaxFrameSizeLimit)
+	c.readDone, c.writeDone = make(chan struct{}), make(chan struct{})
+	c.inline.start(c.toChild)
+	go func() {
+		err := c.readLoop()
+		if errors.Is(err, wire.ErrMalformed) {
+			c.violation.CompareAndSwap(nil, &err)
+			_ = c.proc.Signal(syscall.SIGKILL)
 		}
-		if stop != nil || !deadline.IsZero() {
-			_ = c.toHost.SetReadDeadline(time.Time{})
+		close(c.readDone)
+		c.ended(err)
+	}()
+	go func() {
+		err := c.writeLoop()
+		close(c.writeDone)
+		if errors.Is(err, errStalled) {
+			c.stalled.Store(true)
+			_ = c.proc.Signal(syscall.SIGKILL)
+		}
+		if err != nil {
+			c.ended(err)
 		}
 	}()
+}
+
+// readLoop reads frames and delivers answers until the stream fails.
+func (c *subConn) readLoop() error {
 	for {
 		f, err := c.r.Read()
 		var tl *wire.FrameTooLargeError
 		switch {
 		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			if ctx.Err() != nil {
-				return subReply{}, ctxDone, nil
-			}
-			if !deadline.IsZero() && !time.Now().Before(deadline) {
-				return subReply{}, timedOut, nil
-			}
-			// Set by another call's cancellation that fired late: not ours.
-			_ = c.toHost.SetReadDeadline(deadline)
-			continue
 		case errors.As(err, &tl):
-			r := subReply{err: c.tooLarge(tl)}
-			if tl.ID == id {
-				c.abandon(id)
-				return r, answered, nil
-			}
-			c.deliver(tl.ID, r)
+			c.deliver(tl.ID, subReply{err: c.tooLarge(tl)})
 			continue
 		default:
-			return subReply{}, connDead, err
+			return err
 		}
 		if f.Type != wire.TypeResult && f.Type != wire.TypeError {
-			return subReply{}, connDead, misdirected(f.Type)
-		}
-		if f.ID == id {
-			c.abandon(id)
-			return subReply{f: f}, answered, nil
+			return misdirected(f.Type)
 		}
 		c.deliver(f.ID, subReply{f: f})
+	}
+}
+
+// deliver hands r to the call waiting for id; an answer nobody waits for
+// is dropped.
+func (c *subConn) deliver(id uint64, r subReply) {
+	c.mu.Lock()
+	sc := c.pending[id]
+	delete(c.pending, id)
+	c.mu.Unlock()
+	if sc != nil {
+		sc.reply <- r
+	}
+}
+
+// writeLoop writes the queued frames until the connection ends (nil) or a
+// write fails.
+func (c *subConn) writeLoop() error {
+	var batch []outFrame
+	var buf []byte
+	for {
+		select {
+		case <-c.wake:
+		case <-c.quit:
+			return nil
+		}
+		c.mu.Lock()
+		if c.writing && c.rest == nil {
+			c.mu.Unlock()
+			continue // a caller writes; it wakes the writer when it is done
+		}
+		c.writing = true
+		rest := c.rest
+		c.rest = nil
+		batch, c.queue = c.queue, batch[:0]
+		c.mu.Unlock()
+		err := c.writeAll(rest)
+		if err == nil {
+			buf, err = c.writeBatch(buf[:0], batch)
+		}
+		size := len(rest)
+		for _, f := range batch {
+			size += wire.HeaderSize + len(f.payload)
+		}
+		clear(batch)
+		c.mu.Lock()
+		c.writing = false
+		c.queued -= size
+		c.wakeWriter()
+		if c.waiting {
+			close(c.room)
+			c.room, c.waiting = make(chan struct{}), false
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if cap(buf) > maxSpare {
+			buf = nil
+		}
+	}
+}
+
+// writeBatch writes the frames of batch whose callers still wait, using buf
+// as the write buffer, which it returns.
+func (c *subConn) writeBatch(buf []byte, batch []outFrame) ([]byte, error) {
+	for _, f := range batch {
+		if f.call != nil && !f.call.state.CompareAndSwap(callQueued, callSent) {
+			continue // its caller gave up before it was written
+		}
+		if len(f.payload) < directWrite {
+			buf = wire.AppendFrame(buf, f.t, f.id, f.payload)
+			continue
+		}
+		buf = wire.AppendFrame(buf, f.t, f.id, nil)
+		binary.BigEndian.PutUint32(buf[len(buf)-wire.HeaderSize:], uint32(wire.MinFrameSize+len(f.payload)))
+		if err := c.writeAll(buf); err != nil {
+			return buf, err
+		}
+		if err := c.writeAll(f.payload); err != nil {
+			return buf, err
+		}
+		buf = buf[:0]
+	}
+	if len(buf) == 0 {
+		return buf, nil
+	}
+	return buf, c.writeAll(buf)
+}
+
+// wakeWriter wakes the writer if frames are queued, with c.mu held.
+func (c *subConn) wakeWriter() {
+	if len(c.queue) > 0 || c.rest != nil {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// writeAll writes b to the child. It fails with errStalled when no byte
+// was taken for lim.stall: the write deadline is that long after the last
+// progress (armed lazily, so that a busy writer rarely resets it).
+func (c *subConn) writeAll(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	last := time.Now()
+	for {
+		if c.wdl.Sub(last) < c.lim.stall/2 {
+			c.wdl = last.Add(c.lim.stall)
+			_ = c.toChild.SetWriteDeadline(c.wdl)
+		}
+		n, err := c.toChild.Write(b)
+		if err == nil {
+			return nil
+		}
+		b = b[n:]
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		select {
+		case <-c.quit:
+			return err
+		default:
+		}
+		now := time.Now()
+		if n > 0 {
+			last = now
+		} else if now.Sub(last) >= c.lim.stall {
+			return errStalled
+		}
+		c.wdl = last.Add(c.lim.stall)
+		_ = c.toChild.SetWriteDeadline(c.wdl)
+	}
+}
+
+// enqueue queues f for the writer, waiting for room in the queue until ctx
+// ends, timer fires or the connection dies. A frame with a call is
+// registered as pending.
+func (c *subConn) enqueue(ctx context.Context, f outFrame, timer <-chan time.Time, timeout time.Duration) error {
+	size := wire.HeaderSize + len(f.payload)
+	c.mu.Lock()
+	for c.pending != nil && c.queued > 0 && c.queued+size > subQueueBytes {
+		c.waiting = true
+		room := c.room
+		c.mu.Unlock()
+		select {
+		case <-room:
+		case <-c.dead:
+		case <-ctx.Done():
+			return canceledError(ctx, c.name)
+		case <-timer:
+			return c.timeoutError(f.t, timeout)
+		}
+		c.mu.Lock()
+	}
+	if c.pending == nil {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	c.pending[f.id] = f.call
+	if c.writing || len(c.queue) > 0 || size > directWrite {
+		c.push(f, size)
+		c.mu.Unlock()
+		return nil
+	}
+	c.writing = true
+	c.mu.Unlock()
+	c.writeInline(f)
+	return nil
+}
+
+// writeInline writes f, whose caller owns the stream, as far as the pipe
+// takes it without waiting, and hands the rest and the stream to the
+// writer.
+func (c *subConn) writeInline(f outFrame) {
+	f.call.state.Store(callSent)
+	b := wire.AppendFrame(c.inline.buf[:0], f.t, f.id, f.payload)
+	c.inline.buf = b
+	n := c.inline.write(b)
+	c.mu.Lock()
+	if n < len(b) {
+		c.rest = b[n:]
+		c.queued += len(c.rest)
+	} else {
+		c.writing = false
+	}
+	c.wakeWriter()
+	c.mu.Unlock()
+}
+
+// post queues a frame without a call (CANCEL, SHUTDOWN), whatever room is
+// left: it is small, and follows a request that was written.
+func (c *subConn) post(t wire.Type, id uint64) {
+	c.mu.Lock()
+	if c.pending != nil {
+		c.push(outFrame{t: t, id: id}, wire.HeaderSize)
+	}
+	c.mu.Unlock()
+}
+
+// push appends f to the queue, with c.mu held, and wakes the writer.
+func (c *subConn) push(f outFrame, size int) {
+	c.queue = append(c.queue, f)
+	c.queued += size
+	if len(c.queue) == 1 && !c.writing {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// call sends one request and waits for its answer, for ctx, for timeout
+// (the plugin's CallTimeout, when > 0) or for the connection to die. When
+// ctx ends first the error matches ErrCanceled and ctx's error; when the
+// timeout passes, ErrTimeout. Either way a request already written is
+// cancelled in the plugin, and one not yet written is dropped.
+func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout time.Duration) ([]byte, error) {
+	if ctx.Err() != nil {
+		return nil, canceledError(ctx, c.name)
+	}
+	if size := wire.MinFrameSize + len(payload); size > c.peerMax {
+		return nil, newError(CodeFrameTooLarge, c.name, "the %s request of %d bytes is over the plugin's maximum frame size of %d bytes; nothing was sent", t, size, c.peerMax)
+	}
+	var timer <-chan time.Time
+	if timeout > 0 {
+		tm := time.NewTimer(timeout)
+		defer tm.Stop()
+		timer = tm.C
+	}
+	sc := subCalls.Get().(*subCall)
+	sc.state.Store(callQueued)
+	id := c.nextID.Add(1)
+	if err := c.enqueue(ctx, outFrame{t: t, id: id, payload: payload, call: sc}, timer, timeout); err != nil {
+		subCalls.Put(sc)
+		return nil, err
+	}
+	select {
+	case r := <-sc.reply:
+		subCalls.Put(sc)
+		return c.answer(t, r)
+	case <-c.dead:
+		select {
+		case r := <-sc.reply:
+			return c.answer(t, r)
+		default:
+			return nil, c.err
+		}
+	case <-ctx.Done():
+		c.abandon(id, sc)
+		return nil, canceledError(ctx, c.name)
+	case <-timer:
+		c.abandon(id, sc)
+		return nil, c.timeoutError(t, timeout)
+	}
+}
+
+// abandon gives up request id: a request not yet written is dropped, one
+// written is cancelled in the plugin (the CANCEL is queued, never waited
+// for).
+func (c *subConn) abandon(id uint64, sc *subCall) {
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+	if !sc.state.CompareAndSwap(callQueued, callDropped) {
+		c.post(wire.TypeCancel, id)
 	}
 }
 
@@ -173,268 +498,8 @@ func misdirected(t wire.Type) error {
 	return fmt.Errorf("%w: a plugin may not send %s frames after the handshake", wire.ErrMalformed, t)
 }
 
-// drain delivers the answers the child wrote before it exited, which are
-// still in the pipe or in the reader's buffer: it takes the read token and
-// reads to the end of the pipe, for at most drainTimeout.
-func (c *subConn) drain() {
-	deadline := time.Now().Add(drainTimeout)
-	t := time.NewTimer(drainTimeout)
-	defer t.Stop()
-	c.draining.Store(true)
-	for !c.reading.CompareAndSwap(false, true) {
-		select {
-		case <-c.turn: // the token was passed on; try to take it
-		case <-t.C:
-			return
-		}
-	}
-	defer c.reading.Store(false)
-	_ = c.toHost.SetReadDeadline(deadline)
-	defer func() { _ = c.toHost.SetReadDeadline(time.Time{}) }()
-	for {
-		f, err := c.r.Read()
-		var tl *wire.FrameTooLargeError
-		switch {
-		case err == nil && (f.Type == wire.TypeResult || f.Type == wire.TypeError):
-			c.deliver(f.ID, subReply{f: f})
-		case errors.As(err, &tl):
-			c.deliver(tl.ID, subReply{err: c.tooLarge(tl)})
-		case errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(deadline):
-			// A caller's cancellation that fired late: not the drain's.
-			_ = c.toHost.SetReadDeadline(deadline)
-		default:
-			return // the end of the pipe, the drain's deadline, or a violation
-		}
-	}
-}
-
-// passTurn frees the read token and wakes a waiting caller to take it.
-func (c *subConn) passTurn() {
-	c.reading.Store(false)
-	c.mu.Lock()
-	waiting := len(c.pending) > 0 || c.draining.Load()
-	c.mu.Unlock()
-	if waiting {
-		select {
-		case c.turn <- struct{}{}:
-		default: // a wake-up is pending already
-		}
-	}
-}
-
-// broken ends the connection after reading failed with err.
-func (c *subConn) broken(err error) {
-	if errors.Is(err, wire.ErrMalformed) {
-		c.violation.CompareAndSwap(nil, &err)
-		_ = c.proc.Signal(syscall.SIGKILL)
-	}
-	c.ended(err)
-}
-
-// stall ends the connection after a write to the child was cut short: the
-// child stopped reading its input, and a frame may have been cut in the
-// middle. The child is killed; the supervisor restarts it.
-func (c *subConn) stall(err error) {
-	c.stalled.Store(true)
-	_ = c.proc.Signal(syscall.SIGKILL)
-	c.ended(err)
-}
-
-// ended marks the connection dead, once, when the child has exited (it
-// waits for that) and the answers it wrote before have been delivered.
-// Calls still pending then fail. readErr is how the end showed on the pipe
-// (io.EOF when it was seen on the process instead). ended must not be
-// called while holding the read token.
-func (c *subConn) ended(readErr error) {
-	c.endOnce.Do(func() {
-		c.awaitExit()
-		if c.violation.Load() == nil { // else the stream is unreadable
-			c.drain()
-		}
-		c.fail(c.exitError(readErr))
-	})
-}
-
-// awaitExit waits for the child to exit after its end of the protocol
-// closed, killing it if it lingers past the grace period.
-func (c *subConn) awaitExit() {
-	t := time.NewTimer(c.grace)
-	defer t.Stop()
-	select {
-	case <-c.proc.Done():
-	case <-t.C:
-		_ = c.proc.Signal(syscall.SIGKILL)
-		<-c.proc.Done()
-	}
-}
-
-// exitError describes why the connection ended, after the child exited.
-func (c *subConn) exitError(readErr error) error {
-	status := "exit status unknown"
-	if st := c.proc.State(); st != nil {
-		status = st.String()
-	}
-	tail := stderrSummary(c.proc)
-	switch v := c.violation.Load(); {
-	case c.closing.Load():
-		return newError(CodeClosed, c.name, "the plugin was closed (%s)", status)
-	case v != nil:
-		return wrapError(*v, CodeTransport, c.name, "the plugin broke the protocol and was killed (%s); stderr tail:\n%s\nthe reason", status, tail)
-	case c.stalled.Load():
-		return newError(CodeCrashed, c.name, "the plugin stopped reading its input and was killed (%s); it is restarted; stderr tail:\n%s", status, tail)
-	case readErr == io.EOF || errors.Is(readErr, io.ErrUnexpectedEOF) || errors.Is(readErr, os.ErrClosed):
-		return newError(CodeCrashed, c.name, "the plugin process exited (%s); stderr tail:\n%s", status, tail)
-	default:
-		return wrapError(readErr, CodeCrashed, c.name, "the connection to the plugin failed and the process ended (%s); stderr tail:\n%s\nthe reason", status, tail)
-	}
-}
-
-func (c *subConn) deliver(id uint64, r subReply) {
-	c.mu.Lock()
-	ch := c.pending[id]
-	delete(c.pending, id)
-	c.mu.Unlock()
-	if ch != nil {
-		ch <- r // buffered, and sent to at most once
-	}
-}
-
-// fail marks the connection dead with err; pending calls see it.
-func (c *subConn) fail(err error) {
-	c.mu.Lock()
-	c.err = err
-	c.pending = nil
-	c.mu.Unlock()
-	close(c.dead)
-}
-
-func (c *subConn) isDead() bool {
-	select {
-	case <-c.dead:
-		return true
-	default:
-		return false
-	}
-}
-
-// call sends one request and waits for its answer, for ctx, for timeout
-// (when > 0) or for the connection to die, reading the pipe itself when it
-// holds the read token.
-func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout time.Duration) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, c.ctxError(t, err)
-	}
-	id := c.nextID.Add(1)
-	ch := subReplyChans.Get().(chan subReply)
-	c.mu.Lock()
-	if c.pending == nil {
-		err := c.err
-		c.mu.Unlock()
-		subReplyChans.Put(ch)
-		return nil, err
-	}
-	c.pending[id] = ch
-	c.mu.Unlock()
-	var deadline time.Time
-	if timeout > 0 {
-		deadline = time.Now().Add(timeout)
-	}
-	if err := c.w.WriteContext(ctx, deadline, t, id, payload); err != nil {
-		c.abandon(id)
-		switch {
-		case errors.Is(err, wire.ErrFrameTooLarge):
-			subReplyChans.Put(ch)
-			return nil, newError(CodeFrameTooLarge, c.name, "the %s request of %d bytes is over the plugin's maximum frame size of %d bytes; nothing was sent", t, len(payload)+wire.MinFrameSize, c.w.Max())
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			c.stall(err)
-			return nil, c.stallError(t, ctx.Err(), timeout)
-		}
-		c.ended(err) // the child closed its end: it is exiting
-		return nil, c.err
-	}
-	var timer <-chan time.Time
-	if timeout > 0 {
-		tm := time.NewTimer(time.Until(deadline))
-		defer tm.Stop()
-		timer = tm.C
-	}
-	for {
-		if c.reading.CompareAndSwap(false, true) {
-			r, how, err := c.readFor(ctx, id, ch, deadline)
-			c.passTurn()
-			if err != nil {
-				c.broken(err)
-			}
-			switch how {
-			case answered:
-				subReplyChans.Put(ch)
-				return c.answer(t, r)
-			case ctxDone:
-				c.cancel(id)
-				return nil, c.ctxError(t, ctx.Err())
-			case timedOut:
-				c.cancel(id)
-				return nil, c.timeoutError(t, timeout)
-			}
-		}
-		select {
-		case r := <-ch:
-			subReplyChans.Put(ch)
-			return c.answer(t, r)
-		case <-c.turn:
-		case <-c.dead:
-			select {
-			case r := <-ch:
-				return c.answer(t, r)
-			default:
-				return nil, c.err
-			}
-		case <-ctx.Done():
-			c.cancel(id)
-			return nil, c.ctxError(t, ctx.Err())
-		case <-timer:
-			c.cancel(id)
-			return nil, c.timeoutError(t, timeout)
-		}
-	}
-}
-
-// cancel abandons request id and tells the plugin to cancel its handler.
-// The CANCEL is queued, never waited for: a plugin that stopped reading
-// cannot block the caller.
-func (c *subConn) cancel(id uint64) {
-	c.abandon(id)
-	_ = c.w.Post(wire.TypeCancel, id, nil)
-}
-
-func (c *subConn) abandon(id uint64) {
-	c.mu.Lock()
-	delete(c.pending, id)
-	c.mu.Unlock()
-}
-
-func (c *subConn) ctxError(t wire.Type, err error) error {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return wrapError(err, CodeTimeout, c.name, "%s abandoned at the caller's deadline; the plugin was asked to cancel it", t)
-	}
-	return wrapError(err, CodeTransport, c.name, "%s abandoned: the caller's context was cancelled; the plugin was asked to cancel it", t)
-}
-
 func (c *subConn) timeoutError(t wire.Type, timeout time.Duration) error {
-	return newError(CodeTimeout, c.name, "no answer to %s within the call timeout of %v; the plugin was asked to cancel it", t, timeout)
-}
-
-// stallError is the error of a call whose request could not be sent before
-// ctx ended (ctxErr) or the call timeout passed.
-func (c *subConn) stallError(t wire.Type, ctxErr error, timeout time.Duration) error {
-	const what = "%s not sent: the plugin stopped reading its input; it was killed and is restarted"
-	switch {
-	case errors.Is(ctxErr, context.Canceled):
-		return wrapError(ctxErr, CodeTransport, c.name, what+" (the caller's context was cancelled)", t)
-	case ctxErr != nil:
-		return wrapError(ctxErr, CodeTimeout, c.name, what+" (the caller's deadline passed)", t)
-	}
-	return newError(CodeTimeout, c.name, what+" (the call timeout of %v passed)", t, timeout)
+	return newError(CodeTimeout, c.name, "no answer to %s within the call timeout of %v (SubprocessConfig.CallTimeout); the plugin was asked to cancel it", t, timeout)
 }
 
 // answer turns a RESULT into its payload and an ERROR into an error.
@@ -449,65 +514,111 @@ func (c *subConn) answer(t wire.Type, r subReply) ([]byte, error) {
 	if err := json.Unmarshal(r.f.Payload, &rep); err != nil {
 		return nil, wrapError(err, CodeTransport, c.name, "the plugin's ERROR payload to %s does not decode", t)
 	}
-	return nil, subRemoteError(c.name, t, rep)
+	return nil, remoteError(c.name, t.String(), rep.Code, rep.Message, rep.Retryable)
 }
 
-// subRemoteError builds the host's error for a plugin's error reply: it
-// matches ErrRemote, wraps an *ErrorReply, and is retryable when flagged.
-// A "frame_too_large" reply also matches ErrFrameTooLarge.
-func subRemoteError(name string, t wire.Type, rep wire.ErrorReply) error {
-	cause := &ErrorReply{Code: rep.Code, Message: rep.Message, Retryable: rep.Retryable}
-	err := wrapError(cause, CodeRemote, name, "%s failed in the plugin", t)
-	if rep.Retryable {
-		var e *goerrors.Error
-		if errors.As(err, &e) {
-			e.AsRetryable()
+// ended marks the connection dead, once: it waits for the child to exit
+// (killing it if it lingers past the grace period), lets the reader read
+// what the child wrote before (for at most drainTimeout), stops the reader
+// and the writer, and fails the calls still pending. cause is how the end
+// showed (io.EOF when it was seen on the process).
+func (c *subConn) ended(cause error) {
+	c.endOnce.Do(func() {
+		c.awaitExit()
+		if c.readDone != nil {
+			t := time.NewTimer(drainTimeout)
+			select {
+			case <-c.readDone:
+			case <-t.C:
+			}
+			t.Stop()
+			close(c.quit)
+			_ = c.toHost.SetReadDeadline(time.Unix(1, 0))
+			_ = c.toChild.SetWriteDeadline(time.Unix(1, 0))
+			<-c.readDone
+			<-c.writeDone
 		}
-	}
-	switch rep.Code {
-	case wire.CodeFrameTooLarge:
-		return wrapError(err, CodeFrameTooLarge, name, "the plugin refused an oversized frame")
-	case wire.CodePanic:
-		return wrapError(err, CodePanic, name, "the plugin's handler panicked; the plugin serves on")
-	}
-	return err
+		c.fail(c.exitError(cause))
+	})
 }
 
-// stop shuts the child down: SHUTDOWN, then SIGTERM and SIGKILL of its
-// group after grace each, then delivers the answers the child wrote before
-// it exited, fails what is still pending and releases the pipes. It returns the last signal it had to send, 0 if none.
+// awaitExit waits for the child to exit after its end of the protocol
+// closed, killing it if it lingers past the grace period.
+func (c *subConn) awaitExit() {
+	t := time.NewTimer(c.lim.grace)
+	defer t.Stop()
+	select {
+	case <-c.proc.Done():
+	case <-t.C:
+		_ = c.proc.Signal(syscall.SIGKILL)
+		<-c.proc.Done()
+	}
+}
+
+// exitError describes why the connection ended, after the child exited.
+func (c *subConn) exitError(cause error) error {
+	status := "exit status unknown"
+	if st := c.proc.State(); st != nil {
+		status = st.String()
+	}
+	switch v := c.violation.Load(); {
+	case c.closing.Load():
+		return newError(CodeClosed, c.name, "the plugin was closed (%s)", status)
+	case v != nil:
+		return withStderr(wrapError(*v, CodeTransport, c.name, "the plugin broke the protocol and was killed (%s)", status), c.proc)
+	case c.stalled.Load():
+		return withStderr(newError(CodeCrashed, c.name, "the plugin stopped reading its input for %v (SubprocessConfig.StallTimeout) and was killed (%s); it is restarted", c.lim.stall, status), c.proc)
+	case cause == io.EOF || errors.Is(cause, io.ErrUnexpectedEOF) || errors.Is(cause, os.ErrClosed) || errors.Is(cause, syscall.EPIPE):
+		return withStderr(newError(CodeCrashed, c.name, "the plugin process exited (%s)", status), c.proc)
+	default:
+		return withStderr(wrapError(cause, CodeCrashed, c.name, "the connection to the plugin failed and the process ended (%s)", status), c.proc)
+	}
+}
+
+// fail marks the connection dead with err; pending calls see it.
+func (c *subConn) fail(err error) {
+	c.mu.Lock()
+	c.err = err
+	c.pending = nil
+	c.queue = nil
+	c.mu.Unlock()
+	close(c.dead)
+}
+
+func (c *subConn) isDead() bool {
+	select {
+	case <-c.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop shuts the child down: SHUTDOWN (queued, never waited for), then
+// SIGTERM and SIGKILL of its group after grace each (at once when ctx
+// ends), reading the child's answers meanwhile; then it fails what is
+// still pending and releases the pipes. It returns the last signal it had
+// to send, 0 if none.
 func (c *subConn) stop(ctx context.Context, grace time.Duration) syscall.Signal {
 	c.closing.Store(true)
-	// A child that stopped reading must not block Close: the write is cut
-	// short at the end of the grace period (or of ctx), and the signals
-	// follow. Callers writing to it are unblocked when it dies.
 	asked := time.Now() // the grace periods count from the SHUTDOWN
-	_ = c.w.WriteContext(ctx, asked.Add(grace), wire.TypeShutdown, 0, nil)
+	c.post(wire.TypeShutdown, 0)
 	sig := c.proc.StopSince(ctx, asked, grace)
 	c.ended(io.EOF)
 	c.release()
 	return sig
 }
 
-// release closes the pipes of a connection whose child has exited; a
-// caller still reading gets an error and sees the connection dead.
+// release closes the pipes of a connection whose child has exited.
 func (c *subConn) release() {
 	c.toChild.Close()
 	c.toHost.Close()
 }
 
-// kill ends a child that never became usable.
+// kill ends a child at once, with SIGKILL, and releases everything.
 func (c *subConn) kill() {
 	c.closing.Store(true)
 	_ = c.proc.Signal(syscall.SIGKILL)
-	<-c.proc.Done()
+	c.ended(io.EOF)
 	c.release()
-}
-
-// stderrSummary returns the stderr tail, or a note that it is empty.
-func stderrSummary(p *proc.Process) string {
-	if tail := strings.TrimSpace(p.StderrTail()); tail != "" {
-		return tail
-	}
-	return "(empty)"
 }

@@ -5,6 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -35,63 +40,61 @@ func startRaw(t *testing.T, mode string, h *recordingHandler, mod func(*Subproce
 const hangLimit = 10 * time.Second
 
 // TestSubprocessStalledPluginDoesNotBlockCaller: a child that stops reading
-// its input must not hold a caller past its ctx or CallTimeout, even when
-// the request (or its CANCEL) does not fit in the pipe; the child is killed
-// and restarted.
+// its input holds no caller past its ctx or CallTimeout, even when the
+// request does not fit in the pipe; the stall watchdog, not the caller,
+// then kills the child, whose calls fail with ErrCrashed, and it is
+// restarted.
 func TestSubprocessStalledPluginDoesNotBlockCaller(t *testing.T) {
 	verifyNoLeaks(t)
 	checkNoFDLeak(t)
 	big := strings.Repeat("x", 1<<20)
-	// A request frame of exactly the pipe's capacity (64 KiB on Linux) is
-	// written whole; the CANCEL after it then finds the pipe full.
-	pipeFull := strings.Repeat("x", 64<<10-13-2)
 	tests := []struct {
 		name        string
-		req         string
 		callTimeout time.Duration
 		ctx         func() (context.Context, context.CancelFunc)
-		want        error
-		killed      bool // the write was cut short: the child is restarted
+		want        []error
 	}{
-		{"ctx deadline", big, 0, func() (context.Context, context.CancelFunc) {
+		{"ctx deadline", 0, func() (context.Context, context.CancelFunc) {
 			return context.WithTimeout(context.Background(), 200*time.Millisecond)
-		}, context.DeadlineExceeded, true},
-		{"call timeout", big, 200 * time.Millisecond, func() (context.Context, context.CancelFunc) {
+		}, []error{ErrCanceled, context.DeadlineExceeded}},
+		{"call timeout", 200 * time.Millisecond, func() (context.Context, context.CancelFunc) {
 			return context.Background(), func() {}
-		}, ErrTimeout, true},
-		{"ctx cancelled", big, 0, func() (context.Context, context.CancelFunc) {
+		}, []error{ErrTimeout}},
+		{"ctx cancelled", 0, func() (context.Context, context.CancelFunc) {
 			ctx, cancel := context.WithCancel(context.Background())
 			time.AfterFunc(200*time.Millisecond, cancel)
 			return ctx, cancel
-		}, context.Canceled, true},
-		{"CANCEL into a full pipe", pipeFull, 0, func() (context.Context, context.CancelFunc) {
-			return context.WithTimeout(context.Background(), 200*time.Millisecond)
-		}, context.DeadlineExceeded, false},
+		}, []error{ErrCanceled, context.Canceled}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			restarted := make(chan error, 10)
 			p := startRaw(t, "noread", newRecordingHandler(), func(c *SubprocessConfig) {
 				c.CallTimeout = tt.callTimeout
+				c.StallTimeout = 300 * time.Millisecond
 				c.OnRestart = func(_ string, _ int, err error) { restarted <- err }
 			})
+			patient := make(chan error, 1)
+			go func() {
+				_, err := p.Execute(context.Background(), "patient")
+				patient <- err
+			}()
 			ctx, cancel := tt.ctx()
 			defer cancel()
 			done := make(chan error, 1)
 			go func() {
-				_, err := p.Execute(ctx, tt.req)
+				_, err := p.Execute(ctx, big)
 				done <- err
 			}()
 			select {
 			case err := <-done:
-				if !errors.Is(err, tt.want) || !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrTransport) {
-					t.Fatalf("Execute error = %v, want %v", err, tt.want)
+				for _, want := range tt.want {
+					if !errors.Is(err, want) {
+						t.Fatalf("Execute error = %v, want it to match %v", err, want)
+					}
 				}
 			case <-time.After(hangLimit):
-				t.Fatalf("Execute still blocked %v after its deadline: the write to the stalled plugin is unbounded", hangLimit)
-			}
-			if !tt.killed {
-				return
+				t.Fatalf("Execute still blocked %v after its deadline: the write to the stalled plugin holds the caller", hangLimit)
 			}
 			select {
 			case err := <-restarted:
@@ -99,9 +102,300 @@ func TestSubprocessStalledPluginDoesNotBlockCaller(t *testing.T) {
 					t.Fatalf("restart after the stall: %v", err)
 				}
 			case <-time.After(hangLimit):
-				t.Fatal("the stalled plugin was not restarted")
+				t.Fatal("the stalled plugin was not killed and restarted by the watchdog")
+			}
+			if err := <-patient; tt.callTimeout == 0 && (!errors.Is(err, ErrCrashed) || !strings.Contains(err.Error(), "StallTimeout")) {
+				t.Fatalf("patient call to the stalled plugin: %v, want ErrCrashed naming StallTimeout", err)
 			}
 		})
+	}
+}
+
+// connBinary returns the conn test plugin, built once beside the others.
+func connBinary(t testing.TB) string {
+	t.Helper()
+	connPlugin.once.Do(func() {
+		connPlugin.path = filepath.Join(filepath.Dir(pluginBinary(t, "raw")), "conn")
+		out, err := exec.Command("go", "build", "-o", connPlugin.path, "./testdata/plugins/conn").CombinedOutput()
+		if err != nil {
+			connPlugin.err = fmt.Errorf("go build ./testdata/plugins/conn: %v\n%s", err, out)
+		}
+	})
+	if connPlugin.err != nil {
+		t.Fatal(connPlugin.err)
+	}
+	return connPlugin.path
+}
+
+var connPlugin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// connConfig is the configuration of the conn test plugin in mode.
+func connConfig(t testing.TB, mode string, h *recordingHandler) SubprocessConfig {
+	if h == nil {
+		h = newRecordingHandler()
+	}
+	return SubprocessConfig{
+		Name: "conn", Command: connBinary(t), Env: map[string]string{"CONN_MODE": mode},
+		StopGrace: 2 * time.Second, Logger: slog.New(h),
+	}
+}
+
+// startConn starts the conn test plugin in mode; it is closed at cleanup.
+func startConn(t *testing.T, mode string, h *recordingHandler, mod func(*SubprocessConfig)) *Subprocess[string, string] {
+	t.Helper()
+	cfg := connConfig(t, mode, h)
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := NewSubprocess[string, string](context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("NewSubprocess: %v", err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	return p
+}
+
+// TestSubprocessShortDeadlineDoesNotKillSlowReader: a caller whose deadline
+// ends while its request is being written to a plugin that reads slowly
+// (backpressure) gets ErrCanceled; the write goes on, the plugin is not
+// killed, and a patient caller behind it is answered.
+func TestSubprocessShortDeadlineDoesNotKillSlowReader(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	p := startConn(t, "slowread", nil, nil)
+	big := strings.Repeat("x", 1<<20)
+	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := p.Execute(short, big); !errors.Is(err, ErrCanceled) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("short-deadline call: %v, want ErrCanceled and context.DeadlineExceeded", err)
+	}
+	if got, err := p.Execute(context.Background(), big); err != nil || got != big {
+		t.Fatalf("patient call after it: %d bytes, %v", len(got), err)
+	}
+	if n := p.Restarts(); n != 0 {
+		t.Fatalf("%d restarts: the short deadline killed a plugin that was reading", n)
+	}
+}
+
+// TestSubprocessDroppedRequestNeverWritten: a caller whose ctx ends while
+// its request is still queued drops it: the plugin never receives it.
+func TestSubprocessDroppedRequestNeverWritten(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	h := newRecordingHandler()
+	p := startConn(t, "slowread", h, nil)
+	big := strings.Repeat("x", 1<<20)
+	done := make(chan error, 1)
+	go func() { // fills the pipe for a while
+		_, err := p.Execute(context.Background(), big)
+		done <- err
+	}()
+	ctx, stop := context.WithTimeout(context.Background(), hangLimit)
+	defer stop()
+	if _, ok := h.wait(ctx, func(r record) bool { return r.msg == "reading" }); !ok {
+		t.Fatal("the plugin did not start reading the big call")
+	}
+	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := p.Execute(short, "dropme"); !errors.Is(err, ErrCanceled) {
+		t.Fatalf("queued call: %v, want ErrCanceled", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("big call: %v", err)
+	}
+	if _, err := p.Execute(context.Background(), "after"); err != nil {
+		t.Fatalf("call after: %v", err)
+	}
+	if _, ok := h.wait(ctx, func(r record) bool { return r.msg == `got "after"` }); !ok {
+		t.Fatal("the plugin did not log the last call")
+	}
+	if _, ok := h.wait(canceledCtx(), func(r record) bool { return r.msg == `got "dropme"` }); ok {
+		t.Fatal("the plugin received the request its caller dropped before it was written")
+	}
+}
+
+func canceledCtx() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
+
+// TestSubprocessNonReadingPluginMemoryBounded: requests to a plugin that
+// stopped reading after a CANCEL are not buffered without bound: the heap
+// grows by at most the queue's budget, whatever was sent.
+func TestSubprocessNonReadingPluginMemoryBounded(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	p := startConn(t, "cancelstop", nil, func(c *SubprocessConfig) { c.StallTimeout = time.Hour })
+	big := strings.Repeat("x", 1<<20)
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	for range 40 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		_, err := p.Execute(ctx, big)
+		cancel()
+		if !errors.Is(err, ErrCanceled) {
+			t.Fatalf("Execute: %v, want ErrCanceled", err)
+		}
+	}
+	const bound = subQueueBytes + 4<<20 // the queue, and the batch being written
+	if grown := int64(heap()) - int64(before); grown > bound {
+		t.Fatalf("the heap grew by %d MiB after 40 abandoned 1 MiB calls; the bound is %d MiB", grown>>20, bound>>20)
+	}
+}
+
+// TestSubprocessCloseReadsLateAnswers: Close of an sdk plugin that still
+// writes answers to calls abandoned meanwhile (more than a pipe holds)
+// ends on SHUTDOWN, without a signal: the host reads on during stop.
+func TestSubprocessCloseReadsLateAnswers(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	h := newRecordingHandler()
+	cfg := connConfig(t, "late", h)
+	cfg.StopGrace = time.Hour
+	p, err := NewSubprocess[string, string](context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+			defer cancel()
+			if _, err := p.Execute(ctx, "x"); !errors.Is(err, ErrCanceled) {
+				t.Errorf("Execute: %v, want ErrCanceled", err)
+			}
+		}()
+	}
+	wg.Wait()
+	done := make(chan error, 1)
+	go func() { done <- p.Close(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	case <-time.After(hangLimit):
+		t.Fatal("Close is blocked: nobody reads the plugin's late answers during stop")
+	}
+	if r, ok := h.wait(canceledCtx(), func(r record) bool { return r.msg == "plugin did not exit on shutdown" }); ok {
+		t.Fatalf("Close had to signal the plugin: %v", r.attrs)
+	}
+}
+
+// TestSubprocessShortLengthFrameFailsAtOnce: a frame whose length field is
+// below 9 (the pipe kept open) fails the call in flight at once with
+// ErrTransport, not at its ctx's end.
+func TestSubprocessShortLengthFrameFailsAtOnce(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	p := startConn(t, "shortlen", nil, nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Execute(context.Background(), "x")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrTransport) || !strings.Contains(err.Error(), "broke the protocol") {
+			t.Fatalf("Execute: %v, want ErrTransport for a broken protocol", err)
+		}
+	case <-time.After(hangLimit):
+		t.Fatal("the call hangs after a frame with a length field below 9")
+	}
+}
+
+// TestNewSubprocessBadHandshakeHonoursBounds: a child that answers HELLO
+// with garbage, or closes its pipes, and stays alive, makes NewSubprocess
+// fail with ErrHandshake within its ctx and StartTimeout, never waiting
+// for the stop grace.
+func TestNewSubprocessBadHandshakeHonoursBounds(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	for _, mode := range []string{"hellogarbage", "helloclose"} {
+		for _, bound := range []string{"ctx", "StartTimeout"} {
+			t.Run(mode+" "+bound, func(t *testing.T) {
+				cfg := connConfig(t, mode, nil)
+				cfg.StopGrace = time.Hour
+				cfg.StartTimeout = time.Hour
+				ctx := context.Background()
+				if bound == "ctx" {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, 300*time.Millisecond)
+					defer cancel()
+				} else {
+					cfg.StartTimeout = 300 * time.Millisecond
+				}
+				done := make(chan error, 1)
+				go func() {
+					p, err := NewSubprocess[string, string](ctx, cfg)
+					if err == nil {
+						p.Close(context.Background())
+					}
+					done <- err
+				}()
+				select {
+				case err := <-done:
+					if !errors.Is(err, ErrHandshake) {
+						t.Fatalf("NewSubprocess: %v, want ErrHandshake", err)
+					}
+				case <-time.After(hangLimit):
+					t.Fatalf("NewSubprocess ignores its %s", bound)
+				}
+			})
+		}
+	}
+}
+
+// TestSubprocessInfoIsACopy: Info returns copies of Surfaces and Metadata;
+// changing them does not change the plugin's info.
+func TestSubprocessInfoIsACopy(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	p := startConn(t, "info", nil, nil)
+	info := p.Info()
+	if len(info.Surfaces) != 1 || info.Metadata["k"] != "v" {
+		t.Fatalf("Info = %+v, want surface state and metadata k=v", info)
+	}
+	info.Surfaces[0] = "changed"
+	info.Metadata["k"] = "changed"
+	if again := p.Info(); again.Surfaces[0] != SurfaceState || again.Metadata["k"] != "v" {
+		t.Fatalf("Info after changing a returned copy = %+v", again)
+	}
+}
+
+// TestSubprocessCallerCtxIsErrCanceled: the caller's ctx ending before the
+// answer gives ErrCanceled matching the ctx's error, never ErrTimeout;
+// the plugin's CallTimeout gives ErrTimeout.
+func TestSubprocessCallerCtxIsErrCanceled(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	p := startEcho(t, nil, func(c *SubprocessConfig) { c.CallTimeout = time.Hour })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := p.Execute(ctx, echoReq{Op: "block", Key: "deadline"})
+	if !errors.Is(err, ErrCanceled) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrTimeout) {
+		t.Fatalf("caller deadline: %v, want ErrCanceled and context.DeadlineExceeded, not ErrTimeout", err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := p.Execute(ctx, echoReq{Op: "block", Key: "cancel"}); !errors.Is(err, ErrCanceled) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("caller cancel: %v, want ErrCanceled and context.Canceled", err)
+	}
+	q := startEcho(t, nil, func(c *SubprocessConfig) { c.CallTimeout = 50 * time.Millisecond })
+	if _, err := q.Execute(context.Background(), echoReq{Op: "block", Key: "timeout"}); !errors.Is(err, ErrTimeout) || errors.Is(err, ErrCanceled) {
+		t.Fatalf("CallTimeout: %v, want ErrTimeout", err)
 	}
 }
 
@@ -144,5 +438,57 @@ func TestSubprocessAnswersBeforeExitDelivered(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// childSwitches sums the context switches of every thread of process pid:
+// each is a wake-up of the child.
+func childSwitches(t *testing.T, pid int) int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Skipf("no /proc on this system: %v", err)
+	}
+	n := 0
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+		if err != nil {
+			continue // the thread exited
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				m, _ := strconv.Atoi(strings.TrimSpace(v))
+				n += m
+			}
+		}
+	}
+	return n
+}
+
+// TestSubprocessIsolatedCallWakeups: an sdk plugin that gets isolated calls
+// wakes a small, fixed number of times per call, not on timers after each
+// call, and not at all while idle.
+func TestSubprocessIsolatedCallWakeups(t *testing.T) {
+	verifyNoLeaks(t)
+	checkNoFDLeak(t)
+	p := startEcho(t, nil, nil)
+	pid := pidOf(t, p)
+	const calls = 50
+	before := childSwitches(t, pid)
+	for range calls {
+		if _, err := p.Execute(context.Background(), echoReq{Data: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // spreads the calls: each finds the plugin idle
+	}
+	perCall := float64(childSwitches(t, pid)-before) / calls
+	t.Logf("%.1f wake-ups of the plugin per isolated call", perCall)
+	if perCall > 10 {
+		t.Fatalf("the plugin wakes %.1f times per isolated call; a request must cost a small fixed number", perCall)
+	}
+	idle := childSwitches(t, pid)
+	time.Sleep(100 * time.Millisecond) // an idle period, to count the wake-ups in it
+	if woke := childSwitches(t, pid) - idle; woke > 3 {
+		t.Fatalf("the idle plugin woke %d times in 100ms", woke)
 	}
 }

@@ -407,8 +407,7 @@ func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context, l *grpcL
 	cancel()
 	select {
 	case <-exited:
-		return newError(CodeHandshake, p.name, "the plugin process exited during start (%v); its last stderr lines:\n%s",
-			l.child.proc.State(), l.child.proc.StderrTail())
+		return withStderr(newError(CodeHandshake, p.name, "the plugin process exited during start (%v); see the error's stderr_tail", l.child.proc.State()), l.child.proc)
 	default:
 	}
 	switch {
@@ -417,7 +416,7 @@ func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context, l *grpcL
 	case ctx.Err() != nil:
 		return wrapError(ctx.Err(), CodeHandshake, p.name, "the start was abandoned")
 	case sctx.Err() != nil:
-		return newError(CodeHandshake, p.name, "the plugin did not report SERVING within the start timeout; it must serve with grpcplugin.Serve (last stderr lines:\n%s)", l.child.proc.StderrTail())
+		return withStderr(newError(CodeHandshake, p.name, "the plugin did not report SERVING within the start timeout; it must serve with grpcplugin.Serve"), l.child.proc)
 	default:
 		return wrapError(err, CodeHandshake, p.name, "waiting for the plugin to serve")
 	}
@@ -802,7 +801,7 @@ func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op s
 		// confirmed once it has been reaped.
 		if l.exited() || st.Code() == codes.Unavailable && l.awaitExit(ctx) {
 			pr := l.child.proc
-			return crashError(p.name, pr.StderrTail(), "%s failed: the plugin process exited (%v)", op, pr.State())
+			return withStderr(newError(CodeCrashed, p.name, "%s failed: the plugin process exited (%v)", op, pr.State()), pr)
 		}
 		if ctx.Err() != nil {
 			return canceledError(ctx, p.name)

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +51,11 @@ type SubprocessConfig struct {
 	// message: SIGTERM goes to the child's process group StopGrace after
 	// it, SIGKILL 2·StopGrace after it (default 5s).
 	StopGrace time.Duration
+	// StallTimeout is how long the host waits for a child that takes no
+	// byte of the requests written to it before it decides the child
+	// stopped reading: the child is then killed, its calls fail with
+	// ErrCrashed, and it is restarted (default 5s).
+	StallTimeout time.Duration
 	// Restart says how a crashed child is restarted.
 	Restart RestartPolicy
 	// OnRestart, when set, is called after every restart attempt with the
@@ -60,7 +67,8 @@ type SubprocessConfig struct {
 
 	// Codec encodes requests and responses; nil means JSONCodec.
 	Codec Codec
-	// CallTimeout, when > 0, bounds every call on top of the caller's ctx.
+	// CallTimeout, when > 0, bounds every call on top of the caller's ctx;
+	// a call that reaches it fails with ErrTimeout.
 	CallTimeout time.Duration
 	// MaxFrameSize is the largest frame the host accepts, in bytes
 	// (wire default 4 MiB, at least 1 KiB, at most 1 GiB).
@@ -202,109 +210,13 @@ func (s *Subprocess[Req, Resp]) start(ctx context.Context) (*subConn, error) {
 		toHost.Close()
 		return nil, startError(err, name, s.cfg.Command, "SubprocessConfig", CodeTransport)
 	}
-	c := &subConn{
-		name: name, proc: p, toChild: toChild, toHost: toHost,
-		r:       wire.NewReader(toHost, s.cfg.MaxFrameSize),
-		w:       wire.NewWriter(toChild, wire.DefaultMaxFrameSize),
-		grace:   s.cfg.StopGrace,
-		pending: make(map[uint64]chan subReply),
-		dead:    make(chan struct{}),
-		turn:    make(chan struct{}, 1),
-	}
+	c := newSubConn(name, p, toChild, toHost, subLimits{readMax: s.cfg.MaxFrameSize, grace: s.cfg.StopGrace, stall: s.cfg.StallTimeout})
 	if err := s.handshake(ctx, c); err != nil {
 		c.kill()
 		return nil, err
 	}
 	s.log.Debug("plugin started", slog.Int("pid", p.Pid()), slog.String("version", c.info.Version))
 	return c, nil
-}
-
-// handshake sends HELLO and checks the WELCOME, within StartTimeout and ctx.
-func (s *Subprocess[Req, Resp]) handshake(ctx context.Context, c *subConn) error {
-	name := s.cfg.Name
-	deadline := time.Now().Add(s.cfg.StartTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if err := c.toHost.SetReadDeadline(deadline); err != nil {
-		return wrapError(err, CodeTransport, name, "setting the handshake deadline")
-	}
-	stop := context.AfterFunc(ctx, func() { _ = c.toHost.SetReadDeadline(time.Now()) })
-	defer stop()
-	hello, _ := json.Marshal(wire.Hello{ // a struct of ints and strings always encodes
-		Protocols: []int{wire.ProtocolVersion}, Codec: s.codec.Name(),
-		MaxFrameSize: s.cfg.MaxFrameSize, Name: name,
-	})
-	if err := c.w.Write(wire.TypeHello, 0, hello); err != nil {
-		return s.handshakeFailed(ctx, c, err)
-	}
-	f, err := c.r.Read()
-	if err != nil {
-		return s.handshakeFailed(ctx, c, err)
-	}
-	if err := c.toHost.SetReadDeadline(time.Time{}); err != nil {
-		return wrapError(err, CodeTransport, name, "clearing the handshake deadline")
-	}
-	switch f.Type {
-	case wire.TypeError:
-		var rep wire.ErrorReply
-		_ = json.Unmarshal(f.Payload, &rep)
-		code := CodeHandshake
-		if rep.Code == wire.CodeProtocolVersion {
-			code = CodeProtocolVersion
-		}
-		return newError(code, name, "the plugin refused the handshake: %s: %s", rep.Code, rep.Message)
-	case wire.TypeWelcome:
-	default:
-		return newError(CodeHandshake, name, "the plugin answered HELLO with %s, not WELCOME", f.Type)
-	}
-	var w wire.Welcome
-	if err := json.Unmarshal(f.Payload, &w); err != nil {
-		return wrapError(err, CodeHandshake, name, "the plugin's WELCOME does not decode")
-	}
-	switch {
-	case w.Protocol != wire.ProtocolVersion:
-		return newError(CodeProtocolVersion, name, "the plugin chose protocol version %d; the host offered [%d]: rebuild the plugin with a matching SDK", w.Protocol, wire.ProtocolVersion)
-	case w.Name != name:
-		return newError(CodeHandshake, name, "%s reports the name %q; the host expects %q: check SubprocessConfig.Command", s.cfg.Command, w.Name, name)
-	case w.MaxFrameSize < wire.MinMaxFrameSize:
-		return newError(CodeHandshake, name, "the plugin's maximum frame size %d is below the minimum of %d bytes", w.MaxFrameSize, wire.MinMaxFrameSize)
-	case w.MaxFrameSize > wire.MaxFrameSizeLimit:
-		return newError(CodeHandshake, name, "the plugin's maximum frame size %d is over the protocol's limit of %d bytes: fix the plugin's WELCOME", w.MaxFrameSize, wire.MaxFrameSizeLimit)
-	}
-	if _, err := parseVersion(name, w.Version); err != nil {
-		return wrapError(err, CodeHandshake, name, "the plugin reports a bad version")
-	}
-	if s.cfg.Version != "" && w.Version != s.cfg.Version {
-		return wrapError(newError(CodeIncompatibleVersion, name, "version %s, expected %s", w.Version, s.cfg.Version),
-			CodeHandshake, name, "%s is not the configured version", s.cfg.Command)
-	}
-	c.w.SetMax(w.MaxFrameSize)
-	c.info = PluginInfo{Name: w.Name, Version: w.Version, Description: w.Description, Metadata: w.Metadata}
-	for _, sf := range w.Surfaces {
-		c.info.Surfaces = append(c.info.Surfaces, Surface(sf))
-	}
-	return nil
-}
-
-// handshakeFailed explains a handshake that broke off.
-func (s *Subprocess[Req, Resp]) handshakeFailed(ctx context.Context, c *subConn, err error) error {
-	name := s.cfg.Name
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		if ctx.Err() != nil {
-			return wrapError(ctx.Err(), CodeHandshake, name, "the handshake with %s was abandoned", s.cfg.Command)
-		}
-		return newError(CodeHandshake, name, "%s did not answer the handshake within %v: is it a goplugins plugin? stderr tail:\n%s", s.cfg.Command, s.cfg.StartTimeout, stderrSummary(c.proc))
-	}
-	c.awaitExit()
-	status := "still running"
-	if st := c.proc.State(); st != nil {
-		status = st.String()
-	}
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return newError(CodeHandshake, name, "%s closed the protocol pipe without a handshake (%s): is it a goplugins plugin built with the sdk? stderr tail:\n%s", s.cfg.Command, status, stderrSummary(c.proc))
-	}
-	return wrapError(err, CodeHandshake, name, "%s broke off the handshake (%s); stderr tail:\n%s\nthe reason", s.cfg.Command, status, stderrSummary(c.proc))
 }
 
 // serve makes c the serving child.
@@ -382,14 +294,22 @@ func (s *Subprocess[Req, Resp]) live() (*subConn, error) {
 // process group id), or 0 while it is down.
 func (s *Subprocess[Req, Resp]) Pid() int { return int(s.pid.Load()) }
 
+// Info returns the info the child reported in its handshake (a copy: the
+// caller may modify it).
+func (s *Subprocess[Req, Resp]) Info() PluginInfo {
+	info := *s.info.Load()
+	info.Surfaces = slices.Clone(info.Surfaces)
+	info.Metadata = maps.Clone(info.Metadata)
+	return info
+}
+
 // Restarts returns how many restart attempts were made so far.
 func (s *Subprocess[Req, Resp]) Restarts() int { return int(s.restarts.Load()) }
 
-// Info returns the info the child reported in its handshake.
-func (s *Subprocess[Req, Resp]) Info() PluginInfo { return *s.info.Load() }
-
-// Execute sends req to the child and returns its answer. Cancelling ctx
-// abandons the call and cancels the handler's context in the child.
+// Execute sends req to the child and returns its answer. When ctx ends
+// first the call is abandoned (a request already sent is cancelled in the
+// child, one not yet sent is dropped) and the error matches ErrCanceled and
+// ctx's error; past CallTimeout it matches ErrTimeout.
 func (s *Subprocess[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, error) {
 	var zero Resp
 	c, err := s.live()

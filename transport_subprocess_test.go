@@ -108,10 +108,10 @@ func TestSubprocessCancellationReachesHandler(t *testing.T) {
 		cancel  bool // cancel ctx once the handler runs
 		wantErr []error
 	}{
-		{"caller cancels", p, background, true, []error{context.Canceled}},
+		{"caller cancels", p, background, true, []error{ErrCanceled, context.Canceled}},
 		{"caller deadline", p, func() (context.Context, context.CancelFunc) {
 			return context.WithTimeout(context.Background(), 50*time.Millisecond)
-		}, false, []error{ErrTimeout, context.DeadlineExceeded}},
+		}, false, []error{ErrCanceled, context.DeadlineExceeded}},
 		{"call timeout", withCallTimeout, background, false, []error{ErrTimeout}},
 	}
 	for _, tt := range tests {
@@ -255,8 +255,8 @@ func TestSubprocessCloseKillsHungPlugin(t *testing.T) {
 	}
 	hangCtx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := p.Execute(hangCtx, echoReq{Op: "hang", Key: "hung"}); !errors.Is(err, ErrTimeout) {
-		t.Fatalf("hang error = %v, want ErrTimeout", err)
+	if _, err := p.Execute(hangCtx, echoReq{Op: "hang", Key: "hung"}); !errors.Is(err, ErrCanceled) {
+		t.Fatalf("hang error = %v, want ErrCanceled", err)
 	}
 	if err := p.Close(ctx); err != nil {
 		t.Fatalf("Close: %v", err)

@@ -10,9 +10,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"syscall"
-	"time"
 	"unicode/utf8"
 
 	"github.com/goplugins/goplugins/internal/wire"
@@ -42,13 +40,14 @@ func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 // pipes on file descriptors 3 and 4, until the host sends shutdown (Serve
 // waits for the requests in flight and for every answer queued to be
 // written, then returns nil) or goes away (Serve cancels the requests in
-// flight and returns nil). Handlers run
-// concurrently: each runs on the goroutine that read its request, and while
-// it runs, reading goes on in another goroutine at once if more frames are
-// buffered, or else within 200–400 µs. A handler that panics answers with
-// the "panic" error code and the plugin serves on. Whatever the program
-// writes to stdout or stderr goes to the host's log, never into the
-// protocol.
+// flight and returns nil). A goroutine reads the host's pipe at all
+// times: the one that reads a request hands reading on to a new goroutine
+// and runs the request's handler itself, which writes the answer. So
+// handlers run concurrently, a CANCEL reaches a handler that blocks, and
+// an idle plugin wakes on no timer. A handler that panics
+// answers with the "panic" error code and the plugin serves on. Whatever
+// the program writes to stdout or stderr goes to the host's log, never
+// into the protocol.
 //
 // Serve returns ErrNotLaunched when the program was run by hand; a typical
 // main prints the error to stderr and exits with status 1.
@@ -56,12 +55,10 @@ func Serve[Req, Resp any](p Plugin[Req, Resp], info Info, opts ...Option) error 
 	if os.Getenv(wire.CookieKey) != wire.CookieValue {
 		return ErrNotLaunched
 	}
-	// The host's pipe is read with blocking reads: the one goroutine
-	// reading waits in the kernel, and an arriving request wakes its thread
-	// directly, without a round through the runtime's poller. Answers are
-	// written through the poller, so that a host slow to read parks the
-	// writer instead of holding a thread. On failure the pipe just blocks.
-	_ = syscall.SetNonblock(wire.HostToPluginFD, false)
+	// Both pipes go through the runtime's poller: a reader waiting for the
+	// host holds no thread, and a handler it starts runs on the thread that
+	// read its request.
+	_ = syscall.SetNonblock(wire.HostToPluginFD, true)
 	_ = syscall.SetNonblock(wire.PluginToHostFD, true)
 	in := os.NewFile(wire.HostToPluginFD, "goplugins-host-to-plugin")
 	out := os.NewFile(wire.PluginToHostFD, "goplugins-plugin-to-host")
@@ -101,8 +98,6 @@ func newServer[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, 
 		cancel:  cancel,
 		cancels: make(map[uint64]context.CancelFunc),
 		end:     make(chan error, 1),
-		wake:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
 	}
 	s.execute = func(ctx context.Context, payload []byte) ([]byte, error) {
 		var req Req
@@ -166,26 +161,8 @@ type server struct {
 	cancels      map[uint64]context.CancelFunc
 	requests     sync.WaitGroup // the requests being served
 	end          chan error     // how serving ends: nil or why it failed
-	shuttingDown bool           // SHUTDOWN was read; touched by the reader only
-
-	// seat counts the changes of who reads the stream: odd while nobody
-	// does (the last reader is running a handler), even while a goroutine
-	// reads or is about to. Taking the seat is a compare-and-swap from odd
-	// to even, so exactly one goroutine reads at a time.
-	seat     atomic.Uint64
-	sleeping atomic.Bool    // the watcher is parked until the seat is left
-	wake     chan struct{}  // unparks the watcher
-	stop     chan struct{}  // closed when serving ends: the watcher returns
-	watcher  sync.WaitGroup // the watcher
+	shuttingDown bool           // SHUTDOWN was read; touched by the reading goroutine only
 }
-
-// takeoverAfter is the watcher's period: a handler that keeps the reading
-// seat empty for between one and two periods has reading taken over.
-const takeoverAfter = 200 * time.Microsecond
-
-// idlePeriods is how many periods without a request the watcher waits
-// before it parks.
-const idlePeriods = 16
 
 // handshake answers the host's HELLO and returns the chosen codec.
 func (s *server) handshake(codecs []Codec) (Codec, error) {
@@ -232,34 +209,22 @@ func (s *server) handshake(codecs []Codec) (Codec, error) {
 	return codecs[i], nil
 }
 
-// loop serves until shutdown or the end of the stream.
-//
-// One goroutine at a time reads the stream. When it reads a request it runs
-// the handler itself, so that a request reaches its handler without a
-// goroutine switch, and in the common case of a quick handler reads on
-// afterwards, without having woken any other thread. Meanwhile reading is
-// handed on at once if more frames are buffered already, and otherwise by
-// the watcher once the handler has kept the seat empty for a period
-// (takeoverAfter): handlers still run concurrently, and a frame that
-// arrives while a handler blocks (another request, or a CANCEL) is read
-// within two periods.
+// loop serves until shutdown or the end of the stream. One goroutine at a
+// time reads; on a request it starts the next reader and serves the
+// request, so that the request reaches its handler without a goroutine
+// switch while reading goes on.
 func (s *server) loop() error {
-	s.watcher.Add(1)
-	go s.watch()
 	go s.read()
 	err := <-s.end
 	// Answers queued behind another goroutine's write are written before
 	// Serve returns and the plugin exits.
 	_ = s.out.Flush()
-	close(s.stop)
-	s.watcher.Wait()
 	s.cancelAll()
 	return err
 }
 
-// read reads frames, holding the reading seat, until the end of the stream
-// (it then reports on s.end) or until it has served a request and finds
-// that another goroutine has taken over reading.
+// read reads frames until it hands reading on (after a request) or the
+// stream ends (it then reports on s.end).
 func (s *server) read() {
 	for {
 		f, err := s.in.Read()
@@ -275,106 +240,52 @@ func (s *server) read() {
 			s.finish(fmt.Errorf("sdk: reading from the host: %w", err))
 			return
 		}
-		switch f.Type {
-		case wire.TypeCancel:
-			s.mu.Lock()
-			cancel := s.cancels[f.ID]
-			s.mu.Unlock()
-			if cancel != nil {
-				cancel()
-			}
-		case wire.TypeShutdown:
-			// Finish the requests in flight, reading on meanwhile: the end
-			// of the stream still ends everything at once.
-			if !s.shuttingDown {
-				s.shuttingDown = true
-				go func() {
-					s.requests.Wait()
-					s.finish(nil)
-				}()
-			}
-		case wire.TypeCall, wire.TypeHealth, wire.TypePersist, wire.TypeRestore,
-			wire.TypeCheckpoint, wire.TypeResume, wire.TypeCheckCompat:
-			if s.shuttingDown {
-				s.replyError(f.ID, &Error{Code: wire.CodeShuttingDown, Message: fmt.Sprintf("%s refused: the plugin is shutting down", f.Type)})
-				continue
-			}
-			ctx, cancel := context.WithCancel(s.ctx)
-			s.mu.Lock()
-			s.cancels[f.ID] = cancel
-			s.mu.Unlock()
-			s.requests.Add(1)
-			if !s.serveInline(ctx, cancel, f) {
-				return
-			}
-		default:
-			s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames", f.Type)})
-		}
-	}
-}
-
-// serveInline serves request f on the reading goroutine, leaving the
-// reading seat meanwhile, and reports whether the goroutine got the seat
-// back (it then reads on).
-func (s *server) serveInline(ctx context.Context, cancel context.CancelFunc, f wire.Frame) bool {
-	defer s.requests.Done()
-	if s.in.Buffered() {
-		// The next frame is here already: hand reading on now.
-		go s.read()
-		s.serveRequest(ctx, cancel, f)
-		return false
-	}
-	seat := s.seat.Add(1) // odd: empty
-	if s.sleeping.Load() && s.sleeping.CompareAndSwap(true, false) {
-		s.wake <- struct{}{}
-	}
-	s.serveRequest(ctx, cancel, f)
-	return s.seat.CompareAndSwap(seat, seat+1)
-}
-
-// watch hands reading on to a new goroutine when the seat has stayed empty
-// for a whole period, until serving ends. After idlePeriods periods without
-// a request it parks until the seat is next left.
-func (s *server) watch() {
-	defer s.watcher.Done()
-	t := time.NewTimer(takeoverAfter)
-	defer t.Stop()
-	last, idle := s.seat.Load(), 0
-	for {
-		select {
-		case <-t.C:
-		case <-s.stop:
+		if s.frame(f) {
 			return
 		}
-		seat := s.seat.Load()
-		switch {
-		case seat != last:
-			idle = 0
-		case seat%2 == 1: // empty since the last period
-			if s.seat.CompareAndSwap(seat, seat+1) {
-				seat++
-				go s.read()
-			}
-			idle = 0
-		default:
-			idle++
-		}
-		if idle >= idlePeriods {
-			s.sleeping.Store(true)
-			if s.seat.Load()%2 == 0 || !s.sleeping.CompareAndSwap(true, false) {
-				// Park; a reader leaving the seat clears sleeping and
-				// sends a wake-up (perhaps just now, if the seat is empty).
-				select {
-				case <-s.wake:
-				case <-s.stop:
-					return
-				}
-			}
-			idle, seat = 0, s.seat.Load()
-		}
-		last = seat
-		t.Reset(takeoverAfter)
 	}
+}
+
+// frame acts on one frame read from the host. For a request it hands
+// reading on to a new goroutine, serves the request and reports true.
+func (s *server) frame(f wire.Frame) bool {
+	switch f.Type {
+	case wire.TypeCancel:
+		s.mu.Lock()
+		cancel := s.cancels[f.ID]
+		s.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+	case wire.TypeShutdown:
+		// Finish the requests in flight, reading on meanwhile: the end of
+		// the stream still ends everything at once.
+		if !s.shuttingDown {
+			s.shuttingDown = true
+			go func() {
+				s.requests.Wait()
+				s.finish(nil)
+			}()
+		}
+	case wire.TypeCall, wire.TypeHealth, wire.TypePersist, wire.TypeRestore,
+		wire.TypeCheckpoint, wire.TypeResume, wire.TypeCheckCompat:
+		if s.shuttingDown {
+			s.replyError(f.ID, &Error{Code: wire.CodeShuttingDown, Message: fmt.Sprintf("%s refused: the plugin is shutting down", f.Type)})
+			return false
+		}
+		ctx, cancel := context.WithCancel(s.ctx)
+		s.mu.Lock()
+		s.cancels[f.ID] = cancel
+		s.mu.Unlock()
+		s.requests.Add(1)
+		defer s.requests.Done()
+		go s.read()
+		s.serveRequest(ctx, cancel, f)
+		return true
+	default:
+		s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames", f.Type)})
+	}
+	return false
 }
 
 // finish ends Serve with err, unless it is ending already.

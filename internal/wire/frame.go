@@ -180,27 +180,25 @@ func (r *Reader) Read() (Frame, error) {
 	return f, nil
 }
 
-// Buffered reports whether bytes of a next frame have been read from the
-// stream already, so that Read can return at least part of it at once.
-func (r *Reader) Buffered() bool { return r.r.Buffered() > 0 }
-
-// header consumes the next frame header, or nothing if it fails.
+// header consumes the next frame header, or nothing if it fails. A length
+// field or a type that breaks the framing fails as soon as its bytes
+// arrive, without waiting for the rest of the header.
 func (r *Reader) header() error {
-	hdr, err := r.r.Peek(HeaderSize)
+	hdr, err := r.peek(5)
 	if err != nil {
-		if err == io.EOF && len(hdr) > 0 {
-			return io.ErrUnexpectedEOF
-		}
 		return err
 	}
-	size := int(binary.BigEndian.Uint32(hdr[:4]))
-	t, id := Type(hdr[4]), binary.BigEndian.Uint64(hdr[5:])
+	size, t := int(binary.BigEndian.Uint32(hdr[:4])), Type(hdr[4])
 	if size < MinFrameSize {
 		return fmt.Errorf("%w: length field %d is below the minimum of %d", ErrMalformed, size, MinFrameSize)
 	}
 	if !t.Known() {
 		return fmt.Errorf("%w: unknown frame type 0x%02x (header % x)", ErrMalformed, uint8(t), hdr)
 	}
+	if hdr, err = r.peek(HeaderSize); err != nil {
+		return err
+	}
+	id := binary.BigEndian.Uint64(hdr[5:])
 	_, _ = r.r.Discard(HeaderSize) // peeked: cannot fail
 	r.inFrame, r.got = true, 0
 	r.cur = Frame{Type: t, ID: id}
@@ -214,6 +212,16 @@ func (r *Reader) header() error {
 		r.cur.Payload = make([]byte, n)
 	}
 	return nil
+}
+
+// peek returns the next n bytes without consuming them; an end of stream
+// after some of them is io.ErrUnexpectedEOF.
+func (r *Reader) peek(n int) ([]byte, error) {
+	b, err := r.r.Peek(n)
+	if err == io.EOF && len(b) > 0 {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return b, err
 }
 
 func unexpected(err error) error {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestFrameRoundTrip(t *testing.T) {
@@ -250,5 +251,38 @@ func TestReaderResumesAfterError(t *testing.T) {
 	}
 	if _, err := r.Read(); err != io.EOF && !errors.Is(err, errFlaky) {
 		t.Fatalf("Read at the end = %v, want EOF", err)
+	}
+}
+
+// TestReaderShortLengthFailsAtOnce: a length field below 9 breaks the
+// stream as soon as it arrives (PROTOCOL.md section 3), even when the
+// peer keeps the stream open and sends nothing more, so the reader does
+// not wait for a header that never comes.
+func TestReaderShortLengthFailsAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		bytes []byte
+	}{
+		{"length 5", []byte{0, 0, 0, 5, 4, 0, 0, 0, 0}},
+		{"unknown type", []byte{0, 0, 0, 9, 0xEE}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pr, pw := io.Pipe()
+			defer pw.Close()
+			go pw.Write(tc.bytes) // and the stream stays open
+			done := make(chan error, 1)
+			go func() {
+				_, err := NewReader(pr, 0).Read()
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, ErrMalformed) {
+					t.Fatalf("Read error = %v, want ErrMalformed", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Read waits for the rest of a header whose length field is already invalid")
+			}
+		})
 	}
 }
