@@ -1,3 +1,5 @@
+//go:build unix
+
 package goplugins
 
 import (
@@ -30,7 +32,7 @@ func readSmallFile(path string, max int64, what string, code goerrors.ErrorCode)
 		return nil, wrapError(err, code, "", "%s %s cannot be read", what, path)
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
-		return nil, newError(code, "", "%s %s is not a regular file (%s); put the file itself there", what, path, fileType(st.Mode))
+		return nil, newError(code, "", "%s %s is not a regular file (%s); put the file itself there", what, path, fileType(uint32(st.Mode)))
 	}
 	if st.Size > max {
 		return nil, newError(code, "", "%s %s is %d bytes; the limit is %d: shrink it or raise the limit", what, path, st.Size, max)
