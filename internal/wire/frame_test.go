@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestFrameRoundTrip(t *testing.T) {
@@ -25,19 +27,13 @@ func TestFrameRoundTrip(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var buf bytes.Buffer
-			if err := NewWriter(&buf, 0).Write(tt.typ, tt.id, tt.payload); err != nil {
-				t.Fatal(err)
-			}
-			if got, want := buf.Len(), HeaderSize+len(tt.payload); got != want {
-				t.Fatalf("encoded %d bytes, want %d", got, want)
-			}
+			require.NoError(t, NewWriter(&buf, 0).Write(tt.typ, tt.id, tt.payload))
+			require.Equal(t, HeaderSize+len(tt.payload), buf.Len(), "encoded bytes")
 			f, err := NewReader(&buf, 0).Read()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if f.Type != tt.typ || f.ID != tt.id || !bytes.Equal(f.Payload, tt.payload) {
-				t.Fatalf("read %+v, want type %v id %d payload %q", f, tt.typ, tt.id, tt.payload)
-			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.typ, f.Type, "frame type")
+			assert.Equal(t, tt.id, f.ID, "frame id")
+			assert.Equal(t, tt.payload, f.Payload, "frame payload")
 		})
 	}
 }
@@ -46,9 +42,7 @@ func TestFrameRoundTrip(t *testing.T) {
 func TestFrameBytes(t *testing.T) {
 	got := AppendFrame(nil, TypeCall, 1, []byte(`"hi"`))
 	want := []byte{0, 0, 0, 13, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, '"', 'h', 'i', '"'}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("AppendFrame = % x, want % x", got, want)
-	}
+	assert.Equal(t, want, got, "AppendFrame bytes")
 }
 
 func TestReaderErrors(t *testing.T) {
@@ -68,9 +62,7 @@ func TestReaderErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := NewReader(bytes.NewReader(tt.input), 0).Read()
-			if !errors.Is(err, tt.want) {
-				t.Fatalf("Read error = %v, want %v", err, tt.want)
-			}
+			assert.ErrorIs(t, err, tt.want, "Read error")
 		})
 	}
 }
@@ -82,31 +74,22 @@ func TestReaderSkipsOversizedFrame(t *testing.T) {
 	r := NewReader(bytes.NewReader(in), 50)
 	_, err := r.Read()
 	var tl *FrameTooLargeError
-	if !errors.As(err, &tl) || !errors.Is(err, ErrFrameTooLarge) {
-		t.Fatalf("first Read error = %v, want *FrameTooLargeError", err)
-	}
-	if tl.ID != 1 || tl.Type != TypeResult || tl.Size != MinFrameSize+100 || tl.Max != 50 {
-		t.Fatalf("error fields = %+v", tl)
-	}
+	require.ErrorAs(t, err, &tl, "first Read error")
+	require.ErrorIs(t, err, ErrFrameTooLarge, "first Read error")
+	assert.Equal(t, FrameTooLargeError{ID: 1, Type: TypeResult, Size: MinFrameSize + 100, Max: 50}, *tl, "error fields")
 	f, err := r.Read()
-	if err != nil || f.ID != 2 || string(f.Payload) != "small" {
-		t.Fatalf("frame after the oversized one = %+v, %v; want id 2 \"small\"", f, err)
-	}
+	require.NoError(t, err, "frame after the oversized one")
+	assert.Equal(t, uint64(2), f.ID, "frame after the oversized one")
+	assert.Equal(t, "small", string(f.Payload), "frame after the oversized one")
 }
 
 func TestWriterRefusesOversizedFrame(t *testing.T) {
 	var buf bytes.Buffer
 	w := NewWriter(&buf, 50)
 	err := w.Write(TypeCall, 3, make([]byte, 42))
-	if !errors.Is(err, ErrFrameTooLarge) {
-		t.Fatalf("Write error = %v, want ErrFrameTooLarge", err)
-	}
-	if buf.Len() != 0 {
-		t.Fatalf("oversized Write wrote %d bytes", buf.Len())
-	}
-	if err := w.Write(TypeCall, 4, make([]byte, 41)); err != nil {
-		t.Fatalf("Write at the limit: %v", err)
-	}
+	require.ErrorIs(t, err, ErrFrameTooLarge, "Write error")
+	require.Zero(t, buf.Len(), "oversized Write wrote bytes")
+	require.NoError(t, w.Write(TypeCall, 4, make([]byte, 41)), "Write at the limit")
 }
 
 type failWriter struct{ n int }
@@ -120,13 +103,9 @@ func TestWriterStickyError(t *testing.T) {
 	fw := &failWriter{}
 	w := NewWriter(fw, 0)
 	for i := 0; i < 2; i++ {
-		if err := w.Write(TypeCall, 1, nil); !errors.Is(err, io.ErrClosedPipe) {
-			t.Fatalf("Write %d error = %v, want io.ErrClosedPipe", i, err)
-		}
+		require.ErrorIs(t, w.Write(TypeCall, 1, nil), io.ErrClosedPipe, "Write %d error", i)
 	}
-	if fw.n != 1 {
-		t.Fatalf("underlying writer called %d times after failing, want 1", fw.n)
-	}
+	assert.Equal(t, 1, fw.n, "underlying writer calls after failing")
 }
 
 // TestWriterConcurrent checks that frames written from many goroutines
@@ -142,8 +121,7 @@ func TestWriterConcurrent(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < each; i++ {
 				id := uint64(g*each + i)
-				if err := w.Write(TypeCall, id, bytes.Repeat([]byte{byte(id)}, int(id%50))); err != nil {
-					t.Error(err)
+				if !assert.NoError(t, w.Write(TypeCall, id, bytes.Repeat([]byte{byte(id)}, int(id%50)))) {
 					return
 				}
 			}
@@ -157,17 +135,12 @@ func TestWriterConcurrent(t *testing.T) {
 		if err == io.EOF {
 			break
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if seen[f.ID] || len(f.Payload) != int(f.ID%50) {
-			t.Fatalf("frame %d duplicated or with %d payload bytes", f.ID, len(f.Payload))
-		}
+		require.NoError(t, err)
+		require.False(t, seen[f.ID], "frame %d duplicated", f.ID)
+		require.Len(t, f.Payload, int(f.ID%50), "payload of frame %d", f.ID)
 		seen[f.ID] = true
 	}
-	if len(seen) != writers*each {
-		t.Fatalf("read %d frames, want %d", len(seen), writers*each)
-	}
+	assert.Len(t, seen, writers*each, "frames read")
 }
 
 func BenchmarkWriteRead(b *testing.B) {
@@ -202,8 +175,8 @@ func TestDocumentedPayloads(t *testing.T) {
 	}
 	for _, tt := range tests {
 		got, err := json.Marshal(tt.v)
-		if err != nil || string(got) != tt.want {
-			t.Errorf("json.Marshal(%T) = %s, %v; want %s", tt.v, got, err, tt.want)
+		if assert.NoError(t, err, "json.Marshal(%T)", tt.v) {
+			assert.Equal(t, tt.want, string(got), "json.Marshal(%T)", tt.v)
 		}
 	}
 }
@@ -240,17 +213,14 @@ func TestReaderResumesAfterError(t *testing.T) {
 			continue
 		case errors.As(err, &tl):
 			got = append(got, "too large")
-		case err != nil:
-			t.Fatalf("Read: %v", err)
 		default:
+			require.NoError(t, err, "Read")
 			got = append(got, string(f.Payload))
 		}
 	}
-	if want := []string{"first payload", "too large", "third"}; !slices.Equal(got, want) {
-		t.Fatalf("frames %q, want %q", got, want)
-	}
-	if _, err := r.Read(); err != io.EOF && !errors.Is(err, errFlaky) {
-		t.Fatalf("Read at the end = %v, want EOF", err)
+	require.Equal(t, []string{"first payload", "too large", "third"}, got, "frames")
+	if _, err := r.Read(); err != io.EOF {
+		assert.ErrorIs(t, err, errFlaky, "Read at the end, want EOF")
 	}
 }
 
@@ -277,11 +247,9 @@ func TestReaderShortLengthFailsAtOnce(t *testing.T) {
 			}()
 			select {
 			case err := <-done:
-				if !errors.Is(err, ErrMalformed) {
-					t.Fatalf("Read error = %v, want ErrMalformed", err)
-				}
+				assert.ErrorIs(t, err, ErrMalformed, "Read error")
 			case <-time.After(10 * time.Second):
-				t.Fatal("Read waits for the rest of a header whose length field is already invalid")
+				require.Fail(t, "Read waits for the rest of a header whose length field is already invalid")
 			}
 		})
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // FuzzFrame decodes arbitrary bytes as a frame stream. Decoding must never
@@ -27,19 +29,13 @@ func FuzzFrame(f *testing.F) {
 			}
 			var tl *FrameTooLargeError
 			if errors.As(err, &tl) {
-				if tl.Size <= max {
-					t.Fatalf("frame of %d bytes refused under a %d limit", tl.Size, max)
-				}
+				require.Greater(t, tl.Size, max, "frame refused under the limit")
 				consumed += 4 + tl.Size
 				continue
 			}
-			if err != nil {
-				t.Fatalf("undocumented error %v", err)
-			}
+			require.NoError(t, err, "undocumented error")
 			enc := AppendFrame(nil, fr.Type, fr.ID, fr.Payload)
-			if !bytes.Equal(enc, data[consumed:consumed+len(enc)]) {
-				t.Fatalf("frame %+v re-encodes to % x, input was % x", fr, enc, data[consumed:consumed+len(enc)])
-			}
+			require.Equal(t, data[consumed:consumed+len(enc)], enc, "frame %+v re-encodes to other bytes than its input", fr)
 			consumed += len(enc)
 		}
 	})

@@ -3,6 +3,8 @@ package wire
 import (
 	"bytes"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
 )
 
 // TestWriterMaxCapped: a peer's declared maximum frame size is capped at
@@ -18,10 +20,7 @@ func TestWriterMaxCapped(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := tt.w()
-			if got := w.Max(); got != MaxFrameSizeLimit {
-				t.Fatalf("Max() = %d, want %d", got, MaxFrameSizeLimit)
-			}
+			assert.Equal(t, MaxFrameSizeLimit, tt.w().Max(), "Max()")
 		})
 	}
 }
