@@ -6,6 +6,9 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // fakeClock advances only when waited on (After) or told to (a child's
@@ -60,13 +63,20 @@ func run(t *testing.T, p Policy, lifetimes []time.Duration) ([]time.Duration, []
 
 func repeat(d time.Duration, n int) []time.Duration { return slices.Repeat([]time.Duration{d}, n) }
 
+// kinds returns the kind of each event, in order.
+func kinds(events []Event) []Kind {
+	ks := make([]Kind, len(events))
+	for i, ev := range events {
+		ks[i] = ev.Kind
+	}
+	return ks
+}
+
 func TestBackoffDoublesToTheCapWhileCrashLooping(t *testing.T) {
 	p := Policy{Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, MinUptime: time.Minute}
 	waits, _, _ := run(t, p, repeat(time.Millisecond, 8))
 	want := []time.Duration{100e6, 200e6, 400e6, 800e6, 1e9, 1e9, 1e9}
-	if !slices.Equal(waits, want) {
-		t.Fatalf("waits %v, want %v", waits, want)
-	}
+	assert.Equal(t, want, waits, "waits")
 }
 
 // TestBudgetResetsAfterMinUptimeWithoutCalls: a child that stayed up the
@@ -75,14 +85,8 @@ func TestBackoffDoublesToTheCapWhileCrashLooping(t *testing.T) {
 func TestBudgetResetsAfterMinUptimeWithoutCalls(t *testing.T) {
 	p := Policy{MaxAttempts: 2, Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, MinUptime: time.Minute}
 	waits, events, _ := run(t, p, repeat(time.Hour, 11))
-	if !slices.Equal(waits, repeat(100*time.Millisecond, 10)) {
-		t.Fatalf("waits %v, want the first backoff each time", waits)
-	}
-	for _, ev := range events {
-		if ev.Kind == LeftDown {
-			t.Fatalf("left down after idle children that each stayed up an hour: %+v", events)
-		}
-	}
+	assert.Equal(t, repeat(100*time.Millisecond, 10), waits, "waits: the first backoff each time")
+	assert.NotContains(t, kinds(events), LeftDown, "left down after idle children that each stayed up an hour")
 }
 
 // TestPoisonCallsDoNotResetTheBudget: children that crash soon after
@@ -91,43 +95,37 @@ func TestBudgetResetsAfterMinUptimeWithoutCalls(t *testing.T) {
 func TestPoisonCallsDoNotResetTheBudget(t *testing.T) {
 	p := Policy{MaxAttempts: 3, Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, MinUptime: time.Minute}
 	waits, events, err := run(t, p, repeat(time.Second, 10))
-	if !slices.Equal(waits, []time.Duration{100e6, 200e6, 400e6}) {
-		t.Fatalf("waits %v", waits)
-	}
+	require.Equal(t, []time.Duration{100e6, 200e6, 400e6}, waits, "waits")
+	require.NotEmpty(t, events)
 	last := events[len(events)-1]
-	if last.Kind != LeftDown || last.Attempt != 3 || !errors.Is(err, errExit) {
-		t.Fatalf("last event %+v, Run returned %v; want LeftDown after 3 attempts and the exit error", last, err)
-	}
+	assert.Equal(t, LeftDown, last.Kind, "last event: LeftDown after 3 attempts")
+	assert.Equal(t, 3, last.Attempt, "last event: LeftDown after 3 attempts")
+	assert.ErrorIs(t, err, errExit, "Run returns the exit error")
 }
 
 func TestNoLimitByDefault(t *testing.T) {
 	p := Policy{Backoff: time.Millisecond, MaxBackoff: time.Millisecond, MinUptime: time.Minute}
 	waits, events, err := run(t, p, repeat(0, 51))
-	if len(waits) != 50 || err != nil {
-		t.Fatalf("%d attempts, Run returned %v; want 50 attempts until stopped", len(waits), err)
-	}
-	for _, ev := range events {
-		if ev.Kind == LeftDown {
-			t.Fatal("left down with MaxAttempts 0")
-		}
-	}
+	require.NoError(t, err, "Run")
+	require.Len(t, waits, 50, "attempts until stopped")
+	assert.NotContains(t, kinds(events), LeftDown, "left down with MaxAttempts 0")
 }
 
 func TestNegativeMaxAttemptsNeverRestarts(t *testing.T) {
 	waits, events, err := run(t, Policy{MaxAttempts: -1}, repeat(0, 3))
-	if len(waits) != 0 || len(events) != 2 || events[1].Kind != LeftDown || err == nil {
-		t.Fatalf("waits %v events %+v err %v; want Crashed, LeftDown and no attempt", waits, events, err)
-	}
+	assert.Empty(t, waits, "no attempt")
+	assert.Equal(t, []Kind{Crashed, LeftDown}, kinds(events), "events")
+	assert.Error(t, err, "Run")
 }
 
 func TestEventsInOrder(t *testing.T) {
 	clk := &fakeClock{now: time.Unix(0, 0)}
 	ctx, cancel := context.WithCancel(context.Background())
-	var kinds []Kind
+	var got []Kind
 	starts := 0
 	cfg := Config{
 		Policy: Policy{Backoff: time.Millisecond, MaxBackoff: time.Millisecond, MinUptime: time.Minute}, Clock: clk,
-		Event: func(ev Event) { kinds = append(kinds, ev.Kind) },
+		Event: func(ev Event) { got = append(got, ev.Kind) },
 		Start: func(context.Context) (Child, error) {
 			if starts++; starts == 1 {
 				return nil, errors.New("bad start")
@@ -137,7 +135,5 @@ func TestEventsInOrder(t *testing.T) {
 		},
 	}
 	_ = Run(ctx, cfg, fakeChild{clk, 0})
-	if want := []Kind{Crashed, RestartFailed, Restarted}; !slices.Equal(kinds, want) {
-		t.Fatalf("events %v, want %v", kinds, want)
-	}
+	assert.Equal(t, []Kind{Crashed, RestartFailed, Restarted}, got, "events")
 }
