@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 type lines struct {
@@ -55,22 +57,13 @@ func TestStartPumpsAndReaps(t *testing.T) {
 				cfg.SHA256 = shSum(t)
 			}
 			p, err := Start(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			<-p.Done()
-			if code := p.State().ExitCode(); code != 3 {
-				t.Fatalf("exit code %d, want 3", code)
-			}
-			if got := out.get(); len(got) != 1 || got[0] != "hello" {
-				t.Fatalf("stdout lines %q, want [hello] (only the configured environment)", got)
-			}
-			if got := p.StderrTail(); got != "err1\nerr2" {
-				t.Fatalf("stderr tail %q", got)
-			}
-			if _, err := os.Stat("/proc/" + itoa(p.Pid())); !os.IsNotExist(err) {
-				t.Fatalf("child %d still in /proc after Done (zombie?): %v", p.Pid(), err)
-			}
+			assert.Equal(t, 3, p.State().ExitCode(), "exit code")
+			assert.Equal(t, []string{"hello"}, out.get(), "stdout lines (only the configured environment)")
+			assert.Equal(t, "err1\nerr2", p.StderrTail(), "stderr tail")
+			_, err = os.Stat("/proc/" + itoa(p.Pid()))
+			assert.ErrorIs(t, err, os.ErrNotExist, "child %d still in /proc after Done (zombie?)", p.Pid())
 		})
 	}
 }
@@ -103,12 +96,9 @@ func TestChecksumMismatchRunsNothing(t *testing.T) {
 	sum := shSum(t)
 	sum[0] ^= 0xff
 	_, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "touch " + marker}, SHA256: sum})
-	if !errors.Is(err, ErrChecksum) {
-		t.Fatalf("Start error = %v, want ErrChecksum", err)
-	}
-	if _, err := os.Stat(marker); !os.IsNotExist(err) {
-		t.Fatal("the binary ran despite the checksum mismatch")
-	}
+	require.ErrorIs(t, err, ErrChecksum, "Start error")
+	_, err = os.Stat(marker)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the binary ran despite the checksum mismatch")
 }
 
 func TestStopEscalates(t *testing.T) {
@@ -125,32 +115,23 @@ func TestStopEscalates(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var out lines
 			p, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "echo started; " + tt.script}, Stdout: out.add})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if tt.want == 0 {
 				<-p.Done()
 			}
-			got := p.Stop(context.Background(), 200*time.Millisecond)
-			if got != tt.want {
-				t.Fatalf("Stop sent %v, want %v", got, tt.want)
-			}
-			if live := liveGroupMembers(t, p.Pid()); len(live) > 0 {
-				t.Fatalf("process group %d still has running members after Stop: %q", p.Pid(), live)
-			}
+			require.Equal(t, tt.want, p.Stop(context.Background(), 200*time.Millisecond), "Stop sent")
+			assert.Empty(t, liveGroupMembers(t, p.Pid()), "process group %d still has running members after Stop", p.Pid())
 		})
 	}
 }
 
 func TestParseChecksum(t *testing.T) {
 	good := "sha256:" + strings.Repeat("ab", 32)
-	if _, err := ParseChecksum(good); err != nil {
-		t.Fatal(err)
-	}
+	_, err := ParseChecksum(good)
+	require.NoError(t, err)
 	for _, bad := range []string{"", "md5:00", "sha256:zz", "sha256:" + strings.Repeat("ab", 31)} {
-		if _, err := ParseChecksum(bad); err == nil {
-			t.Errorf("ParseChecksum(%q) accepted", bad)
-		}
+		_, err := ParseChecksum(bad)
+		assert.Error(t, err, "ParseChecksum(%q) accepted", bad)
 	}
 }
 
@@ -163,32 +144,21 @@ func TestVerifiedScriptRuns(t *testing.T) {
 	}
 	script := []byte("#!/bin/sh\necho \"script ran: $1\" >&2\necho ok >&3\nexit 4\n")
 	path := filepath.Join(t.TempDir(), "plugin.sh")
-	if err := os.WriteFile(path, script, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(path, script, 0o755))
 	sum := sha256.Sum256(script)
 	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer r.Close()
 	var errs lines
 	p, err := Start(Config{Path: path, Args: []string{"arg"}, SHA256: sum[:], ExtraFiles: []*os.File{w}, Stderr: errs.add})
 	w.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	<-p.Done()
-	if code := p.State().ExitCode(); code != 4 {
-		t.Fatalf("exit code %d, want 4; stderr: %q", code, errs.get())
-	}
-	if got := errs.get(); len(got) != 1 || got[0] != "script ran: arg" {
-		t.Fatalf("stderr %q, want [\"script ran: arg\"]", got)
-	}
+	require.Equal(t, 4, p.State().ExitCode(), "exit code; stderr: %q", errs.get())
+	require.Equal(t, []string{"script ran: arg"}, errs.get(), "stderr")
 	out := make([]byte, 16)
-	if n, _ := r.Read(out); string(out[:n]) != "ok\n" {
-		t.Fatalf("descriptor 3 got %q, want \"ok\\n\"", out[:n])
-	}
+	n, _ := r.Read(out)
+	assert.Equal(t, "ok\n", string(out[:n]), "descriptor 3")
 }
 
 // childFds starts cfg (with a shell command that ends in listing its own
@@ -199,9 +169,7 @@ func childFds(t *testing.T, cfg Config) map[string]string {
 	var out lines
 	cfg.Stdout = out.add
 	p, err := Start(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	<-p.Done()
 	fds := map[string]string{}
 	for _, l := range out.get() {
@@ -227,21 +195,15 @@ func TestChildGetsOnlyItsDescriptors(t *testing.T) {
 	}
 	leak := filepath.Join(t.TempDir(), "inherited")
 	fd, err := syscall.Open(leak, syscall.O_CREAT|syscall.O_RDWR, 0o600) // no O_CLOEXEC
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer syscall.Close(fd)
 	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer r.Close()
 	defer w.Close()
 	script := []byte("#!/bin/sh\nexec ls -l /proc/self/fd\n")
 	path := filepath.Join(t.TempDir(), "list.sh")
-	if err := os.WriteFile(path, script, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(path, script, 0o755))
 	sum := sha256.Sum256(script)
 	for name, cfg := range map[string]Config{
 		"binary":             {Path: "/bin/sh", Args: []string{"-c", "exec ls -l /proc/self/fd"}, ExtraFiles: []*os.File{r, w}},
@@ -250,14 +212,10 @@ func TestChildGetsOnlyItsDescriptors(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			fds := childFds(t, cfg)
 			for _, n := range []string{"0", "1", "2", "3", "4"} {
-				if _, ok := fds[n]; !ok {
-					t.Errorf("descriptor %s missing: %v", n, fds)
-				}
+				assert.Contains(t, fds, n, "descriptor %s missing", n)
 				delete(fds, n)
 			}
-			if len(fds) != 0 {
-				t.Fatalf("the child has descriptors beyond 0-4: %v", fds)
-			}
+			assert.Empty(t, fds, "the child has descriptors beyond 0-4")
 		})
 	}
 }
@@ -274,7 +232,7 @@ func threads(t *testing.T) int {
 			return n
 		}
 	}
-	t.Fatal("no Threads line in /proc/self/status")
+	require.Fail(t, "no Threads line in /proc/self/status")
 	return 0
 }
 
@@ -292,16 +250,12 @@ func TestReapingBlocksNoThreadPerChild(t *testing.T) {
 	}()
 	for range n {
 		p, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "exec sleep 60"}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		ps = append(ps, p)
 	}
 	got := threads(t) - before
 	t.Logf("%d running children added %d host threads", n, got)
-	if got > 20 {
-		t.Fatalf("%d children added %d host threads, want at most 20", n, got)
-	}
+	assert.LessOrEqual(t, got, 20, "host threads added by %d children", n)
 }
 
 // TestChildSurvivesItsStarterThread: a child started by a goroutine that
@@ -309,9 +263,7 @@ func TestReapingBlocksNoThreadPerChild(t *testing.T) {
 // the parent-death signal is bound to the forker's thread.
 func TestChildSurvivesItsStarterThread(t *testing.T) {
 	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer r.Close()
 	type started struct {
 		p   *Process
@@ -325,9 +277,7 @@ func TestChildSurvivesItsStarterThread(t *testing.T) {
 		ch <- started{p, syscall.Gettid(), err}
 	}()
 	s := <-ch
-	if s.err != nil {
-		t.Fatal(s.err)
-	}
+	require.NoError(t, s.err)
 	defer func() { _ = s.p.Signal(syscall.SIGKILL); <-s.p.Done() }()
 	task := "/proc/self/task/" + itoa(s.tid)
 	for deadline := time.Now().Add(10 * time.Second); ; {
@@ -339,27 +289,23 @@ func TestChildSurvivesItsStarterThread(t *testing.T) {
 		}
 		runtime.Gosched()
 	}
-	if _, err := w.WriteString("go\n"); err != nil {
-		t.Fatal(err)
-	}
+	_, err = w.WriteString("go\n")
+	require.NoError(t, err)
 	w.Close()
 	<-s.p.Done()
-	if st := s.p.State(); !st.Exited() || st.ExitCode() != 0 {
-		t.Fatalf("the child ended with %v after its starter's thread exited, want exit status 0", st)
-	}
+	st := s.p.State()
+	assert.True(t, st.Exited() && st.ExitCode() == 0, "the child ended with %v after its starter's thread exited, want exit status 0", st)
 }
 
 // TestStderrTailIsBounded: a child flooding stderr without newlines leaves
 // a short tail, not megabytes.
 func TestStderrTailIsBounded(t *testing.T) {
 	p, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "head -c 2000000 /dev/zero | tr '\\0' x >&2; exit 1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	<-p.Done()
-	if n := len(p.StderrTail()); n == 0 || n > tailLines*(tailLineMax+4) {
-		t.Fatalf("stderr tail of %d bytes, want 1..%d", n, tailLines*(tailLineMax+4))
-	}
+	tail := p.StderrTail()
+	assert.NotEmpty(t, tail, "stderr tail")
+	assert.LessOrEqual(t, len(tail), tailLines*(tailLineMax+4), "stderr tail bytes")
 }
 
 // TestStopSinceCountsFromTheRequest: when the polite request itself took
@@ -371,18 +317,12 @@ func TestStopSinceCountsFromTheRequest(t *testing.T) {
 		Path: "/bin/sh", Args: []string{"-c", `trap "" TERM; echo ready; while :; do sleep 1; done`},
 		Stdout: func([]byte) { ready <- struct{}{} },
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	<-ready
 	const grace = 300 * time.Millisecond
 	asked := time.Now().Add(-grace) // the request took the first grace period
-	if got := p.StopSince(context.Background(), asked, grace); got != syscall.SIGKILL {
-		t.Fatalf("StopSince sent %v, want SIGKILL", got)
-	}
-	if took := time.Since(asked); took >= 3*grace {
-		t.Fatalf("the stop ended %v after the request, past 2 grace periods of %v", took, grace)
-	}
+	require.Equal(t, syscall.SIGKILL, p.StopSince(context.Background(), asked, grace), "StopSince sent")
+	assert.Less(t, time.Since(asked), 3*grace, "the stop ended past 2 grace periods of %v after the request", grace)
 }
 
 // TestSignalAfterReapSparesARecycledGroup: once the child is reaped its
@@ -398,16 +338,14 @@ func TestSignalAfterReapSparesARecycledGroup(t *testing.T) {
 		f.Close()
 	}
 	p, err := Start(Config{Path: "/bin/sh", Args: []string{"-c", "setsid sleep 3 & sleep 0.3"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	proc := "/proc/" + itoa(p.Pid())
 	for deadline := time.Now().Add(10 * time.Second); ; runtime.Gosched() {
 		if _, err := os.Stat(proc); os.IsNotExist(err) {
 			break // reaped
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the child was not reaped within 10s")
+			require.Fail(t, "the child was not reaped within 10s")
 		}
 	}
 	select {
@@ -422,9 +360,7 @@ func TestSignalAfterReapSparesARecycledGroup(t *testing.T) {
 		}
 		cmd := exec.Command("/bin/sleep", "60")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, cmd.Start())
 		if cmd.Process.Pid == p.Pid() {
 			other = cmd
 			break
@@ -435,13 +371,10 @@ func TestSignalAfterReapSparesARecycledGroup(t *testing.T) {
 	if other == nil {
 		t.Skip("could not recycle the pid")
 	}
-	if err := p.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, p.Signal(syscall.SIGKILL))
 	_ = other.Process.Signal(syscall.SIGTERM)
 	err = other.Wait()
-	if ws, ok := other.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGTERM {
-		t.Fatalf("the process that got the recycled pid ended with %v, want SIGTERM (Signal reached it)", err)
-	}
+	ws, ok := other.ProcessState.Sys().(syscall.WaitStatus)
+	require.True(t, ok && ws.Signal() == syscall.SIGTERM, "the process that got the recycled pid ended with %v, want SIGTERM (Signal reached it)", err)
 	<-p.Done()
 }
