@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/goplugins/goplugins/internal/wire"
 )
 
@@ -71,7 +74,7 @@ func TestServeFlushesBeforeReturning(t *testing.T) {
 	// returns within microseconds; this bound only gives it time to.
 	select {
 	case err := <-h.done:
-		t.Fatalf("Serve returned (%v) while an answer was queued behind a write in progress", err)
+		require.Failf(t, "Serve returned while an answer was queued behind a write in progress", "Serve returned %v", err)
 	case <-time.After(300 * time.Millisecond):
 	}
 	close(out.proceed)
@@ -83,10 +86,7 @@ func TestServeFlushesBeforeReturning(t *testing.T) {
 		}
 		got[f.ID] = f.Type
 	}
-	if got[1] != wire.TypeResult || got[2] != wire.TypeError {
-		t.Fatalf("answers before the end of the stream: %v; want RESULT for 1 and ERROR for 2", got)
-	}
-	if err := <-h.done; err != nil {
-		t.Fatalf("serve after SHUTDOWN: %v", err)
-	}
+	require.Equal(t, wire.TypeResult, got[1], "answer to 1 before the end of the stream: %v", got)
+	require.Equal(t, wire.TypeError, got[2], "answer to 2 before the end of the stream: %v", got)
+	assert.NoError(t, <-h.done, "serve after SHUTDOWN")
 }

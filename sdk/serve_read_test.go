@@ -5,6 +5,8 @@ import (
 	"io"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/goplugins/goplugins/internal/wire"
@@ -60,19 +62,16 @@ func TestServeReadsWhileHandlerBlocks(t *testing.T) {
 	want := map[uint64]string{1: `"released"`, 2: `"release"`}
 	for range 2 {
 		f := h.read()
-		if f.Type != wire.TypeResult || string(f.Payload) != want[f.ID] {
-			t.Fatalf("got %s %d %q, want RESULT %q", f.Type, f.ID, f.Payload, want[f.ID])
-		}
+		require.Equal(t, wire.TypeResult, f.Type, "answer to %d; payload %q", f.ID, f.Payload)
+		require.Equal(t, want[f.ID], string(f.Payload), "RESULT %d", f.ID)
 		delete(want, f.ID)
 	}
 	h.send(wire.TypeCall, 3, "wait") // released already: answers at once
-	if f := h.read(); f.ID != 3 || string(f.Payload) != `"released"` {
-		t.Fatalf("got %s %d %q, want RESULT 3", f.Type, f.ID, f.Payload)
-	}
+	f := h.read()
+	require.Equal(t, uint64(3), f.ID, "answer's id")
+	require.Equal(t, `"released"`, string(f.Payload), "RESULT 3")
 	h.toPl.Close()
-	if err := <-h.done; err != nil {
-		t.Fatalf("serve after EOF: %v", err)
-	}
+	assert.NoError(t, <-h.done, "serve after EOF")
 }
 
 // TestServeCancelReachesBlockedHandler: the CANCEL of a request whose
@@ -83,12 +82,8 @@ func TestServeCancelReachesBlockedHandler(t *testing.T) {
 	h.handshake()
 	h.send(wire.TypeCall, 1, "wait")
 	h.send(wire.TypeCancel, 1, nil)
-	if r := h.errorReply(h.read()); r.Code != wire.CodeCanceled {
-		t.Fatalf("cancelled call answered %+v, want code canceled", r)
-	}
+	require.Equal(t, wire.CodeCanceled, h.errorReply(h.read()).Code, "cancelled call's answer")
 	h.send(wire.TypeShutdown, 0, nil)
-	if err := <-h.done; err != nil {
-		t.Fatalf("serve after SHUTDOWN: %v", err)
-	}
+	assert.NoError(t, <-h.done, "serve after SHUTDOWN")
 	h.toPl.Close() // the reader, reading on after SHUTDOWN, meets EOF
 }

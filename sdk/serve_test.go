@@ -9,6 +9,9 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/goplugins/goplugins/internal/wire"
 )
 
@@ -74,29 +77,21 @@ func (h *host) send(t wire.Type, id uint64, payload any) {
 	default:
 		b, _ = json.Marshal(p)
 	}
-	if err := h.w.Write(t, id, b); err != nil {
-		h.t.Fatal(err)
-	}
+	require.NoError(h.t, h.w.Write(t, id, b))
 }
 
 func (h *host) read() wire.Frame {
 	h.t.Helper()
 	f, err := h.r.Read()
-	if err != nil {
-		h.t.Fatalf("reading from the plugin: %v", err)
-	}
+	require.NoError(h.t, err, "reading from the plugin")
 	return f
 }
 
 func (h *host) errorReply(f wire.Frame) wire.ErrorReply {
 	h.t.Helper()
-	if f.Type != wire.TypeError {
-		h.t.Fatalf("got %s %q, want ERROR", f.Type, f.Payload)
-	}
+	require.Equal(h.t, wire.TypeError, f.Type, "frame type; payload %q", f.Payload)
 	var r wire.ErrorReply
-	if err := json.Unmarshal(f.Payload, &r); err != nil {
-		h.t.Fatal(err)
-	}
+	require.NoError(h.t, json.Unmarshal(f.Payload, &r))
 	return r
 }
 
@@ -105,9 +100,8 @@ func (h *host) handshake() wire.Welcome {
 	h.send(wire.TypeHello, 0, wire.Hello{Protocols: []int{1}, Codec: "json", MaxFrameSize: 2048})
 	f := h.read()
 	var w wire.Welcome
-	if f.Type != wire.TypeWelcome || json.Unmarshal(f.Payload, &w) != nil {
-		h.t.Fatalf("handshake answer %s %q", f.Type, f.Payload)
-	}
+	require.Equal(h.t, wire.TypeWelcome, f.Type, "handshake answer; payload %q", f.Payload)
+	require.NoError(h.t, json.Unmarshal(f.Payload, &w), "handshake answer")
 	return w
 }
 
@@ -124,28 +118,23 @@ func TestServeHandshakeRefusals(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := startServe(t, echo{})
 			h.send(wire.TypeHello, 0, tt.hello)
-			if r := h.errorReply(h.read()); r.Code != tt.code {
-				t.Fatalf("code %q, want %q", r.Code, tt.code)
-			}
-			if err := <-h.done; err == nil {
-				t.Fatal("serve returned nil after refusing the handshake")
-			}
+			require.Equal(t, tt.code, h.errorReply(h.read()).Code, "code")
+			assert.Error(t, <-h.done, "serve returned nil after refusing the handshake")
 		})
 	}
 }
 
 func TestServeSurfacesDetected(t *testing.T) {
 	h := startServe(t, stateful{})
-	if w := h.handshake(); strings.Join(w.Surfaces, ",") != "state" || w.Name != "t" || w.Protocol != 1 {
-		t.Fatalf("WELCOME = %+v; want surfaces [state]", w)
-	}
+	w := h.handshake()
+	assert.Equal(t, []string{"state"}, w.Surfaces, "WELCOME surfaces")
+	assert.Equal(t, "t", w.Name, "WELCOME name")
+	assert.Equal(t, 1, w.Protocol, "WELCOME protocol")
 }
 
 func TestServeRequests(t *testing.T) {
 	h := startServe(t, echo{}, WithMaxFrameSize(1024))
-	if w := h.handshake(); w.MaxFrameSize != 1024 {
-		t.Fatalf("declared max frame size %d, want 1024", w.MaxFrameSize)
-	}
+	require.Equal(t, 1024, h.handshake().MaxFrameSize, "declared max frame size")
 	tests := []struct {
 		name    string
 		typ     wire.Type
@@ -168,18 +157,14 @@ func TestServeRequests(t *testing.T) {
 			h.t = t
 			h.send(tt.typ, id, tt.payload)
 			f := h.read()
-			if f.ID != id {
-				t.Fatalf("answer for id %d, want %d", f.ID, id)
-			}
+			require.Equal(t, id, f.ID, "answer's id")
 			if tt.code != "" {
-				if r := h.errorReply(f); r.Code != tt.code {
-					t.Fatalf("error %+v, want code %q", r, tt.code)
-				}
+				r := h.errorReply(f)
+				assert.Equal(t, tt.code, r.Code, "error %+v", r)
 				return
 			}
-			if f.Type != wire.TypeResult || string(f.Payload) != tt.result {
-				t.Fatalf("got %s %q, want RESULT %q", f.Type, f.Payload, tt.result)
-			}
+			assert.Equal(t, wire.TypeResult, f.Type, "frame type; payload %q", f.Payload)
+			assert.Equal(t, tt.result, string(f.Payload), "RESULT payload")
 		})
 	}
 }
@@ -189,13 +174,9 @@ func TestServeCancelAndShutdown(t *testing.T) {
 	h.handshake()
 	h.send(wire.TypeCall, 1, "block")
 	h.send(wire.TypeCancel, 1, nil)
-	if r := h.errorReply(h.read()); r.Code != wire.CodeCanceled {
-		t.Fatalf("cancelled call answered %+v, want code canceled", r)
-	}
+	require.Equal(t, wire.CodeCanceled, h.errorReply(h.read()).Code, "cancelled call's answer")
 	h.send(wire.TypeShutdown, 0, nil)
-	if err := <-h.done; err != nil {
-		t.Fatalf("serve after SHUTDOWN: %v", err)
-	}
+	assert.NoError(t, <-h.done, "serve after SHUTDOWN")
 }
 
 func TestServeShutdownWaitsForRequests(t *testing.T) {
@@ -204,21 +185,15 @@ func TestServeShutdownWaitsForRequests(t *testing.T) {
 	h.send(wire.TypeCall, 1, "block")
 	h.send(wire.TypeShutdown, 0, nil)
 	h.send(wire.TypeCall, 2, "late")
-	if r := h.errorReply(h.read()); r.Code != wire.CodeShuttingDown {
-		t.Fatalf("request after SHUTDOWN answered %+v, want code shutting_down", r)
-	}
+	require.Equal(t, wire.CodeShuttingDown, h.errorReply(h.read()).Code, "request after SHUTDOWN answered")
 	select {
 	case err := <-h.done:
-		t.Fatalf("serve returned (%v) with a request in flight", err)
+		require.Failf(t, "serve returned with a request in flight", "serve returned %v", err)
 	default:
 	}
 	h.send(wire.TypeCancel, 1, nil)
-	if r := h.errorReply(h.read()); r.Code != wire.CodeCanceled {
-		t.Fatalf("request 1 answered %+v, want code canceled", r)
-	}
-	if err := <-h.done; err != nil {
-		t.Fatalf("serve after SHUTDOWN: %v", err)
-	}
+	require.Equal(t, wire.CodeCanceled, h.errorReply(h.read()).Code, "request 1 answered")
+	assert.NoError(t, <-h.done, "serve after SHUTDOWN")
 }
 
 func TestServeHostGoneCancelsHandlers(t *testing.T) {
@@ -227,18 +202,16 @@ func TestServeHostGoneCancelsHandlers(t *testing.T) {
 	h.handshake()
 	h.send(wire.TypeCall, 1, "wait")
 	h.toPl.Close()
-	if err := <-h.done; err != nil {
-		t.Fatalf("serve after EOF: %v", err)
-	}
+	require.NoError(t, <-h.done, "serve after EOF")
 	<-o.seen // the handler's ctx ended: without cancellation this hangs
 }
 
 func TestErrorf(t *testing.T) {
 	err := Errorf("busy", true, "queue %d full", 3)
 	var e *Error
-	if !errors.As(err, &e) || e.Code != "busy" || !e.Retryable || e.Message != "queue 3 full" || err.Error() != "busy: queue 3 full" {
-		t.Fatalf("Errorf = %#v", err)
-	}
+	require.ErrorAs(t, err, &e, "Errorf")
+	assert.Equal(t, &Error{Code: "busy", Retryable: true, Message: "queue 3 full"}, e, "Errorf")
+	assert.EqualError(t, err, "busy: queue 3 full", "Errorf")
 }
 
 // failing answers every request with its error.
@@ -264,34 +237,25 @@ func TestServeErrorReplyFitsHostLimit(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := startServe(t, failing{tt.err})
 			h.send(wire.TypeHello, 0, wire.Hello{Protocols: []int{1}, Codec: "json", MaxFrameSize: limit})
-			if f := h.read(); f.Type != wire.TypeWelcome {
-				t.Fatalf("handshake answer %s", f.Type)
-			}
+			require.Equal(t, wire.TypeWelcome, h.read().Type, "handshake answer")
 			h.send(wire.TypeCall, 1, "x")
 			h.send(wire.TypeHealth, 2, nil)
 			f := h.read() // requests are served concurrently: either comes first
 			if f.ID != 1 {
-				if f = h.read(); f.ID != 1 {
-					t.Fatalf("answers for ids 2 and %d: the error reply to id 1 was dropped", f.ID)
-				}
+				f = h.read()
+				require.Equal(t, uint64(1), f.ID, "answers for ids 2 and %d: the error reply to id 1 was dropped", f.ID)
 			}
-			if size := len(f.Payload) + wire.MinFrameSize; size > limit {
-				t.Fatalf("ERROR frame of %d bytes, over the host's limit of %d", size, limit)
-			}
+			require.LessOrEqual(t, len(f.Payload)+wire.MinFrameSize, limit, "ERROR frame over the host's limit")
 			r := h.errorReply(f)
-			if r.Code != tt.code || !r.Retryable != !errors.As(tt.err, new(*Error)) {
-				t.Fatalf("reply %+v, want code %q and the retryable flag kept", r, tt.code)
-			}
+			require.Equal(t, tt.code, r.Code, "reply %+v", r)
+			require.Equal(t, errors.As(tt.err, new(*Error)), r.Retryable, "reply %+v: the retryable flag kept", r)
 			if tt.prefixOf == "" {
-				if r.Message != errorReplyTooLarge {
-					t.Fatalf("message %q, want %q", r.Message, errorReplyTooLarge)
-				}
+				assert.Equal(t, errorReplyTooLarge, r.Message, "message")
 				return
 			}
 			msg, cut := strings.CutSuffix(r.Message, "…")
-			if !cut || msg == "" || !strings.HasPrefix(tt.prefixOf, msg) || !utf8.ValidString(msg) {
-				t.Fatalf("message %q, want a non-empty prefix of the original marked with …", r.Message)
-			}
+			assert.True(t, cut && msg != "" && strings.HasPrefix(tt.prefixOf, msg) && utf8.ValidString(msg),
+				"message %q, want a non-empty prefix of the original marked with …", r.Message)
 		})
 	}
 }
