@@ -7,10 +7,11 @@ import (
 	"errors"
 	"io"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // FuzzManifest feeds arbitrary bytes to ParseManifest as JSON and as YAML.
@@ -31,36 +32,23 @@ func FuzzManifest(f *testing.F) {
 		}
 		m, err := ParseManifest(path, data)
 		if err != nil {
-			if m != nil {
-				t.Fatalf("an error and a manifest: %v", err)
-			}
-			if ErrorCode(err) != CodeInvalidManifest {
-				t.Fatalf("error code %q, want %q: %v", ErrorCode(err), CodeInvalidManifest, err)
-			}
-			if !strings.Contains(err.Error(), path) {
-				t.Fatalf("the error does not name the file: %v", err)
-			}
+			require.Nil(t, m, "an error and a manifest: %v", err)
+			require.Equal(t, CodeInvalidManifest, ErrorCode(err), "error code: %v", err)
+			require.Contains(t, err.Error(), path, "the error does not name the file")
 			return
 		}
 		checkManifestRules(t, m, data)
 
 		again, err := ParseManifest(path, data)
-		if err != nil || !reflect.DeepEqual(m, again) {
-			t.Fatalf("parsing the same bytes again differs: %v", err)
-		}
+		require.NoError(t, err, "parsing the same bytes again")
+		require.Equal(t, m, again, "parsing the same bytes again differs")
 
 		out, err := json.Marshal(manifestJSONForm(m))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		back, err := ParseManifest(filepath.Join(dir, "plugin.json"), out)
-		if err != nil {
-			t.Fatalf("the manifest written back does not parse: %v\n%s", err, out)
-		}
+		require.NoError(t, err, "the manifest written back does not parse:\n%s", out)
 		back.Hash, back.Path = m.Hash, m.Path
-		if !reflect.DeepEqual(m, back) {
-			t.Fatalf("the manifest written back differs:\n%#v\n%#v", m, back)
-		}
+		require.Equal(t, m, back, "the manifest written back differs")
 	})
 }
 
@@ -82,12 +70,8 @@ func checkJSONDecoder(t *testing.T, data []byte) {
 			err = errors.New("trailing data")
 		}
 	}
-	if err != nil {
-		t.Fatalf("accepted what encoding/json refuses (%v): %q", err, data)
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("decoded differently from encoding/json:\n%#v\n%#v", got, want)
-	}
+	require.NoError(t, err, "accepted what encoding/json refuses: %q", data)
+	require.Equal(t, want, got, "decoded differently from encoding/json")
 }
 
 // UnmarshalJSON gives encoding/json the dependency forms, for
@@ -108,46 +92,37 @@ func (d *rawDependency) UnmarshalJSON(b []byte) error {
 // checkManifestRules checks what validation promises about m.
 func checkManifestRules(t *testing.T, m *Manifest, data []byte) {
 	t.Helper()
-	if ValidateName(m.Name) != nil {
-		t.Fatalf("accepted name %q", m.Name)
+	require.NoError(t, ValidateName(m.Name), "accepted name %q", m.Name)
+	require.NotNil(t, m.SemVer(), "accepted version %q", m.Version)
+	require.Equal(t, m.Version, m.SemVer().Original(), "accepted version")
+	require.Contains(t, manifestTransports, m.Transport, "accepted transport")
+	if m.Transport == "subprocess" {
+		require.NotEmpty(t, m.Command, "subprocess without command")
 	}
-	if m.SemVer() == nil || m.SemVer().Original() != m.Version {
-		t.Fatalf("accepted version %q", m.Version)
-	}
-	if !slices.Contains(manifestTransports, m.Transport) {
-		t.Fatalf("accepted transport %q", m.Transport)
-	}
-	if m.Transport == "subprocess" && m.Command == "" {
-		t.Fatal("subprocess without command")
-	}
-	if m.Transport == "grpc" && (m.Command == "") == (m.Endpoint == "") {
-		t.Fatal("grpc needs exactly one of command and endpoint")
+	if m.Transport == "grpc" {
+		require.NotEqual(t, m.Command == "", m.Endpoint == "", "grpc needs exactly one of command and endpoint")
 	}
 	for _, p := range []string{m.Command, tlsField(m, func(t *ManifestTLS) string { return t.CAFile }),
 		tlsField(m, func(t *ManifestTLS) string { return t.CertFile }), tlsField(m, func(t *ManifestTLS) string { return t.KeyFile })} {
-		if p != "" && !strings.HasPrefix(p, m.Dir+string(filepath.Separator)) {
-			t.Fatalf("path %q leaves the plugin folder %q", p, m.Dir)
+		if p != "" {
+			require.True(t, strings.HasPrefix(p, m.Dir+string(filepath.Separator)), "path %q leaves the plugin folder %q", p, m.Dir)
 		}
 	}
 	for _, d := range []int64{int64(m.Timeout), int64(m.Health.Interval), int64(m.Health.Timeout), int64(m.Restart.Backoff), int64(m.Restart.MaxBackoff)} {
-		if d < 0 {
-			t.Fatal("negative duration accepted")
-		}
+		require.GreaterOrEqual(t, d, int64(0), "negative duration accepted")
 	}
-	if _, err := parseConstraint(m.Name, m.Requires.Host); m.Requires.Host != "" && err != nil {
-		t.Fatal("host constraint not parsed")
+	if m.Requires.Host != "" {
+		_, err := parseConstraint(m.Name, m.Requires.Host)
+		require.NoError(t, err, "host constraint not parsed")
 	}
-	if !slices.IsSortedFunc(m.Dependencies, func(a, b Dependency) int { return strings.Compare(a.Name, b.Name) }) {
-		t.Fatal("dependencies not sorted")
-	}
+	require.True(t, slices.IsSortedFunc(m.Dependencies, func(a, b Dependency) int { return strings.Compare(a.Name, b.Name) }),
+		"dependencies not sorted")
 	for _, d := range m.Dependencies {
-		if _, err := parseConstraint(m.Name, d.Constraint); err != nil || d.Name == m.Name {
-			t.Fatalf("dependency %q accepted", d.Name)
-		}
+		_, err := parseConstraint(m.Name, d.Constraint)
+		require.NoError(t, err, "dependency %q accepted", d.Name)
+		require.NotEqual(t, m.Name, d.Name, "dependency %q accepted", d.Name)
 	}
-	if m.Hash != sha256.Sum256(data) {
-		t.Fatal("hash is not the SHA-256 of the bytes")
-	}
+	require.Equal(t, sha256.Sum256(data), m.Hash, "hash is not the SHA-256 of the bytes")
 }
 
 func tlsField(m *Manifest, f func(*ManifestTLS) string) string {
