@@ -94,7 +94,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad rate", "c.yaml", "defaults: {breaker: {failure_rate: 2}}\n", ErrInvalidConfig, "failure_rate"},
 		{"duplicate plugin", "c.yaml", "plugins:\n - {name: a, version: 1.0.0, transport: inprocess}\n - {name: a, version: 1.1.0, transport: inprocess}\n", ErrInvalidConfig, "plugins[1]"},
 		{"invalid inline manifest", "c.yaml", "plugins:\n - {name: a, version: 1.0, transport: inprocess}\n", ErrInvalidManifest, "plugins[0]"},
-		{"inline path escape", "c.yaml", "plugins:\n - {name: a, version: 1.0.0, transport: subprocess, command: ../../bin/a}\n", ErrPathEscape, "command"},
+		{"inline path escape", "c.yaml", "plugins:\n - {name: a, version: 1.0.0, transport: subprocess, command: ../../bin/a}\n", ErrInvalidManifest, "command"},
 		{"reference with other fields", "c.yaml", "plugins:\n - {manifest: ./x/plugin.json, name: a}\n", ErrInvalidConfig, "no other field"},
 		{"missing reference", "c.yaml", "plugins:\n - {manifest: ./nope/plugin.json}\n", ErrInvalidManifest, "nope"},
 		{"bad extension", "c.toml", "x = 1\n", ErrInvalidConfig, ".toml"},

@@ -96,9 +96,9 @@ func (w *ConfigWatcher) Start(ctx context.Context) error {
 	defer w.lifecycle.Unlock()
 	switch {
 	case w.closed:
-		return newError(CodeClosed, "", "configuration watcher for %s is closed; make a new one", w.path)
+		return newError(codeClosed, "", "configuration watcher for %s is closed; make a new one", w.path)
 	case w.started:
-		return newError(CodeInvalidConfig, "", "configuration watcher for %s is started already", w.path)
+		return newError(codeInvalidConfig, "", "configuration watcher for %s is started already", w.path)
 	case ctx.Err() != nil:
 		return canceledError(ctx, "")
 	}
@@ -111,7 +111,7 @@ func (w *ConfigWatcher) Start(ctx context.Context) error {
 	fw := newFileWatch(w.opts.PollInterval, w.log)
 	if err := fw.start(runCtx, watchedPaths(cfg), initial, w.events, w.check, w.done); err != nil {
 		cancel()
-		return wrapError(err, CodeInvalidConfig, "", "configuration %s", w.path)
+		return wrapError(err, codeInvalidConfig, "", "configuration %s", w.path)
 	}
 	w.started, w.cancel = true, cancel
 	return nil
@@ -198,7 +198,7 @@ func (w *ConfigWatcher) check(context.Context) ([]DiscoveryEvent, []string, bool
 // invalid handles a file that does not load: it is reported once it has
 // stayed the same for one check, and only once while it stays so.
 func (w *ConfigWatcher) invalid(err error) ([]DiscoveryEvent, bool) {
-	data, rerr := readSmallFile(w.path, configMaxSize, "configuration", CodeInvalidConfig)
+	data, rerr := readSmallFile(w.path, configMaxSize, "configuration", codeInvalidConfig)
 	if rerr != nil {
 		data = []byte(rerr.Error()) // not a file that reads: the same while its problem is
 	}

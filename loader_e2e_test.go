@@ -99,7 +99,7 @@ func TestSubprocessFactoryRefusesOtherProtocol(t *testing.T) {
 		[]byte(`{"name": "echo", "version": "1.0.0", "transport": "subprocess", "command": "./echo", "requires": {"protocol": 2}}`))
 	require.NoError(t, err)
 	_, err = SubprocessFactory[echoReq, echoResp](SubprocessConfig{})(context.Background(), mf)
-	require.ErrorIs(t, err, ErrProtocolVersion)
+	require.ErrorIs(t, err, ErrHandshake)
 	require.ErrorContains(t, err, "protocol 2")
 }
 

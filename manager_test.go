@@ -434,9 +434,9 @@ func TestShutdown(t *testing.T) {
 	}
 	require.Equal(t, int32(3), events.Load(), "queued events are delivered before Shutdown returns")
 	_, err := m.Execute(context.Background(), "a", 1)
-	require.ErrorIs(t, err, ErrShuttingDown)
-	require.ErrorIs(t, m.Register(newEcho("d", "1.0.0")), ErrShuttingDown)
-	require.ErrorIs(t, m.Unregister(context.Background(), "a"), ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
+	require.ErrorIs(t, m.Register(newEcho("d", "1.0.0")), ErrClosed)
+	require.ErrorIs(t, m.Unregister(context.Background(), "a"), ErrClosed)
 }
 
 func TestShutdownConcurrentCallers(t *testing.T) {
@@ -697,14 +697,14 @@ func TestPluginsSorted(t *testing.T) {
 }
 
 func TestErrorsAreCoded(t *testing.T) {
-	err := newError(CodeNotFound, "auth", "check the name")
+	err := newError(codeNotFound, "auth", "check the name")
 	require.ErrorIs(t, err, ErrNotFound)
 	require.NotErrorIs(t, err, ErrTimeout)
-	require.Equal(t, CodeNotFound, ErrorCode(err))
+	require.Equal(t, codeNotFound, ErrorCode(err))
 	require.Contains(t, err.Error(), `plugin "auth": check the name`)
 
 	cause := errors.New("disk full")
-	w := wrapError(cause, CodeTransport, "auth", "writing")
+	w := wrapError(cause, codeTransport, "auth", "writing")
 	require.ErrorIs(t, w, ErrTransport)
 	require.ErrorIs(t, w, cause)
 	require.Contains(t, w.Error(), "disk full")

@@ -34,8 +34,8 @@ func FuzzManifest(f *testing.F) {
 			if m != nil {
 				t.Fatalf("an error and a manifest: %v", err)
 			}
-			if ErrorCode(err) != CodeInvalidManifest {
-				t.Fatalf("error code %q, want %q: %v", ErrorCode(err), CodeInvalidManifest, err)
+			if ErrorCode(err) != codeInvalidManifest {
+				t.Fatalf("error code %q, want %q: %v", ErrorCode(err), codeInvalidManifest, err)
 			}
 			if !strings.Contains(err.Error(), path) {
 				t.Fatalf("the error does not name the file: %v", err)

@@ -86,7 +86,7 @@ func TestManifestLoadTestdata(t *testing.T) {
 		path := filepath.Join(dir, "bad-fields", "plugin.json")
 		_, err := LoadManifest(path)
 		require.ErrorIs(t, err, ErrInvalidManifest)
-		require.ErrorIs(t, err, ErrPathEscape)
+		require.ErrorIs(t, err, ErrInvalidManifest)
 		for _, field := range []string{`"name"`, `"version"`, `"command"`, `"requires.host"`, `"timeout"`, `"health.interval"`} {
 			assert.Contains(t, err.Error(), "field "+field)
 		}
@@ -134,11 +134,11 @@ func TestManifestInvalid(t *testing.T) {
 		{name: "grpc bad port", data: `{` + base + `"transport": "grpc", "endpoint": "h:99999"}`, want: []string{`field "endpoint"`, "1 to 65535"}},
 		{name: "tls half mTLS", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"cert_file": "c.pem"}}`, want: []string{`field "tls.cert_file"`, "give both or neither"}},
 		{name: "tls insecure refused", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"insecure": true}}`, want: []string{`field "tls.insecure"`, "not supported"}},
-		{name: "tls path escape", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"ca_file": "../ca.pem"}}`, is: ErrPathEscape, want: []string{`field "tls.ca_file"`, "outside the plugin folder"}},
-		{name: "command escape", data: `{` + base + `"transport": "subprocess", "command": "../other/bin"}`, is: ErrPathEscape, want: []string{`field "command"`, "outside the plugin folder"}},
-		{name: "command escape through folder", data: `{` + base + `"transport": "subprocess", "command": "sub/../../bin"}`, is: ErrPathEscape, want: []string{`field "command"`}},
-		{name: "command absolute", data: `{` + base + `"transport": "subprocess", "command": "/usr/bin/env"}`, is: ErrPathEscape, want: []string{`field "command"`}},
-		{name: "command is the folder", data: `{` + base + `"transport": "subprocess", "command": "."}`, is: ErrPathEscape, want: []string{`field "command"`}},
+		{name: "tls path escape", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"ca_file": "../ca.pem"}}`, is: ErrInvalidManifest, want: []string{`field "tls.ca_file"`, "outside the plugin folder"}},
+		{name: "command escape", data: `{` + base + `"transport": "subprocess", "command": "../other/bin"}`, is: ErrInvalidManifest, want: []string{`field "command"`, "outside the plugin folder"}},
+		{name: "command escape through folder", data: `{` + base + `"transport": "subprocess", "command": "sub/../../bin"}`, is: ErrInvalidManifest, want: []string{`field "command"`}},
+		{name: "command absolute", data: `{` + base + `"transport": "subprocess", "command": "/usr/bin/env"}`, is: ErrInvalidManifest, want: []string{`field "command"`}},
+		{name: "command is the folder", data: `{` + base + `"transport": "subprocess", "command": "."}`, is: ErrInvalidManifest, want: []string{`field "command"`}},
 		{name: "args NUL", data: `{` + base + `"transport": "subprocess", "command": "p", "args": ["a\u0000b"]}`, want: []string{`field "args"`}},
 		{name: "env bad name", data: `{` + base + `"transport": "subprocess", "command": "p", "env": {"A=B": "c"}}`, want: []string{`field "env"`}},
 		{name: "checksum prefix", data: `{` + base + `"transport": "subprocess", "command": "p", "checksum": "md5:00"}`, want: []string{`field "checksum"`, `"sha256:"`}},
@@ -188,7 +188,7 @@ func TestManifestAllowOutside(t *testing.T) {
 		"args": ["x"]}`)
 
 	_, err := ParseManifest(path, data)
-	require.ErrorIs(t, err, ErrPathEscape)
+	require.ErrorIs(t, err, ErrInvalidManifest)
 
 	m, err := ParseManifest(path, data, ManifestAllowOutside(true))
 	require.NoError(t, err)

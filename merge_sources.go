@@ -166,5 +166,5 @@ func (ms *mergedSource) shadowed(src int, name string) DiscoveryEvent {
 	mf := ms.offered[src][name]
 	winner := ms.offered[ms.owner[name]][name]
 	return DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: mf.Path,
-		Err: newError(CodeInvalidManifest, name, "manifest %s is not used: %s offers the same plugin and comes first", mf.Path, winner.Path)}
+		Err: newError(codeInvalidManifest, name, "manifest %s is not used: %s offers the same plugin and comes first", mf.Path, winner.Path)}
 }

@@ -113,10 +113,10 @@ const MaxNameLen = 64
 // The error matches ErrInvalidName.
 func ValidateName(name string) error {
 	if name == "" {
-		return newError(CodeInvalidName, "", "plugin name is empty; use 1 to %d characters of [a-z0-9._-]", MaxNameLen)
+		return newError(codeInvalidName, "", "plugin name is empty; use 1 to %d characters of [a-z0-9._-]", MaxNameLen)
 	}
 	if len(name) > MaxNameLen {
-		return newError(CodeInvalidName, "", "plugin name %.20q... is %d bytes long; the limit is %d", name, len(name), MaxNameLen)
+		return newError(codeInvalidName, "", "plugin name %.20q... is %d bytes long; the limit is %d", name, len(name), MaxNameLen)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
@@ -124,7 +124,7 @@ func ValidateName(name string) error {
 		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
 		case (c == '.' || c == '_' || c == '-') && i > 0:
 		default:
-			return newError(CodeInvalidName, "", "plugin name %q has %q at byte %d; use [a-z0-9._-], starting with a letter or digit", name, c, i)
+			return newError(codeInvalidName, "", "plugin name %q has %q at byte %d; use [a-z0-9._-], starting with a letter or digit", name, c, i)
 		}
 	}
 	return nil

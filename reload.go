@@ -110,7 +110,7 @@ type ReloadReport struct {
 }
 
 // ReloadError is the error of a failed reload. It matches ErrReloadFailed,
-// and also the one code of its cause: ErrShuttingDown when Shutdown aborted
+// and also the one code of its cause: ErrClosed when Shutdown aborted
 // it, ErrCanceled (and ctx's error) when the caller's ctx ended, else
 // ErrDrainTimeout when the drain timeout passed, else the failing step's
 // code (ErrSchemaIncompatible, ErrIncompatibleVersion, ErrInvalidPlugin,
@@ -140,7 +140,7 @@ type ReloadError struct {
 // failure and which version serves on, on one line.
 func (e *ReloadError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[%s]: plugin %q: reload failed in %s", CodeReloadFailed, e.Plugin, e.Phase)
+	fmt.Fprintf(&b, "[%s]: plugin %q: reload failed in %s", codeReloadFailed, e.Plugin, e.Phase)
 	cause := e.Err
 	if se, ok := cause.(*stepError); ok {
 		fmt.Fprintf(&b, " (%s %s)", se.surface, se.step)
@@ -209,10 +209,10 @@ func (e *ReloadError) Unwrap() []error {
 // ctx bounds the whole reload, including the wait for another reload or
 // Unregister of the plugin; if it ends before the commit, the reload rolls
 // back and the error matches ErrCanceled and ctx's error. Shutdown aborts
-// a reload the same way, with an error matching ErrShuttingDown, and then
+// a reload the same way, with an error matching ErrClosed, and then
 // closes the old plugin. Unregister during a reload waits for it and
 // removes whichever version serves. A plugin that is not registered is
-// reported with ErrNotFound (or ErrShuttingDown after Shutdown), without a
+// reported with ErrNotFound (or ErrClosed after Shutdown), without a
 // ReloadError.
 func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugin[Req, Resp], opts ...ReloadOption) (ReloadReport, error) {
 	r := &reload[Req, Resp]{m: m, began: time.Now(), rep: ReloadReport{Plugin: name}, cfg: reloadConfig{drain: m.cfg.drain}}
@@ -278,9 +278,9 @@ func (r *reload[Req, Resp]) preflight(ctx context.Context, next Plugin[Req, Resp
 	case ctx.Err() != nil: // a free op slot is taken even when ctx has ended
 		return context.Cause(ctx)
 	case next == nil:
-		return newError(CodeInvalidPlugin, name, "the next plugin is nil")
+		return newError(codeInvalidPlugin, name, "the next plugin is nil")
 	case isSameValue(next, r.old.plugin):
-		return newError(CodeInvalidPlugin, name, "the next plugin is the value serving now; pass a new value (the old one is closed after the commit)")
+		return newError(codeInvalidPlugin, name, "the next plugin is the value serving now; pass a new value (the old one is closed after the commit)")
 	}
 	info, err := pluginInfo(next)
 	if err != nil {
@@ -288,7 +288,7 @@ func (r *reload[Req, Resp]) preflight(ctx context.Context, next Plugin[Req, Resp
 	}
 	r.rep.To = info.Version
 	if info.Name != name {
-		return newError(CodeInvalidPlugin, name, "the next plugin is named %q; reload a plugin of the same name", info.Name)
+		return newError(codeInvalidPlugin, name, "the next plugin is named %q; reload a plugin of the same name", info.Name)
 	}
 	if err := r.m.checkReloadVersion(info, r.cfg.dependents); err != nil {
 		return err
@@ -396,8 +396,8 @@ func (r *reload[Req, Resp]) fail(ctx context.Context, phase string, err, undoErr
 		r.rep.setParked(r.gt)
 	}
 	re := &ReloadError{Plugin: name, Phase: phase, Err: cause, RollbackErr: undoErr,
-		codes: []error{newError(CodeReloadFailed, name, "reload failed in %s", phase)}}
-	if code != "" && code != CodeReloadFailed {
+		codes: []error{newError(codeReloadFailed, name, "reload failed in %s", phase)}}
+	if code != "" && code != codeReloadFailed {
 		re.codes = append(re.codes, newError(code, name, "reload failed in %s", phase))
 	}
 	if se := (*stepError)(nil); errors.As(err, &se) {
@@ -455,7 +455,7 @@ func (r *ReloadReport) setParked(gt *gate) {
 }
 
 // classify returns the one code a reload failure matches besides
-// ErrReloadFailed, and its cause: the reason ctx ended (ErrShuttingDown
+// ErrReloadFailed, and its cause: the reason ctx ended (ErrClosed
 // when Shutdown aborted the reload, ErrCanceled when the caller's ctx
 // ended; the cause is then ctx's, not the step's error, which the ending
 // caused), else ErrDrainTimeout when pause ended, else err's own code.
@@ -466,9 +466,9 @@ func classify(ctx, pause context.Context, err error) (goerrors.ErrorCode, error)
 		if code := ErrorCode(cause); code != "" {
 			return code, cause
 		}
-		return CodeCanceled, cause
+		return codeCanceled, cause
 	case pause != nil && pause.Err() != nil:
-		return CodeDrainTimeout, err
+		return codeDrainTimeout, err
 	}
 	return ErrorCode(err), err
 }
@@ -482,7 +482,7 @@ func (m *Manager[Req, Resp]) checkReloadVersion(info PluginInfo, dependents []de
 	}
 	for _, d := range dependents {
 		if err := checkDependency(d.dependent, info.Name, d.constraint, info.Version); err != nil {
-			return wrapError(err, CodeIncompatibleVersion, info.Name,
+			return wrapError(err, codeIncompatibleVersion, info.Name,
 				"loaded plugin %q needs %s, so version %s would break it", d.dependent, d.constraint, info.Version)
 		}
 	}
@@ -510,12 +510,12 @@ func (e *entry[Req, Resp]) swapTo(ng *generation[Req, Resp]) {
 	}
 }
 
-// mergeCancel returns a ctx that also ends, with ErrShuttingDown as its
+// mergeCancel returns a ctx that also ends, with ErrClosed as its
 // cause, when also (the manager's closing ctx) ends.
 func mergeCancel(ctx, also context.Context) (context.Context, context.CancelFunc) {
 	merged, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(also, func() {
-		cancel(newError(CodeShuttingDown, "", "the manager is shutting down"))
+		cancel(newError(codeClosed, "", "the manager is shutting down"))
 	})
 	return merged, func() {
 		stop()

@@ -993,7 +993,7 @@ func TestReloadAbortedByShutdown(t *testing.T) {
 
 	err = <-reloaded
 	assert.ErrorIs(t, err, ErrReloadFailed)
-	assert.ErrorIs(t, err, ErrShuttingDown)
+	assert.ErrorIs(t, err, ErrClosed)
 	var re *ReloadError
 	require.ErrorAs(t, err, &re)
 	assert.Equal(t, "dispatch", re.Phase)
@@ -1002,9 +1002,9 @@ func TestReloadAbortedByShutdown(t *testing.T) {
 	assert.Equal(t, int32(1), old.closed.Load(), "Shutdown closed the old plugin once")
 	assert.Zero(t, next.closed.Load(), "the next plugin stays the caller's")
 	_, err = m.Execute(context.Background(), "ctr", 0)
-	assert.ErrorIs(t, err, ErrShuttingDown)
+	assert.ErrorIs(t, err, ErrClosed)
 	_, err = m.Reload(context.Background(), "ctr", next)
-	assert.ErrorIs(t, err, ErrShuttingDown)
+	assert.ErrorIs(t, err, ErrClosed)
 }
 
 func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
@@ -1141,7 +1141,7 @@ func TestReloadAbortedByShutdownDuringDrain(t *testing.T) {
 
 	err := <-reloaded
 	assert.ErrorIs(t, err, ErrReloadFailed)
-	assert.ErrorIs(t, err, ErrShuttingDown)
+	assert.ErrorIs(t, err, ErrClosed)
 	var re *ReloadError
 	require.ErrorAs(t, err, &re)
 	assert.Equal(t, "drain", re.Phase)
@@ -1465,7 +1465,7 @@ func TestReloadCancelledDuringCompatReportsCtx(t *testing.T) {
 			require.ErrorIs(t, err, ErrReloadFailed)
 			require.NotErrorIs(t, err, ErrSchemaIncompatible)
 			if byShutdown {
-				require.ErrorIs(t, err, ErrShuttingDown)
+				require.ErrorIs(t, err, ErrClosed)
 			} else {
 				require.ErrorIs(t, err, ErrCanceled)
 				require.ErrorIs(t, err, context.Canceled)

@@ -83,13 +83,13 @@ func TestShutdownWhileReloadHoldsPlugin(t *testing.T) {
 		shut <- m.Shutdown(ctx)
 	}()
 	err := awaitErr(t, "Shutdown", shut)
-	require.ErrorIs(t, err, ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
 	require.ErrorIs(t, err, ErrDrainTimeout, "the reload held the plugin past ctx")
 
 	close(release)
 	err = awaitErr(t, "Reload", reloaded)
 	require.ErrorIs(t, err, ErrReloadFailed, "Shutdown aborts the reload")
-	require.ErrorIs(t, err, ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
 	awaitClosed(t, "the old plugin", old.closedCh)
 	require.Zero(t, next.closed.Load(), "a failed reload leaves next to its caller")
 }
@@ -123,7 +123,7 @@ func TestShutdownWaitsForUnregister(t *testing.T) {
 	go func() { shut <- m.Shutdown(context.Background()) }()
 	err := awaitErr(t, "Unregister", unregistered)
 	require.ErrorIs(t, err, ErrDrainTimeout, "Shutdown cuts Unregister's drain short")
-	require.ErrorIs(t, err, ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
 	select {
 	case err := <-shut:
 		t.Fatalf("Shutdown returned (%v) with a call in flight on an unregistered plugin", err)
@@ -305,7 +305,7 @@ func TestShutdownAgainFinishesTheJob(t *testing.T) {
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := m.Shutdown(ended)
-	require.ErrorIs(t, err, ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
 	require.ErrorIs(t, err, context.Canceled)
 	awaitClosed(t, "Close", closing)
 	close(release)

@@ -14,7 +14,7 @@ import (
 func parseVersion(plugin, version string) (*semver.Version, error) {
 	v, err := semver.StrictNewVersion(version)
 	if err != nil {
-		return nil, newError(CodeInvalidVersion, plugin,
+		return nil, newError(codeInvalidVersion, plugin,
 			"version %q is not a strict semantic version (want MAJOR.MINOR.PATCH, e.g. 1.4.0): %v", version, err)
 	}
 	return v, nil
@@ -25,11 +25,11 @@ func parseVersion(plugin, version string) (*semver.Version, error) {
 // A malformed constraint yields an error matching ErrInvalidConstraint.
 func parseConstraint(plugin, constraint string) (*semver.Constraints, error) {
 	if strings.TrimSpace(constraint) == "" {
-		return nil, newError(CodeInvalidConstraint, plugin, "version constraint is empty; use \"*\" to accept any version")
+		return nil, newError(codeInvalidConstraint, plugin, "version constraint is empty; use \"*\" to accept any version")
 	}
 	c, err := semver.NewConstraint(constraint)
 	if err != nil {
-		return nil, newError(CodeInvalidConstraint, plugin, "version constraint %q does not parse: %v", constraint, err)
+		return nil, newError(codeInvalidConstraint, plugin, "version constraint %q does not parse: %v", constraint, err)
 	}
 	return c, nil
 }
@@ -42,7 +42,7 @@ func checkConstraint(plugin, subject string, v *semver.Version, c *semver.Constr
 	if ok {
 		return nil
 	}
-	return newError(CodeIncompatibleVersion, plugin, "%s %s does not satisfy %q: %s",
+	return newError(codeIncompatibleVersion, plugin, "%s %s does not satisfy %q: %s",
 		subject, v, c, joinReasons(reasons))
 }
 
@@ -73,7 +73,7 @@ type VersionPolicy struct {
 func NewVersionPolicy(host string) (*VersionPolicy, error) {
 	v, err := semver.StrictNewVersion(host)
 	if err != nil {
-		return nil, newError(CodeInvalidVersion, "", "host version %q is not a strict semantic version: %v", host, err)
+		return nil, newError(codeInvalidVersion, "", "host version %q is not a strict semantic version: %v", host, err)
 	}
 	return &VersionPolicy{host: v, rules: make(map[string]*semver.Constraints)}, nil
 }
@@ -111,7 +111,7 @@ func (p *VersionPolicy) CheckHost(name, requires string) error {
 		return err
 	}
 	if ok, reasons := c.Validate(p.host); !ok {
-		return newError(CodeIncompatibleVersion, name,
+		return newError(codeIncompatibleVersion, name,
 			"the plugin requires host %q but this host is %s (%s); use a build of the plugin made for this host",
 			requires, p.host, joinReasons(reasons))
 	}
