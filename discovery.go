@@ -87,33 +87,33 @@ type DiscoveryEventKind int
 
 // The kinds of DiscoveryEvent.
 const (
-	// ManifestDiscovered: a valid manifest for a plugin name appeared (at
+	// DiscoveryAdded: a valid manifest for a plugin name appeared (at
 	// Start, every valid manifest present is reported this way).
-	ManifestDiscovered DiscoveryEventKind = iota + 1
-	// ManifestUpdated: the valid manifest for a plugin name changed: its
+	DiscoveryAdded DiscoveryEventKind = iota + 1
+	// DiscoveryUpdated: the valid manifest for a plugin name changed: its
 	// content (Manifest.Hash) or its file (Manifest.Path).
-	ManifestUpdated
-	// ManifestRemoved: the valid manifest for a plugin name is gone;
+	DiscoveryUpdated
+	// DiscoveryRemoved: the valid manifest for a plugin name is gone;
 	// Manifest is the last valid one.
-	ManifestRemoved
-	// ManifestInvalid: a manifest file is invalid, or two valid manifests
+	DiscoveryRemoved
+	// DiscoveryInvalid: a manifest file is invalid, or two valid manifests
 	// declare the same plugin name; Err says why. When Manifest is non-nil
 	// the plugin was valid until now and has left Manifests(): Manifest is
 	// its last valid manifest, and the consumer chooses between keeping
 	// the running version and unloading it.
-	ManifestInvalid
+	DiscoveryInvalid
 )
 
-// String returns "discovered", "updated", "removed" or "invalid".
+// String returns "added", "updated", "removed" or "invalid".
 func (k DiscoveryEventKind) String() string {
 	switch k {
-	case ManifestDiscovered:
-		return "discovered"
-	case ManifestUpdated:
+	case DiscoveryAdded:
+		return "added"
+	case DiscoveryUpdated:
 		return "updated"
-	case ManifestRemoved:
+	case DiscoveryRemoved:
 		return "removed"
-	case ManifestInvalid:
+	case DiscoveryInvalid:
 		return "invalid"
 	}
 	return fmt.Sprintf("DiscoveryEventKind(%d)", int(k))
@@ -129,8 +129,8 @@ type DiscoveryEvent struct {
 	// Path is the manifest file's cleaned absolute path (as found under
 	// its root, before symbolic links are resolved).
 	Path string
-	// Manifest is the new manifest (Discovered, Updated), the last valid
-	// one (Removed), or see ManifestInvalid.
+	// Manifest is the new manifest (Added, Updated), the last valid
+	// one (Removed), or see DiscoveryInvalid.
 	Manifest *Manifest
 	// Err says why the manifest is invalid (Invalid only). It matches
 	// ErrInvalidManifest, also for paths that leave their folder or root.
@@ -183,13 +183,13 @@ type ScanProblem struct {
 // tree itself every PollInterval.
 //
 // Duplicate names: when two valid manifests declare the same plugin name,
-// neither is used; each is reported as ManifestInvalid with an error naming
+// neither is used; each is reported as DiscoveryInvalid with an error naming
 // both paths (and a plugin that was valid until then leaves Manifests()).
 // Once one of them is removed or renamed, the other is reported as
-// ManifestDiscovered.
+// DiscoveryAdded.
 //
 // Half-written files: a manifest that fails to read or parse while
-// watching is reported as ManifestInvalid only once it has stayed unchanged
+// watching is reported as DiscoveryInvalid only once it has stayed unchanged
 // for a PollInterval (so within two intervals), so that a file caught in
 // the middle of a non-atomic write is read again instead of reported;
 // meanwhile a plugin that was valid keeps its last valid manifest. With
@@ -369,7 +369,7 @@ func (e *DiscoveryEngine) Manifests() []*Manifest {
 func (e *DiscoveryEngine) Events() <-chan DiscoveryEvent { return e.events }
 
 // Start scans the roots, queues an event for every manifest found
-// (ManifestDiscovered or ManifestInvalid), and watches for changes until
+// (DiscoveryAdded or DiscoveryInvalid), and watches for changes until
 // Close. ctx bounds the first scan only (if it ends first, the error
 // matches ErrCanceled and ctx's error). Start may be called once; after
 // Close it returns an error matching ErrClosed.
@@ -812,7 +812,7 @@ func (e *DiscoveryEngine) diff(old, valid map[string]*Manifest, st sweepState) (
 	for name, m := range old {
 		if nm, ok := valid[name]; ok {
 			if nm != m && (nm.Hash != m.Hash || nm.Path != m.Path) {
-				changed = append(changed, DiscoveryEvent{Kind: ManifestUpdated, Name: name, Path: nm.Path, Manifest: nm})
+				changed = append(changed, DiscoveryEvent{Kind: DiscoveryUpdated, Name: name, Path: nm.Path, Manifest: nm})
 			} else if nm != m {
 				valid[name] = m
 			}
@@ -820,15 +820,15 @@ func (e *DiscoveryEngine) diff(old, valid map[string]*Manifest, st sweepState) (
 		}
 		if en := st.problems[m.Path]; en != nil {
 			err := st.errs[m.Path]
-			removed = append(removed, DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: m.Path, Manifest: m, Err: err})
+			removed = append(removed, DiscoveryEvent{Kind: DiscoveryInvalid, Name: name, Path: m.Path, Manifest: m, Err: err})
 			e.reported[m.Path] = en.problemKey(err)
 			continue
 		}
-		removed = append(removed, DiscoveryEvent{Kind: ManifestRemoved, Name: name, Path: m.Path, Manifest: m})
+		removed = append(removed, DiscoveryEvent{Kind: DiscoveryRemoved, Name: name, Path: m.Path, Manifest: m})
 	}
 	for name, m := range valid {
 		if _, ok := old[name]; !ok {
-			changed = append(changed, DiscoveryEvent{Kind: ManifestDiscovered, Name: name, Path: m.Path, Manifest: m})
+			changed = append(changed, DiscoveryEvent{Kind: DiscoveryAdded, Name: name, Path: m.Path, Manifest: m})
 		}
 	}
 	byName := func(a, b DiscoveryEvent) int { return strings.Compare(a.Name, b.Name) }
@@ -851,7 +851,7 @@ func (e *DiscoveryEngine) newProblems(st sweepState) []DiscoveryEvent {
 		if en.m != nil {
 			name = en.m.Name
 		}
-		invalid = append(invalid, DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: path, Err: st.errs[path]})
+		invalid = append(invalid, DiscoveryEvent{Kind: DiscoveryInvalid, Name: name, Path: path, Err: st.errs[path]})
 	}
 	for path := range e.reported {
 		if st.problems[path] == nil && !st.held[path] {

@@ -25,25 +25,25 @@ type LoadState int
 
 // Load states.
 const (
-	// StateDiscovered: known from a manifest, not loaded (auto-loading is
+	// LoadDiscovered: known from a manifest, not loaded (auto-loading is
 	// off and nobody asked for it).
-	StateDiscovered LoadState = iota + 1
-	// StatePending: wanted, but a dependency is missing or unsatisfied; it
+	LoadDiscovered LoadState = iota + 1
+	// LoadPending: wanted, but a dependency is missing or unsatisfied; it
 	// loads by itself once the dependency appears.
-	StatePending
-	// StateLoading: being made and registered.
-	StateLoading
-	// StateLoaded: registered with the manager and serving.
-	StateLoaded
-	// StateFailed: the last load failed; Status.Err says why.
-	StateFailed
-	// StateUnloading: being unregistered.
-	StateUnloading
+	LoadPending
+	// LoadLoading: being made and registered.
+	LoadLoading
+	// LoadLoaded: registered with the manager and serving.
+	LoadLoaded
+	// LoadFailed: the last load failed; Status.Err says why.
+	LoadFailed
+	// LoadUnloading: being unregistered.
+	LoadUnloading
 )
 
 var loadStateNames = [...]string{
-	StateDiscovered: "discovered", StatePending: "pending", StateLoading: "loading",
-	StateLoaded: "loaded", StateFailed: "failed", StateUnloading: "unloading",
+	LoadDiscovered: "discovered", LoadPending: "pending", LoadLoading: "loading",
+	LoadLoaded: "loaded", LoadFailed: "failed", LoadUnloading: "unloading",
 }
 
 // String returns the state's name, such as "pending".
@@ -272,11 +272,11 @@ func (l *DynamicLoader[Req, Resp]) handle(ev DiscoveryEvent) {
 	ctx := l.ctx
 	var err error
 	switch ev.Kind {
-	case ManifestDiscovered, ManifestUpdated:
+	case DiscoveryAdded, DiscoveryUpdated:
 		err = l.apply(ctx, ev.Manifest)
-	case ManifestRemoved:
+	case DiscoveryRemoved:
 		err = l.remove(ctx, ev.Name)
-	case ManifestInvalid:
+	case DiscoveryInvalid:
 		if ev.Name != "" {
 			l.mu.Lock()
 			if st := l.status[ev.Name]; st != nil {
@@ -312,7 +312,7 @@ func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
 	l.known[mf.Name] = mf
 	st := l.status[mf.Name]
 	if st == nil {
-		st = &PluginStatus{Name: mf.Name, State: StateDiscovered, Since: time.Now()}
+		st = &PluginStatus{Name: mf.Name, State: LoadDiscovered, Since: time.Now()}
 		l.status[mf.Name] = st
 	}
 	st.Version, st.Manifest = mf.Version, mf
@@ -533,13 +533,13 @@ func (l *DynamicLoader[Req, Resp]) loadLocked(ctx context.Context, name string) 
 	l.mu.Lock()
 	order, err := l.graph.LoadOrderFor(name)
 	if err != nil {
-		state := StateFailed
+		state := LoadFailed
 		if errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion) {
-			state = StatePending
+			state = LoadPending
 		}
 		l.setStateLocked(name, state, err)
 		l.mu.Unlock()
-		if state == StatePending {
+		if state == LoadPending {
 			l.m.emit(Event{Kind: EventPending, Plugin: name, Err: err})
 		}
 		return nil, err
@@ -595,14 +595,14 @@ func (l *DynamicLoader[Req, Resp]) screenLocked() (*DependencyGraph, []error) {
 	names := slices.Sorted(maps.Keys(l.known))
 	for _, n := range names {
 		l.wanted[n] = true
-		if l.status[n].State == StateLoaded {
+		if l.status[n].State == LoadLoaded {
 			continue
 		}
 		_, err := l.graph.LoadOrderFor(n)
-		state := StateFailed
+		state := LoadFailed
 		switch {
 		case errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion):
-			state = StatePending
+			state = LoadPending
 		case errors.Is(err, ErrDependencyCycle) && !l.onCycleLocked(n):
 			continue // after a cycle: pending as its dependent, below
 		case err == nil:
@@ -687,7 +687,7 @@ func (l *DynamicLoader[Req, Resp]) loadLevel(ctx context.Context, level []string
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, n := range level {
-		if l.status[n].State == StateFailed {
+		if l.status[n].State == LoadFailed {
 			l.pendDependentsLocked(n, blocked)
 		}
 	}
@@ -699,9 +699,9 @@ func (l *DynamicLoader[Req, Resp]) loadLevel(ctx context.Context, level []string
 // skip.
 func (l *DynamicLoader[Req, Resp]) pendDependentsLocked(name string, skip map[string]bool) {
 	for _, d := range l.graph.Dependents(name) {
-		if st := l.status[d]; st != nil && st.State != StateLoaded && !skip[d] {
+		if st := l.status[d]; st != nil && st.State != LoadLoaded && !skip[d] {
 			skip[d] = true
-			l.setStateLocked(d, StatePending, newError(codeDependencyMissing, d, "dependency %q cannot load", name))
+			l.setStateLocked(d, LoadPending, newError(codeDependencyMissing, d, "dependency %q cannot load", name))
 		}
 	}
 }
@@ -713,7 +713,7 @@ func (l *DynamicLoader[Req, Resp]) loadPendingLocked(ctx context.Context) {
 		l.mu.Lock()
 		var pending []string
 		for n, st := range l.status {
-			if st.State == StatePending && l.wanted[n] {
+			if st.State == LoadPending && l.wanted[n] {
 				pending = append(pending, n)
 			}
 		}
@@ -733,13 +733,13 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 	mf := l.known[name]
 	err := l.checkLoadLocked(mf)
 	if err != nil {
-		l.setStateLocked(name, StateFailed, err)
+		l.setStateLocked(name, LoadFailed, err)
 		l.mu.Unlock()
 		l.loadFailures.Add(1)
 		l.m.emit(Event{Kind: EventLoadFailed, Plugin: name, Version: mf.Version, Err: err})
 		return err
 	}
-	l.setStateLocked(name, StateLoading, nil)
+	l.setStateLocked(name, LoadLoading, nil)
 	l.mu.Unlock()
 
 	p, err := l.newPlugin(ctx, mf)
@@ -761,12 +761,12 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
-		l.setStateLocked(name, StateFailed, err)
+		l.setStateLocked(name, LoadFailed, err)
 		l.loadFailures.Add(1)
 		l.m.emit(Event{Kind: EventLoadFailed, Plugin: name, Version: mf.Version, Err: err})
 		return err
 	}
-	l.setStateLocked(name, StateLoaded, nil)
+	l.setStateLocked(name, LoadLoaded, nil)
 	l.setRunningLocked(name, mf)
 	l.loads.Add(1)
 	return nil
@@ -874,7 +874,7 @@ func checksumError(err error, mf *Manifest) error {
 func (l *DynamicLoader[Req, Resp]) rollback(loaded []string) {
 	ctx := context.Background()
 	for i := len(loaded) - 1; i >= 0; i-- {
-		if err := l.unloadOne(ctx, loaded[i], StateDiscovered); err != nil {
+		if err := l.unloadOne(ctx, loaded[i], LoadDiscovered); err != nil {
 			l.cfg.logger.Error("goplugins: rollback could not unload plugin", "plugin", loaded[i], "error", err)
 		}
 	}
@@ -883,7 +883,7 @@ func (l *DynamicLoader[Req, Resp]) rollback(loaded []string) {
 // Unload unloads the named plugin. With UnloadRefuse it fails with
 // ErrDependentsLoaded while loaded plugins depend on it; with UnloadCascade
 // it unloads them first, dependents before their dependencies. Unloaded
-// plugins stay known (StateDiscovered) and are not loaded again by
+// plugins stay known (LoadDiscovered) and are not loaded again by
 // auto-loading until Load is called.
 func (l *DynamicLoader[Req, Resp]) Unload(ctx context.Context, name string, policy UnloadPolicy) error {
 	if err := l.lockOp(); err != nil {
@@ -902,7 +902,7 @@ func (l *DynamicLoader[Req, Resp]) Unload(ctx context.Context, name string, poli
 		l.mu.Lock()
 		delete(l.wanted, n)
 		l.mu.Unlock()
-		if err := l.unloadOne(ctx, n, StateDiscovered); err != nil {
+		if err := l.unloadOne(ctx, n, LoadDiscovered); err != nil {
 			return err
 		}
 	}
@@ -916,7 +916,7 @@ func (l *DynamicLoader[Req, Resp]) loadedTransitiveDependents(name string) []str
 	defer l.mu.Unlock()
 	var out []string
 	for _, d := range l.graph.Dependents(name) {
-		if st := l.status[d]; st != nil && st.State == StateLoaded {
+		if st := l.status[d]; st != nil && st.State == LoadLoaded {
 			out = append(out, d)
 		}
 	}
@@ -933,9 +933,9 @@ func (l *DynamicLoader[Req, Resp]) remove(ctx context.Context, name string) erro
 	var errs []error
 	if l.isLoaded(name) {
 		for _, d := range l.loadedTransitiveDependents(name) {
-			errs = append(errs, l.unloadOne(ctx, d, StatePending))
+			errs = append(errs, l.unloadOne(ctx, d, LoadPending))
 		}
-		errs = append(errs, l.unloadOne(ctx, name, StateDiscovered))
+		errs = append(errs, l.unloadOne(ctx, name, LoadDiscovered))
 	}
 	l.mu.Lock()
 	l.graph.Remove(name)
@@ -949,7 +949,7 @@ func (l *DynamicLoader[Req, Resp]) remove(ctx context.Context, name string) erro
 // unloadOne unregisters one plugin and leaves it in state after.
 func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, after LoadState) error {
 	l.mu.Lock()
-	l.setStateLocked(name, StateUnloading, nil)
+	l.setStateLocked(name, LoadUnloading, nil)
 	l.mu.Unlock()
 	err := l.m.Unregister(ctx, name)
 	if errors.Is(err, ErrNotFound) {
@@ -958,7 +958,7 @@ func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, a
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var reason error
-	if after == StatePending {
+	if after == LoadPending {
 		reason = newError(codeDependencyMissing, name, "waiting for a dependency that was removed")
 	}
 	l.setStateLocked(name, after, reason)
@@ -969,7 +969,7 @@ func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, a
 	return err
 }
 
-func (l *DynamicLoader[Req, Resp]) isLoaded(name string) bool { return l.state(name) == StateLoaded }
+func (l *DynamicLoader[Req, Resp]) isLoaded(name string) bool { return l.state(name) == LoadLoaded }
 
 // state returns name's state, or 0 for a plugin not known.
 func (l *DynamicLoader[Req, Resp]) state(name string) LoadState {
@@ -1022,11 +1022,11 @@ func (l *DynamicLoader[Req, Resp]) Metrics() LoaderMetrics {
 	defer l.mu.Unlock()
 	for _, st := range l.status {
 		switch st.State {
-		case StateLoaded:
+		case LoadLoaded:
 			out.Loaded++
-		case StatePending:
+		case LoadPending:
 			out.Pending++
-		case StateFailed:
+		case LoadFailed:
 			out.Failed++
 		}
 	}
@@ -1072,7 +1072,7 @@ func (l *DynamicLoader[Req, Resp]) unloadAllLocked(ctx context.Context) error {
 	l.mu.Lock()
 	loaded := l.graph.Copy()
 	for n, st := range l.status {
-		if st.State != StateLoaded {
+		if st.State != LoadLoaded {
 			loaded.Remove(n)
 		}
 	}
@@ -1084,7 +1084,7 @@ func (l *DynamicLoader[Req, Resp]) unloadAllLocked(ctx context.Context) error {
 	var errs []error
 	for i := len(order) - 1; i >= 0 && ctx.Err() == nil; i-- {
 		if l.isLoaded(order[i]) {
-			errs = append(errs, l.unloadOne(ctx, order[i], StateDiscovered))
+			errs = append(errs, l.unloadOne(ctx, order[i], LoadDiscovered))
 		}
 	}
 	return errors.Join(errs...)

@@ -134,7 +134,7 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	}
 	fmt.Fprintln(out, "registered, each after its dependencies:", strings.Join(registered, ", "))
 	for _, st := range loader.Status() {
-		if st.State == goplugins.StatePending {
+		if st.State == goplugins.LoadPending {
 			fmt.Fprintf(out, "%s is %s: missing dependency: %v\n", st.Name, st.State, errors.Is(st.Err, goplugins.ErrDependencyMissing))
 		}
 	}
