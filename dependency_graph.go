@@ -85,7 +85,7 @@ func (g *DependencyGraph) Add(name, version string, deps ...Dependency) error {
 		if ValidateName(d.Name) != nil {
 			errs = append(errs, newError(codeInvalidName, name,
 				"dependency name %q is invalid; use 1 to %d characters of [a-z0-9._-], starting with a letter or digit",
-				d.Name, MaxNameLen))
+				d.Name, maxNameLen))
 			continue
 		}
 		if slices.ContainsFunc(deps[:i], func(e Dependency) bool { return e.Name == d.Name }) {

@@ -812,10 +812,10 @@ func (l *DynamicLoader[Req, Resp]) checkPolicyLocked(mf *Manifest) error {
 	if l.cfg.policy == nil {
 		return nil
 	}
-	if err := l.cfg.policy.CheckHost(mf.Name, mf.Requires.Host); err != nil {
+	if err := l.cfg.policy.checkHost(mf.Name, mf.Requires.Host); err != nil {
 		return err
 	}
-	return l.cfg.policy.CheckPlugin(mf.Name, mf.Version)
+	return l.cfg.policy.checkPlugin(mf.Name, mf.Version)
 }
 
 // newPlugin runs the transport's factory for mf.

@@ -113,7 +113,7 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOptio
 		return err
 	}
 	if m.cfg.policy != nil {
-		if err := m.cfg.policy.CheckPlugin(info.Name, info.Version); err != nil {
+		if err := m.cfg.policy.checkPlugin(info.Name, info.Version); err != nil {
 			return err
 		}
 	}

@@ -96,7 +96,7 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 		Dir:         v.dir,
 	}
 	if err := ValidateName(r.Name); err != nil {
-		v.failCause("name", err, "%q is not a valid plugin name: use 1 to %d characters of [a-z0-9._-], starting with a letter or digit", r.Name, MaxNameLen)
+		v.failCause("name", err, "%q is not a valid plugin name: use 1 to %d characters of [a-z0-9._-], starting with a letter or digit", r.Name, maxNameLen)
 	}
 	if r.Version == "" {
 		v.fail("version", "missing; give a strict semantic version such as \"1.0.0\"")

@@ -105,18 +105,18 @@ type SchemaPlugin interface {
 	CheckCompat(ctx context.Context, old PluginInfo) error
 }
 
-// MaxNameLen is the longest plugin name allowed.
-const MaxNameLen = 64
+// maxNameLen is the longest plugin name allowed.
+const maxNameLen = 64
 
 // ValidateName checks a plugin name: 1 to 64 bytes of lowercase ASCII
 // letters, digits, '.', '_' and '-', starting with a letter or digit.
 // The error matches ErrInvalidName.
 func ValidateName(name string) error {
 	if name == "" {
-		return newError(codeInvalidName, "", "plugin name is empty; use 1 to %d characters of [a-z0-9._-]", MaxNameLen)
+		return newError(codeInvalidName, "", "plugin name is empty; use 1 to %d characters of [a-z0-9._-]", maxNameLen)
 	}
-	if len(name) > MaxNameLen {
-		return newError(codeInvalidName, "", "plugin name %.20q... is %d bytes long; the limit is %d", name, len(name), MaxNameLen)
+	if len(name) > maxNameLen {
+		return newError(codeInvalidName, "", "plugin name %.20q... is %d bytes long; the limit is %d", name, len(name), maxNameLen)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]

@@ -476,7 +476,7 @@ func classify(ctx, pause context.Context, err error) (goerrors.ErrorCode, error)
 // checkReloadVersion applies the version policy and dependents' constraints.
 func (m *Manager[Req, Resp]) checkReloadVersion(info PluginInfo, dependents []dependentConstraint) error {
 	if m.cfg.policy != nil {
-		if err := m.cfg.policy.CheckPlugin(info.Name, info.Version); err != nil {
+		if err := m.cfg.policy.checkPlugin(info.Name, info.Version); err != nil {
 			return err
 		}
 	}

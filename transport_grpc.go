@@ -571,9 +571,9 @@ func (p *GRPCPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo)
 	return nil
 }
 
-// Restarts returns how many restart attempts of a crashed child were made
-// so far.
-func (p *GRPCPlugin[Req, Resp]) Restarts() int { return int(p.restarts.Load()) }
+// restartCount returns how many restart attempts of a crashed child were
+// made so far.
+func (p *GRPCPlugin[Req, Resp]) restartCount() int { return int(p.restarts.Load()) }
 
 // Pid returns the process id of the plugin's child process (also its
 // process group id), or 0 for a remote endpoint and while the child is

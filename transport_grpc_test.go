@@ -550,7 +550,7 @@ func TestGRPCChildCrashAndRestart(t *testing.T) {
 	assert.Equal(t, "after restart", resp.Text)
 	assert.Equal(t, 1, resp.Total, "the new process starts from zero")
 	require.NoError(t, p.Health(ctx))
-	assert.Equal(t, 1, p.Restarts())
+	assert.Equal(t, 1, p.restartCount())
 
 	cur := grpcChildOf(t, p)
 	assert.NotEqual(t, old.proc.Pid(), cur.proc.Pid(), "a new process")
@@ -595,7 +595,7 @@ func TestGRPCChildDownFailsFast(t *testing.T) {
 			require.NoError(t, p.Close(ctx), "Close while down (a restart pending or not)")
 			_, err = p.Execute(ctx, counterReq{Op: "echo"})
 			require.ErrorIs(t, err, ErrClosed)
-			assert.Equal(t, 0, p.Restarts())
+			assert.Equal(t, 0, p.restartCount())
 			assert.Equal(t, children, grpcChildPids(t), "no child left")
 			assert.Equal(t, dirs, gpSocketDirs(t), "no socket directory left")
 		})

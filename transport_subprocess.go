@@ -303,8 +303,8 @@ func (s *Subprocess[Req, Resp]) Info() PluginInfo {
 	return info
 }
 
-// Restarts returns how many restart attempts were made so far.
-func (s *Subprocess[Req, Resp]) Restarts() int { return int(s.restarts.Load()) }
+// restartCount returns how many restart attempts were made so far.
+func (s *Subprocess[Req, Resp]) restartCount() int { return int(s.restarts.Load()) }
 
 // Execute sends req to the child and returns its answer. When ctx ends
 // first the call is abandoned (a request already sent is cancelled in the

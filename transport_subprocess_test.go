@@ -189,8 +189,8 @@ func TestSubprocessCrashAndRestart(t *testing.T) {
 	if newPID := pidOf(t, p); newPID == pid {
 		t.Fatalf("pid %d unchanged after the restart", pid)
 	}
-	if p.Restarts() != 1 {
-		t.Fatalf("Restarts = %d, want 1", p.Restarts())
+	if p.restartCount() != 1 {
+		t.Fatalf("Restarts = %d, want 1", p.restartCount())
 	}
 	checkReaped(t, pid)
 }

@@ -78,8 +78,8 @@ func NewVersionPolicy(host string) (*VersionPolicy, error) {
 	return &VersionPolicy{host: v, rules: make(map[string]*semver.Constraints)}, nil
 }
 
-// Host returns the host's plugin API version.
-func (p *VersionPolicy) Host() *semver.Version { return p.host }
+// hostVersion returns the host's plugin API version.
+func (p *VersionPolicy) hostVersion() *semver.Version { return p.host }
 
 // SetRule makes every version of plugin name that is loaded or reloaded
 // satisfy constraint. An empty constraint removes the rule.
@@ -100,9 +100,9 @@ func (p *VersionPolicy) SetRule(name, constraint string) error {
 	return nil
 }
 
-// CheckHost checks a plugin's "requires.host" constraint against the host
+// checkHost checks a plugin's "requires.host" constraint against the host
 // version. An empty constraint accepts any host.
-func (p *VersionPolicy) CheckHost(name, requires string) error {
+func (p *VersionPolicy) checkHost(name, requires string) error {
 	if requires == "" {
 		return nil
 	}
@@ -118,8 +118,8 @@ func (p *VersionPolicy) CheckHost(name, requires string) error {
 	return nil
 }
 
-// CheckPlugin checks a plugin's own version against the rule set for it, if any.
-func (p *VersionPolicy) CheckPlugin(name, version string) error {
+// checkPlugin checks a plugin's own version against the rule set for it, if any.
+func (p *VersionPolicy) checkPlugin(name, version string) error {
 	v, err := parseVersion(name, version)
 	if err != nil {
 		return err

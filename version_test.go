@@ -214,7 +214,7 @@ func TestVersionPolicyHost(t *testing.T) {
 
 	p, err := NewVersionPolicy("1.4.0")
 	require.NoError(t, err)
-	assert.Equal(t, "1.4.0", p.Host().String())
+	assert.Equal(t, "1.4.0", p.hostVersion().String())
 
 	tests := []struct {
 		requires string
@@ -232,7 +232,7 @@ func TestVersionPolicyHost(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.requires, func(t *testing.T) {
-			err := p.CheckHost("auth", tt.requires)
+			err := p.checkHost("auth", tt.requires)
 			if tt.is == nil {
 				assert.NoError(t, err)
 				return
@@ -251,32 +251,32 @@ func TestVersionPolicyRules(t *testing.T) {
 	require.NoError(t, err)
 
 	// Without a rule, any strict version is accepted; a loose one never is.
-	require.NoError(t, p.CheckPlugin("auth", "9.9.9"))
-	err = p.CheckPlugin("auth", "1.5")
+	require.NoError(t, p.checkPlugin("auth", "9.9.9"))
+	err = p.checkPlugin("auth", "1.5")
 	require.ErrorIs(t, err, ErrInvalidVersion)
 	assert.Contains(t, err.Error(), `plugin "auth"`)
 
 	require.NoError(t, p.SetRule("auth", "~1.4"))
-	require.NoError(t, p.CheckPlugin("auth", "1.4.7"))
-	err = p.CheckPlugin("auth", "1.5.0")
+	require.NoError(t, p.checkPlugin("auth", "1.4.7"))
+	err = p.checkPlugin("auth", "1.5.0")
 	require.ErrorIs(t, err, ErrIncompatibleVersion)
 	for _, s := range []string{`plugin "auth"`, "plugin version 1.5.0", `"~1.4"`, "does not have same major and minor version"} {
 		assert.Contains(t, err.Error(), s)
 	}
-	require.NoError(t, p.CheckPlugin("billing", "9.0.0"), "a rule binds only its plugin")
+	require.NoError(t, p.checkPlugin("billing", "9.0.0"), "a rule binds only its plugin")
 
 	// A bad rule is refused and the rule in force stays.
 	err = p.SetRule("auth", ">>1")
 	require.ErrorIs(t, err, ErrInvalidConstraint)
 	assert.Contains(t, err.Error(), `">>1"`)
-	require.ErrorIs(t, p.CheckPlugin("auth", "1.5.0"), ErrIncompatibleVersion)
+	require.ErrorIs(t, p.checkPlugin("auth", "1.5.0"), ErrIncompatibleVersion)
 
 	// Replacing the rule, then removing it.
 	require.NoError(t, p.SetRule("auth", ">=1.5.0"))
-	require.NoError(t, p.CheckPlugin("auth", "1.5.0"))
-	require.ErrorIs(t, p.CheckPlugin("auth", "1.4.7"), ErrIncompatibleVersion)
+	require.NoError(t, p.checkPlugin("auth", "1.5.0"))
+	require.ErrorIs(t, p.checkPlugin("auth", "1.4.7"), ErrIncompatibleVersion)
 	require.NoError(t, p.SetRule("auth", ""))
-	require.NoError(t, p.CheckPlugin("auth", "0.1.0"))
+	require.NoError(t, p.checkPlugin("auth", "0.1.0"))
 	require.NoError(t, p.SetRule("never-set", ""), "removing a missing rule is fine")
 }
 
@@ -295,7 +295,7 @@ func TestVersionPolicyConcurrent(t *testing.T) {
 	wg.Go(func() {
 		for range 200 {
 			// Every rule the writer sets accepts 1.2.0.
-			errs <- p.CheckPlugin("auth", "1.2.0")
+			errs <- p.checkPlugin("auth", "1.2.0")
 		}
 	})
 	wg.Wait()
