@@ -15,7 +15,7 @@ import (
 func benchSubprocessManager(b *testing.B) *Manager[echoReq, echoResp] {
 	b.Helper()
 	p := startEcho(b, nil, func(c *SubprocessConfig) { c.Logger = slog.New(slog.DiscardHandler) })
-	m := NewManager[echoReq, echoResp](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[echoReq, echoResp](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	if err := m.Register(p); err != nil {
 		b.Fatal(err)
 	}

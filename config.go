@@ -78,16 +78,17 @@ type ConfigDefaults struct {
 // ManagerOptions returns the options that make a Manager follow the
 // configuration: its defaults and, with a host version, its VersionPolicy.
 func (c *Config) ManagerOptions() []Option {
-	opts := []Option{
+	defaults := []PluginOption{
 		WithBreaker(c.Defaults.Breaker),
 		WithHealthCheck(c.Defaults.Health),
 	}
 	if c.Defaults.Timeout > 0 {
-		opts = append(opts, WithTimeout(c.Defaults.Timeout))
+		defaults = append(defaults, WithTimeout(c.Defaults.Timeout))
 	}
 	if c.Defaults.DrainTimeout > 0 {
-		opts = append(opts, WithDrainTimeout(c.Defaults.DrainTimeout))
+		defaults = append(defaults, WithDrainTimeout(c.Defaults.DrainTimeout))
 	}
+	opts := []Option{WithPluginDefaults(defaults...)}
 	if p := c.VersionPolicy(); p != nil {
 		opts = append(opts, WithVersionPolicy(p))
 	}

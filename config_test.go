@@ -153,7 +153,7 @@ func TestConfigWatcherRoundTrip(t *testing.T) {
 	}})
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	events := make(chan Event, 64)
 	m.Subscribe(func(ev Event) { events <- ev })
 	l := NewDynamicLoader(m, w)

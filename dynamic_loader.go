@@ -101,7 +101,7 @@ type loaderConfig struct {
 	autoLoad bool
 	policy   *VersionPolicy
 	logger   *slog.Logger
-	register func(*Manifest) []RegisterOption
+	register func(*Manifest) []PluginOption
 }
 
 type loaderOption func(*loaderConfig)
@@ -133,7 +133,7 @@ func WithLoaderLogger(l *slog.Logger) LoaderOption {
 // WithRegisterOptions adds options to every Register the loader makes, on
 // top of those the manifest implies (its timeout, and the fields its health
 // section sets, over the manager's health settings).
-func WithRegisterOptions(f func(*Manifest) []RegisterOption) LoaderOption {
+func WithRegisterOptions(f func(*Manifest) []PluginOption) LoaderOption {
 	return loaderOption(func(c *loaderConfig) { c.register = f })
 }
 
@@ -440,7 +440,7 @@ func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifes
 	l.mu.Lock()
 	var opts []ReloadOption
 	for _, dc := range l.loadedDependentsLocked(mf.Name) {
-		opts = append(opts, WithDependentConstraint(dc.dependent, dc.constraint))
+		opts = append(opts, withDependentConstraint(dc.dependent, dc.constraint))
 	}
 	l.mu.Unlock()
 	if _, err := l.m.Reload(ctx, mf.Name, next, opts...); err != nil {
@@ -744,7 +744,7 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 
 	p, err := l.newPlugin(ctx, mf)
 	if err == nil {
-		var opts []RegisterOption
+		var opts []PluginOption
 		if mf.Timeout > 0 {
 			opts = append(opts, WithTimeout(mf.Timeout))
 		}

@@ -341,7 +341,7 @@ func TestLoaderNoFactory(t *testing.T) {
 func TestLoaderConcurrentEvents(t *testing.T) {
 	verifyNoLeaks(t)
 	src := newMemSource()
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	l := NewDynamicLoader(m, src)
 	f := newEchoFactory()
 	l.RegisterFactory("inprocess", f.make)
@@ -599,7 +599,7 @@ func TestLoaderManifestHealthOverridesOnlyItsFields(t *testing.T) {
 		{"both", `{"interval": "1m", "timeout": "3s"}`, HealthConfig{Interval: time.Minute, Timeout: 3 * time.Second, UnhealthyAfter: 7}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newTestManager(t, WithHealthCheck(host))
+			m := newTestManager(t, WithPluginDefaults(WithHealthCheck(host)))
 			l := NewDynamicLoader(m, nil)
 			l.RegisterFactory("inprocess", newEchoFactory().make)
 			t.Cleanup(func() { _ = l.Shutdown(context.Background()) })

@@ -138,7 +138,7 @@ func ExampleNewSubprocess() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	m := goplugins.NewManager[map[string]string, map[string]string](goplugins.WithTimeout(2 * time.Second))
+	m := goplugins.NewManager[map[string]string, map[string]string](goplugins.WithPluginDefaults(goplugins.WithTimeout(2 * time.Second)))
 	defer m.Shutdown(ctx) // closes the plugin: shutdown message, then signals
 	if err := m.Register(p); err != nil {
 		log.Fatal(err)

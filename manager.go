@@ -102,9 +102,11 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 // ValidateName and the version must be strict semver (and pass the
 // manager's VersionPolicy rule for the name, if any). Registering a name
 // that is taken fails with ErrAlreadyRegistered: use Reload to replace a
-// plugin. With WithStreamStart, Register starts the plugin's first stream
-// (Resume) before the plugin serves.
-func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOption) error {
+// plugin. opts configure this plugin, after the manager's
+// WithPluginDefaults; the settings last for its life, reloads included.
+// With WithStreamStart, Register starts the plugin's first stream (Resume)
+// before the plugin serves.
+func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...PluginOption) error {
 	if p == nil {
 		return newError(codeInvalidPlugin, "", "Register got a nil plugin")
 	}

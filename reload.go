@@ -17,7 +17,6 @@ import (
 type ReloadOption interface{ applyReload(*reloadConfig) }
 
 type reloadConfig struct {
-	drain      time.Duration
 	host       []Handoff
 	dependents []dependentConstraint
 }
@@ -28,29 +27,6 @@ type reloadOption func(*reloadConfig)
 
 func (f reloadOption) applyReload(c *reloadConfig) { f(c) }
 
-// DrainOption is both an Option (the manager's default) and a ReloadOption
-// (for one reload).
-type DrainOption interface {
-	Option
-	ReloadOption
-}
-
-type drainOption time.Duration
-
-func (d drainOption) applyManager(c *managerConfig) { c.drain = time.Duration(d) }
-func (d drainOption) applyReload(c *reloadConfig)   { c.drain = time.Duration(d) }
-
-// WithDrainTimeout bounds how long a reload may pause the plugin's traffic:
-// the wait for calls in flight plus the handoffs. Parked calls wait at most
-// this long, or until their own ctx ends, even when a handoff ignores its
-// ctx. Past it the reload fails with ErrDrainTimeout. Default 10s.
-func WithDrainTimeout(d time.Duration) DrainOption {
-	if d <= 0 {
-		d = 10 * time.Second
-	}
-	return drainOption(d)
-}
-
 // WithHandoff adds a host-owned handoff (an open handle, a live stream) to
 // one reload. Its steps run after the registered handoffs' in each step,
 // with the same undo discipline; its Surface names it in reports and errors.
@@ -58,10 +34,10 @@ func WithHandoff(h Handoff) ReloadOption {
 	return reloadOption(func(c *reloadConfig) { c.host = append(c.host, h) })
 }
 
-// WithDependentConstraint makes the reload's preflight check the next
+// withDependentConstraint makes the reload's preflight check the next
 // version against the constraint that a loaded dependent holds on the
 // plugin. The DynamicLoader passes one for each loaded dependent.
-func WithDependentConstraint(dependent, constraint string) ReloadOption {
+func withDependentConstraint(dependent, constraint string) ReloadOption {
 	return reloadOption(func(c *reloadConfig) {
 		c.dependents = append(c.dependents, dependentConstraint{dependent, constraint})
 	})
@@ -181,7 +157,7 @@ func (e *ReloadError) Unwrap() []error {
 //  1. Preflight, with no traffic touched: next is a new value with the
 //     same name and a strict-semver version that passes the manager's
 //     VersionPolicy and the constraints loaded dependents hold on the
-//     plugin (WithDependentConstraint); it keeps every surface of the old
+//     plugin (withDependentConstraint); it keeps every surface of the old
 //     plugin; every handoff's Preflight passes (schema runs CheckCompat
 //     here). Failure: nothing changed.
 //  2. Drain: new calls park, each bounded by its own ctx; calls in flight
@@ -215,7 +191,7 @@ func (e *ReloadError) Unwrap() []error {
 // reported with ErrNotFound (or ErrClosed after Shutdown), without a
 // ReloadError.
 func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugin[Req, Resp], opts ...ReloadOption) (ReloadReport, error) {
-	r := &reload[Req, Resp]{m: m, began: time.Now(), rep: ReloadReport{Plugin: name}, cfg: reloadConfig{drain: m.cfg.drain}}
+	r := &reload[Req, Resp]{m: m, began: time.Now(), rep: ReloadReport{Plugin: name}}
 	for _, o := range opts {
 		o.applyReload(&r.cfg)
 	}
@@ -239,7 +215,7 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 	if err := r.preflight(ctx, next); err != nil {
 		return r.fail(ctx, "preflight", err, nil)
 	}
-	r.pause, r.cancelPause = context.WithTimeout(ctx, r.cfg.drain)
+	r.pause, r.cancelPause = context.WithTimeout(ctx, r.e.cfg.drain)
 	defer r.cancelPause()
 	if err := r.drain(); err != nil {
 		return r.fail(ctx, "drain", err, nil)
@@ -313,7 +289,7 @@ func (r *reload[Req, Resp]) drain() error {
 	if err := r.old.drain(r.pause); err != nil {
 		r.release()
 		return fmt.Errorf("%d call(s) still running when the drain ended (the drain timeout is %v: raise it with WithDrainTimeout or find what keeps them): %w",
-			r.old.inFlight(), r.cfg.drain, err)
+			r.old.inFlight(), r.e.cfg.drain, err)
 	}
 	r.rep.Drain = time.Since(t)
 	return nil
@@ -338,7 +314,7 @@ func (r *reload[Req, Resp]) dispatch() (err, undoErr error) {
 		err, undoErr error
 	}
 	done := make(chan result, 1)
-	rollback := r.e.cfg.health.Timeout + r.cfg.drain
+	rollback := r.e.cfg.health.Timeout + r.e.cfg.drain
 	go func() {
 		steps, err, undoErr := dispatch(r.pause, r.plan, r.sw, rollback)
 		done <- result{steps, err, undoErr}
@@ -354,7 +330,7 @@ func (r *reload[Req, Resp]) dispatch() (err, undoErr error) {
 	if res.err != nil {
 		r.release()
 		if r.pause.Err() != nil && r.ctx.Err() == nil {
-			res.err = fmt.Errorf("the handoffs did not finish within the drain timeout of %v: %w", r.cfg.drain, res.err)
+			res.err = fmt.Errorf("the handoffs did not finish within the drain timeout of %v: %w", r.e.cfg.drain, res.err)
 		}
 	}
 	return res.err, res.undoErr

@@ -220,7 +220,7 @@ func (l *load) end(t *testing.T) int64 {
 // down when the test ends.
 func newReloadManager(t *testing.T, opts ...Option) *Manager[int, int] {
 	t.Helper()
-	m := NewManager[int, int](append([]Option{WithHealthCheck(HealthConfig{Interval: -1})}, opts...)...)
+	m := NewManager[int, int](append([]Option{WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1}))}, opts...)...)
 	t.Cleanup(func() { require.NoError(t, m.Shutdown(context.Background())) })
 	return m
 }
@@ -368,7 +368,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "dependent constraint", oldSurfaces: all, nextSurfaces: all, nextVersion: "2.0.0",
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithDependentConstraint("app", "~1.0")}
+				return []ReloadOption{withDependentConstraint("app", "~1.0")}
 			},
 			want: []error{ErrReloadFailed, ErrIncompatibleVersion}, phase: "preflight",
 		},
@@ -438,8 +438,8 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		},
 		{
 			name: "drain timeout", oldSurfaces: all, nextSurfaces: all, hold: true,
-			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond)}
+			mgrOpts: func(*testing.T) []Option {
+				return []Option{WithPluginDefaults(WithDrainTimeout(20 * time.Millisecond))}
 			},
 			want: []error{ErrReloadFailed, ErrDrainTimeout}, phase: "drain", parks: true,
 		},
@@ -539,8 +539,11 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		},
 		{
 			name: "handoffs exceed the drain timeout", oldSurfaces: all, nextSurfaces: all,
+			mgrOpts: func(*testing.T) []Option {
+				return []Option{WithPluginDefaults(WithDrainTimeout(20 * time.Millisecond))}
+			},
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond), WithHandoff(Handoff{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
 					Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 						<-ctx.Done()
@@ -762,7 +765,7 @@ func TestReloadReportAndEvents(t *testing.T) {
 	}
 	parkedCall := make(chan result, 1)
 	rep, err := m.Reload(context.Background(), "sw", next,
-		WithDependentConstraint("app", "^1.0.0"), // 1.1.0 meets it
+		withDependentConstraint("app", "^1.0.0"), // 1.1.0 meets it
 		WithHandoff(Handoff{
 			Surface: "conn",
 			Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
@@ -1096,7 +1099,7 @@ func TestReloadNotRegistered(t *testing.T) {
 
 func TestReloadWaitsForTimedOutCall(t *testing.T) {
 	verifyNoLeaks(t)
-	m := newReloadManager(t, WithTimeout(10*time.Millisecond))
+	m := newReloadManager(t, WithPluginDefaults(WithTimeout(10*time.Millisecond)))
 	old := newSwappable("sw", "1.0.0")
 	old.hold, old.held = make(chan struct{}), make(chan struct{}, 1)
 	require.NoError(t, m.Register(old))
@@ -1251,7 +1254,7 @@ func TestReloadStreamRollbackNeverRunsBothStreams(t *testing.T) {
 // a clean breaker, even when the breaker was closed with failures counted.
 func TestReloadResetsBreakerFailures(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}), WithBreaker(BreakerConfig{ConsecutiveFailures: 3}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1}), WithBreaker(BreakerConfig{ConsecutiveFailures: 3})))
 	defer m.Shutdown(context.Background())
 	boom := errors.New("boom")
 	failing := func(context.Context, int) (int, error) { return 0, boom }
@@ -1401,7 +1404,7 @@ func TestReloadParkedCallsBoundedByDrainTimeout(t *testing.T) {
 	verifyNoLeaks(t)
 	m := newReloadManager(t)
 	old := newSwappable("sw", "1.0.0")
-	require.NoError(t, m.Register(old))
+	require.NoError(t, m.Register(old, WithDrainTimeout(50*time.Millisecond)))
 	entered, release := make(chan struct{}, 1), make(chan struct{})
 	undone := make(chan struct{})
 	stubborn := Handoff{Surface: "conn", Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
@@ -1412,7 +1415,7 @@ func TestReloadParkedCallsBoundedByDrainTimeout(t *testing.T) {
 	reloaded := make(chan error, 1)
 	go func() {
 		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"),
-			WithHandoff(stubborn), WithDrainTimeout(50*time.Millisecond))
+			WithHandoff(stubborn))
 		reloaded <- err
 	}()
 	<-entered
@@ -1447,7 +1450,7 @@ func (p *canceller) CheckCompat(ctx context.Context, _ PluginInfo) error {
 func TestReloadCancelledDuringCompatReportsCtx(t *testing.T) {
 	for _, byShutdown := range []bool{false, true} {
 		t.Run(fmt.Sprintf("shutdown=%v", byShutdown), func(t *testing.T) {
-			m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+			m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 			defer m.Shutdown(context.Background())
 			require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceSchema)))
 			next := &canceller{newSwappable("sw", "1.1.0", SurfaceSchema), make(chan struct{})}
