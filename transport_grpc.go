@@ -260,7 +260,7 @@ func (p *GRPCPlugin[Req, Resp]) setCodec(c Codec) {
 			p.codec, p.encode, p.decode = protocodec.Name, req.Marshal, resp.Unmarshal
 			return
 		}
-		c = JSONCodec
+		c = JSONCodec{}
 	}
 	p.codec = c.Name()
 	p.encode = func(req Req) ([]byte, error) { return c.Marshal(req) }

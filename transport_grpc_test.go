@@ -670,8 +670,8 @@ func grpcChildPids(t *testing.T) []string {
 type upperJSON struct{}
 
 func (upperJSON) Name() string                       { return "upper-json" }
-func (upperJSON) Marshal(v any) ([]byte, error)      { return JSONCodec.Marshal(v) }
-func (upperJSON) Unmarshal(data []byte, v any) error { return JSONCodec.Unmarshal(data, v) }
+func (upperJSON) Marshal(v any) ([]byte, error)      { return JSONCodec{}.Marshal(v) }
+func (upperJSON) Unmarshal(data []byte, v any) error { return JSONCodec{}.Unmarshal(data, v) }
 
 func TestGRPCReloadHandsStateOver(t *testing.T) {
 	verifyNoLeaks(t)
@@ -734,7 +734,7 @@ func TestGRPCProtoCodec(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []byte{0, 1, 2, 255}, resp.Value)
 
-	_, err = NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target, Codec: JSONCodec})
+	_, err = NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target, Codec: JSONCodec{}})
 	require.ErrorIs(t, err, ErrInvalidConfig, "the plugin accepts only proto; a JSON host is refused before any call")
 }
 

@@ -171,7 +171,7 @@ func (s *Subprocess[Req, Resp]) validate() error {
 		cfg.StopGrace = defaultStopGrace
 	}
 	if s.codec == nil {
-		s.codec = JSONCodec
+		s.codec = JSONCodec{}
 	}
 	if s.log == nil {
 		s.log = slog.Default()
