@@ -24,16 +24,16 @@ type Dependency struct {
 	Optional bool
 }
 
-// DependencyGraph holds plugins, each a name and a strict semantic version,
+// dependencyGraph holds plugins, each a name and a strict semantic version,
 // and the version-constrained dependencies between them. It computes the
 // order to load them in (every plugin after the plugins it depends on), the
 // levels that may load in parallel, and the order to unload dependents in.
 //
 // Every order is deterministic: among plugins free to go next, the one with
 // the smallest name goes first. Versions and constraints are parsed once, in
-// Add. A DependencyGraph is safe for concurrent use. The zero value is an
+// Add. A dependencyGraph is safe for concurrent use. The zero value is an
 // empty graph ready to use.
-type DependencyGraph struct {
+type dependencyGraph struct {
 	mu    sync.RWMutex
 	nodes map[string]*graphNode
 	// needers maps a plugin name to the set of plugins in the graph that
@@ -41,7 +41,7 @@ type DependencyGraph struct {
 	needers map[string]map[string]struct{}
 }
 
-// graphNode is one plugin of a DependencyGraph.
+// graphNode is one plugin of a dependencyGraph.
 type graphNode struct {
 	version string
 	v       *semver.Version
@@ -57,9 +57,9 @@ type graphEdge struct {
 	fits bool
 }
 
-// NewDependencyGraph returns an empty graph.
-func NewDependencyGraph() *DependencyGraph {
-	return &DependencyGraph{}
+// newDependencyGraph returns an empty graph.
+func newDependencyGraph() *dependencyGraph {
+	return &dependencyGraph{}
 }
 
 // Add adds the plugin name at version with its dependencies, or replaces the
@@ -71,7 +71,7 @@ func NewDependencyGraph() *DependencyGraph {
 // dependency declared twice. Dependencies need not be in the graph yet, and a
 // plugin may depend on itself: LoadOrder and Check report what is missing,
 // incompatible or cyclic.
-func (g *DependencyGraph) Add(name, version string, deps ...Dependency) error {
+func (g *dependencyGraph) Add(name, version string, deps ...Dependency) error {
 	var errs []error
 	if err := ValidateName(name); err != nil {
 		errs = append(errs, err)
@@ -152,7 +152,7 @@ func parseDependencyConstraint(plugin string, d Dependency) (*semver.Constraints
 }
 
 // forget removes name's dependencies, those of node n, from g.needers.
-func (g *DependencyGraph) forget(name string, n *graphNode) {
+func (g *dependencyGraph) forget(name string, n *graphNode) {
 	for _, e := range n.deps {
 		set := g.needers[e.Name]
 		delete(set, name)
@@ -165,7 +165,7 @@ func (g *DependencyGraph) forget(name string, n *graphNode) {
 // Remove removes the plugin name and its declared dependencies, and reports
 // whether it was present. Plugins that depend on it stay; their dependency is
 // then missing (or, if optional, ignored).
-func (g *DependencyGraph) Remove(name string) bool {
+func (g *dependencyGraph) Remove(name string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	n := g.nodes[name]
@@ -178,7 +178,7 @@ func (g *DependencyGraph) Remove(name string) bool {
 }
 
 // Has reports whether the plugin name is in the graph.
-func (g *DependencyGraph) Has(name string) bool {
+func (g *dependencyGraph) Has(name string) bool {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	return g.nodes[name] != nil
@@ -186,7 +186,7 @@ func (g *DependencyGraph) Has(name string) bool {
 
 // Version returns the version the plugin name was added with, and whether it
 // is in the graph.
-func (g *DependencyGraph) Version(name string) (string, bool) {
+func (g *dependencyGraph) Version(name string) (string, bool) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	if n := g.nodes[name]; n != nil {
@@ -198,7 +198,7 @@ func (g *DependencyGraph) Version(name string) (string, bool) {
 // Dependencies returns the dependencies the plugin name declared, in the
 // order it declared them, or nil if it is not in the graph. The slice is the
 // caller's.
-func (g *DependencyGraph) Dependencies(name string) []Dependency {
+func (g *dependencyGraph) Dependencies(name string) []Dependency {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	n := g.nodes[name]
@@ -218,7 +218,7 @@ func (g *DependencyGraph) Dependencies(name string) []Dependency {
 //
 // If the graph has problems, LoadOrder returns no order and every problem,
 // errors.Join'ed, as Check does.
-func (g *DependencyGraph) LoadOrder() ([]string, error) {
+func (g *dependencyGraph) LoadOrder() ([]string, error) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	x, order, err := g.sort(slices.Sorted(maps.Keys(g.nodes)))
@@ -231,7 +231,7 @@ func (g *DependencyGraph) LoadOrder() ([]string, error) {
 // LoadOrderFor is LoadOrder for the plugins names and every plugin they need,
 // directly or transitively; other plugins of the graph, and their problems,
 // are left out. A name not in the graph is an error matching ErrNotFound.
-func (g *DependencyGraph) LoadOrderFor(names ...string) ([]string, error) {
+func (g *dependencyGraph) LoadOrderFor(names ...string) ([]string, error) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	var errs []error
@@ -273,7 +273,7 @@ func (g *DependencyGraph) LoadOrderFor(names ...string) ([]string, error) {
 // dependency is on level k-1. The plugins of one level depend on none of each
 // other and may load in parallel once the levels before are loaded. Each level
 // is sorted by name. Problems are reported as by LoadOrder.
-func (g *DependencyGraph) Levels() ([][]string, error) {
+func (g *dependencyGraph) Levels() ([][]string, error) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	x, order, err := g.sort(slices.Sorted(maps.Keys(g.nodes)))
@@ -304,7 +304,7 @@ func (g *DependencyGraph) Levels() ([][]string, error) {
 // on, the smallest name first among plugins free to go. name itself is not
 // included; it may be absent from the graph. Dependents caught in a
 // dependency cycle, which have no safe order, come last in name order.
-func (g *DependencyGraph) Dependents(name string) []string {
+func (g *dependencyGraph) Dependents(name string) []string {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	found := make(map[string]bool)
@@ -340,7 +340,7 @@ func (g *DependencyGraph) Dependents(name string) []string {
 // (ErrIncompatibleVersion, with semver's reasons), and each dependency cycle
 // (ErrDependencyCycle, naming the cycle from its smallest name, "a -> b -> a").
 // Problems come in plugin name order, cycles last.
-func (g *DependencyGraph) Check() error {
+func (g *dependencyGraph) Check() error {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	_, _, err := g.sort(slices.Sorted(maps.Keys(g.nodes)))
@@ -349,10 +349,10 @@ func (g *DependencyGraph) Check() error {
 
 // Copy returns an independent copy of the graph: changes to either do not
 // affect the other.
-func (g *DependencyGraph) Copy() *DependencyGraph {
+func (g *dependencyGraph) Copy() *dependencyGraph {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	c := &DependencyGraph{
+	c := &dependencyGraph{
 		nodes:   make(map[string]*graphNode, len(g.nodes)),
 		needers: make(map[string]map[string]struct{}, len(g.needers)),
 	}
@@ -390,7 +390,7 @@ func (x *graphIndex) namesOf(ids []int32) []string {
 // edges between them. It returns the problems of their dependencies: missing
 // required ones, and present ones at an incompatible version. Edges to
 // plugins of the graph outside names are dropped silently. g.mu must be held.
-func (g *DependencyGraph) index(names []string) (*graphIndex, []error) {
+func (g *dependencyGraph) index(names []string) (*graphIndex, []error) {
 	ids := make(map[string]int32, len(names))
 	for i, name := range names {
 		ids[name] = int32(i)
@@ -428,7 +428,7 @@ func (g *DependencyGraph) index(names []string) (*graphIndex, []error) {
 // sort indexes names (sorted, in the graph, and holding every plugin they
 // depend on) and returns their load order, or every problem found. g.mu
 // must be held.
-func (g *DependencyGraph) sort(names []string) (*graphIndex, []int32, error) {
+func (g *dependencyGraph) sort(names []string) (*graphIndex, []int32, error) {
 	x, problems := g.index(names)
 	// Loading runs against the dependency edges: a plugin goes after the
 	// plugins it depends on, so sort along the reversed edges.

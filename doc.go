@@ -6,7 +6,7 @@
 //
 // # The flow
 //
-//	manifest files --DiscoveryEngine--> events --DynamicLoader--> version checks + DependencyGraph
+//	manifest files --DiscoveryEngine--> events --DynamicLoader--> version and dependency checks
 //	   --> Factory (transport) --> Plugin[Req, Resp] --> Manager.Register / Manager.Reload
 //	Manager.Execute(ctx, name, req) --> registry snapshot --> breaker --> plugin.Execute
 //	Manager.Reload: preflight --> drain (park new calls, wait in-flight) --> dispatch (each
@@ -24,7 +24,7 @@
 //
 // A DynamicLoader consumes a ManifestSource. It checks each manifest's host
 // constraint against a VersionPolicy and its dependency constraints against
-// the versions known, orders the plugins with a DependencyGraph, makes each
+// the versions known, orders the plugins by their dependencies, makes each
 // plugin with the Factory registered for its transport, and registers it
 // with a Manager. A plugin whose dependency is missing waits as pending and
 // loads once the dependency appears; an updated manifest becomes a

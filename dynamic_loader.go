@@ -177,7 +177,7 @@ type DynamicLoader[Req, Resp any] struct {
 	wanted    map[string]bool // asked to load (explicitly or by auto-load)
 	// graph holds the running manifest of a loaded plugin and the latest
 	// one of the others: what dependents are checked and ordered against.
-	graph *DependencyGraph
+	graph *dependencyGraph
 
 	loads, loadFailures, reloads, reloadFailures, unloads, events atomic.Uint64
 
@@ -206,7 +206,7 @@ func NewDynamicLoader[Req, Resp any](m *Manager[Req, Resp], src ManifestSource, 
 		running:   make(map[string]*Manifest),
 		status:    make(map[string]*PluginStatus),
 		wanted:    make(map[string]bool),
-		graph:     NewDependencyGraph(),
+		graph:     newDependencyGraph(),
 		stopped:   make(chan struct{}),
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
@@ -304,7 +304,7 @@ func (l *DynamicLoader[Req, Resp]) Add(mf *Manifest) error {
 func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
 	g := l.graph
 	if l.running[mf.Name] != nil {
-		g = NewDependencyGraph() // only checked: the graph keeps the running version
+		g = newDependencyGraph() // only checked: the graph keeps the running version
 	}
 	if err := addManifest(g, mf); err != nil {
 		return err
@@ -320,7 +320,7 @@ func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
 }
 
 // addManifest adds mf's node to g.
-func addManifest(g *DependencyGraph, mf *Manifest) error {
+func addManifest(g *dependencyGraph, mf *Manifest) error {
 	return g.Add(mf.Name, mf.Version, mf.Dependencies...)
 }
 
@@ -589,7 +589,7 @@ func (l *DynamicLoader[Req, Resp]) LoadAll(ctx context.Context) error {
 // screenLocked marks every known plugin wanted and returns the graph of
 // those LoadAll may load, with the problems found: pending and failed
 // plugins, and their dependents, are left out.
-func (l *DynamicLoader[Req, Resp]) screenLocked() (*DependencyGraph, []error) {
+func (l *DynamicLoader[Req, Resp]) screenLocked() (*dependencyGraph, []error) {
 	var problems []error
 	excluded := map[string]bool{}
 	names := slices.Sorted(maps.Keys(l.known))
@@ -641,7 +641,7 @@ func (l *DynamicLoader[Req, Resp]) onCycleLocked(name string) bool {
 }
 
 // cycles returns the dependency cycles of g, each once.
-func cycles(g *DependencyGraph) []error {
+func cycles(g *dependencyGraph) []error {
 	var out []error
 	for _, err := range unjoin(g.Check()) {
 		if errors.Is(err, ErrDependencyCycle) {

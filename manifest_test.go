@@ -257,7 +257,7 @@ func TestManifestDependenciesGoToTheGraph(t *testing.T) {
 		{Name: "logging", Constraint: "^1.0.0"},
 		{Name: "metrics", Constraint: "~2.1", Optional: true},
 	}, m.Dependencies)
-	g := NewDependencyGraph()
+	g := newDependencyGraph()
 	require.NoError(t, g.Add(m.Name, m.Version, m.Dependencies...))
 	assert.Equal(t, m.Dependencies, g.Dependencies(m.Name))
 }
