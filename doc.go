@@ -76,8 +76,32 @@
 //
 // # Errors
 //
-// Every error the package reports carries a code (see the Code constants)
-// and matches its sentinel with errors.Is, e.g. errors.Is(err, ErrNotFound).
-// Messages name the plugin (or the file and field) and say what to do. A
+// Every error the package reports matches one of the Err sentinels with
+// errors.Is, e.g. errors.Is(err, ErrNotFound); ErrorCode reports its code
+// string (such as "PLUGIN_NOT_FOUND") for logs and metrics. Messages are one
+// line that names the plugin (or the file and field) and says what to do. A
 // plugin's own errors pass through Execute unchanged.
+//
+// # Options
+//
+// Each receiver has one option type: Option for NewManager, PluginOption
+// for one plugin at Manager.Register (WithPluginDefaults makes them the
+// defaults of every plugin), ReloadOption for one Manager.Reload,
+// LoaderOption for NewDynamicLoader and ManifestOption for LoadManifest and
+// ParseManifest. Structs configure what has many fields: DiscoveryConfig,
+// SubprocessConfig, GRPCConfig, BreakerConfig, HealthConfig, RetryPolicy,
+// RestartPolicy.
+//
+// # The types, in the order a host meets them
+//
+//   - Plugin, PluginInfo and the capability interfaces StatefulPlugin,
+//     StreamPlugin and SchemaPlugin: what a plugin is.
+//   - Manager (NewManager, Register, Execute, Reload, Unregister,
+//     Shutdown), with Metrics, HealthReport and Event (Subscribe).
+//   - Manifest, read by LoadManifest or found by a DiscoveryEngine or a
+//     ConfigWatcher (Config), both a ManifestSource.
+//   - DynamicLoader, with a Factory per transport: SubprocessFactory,
+//     GRPCFactory, or the host's own.
+//   - Subprocess and GRPCPlugin, the out-of-process transports, with Codec.
+//   - ReloadDispatcher and Handoff, for surfaces of the host's own.
 package goplugins
