@@ -64,7 +64,7 @@ func newDependencyGraph() *dependencyGraph {
 
 // Add adds the plugin name at version with its dependencies, or replaces the
 // plugin of that name, its version and all its dependencies. The name and
-// every dependency name must pass ValidateName, the version must be strict
+// every dependency name must pass validateName, the version must be strict
 // semver and every constraint must parse; otherwise Add changes nothing and
 // returns every problem (errors.Join'ed), each matching ErrInvalidName,
 // ErrInvalidVersion, ErrInvalidConstraint, or ErrInvalidConfig for a
@@ -73,7 +73,7 @@ func newDependencyGraph() *dependencyGraph {
 // incompatible or cyclic.
 func (g *dependencyGraph) Add(name, version string, deps ...Dependency) error {
 	var errs []error
-	if err := ValidateName(name); err != nil {
+	if err := validateName(name); err != nil {
 		errs = append(errs, err)
 	}
 	v, err := parseVersion(name, version)
@@ -82,7 +82,7 @@ func (g *dependencyGraph) Add(name, version string, deps ...Dependency) error {
 	}
 	n := &graphNode{version: version, v: v, deps: make([]graphEdge, len(deps))}
 	for i, d := range deps {
-		if ValidateName(d.Name) != nil {
+		if validateName(d.Name) != nil {
 			errs = append(errs, newError(codeInvalidName, name,
 				"dependency name %q is invalid; use 1 to %d characters of [a-z0-9._-], starting with a letter or digit",
 				d.Name, maxNameLen))

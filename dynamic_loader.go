@@ -82,8 +82,8 @@ const (
 	UnloadCascade
 )
 
-// LoaderMetrics counts what a DynamicLoader did.
-type LoaderMetrics struct {
+// loaderMetrics counts what a DynamicLoader did.
+type loaderMetrics struct {
 	// Loads, Reloads and Unloads count successful operations;
 	// LoadFailures and ReloadFailures failed ones (a refused update is a
 	// reload failure).
@@ -1011,9 +1011,9 @@ func (l *DynamicLoader[Req, Resp]) Status() []PluginStatus {
 	return out
 }
 
-// Metrics returns the loader's counters.
-func (l *DynamicLoader[Req, Resp]) Metrics() LoaderMetrics {
-	out := LoaderMetrics{
+// metrics returns the loader's counters.
+func (l *DynamicLoader[Req, Resp]) metrics() loaderMetrics {
+	out := loaderMetrics{
 		Loads: l.loads.Load(), LoadFailures: l.loadFailures.Load(),
 		Reloads: l.reloads.Load(), ReloadFailures: l.reloadFailures.Load(),
 		Unloads: l.unloads.Load(), Events: l.events.Load(),

@@ -148,7 +148,7 @@ func TestLoaderLoadAllInOrder(t *testing.T) {
 	}
 	require.Less(t, pos["log"], pos["auth"])
 	require.Less(t, pos["auth"], pos["app"])
-	require.Equal(t, LoaderMetrics{Loads: 4, Loaded: 4}, l.Metrics())
+	require.Equal(t, loaderMetrics{Loads: 4, Loaded: 4}, l.metrics())
 }
 
 func TestLoaderOutOfOrderDiscoveryWaitsAsPending(t *testing.T) {
@@ -242,7 +242,7 @@ func TestLoaderUpdateReloads(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, "1.1.0", info.Version)
 	require.Equal(t, uint64(2), m.Metrics().Plugins["auth"].Generation)
-	require.Equal(t, uint64(1), l.Metrics().Reloads)
+	require.Equal(t, uint64(1), l.metrics().Reloads)
 }
 
 func TestLoaderUpdateRefusedByDependentConstraint(t *testing.T) {
@@ -264,7 +264,7 @@ func TestLoaderUpdateRefusedByDependentConstraint(t *testing.T) {
 	require.Contains(t, ev.Err.Error(), `"app"`)
 	info, _ := m.Info("auth")
 	require.Equal(t, "1.0.0", info.Version, "the running version keeps serving")
-	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+	require.Equal(t, uint64(1), l.metrics().ReloadFailures)
 
 	// A compatible update still goes through.
 	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.0.1", nil)})
@@ -370,7 +370,7 @@ func TestLoaderConcurrentEvents(t *testing.T) {
 			defer wg.Done()
 			for range 50 {
 				l.Status()
-				l.Metrics()
+				l.metrics()
 				_, _ = m.Execute(ctx, "p1", 1)
 			}
 		}()
@@ -379,7 +379,7 @@ func TestLoaderConcurrentEvents(t *testing.T) {
 	require.NoError(t, l.Shutdown(ctx))
 	require.NoError(t, m.Shutdown(ctx))
 	require.Empty(t, registered(m))
-	require.Equal(t, uint64(90), l.Metrics().Events)
+	require.Equal(t, uint64(90), l.metrics().Events)
 }
 
 func TestLoaderCloseUnloadsEverything(t *testing.T) {
@@ -468,7 +468,7 @@ func TestLoaderFailedUpdateKeepsRunningManifest(t *testing.T) {
 	require.Equal(t, "1.2.0", st.Version)
 	require.Equal(t, "1.2.0", st.Loaded)
 	require.NoError(t, st.Err)
-	require.Equal(t, uint64(2), l.Metrics().Reloads, "y 1.1.0 and x 1.2.0")
+	require.Equal(t, uint64(2), l.metrics().Reloads, "y 1.1.0 and x 1.2.0")
 }
 
 // TestLoaderReloadLoadsWaitingDependents checks that a plugin pending on a
@@ -507,7 +507,7 @@ func TestLoaderUpdateRefusedByDependencyVersion(t *testing.T) {
 			require.Contains(t, st.Err.Error(), "running version keeps serving")
 		}
 	}
-	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+	require.Equal(t, uint64(1), l.metrics().ReloadFailures)
 }
 
 // TestLoaderOperationsAfterClose checks that nothing is loaded, unloaded or
@@ -726,7 +726,7 @@ func TestLoaderEveryFailedUpdateSendsReloadFailed(t *testing.T) {
 	ev := receive(t, failed)
 	require.Equal(t, "x", ev.Plugin)
 	require.ErrorIs(t, ev.Err, boom)
-	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+	require.Equal(t, uint64(1), l.metrics().ReloadFailures)
 }
 
 // TestLoaderOneBadPluginKeepsTheGoodLoaded checks the README's promise for

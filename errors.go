@@ -55,7 +55,7 @@ var (
 	ErrNotFound = sentinel(codeNotFound)
 	// ErrAlreadyRegistered: a plugin of that name is registered already.
 	ErrAlreadyRegistered = sentinel(codeAlreadyRegistered)
-	// ErrInvalidName: a plugin name breaks the rules of ValidateName.
+	// ErrInvalidName: a plugin name breaks the rules (see PluginInfo.Name).
 	ErrInvalidName = sentinel(codeInvalidName)
 	// ErrInvalidVersion: a version is not strict semantic versioning.
 	ErrInvalidVersion = sentinel(codeInvalidVersion)

@@ -98,9 +98,10 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 	return m
 }
 
-// Register adds p under the name in p.Info(). The name must pass
-// ValidateName and the version must be strict semver (and pass the
-// manager's VersionPolicy rule for the name, if any). Registering a name
+// Register adds p under the name in p.Info(). The name must follow the
+// rules of PluginInfo.Name (else ErrInvalidName) and the version must be
+// strict semver (and pass the manager's VersionPolicy rule for the name, if
+// any). Registering a name
 // that is taken fails with ErrAlreadyRegistered: use Reload to replace a
 // plugin. opts configure this plugin, after the manager's
 // WithPluginDefaults; the settings last for its life, reloads included.

@@ -20,7 +20,7 @@ const defaultManifestMaxSize = 1 << 20
 //
 // The file format, JSON or YAML with the same field names:
 //
-//	name          required; see ValidateName
+//	name          required; see PluginInfo.Name
 //	version       required; strict semantic version ("1.4.0")
 //	description   free text
 //	transport     required; "inprocess", "subprocess" or "grpc"
@@ -127,8 +127,8 @@ type ManifestTLS struct {
 	ServerName string
 }
 
-// SemVer returns the parsed Version.
-func (m *Manifest) SemVer() *semver.Version { return m.version }
+// semVer returns the parsed Version.
+func (m *Manifest) semVer() *semver.Version { return m.version }
 
 // Info returns the PluginInfo the manifest declares.
 func (m *Manifest) Info() PluginInfo {

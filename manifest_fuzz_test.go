@@ -108,10 +108,10 @@ func (d *rawDependency) UnmarshalJSON(b []byte) error {
 // checkManifestRules checks what validation promises about m.
 func checkManifestRules(t *testing.T, m *Manifest, data []byte) {
 	t.Helper()
-	if ValidateName(m.Name) != nil {
+	if validateName(m.Name) != nil {
 		t.Fatalf("accepted name %q", m.Name)
 	}
-	if m.SemVer() == nil || m.SemVer().Original() != m.Version {
+	if m.semVer() == nil || m.semVer().Original() != m.Version {
 		t.Fatalf("accepted version %q", m.Version)
 	}
 	if !slices.Contains(manifestTransports, m.Transport) {

@@ -26,7 +26,7 @@ func TestManifestLoadTestdata(t *testing.T) {
 
 		assert.Equal(t, "auth", m.Name)
 		assert.Equal(t, "1.4.0", m.Version)
-		assert.Equal(t, "1.4.0", m.SemVer().String())
+		assert.Equal(t, "1.4.0", m.semVer().String())
 		assert.Equal(t, "subprocess", m.Transport)
 		assert.Equal(t, filepath.Join(dir, "auth", "auth-plugin"), m.Command)
 		assert.Equal(t, []string{"--mode", "strict"}, m.Args)

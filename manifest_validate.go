@@ -83,7 +83,7 @@ func (v *manifestValidator) err(name string) error {
 	return e
 }
 
-func validName(name string) bool { return ValidateName(name) == nil }
+func validName(name string) bool { return validateName(name) == nil }
 
 func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 	m := &Manifest{
@@ -95,7 +95,7 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 		Path:        v.path,
 		Dir:         v.dir,
 	}
-	if err := ValidateName(r.Name); err != nil {
+	if err := validateName(r.Name); err != nil {
 		v.failCause("name", err, "%q is not a valid plugin name: use 1 to %d characters of [a-z0-9._-], starting with a letter or digit", r.Name, maxNameLen)
 	}
 	if r.Version == "" {

@@ -35,7 +35,8 @@ type Plugin[Req, Resp any] interface {
 
 // PluginInfo describes a plugin.
 type PluginInfo struct {
-	// Name identifies the plugin; see ValidateName for the rules.
+	// Name identifies the plugin: 1 to 64 bytes of lowercase ASCII letters,
+	// digits, ".", "_" and "-", starting with a letter or digit.
 	Name string `json:"name"`
 	// Version is the plugin's strict semantic version (e.g. "1.4.0").
 	Version string `json:"version"`
@@ -108,10 +109,10 @@ type SchemaPlugin interface {
 // maxNameLen is the longest plugin name allowed.
 const maxNameLen = 64
 
-// ValidateName checks a plugin name: 1 to 64 bytes of lowercase ASCII
+// validateName checks a plugin name: 1 to 64 bytes of lowercase ASCII
 // letters, digits, '.', '_' and '-', starting with a letter or digit.
 // The error matches ErrInvalidName.
-func ValidateName(name string) error {
+func validateName(name string) error {
 	if name == "" {
 		return newError(codeInvalidName, "", "plugin name is empty; use 1 to %d characters of [a-z0-9._-]", maxNameLen)
 	}
@@ -132,7 +133,7 @@ func ValidateName(name string) error {
 
 // validateInfo checks a plugin's Info for Register and Reload.
 func validateInfo(info PluginInfo) error {
-	if err := ValidateName(info.Name); err != nil {
+	if err := validateName(info.Name); err != nil {
 		return err
 	}
 	_, err := parseVersion(info.Name, info.Version)

@@ -226,7 +226,7 @@ func (p *GRPCPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
 }
 
 func (cfg *GRPCConfig) validate() error {
-	if err := ValidateName(cfg.Name); err != nil {
+	if err := validateName(cfg.Name); err != nil {
 		return wrapError(err, codeInvalidConfig, cfg.Name, "GRPCConfig.Name is invalid")
 	}
 	if cfg.Version != "" {

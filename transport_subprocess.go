@@ -133,7 +133,7 @@ func NewSubprocess[Req, Resp any](ctx context.Context, cfg SubprocessConfig) (*S
 // validate checks cfg and fills in defaults.
 func (s *Subprocess[Req, Resp]) validate() error {
 	cfg := &s.cfg
-	if err := ValidateName(cfg.Name); err != nil {
+	if err := validateName(cfg.Name); err != nil {
 		return wrapError(err, codeInvalidConfig, cfg.Name, "SubprocessConfig.Name")
 	}
 	if cfg.Version != "" {
