@@ -89,15 +89,15 @@ func (c *Config) ManagerOptions() []Option {
 		defaults = append(defaults, WithDrainTimeout(c.Defaults.DrainTimeout))
 	}
 	opts := []Option{WithPluginDefaults(defaults...)}
-	if p := c.VersionPolicy(); p != nil {
+	if p := c.versionPolicy(); p != nil {
 		opts = append(opts, WithVersionPolicy(p))
 	}
 	return opts
 }
 
-// VersionPolicy returns a policy for the configured host version, or nil
+// versionPolicy returns a policy for the configured host version, or nil
 // when the file sets none.
-func (c *Config) VersionPolicy() *VersionPolicy {
+func (c *Config) versionPolicy() *VersionPolicy {
 	if c.HostVersion == "" {
 		return nil
 	}

@@ -67,8 +67,16 @@ plugins:
 	require.Equal(t, "metrics", c.Plugins[1].Name)
 	require.Equal(t, "costs $5 nothing", c.Plugins[1].Description, "$$ is a literal $; an empty variable takes the :- default")
 	require.Equal(t, []Dependency{{Name: "auth", Constraint: "^1.0.0"}}, c.Plugins[1].Dependencies)
-	require.NotNil(t, c.VersionPolicy())
-	require.Len(t, c.ManagerOptions(), 5)
+	require.NotNil(t, c.versionPolicy())
+	mc := defaultManagerConfig()
+	for _, o := range c.ManagerOptions() {
+		o.applyManager(&mc)
+	}
+	require.Equal(t, 5*time.Second, mc.plugin.timeout, "ManagerOptions: the defaults")
+	require.Equal(t, 3*time.Second, mc.plugin.drain)
+	require.Equal(t, 7, mc.plugin.breaker.ConsecutiveFailures)
+	require.Equal(t, 4, mc.plugin.health.UnhealthyAfter)
+	require.NotNil(t, mc.policy, "ManagerOptions: the host version's policy")
 
 	// The same configuration in JSON parses the same.
 	jsonPath := filepath.Join(dir, "goplugins.json")

@@ -23,7 +23,7 @@
 // (see Config) the same way; both are a ManifestSource.
 //
 // A DynamicLoader consumes a ManifestSource. It checks each manifest's host
-// constraint against a VersionPolicy and its dependency constraints against
+// constraint against the manager's VersionPolicy and its dependency constraints against
 // the versions known, orders the plugins by their dependencies, makes each
 // plugin with the Factory registered for its transport, and registers it
 // with a Manager. A plugin whose dependency is missing waits as pending and

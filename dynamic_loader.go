@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"slices"
 	"sync"
@@ -99,8 +98,6 @@ type LoaderOption interface{ applyLoader(*loaderConfig) }
 
 type loaderConfig struct {
 	autoLoad bool
-	policy   *VersionPolicy
-	logger   *slog.Logger
 	register func(*Manifest) []PluginOption
 }
 
@@ -112,22 +109,6 @@ func (f loaderOption) applyLoader(c *loaderConfig) { f(c) }
 // ones) by itself. Default true.
 func WithAutoLoad(on bool) LoaderOption {
 	return loaderOption(func(c *loaderConfig) { c.autoLoad = on })
-}
-
-// WithHostPolicy makes the loader check each manifest's "requires.host"
-// against the policy's host version and its per-plugin rules. Without it,
-// host constraints are not checked.
-func WithHostPolicy(p *VersionPolicy) LoaderOption {
-	return loaderOption(func(c *loaderConfig) { c.policy = p })
-}
-
-// WithLoaderLogger sets the loader's logger (default: discard).
-func WithLoaderLogger(l *slog.Logger) LoaderOption {
-	return loaderOption(func(c *loaderConfig) {
-		if l != nil {
-			c.logger = l
-		}
-	})
 }
 
 // WithRegisterOptions adds options to every Register the loader makes, on
@@ -161,7 +142,9 @@ func WithRegisterOptions(f func(*Manifest) []PluginOption) LoaderOption {
 // Shutdown, which unloads what the loader loaded; there is no Close, as
 // nothing is left to end at once (Manager.Shutdown ends the plugins
 // themselves). Operations are serialized. A DynamicLoader is safe for
-// concurrent use.
+// concurrent use. It follows its manager's settings: each manifest's
+// "requires.host" and version are checked against the manager's
+// VersionPolicy (WithVersionPolicy), and it logs to the manager's logger.
 type DynamicLoader[Req, Resp any] struct {
 	m   *Manager[Req, Resp]
 	src ManifestSource
@@ -195,7 +178,7 @@ type DynamicLoader[Req, Resp any] struct {
 // src may be nil for a loader driven only by Add, Load and Unload. Call
 // Start to consume src's events.
 func NewDynamicLoader[Req, Resp any](m *Manager[Req, Resp], src ManifestSource, opts ...LoaderOption) *DynamicLoader[Req, Resp] {
-	cfg := loaderConfig{autoLoad: true, logger: slog.New(slog.DiscardHandler)}
+	cfg := loaderConfig{autoLoad: true}
 	for _, o := range opts {
 		o.applyLoader(&cfg)
 	}
@@ -287,7 +270,7 @@ func (l *DynamicLoader[Req, Resp]) handle(ev DiscoveryEvent) {
 		err = ev.Err
 	}
 	if err != nil {
-		l.cfg.logger.Warn("goplugins: discovery event not applied", "event", ev.Kind.String(), "plugin", ev.Name, "path", ev.Path, "error", err)
+		l.m.cfg.logger.Warn("goplugins: discovery event not applied", "event", ev.Kind.String(), "plugin", ev.Name, "path", ev.Path, "error", err)
 	}
 }
 
@@ -807,15 +790,16 @@ func (l *DynamicLoader[Req, Resp]) checkLoadLocked(mf *Manifest) error {
 	return nil
 }
 
-// checkPolicyLocked checks mf against the host version policy, if any.
+// checkPolicyLocked checks mf against the manager's VersionPolicy, if any.
 func (l *DynamicLoader[Req, Resp]) checkPolicyLocked(mf *Manifest) error {
-	if l.cfg.policy == nil {
+	p := l.m.cfg.policy
+	if p == nil {
 		return nil
 	}
-	if err := l.cfg.policy.checkHost(mf.Name, mf.Requires.Host); err != nil {
+	if err := p.checkHost(mf.Name, mf.Requires.Host); err != nil {
 		return err
 	}
-	return l.cfg.policy.checkPlugin(mf.Name, mf.Version)
+	return p.checkPlugin(mf.Name, mf.Version)
 }
 
 // newPlugin runs the transport's factory for mf.
@@ -875,7 +859,7 @@ func (l *DynamicLoader[Req, Resp]) rollback(loaded []string) {
 	ctx := context.Background()
 	for i := len(loaded) - 1; i >= 0; i-- {
 		if err := l.unloadOne(ctx, loaded[i], LoadDiscovered); err != nil {
-			l.cfg.logger.Error("goplugins: rollback could not unload plugin", "plugin", loaded[i], "error", err)
+			l.m.cfg.logger.Error("goplugins: rollback could not unload plugin", "plugin", loaded[i], "error", err)
 		}
 	}
 }

@@ -176,7 +176,10 @@ func TestLoaderVersionConflicts(t *testing.T) {
 		manifest(t, "auth", "1.9.0", nil),
 		manifest(t, "old", "1.0.0", nil, "requires", "<1.0.0"),
 	)
-	l, m, _ := newTestLoader(t, src, WithHostPolicy(host))
+	m := newTestManager(t, WithVersionPolicy(host))
+	l := NewDynamicLoader(m, src)
+	l.RegisterFactory("inprocess", newEchoFactory().make)
+	t.Cleanup(func() { _ = l.Shutdown(context.Background()) })
 	err = l.Start(context.Background())
 	require.ErrorIs(t, err, ErrIncompatibleVersion, "the host-refused plugin is reported")
 	require.Contains(t, err.Error(), `"old"`)

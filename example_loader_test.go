@@ -76,13 +76,13 @@ func ExampleNewDiscoveryEngine() {
 		log.Fatal(err)
 	}
 	defer engine.Close()
-	m := goplugins.NewManager[map[string]string, map[string]string]()
-	defer m.Shutdown(ctx)
 	policy, err := goplugins.NewVersionPolicy("1.6.0") // checked against manifests' requires.host
 	if err != nil {
 		log.Fatal(err)
 	}
-	loader := goplugins.NewDynamicLoader(m, engine, goplugins.WithHostPolicy(policy))
+	m := goplugins.NewManager[map[string]string, map[string]string](goplugins.WithVersionPolicy(policy))
+	defer m.Shutdown(ctx)
+	loader := goplugins.NewDynamicLoader(m, engine)
 	defer loader.Shutdown(ctx)
 	loader.RegisterFactory("subprocess", goplugins.SubprocessFactory[map[string]string, map[string]string](goplugins.SubprocessConfig{}))
 	loader.RegisterFactory("grpc", goplugins.GRPCFactory[map[string]string, map[string]string](goplugins.GRPCConfig{AutoMTLS: true}))

@@ -130,7 +130,9 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithVersionPolicy makes Register and Reload check every plugin's version
-// against p's per-plugin rules.
+// against p's per-plugin rules, and a DynamicLoader of the manager also
+// check each manifest's "requires.host" against p's host version. Without
+// it, neither is checked.
 func WithVersionPolicy(p *VersionPolicy) Option {
 	return managerOption(func(c *managerConfig) { c.policy = p })
 }
