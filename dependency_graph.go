@@ -66,8 +66,8 @@ func newDependencyGraph() *dependencyGraph {
 // plugin of that name, its version and all its dependencies. The name and
 // every dependency name must pass validateName, the version must be strict
 // semver and every constraint must parse; otherwise Add changes nothing and
-// returns every problem (errors.Join'ed), each matching ErrInvalidName,
-// ErrInvalidVersion, ErrInvalidConstraint, or ErrInvalidConfig for a
+// returns every problem (errors.Join'ed), each matching ErrInvalidPlugin,
+// ErrInvalidVersion, or ErrInvalidConfig for a
 // dependency declared twice. Dependencies need not be in the graph yet, and a
 // plugin may depend on itself: LoadOrder and Check report what is missing,
 // incompatible or cyclic.
@@ -83,7 +83,7 @@ func (g *dependencyGraph) Add(name, version string, deps ...Dependency) error {
 	n := &graphNode{version: version, v: v, deps: make([]graphEdge, len(deps))}
 	for i, d := range deps {
 		if validateName(d.Name) != nil {
-			errs = append(errs, newError(codeInvalidName, name,
+			errs = append(errs, newError(codeInvalidPlugin, name,
 				"dependency name %q is invalid; use 1 to %d characters of [a-z0-9._-], starting with a letter or digit",
 				d.Name, maxNameLen))
 			continue
@@ -140,12 +140,12 @@ func (g *dependencyGraph) Add(name, version string, deps ...Dependency) error {
 // parseDependencyConstraint parses the constraint plugin declares on d.
 func parseDependencyConstraint(plugin string, d Dependency) (*semver.Constraints, error) {
 	if strings.TrimSpace(d.Constraint) == "" {
-		return nil, newError(codeInvalidConstraint, plugin,
+		return nil, newError(codeInvalidVersion, plugin,
 			"dependency %q has an empty version constraint; use \"*\" to accept any version", d.Name)
 	}
 	c, err := semver.NewConstraint(d.Constraint)
 	if err != nil {
-		return nil, newError(codeInvalidConstraint, plugin,
+		return nil, newError(codeInvalidVersion, plugin,
 			"dependency %q: version constraint %q does not parse: %v", d.Name, d.Constraint, err)
 	}
 	return c, nil

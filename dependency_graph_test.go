@@ -306,25 +306,25 @@ func TestDependencyGraphAdd(t *testing.T) {
 		want    []graphProblem
 	}{
 		{"invalid name", "Auth", "1.0.0", nil,
-			[]graphProblem{{ErrInvalidName, []string{`"Auth"`}}}},
+			[]graphProblem{{ErrInvalidPlugin, []string{`"Auth"`}}}},
 		{"invalid name and version", "-a", "1.0", nil,
-			[]graphProblem{{ErrInvalidName, []string{`"-a"`}}, {ErrInvalidVersion, []string{`"1.0"`}}}},
+			[]graphProblem{{ErrInvalidPlugin, []string{`"-a"`}}, {ErrInvalidVersion, []string{`"1.0"`}}}},
 		{"v prefix", "auth", "v1.0.0", nil,
 			[]graphProblem{{ErrInvalidVersion, []string{`plugin "auth"`, `"v1.0.0"`, "strict"}}}},
 		{"invalid dependency name", "auth", "1.0.0", []Dependency{graphNeed("../db", "^1")},
-			[]graphProblem{{ErrInvalidName, []string{`plugin "auth"`, `"../db"`}}}},
+			[]graphProblem{{ErrInvalidPlugin, []string{`plugin "auth"`, `"../db"`}}}},
 		{"empty constraint", "auth", "1.0.0", []Dependency{graphNeed("db", " ")},
-			[]graphProblem{{ErrInvalidConstraint, []string{`plugin "auth"`, `"db"`, "empty", `"*"`}}}},
+			[]graphProblem{{ErrInvalidVersion, []string{`plugin "auth"`, `"db"`, "empty", `"*"`}}}},
 		{"constraint does not parse", "auth", "1.0.0", []Dependency{graphNeed("db", ">>1")},
-			[]graphProblem{{ErrInvalidConstraint, []string{`plugin "auth"`, `"db"`, `">>1"`, "does not parse"}}}},
+			[]graphProblem{{ErrInvalidVersion, []string{`plugin "auth"`, `"db"`, `">>1"`, "does not parse"}}}},
 		{"dependency declared twice", "auth", "1.0.0", []Dependency{graphNeed("db", "^1"), graphMayNeed("db", "<1.5")},
 			[]graphProblem{{ErrInvalidConfig, []string{`plugin "auth"`, `"db"`, "twice"}}}},
 		{"every problem reported", "auth", "1.2", []Dependency{graphNeed("db", ""), graphNeed("Log", "*"), graphNeed("cache", ">>2")},
 			[]graphProblem{
 				{ErrInvalidVersion, []string{`"1.2"`}},
-				{ErrInvalidConstraint, []string{`"db"`, "empty"}},
-				{ErrInvalidName, []string{`"Log"`}},
-				{ErrInvalidConstraint, []string{`"cache"`, `">>2"`}},
+				{ErrInvalidVersion, []string{`"db"`, "empty"}},
+				{ErrInvalidPlugin, []string{`"Log"`}},
+				{ErrInvalidVersion, []string{`"cache"`, `">>2"`}},
 			}},
 	}
 	for _, tt := range tests {

@@ -11,16 +11,15 @@ import (
 
 // The codes carried by every error the library reports, one per sentinel
 // below. Hosts match errors with errors.Is and the sentinels; ErrorCode reports
-// the code string (for logs and metrics). Three sentinels were merged into
-// others that a host never told apart from them: a path escape is an
-// ErrInvalidManifest, a protocol version mismatch an ErrHandshake, and a
-// manager or loader shut down an ErrClosed.
+// the code string (for logs and metrics). Five sentinels were merged into
+// others that a host never told apart from them: a bad plugin name is an
+// ErrInvalidPlugin, a bad version constraint an ErrInvalidVersion, a path
+// escape an ErrInvalidManifest, a protocol version mismatch an ErrHandshake,
+// and a manager or loader shut down an ErrClosed.
 const (
 	codeNotFound            goerrors.ErrorCode = "PLUGIN_NOT_FOUND"
 	codeAlreadyRegistered   goerrors.ErrorCode = "PLUGIN_ALREADY_REGISTERED"
-	codeInvalidName         goerrors.ErrorCode = "PLUGIN_INVALID_NAME"
 	codeInvalidVersion      goerrors.ErrorCode = "PLUGIN_INVALID_VERSION"
-	codeInvalidConstraint   goerrors.ErrorCode = "PLUGIN_INVALID_CONSTRAINT"
 	codeInvalidPlugin       goerrors.ErrorCode = "PLUGIN_INVALID"
 	codeBreakerOpen         goerrors.ErrorCode = "PLUGIN_BREAKER_OPEN"
 	codeTimeout             goerrors.ErrorCode = "PLUGIN_TIMEOUT"
@@ -55,13 +54,11 @@ var (
 	ErrNotFound = sentinel(codeNotFound)
 	// ErrAlreadyRegistered: a plugin of that name is registered already.
 	ErrAlreadyRegistered = sentinel(codeAlreadyRegistered)
-	// ErrInvalidName: a plugin name breaks the rules (see PluginInfo.Name).
-	ErrInvalidName = sentinel(codeInvalidName)
-	// ErrInvalidVersion: a version is not strict semantic versioning.
+	// ErrInvalidVersion: a version is not strict semantic versioning, or a
+	// version constraint does not parse.
 	ErrInvalidVersion = sentinel(codeInvalidVersion)
-	// ErrInvalidConstraint: a version constraint does not parse.
-	ErrInvalidConstraint = sentinel(codeInvalidConstraint)
-	// ErrInvalidPlugin: a plugin value is unusable (nil, or its Info is wrong).
+	// ErrInvalidPlugin: a plugin value is unusable (nil, or its Info is
+	// wrong, such as a name that breaks the rules of PluginInfo.Name).
 	ErrInvalidPlugin = sentinel(codeInvalidPlugin)
 	// ErrBreakerOpen: the plugin's circuit breaker rejected the call.
 	ErrBreakerOpen = sentinel(codeBreakerOpen)

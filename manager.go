@@ -99,7 +99,7 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 }
 
 // Register adds p under the name in p.Info(). The name must follow the
-// rules of PluginInfo.Name (else ErrInvalidName) and the version must be
+// rules of PluginInfo.Name (else ErrInvalidPlugin) and the version must be
 // strict semver (and pass the manager's VersionPolicy rule for the name, if
 // any). Registering a name
 // that is taken fails with ErrAlreadyRegistered: use Reload to replace a

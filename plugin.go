@@ -111,13 +111,13 @@ const maxNameLen = 64
 
 // validateName checks a plugin name: 1 to 64 bytes of lowercase ASCII
 // letters, digits, '.', '_' and '-', starting with a letter or digit.
-// The error matches ErrInvalidName.
+// The error matches ErrInvalidPlugin.
 func validateName(name string) error {
 	if name == "" {
-		return newError(codeInvalidName, "", "plugin name is empty; use 1 to %d characters of [a-z0-9._-]", maxNameLen)
+		return newError(codeInvalidPlugin, "", "plugin name is empty; use 1 to %d characters of [a-z0-9._-]", maxNameLen)
 	}
 	if len(name) > maxNameLen {
-		return newError(codeInvalidName, "", "plugin name %.20q... is %d bytes long; the limit is %d", name, len(name), maxNameLen)
+		return newError(codeInvalidPlugin, "", "plugin name %.20q... is %d bytes long; the limit is %d", name, len(name), maxNameLen)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
@@ -125,7 +125,7 @@ func validateName(name string) error {
 		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
 		case (c == '.' || c == '_' || c == '-') && i > 0:
 		default:
-			return newError(codeInvalidName, "", "plugin name %q has %q at byte %d; use [a-z0-9._-], starting with a letter or digit", name, c, i)
+			return newError(codeInvalidPlugin, "", "plugin name %q has %q at byte %d; use [a-z0-9._-], starting with a letter or digit", name, c, i)
 		}
 	}
 	return nil

@@ -22,14 +22,14 @@ func parseVersion(plugin, version string) (*semver.Version, error) {
 
 // parseConstraint parses a version constraint in Masterminds syntax
 // (">=1.2.0, <2.0.0", "^1.4", "~2.1", "1.x", "1.0 - 2.0", "a || b").
-// A malformed constraint yields an error matching ErrInvalidConstraint.
+// A malformed constraint yields an error matching ErrInvalidVersion.
 func parseConstraint(plugin, constraint string) (*semver.Constraints, error) {
 	if strings.TrimSpace(constraint) == "" {
-		return nil, newError(codeInvalidConstraint, plugin, "version constraint is empty; use \"*\" to accept any version")
+		return nil, newError(codeInvalidVersion, plugin, "version constraint is empty; use \"*\" to accept any version")
 	}
 	c, err := semver.NewConstraint(constraint)
 	if err != nil {
-		return nil, newError(codeInvalidConstraint, plugin, "version constraint %q does not parse: %v", constraint, err)
+		return nil, newError(codeInvalidVersion, plugin, "version constraint %q does not parse: %v", constraint, err)
 	}
 	return c, nil
 }

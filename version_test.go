@@ -107,7 +107,7 @@ func TestParseConstraint(t *testing.T) {
 		t.Run(tt.constraint, func(t *testing.T) {
 			c, err := parseConstraint("auth", tt.constraint)
 			assert.Nil(t, c)
-			require.ErrorIs(t, err, ErrInvalidConstraint)
+			require.ErrorIs(t, err, ErrInvalidVersion)
 			assert.Contains(t, err.Error(), `plugin "auth"`)
 			for _, s := range tt.contains {
 				assert.Contains(t, err.Error(), s)
@@ -228,7 +228,7 @@ func TestVersionPolicyHost(t *testing.T) {
 		{"^2.0.0", ErrIncompatibleVersion, []string{`"^2.0.0"`, "1.4.0", "is less than"}},
 		{">=1.5.0-0", ErrIncompatibleVersion, []string{"is less than"}},
 		{"1.4", nil, nil},
-		{">>1", ErrInvalidConstraint, []string{`">>1"`, "does not parse"}},
+		{">>1", ErrInvalidVersion, []string{`">>1"`, "does not parse"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.requires, func(t *testing.T) {
@@ -267,7 +267,7 @@ func TestVersionPolicyRules(t *testing.T) {
 
 	// A bad rule is refused and the rule in force stays.
 	err = p.SetRule("auth", ">>1")
-	require.ErrorIs(t, err, ErrInvalidConstraint)
+	require.ErrorIs(t, err, ErrInvalidVersion)
 	assert.Contains(t, err.Error(), `">>1"`)
 	require.ErrorIs(t, p.checkPlugin("auth", "1.5.0"), ErrIncompatibleVersion)
 
@@ -318,9 +318,9 @@ func TestCheckDependency(t *testing.T) {
 			[]string{`plugin "web"`, `dependency "db" version 1.1.0`, `"^1.2.0"`, "is less than"}},
 		{"prerelease excluded", "^1.2.0", "1.3.0-beta", ErrIncompatibleVersion,
 			[]string{`plugin "web"`, "is a prerelease version"}},
-		{"bad constraint", "^^1", "1.3.0", ErrInvalidConstraint,
+		{"bad constraint", "^^1", "1.3.0", ErrInvalidVersion,
 			[]string{`plugin "web"`, `"^^1"`}},
-		{"empty constraint", "", "1.3.0", ErrInvalidConstraint,
+		{"empty constraint", "", "1.3.0", ErrInvalidVersion,
 			[]string{`plugin "web"`, "empty"}},
 		{"loose found version", "^1.2.0", "v1.3.0", ErrInvalidVersion,
 			[]string{`plugin "db"`, `"v1.3.0"`}},
