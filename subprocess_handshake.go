@@ -47,11 +47,7 @@ func (s *Subprocess[Req, Resp]) welcome(f wire.Frame) (wire.Welcome, error) {
 	case wire.TypeError:
 		var rep wire.ErrorReply
 		_ = json.Unmarshal(f.Payload, &rep)
-		code := codeHandshake
-		if rep.Code == wire.CodeProtocolVersion {
-			code = codeHandshake
-		}
-		return w, newError(code, name, "the plugin refused the handshake: %s: %s", rep.Code, rep.Message)
+		return w, newError(codeHandshake, name, "the plugin refused the handshake: %s: %s", rep.Code, rep.Message)
 	case wire.TypeWelcome:
 	default:
 		return w, newError(codeHandshake, name, "the plugin answered HELLO with %s, not WELCOME", f.Type)
