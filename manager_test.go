@@ -232,7 +232,7 @@ func TestCallerCtxEndingGivesErrCanceledOnEveryPath(t *testing.T) {
 				entered := make(chan struct{}, 1)
 				defer close(release)
 				go m.Reload(context.Background(), "p", &scripted{name: "p", version: "1.0.1", exec: tc.exec},
-					WithHandoff(blockingKind("hold", entered, release)))
+					WithHandoff(blockingHandoff("hold", entered, release)))
 				<-entered
 			}
 			_, err := m.Execute(ctx, "p", 1)

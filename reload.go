@@ -124,9 +124,9 @@ func (e *ReloadError) Error() string {
 	}
 	fmt.Fprintf(&b, ": %v", cause)
 	if len(e.Handed) > 0 {
-		kinds := slices.Sorted(maps.Keys(e.Handed))
+		surfaces := slices.Sorted(maps.Keys(e.Handed))
 		b.WriteString("; handed over before the failure (kept in ReloadError.Handed):")
-		for i, k := range kinds {
+		for i, k := range surfaces {
 			if i > 0 {
 				b.WriteByte(',')
 			}

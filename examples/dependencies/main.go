@@ -2,7 +2,8 @@
 // their manifests with version constraints: the DynamicLoader loads them in
 // dependency order (the plugins of one level in parallel), keeps a plugin
 // whose dependency is missing pending until the dependency's manifest
-// appears, and refuses to unload a plugin that loaded plugins depend on.
+// appears, refuses to unload a plugin that loaded plugins depend on, and
+// unloads it with its dependents on a cascade.
 //
 // The plugins are in-process Go values made by the host's "inprocess"
 // factory, so the example needs no build; the manifests are real files in a
