@@ -9,7 +9,7 @@ import (
 // benchGraph returns a random acyclic graph of nodes plugins and edges
 // dependencies, the same for every call: each dependency goes from a plugin to
 // one with a lower index, with a constraint its version satisfies.
-func benchGraph(tb testing.TB, nodes, edges int) *DependencyGraph {
+func benchGraph(tb testing.TB, nodes, edges int) *dependencyGraph {
 	tb.Helper()
 	rng := rand.New(rand.NewPCG(1, 2))
 	names := make([]string, nodes)
@@ -41,7 +41,7 @@ func benchGraph(tb testing.TB, nodes, edges int) *DependencyGraph {
 			Optional:   rng.IntN(4) == 0,
 		})
 	}
-	g := NewDependencyGraph()
+	g := newDependencyGraph()
 	for i, name := range names {
 		if err := g.Add(name, versions[i], deps[i]...); err != nil {
 			tb.Fatal(err)

@@ -8,7 +8,7 @@ import (
 )
 
 func benchManager(b *testing.B) *Manager[int, int] {
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	if err := m.Register(newEcho("echo", "1.0.0")); err != nil {
 		b.Fatal(err)
 	}
@@ -43,8 +43,7 @@ func BenchmarkExecuteParallel(b *testing.B) {
 }
 
 func BenchmarkExecuteRejected(b *testing.B) {
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}),
-		WithBreaker(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1}), WithBreaker(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour})))
 	fail := errors.New("down")
 	if err := m.Register(&scripted{name: "down", version: "1.0.0",
 		exec: func(context.Context, int) (int, error) { return 0, fail }}); err != nil {

@@ -16,7 +16,7 @@ import (
 // calls failed. Budget: p99 at most 1 ms, no failed call.
 func BenchmarkReloadPause(b *testing.B) {
 	const callers = 3
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	b.Cleanup(func() { m.Shutdown(context.Background()) })
 	if err := m.Register(newEcho("echo", "1.0.0")); err != nil {
 		b.Fatal(err)

@@ -15,7 +15,7 @@ import (
 func benchSubprocessManager(b *testing.B) *Manager[echoReq, echoResp] {
 	b.Helper()
 	p := startEcho(b, nil, func(c *SubprocessConfig) { c.Logger = slog.New(slog.DiscardHandler) })
-	m := NewManager[echoReq, echoResp](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[echoReq, echoResp](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	if err := m.Register(p); err != nil {
 		b.Fatal(err)
 	}
@@ -101,8 +101,8 @@ func BenchmarkSubprocessRoundTripUnderCancel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
-	b.ReportMetric(float64(p.Restarts()), "restarts")
-	if p.Restarts() != 0 {
-		b.Fatalf("%d restarts under cancellation", p.Restarts())
+	b.ReportMetric(float64(p.restartCount()), "restarts")
+	if p.restartCount() != 0 {
+		b.Fatalf("%d restarts under cancellation", p.restartCount())
 	}
 }

@@ -243,10 +243,7 @@ func TestBreakerIgnoresCallerCancellation(t *testing.T) {
 // failure.
 func TestBreakerIsFailurePanicIsContained(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](
-		WithHealthCheck(HealthConfig{Interval: -1}),
-		WithBreaker(BreakerConfig{ConsecutiveFailures: 1, IsFailure: func(error) bool { panic("bad classifier") }}),
-	)
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1}), WithBreaker(BreakerConfig{ConsecutiveFailures: 1, IsFailure: func(error) bool { panic("bad classifier") }})))
 	defer m.Shutdown(context.Background())
 	boom := errors.New("boom")
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) { return 0, boom }}))

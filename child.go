@@ -69,19 +69,19 @@ func (r RestartPolicy) policy() supervise.Policy {
 func downError(plugin string, closed bool, down error, r RestartPolicy) error {
 	switch {
 	case closed:
-		return newError(CodeClosed, plugin, "the plugin is closed; create a new one to use it again")
+		return newError(codeClosed, plugin, "the plugin is closed; create a new one to use it again")
 	case down != nil:
 		return down
 	case r.MaxAttempts < 0:
-		return newError(CodeCrashed, plugin, "the plugin process is down and restarts are disabled (RestartPolicy.MaxAttempts < 0)")
+		return newError(codeCrashed, plugin, "the plugin process is down and restarts are disabled (RestartPolicy.MaxAttempts < 0)")
 	}
-	return retryable(newError(CodeCrashed, plugin, "the plugin process is down and being restarted; retry later"))
+	return retryable(newError(codeCrashed, plugin, "the plugin process is down and being restarted; retry later"))
 }
 
 // leftDownError is the error calls get once the supervisor gave up; it is
 // not retryable, whatever the last failure was.
 func leftDownError(plugin string, r RestartPolicy, last error) error {
-	return newError(CodeCrashed, plugin, "the plugin crashed and is not restarted (RestartPolicy.MaxAttempts %d); reload it to start it again; the last failure: %v", r.MaxAttempts, last)
+	return newError(codeCrashed, plugin, "the plugin crashed and is not restarted (RestartPolicy.MaxAttempts %d); reload it to start it again; the last failure: %v", r.MaxAttempts, last)
 }
 
 // childEnviron returns a child's environment: with inherit, the host's
@@ -121,9 +121,9 @@ func childEnviron(env map[string]string, inherit bool, launch ...string) []strin
 func startError(err error, plugin, command, config string, code goerrors.ErrorCode) error {
 	switch {
 	case errors.Is(err, proc.ErrChecksum):
-		return wrapError(err, CodeChecksumMismatch, plugin, "refusing to run %s: replace the program or update %s.Checksum", command, config)
+		return wrapError(err, codeChecksumMismatch, plugin, "refusing to run %s: replace the program or update %s.Checksum", command, config)
 	case errors.Is(err, errors.ErrUnsupported):
-		return wrapError(err, CodeTransport, plugin, "cannot start %s: this OS (%s) lacks what plugin child processes need; run the plugin as a remote gRPC endpoint instead", command, runtime.GOOS)
+		return wrapError(err, codeTransport, plugin, "cannot start %s: this OS (%s) lacks what plugin child processes need; run the plugin as a remote gRPC endpoint instead", command, runtime.GOOS)
 	}
 	return wrapError(err, code, plugin, "starting %s", command)
 }

@@ -1,6 +1,6 @@
 package goplugins
 
-import "encoding/json"
+import "github.com/goplugins/goplugins/internal/jsoncodec"
 
 // Codec turns requests and responses into bytes for plugins that run out of
 // process, and back. Host and plugin must use the same codec; its Name is
@@ -12,11 +12,7 @@ type Codec interface {
 	Unmarshal(data []byte, v any) error
 }
 
-// JSONCodec encodes with encoding/json. It is the default codec.
-var JSONCodec Codec = jsonCodec{}
-
-type jsonCodec struct{}
-
-func (jsonCodec) Name() string                       { return "json" }
-func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
-func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+// JSONCodec is the default codec: encoding/json, named "json" on the wire.
+// It is the same type as the plugin SDK's sdk.JSONCodec, so host and plugin
+// encode alike. Its zero value is ready to use: JSONCodec{}.
+type JSONCodec = jsoncodec.Codec

@@ -78,25 +78,26 @@ type ConfigDefaults struct {
 // ManagerOptions returns the options that make a Manager follow the
 // configuration: its defaults and, with a host version, its VersionPolicy.
 func (c *Config) ManagerOptions() []Option {
-	opts := []Option{
+	defaults := []PluginOption{
 		WithBreaker(c.Defaults.Breaker),
 		WithHealthCheck(c.Defaults.Health),
 	}
 	if c.Defaults.Timeout > 0 {
-		opts = append(opts, WithTimeout(c.Defaults.Timeout))
+		defaults = append(defaults, WithTimeout(c.Defaults.Timeout))
 	}
 	if c.Defaults.DrainTimeout > 0 {
-		opts = append(opts, WithDrainTimeout(c.Defaults.DrainTimeout))
+		defaults = append(defaults, WithDrainTimeout(c.Defaults.DrainTimeout))
 	}
-	if p := c.VersionPolicy(); p != nil {
+	opts := []Option{WithPluginDefaults(defaults...)}
+	if p := c.versionPolicy(); p != nil {
 		opts = append(opts, WithVersionPolicy(p))
 	}
 	return opts
 }
 
-// VersionPolicy returns a policy for the configured host version, or nil
+// versionPolicy returns a policy for the configured host version, or nil
 // when the file sets none.
-func (c *Config) VersionPolicy() *VersionPolicy {
+func (c *Config) versionPolicy() *VersionPolicy {
 	if c.HostVersion == "" {
 		return nil
 	}
@@ -108,9 +109,9 @@ func (c *Config) VersionPolicy() *VersionPolicy {
 func LoadConfig(path string) (*Config, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return nil, newError(CodeInvalidConfig, "", "configuration %s: %v", path, err)
+		return nil, newError(codeInvalidConfig, "", "configuration %s: %v", path, err)
 	}
-	data, err := readSmallFile(abs, configMaxSize, "configuration", CodeInvalidConfig)
+	data, err := readSmallFile(abs, configMaxSize, "configuration", codeInvalidConfig)
 	if err != nil {
 		return nil, err
 	}
@@ -125,10 +126,10 @@ func LoadConfig(path string) (*Config, error) {
 func ParseConfig(path string, data []byte) (*Config, error) {
 	path, err := filepath.Abs(path)
 	if err != nil {
-		return nil, newError(CodeInvalidConfig, "", "configuration %s: %v", path, err)
+		return nil, newError(codeInvalidConfig, "", "configuration %s: %v", path, err)
 	}
 	fail := func(format string, args ...any) error {
-		return newError(CodeInvalidConfig, "", "configuration %s: %s", path, fmt.Sprintf(format, args...))
+		return newError(codeInvalidConfig, "", "configuration %s: %s", path, fmt.Sprintf(format, args...))
 	}
 	raw, err := decodeConfig(path, data)
 	if err != nil {
@@ -258,7 +259,7 @@ func (c *Config) addPlugins(entries []map[string]any, data []byte, b binder) err
 			return err
 		}
 		if prev, ok := seen[mf.Name]; ok {
-			return newError(CodeInvalidConfig, "", "configuration %s: %s: plugin %q is named already by %s; name each plugin once", c.Path, where, mf.Name, prev)
+			return newError(codeInvalidConfig, "", "configuration %s: %s: plugin %q is named already by %s; name each plugin once", c.Path, where, mf.Name, prev)
 		}
 		seen[mf.Name] = where
 		h.Write(mf.Hash[:])
@@ -276,25 +277,25 @@ func configPlugin(path, where string, entry map[string]any, b binder) (*Manifest
 	dir := filepath.Dir(path)
 	if ref, ok := entry["manifest"]; ok {
 		if len(entry) != 1 {
-			return nil, newError(CodeInvalidConfig, "", "configuration %s: %s: an entry with \"manifest\" takes no other field", path, where)
+			return nil, newError(codeInvalidConfig, "", "configuration %s: %s: an entry with \"manifest\" takes no other field", path, where)
 		}
 		file, ok := ref.(string)
 		if !ok || file == "" {
-			return nil, newError(CodeInvalidConfig, "", "configuration %s: %s.manifest: want the path of a manifest file", path, where)
+			return nil, newError(codeInvalidConfig, "", "configuration %s: %s.manifest: want the path of a manifest file", path, where)
 		}
 		mf, err := LoadManifest(resolvePath(dir, file))
 		if err != nil {
-			return nil, wrapError(err, CodeInvalidManifest, "", "configuration %s: %s.manifest", path, where)
+			return nil, wrapError(err, codeInvalidManifest, "", "configuration %s: %s.manifest", path, where)
 		}
 		return mf, nil
 	}
 	var raw rawManifest
 	if err := b.bind(entry, reflect.ValueOf(&raw).Elem(), where); err != nil {
-		return nil, newError(CodeInvalidManifest, "", "configuration %s: %v", path, err)
+		return nil, newError(codeInvalidManifest, "", "configuration %s: %v", path, err)
 	}
 	data, err := json.Marshal(entry)
 	if err != nil {
-		return nil, newError(CodeInvalidConfig, "", "configuration %s: %s: %v", path, where, err)
+		return nil, newError(codeInvalidConfig, "", "configuration %s: %s: %v", path, where, err)
 	}
 	// The manifest's "file" is virtual: it names the entry in errors and
 	// puts the plugin folder at the configuration's folder.

@@ -67,8 +67,16 @@ plugins:
 	require.Equal(t, "metrics", c.Plugins[1].Name)
 	require.Equal(t, "costs $5 nothing", c.Plugins[1].Description, "$$ is a literal $; an empty variable takes the :- default")
 	require.Equal(t, []Dependency{{Name: "auth", Constraint: "^1.0.0"}}, c.Plugins[1].Dependencies)
-	require.NotNil(t, c.VersionPolicy())
-	require.Len(t, c.ManagerOptions(), 5)
+	require.NotNil(t, c.versionPolicy())
+	mc := defaultManagerConfig()
+	for _, o := range c.ManagerOptions() {
+		o.applyManager(&mc)
+	}
+	require.Equal(t, 5*time.Second, mc.plugin.timeout, "ManagerOptions: the defaults")
+	require.Equal(t, 3*time.Second, mc.plugin.drain)
+	require.Equal(t, 7, mc.plugin.breaker.ConsecutiveFailures)
+	require.Equal(t, 4, mc.plugin.health.UnhealthyAfter)
+	require.NotNil(t, mc.policy, "ManagerOptions: the host version's policy")
 
 	// The same configuration in JSON parses the same.
 	jsonPath := filepath.Join(dir, "goplugins.json")
@@ -94,7 +102,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad rate", "c.yaml", "defaults: {breaker: {failure_rate: 2}}\n", ErrInvalidConfig, "failure_rate"},
 		{"duplicate plugin", "c.yaml", "plugins:\n - {name: a, version: 1.0.0, transport: inprocess}\n - {name: a, version: 1.1.0, transport: inprocess}\n", ErrInvalidConfig, "plugins[1]"},
 		{"invalid inline manifest", "c.yaml", "plugins:\n - {name: a, version: 1.0, transport: inprocess}\n", ErrInvalidManifest, "plugins[0]"},
-		{"inline path escape", "c.yaml", "plugins:\n - {name: a, version: 1.0.0, transport: subprocess, command: ../../bin/a}\n", ErrPathEscape, "command"},
+		{"inline path escape", "c.yaml", "plugins:\n - {name: a, version: 1.0.0, transport: subprocess, command: ../../bin/a}\n", ErrInvalidManifest, "command"},
 		{"reference with other fields", "c.yaml", "plugins:\n - {manifest: ./x/plugin.json, name: a}\n", ErrInvalidConfig, "no other field"},
 		{"missing reference", "c.yaml", "plugins:\n - {manifest: ./nope/plugin.json}\n", ErrInvalidManifest, "nope"},
 		{"bad extension", "c.toml", "x = 1\n", ErrInvalidConfig, ".toml"},
@@ -153,7 +161,7 @@ func TestConfigWatcherRoundTrip(t *testing.T) {
 	}})
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	events := make(chan Event, 64)
 	m.Subscribe(func(ev Event) { events <- ev })
 	l := NewDynamicLoader(m, w)
@@ -219,10 +227,10 @@ func TestConfigWatcherLongPath(t *testing.T) {
 	require.NoError(t, w.Start(context.Background()))
 	defer w.Close()
 	ev := <-w.Events()
-	require.Equal(t, ManifestDiscovered, ev.Kind)
+	require.Equal(t, DiscoveryAdded, ev.Kind)
 	writeFile(t, path, `{"plugins": [{"name": "a", "version": "1.0.1", "transport": "inprocess"}]}`)
 	ev = <-w.Events()
-	require.Equal(t, ManifestUpdated, ev.Kind)
+	require.Equal(t, DiscoveryUpdated, ev.Kind)
 	require.Equal(t, "1.0.1", ev.Manifest.Version)
 }
 
@@ -252,20 +260,20 @@ func TestMergeSources(t *testing.T) {
 		return DiscoveryEvent{}
 	}
 	// The second source's update to a shadowed plugin is reported, not used.
-	second.events <- DiscoveryEvent{Kind: ManifestUpdated, Name: "a", Manifest: manifest(t, "a", "2.1.0", nil)}
+	second.events <- DiscoveryEvent{Kind: DiscoveryUpdated, Name: "a", Manifest: manifest(t, "a", "2.1.0", nil)}
 	ev := recv()
-	require.Equal(t, ManifestInvalid, ev.Kind)
+	require.Equal(t, DiscoveryInvalid, ev.Kind)
 	require.True(t, errors.Is(ev.Err, ErrInvalidManifest))
 	// The first source removes it: the second takes over.
-	first.events <- DiscoveryEvent{Kind: ManifestRemoved, Name: "a"}
+	first.events <- DiscoveryEvent{Kind: DiscoveryRemoved, Name: "a"}
 	ev = recv()
-	require.Equal(t, ManifestUpdated, ev.Kind)
+	require.Equal(t, DiscoveryUpdated, ev.Kind)
 	require.Equal(t, "2.1.0", ev.Manifest.Version)
 	// The second removes it too: it is gone.
-	second.events <- DiscoveryEvent{Kind: ManifestRemoved, Name: "a"}
-	require.Equal(t, ManifestRemoved, recv().Kind)
+	second.events <- DiscoveryEvent{Kind: DiscoveryRemoved, Name: "a"}
+	require.Equal(t, DiscoveryRemoved, recv().Kind)
 	// Unrelated events pass through.
-	first.events <- DiscoveryEvent{Kind: ManifestDiscovered, Name: "c", Manifest: manifest(t, "c", "1.0.0", nil)}
+	first.events <- DiscoveryEvent{Kind: DiscoveryAdded, Name: "c", Manifest: manifest(t, "c", "1.0.0", nil)}
 	require.Equal(t, "c", recv().Name)
 
 	close(first.events)
@@ -307,7 +315,7 @@ func TestConfigWatcherOnError(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, w.Start(context.Background()))
 			close(ready)
-			require.Equal(t, ManifestDiscovered, (<-w.Events()).Kind)
+			require.Equal(t, DiscoveryAdded, (<-w.Events()).Kind)
 
 			writeFile(t, path, "plugins:\n  - {name: a, version: 1.1.0, transport: inprocess, colour: red}\n")
 			var got seen
@@ -317,7 +325,7 @@ func TestConfigWatcherOnError(t *testing.T) {
 				t.Fatal("OnError was not called, or blocked in the watcher")
 			}
 			ev := <-w.Events()
-			require.Equal(t, ManifestInvalid, ev.Kind)
+			require.Equal(t, DiscoveryInvalid, ev.Kind)
 			require.ErrorIs(t, ev.Err, ErrInvalidManifest)
 			if !tc.panic {
 				require.ErrorIs(t, got.err, ErrInvalidManifest, "Err inside OnError sees the new error")
@@ -326,7 +334,7 @@ func TestConfigWatcherOnError(t *testing.T) {
 
 			writeFile(t, path, "plugins:\n  - {name: a, version: 1.2.0, transport: inprocess}\n")
 			ev = <-w.Events()
-			require.Equal(t, ManifestUpdated, ev.Kind, "the watcher goes on after OnError")
+			require.Equal(t, DiscoveryUpdated, ev.Kind, "the watcher goes on after OnError")
 			require.Equal(t, "1.2.0", ev.Manifest.Version)
 			require.NoError(t, w.Err())
 
@@ -385,9 +393,9 @@ func TestConfigWatcherSeesWriteBeforeFirstWatch(t *testing.T) {
 	defer w.Close()
 	writeFile(t, path, "plugins:\n  - {name: a, version: 1.1.0, transport: inprocess}\n")
 	require.NoError(t, w.Start(context.Background()))
-	require.Equal(t, ManifestDiscovered, nextConfigEvent(t, w).Kind)
+	require.Equal(t, DiscoveryAdded, nextConfigEvent(t, w).Kind)
 	ev := nextConfigEvent(t, w)
-	require.Equal(t, ManifestUpdated, ev.Kind)
+	require.Equal(t, DiscoveryUpdated, ev.Kind)
 	require.Equal(t, "1.1.0", ev.Manifest.Version)
 }
 

@@ -86,7 +86,7 @@ func NewConfigWatcher(path string, opts ConfigWatchOptions) (*ConfigWatcher, err
 	}, nil
 }
 
-// Start queues a ManifestDiscovered event for each plugin of the
+// Start queues a DiscoveryAdded event for each plugin of the
 // configuration in force and watches the file (and the manifest files it
 // references) until Close. A change made since NewConfigWatcher read the
 // file is seen too. Start may be called once; after Close it returns an
@@ -96,22 +96,22 @@ func (w *ConfigWatcher) Start(ctx context.Context) error {
 	defer w.lifecycle.Unlock()
 	switch {
 	case w.closed:
-		return newError(CodeClosed, "", "configuration watcher for %s is closed; make a new one", w.path)
+		return newError(codeClosed, "", "configuration watcher for %s is closed; make a new one", w.path)
 	case w.started:
-		return newError(CodeInvalidConfig, "", "configuration watcher for %s is started already", w.path)
+		return newError(codeInvalidConfig, "", "configuration watcher for %s is started already", w.path)
 	case ctx.Err() != nil:
 		return canceledError(ctx, "")
 	}
 	cfg := w.Config()
 	var initial []DiscoveryEvent
 	for _, mf := range cfg.Plugins {
-		initial = append(initial, DiscoveryEvent{Kind: ManifestDiscovered, Name: mf.Name, Path: mf.Path, Manifest: mf})
+		initial = append(initial, DiscoveryEvent{Kind: DiscoveryAdded, Name: mf.Name, Path: mf.Path, Manifest: mf})
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	fw := newFileWatch(w.opts.PollInterval, w.log)
 	if err := fw.start(runCtx, watchedPaths(cfg), initial, w.events, w.check, w.done); err != nil {
 		cancel()
-		return wrapError(err, CodeInvalidConfig, "", "configuration %s", w.path)
+		return wrapError(err, codeInvalidConfig, "", "configuration %s", w.path)
 	}
 	w.started, w.cancel = true, cancel
 	return nil
@@ -198,7 +198,7 @@ func (w *ConfigWatcher) check(context.Context) ([]DiscoveryEvent, []string, bool
 // invalid handles a file that does not load: it is reported once it has
 // stayed the same for one check, and only once while it stays so.
 func (w *ConfigWatcher) invalid(err error) ([]DiscoveryEvent, bool) {
-	data, rerr := readSmallFile(w.path, configMaxSize, "configuration", CodeInvalidConfig)
+	data, rerr := readSmallFile(w.path, configMaxSize, "configuration", codeInvalidConfig)
 	if rerr != nil {
 		data = []byte(rerr.Error()) // not a file that reads: the same while its problem is
 	}
@@ -217,7 +217,7 @@ func (w *ConfigWatcher) invalid(err error) ([]DiscoveryEvent, bool) {
 	w.mu.Unlock()
 	w.log.Error("goplugins: configuration is invalid; the last good one stays in force", "path", w.path, "error", err)
 	w.report(err)
-	return []DiscoveryEvent{{Kind: ManifestInvalid, Path: w.path, Err: err}}, false
+	return []DiscoveryEvent{{Kind: DiscoveryInvalid, Path: w.path, Err: err}}, false
 }
 
 // report calls OnError, if set; a panic in it is logged, not propagated.
@@ -244,15 +244,15 @@ func diffPlugins(before, after []*Manifest) []DiscoveryEvent {
 	for _, mf := range after {
 		switch prev, ok := old[mf.Name]; {
 		case !ok:
-			added = append(added, DiscoveryEvent{Kind: ManifestDiscovered, Name: mf.Name, Path: mf.Path, Manifest: mf})
+			added = append(added, DiscoveryEvent{Kind: DiscoveryAdded, Name: mf.Name, Path: mf.Path, Manifest: mf})
 		case prev.Hash != mf.Hash || prev.Path != mf.Path:
-			updated = append(updated, DiscoveryEvent{Kind: ManifestUpdated, Name: mf.Name, Path: mf.Path, Manifest: mf})
+			updated = append(updated, DiscoveryEvent{Kind: DiscoveryUpdated, Name: mf.Name, Path: mf.Path, Manifest: mf})
 		}
 		delete(old, mf.Name)
 	}
 	for _, mf := range before {
 		if _, gone := old[mf.Name]; gone {
-			removed = append(removed, DiscoveryEvent{Kind: ManifestRemoved, Name: mf.Name, Path: mf.Path, Manifest: mf})
+			removed = append(removed, DiscoveryEvent{Kind: DiscoveryRemoved, Name: mf.Name, Path: mf.Path, Manifest: mf})
 		}
 	}
 	return append(append(added, updated...), removed...)

@@ -24,16 +24,16 @@ type Dependency struct {
 	Optional bool
 }
 
-// DependencyGraph holds plugins, each a name and a strict semantic version,
+// dependencyGraph holds plugins, each a name and a strict semantic version,
 // and the version-constrained dependencies between them. It computes the
 // order to load them in (every plugin after the plugins it depends on), the
 // levels that may load in parallel, and the order to unload dependents in.
 //
 // Every order is deterministic: among plugins free to go next, the one with
 // the smallest name goes first. Versions and constraints are parsed once, in
-// Add. A DependencyGraph is safe for concurrent use. The zero value is an
+// Add. A dependencyGraph is safe for concurrent use. The zero value is an
 // empty graph ready to use.
-type DependencyGraph struct {
+type dependencyGraph struct {
 	mu    sync.RWMutex
 	nodes map[string]*graphNode
 	// needers maps a plugin name to the set of plugins in the graph that
@@ -41,7 +41,7 @@ type DependencyGraph struct {
 	needers map[string]map[string]struct{}
 }
 
-// graphNode is one plugin of a DependencyGraph.
+// graphNode is one plugin of a dependencyGraph.
 type graphNode struct {
 	version string
 	v       *semver.Version
@@ -57,23 +57,23 @@ type graphEdge struct {
 	fits bool
 }
 
-// NewDependencyGraph returns an empty graph.
-func NewDependencyGraph() *DependencyGraph {
-	return &DependencyGraph{}
+// newDependencyGraph returns an empty graph.
+func newDependencyGraph() *dependencyGraph {
+	return &dependencyGraph{}
 }
 
 // Add adds the plugin name at version with its dependencies, or replaces the
 // plugin of that name, its version and all its dependencies. The name and
-// every dependency name must pass ValidateName, the version must be strict
+// every dependency name must pass validateName, the version must be strict
 // semver and every constraint must parse; otherwise Add changes nothing and
-// returns every problem (errors.Join'ed), each matching ErrInvalidName,
-// ErrInvalidVersion, ErrInvalidConstraint, or ErrInvalidConfig for a
+// returns every problem (errors.Join'ed), each matching ErrInvalidPlugin,
+// ErrInvalidVersion, or ErrInvalidConfig for a
 // dependency declared twice. Dependencies need not be in the graph yet, and a
 // plugin may depend on itself: LoadOrder and Check report what is missing,
 // incompatible or cyclic.
-func (g *DependencyGraph) Add(name, version string, deps ...Dependency) error {
+func (g *dependencyGraph) Add(name, version string, deps ...Dependency) error {
 	var errs []error
-	if err := ValidateName(name); err != nil {
+	if err := validateName(name); err != nil {
 		errs = append(errs, err)
 	}
 	v, err := parseVersion(name, version)
@@ -82,14 +82,14 @@ func (g *DependencyGraph) Add(name, version string, deps ...Dependency) error {
 	}
 	n := &graphNode{version: version, v: v, deps: make([]graphEdge, len(deps))}
 	for i, d := range deps {
-		if ValidateName(d.Name) != nil {
-			errs = append(errs, newError(CodeInvalidName, name,
+		if validateName(d.Name) != nil {
+			errs = append(errs, newError(codeInvalidPlugin, name,
 				"dependency name %q is invalid; use 1 to %d characters of [a-z0-9._-], starting with a letter or digit",
-				d.Name, MaxNameLen))
+				d.Name, maxNameLen))
 			continue
 		}
 		if slices.ContainsFunc(deps[:i], func(e Dependency) bool { return e.Name == d.Name }) {
-			errs = append(errs, newError(CodeInvalidConfig, name,
+			errs = append(errs, newError(codeInvalidConfig, name,
 				"dependency %q is declared twice; declare it once, joining the constraints with a comma", d.Name))
 			continue
 		}
@@ -140,19 +140,19 @@ func (g *DependencyGraph) Add(name, version string, deps ...Dependency) error {
 // parseDependencyConstraint parses the constraint plugin declares on d.
 func parseDependencyConstraint(plugin string, d Dependency) (*semver.Constraints, error) {
 	if strings.TrimSpace(d.Constraint) == "" {
-		return nil, newError(CodeInvalidConstraint, plugin,
+		return nil, newError(codeInvalidVersion, plugin,
 			"dependency %q has an empty version constraint; use \"*\" to accept any version", d.Name)
 	}
 	c, err := semver.NewConstraint(d.Constraint)
 	if err != nil {
-		return nil, newError(CodeInvalidConstraint, plugin,
+		return nil, newError(codeInvalidVersion, plugin,
 			"dependency %q: version constraint %q does not parse: %v", d.Name, d.Constraint, err)
 	}
 	return c, nil
 }
 
 // forget removes name's dependencies, those of node n, from g.needers.
-func (g *DependencyGraph) forget(name string, n *graphNode) {
+func (g *dependencyGraph) forget(name string, n *graphNode) {
 	for _, e := range n.deps {
 		set := g.needers[e.Name]
 		delete(set, name)
@@ -165,7 +165,7 @@ func (g *DependencyGraph) forget(name string, n *graphNode) {
 // Remove removes the plugin name and its declared dependencies, and reports
 // whether it was present. Plugins that depend on it stay; their dependency is
 // then missing (or, if optional, ignored).
-func (g *DependencyGraph) Remove(name string) bool {
+func (g *dependencyGraph) Remove(name string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	n := g.nodes[name]
@@ -178,7 +178,7 @@ func (g *DependencyGraph) Remove(name string) bool {
 }
 
 // Has reports whether the plugin name is in the graph.
-func (g *DependencyGraph) Has(name string) bool {
+func (g *dependencyGraph) Has(name string) bool {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	return g.nodes[name] != nil
@@ -186,7 +186,7 @@ func (g *DependencyGraph) Has(name string) bool {
 
 // Version returns the version the plugin name was added with, and whether it
 // is in the graph.
-func (g *DependencyGraph) Version(name string) (string, bool) {
+func (g *dependencyGraph) Version(name string) (string, bool) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	if n := g.nodes[name]; n != nil {
@@ -198,7 +198,7 @@ func (g *DependencyGraph) Version(name string) (string, bool) {
 // Dependencies returns the dependencies the plugin name declared, in the
 // order it declared them, or nil if it is not in the graph. The slice is the
 // caller's.
-func (g *DependencyGraph) Dependencies(name string) []Dependency {
+func (g *dependencyGraph) Dependencies(name string) []Dependency {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	n := g.nodes[name]
@@ -218,7 +218,7 @@ func (g *DependencyGraph) Dependencies(name string) []Dependency {
 //
 // If the graph has problems, LoadOrder returns no order and every problem,
 // errors.Join'ed, as Check does.
-func (g *DependencyGraph) LoadOrder() ([]string, error) {
+func (g *dependencyGraph) LoadOrder() ([]string, error) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	x, order, err := g.sort(slices.Sorted(maps.Keys(g.nodes)))
@@ -231,7 +231,7 @@ func (g *DependencyGraph) LoadOrder() ([]string, error) {
 // LoadOrderFor is LoadOrder for the plugins names and every plugin they need,
 // directly or transitively; other plugins of the graph, and their problems,
 // are left out. A name not in the graph is an error matching ErrNotFound.
-func (g *DependencyGraph) LoadOrderFor(names ...string) ([]string, error) {
+func (g *dependencyGraph) LoadOrderFor(names ...string) ([]string, error) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	var errs []error
@@ -239,7 +239,7 @@ func (g *DependencyGraph) LoadOrderFor(names ...string) ([]string, error) {
 	stack := make([]string, 0, len(names))
 	for _, name := range names {
 		if g.nodes[name] == nil {
-			errs = append(errs, newError(CodeNotFound, name,
+			errs = append(errs, newError(codeNotFound, name,
 				"the plugin is not in the dependency graph; add it before asking for its load order"))
 			continue
 		}
@@ -273,7 +273,7 @@ func (g *DependencyGraph) LoadOrderFor(names ...string) ([]string, error) {
 // dependency is on level k-1. The plugins of one level depend on none of each
 // other and may load in parallel once the levels before are loaded. Each level
 // is sorted by name. Problems are reported as by LoadOrder.
-func (g *DependencyGraph) Levels() ([][]string, error) {
+func (g *dependencyGraph) Levels() ([][]string, error) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	x, order, err := g.sort(slices.Sorted(maps.Keys(g.nodes)))
@@ -304,7 +304,7 @@ func (g *DependencyGraph) Levels() ([][]string, error) {
 // on, the smallest name first among plugins free to go. name itself is not
 // included; it may be absent from the graph. Dependents caught in a
 // dependency cycle, which have no safe order, come last in name order.
-func (g *DependencyGraph) Dependents(name string) []string {
+func (g *dependencyGraph) Dependents(name string) []string {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	found := make(map[string]bool)
@@ -340,7 +340,7 @@ func (g *DependencyGraph) Dependents(name string) []string {
 // (ErrIncompatibleVersion, with semver's reasons), and each dependency cycle
 // (ErrDependencyCycle, naming the cycle from its smallest name, "a -> b -> a").
 // Problems come in plugin name order, cycles last.
-func (g *DependencyGraph) Check() error {
+func (g *dependencyGraph) Check() error {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	_, _, err := g.sort(slices.Sorted(maps.Keys(g.nodes)))
@@ -349,10 +349,10 @@ func (g *DependencyGraph) Check() error {
 
 // Copy returns an independent copy of the graph: changes to either do not
 // affect the other.
-func (g *DependencyGraph) Copy() *DependencyGraph {
+func (g *dependencyGraph) Copy() *dependencyGraph {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	c := &DependencyGraph{
+	c := &dependencyGraph{
 		nodes:   make(map[string]*graphNode, len(g.nodes)),
 		needers: make(map[string]map[string]struct{}, len(g.needers)),
 	}
@@ -390,7 +390,7 @@ func (x *graphIndex) namesOf(ids []int32) []string {
 // edges between them. It returns the problems of their dependencies: missing
 // required ones, and present ones at an incompatible version. Edges to
 // plugins of the graph outside names are dropped silently. g.mu must be held.
-func (g *DependencyGraph) index(names []string) (*graphIndex, []error) {
+func (g *dependencyGraph) index(names []string) (*graphIndex, []error) {
 	ids := make(map[string]int32, len(names))
 	for i, name := range names {
 		ids[name] = int32(i)
@@ -409,7 +409,7 @@ func (g *DependencyGraph) index(names []string) (*graphIndex, []error) {
 			j, ok := ids[e.Name]
 			if !ok {
 				if !e.Optional && g.nodes[e.Name] == nil {
-					problems = append(problems, newError(CodeDependencyMissing, name,
+					problems = append(problems, newError(codeDependencyMissing, name,
 						"required dependency %q (%s) is not known; add a plugin %q whose version satisfies %q, or mark the dependency optional",
 						e.Name, e.Constraint, e.Name, e.Constraint))
 				}
@@ -428,7 +428,7 @@ func (g *DependencyGraph) index(names []string) (*graphIndex, []error) {
 // sort indexes names (sorted, in the graph, and holding every plugin they
 // depend on) and returns their load order, or every problem found. g.mu
 // must be held.
-func (g *DependencyGraph) sort(names []string) (*graphIndex, []int32, error) {
+func (g *dependencyGraph) sort(names []string) (*graphIndex, []int32, error) {
 	x, problems := g.index(names)
 	// Loading runs against the dependency edges: a plugin goes after the
 	// plugins it depends on, so sort along the reversed edges.
@@ -451,7 +451,7 @@ func (g *DependencyGraph) sort(names []string) (*graphIndex, []int32, error) {
 	order, placed := topoOrder(n, revStart, revIDs)
 	if len(order) < n {
 		for _, cycle := range x.cycles(placed) {
-			problems = append(problems, newError(CodeDependencyCycle, names[cycle[0]],
+			problems = append(problems, newError(codeDependencyCycle, names[cycle[0]],
 				"dependency cycle %s; remove one of these dependencies", strings.Join(x.namesOf(cycle), " -> ")))
 		}
 	}

@@ -30,9 +30,9 @@ func graphMayNeed(name, constraint string) Dependency {
 	return Dependency{Name: name, Constraint: constraint, Optional: true}
 }
 
-func buildGraph(t *testing.T, nodes ...graphNodeSpec) *DependencyGraph {
+func buildGraph(t *testing.T, nodes ...graphNodeSpec) *dependencyGraph {
 	t.Helper()
-	g := NewDependencyGraph()
+	g := newDependencyGraph()
 	for _, n := range nodes {
 		require.NoError(t, g.Add(n.name, n.version, n.deps...), "Add(%q)", n.name)
 	}
@@ -306,25 +306,25 @@ func TestDependencyGraphAdd(t *testing.T) {
 		want    []graphProblem
 	}{
 		{"invalid name", "Auth", "1.0.0", nil,
-			[]graphProblem{{ErrInvalidName, []string{`"Auth"`}}}},
+			[]graphProblem{{ErrInvalidPlugin, []string{`"Auth"`}}}},
 		{"invalid name and version", "-a", "1.0", nil,
-			[]graphProblem{{ErrInvalidName, []string{`"-a"`}}, {ErrInvalidVersion, []string{`"1.0"`}}}},
+			[]graphProblem{{ErrInvalidPlugin, []string{`"-a"`}}, {ErrInvalidVersion, []string{`"1.0"`}}}},
 		{"v prefix", "auth", "v1.0.0", nil,
 			[]graphProblem{{ErrInvalidVersion, []string{`plugin "auth"`, `"v1.0.0"`, "strict"}}}},
 		{"invalid dependency name", "auth", "1.0.0", []Dependency{graphNeed("../db", "^1")},
-			[]graphProblem{{ErrInvalidName, []string{`plugin "auth"`, `"../db"`}}}},
+			[]graphProblem{{ErrInvalidPlugin, []string{`plugin "auth"`, `"../db"`}}}},
 		{"empty constraint", "auth", "1.0.0", []Dependency{graphNeed("db", " ")},
-			[]graphProblem{{ErrInvalidConstraint, []string{`plugin "auth"`, `"db"`, "empty", `"*"`}}}},
+			[]graphProblem{{ErrInvalidVersion, []string{`plugin "auth"`, `"db"`, "empty", `"*"`}}}},
 		{"constraint does not parse", "auth", "1.0.0", []Dependency{graphNeed("db", ">>1")},
-			[]graphProblem{{ErrInvalidConstraint, []string{`plugin "auth"`, `"db"`, `">>1"`, "does not parse"}}}},
+			[]graphProblem{{ErrInvalidVersion, []string{`plugin "auth"`, `"db"`, `">>1"`, "does not parse"}}}},
 		{"dependency declared twice", "auth", "1.0.0", []Dependency{graphNeed("db", "^1"), graphMayNeed("db", "<1.5")},
 			[]graphProblem{{ErrInvalidConfig, []string{`plugin "auth"`, `"db"`, "twice"}}}},
 		{"every problem reported", "auth", "1.2", []Dependency{graphNeed("db", ""), graphNeed("Log", "*"), graphNeed("cache", ">>2")},
 			[]graphProblem{
 				{ErrInvalidVersion, []string{`"1.2"`}},
-				{ErrInvalidConstraint, []string{`"db"`, "empty"}},
-				{ErrInvalidName, []string{`"Log"`}},
-				{ErrInvalidConstraint, []string{`"cache"`, `">>2"`}},
+				{ErrInvalidVersion, []string{`"db"`, "empty"}},
+				{ErrInvalidPlugin, []string{`"Log"`}},
+				{ErrInvalidVersion, []string{`"cache"`, `">>2"`}},
 			}},
 	}
 	for _, tt := range tests {
@@ -345,7 +345,7 @@ func TestDependencyGraphAdd(t *testing.T) {
 }
 
 func TestDependencyGraphAccessors(t *testing.T) {
-	var g DependencyGraph // the zero value is usable
+	var g dependencyGraph // the zero value is usable
 	assert.False(t, g.Has("auth"))
 	_, ok := g.Version("auth")
 	assert.False(t, ok)
@@ -573,7 +573,7 @@ func TestDependencyGraphCopy(t *testing.T) {
 	assert.Equal(t, []string{"db"}, mustGraphLoadOrder(t, c))
 }
 
-func mustGraphLoadOrder(t *testing.T, g *DependencyGraph) []string {
+func mustGraphLoadOrder(t *testing.T, g *dependencyGraph) []string {
 	t.Helper()
 	order, err := g.LoadOrder()
 	require.NoError(t, err)
@@ -587,7 +587,7 @@ func mustGraphLoadOrder(t *testing.T, g *DependencyGraph) []string {
 func TestDependencyGraphConcurrent(t *testing.T) {
 	verifyNoLeaks(t)
 	const chain = 20
-	g := NewDependencyGraph()
+	g := newDependencyGraph()
 	want := make([]string, chain)
 	for i := range chain {
 		want[i] = fmt.Sprintf("p%02d", i)
@@ -661,7 +661,7 @@ func TestDependencyGraphConcurrent(t *testing.T) {
 func TestDependencyGraphCycleMessageNamesEveryPlugin(t *testing.T) {
 	// A long cycle is named in full, not cut short.
 	const n = 50
-	g := NewDependencyGraph()
+	g := newDependencyGraph()
 	names := make([]string, n)
 	for i := range n {
 		names[i] = fmt.Sprintf("n%02d", i)
@@ -672,4 +672,28 @@ func TestDependencyGraphCycleMessageNamesEveryPlugin(t *testing.T) {
 	err := g.Check()
 	require.ErrorIs(t, err, ErrDependencyCycle)
 	assert.Contains(t, err.Error(), strings.Join(append(names, names[0]), " -> "))
+}
+
+// TestDependencyGraphOrdersAndChecks (was ExampleDependencyGraph): load
+// order, levels and dependents of a small graph, and a replaced version
+// that breaks its dependents' constraints.
+func TestDependencyGraphOrdersAndChecks(t *testing.T) {
+	g := newDependencyGraph()
+	require.NoError(t, g.Add("logging", "1.2.0"))
+	require.NoError(t, g.Add("metrics", "2.1.4", Dependency{Name: "logging", Constraint: "^1.0.0"}))
+	require.NoError(t, g.Add("auth", "1.4.0",
+		Dependency{Name: "logging", Constraint: "^1.1"},
+		Dependency{Name: "metrics", Constraint: "~2.1", Optional: true}))
+	require.NoError(t, g.Add("api", "3.0.0", Dependency{Name: "auth", Constraint: ">=1.4.0, <2.0.0"}))
+
+	order, err := g.LoadOrder()
+	require.NoError(t, err)
+	require.Equal(t, []string{"logging", "metrics", "auth", "api"}, order)
+	levels, err := g.Levels()
+	require.NoError(t, err)
+	require.Equal(t, [][]string{{"logging"}, {"metrics"}, {"auth"}, {"api"}}, levels)
+	require.Equal(t, []string{"api", "auth", "metrics"}, g.Dependents("logging"))
+
+	require.NoError(t, g.Add("logging", "2.0.0")) // breaks metrics' and auth's constraints
+	require.ErrorIs(t, g.Check(), ErrIncompatibleVersion)
 }

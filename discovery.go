@@ -17,8 +17,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	goerrors "github.com/agilira/go-errors"
 )
 
 // Defaults of DiscoveryConfig.
@@ -64,7 +62,7 @@ type DiscoveryConfig struct {
 	// FollowSymlinks makes the engine follow symbolic links to manifests
 	// and folders, as long as their targets stay inside the root; a link
 	// that leaves it, or cannot be resolved, is reported as invalid under
-	// the link's path (ErrPathEscape for one that leaves). Links are
+	// the link's path (ErrInvalidManifest for one that leaves). Links are
 	// resolved again on every poll, so a swapped link is noticed. When
 	// false (the default), a linked manifest is reported as invalid and a
 	// linked folder is skipped (logged at debug level).
@@ -89,33 +87,33 @@ type DiscoveryEventKind int
 
 // The kinds of DiscoveryEvent.
 const (
-	// ManifestDiscovered: a valid manifest for a plugin name appeared (at
+	// DiscoveryAdded: a valid manifest for a plugin name appeared (at
 	// Start, every valid manifest present is reported this way).
-	ManifestDiscovered DiscoveryEventKind = iota + 1
-	// ManifestUpdated: the valid manifest for a plugin name changed: its
+	DiscoveryAdded DiscoveryEventKind = iota + 1
+	// DiscoveryUpdated: the valid manifest for a plugin name changed: its
 	// content (Manifest.Hash) or its file (Manifest.Path).
-	ManifestUpdated
-	// ManifestRemoved: the valid manifest for a plugin name is gone;
+	DiscoveryUpdated
+	// DiscoveryRemoved: the valid manifest for a plugin name is gone;
 	// Manifest is the last valid one.
-	ManifestRemoved
-	// ManifestInvalid: a manifest file is invalid, or two valid manifests
+	DiscoveryRemoved
+	// DiscoveryInvalid: a manifest file is invalid, or two valid manifests
 	// declare the same plugin name; Err says why. When Manifest is non-nil
 	// the plugin was valid until now and has left Manifests(): Manifest is
 	// its last valid manifest, and the consumer chooses between keeping
 	// the running version and unloading it.
-	ManifestInvalid
+	DiscoveryInvalid
 )
 
-// String returns "discovered", "updated", "removed" or "invalid".
+// String returns "added", "updated", "removed" or "invalid".
 func (k DiscoveryEventKind) String() string {
 	switch k {
-	case ManifestDiscovered:
-		return "discovered"
-	case ManifestUpdated:
+	case DiscoveryAdded:
+		return "added"
+	case DiscoveryUpdated:
 		return "updated"
-	case ManifestRemoved:
+	case DiscoveryRemoved:
 		return "removed"
-	case ManifestInvalid:
+	case DiscoveryInvalid:
 		return "invalid"
 	}
 	return fmt.Sprintf("DiscoveryEventKind(%d)", int(k))
@@ -131,12 +129,11 @@ type DiscoveryEvent struct {
 	// Path is the manifest file's cleaned absolute path (as found under
 	// its root, before symbolic links are resolved).
 	Path string
-	// Manifest is the new manifest (Discovered, Updated), the last valid
-	// one (Removed), or see ManifestInvalid.
+	// Manifest is the new manifest (Added, Updated), the last valid
+	// one (Removed), or see DiscoveryInvalid.
 	Manifest *Manifest
 	// Err says why the manifest is invalid (Invalid only). It matches
-	// ErrInvalidManifest, and ErrPathEscape for paths that leave their
-	// folder or root.
+	// ErrInvalidManifest, also for paths that leave their folder or root.
 	Err error
 }
 
@@ -186,13 +183,13 @@ type ScanProblem struct {
 // tree itself every PollInterval.
 //
 // Duplicate names: when two valid manifests declare the same plugin name,
-// neither is used; each is reported as ManifestInvalid with an error naming
+// neither is used; each is reported as DiscoveryInvalid with an error naming
 // both paths (and a plugin that was valid until then leaves Manifests()).
 // Once one of them is removed or renamed, the other is reported as
-// ManifestDiscovered.
+// DiscoveryAdded.
 //
 // Half-written files: a manifest that fails to read or parse while
-// watching is reported as ManifestInvalid only once it has stayed unchanged
+// watching is reported as DiscoveryInvalid only once it has stayed unchanged
 // for a PollInterval (so within two intervals), so that a file caught in
 // the middle of a non-atomic write is read again instead of reported;
 // meanwhile a plugin that was valid keeps its last valid manifest. With
@@ -243,10 +240,10 @@ var _ ManifestSource = (*DiscoveryEngine)(nil)
 // ErrInvalidConfig and name the field.
 func NewDiscoveryEngine(cfg DiscoveryConfig) (*DiscoveryEngine, error) {
 	if len(cfg.Roots) == 0 {
-		return nil, newError(CodeInvalidConfig, "", "DiscoveryConfig.Roots is empty; give at least one folder to search")
+		return nil, newError(codeInvalidConfig, "", "DiscoveryConfig.Roots is empty; give at least one folder to search")
 	}
 	if cfg.MaxDepth < 0 {
-		return nil, newError(CodeInvalidConfig, "", "DiscoveryConfig.MaxDepth is %d; use 0 for the default or a positive depth", cfg.MaxDepth)
+		return nil, newError(codeInvalidConfig, "", "DiscoveryConfig.MaxDepth is %d; use 0 for the default or a positive depth", cfg.MaxDepth)
 	}
 	if cfg.MaxDepth == 0 {
 		cfg.MaxDepth = defaultDiscoveryMaxDepth
@@ -258,7 +255,7 @@ func NewDiscoveryEngine(cfg DiscoveryConfig) (*DiscoveryEngine, error) {
 	for _, n := range cfg.ManifestNames {
 		ext := strings.ToLower(filepath.Ext(n))
 		if n != filepath.Base(n) || strings.HasPrefix(n, ".") || (ext != ".json" && ext != ".yaml" && ext != ".yml") {
-			return nil, newError(CodeInvalidConfig, "", "DiscoveryConfig.ManifestNames: %q must be a file name ending in .json, .yaml or .yml", n)
+			return nil, newError(codeInvalidConfig, "", "DiscoveryConfig.ManifestNames: %q must be a file name ending in .json, .yaml or .yml", n)
 		}
 	}
 	if cfg.PollInterval <= 0 {
@@ -296,14 +293,14 @@ func resolveRoots(in []string) ([]string, error) {
 			abs, err = filepath.EvalSymlinks(abs)
 		}
 		if err != nil {
-			return nil, wrapError(err, CodeInvalidConfig, "", "DiscoveryConfig.Roots: folder %s cannot be used", r)
+			return nil, wrapError(err, codeInvalidConfig, "", "DiscoveryConfig.Roots: folder %s cannot be used", r)
 		}
 		if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
-			return nil, wrapError(err, CodeInvalidConfig, "", "DiscoveryConfig.Roots: %s is not a folder", r)
+			return nil, wrapError(err, codeInvalidConfig, "", "DiscoveryConfig.Roots: %s is not a folder", r)
 		}
 		for _, o := range roots {
 			if within(o, abs) || within(abs, o) {
-				return nil, newError(CodeInvalidConfig, "", "DiscoveryConfig.Roots: %s and %s nest; give each folder once", o, abs)
+				return nil, newError(codeInvalidConfig, "", "DiscoveryConfig.Roots: %s and %s nest; give each folder once", o, abs)
 			}
 		}
 		roots = append(roots, abs)
@@ -325,7 +322,7 @@ func within(dir, path string) bool {
 func (e *DiscoveryEngine) Scan(ctx context.Context) (res ScanResult, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			res, err = ScanResult{}, newError(CodePanic, "", "discovery: panic during a scan: %v", r)
+			res, err = ScanResult{}, newError(codePanic, "", "discovery: panic during a scan: %v", r)
 		}
 	}()
 	c, err := e.collect(ctx, nil, time.Time{})
@@ -372,7 +369,7 @@ func (e *DiscoveryEngine) Manifests() []*Manifest {
 func (e *DiscoveryEngine) Events() <-chan DiscoveryEvent { return e.events }
 
 // Start scans the roots, queues an event for every manifest found
-// (ManifestDiscovered or ManifestInvalid), and watches for changes until
+// (DiscoveryAdded or DiscoveryInvalid), and watches for changes until
 // Close. ctx bounds the first scan only (if it ends first, the error
 // matches ErrCanceled and ctx's error). Start may be called once; after
 // Close it returns an error matching ErrClosed.
@@ -381,9 +378,9 @@ func (e *DiscoveryEngine) Start(ctx context.Context) error {
 	defer e.lifecycle.Unlock()
 	switch {
 	case e.closed:
-		return newError(CodeClosed, "", "discovery engine is closed; make a new one")
+		return newError(codeClosed, "", "discovery engine is closed; make a new one")
 	case e.started:
-		return newError(CodeInvalidConfig, "", "discovery engine is started already")
+		return newError(codeInvalidConfig, "", "discovery engine is started already")
 	}
 	e.entries = make(map[string]*discoveryEntry)
 	e.reported = make(map[string]string)
@@ -440,7 +437,7 @@ func (e *DiscoveryEngine) safeSweep(ctx context.Context, settle bool) (evs []Dis
 	defer func() {
 		if r := recover(); r != nil {
 			evs, desired = nil, nil
-			err = newError(CodePanic, "", "discovery: panic during a scan: %v", r)
+			err = newError(codePanic, "", "discovery: panic during a scan: %v", r)
 		}
 	}()
 	return e.sweep(ctx, settle)
@@ -587,16 +584,16 @@ func (e *DiscoveryEngine) searchDir(t dirTask, prev map[string]*discoveryEntry, 
 			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 				continue // absent, or the folder was replaced meanwhile
 			}
-			return dirResult{err: wrapError(err, CodeInvalidConfig, "", "discovery: folder %s cannot be read; check its permissions", t.path)}
+			return dirResult{err: wrapError(err, codeInvalidConfig, "", "discovery: folder %s cannot be read; check its permissions", t.path)}
 		}
 		link := fi.Mode()&fs.ModeSymlink != 0
 		switch {
 		case link && !e.cfg.FollowSymlinks:
-			c.err = newError(CodeInvalidManifest, "", "manifest %s is a symbolic link and following links is off; replace it with the file or enable FollowSymlinks", c.path)
+			c.err = newError(codeInvalidManifest, "", "manifest %s is a symbolic link and following links is off; replace it with the file or enable FollowSymlinks", c.path)
 		case link:
 			if c.real, c.err = e.resolveLink(t.root, c.real); c.err == nil {
 				if fi, err = os.Stat(c.real); err != nil {
-					c.err = wrapError(err, CodeInvalidManifest, "", "manifest %s: the target of the link cannot be read", c.path)
+					c.err = wrapError(err, codeInvalidManifest, "", "manifest %s: the target of the link cannot be read", c.path)
 				}
 			}
 		}
@@ -616,7 +613,7 @@ func (e *DiscoveryEngine) subdirs(t dirTask) dirResult {
 		if t.depth > 0 && errors.Is(err, fs.ErrNotExist) {
 			return dirResult{} // removed while searching: its manifests are gone
 		}
-		return dirResult{err: wrapError(err, CodeInvalidConfig, "", "discovery: folder %s cannot be read; check its permissions", t.path)}
+		return dirResult{err: wrapError(err, codeInvalidConfig, "", "discovery: folder %s cannot be read; check its permissions", t.path)}
 	}
 	var subs []dirTask
 	for _, d := range ents {
@@ -661,12 +658,10 @@ type candidate struct {
 func (e *DiscoveryEngine) resolveLink(root, path string) (string, error) {
 	target, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return "", wrapError(err, CodeInvalidManifest, "", "symbolic link %s cannot be resolved", path)
+		return "", wrapError(err, codeInvalidManifest, "", "symbolic link %s cannot be resolved", path)
 	}
 	if !within(root, target) {
-		msg := fmt.Sprintf("symbolic link %s points to %s, outside the root %s; links must stay inside the root", path, target, root)
-		// Both an invalid manifest and a path escape for errors.Is.
-		return "", goerrors.Wrap(goerrors.New(CodePathEscape, msg), CodeInvalidManifest, msg)
+		return "", newError(codeInvalidManifest, "", "symbolic link %s points to %s, outside the root %s; links must stay inside the root", path, target, root)
 	}
 	return target, nil
 }
@@ -691,7 +686,7 @@ func (e *DiscoveryEngine) loadOne(c candidate, fi os.FileInfo, prev *discoveryEn
 	}
 	// From here the file changed: a problem found is a new one, seen now.
 	en.size, en.mtime, en.fi = fi.Size(), fi.ModTime(), fi
-	data, err := readSmallFile(c.real, e.opts.maxSize, "manifest", CodeInvalidManifest)
+	data, err := readSmallFile(c.real, e.opts.maxSize, "manifest", codeInvalidManifest)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -739,7 +734,7 @@ func resolveNames(entries []*discoveryEntry) (map[string]*Manifest, map[string]e
 			conflicts = make(map[string]error)
 		}
 		for _, en := range ens {
-			conflicts[en.path] = newError(CodeInvalidManifest, name,
+			conflicts[en.path] = newError(codeInvalidManifest, name,
 				"declared by more than one manifest (%s); neither is used until one is removed or renamed", strings.Join(paths, ", "))
 		}
 	}
@@ -817,7 +812,7 @@ func (e *DiscoveryEngine) diff(old, valid map[string]*Manifest, st sweepState) (
 	for name, m := range old {
 		if nm, ok := valid[name]; ok {
 			if nm != m && (nm.Hash != m.Hash || nm.Path != m.Path) {
-				changed = append(changed, DiscoveryEvent{Kind: ManifestUpdated, Name: name, Path: nm.Path, Manifest: nm})
+				changed = append(changed, DiscoveryEvent{Kind: DiscoveryUpdated, Name: name, Path: nm.Path, Manifest: nm})
 			} else if nm != m {
 				valid[name] = m
 			}
@@ -825,15 +820,15 @@ func (e *DiscoveryEngine) diff(old, valid map[string]*Manifest, st sweepState) (
 		}
 		if en := st.problems[m.Path]; en != nil {
 			err := st.errs[m.Path]
-			removed = append(removed, DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: m.Path, Manifest: m, Err: err})
+			removed = append(removed, DiscoveryEvent{Kind: DiscoveryInvalid, Name: name, Path: m.Path, Manifest: m, Err: err})
 			e.reported[m.Path] = en.problemKey(err)
 			continue
 		}
-		removed = append(removed, DiscoveryEvent{Kind: ManifestRemoved, Name: name, Path: m.Path, Manifest: m})
+		removed = append(removed, DiscoveryEvent{Kind: DiscoveryRemoved, Name: name, Path: m.Path, Manifest: m})
 	}
 	for name, m := range valid {
 		if _, ok := old[name]; !ok {
-			changed = append(changed, DiscoveryEvent{Kind: ManifestDiscovered, Name: name, Path: m.Path, Manifest: m})
+			changed = append(changed, DiscoveryEvent{Kind: DiscoveryAdded, Name: name, Path: m.Path, Manifest: m})
 		}
 	}
 	byName := func(a, b DiscoveryEvent) int { return strings.Compare(a.Name, b.Name) }
@@ -856,7 +851,7 @@ func (e *DiscoveryEngine) newProblems(st sweepState) []DiscoveryEvent {
 		if en.m != nil {
 			name = en.m.Name
 		}
-		invalid = append(invalid, DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: path, Err: st.errs[path]})
+		invalid = append(invalid, DiscoveryEvent{Kind: DiscoveryInvalid, Name: name, Path: path, Err: st.errs[path]})
 	}
 	for path := range e.reported {
 		if st.problems[path] == nil && !st.held[path] {

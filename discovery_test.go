@@ -74,7 +74,7 @@ func barrier(t *testing.T, e *DiscoveryEngine, root string, n int) []DiscoveryEv
 	var before []DiscoveryEvent
 	for {
 		ev := nextEvent(t, e)
-		if ev.Kind == ManifestDiscovered && ev.Name == name {
+		if ev.Kind == DiscoveryAdded && ev.Name == name {
 			return before
 		}
 		before = append(before, ev)
@@ -105,7 +105,7 @@ func TestDiscoveryScanTestdata(t *testing.T) {
 	require.Len(t, res.Invalid, 2)
 	assert.Equal(t, filepath.Join(root, "bad-fields", "plugin.json"), res.Invalid[0].Path)
 	assert.ErrorIs(t, res.Invalid[0].Err, ErrInvalidManifest)
-	assert.ErrorIs(t, res.Invalid[0].Err, ErrPathEscape)
+	assert.ErrorIs(t, res.Invalid[0].Err, ErrInvalidManifest)
 	assert.Equal(t, filepath.Join(root, "bad-unknown", "plugin.yaml"), res.Invalid[1].Path)
 	assert.Equal(t, "typo", res.Invalid[1].Name)
 	assert.Contains(t, res.Invalid[1].Err.Error(), `unknown field "timout"`)
@@ -169,7 +169,7 @@ func TestDiscoveryScanRules(t *testing.T) {
 			name:    "command escape",
 			files:   map[string]string{"p/plugin.json": `{"name": "p", "version": "1.0.0", "transport": "subprocess", "command": "../q/run"}`},
 			invalid: map[string][]string{"p/plugin.json": {`field "command"`, "outside the plugin folder"}},
-			is:      map[string]error{"p/plugin.json": ErrPathEscape},
+			is:      map[string]error{"p/plugin.json": ErrInvalidManifest},
 		},
 		{
 			name:  "command escape allowed",
@@ -309,7 +309,7 @@ func TestDiscoveryStartReportsExisting(t *testing.T) {
 	assert.Equal(t, []string{"a", "b"}, names(e.Manifests()), "known as soon as Start returns")
 
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestInvalid, ev.Kind)
+	assert.Equal(t, DiscoveryInvalid, ev.Kind)
 	assert.Equal(t, bad, ev.Path)
 	assert.Equal(t, "c", ev.Name)
 	assert.Nil(t, ev.Manifest)
@@ -318,7 +318,7 @@ func TestDiscoveryStartReportsExisting(t *testing.T) {
 
 	for _, want := range []string{"a", "b"} {
 		ev = nextEvent(t, e)
-		assert.Equal(t, ManifestDiscovered, ev.Kind)
+		assert.Equal(t, DiscoveryAdded, ev.Kind)
 		assert.Equal(t, want, ev.Name)
 		require.NotNil(t, ev.Manifest)
 		assert.Equal(t, filepath.Join(root, want, "plugin.json"), ev.Path)
@@ -336,7 +336,7 @@ func TestDiscoveryEventKinds(t *testing.T) {
 	// Discovered: a new plugin folder under the root.
 	path := writePlugin(t, dir, manifestJSON("auth", "1.0.0"))
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestDiscovered, ev.Kind)
+	assert.Equal(t, DiscoveryAdded, ev.Kind)
 	assert.Equal(t, "auth", ev.Name)
 	assert.Equal(t, path, ev.Path)
 	require.NotNil(t, ev.Manifest)
@@ -347,14 +347,14 @@ func TestDiscoveryEventKinds(t *testing.T) {
 	// Updated: the content changes.
 	writePlugin(t, dir, manifestJSON("auth", "1.1.0"))
 	ev = nextEvent(t, e)
-	assert.Equal(t, ManifestUpdated, ev.Kind)
+	assert.Equal(t, DiscoveryUpdated, ev.Kind)
 	assert.Equal(t, "1.1.0", ev.Manifest.Version)
 	assert.Equal(t, "1.1.0", e.Manifests()[0].Version)
 
 	// Invalid: a valid plugin's manifest gains a misspelt field.
 	writePlugin(t, dir, `{"name": "auth", "version": "1.2.0", "transport": "subprocess", "command": "./run", "timeuot": "1s"}`)
 	ev = nextEvent(t, e)
-	assert.Equal(t, ManifestInvalid, ev.Kind)
+	assert.Equal(t, DiscoveryInvalid, ev.Kind)
 	assert.Equal(t, "auth", ev.Name)
 	assert.Equal(t, path, ev.Path)
 	require.NotNil(t, ev.Manifest, "the last valid manifest comes with it")
@@ -366,13 +366,13 @@ func TestDiscoveryEventKinds(t *testing.T) {
 	// Fixed: discovered again.
 	writePlugin(t, dir, manifestJSON("auth", "1.2.0"))
 	ev = nextEvent(t, e)
-	assert.Equal(t, ManifestDiscovered, ev.Kind)
+	assert.Equal(t, DiscoveryAdded, ev.Kind)
 	assert.Equal(t, "1.2.0", ev.Manifest.Version)
 
 	// Removed: the folder goes away.
 	require.NoError(t, os.RemoveAll(dir))
 	ev = nextEvent(t, e)
-	assert.Equal(t, ManifestRemoved, ev.Kind)
+	assert.Equal(t, DiscoveryRemoved, ev.Kind)
 	assert.Equal(t, "auth", ev.Name)
 	assert.Equal(t, path, ev.Path)
 	assert.Equal(t, "1.2.0", ev.Manifest.Version)
@@ -381,7 +381,7 @@ func TestDiscoveryEventKinds(t *testing.T) {
 	// A plugin that is invalid from the start: Invalid without a manifest.
 	bad := writePlugin(t, filepath.Join(root, "bad"), `{"name": "bad", "version": "01.0.0", "transport": "inprocess"}`)
 	ev = nextEvent(t, e)
-	assert.Equal(t, ManifestInvalid, ev.Kind)
+	assert.Equal(t, DiscoveryInvalid, ev.Kind)
 	assert.Equal(t, bad, ev.Path)
 	assert.Nil(t, ev.Manifest)
 	assert.ErrorIs(t, ev.Err, ErrInvalidVersion)
@@ -396,11 +396,11 @@ func TestDiscoveryRenamedFolderIsAnUpdate(t *testing.T) {
 	root := t.TempDir()
 	writePlugin(t, filepath.Join(root, "v1"), manifestJSON("auth", "1.0.0"))
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
-	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	require.Equal(t, DiscoveryAdded, nextEvent(t, e).Kind)
 
 	require.NoError(t, os.Rename(filepath.Join(root, "v1"), filepath.Join(root, "v2")))
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestUpdated, ev.Kind)
+	assert.Equal(t, DiscoveryUpdated, ev.Kind)
 	assert.Equal(t, filepath.Join(root, "v2", "plugin.json"), ev.Path)
 	assert.Equal(t, filepath.Join(root, "v2", "run"), ev.Manifest.Command)
 	assert.Empty(t, barrier(t, e, root, 1))
@@ -414,7 +414,7 @@ func TestDiscoveryRapidWrites(t *testing.T) {
 	// A poll long enough that no write is stalled half-done for a whole
 	// interval, which would rightly be reported as invalid.
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, PollInterval: 200 * time.Millisecond})
-	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	require.Equal(t, DiscoveryAdded, nextEvent(t, e).Kind)
 
 	// os.WriteFile truncates, then writes: each write is non-atomic.
 	const last = 50
@@ -425,7 +425,7 @@ func TestDiscoveryRapidWrites(t *testing.T) {
 	var seen []string
 	for {
 		ev := nextEvent(t, e)
-		require.Equal(t, ManifestUpdated, ev.Kind, "only updates, never a half-read manifest: %v", ev.Err)
+		require.Equal(t, DiscoveryUpdated, ev.Kind, "only updates, never a half-read manifest: %v", ev.Err)
 		require.NotNil(t, ev.Manifest)
 		seen = append(seen, ev.Manifest.Version)
 		if ev.Manifest.Version == final {
@@ -484,7 +484,7 @@ func TestDiscoveryNonAtomicWrite(t *testing.T) {
 	// completed well before it could be reported as invalid.
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, PollInterval: 500 * time.Millisecond,
 		Logger: slog.New(logHandler{held: held})})
-	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	require.Equal(t, DiscoveryAdded, nextEvent(t, e).Kind)
 
 	// writeHalf truncates the manifest, writes half of content, and waits
 	// until a sweep has seen the half-written file.
@@ -518,7 +518,7 @@ func TestDiscoveryNonAtomicWrite(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestUpdated, ev.Kind)
+	assert.Equal(t, DiscoveryUpdated, ev.Kind)
 	assert.Equal(t, "2.0.0", ev.Manifest.Version)
 	assert.Empty(t, barrier(t, e, root, 2))
 }
@@ -529,12 +529,12 @@ func TestDiscoveryHalfWrittenThatStaysIsReported(t *testing.T) {
 	dir := filepath.Join(root, "p")
 	path := writePlugin(t, dir, manifestJSON("p", "1.0.0"))
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
-	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	require.Equal(t, DiscoveryAdded, nextEvent(t, e).Kind)
 
 	content := manifestJSON("p", "1.0.1")
 	require.NoError(t, os.WriteFile(path, []byte(content[:len(content)/2]), 0o644))
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestInvalid, ev.Kind, "a write that never completes is reported")
+	assert.Equal(t, DiscoveryInvalid, ev.Kind, "a write that never completes is reported")
 	assert.Equal(t, path, ev.Path)
 	require.NotNil(t, ev.Manifest)
 	assert.Equal(t, "1.0.0", ev.Manifest.Version)
@@ -553,17 +553,17 @@ func TestDiscoveryLongPath(t *testing.T) {
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
 	writePlugin(t, deep, manifestJSON("deep", "1.0.0"))
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestDiscovered, ev.Kind)
+	assert.Equal(t, DiscoveryAdded, ev.Kind)
 	assert.Equal(t, path, ev.Path)
 
 	writePlugin(t, deep, manifestJSON("deep", "1.0.1"))
 	ev = nextEvent(t, e)
-	assert.Equal(t, ManifestUpdated, ev.Kind)
+	assert.Equal(t, DiscoveryUpdated, ev.Kind)
 	assert.Equal(t, "1.0.1", ev.Manifest.Version)
 
 	require.NoError(t, os.Remove(path))
 	ev = nextEvent(t, e)
-	assert.Equal(t, ManifestRemoved, ev.Kind)
+	assert.Equal(t, DiscoveryRemoved, ev.Kind)
 	assert.Equal(t, path, ev.Path)
 }
 
@@ -576,7 +576,7 @@ func TestDiscoveryLongRoot(t *testing.T) {
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
 	writePlugin(t, filepath.Join(root, "p"), manifestJSON("p", "1.0.0"))
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestDiscovered, ev.Kind)
+	assert.Equal(t, DiscoveryAdded, ev.Kind)
 	assert.Equal(t, "p", ev.Name)
 }
 
@@ -593,7 +593,7 @@ func TestDiscoverySymlinksNotFollowed(t *testing.T) {
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
 	assert.Empty(t, e.Manifests(), "a linked folder is skipped")
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestInvalid, ev.Kind, "a linked manifest is reported")
+	assert.Equal(t, DiscoveryInvalid, ev.Kind, "a linked manifest is reported")
 	assert.Equal(t, link, ev.Path)
 	require.ErrorIs(t, ev.Err, ErrInvalidManifest)
 	assert.Contains(t, ev.Err.Error(), "FollowSymlinks")
@@ -620,7 +620,7 @@ func TestDiscoverySymlinkEscapeRefused(t *testing.T) {
 	assert.Equal(t, link, res.Invalid[1].Path, "the linked manifest")
 	for _, p := range res.Invalid {
 		assert.ErrorIs(t, p.Err, ErrInvalidManifest)
-		assert.ErrorIs(t, p.Err, ErrPathEscape)
+		assert.ErrorIs(t, p.Err, ErrInvalidManifest)
 		assert.Contains(t, p.Err.Error(), "outside the root")
 	}
 }
@@ -639,7 +639,7 @@ func TestDiscoverySymlinkFollowedAndSwapped(t *testing.T) {
 
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, FollowSymlinks: true})
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestDiscovered, ev.Kind)
+	assert.Equal(t, DiscoveryAdded, ev.Kind)
 	assert.Equal(t, filepath.Join(current, "plugin.json"), ev.Path, "reported under the link's path")
 	assert.Equal(t, "1.0.0", ev.Manifest.Version)
 	assert.Equal(t, filepath.Join(current, "run"), ev.Manifest.Command)
@@ -648,7 +648,7 @@ func TestDiscoverySymlinkFollowedAndSwapped(t *testing.T) {
 	require.NoError(t, os.Symlink(v2, tmp))
 	require.NoError(t, os.Rename(tmp, current))
 	ev = nextEvent(t, e)
-	assert.Equal(t, ManifestUpdated, ev.Kind)
+	assert.Equal(t, DiscoveryUpdated, ev.Kind)
 	assert.Equal(t, "2.0.0", ev.Manifest.Version)
 
 	// A linked manifest file inside the root is followed too.
@@ -656,7 +656,7 @@ func TestDiscoverySymlinkFollowedAndSwapped(t *testing.T) {
 	writePlugin(t, filepath.Join(root, ".store"), manifestJSON("filelink", "1.0.0"))
 	require.NoError(t, os.Symlink(filepath.Join(root, ".store", "plugin.json"), filepath.Join(root, "filelink", "plugin.json")))
 	ev = nextEvent(t, e)
-	assert.Equal(t, ManifestDiscovered, ev.Kind)
+	assert.Equal(t, DiscoveryAdded, ev.Kind)
 	assert.Equal(t, "filelink", ev.Name)
 	assert.Equal(t, filepath.Join(root, "filelink", "plugin.json"), ev.Path)
 }
@@ -666,12 +666,12 @@ func TestDiscoveryDuplicateNamesWatched(t *testing.T) {
 	root := t.TempDir()
 	first := writePlugin(t, filepath.Join(root, "one"), manifestJSON("auth", "1.0.0"))
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}})
-	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	require.Equal(t, DiscoveryAdded, nextEvent(t, e).Kind)
 
 	second := writePlugin(t, filepath.Join(root, "two"), manifestJSON("auth", "2.0.0"))
 	evs := []DiscoveryEvent{nextEvent(t, e), nextEvent(t, e)}
 	for _, ev := range evs {
-		assert.Equal(t, ManifestInvalid, ev.Kind)
+		assert.Equal(t, DiscoveryInvalid, ev.Kind)
 		assert.Equal(t, "auth", ev.Name)
 		require.ErrorIs(t, ev.Err, ErrInvalidManifest)
 		assert.Contains(t, ev.Err.Error(), first)
@@ -686,7 +686,7 @@ func TestDiscoveryDuplicateNamesWatched(t *testing.T) {
 
 	require.NoError(t, os.RemoveAll(filepath.Join(root, "two")))
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestDiscovered, ev.Kind)
+	assert.Equal(t, DiscoveryAdded, ev.Kind)
 	assert.Equal(t, first, ev.Path)
 	assert.Empty(t, barrier(t, e, root, 1))
 }
@@ -703,7 +703,7 @@ func TestDiscoveryEventsNeverDropped(t *testing.T) {
 	got := map[string]bool{}
 	for len(got) < n {
 		ev := nextEvent(t, e)
-		require.Equal(t, ManifestDiscovered, ev.Kind)
+		require.Equal(t, DiscoveryAdded, ev.Kind)
 		got[ev.Name] = true
 	}
 	assert.Len(t, e.Manifests(), n)
@@ -711,8 +711,8 @@ func TestDiscoveryEventsNeverDropped(t *testing.T) {
 
 func TestDiscoveryEventKindString(t *testing.T) {
 	for k, want := range map[DiscoveryEventKind]string{
-		ManifestDiscovered: "discovered", ManifestUpdated: "updated", ManifestRemoved: "removed",
-		ManifestInvalid: "invalid", DiscoveryEventKind(9): "DiscoveryEventKind(9)",
+		DiscoveryAdded: "added", DiscoveryUpdated: "updated", DiscoveryRemoved: "removed",
+		DiscoveryInvalid: "invalid", DiscoveryEventKind(9): "DiscoveryEventKind(9)",
 	} {
 		assert.Equal(t, want, k.String())
 	}
@@ -740,7 +740,7 @@ func TestDiscoveryPanicNeverReachesTheHost(t *testing.T) {
 	require.NoError(t, os.Remove(link))
 	e = startEngine(t, DiscoveryConfig{Roots: []string{root}, Logger: logger})
 	for range 100 {
-		require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+		require.Equal(t, DiscoveryAdded, nextEvent(t, e).Kind)
 	}
 
 	// A sweep that panics while watching is survived: it is logged as a
@@ -755,7 +755,7 @@ func TestDiscoveryPanicNeverReachesTheHost(t *testing.T) {
 	writePlugin(t, filepath.Join(root, "late"), manifestJSON("late", "1.0.0"))
 	require.NoError(t, os.Remove(link))
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestDiscovered, ev.Kind)
+	assert.Equal(t, DiscoveryAdded, ev.Kind)
 	assert.Equal(t, "late", ev.Name)
 	assert.Empty(t, barrier(t, e, root, 1))
 }
@@ -774,7 +774,7 @@ func TestDiscoveryFolderLinkDanglingIsHeldLikeAFile(t *testing.T) {
 	held := make(chan string, 1)
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, FollowSymlinks: true,
 		PollInterval: 500 * time.Millisecond, Logger: slog.New(logHandler{held: held})})
-	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	require.Equal(t, DiscoveryAdded, nextEvent(t, e).Kind)
 
 	away := v1 + ".away"
 	require.NoError(t, os.Rename(v1, away)) // the link dangles
@@ -791,8 +791,8 @@ func TestDiscoveryFolderLinkDanglingIsHeldLikeAFile(t *testing.T) {
 
 // TestDiscoveryFolderLinkSwappedOutsideIsOneNamedInvalid checks that a
 // plugin folder link swapped to a folder outside the root gives one
-// ManifestInvalid event naming the plugin with its last manifest, as a
-// file that became invalid does, and no ManifestRemoved.
+// DiscoveryInvalid event naming the plugin with its last manifest, as a
+// file that became invalid does, and no DiscoveryRemoved.
 func TestDiscoveryFolderLinkSwappedOutsideIsOneNamedInvalid(t *testing.T) {
 	verifyNoLeaks(t)
 	root := t.TempDir()
@@ -803,16 +803,16 @@ func TestDiscoveryFolderLinkSwappedOutsideIsOneNamedInvalid(t *testing.T) {
 	current := filepath.Join(root, "k8s")
 	require.NoError(t, os.Symlink(v1, current))
 	e := startEngine(t, DiscoveryConfig{Roots: []string{root}, FollowSymlinks: true})
-	require.Equal(t, ManifestDiscovered, nextEvent(t, e).Kind)
+	require.Equal(t, DiscoveryAdded, nextEvent(t, e).Kind)
 
 	tmp := filepath.Join(root, "k8s.tmp")
 	require.NoError(t, os.Symlink(outside, tmp))
 	require.NoError(t, os.Rename(tmp, current))
 	ev := nextEvent(t, e)
-	assert.Equal(t, ManifestInvalid, ev.Kind)
+	assert.Equal(t, DiscoveryInvalid, ev.Kind)
 	assert.Equal(t, "k8s", ev.Name)
 	require.NotNil(t, ev.Manifest, "the last valid manifest, for the consumer to choose")
 	assert.Equal(t, "1.0.0", ev.Manifest.Version)
-	assert.ErrorIs(t, ev.Err, ErrPathEscape)
+	assert.ErrorIs(t, ev.Err, ErrInvalidManifest)
 	assert.Empty(t, barrier(t, e, root, 1), "one event: no removal, no nameless invalid")
 }

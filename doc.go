@@ -6,7 +6,7 @@
 //
 // # The flow
 //
-//	manifest files --DiscoveryEngine--> events --DynamicLoader--> version checks + DependencyGraph
+//	manifest files --DiscoveryEngine--> events --DynamicLoader--> version and dependency checks
 //	   --> Factory (transport) --> Plugin[Req, Resp] --> Manager.Register / Manager.Reload
 //	Manager.Execute(ctx, name, req) --> registry snapshot --> breaker --> plugin.Execute
 //	Manager.Reload: preflight --> drain (park new calls, wait in-flight) --> dispatch (each
@@ -23,8 +23,8 @@
 // (see Config) the same way; both are a ManifestSource.
 //
 // A DynamicLoader consumes a ManifestSource. It checks each manifest's host
-// constraint against a VersionPolicy and its dependency constraints against
-// the versions known, orders the plugins with a DependencyGraph, makes each
+// constraint against the manager's VersionPolicy and its dependency constraints against
+// the versions known, orders the plugins by their dependencies, makes each
 // plugin with the Factory registered for its transport, and registers it
 // with a Manager. A plugin whose dependency is missing waits as pending and
 // loads once the dependency appears; an updated manifest becomes a
@@ -76,8 +76,32 @@
 //
 // # Errors
 //
-// Every error the package reports carries a code (see the Code constants)
-// and matches its sentinel with errors.Is, e.g. errors.Is(err, ErrNotFound).
-// Messages name the plugin (or the file and field) and say what to do. A
+// Every error the package reports matches one of the Err sentinels with
+// errors.Is, e.g. errors.Is(err, ErrNotFound); ErrorCode reports its code
+// string (such as "PLUGIN_NOT_FOUND") for logs and metrics. Messages are one
+// line that names the plugin (or the file and field) and says what to do. A
 // plugin's own errors pass through Execute unchanged.
+//
+// # Options
+//
+// Each receiver has one option type: Option for NewManager, PluginOption
+// for one plugin at Manager.Register (WithPluginDefaults makes them the
+// defaults of every plugin), ReloadOption for one Manager.Reload,
+// LoaderOption for NewDynamicLoader and ManifestOption for LoadManifest and
+// ParseManifest. Structs configure what has many fields: DiscoveryConfig,
+// SubprocessConfig, GRPCConfig, BreakerConfig, HealthConfig, RetryPolicy,
+// RestartPolicy.
+//
+// # The types, in the order a host meets them
+//
+//   - Plugin, PluginInfo and the capability interfaces StatefulPlugin,
+//     StreamPlugin and SchemaPlugin: what a plugin is.
+//   - Manager (NewManager, Register, Execute, Reload, Unregister,
+//     Shutdown), with Metrics, HealthReport and Event (Subscribe).
+//   - Manifest, read by LoadManifest or found by a DiscoveryEngine or a
+//     ConfigWatcher (Config), both a ManifestSource.
+//   - DynamicLoader, with a Factory per transport: SubprocessFactory,
+//     GRPCFactory, or the host's own.
+//   - Subprocess and GRPCPlugin, the out-of-process transports, with Codec.
+//   - ReloadDispatcher and Handoff, for surfaces of the host's own.
 package goplugins

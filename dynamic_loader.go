@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"slices"
 	"sync"
@@ -25,25 +24,25 @@ type LoadState int
 
 // Load states.
 const (
-	// StateDiscovered: known from a manifest, not loaded (auto-loading is
+	// LoadDiscovered: known from a manifest, not loaded (auto-loading is
 	// off and nobody asked for it).
-	StateDiscovered LoadState = iota + 1
-	// StatePending: wanted, but a dependency is missing or unsatisfied; it
+	LoadDiscovered LoadState = iota + 1
+	// LoadPending: wanted, but a dependency is missing or unsatisfied; it
 	// loads by itself once the dependency appears.
-	StatePending
-	// StateLoading: being made and registered.
-	StateLoading
-	// StateLoaded: registered with the manager and serving.
-	StateLoaded
-	// StateFailed: the last load failed; Status.Err says why.
-	StateFailed
-	// StateUnloading: being unregistered.
-	StateUnloading
+	LoadPending
+	// LoadLoading: being made and registered.
+	LoadLoading
+	// LoadLoaded: registered with the manager and serving.
+	LoadLoaded
+	// LoadFailed: the last load failed; Status.Err says why.
+	LoadFailed
+	// LoadUnloading: being unregistered.
+	LoadUnloading
 )
 
 var loadStateNames = [...]string{
-	StateDiscovered: "discovered", StatePending: "pending", StateLoading: "loading",
-	StateLoaded: "loaded", StateFailed: "failed", StateUnloading: "unloading",
+	LoadDiscovered: "discovered", LoadPending: "pending", LoadLoading: "loading",
+	LoadLoaded: "loaded", LoadFailed: "failed", LoadUnloading: "unloading",
 }
 
 // String returns the state's name, such as "pending".
@@ -82,8 +81,8 @@ const (
 	UnloadCascade
 )
 
-// LoaderMetrics counts what a DynamicLoader did.
-type LoaderMetrics struct {
+// loaderMetrics counts what a DynamicLoader did.
+type loaderMetrics struct {
 	// Loads, Reloads and Unloads count successful operations;
 	// LoadFailures and ReloadFailures failed ones (a refused update is a
 	// reload failure).
@@ -99,9 +98,7 @@ type LoaderOption interface{ applyLoader(*loaderConfig) }
 
 type loaderConfig struct {
 	autoLoad bool
-	policy   *VersionPolicy
-	logger   *slog.Logger
-	register func(*Manifest) []RegisterOption
+	register func(*Manifest) []PluginOption
 }
 
 type loaderOption func(*loaderConfig)
@@ -114,26 +111,10 @@ func WithAutoLoad(on bool) LoaderOption {
 	return loaderOption(func(c *loaderConfig) { c.autoLoad = on })
 }
 
-// WithHostPolicy makes the loader check each manifest's "requires.host"
-// against the policy's host version and its per-plugin rules. Without it,
-// host constraints are not checked.
-func WithHostPolicy(p *VersionPolicy) LoaderOption {
-	return loaderOption(func(c *loaderConfig) { c.policy = p })
-}
-
-// WithLoaderLogger sets the loader's logger (default: discard).
-func WithLoaderLogger(l *slog.Logger) LoaderOption {
-	return loaderOption(func(c *loaderConfig) {
-		if l != nil {
-			c.logger = l
-		}
-	})
-}
-
 // WithRegisterOptions adds options to every Register the loader makes, on
 // top of those the manifest implies (its timeout, and the fields its health
 // section sets, over the manager's health settings).
-func WithRegisterOptions(f func(*Manifest) []RegisterOption) LoaderOption {
+func WithRegisterOptions(f func(*Manifest) []PluginOption) LoaderOption {
 	return loaderOption(func(c *loaderConfig) { c.register = f })
 }
 
@@ -161,7 +142,9 @@ func WithRegisterOptions(f func(*Manifest) []RegisterOption) LoaderOption {
 // Shutdown, which unloads what the loader loaded; there is no Close, as
 // nothing is left to end at once (Manager.Shutdown ends the plugins
 // themselves). Operations are serialized. A DynamicLoader is safe for
-// concurrent use.
+// concurrent use. It follows its manager's settings: each manifest's
+// "requires.host" and version are checked against the manager's
+// VersionPolicy (WithVersionPolicy), and it logs to the manager's logger.
 type DynamicLoader[Req, Resp any] struct {
 	m   *Manager[Req, Resp]
 	src ManifestSource
@@ -177,7 +160,7 @@ type DynamicLoader[Req, Resp any] struct {
 	wanted    map[string]bool // asked to load (explicitly or by auto-load)
 	// graph holds the running manifest of a loaded plugin and the latest
 	// one of the others: what dependents are checked and ordered against.
-	graph *DependencyGraph
+	graph *dependencyGraph
 
 	loads, loadFailures, reloads, reloadFailures, unloads, events atomic.Uint64
 
@@ -195,7 +178,7 @@ type DynamicLoader[Req, Resp any] struct {
 // src may be nil for a loader driven only by Add, Load and Unload. Call
 // Start to consume src's events.
 func NewDynamicLoader[Req, Resp any](m *Manager[Req, Resp], src ManifestSource, opts ...LoaderOption) *DynamicLoader[Req, Resp] {
-	cfg := loaderConfig{autoLoad: true, logger: slog.New(slog.DiscardHandler)}
+	cfg := loaderConfig{autoLoad: true}
 	for _, o := range opts {
 		o.applyLoader(&cfg)
 	}
@@ -206,7 +189,7 @@ func NewDynamicLoader[Req, Resp any](m *Manager[Req, Resp], src ManifestSource, 
 		running:   make(map[string]*Manifest),
 		status:    make(map[string]*PluginStatus),
 		wanted:    make(map[string]bool),
-		graph:     NewDependencyGraph(),
+		graph:     newDependencyGraph(),
 		stopped:   make(chan struct{}),
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
@@ -224,11 +207,11 @@ func (l *DynamicLoader[Req, Resp]) RegisterFactory(transport string, f Factory[R
 // Start takes the source's current manifests (loading them, level by level,
 // when auto-loading is on) and then consumes its events on a goroutine of
 // its own until Shutdown. A second Start does nothing; after Shutdown,
-// Start fails with ErrShuttingDown.
+// Start fails with ErrClosed.
 func (l *DynamicLoader[Req, Resp]) Start(ctx context.Context) error {
 	if l.src == nil || !l.started.CompareAndSwap(false, true) {
 		if l.closed.Load() {
-			return newError(CodeShuttingDown, "", "the loader is shut down; make a new one")
+			return newError(codeClosed, "", "the loader is shut down; make a new one")
 		}
 		return nil
 	}
@@ -236,7 +219,7 @@ func (l *DynamicLoader[Req, Resp]) Start(ctx context.Context) error {
 	// other, so either Start stops here or Shutdown waits for consume.
 	if l.closed.Load() {
 		close(l.stopped)
-		return newError(CodeShuttingDown, "", "the loader is shut down; make a new one")
+		return newError(codeClosed, "", "the loader is shut down; make a new one")
 	}
 	for _, mf := range l.src.Manifests() {
 		l.Add(mf)
@@ -272,11 +255,11 @@ func (l *DynamicLoader[Req, Resp]) handle(ev DiscoveryEvent) {
 	ctx := l.ctx
 	var err error
 	switch ev.Kind {
-	case ManifestDiscovered, ManifestUpdated:
+	case DiscoveryAdded, DiscoveryUpdated:
 		err = l.apply(ctx, ev.Manifest)
-	case ManifestRemoved:
+	case DiscoveryRemoved:
 		err = l.remove(ctx, ev.Name)
-	case ManifestInvalid:
+	case DiscoveryInvalid:
 		if ev.Name != "" {
 			l.mu.Lock()
 			if st := l.status[ev.Name]; st != nil {
@@ -287,7 +270,7 @@ func (l *DynamicLoader[Req, Resp]) handle(ev DiscoveryEvent) {
 		err = ev.Err
 	}
 	if err != nil {
-		l.cfg.logger.Warn("goplugins: discovery event not applied", "event", ev.Kind.String(), "plugin", ev.Name, "path", ev.Path, "error", err)
+		l.m.cfg.logger.Warn("goplugins: discovery event not applied", "event", ev.Kind.String(), "plugin", ev.Name, "path", ev.Path, "error", err)
 	}
 }
 
@@ -304,7 +287,7 @@ func (l *DynamicLoader[Req, Resp]) Add(mf *Manifest) error {
 func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
 	g := l.graph
 	if l.running[mf.Name] != nil {
-		g = NewDependencyGraph() // only checked: the graph keeps the running version
+		g = newDependencyGraph() // only checked: the graph keeps the running version
 	}
 	if err := addManifest(g, mf); err != nil {
 		return err
@@ -312,7 +295,7 @@ func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
 	l.known[mf.Name] = mf
 	st := l.status[mf.Name]
 	if st == nil {
-		st = &PluginStatus{Name: mf.Name, State: StateDiscovered, Since: time.Now()}
+		st = &PluginStatus{Name: mf.Name, State: LoadDiscovered, Since: time.Now()}
 		l.status[mf.Name] = st
 	}
 	st.Version, st.Manifest = mf.Version, mf
@@ -320,7 +303,7 @@ func (l *DynamicLoader[Req, Resp]) addLocked(mf *Manifest) error {
 }
 
 // addManifest adds mf's node to g.
-func addManifest(g *DependencyGraph, mf *Manifest) error {
+func addManifest(g *dependencyGraph, mf *Manifest) error {
 	return g.Add(mf.Name, mf.Version, mf.Dependencies...)
 }
 
@@ -403,7 +386,7 @@ func sameManifest(a, b *Manifest) bool {
 func (l *DynamicLoader[Req, Resp]) checkDependentsLocked(mf *Manifest) error {
 	for _, dc := range l.loadedDependentsLocked(mf.Name) {
 		if err := checkDependency(dc.dependent, mf.Name, dc.constraint, mf.Version); err != nil {
-			return wrapError(err, CodeIncompatibleVersion, mf.Name,
+			return wrapError(err, codeIncompatibleVersion, mf.Name,
 				"update to %s refused: loaded plugin %q needs %s; the running version keeps serving", mf.Version, dc.dependent, dc.constraint)
 		}
 	}
@@ -440,7 +423,7 @@ func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifes
 	l.mu.Lock()
 	var opts []ReloadOption
 	for _, dc := range l.loadedDependentsLocked(mf.Name) {
-		opts = append(opts, WithDependentConstraint(dc.dependent, dc.constraint))
+		opts = append(opts, withDependentConstraint(dc.dependent, dc.constraint))
 	}
 	l.mu.Unlock()
 	if _, err := l.m.Reload(ctx, mf.Name, next, opts...); err != nil {
@@ -463,7 +446,7 @@ func (l *DynamicLoader[Req, Resp]) prepareReload(ctx context.Context, mf *Manife
 	err := l.checkDependentsLocked(mf)
 	if err == nil {
 		if err = l.checkLoadLocked(mf); err != nil {
-			err = wrapError(err, codeOr(err, CodeIncompatibleVersion), mf.Name,
+			err = wrapError(err, codeOr(err, codeIncompatibleVersion), mf.Name,
 				"update to %s refused; the running version keeps serving", mf.Version)
 		}
 	}
@@ -490,9 +473,9 @@ func (l *DynamicLoader[Req, Resp]) Reload(ctx context.Context, name string) erro
 	l.mu.Unlock()
 	switch {
 	case mf == nil:
-		return newError(CodeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
+		return newError(codeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
 	case run == nil:
-		return newError(CodeNotFound, name, "the plugin is not loaded; use Load")
+		return newError(codeNotFound, name, "the plugin is not loaded; use Load")
 	case run.Hash == mf.Hash:
 		return nil
 	}
@@ -516,7 +499,7 @@ func (l *DynamicLoader[Req, Resp]) Load(ctx context.Context, name string) error 
 	l.mu.Lock()
 	if l.known[name] == nil {
 		l.mu.Unlock()
-		return newError(CodeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
+		return newError(codeNotFound, name, "no manifest for this plugin is known; check the discovery roots")
 	}
 	l.wanted[name] = true
 	l.mu.Unlock()
@@ -533,13 +516,13 @@ func (l *DynamicLoader[Req, Resp]) loadLocked(ctx context.Context, name string) 
 	l.mu.Lock()
 	order, err := l.graph.LoadOrderFor(name)
 	if err != nil {
-		state := StateFailed
+		state := LoadFailed
 		if errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion) {
-			state = StatePending
+			state = LoadPending
 		}
 		l.setStateLocked(name, state, err)
 		l.mu.Unlock()
-		if state == StatePending {
+		if state == LoadPending {
 			l.m.emit(Event{Kind: EventPending, Plugin: name, Err: err})
 		}
 		return nil, err
@@ -589,20 +572,20 @@ func (l *DynamicLoader[Req, Resp]) LoadAll(ctx context.Context) error {
 // screenLocked marks every known plugin wanted and returns the graph of
 // those LoadAll may load, with the problems found: pending and failed
 // plugins, and their dependents, are left out.
-func (l *DynamicLoader[Req, Resp]) screenLocked() (*DependencyGraph, []error) {
+func (l *DynamicLoader[Req, Resp]) screenLocked() (*dependencyGraph, []error) {
 	var problems []error
 	excluded := map[string]bool{}
 	names := slices.Sorted(maps.Keys(l.known))
 	for _, n := range names {
 		l.wanted[n] = true
-		if l.status[n].State == StateLoaded {
+		if l.status[n].State == LoadLoaded {
 			continue
 		}
 		_, err := l.graph.LoadOrderFor(n)
-		state := StateFailed
+		state := LoadFailed
 		switch {
 		case errors.Is(err, ErrDependencyMissing) || errors.Is(err, ErrIncompatibleVersion):
-			state = StatePending
+			state = LoadPending
 		case errors.Is(err, ErrDependencyCycle) && !l.onCycleLocked(n):
 			continue // after a cycle: pending as its dependent, below
 		case err == nil:
@@ -641,7 +624,7 @@ func (l *DynamicLoader[Req, Resp]) onCycleLocked(name string) bool {
 }
 
 // cycles returns the dependency cycles of g, each once.
-func cycles(g *DependencyGraph) []error {
+func cycles(g *dependencyGraph) []error {
 	var out []error
 	for _, err := range unjoin(g.Check()) {
 		if errors.Is(err, ErrDependencyCycle) {
@@ -687,7 +670,7 @@ func (l *DynamicLoader[Req, Resp]) loadLevel(ctx context.Context, level []string
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, n := range level {
-		if l.status[n].State == StateFailed {
+		if l.status[n].State == LoadFailed {
 			l.pendDependentsLocked(n, blocked)
 		}
 	}
@@ -699,9 +682,9 @@ func (l *DynamicLoader[Req, Resp]) loadLevel(ctx context.Context, level []string
 // skip.
 func (l *DynamicLoader[Req, Resp]) pendDependentsLocked(name string, skip map[string]bool) {
 	for _, d := range l.graph.Dependents(name) {
-		if st := l.status[d]; st != nil && st.State != StateLoaded && !skip[d] {
+		if st := l.status[d]; st != nil && st.State != LoadLoaded && !skip[d] {
 			skip[d] = true
-			l.setStateLocked(d, StatePending, newError(CodeDependencyMissing, d, "dependency %q cannot load", name))
+			l.setStateLocked(d, LoadPending, newError(codeDependencyMissing, d, "dependency %q cannot load", name))
 		}
 	}
 }
@@ -713,7 +696,7 @@ func (l *DynamicLoader[Req, Resp]) loadPendingLocked(ctx context.Context) {
 		l.mu.Lock()
 		var pending []string
 		for n, st := range l.status {
-			if st.State == StatePending && l.wanted[n] {
+			if st.State == LoadPending && l.wanted[n] {
 				pending = append(pending, n)
 			}
 		}
@@ -733,18 +716,18 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 	mf := l.known[name]
 	err := l.checkLoadLocked(mf)
 	if err != nil {
-		l.setStateLocked(name, StateFailed, err)
+		l.setStateLocked(name, LoadFailed, err)
 		l.mu.Unlock()
 		l.loadFailures.Add(1)
 		l.m.emit(Event{Kind: EventLoadFailed, Plugin: name, Version: mf.Version, Err: err})
 		return err
 	}
-	l.setStateLocked(name, StateLoading, nil)
+	l.setStateLocked(name, LoadLoading, nil)
 	l.mu.Unlock()
 
 	p, err := l.newPlugin(ctx, mf)
 	if err == nil {
-		var opts []RegisterOption
+		var opts []PluginOption
 		if mf.Timeout > 0 {
 			opts = append(opts, WithTimeout(mf.Timeout))
 		}
@@ -761,12 +744,12 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
-		l.setStateLocked(name, StateFailed, err)
+		l.setStateLocked(name, LoadFailed, err)
 		l.loadFailures.Add(1)
 		l.m.emit(Event{Kind: EventLoadFailed, Plugin: name, Version: mf.Version, Err: err})
 		return err
 	}
-	l.setStateLocked(name, StateLoaded, nil)
+	l.setStateLocked(name, LoadLoaded, nil)
 	l.setRunningLocked(name, mf)
 	l.loads.Add(1)
 	return nil
@@ -798,7 +781,7 @@ func (l *DynamicLoader[Req, Resp]) checkLoadLocked(mf *Manifest) error {
 			if d.Optional {
 				continue
 			}
-			return newError(CodeDependencyMissing, mf.Name, "dependency %q (%s) is not loaded", d.Name, d.Constraint)
+			return newError(codeDependencyMissing, mf.Name, "dependency %q (%s) is not loaded", d.Name, d.Constraint)
 		}
 		if err := checkDependency(mf.Name, d.Name, d.Constraint, info.Version); err != nil {
 			return err
@@ -807,15 +790,16 @@ func (l *DynamicLoader[Req, Resp]) checkLoadLocked(mf *Manifest) error {
 	return nil
 }
 
-// checkPolicyLocked checks mf against the host version policy, if any.
+// checkPolicyLocked checks mf against the manager's VersionPolicy, if any.
 func (l *DynamicLoader[Req, Resp]) checkPolicyLocked(mf *Manifest) error {
-	if l.cfg.policy == nil {
+	p := l.m.cfg.policy
+	if p == nil {
 		return nil
 	}
-	if err := l.cfg.policy.CheckHost(mf.Name, mf.Requires.Host); err != nil {
+	if err := p.checkHost(mf.Name, mf.Requires.Host); err != nil {
 		return err
 	}
-	return l.cfg.policy.CheckPlugin(mf.Name, mf.Version)
+	return p.checkPlugin(mf.Name, mf.Version)
 }
 
 // newPlugin runs the transport's factory for mf.
@@ -828,11 +812,11 @@ func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) 
 	f := l.factories[transport]
 	l.mu.Unlock()
 	if f == nil {
-		return nil, newError(CodeNoFactory, mf.Name, "no factory for transport %q; register one with RegisterFactory", transport)
+		return nil, newError(codeNoFactory, mf.Name, "no factory for transport %q; register one with RegisterFactory", transport)
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			err = newError(CodePanic, mf.Name, "the %s factory panicked: %v", transport, r)
+			err = newError(codePanic, mf.Name, "the %s factory panicked: %v", transport, r)
 		}
 	}()
 	p, err = f(ctx, mf)
@@ -843,15 +827,15 @@ func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) 
 		return nil, checksumError(err, mf)
 	}
 	if err != nil {
-		return nil, wrapError(err, codeOr(err, CodeInvalidPlugin), mf.Name, "the %s factory failed", transport)
+		return nil, wrapError(err, codeOr(err, codeInvalidPlugin), mf.Name, "the %s factory failed", transport)
 	}
 	if p == nil {
-		return nil, newError(CodeInvalidPlugin, mf.Name, "the %s factory returned no plugin", transport)
+		return nil, newError(codeInvalidPlugin, mf.Name, "the %s factory returned no plugin", transport)
 	}
 	if info, err := pluginInfo(p); err != nil || info.Name != mf.Name || info.Version != mf.Version {
 		closeQuietly(p)
 		if err == nil {
-			err = newError(CodeInvalidPlugin, mf.Name, "the plugin reports %s %s but its manifest says %s %s",
+			err = newError(codeInvalidPlugin, mf.Name, "the plugin reports %s %s but its manifest says %s %s",
 				info.Name, info.Version, mf.Name, mf.Version)
 		}
 		return nil, err
@@ -863,7 +847,7 @@ func (l *DynamicLoader[Req, Resp]) newPlugin(ctx context.Context, mf *Manifest) 
 // manifest's checksum: it names the manifest and its field, once; err, the
 // transport's report, stays the cause for errors.Is and errors.As.
 func checksumError(err error, mf *Manifest) error {
-	e := goerrors.Wrap(err, CodeChecksumMismatch, fmt.Sprintf(
+	e := goerrors.Wrap(err, codeChecksumMismatch, fmt.Sprintf(
 		"plugin %q: manifest %s, field checksum: %s does not have that SHA-256, so nothing was run; replace the binary or update the checksum",
 		mf.Name, mf.Path, mf.Command))
 	e.WithContext("plugin", mf.Name)
@@ -874,8 +858,8 @@ func checksumError(err error, mf *Manifest) error {
 func (l *DynamicLoader[Req, Resp]) rollback(loaded []string) {
 	ctx := context.Background()
 	for i := len(loaded) - 1; i >= 0; i-- {
-		if err := l.unloadOne(ctx, loaded[i], StateDiscovered); err != nil {
-			l.cfg.logger.Error("goplugins: rollback could not unload plugin", "plugin", loaded[i], "error", err)
+		if err := l.unloadOne(ctx, loaded[i], LoadDiscovered); err != nil {
+			l.m.cfg.logger.Error("goplugins: rollback could not unload plugin", "plugin", loaded[i], "error", err)
 		}
 	}
 }
@@ -883,7 +867,7 @@ func (l *DynamicLoader[Req, Resp]) rollback(loaded []string) {
 // Unload unloads the named plugin. With UnloadRefuse it fails with
 // ErrDependentsLoaded while loaded plugins depend on it; with UnloadCascade
 // it unloads them first, dependents before their dependencies. Unloaded
-// plugins stay known (StateDiscovered) and are not loaded again by
+// plugins stay known (LoadDiscovered) and are not loaded again by
 // auto-loading until Load is called.
 func (l *DynamicLoader[Req, Resp]) Unload(ctx context.Context, name string, policy UnloadPolicy) error {
 	if err := l.lockOp(); err != nil {
@@ -891,18 +875,18 @@ func (l *DynamicLoader[Req, Resp]) Unload(ctx context.Context, name string, poli
 	}
 	defer l.op.Unlock()
 	if !l.isLoaded(name) {
-		return newError(CodeNotFound, name, "the plugin is not loaded")
+		return newError(codeNotFound, name, "the plugin is not loaded")
 	}
 	loadedDeps := l.loadedTransitiveDependents(name)
 	if len(loadedDeps) > 0 && policy == UnloadRefuse {
-		return newError(CodeDependentsLoaded, name,
+		return newError(codeDependentsLoaded, name,
 			"loaded plugins depend on it: %v; unload them first or use UnloadCascade", loadedDeps)
 	}
 	for _, n := range append(loadedDeps, name) {
 		l.mu.Lock()
 		delete(l.wanted, n)
 		l.mu.Unlock()
-		if err := l.unloadOne(ctx, n, StateDiscovered); err != nil {
+		if err := l.unloadOne(ctx, n, LoadDiscovered); err != nil {
 			return err
 		}
 	}
@@ -916,7 +900,7 @@ func (l *DynamicLoader[Req, Resp]) loadedTransitiveDependents(name string) []str
 	defer l.mu.Unlock()
 	var out []string
 	for _, d := range l.graph.Dependents(name) {
-		if st := l.status[d]; st != nil && st.State == StateLoaded {
+		if st := l.status[d]; st != nil && st.State == LoadLoaded {
 			out = append(out, d)
 		}
 	}
@@ -933,9 +917,9 @@ func (l *DynamicLoader[Req, Resp]) remove(ctx context.Context, name string) erro
 	var errs []error
 	if l.isLoaded(name) {
 		for _, d := range l.loadedTransitiveDependents(name) {
-			errs = append(errs, l.unloadOne(ctx, d, StatePending))
+			errs = append(errs, l.unloadOne(ctx, d, LoadPending))
 		}
-		errs = append(errs, l.unloadOne(ctx, name, StateDiscovered))
+		errs = append(errs, l.unloadOne(ctx, name, LoadDiscovered))
 	}
 	l.mu.Lock()
 	l.graph.Remove(name)
@@ -949,7 +933,7 @@ func (l *DynamicLoader[Req, Resp]) remove(ctx context.Context, name string) erro
 // unloadOne unregisters one plugin and leaves it in state after.
 func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, after LoadState) error {
 	l.mu.Lock()
-	l.setStateLocked(name, StateUnloading, nil)
+	l.setStateLocked(name, LoadUnloading, nil)
 	l.mu.Unlock()
 	err := l.m.Unregister(ctx, name)
 	if errors.Is(err, ErrNotFound) {
@@ -958,8 +942,8 @@ func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, a
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var reason error
-	if after == StatePending {
-		reason = newError(CodeDependencyMissing, name, "waiting for a dependency that was removed")
+	if after == LoadPending {
+		reason = newError(codeDependencyMissing, name, "waiting for a dependency that was removed")
 	}
 	l.setStateLocked(name, after, reason)
 	l.setRunningLocked(name, nil)
@@ -969,7 +953,7 @@ func (l *DynamicLoader[Req, Resp]) unloadOne(ctx context.Context, name string, a
 	return err
 }
 
-func (l *DynamicLoader[Req, Resp]) isLoaded(name string) bool { return l.state(name) == StateLoaded }
+func (l *DynamicLoader[Req, Resp]) isLoaded(name string) bool { return l.state(name) == LoadLoaded }
 
 // state returns name's state, or 0 for a plugin not known.
 func (l *DynamicLoader[Req, Resp]) state(name string) LoadState {
@@ -1011,9 +995,9 @@ func (l *DynamicLoader[Req, Resp]) Status() []PluginStatus {
 	return out
 }
 
-// Metrics returns the loader's counters.
-func (l *DynamicLoader[Req, Resp]) Metrics() LoaderMetrics {
-	out := LoaderMetrics{
+// metrics returns the loader's counters.
+func (l *DynamicLoader[Req, Resp]) metrics() loaderMetrics {
+	out := loaderMetrics{
 		Loads: l.loads.Load(), LoadFailures: l.loadFailures.Load(),
 		Reloads: l.reloads.Load(), ReloadFailures: l.reloadFailures.Load(),
 		Unloads: l.unloads.Load(), Events: l.events.Load(),
@@ -1022,11 +1006,11 @@ func (l *DynamicLoader[Req, Resp]) Metrics() LoaderMetrics {
 	defer l.mu.Unlock()
 	for _, st := range l.status {
 		switch st.State {
-		case StateLoaded:
+		case LoadLoaded:
 			out.Loaded++
-		case StatePending:
+		case LoadPending:
 			out.Pending++
-		case StateFailed:
+		case LoadFailed:
 			out.Failed++
 		}
 	}
@@ -1038,7 +1022,7 @@ func (l *DynamicLoader[Req, Resp]) Metrics() LoaderMetrics {
 // each unload. It does not close the source or the manager. An operation
 // (Load, LoadAll, Unload, an event) already running finishes first and what
 // it loaded is unloaded; one that begins, or waits for its turn, after
-// Shutdown has begun fails with ErrShuttingDown.
+// Shutdown has begun fails with ErrClosed.
 //
 // If ctx ends first, Shutdown returns an error matching ErrCanceled and
 // ctx's error, and may be called again to finish unloading. Once it has
@@ -1072,7 +1056,7 @@ func (l *DynamicLoader[Req, Resp]) unloadAllLocked(ctx context.Context) error {
 	l.mu.Lock()
 	loaded := l.graph.Copy()
 	for n, st := range l.status {
-		if st.State != StateLoaded {
+		if st.State != LoadLoaded {
 			loaded.Remove(n)
 		}
 	}
@@ -1084,19 +1068,19 @@ func (l *DynamicLoader[Req, Resp]) unloadAllLocked(ctx context.Context) error {
 	var errs []error
 	for i := len(order) - 1; i >= 0 && ctx.Err() == nil; i-- {
 		if l.isLoaded(order[i]) {
-			errs = append(errs, l.unloadOne(ctx, order[i], StateDiscovered))
+			errs = append(errs, l.unloadOne(ctx, order[i], LoadDiscovered))
 		}
 	}
 	return errors.Join(errs...)
 }
 
 // lockOp takes the operations lock, unless Shutdown has begun: then it fails
-// with ErrShuttingDown, so that nothing is loaded after Shutdown unloads.
+// with ErrClosed, so that nothing is loaded after Shutdown unloads.
 func (l *DynamicLoader[Req, Resp]) lockOp() error {
 	l.op.Lock()
 	if l.closed.Load() {
 		l.op.Unlock()
-		return newError(CodeShuttingDown, "", "the loader is shut down; make a new one")
+		return newError(codeClosed, "", "the loader is shut down; make a new one")
 	}
 	return nil
 }

@@ -115,7 +115,7 @@ func send(src *memSource, evs ...DiscoveryEvent) {
 	for _, ev := range evs {
 		src.events <- ev
 	}
-	src.events <- DiscoveryEvent{Kind: ManifestInvalid} // a no-op barrier
+	src.events <- DiscoveryEvent{Kind: DiscoveryInvalid} // a no-op barrier
 }
 
 func TestLoaderLoadAllInOrder(t *testing.T) {
@@ -148,7 +148,7 @@ func TestLoaderLoadAllInOrder(t *testing.T) {
 	}
 	require.Less(t, pos["log"], pos["auth"])
 	require.Less(t, pos["auth"], pos["app"])
-	require.Equal(t, LoaderMetrics{Loads: 4, Loaded: 4}, l.Metrics())
+	require.Equal(t, loaderMetrics{Loads: 4, Loaded: 4}, l.metrics())
 }
 
 func TestLoaderOutOfOrderDiscoveryWaitsAsPending(t *testing.T) {
@@ -156,15 +156,15 @@ func TestLoaderOutOfOrderDiscoveryWaitsAsPending(t *testing.T) {
 	l, m, _ := newTestLoader(t, src)
 	require.NoError(t, l.Start(context.Background()))
 
-	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "app", Manifest: manifest(t, "app", "1.0.0", map[string]string{"auth": "^1.0.0"})})
-	require.Equal(t, StatePending, states(l)["app"])
+	send(src, DiscoveryEvent{Kind: DiscoveryAdded, Name: "app", Manifest: manifest(t, "app", "1.0.0", map[string]string{"auth": "^1.0.0"})})
+	require.Equal(t, LoadPending, states(l)["app"])
 	st := l.Status()[0]
 	require.ErrorIs(t, st.Err, ErrDependencyMissing)
 	require.Contains(t, st.Err.Error(), "auth")
 	require.Empty(t, registered(m))
 
-	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "auth", Manifest: manifest(t, "auth", "1.0.0", nil)})
-	require.Equal(t, map[string]LoadState{"app": StateLoaded, "auth": StateLoaded}, states(l))
+	send(src, DiscoveryEvent{Kind: DiscoveryAdded, Name: "auth", Manifest: manifest(t, "auth", "1.0.0", nil)})
+	require.Equal(t, map[string]LoadState{"app": LoadLoaded, "auth": LoadLoaded}, states(l))
 	require.Equal(t, []string{"app", "auth"}, registered(m))
 }
 
@@ -176,14 +176,17 @@ func TestLoaderVersionConflicts(t *testing.T) {
 		manifest(t, "auth", "1.9.0", nil),
 		manifest(t, "old", "1.0.0", nil, "requires", "<1.0.0"),
 	)
-	l, m, _ := newTestLoader(t, src, WithHostPolicy(host))
+	m := newTestManager(t, WithVersionPolicy(host))
+	l := NewDynamicLoader(m, src)
+	l.RegisterFactory("inprocess", newEchoFactory().make)
+	t.Cleanup(func() { _ = l.Shutdown(context.Background()) })
 	err = l.Start(context.Background())
 	require.ErrorIs(t, err, ErrIncompatibleVersion, "the host-refused plugin is reported")
 	require.Contains(t, err.Error(), `"old"`)
 	s := states(l)
-	require.Equal(t, StatePending, s["app"], "auth 1.9.0 does not satisfy ^2.0.0")
-	require.Equal(t, StateLoaded, s["auth"])
-	require.Equal(t, StateFailed, s["old"])
+	require.Equal(t, LoadPending, s["app"], "auth 1.9.0 does not satisfy ^2.0.0")
+	require.Equal(t, LoadLoaded, s["auth"])
+	require.Equal(t, LoadFailed, s["old"])
 	for _, st := range l.Status() {
 		switch st.Name {
 		case "app":
@@ -230,19 +233,19 @@ func TestLoaderUnloadRefuseAndCascade(t *testing.T) {
 	for _, n := range []string{"app", "auth", "log"} {
 		require.Equal(t, int32(1), f.close[n].closed.Load(), n)
 	}
-	require.Equal(t, StateDiscovered, states(l)["log"])
+	require.Equal(t, LoadDiscovered, states(l)["log"])
 }
 
 func TestLoaderUpdateReloads(t *testing.T) {
 	src := newMemSource(manifest(t, "auth", "1.0.0", nil))
 	l, m, _ := newTestLoader(t, src)
 	require.NoError(t, l.Start(context.Background()))
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.1.0", nil)})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.1.0", nil)})
 	info, ok := m.Info("auth")
 	require.True(t, ok)
 	require.Equal(t, "1.1.0", info.Version)
 	require.Equal(t, uint64(2), m.Metrics().Plugins["auth"].Generation)
-	require.Equal(t, uint64(1), l.Metrics().Reloads)
+	require.Equal(t, uint64(1), l.metrics().Reloads)
 }
 
 func TestLoaderUpdateRefusedByDependentConstraint(t *testing.T) {
@@ -258,16 +261,16 @@ func TestLoaderUpdateRefusedByDependentConstraint(t *testing.T) {
 		}
 	})
 	require.NoError(t, l.Start(context.Background()))
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.1.0", nil)})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.1.0", nil)})
 	ev := <-failed
 	require.ErrorIs(t, ev.Err, ErrIncompatibleVersion)
 	require.Contains(t, ev.Err.Error(), `"app"`)
 	info, _ := m.Info("auth")
 	require.Equal(t, "1.0.0", info.Version, "the running version keeps serving")
-	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+	require.Equal(t, uint64(1), l.metrics().ReloadFailures)
 
 	// A compatible update still goes through.
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.0.1", nil)})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.0.1", nil)})
 	info, _ = m.Info("auth")
 	require.Equal(t, "1.0.1", info.Version)
 }
@@ -291,8 +294,8 @@ func TestLoaderLoadAllFailureLoadsTheOthers(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 	require.Contains(t, err.Error(), `"d"`)
 	require.Equal(t, []string{"a", "b", "c"}, registered(m), "the others stay loaded")
-	require.Equal(t, StateFailed, states(l)["d"])
-	require.Equal(t, StatePending, states(l)["e"], "d's dependent waits")
+	require.Equal(t, LoadFailed, states(l)["d"])
+	require.Equal(t, LoadPending, states(l)["e"], "d's dependent waits")
 
 	f.setFail("d", nil)
 	require.NoError(t, l.LoadAll(context.Background()))
@@ -320,11 +323,11 @@ func TestLoaderRemovedDependencyMakesDependentsPending(t *testing.T) {
 	)
 	l, m, _ := newTestLoader(t, src)
 	require.NoError(t, l.Start(context.Background()))
-	send(src, DiscoveryEvent{Kind: ManifestRemoved, Name: "auth"})
+	send(src, DiscoveryEvent{Kind: DiscoveryRemoved, Name: "auth"})
 	require.Empty(t, registered(m))
-	require.Equal(t, map[string]LoadState{"app": StatePending}, states(l))
+	require.Equal(t, map[string]LoadState{"app": LoadPending}, states(l))
 
-	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "auth", Manifest: manifest(t, "auth", "1.0.0", nil)})
+	send(src, DiscoveryEvent{Kind: DiscoveryAdded, Name: "auth", Manifest: manifest(t, "auth", "1.0.0", nil)})
 	require.Equal(t, []string{"app", "auth"}, registered(m), "the dependent loads again by itself")
 }
 
@@ -335,13 +338,13 @@ func TestLoaderNoFactory(t *testing.T) {
 	defer l.Shutdown(context.Background())
 	err := l.Start(context.Background())
 	require.ErrorIs(t, err, ErrNoFactory)
-	require.Equal(t, StateFailed, states(l)["a"])
+	require.Equal(t, LoadFailed, states(l)["a"])
 }
 
 func TestLoaderConcurrentEvents(t *testing.T) {
 	verifyNoLeaks(t)
 	src := newMemSource()
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	l := NewDynamicLoader(m, src)
 	f := newEchoFactory()
 	l.RegisterFactory("inprocess", f.make)
@@ -357,11 +360,11 @@ func TestLoaderConcurrentEvents(t *testing.T) {
 				name := fmt.Sprintf("p%d", (i+w)%5)
 				switch i % 3 {
 				case 0:
-					src.events <- DiscoveryEvent{Kind: ManifestDiscovered, Name: name, Manifest: manifest(t, name, "1.0.0", nil)}
+					src.events <- DiscoveryEvent{Kind: DiscoveryAdded, Name: name, Manifest: manifest(t, name, "1.0.0", nil)}
 				case 1:
-					src.events <- DiscoveryEvent{Kind: ManifestUpdated, Name: name, Manifest: manifest(t, name, fmt.Sprintf("1.0.%d", i), nil)}
+					src.events <- DiscoveryEvent{Kind: DiscoveryUpdated, Name: name, Manifest: manifest(t, name, fmt.Sprintf("1.0.%d", i), nil)}
 				case 2:
-					src.events <- DiscoveryEvent{Kind: ManifestRemoved, Name: name}
+					src.events <- DiscoveryEvent{Kind: DiscoveryRemoved, Name: name}
 				}
 			}
 		}()
@@ -370,7 +373,7 @@ func TestLoaderConcurrentEvents(t *testing.T) {
 			defer wg.Done()
 			for range 50 {
 				l.Status()
-				l.Metrics()
+				l.metrics()
 				_, _ = m.Execute(ctx, "p1", 1)
 			}
 		}()
@@ -379,7 +382,7 @@ func TestLoaderConcurrentEvents(t *testing.T) {
 	require.NoError(t, l.Shutdown(ctx))
 	require.NoError(t, m.Shutdown(ctx))
 	require.Empty(t, registered(m))
-	require.Equal(t, uint64(90), l.Metrics().Events)
+	require.Equal(t, uint64(90), l.metrics().Events)
 }
 
 func TestLoaderCloseUnloadsEverything(t *testing.T) {
@@ -394,7 +397,7 @@ func TestLoaderCloseUnloadsEverything(t *testing.T) {
 	require.Empty(t, registered(m))
 	require.Equal(t, int32(1), f.close["app"].closed.Load())
 	require.Equal(t, int32(1), f.close["auth"].closed.Load())
-	require.ErrorIs(t, l.Start(context.Background()), ErrShuttingDown)
+	require.ErrorIs(t, l.Start(context.Background()), ErrClosed)
 }
 
 // TestLoaderFailedUpdateKeepsRunningManifest checks that after an update
@@ -428,21 +431,21 @@ func TestLoaderFailedUpdateKeepsRunningManifest(t *testing.T) {
 	// x 2.0.0 needs y ^2 and its factory fails: x 1.0.0 keeps serving.
 	boom := errors.New("binary missing")
 	f.setFail("x", boom)
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: manifest(t, "x", "2.0.0", map[string]string{"y": "^2.0.0"})})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "x", Manifest: manifest(t, "x", "2.0.0", map[string]string{"y": "^2.0.0"})})
 	require.Equal(t, "1.0.0", version("x"))
 	st := status("x")
-	require.Equal(t, StateLoaded, st.State)
+	require.Equal(t, LoadLoaded, st.State)
 	require.Equal(t, "2.0.0", st.Version, "Version is the discovered one")
 	require.Equal(t, "1.0.0", st.Loaded, "Loaded is the one serving")
 	require.Error(t, st.Err)
 
 	// A new plugin that needs x ^1 loads: x 1.0.0 serves.
-	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "z", Manifest: manifest(t, "z", "1.0.0", map[string]string{"x": "^1.0.0"})})
-	require.Equal(t, StateLoaded, states(l)["z"])
+	send(src, DiscoveryEvent{Kind: DiscoveryAdded, Name: "z", Manifest: manifest(t, "z", "1.0.0", map[string]string{"x": "^1.0.0"})})
+	require.Equal(t, LoadLoaded, states(l)["z"])
 	require.Equal(t, "1.0.0", version("z"))
 
 	// y 2.0.0 would break the running x 1.0.0 (^1): refused.
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "y", Manifest: manifest(t, "y", "2.0.0", nil)})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "y", Manifest: manifest(t, "y", "2.0.0", nil)})
 	require.Equal(t, "1.0.0", version("y"))
 	st = status("y")
 	require.ErrorIs(t, st.Err, ErrIncompatibleVersion)
@@ -451,24 +454,24 @@ func TestLoaderFailedUpdateKeepsRunningManifest(t *testing.T) {
 	require.Equal(t, "1.0.0", st.Loaded)
 
 	// y 1.1.0 suits x 1.0.0: applied.
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "y", Manifest: manifest(t, "y", "1.1.0", nil)})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "y", Manifest: manifest(t, "y", "1.1.0", nil)})
 	require.Equal(t, "1.1.0", version("y"))
 	require.NoError(t, status("y").Err)
 
 	// x 1.2.0 fails in its factory, then is delivered again once the
 	// factory works: the retry applies it.
 	x12 := manifest(t, "x", "1.2.0", map[string]string{"y": "^1.0.0"})
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: x12})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "x", Manifest: x12})
 	require.Equal(t, "1.0.0", version("x"))
 	require.ErrorIs(t, status("x").Err, boom)
 	f.setFail("x", nil)
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: x12})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "x", Manifest: x12})
 	require.Equal(t, "1.2.0", version("x"))
 	st = status("x")
 	require.Equal(t, "1.2.0", st.Version)
 	require.Equal(t, "1.2.0", st.Loaded)
 	require.NoError(t, st.Err)
-	require.Equal(t, uint64(2), l.Metrics().Reloads, "y 1.1.0 and x 1.2.0")
+	require.Equal(t, uint64(2), l.metrics().Reloads, "y 1.1.0 and x 1.2.0")
 }
 
 // TestLoaderReloadLoadsWaitingDependents checks that a plugin pending on a
@@ -478,10 +481,10 @@ func TestLoaderReloadLoadsWaitingDependents(t *testing.T) {
 	src := newMemSource(manifest(t, "y", "1.0.0", nil))
 	l, m, _ := newTestLoader(t, src)
 	require.NoError(t, l.Start(context.Background()))
-	send(src, DiscoveryEvent{Kind: ManifestDiscovered, Name: "x", Manifest: manifest(t, "x", "1.0.0", map[string]string{"y": "^2.0.0"})})
-	require.Equal(t, StatePending, states(l)["x"])
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "y", Manifest: manifest(t, "y", "2.0.0", nil)})
-	require.Equal(t, StateLoaded, states(l)["x"])
+	send(src, DiscoveryEvent{Kind: DiscoveryAdded, Name: "x", Manifest: manifest(t, "x", "1.0.0", map[string]string{"y": "^2.0.0"})})
+	require.Equal(t, LoadPending, states(l)["x"])
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "y", Manifest: manifest(t, "y", "2.0.0", nil)})
+	require.Equal(t, LoadLoaded, states(l)["x"])
 	require.Equal(t, []string{"x", "y"}, registered(m))
 }
 
@@ -495,7 +498,7 @@ func TestLoaderUpdateRefusedByDependencyVersion(t *testing.T) {
 	)
 	l, m, f := newTestLoader(t, src)
 	require.NoError(t, l.Start(context.Background()))
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: manifest(t, "x", "2.0.0", map[string]string{"y": "^2.0.0"})})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "x", Manifest: manifest(t, "x", "2.0.0", map[string]string{"y": "^2.0.0"})})
 	info, _ := m.Info("x")
 	require.Equal(t, "1.0.0", info.Version)
 	f.mu.Lock()
@@ -507,11 +510,11 @@ func TestLoaderUpdateRefusedByDependencyVersion(t *testing.T) {
 			require.Contains(t, st.Err.Error(), "running version keeps serving")
 		}
 	}
-	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+	require.Equal(t, uint64(1), l.metrics().ReloadFailures)
 }
 
 // TestLoaderOperationsAfterClose checks that nothing is loaded, unloaded or
-// forgotten once Close has run: every operation fails with ErrShuttingDown.
+// forgotten once Close has run: every operation fails with ErrClosed.
 func TestLoaderOperationsAfterClose(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -531,9 +534,9 @@ func TestLoaderOperationsAfterClose(t *testing.T) {
 			require.NoError(t, l.Shutdown(ctx))
 			require.Empty(t, registered(m))
 
-			require.ErrorIs(t, tc.op(l), ErrShuttingDown)
+			require.ErrorIs(t, tc.op(l), ErrClosed)
 			require.Empty(t, registered(m), "nothing is loaded after Close")
-			require.Equal(t, map[string]LoadState{"a": StateDiscovered}, states(l), "nothing is changed after Close")
+			require.Equal(t, map[string]LoadState{"a": LoadDiscovered}, states(l), "nothing is changed after Close")
 		})
 	}
 }
@@ -575,7 +578,7 @@ func TestLoaderCloseWaitsForRunningLoad(t *testing.T) {
 
 	require.NoError(t, <-loadA)
 	require.NoError(t, <-closed)
-	require.ErrorIs(t, <-loadB, ErrShuttingDown)
+	require.ErrorIs(t, <-loadB, ErrClosed)
 	require.Empty(t, registered(m), "a was unloaded by Close, b never loaded")
 	mu.Lock()
 	defer mu.Unlock()
@@ -599,7 +602,7 @@ func TestLoaderManifestHealthOverridesOnlyItsFields(t *testing.T) {
 		{"both", `{"interval": "1m", "timeout": "3s"}`, HealthConfig{Interval: time.Minute, Timeout: 3 * time.Second, UnhealthyAfter: 7}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newTestManager(t, WithHealthCheck(host))
+			m := newTestManager(t, WithPluginDefaults(WithHealthCheck(host)))
 			l := NewDynamicLoader(m, nil)
 			l.RegisterFactory("inprocess", newEchoFactory().make)
 			t.Cleanup(func() { _ = l.Shutdown(context.Background()) })
@@ -621,7 +624,7 @@ func TestLoaderReloadWithAutoLoadOff(t *testing.T) {
 	require.ErrorIs(t, l.Reload(ctx, "auth"), ErrNotFound, "not loaded yet")
 	require.NoError(t, l.Load(ctx, "auth"))
 
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.1.0", nil)})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "auth", Manifest: manifest(t, "auth", "1.1.0", nil)})
 	info, _ := m.Info("auth")
 	require.Equal(t, "1.0.0", info.Version, "auto-loading is off: the update waits")
 	st := l.Status()[0]
@@ -669,7 +672,7 @@ func TestLoaderCycleDependentsWaitAsPending(t *testing.T) {
 	err := l.Start(context.Background())
 	require.ErrorIs(t, err, ErrDependencyCycle)
 	require.Equal(t, 1, strings.Count(err.Error(), "dependency cycle"), "the cycle is listed once: %v", err)
-	require.Equal(t, map[string]LoadState{"a": StateFailed, "b": StateFailed, "c": StatePending, "d": StatePending, "ok": StateLoaded}, states(l))
+	require.Equal(t, map[string]LoadState{"a": LoadFailed, "b": LoadFailed, "c": LoadPending, "d": LoadPending, "ok": LoadLoaded}, states(l))
 	require.Equal(t, []string{"ok"}, registered(m))
 }
 
@@ -696,7 +699,7 @@ func TestLoaderUnloadedStaysUnloadedUntilLoad(t *testing.T) {
 	// The engine orders a sweep's events by name: zz comes after leaf's update.
 	writePlugin(t, filepath.Join(root, "zz"), inprocessJSON("zz", "1.0.0"))
 	receive(t, updated)
-	require.Equal(t, StateDiscovered, states(l)["leaf"])
+	require.Equal(t, LoadDiscovered, states(l)["leaf"])
 	require.ElementsMatch(t, []string{"base", "zz"}, registered(m))
 	f.mu.Lock()
 	require.Equal(t, 1, f.made["leaf"], "leaf was started once, before Unload")
@@ -722,11 +725,11 @@ func TestLoaderEveryFailedUpdateSendsReloadFailed(t *testing.T) {
 	require.NoError(t, l.Start(context.Background()))
 	boom := errors.New("checksum mismatch")
 	f.setFail("x", boom)
-	send(src, DiscoveryEvent{Kind: ManifestUpdated, Name: "x", Manifest: manifest(t, "x", "1.1.0", nil)})
+	send(src, DiscoveryEvent{Kind: DiscoveryUpdated, Name: "x", Manifest: manifest(t, "x", "1.1.0", nil)})
 	ev := receive(t, failed)
 	require.Equal(t, "x", ev.Plugin)
 	require.ErrorIs(t, ev.Err, boom)
-	require.Equal(t, uint64(1), l.Metrics().ReloadFailures)
+	require.Equal(t, uint64(1), l.metrics().ReloadFailures)
 }
 
 // TestLoaderOneBadPluginKeepsTheGoodLoaded checks the README's promise for
@@ -746,7 +749,7 @@ func TestLoaderOneBadPluginKeepsTheGoodLoaded(t *testing.T) {
 	err := l.Start(ctx)
 	require.ErrorIs(t, err, boom)
 	require.Equal(t, []string{"kv"}, registered(m), "kv serves right after Start")
-	require.Equal(t, map[string]LoadState{"kv": StateLoaded, "kvbad": StateFailed, "kvuser": StatePending}, states(l))
+	require.Equal(t, map[string]LoadState{"kv": LoadLoaded, "kvbad": LoadFailed, "kvuser": LoadPending}, states(l))
 
 	loaded := make(chan struct{})
 	m.Subscribe(func(ev Event) {
@@ -774,7 +777,7 @@ func TestLoaderShutdownRetriedAfterCtxEndsFinishes(t *testing.T) {
 	err := l.Shutdown(ended)
 	require.ErrorIs(t, err, ErrCanceled)
 	require.ErrorIs(t, err, context.Canceled)
-	require.ErrorIs(t, l.Load(context.Background(), "a"), ErrShuttingDown, "Shutdown has begun")
+	require.ErrorIs(t, l.Load(context.Background(), "a"), ErrClosed, "Shutdown has begun")
 	require.Equal(t, []string{"a"}, registered(m), "nothing unloaded yet")
 
 	require.NoError(t, l.Shutdown(context.Background()))

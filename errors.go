@@ -9,111 +9,106 @@ import (
 	goerrors "github.com/agilira/go-errors"
 )
 
-// Error codes carried by every error the library reports. Each code has a
-// sentinel below; match with errors.Is(err, ErrNotFound), which compares codes,
-// or read the code with errors.As into a *goerrors.Error.
+// The codes carried by every error the library reports, one per sentinel
+// below. Hosts match errors with errors.Is and the sentinels; ErrorCode reports
+// the code string (for logs and metrics). Five sentinels were merged into
+// others that a host never told apart from them: a bad plugin name is an
+// ErrInvalidPlugin, a bad version constraint an ErrInvalidVersion, a path
+// escape an ErrInvalidManifest, a protocol version mismatch an ErrHandshake,
+// and a manager or loader shut down an ErrClosed.
 const (
-	CodeNotFound            goerrors.ErrorCode = "PLUGIN_NOT_FOUND"
-	CodeAlreadyRegistered   goerrors.ErrorCode = "PLUGIN_ALREADY_REGISTERED"
-	CodeInvalidName         goerrors.ErrorCode = "PLUGIN_INVALID_NAME"
-	CodeInvalidVersion      goerrors.ErrorCode = "PLUGIN_INVALID_VERSION"
-	CodeInvalidConstraint   goerrors.ErrorCode = "PLUGIN_INVALID_CONSTRAINT"
-	CodeInvalidPlugin       goerrors.ErrorCode = "PLUGIN_INVALID"
-	CodeBreakerOpen         goerrors.ErrorCode = "PLUGIN_BREAKER_OPEN"
-	CodeTimeout             goerrors.ErrorCode = "PLUGIN_TIMEOUT"
-	CodePanic               goerrors.ErrorCode = "PLUGIN_PANIC"
-	CodeUnhealthy           goerrors.ErrorCode = "PLUGIN_UNHEALTHY"
-	CodeShuttingDown        goerrors.ErrorCode = "MANAGER_SHUTTING_DOWN"
-	CodeIncompatibleVersion goerrors.ErrorCode = "PLUGIN_INCOMPATIBLE_VERSION"
-	CodeDependencyMissing   goerrors.ErrorCode = "PLUGIN_DEPENDENCY_MISSING"
-	CodeDependencyCycle     goerrors.ErrorCode = "PLUGIN_DEPENDENCY_CYCLE"
-	CodeDependentsLoaded    goerrors.ErrorCode = "PLUGIN_DEPENDENTS_LOADED"
-	CodeReloadFailed        goerrors.ErrorCode = "PLUGIN_RELOAD_FAILED"
-	CodeDrainTimeout        goerrors.ErrorCode = "PLUGIN_DRAIN_TIMEOUT"
-	CodeSchemaIncompatible  goerrors.ErrorCode = "PLUGIN_SCHEMA_INCOMPATIBLE"
-	CodeInvalidManifest     goerrors.ErrorCode = "PLUGIN_INVALID_MANIFEST"
-	CodePathEscape          goerrors.ErrorCode = "PLUGIN_PATH_ESCAPE"
-	CodeChecksumMismatch    goerrors.ErrorCode = "PLUGIN_CHECKSUM_MISMATCH"
-	CodeHandshake           goerrors.ErrorCode = "PLUGIN_HANDSHAKE_FAILED"
-	CodeProtocolVersion     goerrors.ErrorCode = "PLUGIN_PROTOCOL_VERSION"
-	CodeFrameTooLarge       goerrors.ErrorCode = "PLUGIN_FRAME_TOO_LARGE"
-	CodeCrashed             goerrors.ErrorCode = "PLUGIN_CRASHED"
-	CodeTransport           goerrors.ErrorCode = "PLUGIN_TRANSPORT"
-	CodeRemote              goerrors.ErrorCode = "PLUGIN_REMOTE_ERROR"
-	CodeInvalidConfig       goerrors.ErrorCode = "PLUGIN_INVALID_CONFIG"
-	CodeNoFactory           goerrors.ErrorCode = "PLUGIN_NO_FACTORY"
-	CodeClosed              goerrors.ErrorCode = "PLUGIN_CLOSED"
-	CodeCanceled            goerrors.ErrorCode = "PLUGIN_CANCELED"
+	codeNotFound            goerrors.ErrorCode = "PLUGIN_NOT_FOUND"
+	codeAlreadyRegistered   goerrors.ErrorCode = "PLUGIN_ALREADY_REGISTERED"
+	codeInvalidVersion      goerrors.ErrorCode = "PLUGIN_INVALID_VERSION"
+	codeInvalidPlugin       goerrors.ErrorCode = "PLUGIN_INVALID"
+	codeBreakerOpen         goerrors.ErrorCode = "PLUGIN_BREAKER_OPEN"
+	codeTimeout             goerrors.ErrorCode = "PLUGIN_TIMEOUT"
+	codePanic               goerrors.ErrorCode = "PLUGIN_PANIC"
+	codeUnhealthy           goerrors.ErrorCode = "PLUGIN_UNHEALTHY"
+	codeIncompatibleVersion goerrors.ErrorCode = "PLUGIN_INCOMPATIBLE_VERSION"
+	codeDependencyMissing   goerrors.ErrorCode = "PLUGIN_DEPENDENCY_MISSING"
+	codeDependencyCycle     goerrors.ErrorCode = "PLUGIN_DEPENDENCY_CYCLE"
+	codeDependentsLoaded    goerrors.ErrorCode = "PLUGIN_DEPENDENTS_LOADED"
+	codeReloadFailed        goerrors.ErrorCode = "PLUGIN_RELOAD_FAILED"
+	codeDrainTimeout        goerrors.ErrorCode = "PLUGIN_DRAIN_TIMEOUT"
+	codeSchemaIncompatible  goerrors.ErrorCode = "PLUGIN_SCHEMA_INCOMPATIBLE"
+	codeInvalidManifest     goerrors.ErrorCode = "PLUGIN_INVALID_MANIFEST"
+	codeChecksumMismatch    goerrors.ErrorCode = "PLUGIN_CHECKSUM_MISMATCH"
+	codeHandshake           goerrors.ErrorCode = "PLUGIN_HANDSHAKE_FAILED"
+	codeFrameTooLarge       goerrors.ErrorCode = "PLUGIN_FRAME_TOO_LARGE"
+	codeCrashed             goerrors.ErrorCode = "PLUGIN_CRASHED"
+	codeTransport           goerrors.ErrorCode = "PLUGIN_TRANSPORT"
+	codeRemote              goerrors.ErrorCode = "PLUGIN_REMOTE_ERROR"
+	codeInvalidConfig       goerrors.ErrorCode = "PLUGIN_INVALID_CONFIG"
+	codeNoFactory           goerrors.ErrorCode = "PLUGIN_NO_FACTORY"
+	codeClosed              goerrors.ErrorCode = "PLUGIN_CLOSED"
+	codeCanceled            goerrors.ErrorCode = "PLUGIN_CANCELED"
 )
 
-// Sentinels for errors.Is. They are never returned themselves and must never
-// be modified: the library builds a fresh error with the same code each time,
-// with a message that names the plugin and says what to do.
+// Sentinels for errors.Is, the one way to match an error of the library.
+// They are never returned themselves and must never be modified: the library
+// builds a fresh error with the same code each time, one line that names the
+// plugin and says what to do.
 var (
 	// ErrNotFound: no plugin of that name is registered.
-	ErrNotFound = sentinel(CodeNotFound)
+	ErrNotFound = sentinel(codeNotFound)
 	// ErrAlreadyRegistered: a plugin of that name is registered already.
-	ErrAlreadyRegistered = sentinel(CodeAlreadyRegistered)
-	// ErrInvalidName: a plugin name breaks the rules of ValidateName.
-	ErrInvalidName = sentinel(CodeInvalidName)
-	// ErrInvalidVersion: a version is not strict semantic versioning.
-	ErrInvalidVersion = sentinel(CodeInvalidVersion)
-	// ErrInvalidConstraint: a version constraint does not parse.
-	ErrInvalidConstraint = sentinel(CodeInvalidConstraint)
-	// ErrInvalidPlugin: a plugin value is unusable (nil, or its Info is wrong).
-	ErrInvalidPlugin = sentinel(CodeInvalidPlugin)
+	ErrAlreadyRegistered = sentinel(codeAlreadyRegistered)
+	// ErrInvalidVersion: a version is not strict semantic versioning, or a
+	// version constraint does not parse.
+	ErrInvalidVersion = sentinel(codeInvalidVersion)
+	// ErrInvalidPlugin: a plugin value is unusable (nil, or its Info is
+	// wrong, such as a name that breaks the rules of PluginInfo.Name).
+	ErrInvalidPlugin = sentinel(codeInvalidPlugin)
 	// ErrBreakerOpen: the plugin's circuit breaker rejected the call.
-	ErrBreakerOpen = sentinel(CodeBreakerOpen)
+	ErrBreakerOpen = sentinel(codeBreakerOpen)
 	// ErrTimeout: the plugin did not answer within its timeout.
-	ErrTimeout = sentinel(CodeTimeout)
+	ErrTimeout = sentinel(codeTimeout)
 	// ErrPanic: the plugin panicked; the panic was recovered.
-	ErrPanic = sentinel(CodePanic)
+	ErrPanic = sentinel(codePanic)
 	// ErrUnhealthy: the plugin failed its health checks and fails fast.
-	ErrUnhealthy = sentinel(CodeUnhealthy)
-	// ErrShuttingDown: the manager (or loader) is shut down or shutting down.
-	ErrShuttingDown = sentinel(CodeShuttingDown)
+	ErrUnhealthy = sentinel(codeUnhealthy)
 	// ErrIncompatibleVersion: a version fails a host, rule or dependency constraint.
-	ErrIncompatibleVersion = sentinel(CodeIncompatibleVersion)
+	ErrIncompatibleVersion = sentinel(codeIncompatibleVersion)
 	// ErrDependencyMissing: a required dependency is neither loaded nor known.
-	ErrDependencyMissing = sentinel(CodeDependencyMissing)
+	ErrDependencyMissing = sentinel(codeDependencyMissing)
 	// ErrDependencyCycle: dependencies form a cycle.
-	ErrDependencyCycle = sentinel(CodeDependencyCycle)
+	ErrDependencyCycle = sentinel(codeDependencyCycle)
 	// ErrDependentsLoaded: an unload was refused because dependents are loaded.
-	ErrDependentsLoaded = sentinel(CodeDependentsLoaded)
+	ErrDependentsLoaded = sentinel(codeDependentsLoaded)
 	// ErrReloadFailed: a reload failed and was rolled back.
-	ErrReloadFailed = sentinel(CodeReloadFailed)
+	ErrReloadFailed = sentinel(codeReloadFailed)
 	// ErrDrainTimeout: calls in flight did not finish within the drain timeout.
-	ErrDrainTimeout = sentinel(CodeDrainTimeout)
+	ErrDrainTimeout = sentinel(codeDrainTimeout)
 	// ErrSchemaIncompatible: the next plugin refused the old one's schema.
-	ErrSchemaIncompatible = sentinel(CodeSchemaIncompatible)
-	// ErrInvalidManifest: a manifest (or configuration file) is malformed.
-	ErrInvalidManifest = sentinel(CodeInvalidManifest)
-	// ErrPathEscape: a path leaves the folder it must stay in.
-	ErrPathEscape = sentinel(CodePathEscape)
+	ErrSchemaIncompatible = sentinel(codeSchemaIncompatible)
+	// ErrInvalidManifest: a manifest (or configuration file) is malformed,
+	// or one of its paths leaves the folder it must stay in.
+	ErrInvalidManifest = sentinel(codeInvalidManifest)
 	// ErrChecksumMismatch: a plugin binary does not match its checksum.
-	ErrChecksumMismatch = sentinel(CodeChecksumMismatch)
-	// ErrHandshake: a child process did not complete the plugin handshake.
-	ErrHandshake = sentinel(CodeHandshake)
-	// ErrProtocolVersion: host and plugin share no protocol version.
-	ErrProtocolVersion = sentinel(CodeProtocolVersion)
+	ErrChecksumMismatch = sentinel(codeChecksumMismatch)
+	// ErrHandshake: a child process did not complete the plugin handshake,
+	// or host and plugin share no protocol version.
+	ErrHandshake = sentinel(codeHandshake)
 	// ErrFrameTooLarge: a wire frame exceeds the maximum frame size.
-	ErrFrameTooLarge = sentinel(CodeFrameTooLarge)
+	ErrFrameTooLarge = sentinel(codeFrameTooLarge)
 	// ErrCrashed: a plugin process exited while calls were in flight.
-	ErrCrashed = sentinel(CodeCrashed)
+	ErrCrashed = sentinel(codeCrashed)
 	// ErrTransport: the connection to an out-of-process plugin failed.
-	ErrTransport = sentinel(CodeTransport)
+	ErrTransport = sentinel(codeTransport)
 	// ErrRemote: an out-of-process plugin answered with an error.
-	ErrRemote = sentinel(CodeRemote)
+	ErrRemote = sentinel(codeRemote)
 	// ErrInvalidConfig: an option or configuration value is invalid.
-	ErrInvalidConfig = sentinel(CodeInvalidConfig)
+	ErrInvalidConfig = sentinel(codeInvalidConfig)
 	// ErrNoFactory: no factory is registered for a plugin's transport.
-	ErrNoFactory = sentinel(CodeNoFactory)
-	// ErrClosed: the object was closed.
-	ErrClosed = sentinel(CodeClosed)
+	ErrNoFactory = sentinel(codeNoFactory)
+	// ErrClosed: the plugin was closed, or the manager or loader is shut
+	// down or shutting down.
+	ErrClosed = sentinel(codeClosed)
 	// ErrCanceled: the caller's context ended before the plugin answered; the
 	// error also matches the context's error (context.Canceled or
 	// context.DeadlineExceeded) with errors.Is.
-	ErrCanceled = sentinel(CodeCanceled)
+	ErrCanceled = sentinel(codeCanceled)
 )
 
 func sentinel(code goerrors.ErrorCode) error {
@@ -160,7 +155,7 @@ func canceledError(ctx context.Context, plugin string) error {
 	if err := ctx.Err(); !errors.Is(cause, err) {
 		cause = fmt.Errorf("%w: %w", err, cause)
 	}
-	return wrapError(cause, CodeCanceled, plugin, "the caller's context ended before the plugin answered")
+	return wrapError(cause, codeCanceled, plugin, "the caller's context ended before the plugin answered")
 }
 
 // isCanceled reports whether err is ctx's own ending: ctx is done and err

@@ -46,7 +46,7 @@ func ExampleParseManifest() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(m.Name, m.SemVer(), m.Command, m.Timeout)
+	fmt.Println(m.Name, m.Version, m.Command, m.Timeout)
 	for _, d := range m.Dependencies {
 		fmt.Printf("%s %q optional=%v\n", d.Name, d.Constraint, d.Optional)
 	}

@@ -7,36 +7,10 @@ import (
 	"log"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/goplugins/goplugins"
 )
-
-func ExampleDependencyGraph() {
-	g := goplugins.NewDependencyGraph()
-	_ = g.Add("logging", "1.2.0")
-	_ = g.Add("metrics", "2.1.4", goplugins.Dependency{Name: "logging", Constraint: "^1.0.0"})
-	_ = g.Add("auth", "1.4.0",
-		goplugins.Dependency{Name: "logging", Constraint: "^1.1"},
-		goplugins.Dependency{Name: "metrics", Constraint: "~2.1", Optional: true})
-	_ = g.Add("api", "3.0.0", goplugins.Dependency{Name: "auth", Constraint: ">=1.4.0, <2.0.0"})
-
-	order, _ := g.LoadOrder()
-	fmt.Println("load:", strings.Join(order, " "))
-	levels, _ := g.Levels()
-	fmt.Println("levels:", levels)
-	fmt.Println("unload before logging:", g.Dependents("logging"))
-
-	_ = g.Add("logging", "2.0.0") // breaks metrics' and auth's constraints
-	err := g.Check()
-	fmt.Println(errors.Is(err, goplugins.ErrIncompatibleVersion))
-	// Output:
-	// load: logging metrics auth api
-	// levels: [[logging] [metrics] [auth] [api]]
-	// unload before logging: [api auth metrics]
-	// true
-}
 
 // service is an in-process plugin made from a manifest.
 type service struct{ info goplugins.PluginInfo }
@@ -102,13 +76,13 @@ func ExampleNewDiscoveryEngine() {
 		log.Fatal(err)
 	}
 	defer engine.Close()
-	m := goplugins.NewManager[map[string]string, map[string]string]()
-	defer m.Shutdown(ctx)
 	policy, err := goplugins.NewVersionPolicy("1.6.0") // checked against manifests' requires.host
 	if err != nil {
 		log.Fatal(err)
 	}
-	loader := goplugins.NewDynamicLoader(m, engine, goplugins.WithHostPolicy(policy))
+	m := goplugins.NewManager[map[string]string, map[string]string](goplugins.WithVersionPolicy(policy))
+	defer m.Shutdown(ctx)
+	loader := goplugins.NewDynamicLoader(m, engine)
 	defer loader.Shutdown(ctx)
 	loader.RegisterFactory("subprocess", goplugins.SubprocessFactory[map[string]string, map[string]string](goplugins.SubprocessConfig{}))
 	loader.RegisterFactory("grpc", goplugins.GRPCFactory[map[string]string, map[string]string](goplugins.GRPCConfig{AutoMTLS: true}))
@@ -138,7 +112,7 @@ func ExampleNewSubprocess() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	m := goplugins.NewManager[map[string]string, map[string]string](goplugins.WithTimeout(2 * time.Second))
+	m := goplugins.NewManager[map[string]string, map[string]string](goplugins.WithPluginDefaults(goplugins.WithTimeout(2 * time.Second)))
 	defer m.Shutdown(ctx) // closes the plugin: shutdown message, then signals
 	if err := m.Register(p); err != nil {
 		log.Fatal(err)

@@ -23,11 +23,7 @@ func (upper) Health(context.Context) error                        { return nil }
 func (upper) Close(context.Context) error                         { return nil }
 
 func ExampleNewManager() {
-	m := goplugins.NewManager[string, string](
-		goplugins.WithTimeout(2*time.Second),
-		goplugins.WithBreaker(goplugins.BreakerConfig{ConsecutiveFailures: 5, OpenTimeout: 10 * time.Second}),
-		goplugins.WithRetry(goplugins.RetryPolicy{MaxAttempts: 3, Backoff: 50 * time.Millisecond}),
-	)
+	m := goplugins.NewManager[string, string](goplugins.WithPluginDefaults(goplugins.WithTimeout(2*time.Second), goplugins.WithBreaker(goplugins.BreakerConfig{ConsecutiveFailures: 5, OpenTimeout: 10 * time.Second}), goplugins.WithRetry(goplugins.RetryPolicy{MaxAttempts: 3, Backoff: 50 * time.Millisecond})))
 	defer m.Shutdown(context.Background())
 
 	fmt.Println(len(m.Plugins()), "plugins")

@@ -53,11 +53,11 @@ func TestConfigWatcherNamedPipeIsReportedAndCloseReturns(t *testing.T) {
 	}})
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
-	require.Equal(t, ManifestDiscovered, nextConfigEvent(t, w).Kind)
+	require.Equal(t, DiscoveryAdded, nextConfigEvent(t, w).Kind)
 	require.NoError(t, os.Remove(path))
 	require.NoError(t, syscall.Mkfifo(path, 0o644))
 	ev := nextConfigEvent(t, w)
-	require.Equal(t, ManifestInvalid, ev.Kind)
+	require.Equal(t, DiscoveryInvalid, ev.Kind)
 	require.ErrorContains(t, ev.Err, "named pipe")
 	select {
 	case err := <-reported:

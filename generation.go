@@ -170,7 +170,7 @@ func (g *generation[Req, Resp]) health(ctx context.Context, name string) error {
 	g.checkMu.Lock()
 	if g.closing {
 		g.checkMu.Unlock()
-		return newError(CodeClosed, name, "the plugin is being closed; check the plugin that serves now")
+		return newError(codeClosed, name, "the plugin is being closed; check the plugin that serves now")
 	}
 	g.checks++
 	g.checkMu.Unlock()
@@ -192,7 +192,7 @@ func (g *generation[Req, Resp]) health(ctx context.Context, name string) error {
 func (g *generation[Req, Resp]) runHealth(ctx context.Context, name string) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = newError(CodePanic, name, "health check panicked: %v", r)
+			err = newError(codePanic, name, "health check panicked: %v", r)
 		}
 	}()
 	return g.plugin.Health(ctx)
@@ -230,7 +230,7 @@ func (g *generation[Req, Resp]) close(ctx context.Context, name string) error {
 		}
 		defer func() {
 			if r := recover(); r != nil {
-				g.closeErr = newError(CodePanic, name, "Close panicked: %v", r)
+				g.closeErr = newError(codePanic, name, "Close panicked: %v", r)
 			}
 		}()
 		g.closeErr = g.plugin.Close(ctx)

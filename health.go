@@ -93,7 +93,7 @@ func (e *entry[Req, Resp]) checkHealth(ctx context.Context) HealthReport {
 			r.Err = canceledError(ctx, e.name)
 			return r
 		}
-		err = wrapError(err, CodeTimeout, e.name,
+		err = wrapError(err, codeTimeout, e.name,
 			"the health check did not return within its timeout of %v; the plugin's Health must honour its ctx", e.cfg.health.Timeout)
 	}
 

@@ -47,7 +47,7 @@ func TestDiscoveryToReloadEndToEnd(t *testing.T) {
 	ctx := context.Background()
 	engine, err := NewDiscoveryEngine(DiscoveryConfig{Roots: []string{root}, PollInterval: 20 * time.Millisecond})
 	require.NoError(t, err)
-	m := NewManager[echoReq, echoResp](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[echoReq, echoResp](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	events := make(chan Event, 64)
 	m.Subscribe(func(ev Event) { events <- ev })
 	loader := NewDynamicLoader(m, engine)
@@ -99,7 +99,7 @@ func TestSubprocessFactoryRefusesOtherProtocol(t *testing.T) {
 		[]byte(`{"name": "echo", "version": "1.0.0", "transport": "subprocess", "command": "./echo", "requires": {"protocol": 2}}`))
 	require.NoError(t, err)
 	_, err = SubprocessFactory[echoReq, echoResp](SubprocessConfig{})(context.Background(), mf)
-	require.ErrorIs(t, err, ErrProtocolVersion)
+	require.ErrorIs(t, err, ErrHandshake)
 	require.ErrorContains(t, err, "protocol 2")
 }
 
@@ -120,7 +120,7 @@ func TestLoaderChecksumErrorNamesManifestFieldOnce(t *testing.T) {
 	ctx := context.Background()
 	engine, err := NewDiscoveryEngine(DiscoveryConfig{Roots: []string{root}})
 	require.NoError(t, err)
-	m := NewManager[echoReq, echoResp](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[echoReq, echoResp](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	loader := NewDynamicLoader(m, engine)
 	loader.RegisterFactory("subprocess", SubprocessFactory[echoReq, echoResp](SubprocessConfig{Logger: slog.New(slog.DiscardHandler)}))
 	require.NoError(t, engine.Start(ctx))

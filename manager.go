@@ -98,22 +98,25 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 	return m
 }
 
-// Register adds p under the name in p.Info(). The name must pass
-// ValidateName and the version must be strict semver (and pass the
-// manager's VersionPolicy rule for the name, if any). Registering a name
+// Register adds p under the name in p.Info(). The name must follow the
+// rules of PluginInfo.Name (else ErrInvalidPlugin) and the version must be
+// strict semver (and pass the manager's VersionPolicy rule for the name, if
+// any). Registering a name
 // that is taken fails with ErrAlreadyRegistered: use Reload to replace a
-// plugin. With WithStreamStart, Register starts the plugin's first stream
-// (Resume) before the plugin serves.
-func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOption) error {
+// plugin. opts configure this plugin, after the manager's
+// WithPluginDefaults; the settings last for its life, reloads included.
+// With WithStreamStart, Register starts the plugin's first stream (Resume)
+// before the plugin serves.
+func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...PluginOption) error {
 	if p == nil {
-		return newError(CodeInvalidPlugin, "", "Register got a nil plugin")
+		return newError(codeInvalidPlugin, "", "Register got a nil plugin")
 	}
 	info, err := pluginInfo(p)
 	if err != nil {
 		return err
 	}
 	if m.cfg.policy != nil {
-		if err := m.cfg.policy.CheckPlugin(info.Name, info.Version); err != nil {
+		if err := m.cfg.policy.checkPlugin(info.Name, info.Version); err != nil {
 			return err
 		}
 	}
@@ -136,7 +139,7 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOptio
 		m.mu.Unlock()
 		stopStream()
 		if r.closed {
-			return newError(CodeShuttingDown, info.Name, "cannot register: the manager is shut down")
+			return newError(codeClosed, info.Name, "cannot register: the manager is shut down")
 		}
 		return m.taken(info.Name)
 	}
@@ -164,7 +167,7 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...RegisterOptio
 }
 
 func (m *Manager[Req, Resp]) taken(name string) error {
-	return newError(CodeAlreadyRegistered, name,
+	return newError(codeAlreadyRegistered, name,
 		"a plugin of this name is registered already; use Reload to replace it or Unregister it first")
 }
 
@@ -178,13 +181,13 @@ func startStream[Req, Resp any](p Plugin[Req, Resp], info PluginInfo, cfg plugin
 	}
 	sp, ok := p.(StreamPlugin)
 	if !ok || !info.Has(SurfaceStream) {
-		return nil, newError(CodeInvalidPlugin, info.Name, "WithStreamStart needs a StreamPlugin that declares the stream surface")
+		return nil, newError(codeInvalidPlugin, info.Name, "WithStreamStart needs a StreamPlugin that declares the stream surface")
 	}
 	timeout := cfg.health.Timeout
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := runStep(SurfaceStream, "resume", func() error { return sp.Resume(ctx, cfg.streamPos) }); err != nil {
-		return nil, wrapError(err, CodeInvalidPlugin, info.Name, "Register started the plugin's stream (WithStreamStart), and Resume failed")
+		return nil, wrapError(err, codeInvalidPlugin, info.Name, "Register started the plugin's stream (WithStreamStart), and Resume failed")
 	}
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -197,7 +200,7 @@ func startStream[Req, Resp any](p Plugin[Req, Resp], info PluginInfo, cfg plugin
 func pluginInfo[Req, Resp any](p Plugin[Req, Resp]) (info PluginInfo, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = newError(CodeInvalidPlugin, "", "the plugin's Info method panicked: %v", r)
+			err = newError(codeInvalidPlugin, "", "the plugin's Info method panicked: %v", r)
 		}
 	}()
 	info = p.Info().clone()
@@ -206,9 +209,9 @@ func pluginInfo[Req, Resp any](p Plugin[Req, Resp]) (info PluginInfo, err error)
 
 func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req, Resp] {
 	e := &entry[Req, Resp]{m: m, name: name, cfg: cfg, op: make(chan struct{}, 1)}
-	e.breakerErr = newError(CodeBreakerOpen, name,
+	e.breakerErr = newError(codeBreakerOpen, name,
 		"circuit breaker is open after repeated failures; calls resume after a successful probe once its open timeout passes")
-	e.unhealthyErr = newError(CodeUnhealthy, name,
+	e.unhealthyErr = newError(codeUnhealthy, name,
 		"the plugin failed %d health checks in a row and fails fast until a check passes; Manager.Health reports the last error", cfg.health.UnhealthyAfter)
 	e.brk = breaker{
 		cfg: cfg.breaker,
@@ -237,7 +240,7 @@ func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req,
 
 // Execute runs req through the named plugin.
 //
-// Errors: ErrNotFound if no such plugin is registered, ErrShuttingDown after
+// Errors: ErrNotFound if no such plugin is registered, ErrClosed after
 // Shutdown, ErrBreakerOpen or ErrUnhealthy when the plugin is rejecting
 // calls, ErrTimeout past the plugin's own timeout (WithTimeout), ErrPanic if
 // it panicked, else the plugin's own error unchanged.
@@ -382,7 +385,7 @@ func (e *entry[Req, Resp]) invoke(ctx context.Context, g *generation[Req, Resp],
 		if r := recover(); r != nil {
 			e.ctr.panics.Add(1)
 			e.m.cfg.logger.Error("goplugins: plugin panicked", "plugin", e.name, "panic", r, "stack", string(debug.Stack()))
-			err = newError(CodePanic, e.name, "the plugin panicked (%v); the host recovered and the plugin keeps serving, but the plugin has a bug to fix", r)
+			err = newError(codePanic, e.name, "the plugin panicked (%v); the host recovered and the plugin keeps serving, but the plugin has a bug to fix", r)
 		}
 	}()
 	return g.plugin.Execute(ctx, req)
@@ -390,15 +393,15 @@ func (e *entry[Req, Resp]) invoke(ctx context.Context, g *generation[Req, Resp],
 
 func (e *entry[Req, Resp]) timeoutError() error {
 	e.ctr.timeouts.Add(1)
-	return newError(CodeTimeout, e.name, "no answer within the plugin's timeout of %v; raise WithTimeout or find what slows the plugin", e.cfg.timeout)
+	return newError(codeTimeout, e.name, "no answer within the plugin's timeout of %v; raise WithTimeout or find what slows the plugin", e.cfg.timeout)
 }
 
 // missing explains why name cannot be called.
 func (m *Manager[Req, Resp]) missing(name string) error {
 	if m.reg.Load().closed {
-		return newError(CodeShuttingDown, name, "the manager is shut down")
+		return newError(codeClosed, name, "the manager is shut down")
 	}
-	return newError(CodeNotFound, name, "no plugin of this name is registered; check the name or register it first")
+	return newError(codeNotFound, name, "no plugin of this name is registered; check the name or register it first")
 }
 
 // lock takes the plugin's operation slot (Reload and Unregister hold it).
@@ -414,7 +417,7 @@ func (e *entry[Req, Resp]) lock(ctx context.Context) error {
 	case e.op <- struct{}{}:
 		return nil
 	case <-ctx.Done():
-		return wrapError(ctx.Err(), CodeDrainTimeout, e.name,
+		return wrapError(ctx.Err(), codeDrainTimeout, e.name,
 			"a reload or unregister of the plugin is still running; retry with a longer ctx")
 	}
 }
@@ -461,7 +464,7 @@ func (m *Manager[Req, Resp]) Unregister(ctx context.Context, name string) error 
 	if g.drain(dctx) != nil {
 		left := g.inFlight()
 		go m.closeLater(e, g)
-		return wrapError(context.Cause(dctx), CodeDrainTimeout, name,
+		return wrapError(context.Cause(dctx), codeDrainTimeout, name,
 			"removed, but %d call(s) were still running; it will be closed after the last one ends", left)
 	}
 	defer m.wg.Done()
@@ -474,7 +477,7 @@ func (m *Manager[Req, Resp]) Unregister(ctx context.Context, name string) error 
 	m.cfg.logger.Info("goplugins: plugin unregistered", "plugin", name, "version", g.info.Version)
 	m.emit(Event{Kind: EventUnregistered, Plugin: name, Version: g.info.Version, Err: err})
 	if err != nil {
-		return wrapError(err, CodeClosed, name, "unregistered, but Close failed")
+		return wrapError(err, codeClosed, name, "unregistered, but Close failed")
 	}
 	return nil
 }
@@ -514,7 +517,7 @@ func (m *Manager[Req, Resp]) closeLater(e *entry[Req, Resp], g *generation[Req, 
 }
 
 // Shutdown stops health checks, aborts reloads in progress (they roll
-// back), refuses new calls with ErrShuttingDown, waits for the calls in
+// back), refuses new calls with ErrClosed, waits for the calls in
 // flight and for Unregisters in progress, and closes every plugin
 // concurrently. Event subscribers receive what was queued, then stop; a
 // subscriber may call Shutdown itself (it does not wait for its own
@@ -525,7 +528,7 @@ func (m *Manager[Req, Resp]) closeLater(e *entry[Req, Resp], g *generation[Req, 
 // closed as soon as the reload lets go of it. Shutdown then waits at most
 // one more health-check timeout (the bound Close gets, see HealthConfig)
 // for those closes and for subscribers. If everything finished, it returns
-// the Close and drain errors; otherwise an error matching ErrShuttingDown
+// the Close and drain errors; otherwise an error matching ErrClosed
 // and ctx's error, and the job is not done: call Shutdown again (with a
 // new ctx) to wait for the rest. Once a call has finished the job, every
 // later call returns that call's result. A Manager cannot be reused after
@@ -619,8 +622,8 @@ func (m *Manager[Req, Resp]) await(ctx context.Context, done <-chan struct{}, on
 		return nil
 	case <-t.C:
 	}
-	return errors.Join(m.errs.snapshot(), newError(CodeShuttingDown, "", late, m.grace),
-		wrapError(ctx.Err(), CodeShuttingDown, "", "shutdown did not finish in time; call Shutdown again to wait for the rest"))
+	return errors.Join(m.errs.snapshot(), newError(codeClosed, "", late, m.grace),
+		wrapError(ctx.Err(), codeClosed, "", "shutdown did not finish in time; call Shutdown again to wait for the rest"))
 }
 
 // graceCtx returns a ctx that ends d after abandon ends: the bound of a
@@ -688,7 +691,7 @@ func (m *Manager[Req, Resp]) shutdownEntry(e *entry[Req, Resp]) {
 		if e.stopHealth != nil {
 			e.stopHealth()
 		}
-		report(wrapError(err, CodeShuttingDown, e.name, "not closed in time; it will be closed when the reload ends"))
+		report(wrapError(err, codeClosed, e.name, "not closed in time; it will be closed when the reload ends"))
 		e.op <- struct{}{}
 	}
 	defer e.unlock()
@@ -702,10 +705,10 @@ func (m *Manager[Req, Resp]) shutdownEntry(e *entry[Req, Resp]) {
 	err := g.close(closeCtx, e.name)
 	m.emit(Event{Kind: EventUnregistered, Plugin: e.name, Version: g.info.Version, Err: err})
 	if err != nil {
-		report(wrapError(err, CodeClosed, e.name, "Close failed during shutdown"))
+		report(wrapError(err, codeClosed, e.name, "Close failed during shutdown"))
 	}
 	if drainErr != nil {
-		report(wrapError(drainErr, CodeDrainTimeout, e.name, "closed with %d call(s) still running", g.inFlight()))
+		report(wrapError(drainErr, codeDrainTimeout, e.name, "closed with %d call(s) still running", g.inFlight()))
 	}
 }
 

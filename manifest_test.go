@@ -26,7 +26,7 @@ func TestManifestLoadTestdata(t *testing.T) {
 
 		assert.Equal(t, "auth", m.Name)
 		assert.Equal(t, "1.4.0", m.Version)
-		assert.Equal(t, "1.4.0", m.SemVer().String())
+		assert.Equal(t, "1.4.0", m.semVer().String())
 		assert.Equal(t, "subprocess", m.Transport)
 		assert.Equal(t, filepath.Join(dir, "auth", "auth-plugin"), m.Command)
 		assert.Equal(t, []string{"--mode", "strict"}, m.Args)
@@ -86,7 +86,7 @@ func TestManifestLoadTestdata(t *testing.T) {
 		path := filepath.Join(dir, "bad-fields", "plugin.json")
 		_, err := LoadManifest(path)
 		require.ErrorIs(t, err, ErrInvalidManifest)
-		require.ErrorIs(t, err, ErrPathEscape)
+		require.ErrorIs(t, err, ErrInvalidManifest)
 		for _, field := range []string{`"name"`, `"version"`, `"command"`, `"requires.host"`, `"timeout"`, `"health.interval"`} {
 			assert.Contains(t, err.Error(), "field "+field)
 		}
@@ -118,8 +118,8 @@ func TestManifestInvalid(t *testing.T) {
 		{name: "yaml two documents", file: "plugin.yaml", data: "name: p\nversion: 1.0.0\ntransport: inprocess\n---\nname: q\n", want: []string{"more than one YAML document"}},
 		{name: "yaml empty", file: "plugin.yaml", data: "", want: []string{"empty"}},
 		{name: "unknown extension", file: "plugin.toml", data: `name = "p"`, want: []string{`unknown extension ".toml"`}},
-		{name: "bad name", data: `{"name": "Auth", "version": "1.0.0", "transport": "inprocess"}`, is: ErrInvalidName, want: []string{`field "name"`, `"Auth"`}},
-		{name: "missing name", data: `{"version": "1.0.0", "transport": "inprocess"}`, is: ErrInvalidName, want: []string{`field "name"`}},
+		{name: "bad name", data: `{"name": "Auth", "version": "1.0.0", "transport": "inprocess"}`, is: ErrInvalidPlugin, want: []string{`field "name"`, `"Auth"`}},
+		{name: "missing name", data: `{"version": "1.0.0", "transport": "inprocess"}`, is: ErrInvalidPlugin, want: []string{`field "name"`}},
 		{name: "loose version", data: `{"name": "p", "version": "v1.2", "transport": "inprocess"}`, is: ErrInvalidVersion, want: []string{`field "version"`, `"v1.2"`}},
 		{name: "missing version", data: `{"name": "p", "transport": "inprocess"}`, want: []string{`field "version": missing`}},
 		{name: "missing transport", data: `{` + base[:len(base)-2] + `}`, want: []string{`field "transport": missing`}},
@@ -134,20 +134,20 @@ func TestManifestInvalid(t *testing.T) {
 		{name: "grpc bad port", data: `{` + base + `"transport": "grpc", "endpoint": "h:99999"}`, want: []string{`field "endpoint"`, "1 to 65535"}},
 		{name: "tls half mTLS", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"cert_file": "c.pem"}}`, want: []string{`field "tls.cert_file"`, "give both or neither"}},
 		{name: "tls insecure refused", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"insecure": true}}`, want: []string{`field "tls.insecure"`, "not supported"}},
-		{name: "tls path escape", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"ca_file": "../ca.pem"}}`, is: ErrPathEscape, want: []string{`field "tls.ca_file"`, "outside the plugin folder"}},
-		{name: "command escape", data: `{` + base + `"transport": "subprocess", "command": "../other/bin"}`, is: ErrPathEscape, want: []string{`field "command"`, "outside the plugin folder"}},
-		{name: "command escape through folder", data: `{` + base + `"transport": "subprocess", "command": "sub/../../bin"}`, is: ErrPathEscape, want: []string{`field "command"`}},
-		{name: "command absolute", data: `{` + base + `"transport": "subprocess", "command": "/usr/bin/env"}`, is: ErrPathEscape, want: []string{`field "command"`}},
-		{name: "command is the folder", data: `{` + base + `"transport": "subprocess", "command": "."}`, is: ErrPathEscape, want: []string{`field "command"`}},
+		{name: "tls path escape", data: `{` + base + `"transport": "grpc", "endpoint": "h:1", "tls": {"ca_file": "../ca.pem"}}`, is: ErrInvalidManifest, want: []string{`field "tls.ca_file"`, "outside the plugin folder"}},
+		{name: "command escape", data: `{` + base + `"transport": "subprocess", "command": "../other/bin"}`, is: ErrInvalidManifest, want: []string{`field "command"`, "outside the plugin folder"}},
+		{name: "command escape through folder", data: `{` + base + `"transport": "subprocess", "command": "sub/../../bin"}`, is: ErrInvalidManifest, want: []string{`field "command"`}},
+		{name: "command absolute", data: `{` + base + `"transport": "subprocess", "command": "/usr/bin/env"}`, is: ErrInvalidManifest, want: []string{`field "command"`}},
+		{name: "command is the folder", data: `{` + base + `"transport": "subprocess", "command": "."}`, is: ErrInvalidManifest, want: []string{`field "command"`}},
 		{name: "args NUL", data: `{` + base + `"transport": "subprocess", "command": "p", "args": ["a\u0000b"]}`, want: []string{`field "args"`}},
 		{name: "env bad name", data: `{` + base + `"transport": "subprocess", "command": "p", "env": {"A=B": "c"}}`, want: []string{`field "env"`}},
 		{name: "checksum prefix", data: `{` + base + `"transport": "subprocess", "command": "p", "checksum": "md5:00"}`, want: []string{`field "checksum"`, `"sha256:"`}},
 		{name: "checksum length", data: `{` + base + `"transport": "subprocess", "command": "p", "checksum": "sha256:abcd"}`, want: []string{`field "checksum"`, "4 hex digits"}},
 		{name: "checksum hex", data: `{` + base + `"transport": "subprocess", "command": "p", "checksum": "sha256:` + strings.Repeat("zz", 32) + `"}`, want: []string{`field "checksum"`, "not hexadecimal"}},
-		{name: "host constraint", data: `{` + base + `"transport": "inprocess", "requires": {"host": ">>1"}}`, is: ErrInvalidConstraint, want: []string{`field "requires.host"`}},
+		{name: "host constraint", data: `{` + base + `"transport": "inprocess", "requires": {"host": ">>1"}}`, is: ErrInvalidVersion, want: []string{`field "requires.host"`}},
 		{name: "negative protocol", data: `{` + base + `"transport": "inprocess", "requires": {"protocol": -1}}`, want: []string{`field "requires.protocol"`}},
-		{name: "dependency constraint", data: `{` + base + `"transport": "inprocess", "dependencies": {"log": "not a version"}}`, is: ErrInvalidConstraint, want: []string{`field "dependencies.log"`}},
-		{name: "dependency empty constraint", data: `{` + base + `"transport": "inprocess", "dependencies": {"log": {"optional": true}}}`, is: ErrInvalidConstraint, want: []string{`field "dependencies.log"`}},
+		{name: "dependency constraint", data: `{` + base + `"transport": "inprocess", "dependencies": {"log": "not a version"}}`, is: ErrInvalidVersion, want: []string{`field "dependencies.log"`}},
+		{name: "dependency empty constraint", data: `{` + base + `"transport": "inprocess", "dependencies": {"log": {"optional": true}}}`, is: ErrInvalidVersion, want: []string{`field "dependencies.log"`}},
 		{name: "dependency bad name", data: `{` + base + `"transport": "inprocess", "dependencies": {"Log": "^1"}}`, want: []string{`field "dependencies"`, `"Log"`}},
 		{name: "self dependency", data: `{` + base + `"transport": "inprocess", "dependencies": {"p": "^1"}}`, want: []string{`field "dependencies.p"`, "itself"}},
 		{name: "surface twice", data: `{` + base + `"transport": "inprocess", "surfaces": ["state", "state"]}`, want: []string{`field "surfaces"`, "twice"}},
@@ -188,7 +188,7 @@ func TestManifestAllowOutside(t *testing.T) {
 		"args": ["x"]}`)
 
 	_, err := ParseManifest(path, data)
-	require.ErrorIs(t, err, ErrPathEscape)
+	require.ErrorIs(t, err, ErrInvalidManifest)
 
 	m, err := ParseManifest(path, data, ManifestAllowOutside(true))
 	require.NoError(t, err)
@@ -257,7 +257,7 @@ func TestManifestDependenciesGoToTheGraph(t *testing.T) {
 		{Name: "logging", Constraint: "^1.0.0"},
 		{Name: "metrics", Constraint: "~2.1", Optional: true},
 	}, m.Dependencies)
-	g := NewDependencyGraph()
+	g := newDependencyGraph()
 	require.NoError(t, g.Add(m.Name, m.Version, m.Dependencies...))
 	assert.Equal(t, m.Dependencies, g.Dependencies(m.Name))
 }

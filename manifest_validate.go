@@ -27,7 +27,7 @@ type manifestValidator struct {
 	opts      manifestOptions
 	problems  []string
 	more      int   // problems beyond maxProblems
-	cause     error // the first cause; a path escape takes precedence
+	cause     error // the first cause
 }
 
 // Limits on what an error lists, so that a hostile manifest cannot make a
@@ -55,7 +55,7 @@ func (v *manifestValidator) fail(field, format string, args ...any) {
 
 func (v *manifestValidator) failCause(field string, cause error, format string, args ...any) {
 	v.fail(field, format, args...)
-	if v.cause == nil || (errors.Is(cause, ErrPathEscape) && !errors.Is(v.cause, ErrPathEscape)) {
+	if v.cause == nil {
 		v.cause = cause
 	}
 }
@@ -68,7 +68,7 @@ func (v *manifestValidator) err(name string) error {
 		v.problems = append(v.problems, fmt.Sprintf("and %d more problems", v.more))
 	}
 	if v.cause == nil {
-		return newError(CodeInvalidManifest, name, "manifest %s: %s", v.path, strings.Join(v.problems, "; "))
+		return newError(codeInvalidManifest, name, "manifest %s: %s", v.path, strings.Join(v.problems, "; "))
 	}
 	// The problems already describe the cause: wrap it for errors.Is
 	// without repeating its text.
@@ -76,14 +76,14 @@ func (v *manifestValidator) err(name string) error {
 	if name != "" {
 		msg = fmt.Sprintf("plugin %q: %s", name, msg)
 	}
-	e := goerrors.Wrap(v.cause, CodeInvalidManifest, msg)
+	e := goerrors.Wrap(v.cause, codeInvalidManifest, msg)
 	if name != "" {
 		e.WithContext("plugin", name)
 	}
 	return e
 }
 
-func validName(name string) bool { return ValidateName(name) == nil }
+func validName(name string) bool { return validateName(name) == nil }
 
 func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 	m := &Manifest{
@@ -95,13 +95,13 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 		Path:        v.path,
 		Dir:         v.dir,
 	}
-	if err := ValidateName(r.Name); err != nil {
-		v.failCause("name", err, "%q is not a valid plugin name: use 1 to %d characters of [a-z0-9._-], starting with a letter or digit", r.Name, MaxNameLen)
+	if err := validateName(r.Name); err != nil {
+		v.failCause("name", err, "%q is not a valid plugin name: use 1 to %d characters of [a-z0-9._-], starting with a letter or digit", r.Name, maxNameLen)
 	}
 	if r.Version == "" {
 		v.fail("version", "missing; give a strict semantic version such as \"1.0.0\"")
 	} else if ver, err := semver.StrictNewVersion(r.Version); err != nil {
-		v.failCause("version", newError(CodeInvalidVersion, "", "%v", err), "%q is not a strict semantic version (want MAJOR.MINOR.PATCH, e.g. 1.4.0): %v", r.Version, err)
+		v.failCause("version", newError(codeInvalidVersion, "", "%v", err), "%q is not a strict semantic version (want MAJOR.MINOR.PATCH, e.g. 1.4.0): %v", r.Version, err)
 	} else {
 		m.version = ver
 	}
@@ -227,13 +227,11 @@ func (v *manifestValidator) resolvePath(field, p string) string {
 		return abs
 	}
 	if !strings.HasPrefix(abs, v.dir+string(filepath.Separator)) || len(abs) == len(v.dir)+1 {
-		v.failCause(field, newError(CodePathEscape, "", "%s resolves to %s, outside the plugin folder %s", p, abs, v.dir),
-			"%q resolves to %s, outside the plugin folder %s; keep it inside or allow paths outside", p, abs, v.dir)
+		v.fail(field, "%q resolves to %s, outside the plugin folder %s; keep it inside or allow paths outside", p, abs, v.dir)
 		return ""
 	}
 	if escape := v.linkEscape(abs); escape != "" {
-		v.failCause(field, newError(CodePathEscape, "", "%s %s", p, escape),
-			"%q %s; keep it inside or allow paths outside", p, escape)
+		v.fail(field, "%q %s; keep it inside or allow paths outside", p, escape)
 		return ""
 	}
 	return abs

@@ -9,7 +9,7 @@ import (
 // MergeSources combines manifest sources (say, a DiscoveryEngine and a
 // ConfigWatcher) into one for a DynamicLoader. When two sources offer the
 // same plugin name the earlier source in the list wins; the later one is
-// reported as ManifestInvalid (matching ErrInvalidManifest) while it is
+// reported as DiscoveryInvalid (matching ErrInvalidManifest) while it is
 // shadowed, and takes over if the earlier one removes the plugin. Events
 // keep each source's order; the merged channel is closed once every
 // source's channel is closed. Start the sources before merging them: the
@@ -106,23 +106,23 @@ func (ms *mergedSource) translate(src int, ev DiscoveryEvent) []DiscoveryEvent {
 	defer ms.mu.Unlock()
 	name := ev.Name
 	switch ev.Kind {
-	case ManifestDiscovered, ManifestUpdated:
+	case DiscoveryAdded, DiscoveryUpdated:
 		ms.offered[src][name] = ev.Manifest
 		owner, taken := ms.owner[name]
 		switch {
 		case !taken:
 			ms.owner[name] = src
-			return []DiscoveryEvent{{Kind: ManifestDiscovered, Name: name, Path: ev.Path, Manifest: ev.Manifest}}
+			return []DiscoveryEvent{{Kind: DiscoveryAdded, Name: name, Path: ev.Path, Manifest: ev.Manifest}}
 		case owner == src:
 			return []DiscoveryEvent{ev}
 		case src < owner:
 			ms.owner[name] = src
-			return []DiscoveryEvent{{Kind: ManifestUpdated, Name: name, Path: ev.Path, Manifest: ev.Manifest},
+			return []DiscoveryEvent{{Kind: DiscoveryUpdated, Name: name, Path: ev.Path, Manifest: ev.Manifest},
 				ms.shadowed(owner, name)}
 		default:
 			return []DiscoveryEvent{ms.shadowed(src, name)}
 		}
-	case ManifestRemoved:
+	case DiscoveryRemoved:
 		delete(ms.offered[src], name)
 		if owner, ok := ms.owner[name]; !ok || owner != src {
 			return nil
@@ -132,7 +132,7 @@ func (ms *mergedSource) translate(src int, ev DiscoveryEvent) []DiscoveryEvent {
 		}
 		return []DiscoveryEvent{ev}
 	default:
-		if ev.Kind != ManifestInvalid || ev.Manifest == nil {
+		if ev.Kind != DiscoveryInvalid || ev.Manifest == nil {
 			return []DiscoveryEvent{ev}
 		}
 		// The source dropped a plugin that turned invalid; another source
@@ -155,7 +155,7 @@ func (ms *mergedSource) release(name string) (DiscoveryEvent, bool) {
 	for i := range ms.offered {
 		if mf, ok := ms.offered[i][name]; ok {
 			ms.owner[name] = i
-			return DiscoveryEvent{Kind: ManifestUpdated, Name: name, Path: mf.Path, Manifest: mf}, true
+			return DiscoveryEvent{Kind: DiscoveryUpdated, Name: name, Path: mf.Path, Manifest: mf}, true
 		}
 	}
 	return DiscoveryEvent{}, false
@@ -165,6 +165,6 @@ func (ms *mergedSource) release(name string) (DiscoveryEvent, bool) {
 func (ms *mergedSource) shadowed(src int, name string) DiscoveryEvent {
 	mf := ms.offered[src][name]
 	winner := ms.offered[ms.owner[name]][name]
-	return DiscoveryEvent{Kind: ManifestInvalid, Name: name, Path: mf.Path,
-		Err: newError(CodeInvalidManifest, name, "manifest %s is not used: %s offers the same plugin and comes first", mf.Path, winner.Path)}
+	return DiscoveryEvent{Kind: DiscoveryInvalid, Name: name, Path: mf.Path,
+		Err: newError(codeInvalidManifest, name, "manifest %s is not used: %s offers the same plugin and comes first", mf.Path, winner.Path)}
 }

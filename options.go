@@ -8,16 +8,9 @@ import (
 // Option configures a Manager (see NewManager).
 type Option interface{ applyManager(*managerConfig) }
 
-// RegisterOption configures one plugin at Register, overriding the manager's
-// defaults for it.
-type RegisterOption interface{ applyPlugin(*pluginConfig) }
-
-// PluginOption is both an Option (a default for every plugin of the
-// manager) and a RegisterOption (a setting for one plugin).
-type PluginOption interface {
-	Option
-	RegisterOption
-}
+// PluginOption configures one plugin at Register (see Manager.Register);
+// WithPluginDefaults makes them the defaults of every plugin of a manager.
+type PluginOption interface{ applyPlugin(*pluginConfig) }
 
 type managerConfig struct {
 	logger      *slog.Logger
@@ -25,7 +18,6 @@ type managerConfig struct {
 	eventBuffer int
 	sampleMask  uint64
 	plugin      pluginConfig
-	drain       time.Duration
 	dispatcher  *ReloadDispatcher
 }
 
@@ -33,6 +25,7 @@ type pluginConfig struct {
 	streamStart bool // WithStreamStart
 	streamPos   []byte
 	timeout     time.Duration
+	drain       time.Duration
 	breaker     BreakerConfig
 	retry       RetryPolicy
 	health      HealthConfig
@@ -43,9 +36,9 @@ func defaultManagerConfig() managerConfig {
 		logger:      slog.New(slog.DiscardHandler),
 		eventBuffer: 256,
 		sampleMask:  63,
-		drain:       10 * time.Second,
 		dispatcher:  NewReloadDispatcher(),
 		plugin: pluginConfig{
+			drain:   10 * time.Second,
 			breaker: BreakerConfig{}.withDefaults(),
 			retry:   RetryPolicy{}.withDefaults(),
 			health:  HealthConfig{}.withDefaults(),
@@ -55,12 +48,22 @@ func defaultManagerConfig() managerConfig {
 
 type pluginOption func(*pluginConfig)
 
-func (f pluginOption) applyManager(c *managerConfig) { f(&c.plugin) }
-func (f pluginOption) applyPlugin(c *pluginConfig)   { f(c) }
+func (f pluginOption) applyPlugin(c *pluginConfig) { f(c) }
 
-type registerOption func(*pluginConfig)
+type managerOption func(*managerConfig)
 
-func (f registerOption) applyPlugin(c *pluginConfig) { f(c) }
+func (f managerOption) applyManager(c *managerConfig) { f(c) }
+
+// WithPluginDefaults makes opts the defaults of every plugin registered
+// with the manager: they apply in order, after those of an earlier
+// WithPluginDefaults, and the options given to Register apply after them.
+func WithPluginDefaults(opts ...PluginOption) Option {
+	return managerOption(func(c *managerConfig) {
+		for _, o := range opts {
+			o.applyPlugin(&c.plugin)
+		}
+	})
+}
 
 // WithStreamStart makes Register start the plugin's first stream: it calls
 // Resume(position) on the plugin (a StreamPlugin declaring SurfaceStream),
@@ -69,13 +72,9 @@ func (f registerOption) applyPlugin(c *pluginConfig) { f(c) }
 // defines it. If Resume fails, Register fails with ErrInvalidPlugin.
 // Without it a plugin starts its first stream on its own; reloads hand the
 // stream over with Checkpoint and Resume either way.
-func WithStreamStart(position []byte) RegisterOption {
-	return registerOption(func(c *pluginConfig) { c.streamStart, c.streamPos = true, position })
+func WithStreamStart(position []byte) PluginOption {
+	return pluginOption(func(c *pluginConfig) { c.streamStart, c.streamPos = true, position })
 }
-
-type managerOption func(*managerConfig)
-
-func (f managerOption) applyManager(c *managerConfig) { f(c) }
 
 // WithTimeout bounds each call to a plugin. Zero (the default) means no
 // timeout beyond the caller's ctx.
@@ -83,9 +82,9 @@ func (f managerOption) applyManager(c *managerConfig) { f(c) }
 // With a timeout set, the call runs on its own goroutine so that a plugin
 // that ignores ctx still returns ErrTimeout to the caller on time; the
 // manager keeps counting the abandoned call as in flight until it returns,
-// so a reload or Unregister still waits for it. This costs about a
-// microsecond and a few allocations per call; without a timeout, Execute
-// calls the plugin directly and allocates nothing.
+// so a reload or Unregister still waits for it. This costs a goroutine and
+// a few allocations per call; without a timeout, Execute calls the plugin
+// directly and allocates nothing.
 func WithTimeout(d time.Duration) PluginOption {
 	return pluginOption(func(c *pluginConfig) { c.timeout = max(d, 0) })
 }
@@ -108,6 +107,18 @@ func WithHealthCheck(cfg HealthConfig) PluginOption {
 	return pluginOption(func(c *pluginConfig) { c.health = cfg.withDefaults() })
 }
 
+// WithDrainTimeout bounds how long a reload of the plugin may pause its
+// traffic: the wait for calls in flight plus the handoffs. Parked calls wait
+// at most this long, or until their own ctx ends, even when a handoff
+// ignores its ctx. Past it the reload fails with ErrDrainTimeout. Zero or
+// less means the default, 10s.
+func WithDrainTimeout(d time.Duration) PluginOption {
+	if d <= 0 {
+		d = 10 * time.Second
+	}
+	return pluginOption(func(c *pluginConfig) { c.drain = d })
+}
+
 // WithLogger sets the logger for the manager's own records. By default
 // nothing is logged.
 func WithLogger(l *slog.Logger) Option {
@@ -119,7 +130,9 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithVersionPolicy makes Register and Reload check every plugin's version
-// against p's per-plugin rules.
+// against p's per-plugin rules, and a DynamicLoader of the manager also
+// check each manifest's "requires.host" against p's host version. Without
+// it, neither is checked.
 func WithVersionPolicy(p *VersionPolicy) Option {
 	return managerOption(func(c *managerConfig) { c.policy = p })
 }
@@ -132,7 +145,7 @@ func WithEventBuffer(n int) Option {
 
 // WithLatencySampling makes the latency histogram time one call in every n
 // (rounded up to a power of two; default 64, 1 times every call). Reading
-// the clock costs about 75 ns a call, more than the rest of Execute.
+// the clock costs more than the rest of Execute.
 func WithLatencySampling(n int) Option {
 	return managerOption(func(c *managerConfig) {
 		p := uint64(1)

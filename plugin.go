@@ -35,7 +35,8 @@ type Plugin[Req, Resp any] interface {
 
 // PluginInfo describes a plugin.
 type PluginInfo struct {
-	// Name identifies the plugin; see ValidateName for the rules.
+	// Name identifies the plugin: 1 to 64 bytes of lowercase ASCII letters,
+	// digits, ".", "_" and "-", starting with a letter or digit.
 	Name string `json:"name"`
 	// Version is the plugin's strict semantic version (e.g. "1.4.0").
 	Version string `json:"version"`
@@ -105,18 +106,18 @@ type SchemaPlugin interface {
 	CheckCompat(ctx context.Context, old PluginInfo) error
 }
 
-// MaxNameLen is the longest plugin name allowed.
-const MaxNameLen = 64
+// maxNameLen is the longest plugin name allowed.
+const maxNameLen = 64
 
-// ValidateName checks a plugin name: 1 to 64 bytes of lowercase ASCII
+// validateName checks a plugin name: 1 to 64 bytes of lowercase ASCII
 // letters, digits, '.', '_' and '-', starting with a letter or digit.
-// The error matches ErrInvalidName.
-func ValidateName(name string) error {
+// The error matches ErrInvalidPlugin.
+func validateName(name string) error {
 	if name == "" {
-		return newError(CodeInvalidName, "", "plugin name is empty; use 1 to %d characters of [a-z0-9._-]", MaxNameLen)
+		return newError(codeInvalidPlugin, "", "plugin name is empty; use 1 to %d characters of [a-z0-9._-]", maxNameLen)
 	}
-	if len(name) > MaxNameLen {
-		return newError(CodeInvalidName, "", "plugin name %.20q... is %d bytes long; the limit is %d", name, len(name), MaxNameLen)
+	if len(name) > maxNameLen {
+		return newError(codeInvalidPlugin, "", "plugin name %.20q... is %d bytes long; the limit is %d", name, len(name), maxNameLen)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
@@ -124,7 +125,7 @@ func ValidateName(name string) error {
 		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
 		case (c == '.' || c == '_' || c == '-') && i > 0:
 		default:
-			return newError(CodeInvalidName, "", "plugin name %q has %q at byte %d; use [a-z0-9._-], starting with a letter or digit", name, c, i)
+			return newError(codeInvalidPlugin, "", "plugin name %q has %q at byte %d; use [a-z0-9._-], starting with a letter or digit", name, c, i)
 		}
 	}
 	return nil
@@ -132,7 +133,7 @@ func ValidateName(name string) error {
 
 // validateInfo checks a plugin's Info for Register and Reload.
 func validateInfo(info PluginInfo) error {
-	if err := ValidateName(info.Name); err != nil {
+	if err := validateName(info.Name); err != nil {
 		return err
 	}
 	_, err := parseVersion(info.Name, info.Version)

@@ -17,7 +17,6 @@ import (
 type ReloadOption interface{ applyReload(*reloadConfig) }
 
 type reloadConfig struct {
-	drain      time.Duration
 	host       []Handoff
 	dependents []dependentConstraint
 }
@@ -28,29 +27,6 @@ type reloadOption func(*reloadConfig)
 
 func (f reloadOption) applyReload(c *reloadConfig) { f(c) }
 
-// DrainOption is both an Option (the manager's default) and a ReloadOption
-// (for one reload).
-type DrainOption interface {
-	Option
-	ReloadOption
-}
-
-type drainOption time.Duration
-
-func (d drainOption) applyManager(c *managerConfig) { c.drain = time.Duration(d) }
-func (d drainOption) applyReload(c *reloadConfig)   { c.drain = time.Duration(d) }
-
-// WithDrainTimeout bounds how long a reload may pause the plugin's traffic:
-// the wait for calls in flight plus the handoffs. Parked calls wait at most
-// this long, or until their own ctx ends, even when a handoff ignores its
-// ctx. Past it the reload fails with ErrDrainTimeout. Default 10s.
-func WithDrainTimeout(d time.Duration) DrainOption {
-	if d <= 0 {
-		d = 10 * time.Second
-	}
-	return drainOption(d)
-}
-
 // WithHandoff adds a host-owned handoff (an open handle, a live stream) to
 // one reload. Its steps run after the registered handoffs' in each step,
 // with the same undo discipline; its Surface names it in reports and errors.
@@ -58,10 +34,10 @@ func WithHandoff(h Handoff) ReloadOption {
 	return reloadOption(func(c *reloadConfig) { c.host = append(c.host, h) })
 }
 
-// WithDependentConstraint makes the reload's preflight check the next
+// withDependentConstraint makes the reload's preflight check the next
 // version against the constraint that a loaded dependent holds on the
 // plugin. The DynamicLoader passes one for each loaded dependent.
-func WithDependentConstraint(dependent, constraint string) ReloadOption {
+func withDependentConstraint(dependent, constraint string) ReloadOption {
 	return reloadOption(func(c *reloadConfig) {
 		c.dependents = append(c.dependents, dependentConstraint{dependent, constraint})
 	})
@@ -110,7 +86,7 @@ type ReloadReport struct {
 }
 
 // ReloadError is the error of a failed reload. It matches ErrReloadFailed,
-// and also the one code of its cause: ErrShuttingDown when Shutdown aborted
+// and also the one code of its cause: ErrClosed when Shutdown aborted
 // it, ErrCanceled (and ctx's error) when the caller's ctx ended, else
 // ErrDrainTimeout when the drain timeout passed, else the failing step's
 // code (ErrSchemaIncompatible, ErrIncompatibleVersion, ErrInvalidPlugin,
@@ -140,7 +116,7 @@ type ReloadError struct {
 // failure and which version serves on, on one line.
 func (e *ReloadError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[%s]: plugin %q: reload failed in %s", CodeReloadFailed, e.Plugin, e.Phase)
+	fmt.Fprintf(&b, "[%s]: plugin %q: reload failed in %s", codeReloadFailed, e.Plugin, e.Phase)
 	cause := e.Err
 	if se, ok := cause.(*stepError); ok {
 		fmt.Fprintf(&b, " (%s %s)", se.surface, se.step)
@@ -148,9 +124,9 @@ func (e *ReloadError) Error() string {
 	}
 	fmt.Fprintf(&b, ": %v", cause)
 	if len(e.Handed) > 0 {
-		kinds := slices.Sorted(maps.Keys(e.Handed))
+		surfaces := slices.Sorted(maps.Keys(e.Handed))
 		b.WriteString("; handed over before the failure (kept in ReloadError.Handed):")
-		for i, k := range kinds {
+		for i, k := range surfaces {
 			if i > 0 {
 				b.WriteByte(',')
 			}
@@ -181,7 +157,7 @@ func (e *ReloadError) Unwrap() []error {
 //  1. Preflight, with no traffic touched: next is a new value with the
 //     same name and a strict-semver version that passes the manager's
 //     VersionPolicy and the constraints loaded dependents hold on the
-//     plugin (WithDependentConstraint); it keeps every surface of the old
+//     plugin (withDependentConstraint); it keeps every surface of the old
 //     plugin; every handoff's Preflight passes (schema runs CheckCompat
 //     here). Failure: nothing changed.
 //  2. Drain: new calls park, each bounded by its own ctx; calls in flight
@@ -209,13 +185,13 @@ func (e *ReloadError) Unwrap() []error {
 // ctx bounds the whole reload, including the wait for another reload or
 // Unregister of the plugin; if it ends before the commit, the reload rolls
 // back and the error matches ErrCanceled and ctx's error. Shutdown aborts
-// a reload the same way, with an error matching ErrShuttingDown, and then
+// a reload the same way, with an error matching ErrClosed, and then
 // closes the old plugin. Unregister during a reload waits for it and
 // removes whichever version serves. A plugin that is not registered is
-// reported with ErrNotFound (or ErrShuttingDown after Shutdown), without a
+// reported with ErrNotFound (or ErrClosed after Shutdown), without a
 // ReloadError.
 func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugin[Req, Resp], opts ...ReloadOption) (ReloadReport, error) {
-	r := &reload[Req, Resp]{m: m, began: time.Now(), rep: ReloadReport{Plugin: name}, cfg: reloadConfig{drain: m.cfg.drain}}
+	r := &reload[Req, Resp]{m: m, began: time.Now(), rep: ReloadReport{Plugin: name}}
 	for _, o := range opts {
 		o.applyReload(&r.cfg)
 	}
@@ -239,7 +215,7 @@ func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugi
 	if err := r.preflight(ctx, next); err != nil {
 		return r.fail(ctx, "preflight", err, nil)
 	}
-	r.pause, r.cancelPause = context.WithTimeout(ctx, r.cfg.drain)
+	r.pause, r.cancelPause = context.WithTimeout(ctx, r.e.cfg.drain)
 	defer r.cancelPause()
 	if err := r.drain(); err != nil {
 		return r.fail(ctx, "drain", err, nil)
@@ -278,9 +254,9 @@ func (r *reload[Req, Resp]) preflight(ctx context.Context, next Plugin[Req, Resp
 	case ctx.Err() != nil: // a free op slot is taken even when ctx has ended
 		return context.Cause(ctx)
 	case next == nil:
-		return newError(CodeInvalidPlugin, name, "the next plugin is nil")
+		return newError(codeInvalidPlugin, name, "the next plugin is nil")
 	case isSameValue(next, r.old.plugin):
-		return newError(CodeInvalidPlugin, name, "the next plugin is the value serving now; pass a new value (the old one is closed after the commit)")
+		return newError(codeInvalidPlugin, name, "the next plugin is the value serving now; pass a new value (the old one is closed after the commit)")
 	}
 	info, err := pluginInfo(next)
 	if err != nil {
@@ -288,7 +264,7 @@ func (r *reload[Req, Resp]) preflight(ctx context.Context, next Plugin[Req, Resp
 	}
 	r.rep.To = info.Version
 	if info.Name != name {
-		return newError(CodeInvalidPlugin, name, "the next plugin is named %q; reload a plugin of the same name", info.Name)
+		return newError(codeInvalidPlugin, name, "the next plugin is named %q; reload a plugin of the same name", info.Name)
 	}
 	if err := r.m.checkReloadVersion(info, r.cfg.dependents); err != nil {
 		return err
@@ -313,7 +289,7 @@ func (r *reload[Req, Resp]) drain() error {
 	if err := r.old.drain(r.pause); err != nil {
 		r.release()
 		return fmt.Errorf("%d call(s) still running when the drain ended (the drain timeout is %v: raise it with WithDrainTimeout or find what keeps them): %w",
-			r.old.inFlight(), r.cfg.drain, err)
+			r.old.inFlight(), r.e.cfg.drain, err)
 	}
 	r.rep.Drain = time.Since(t)
 	return nil
@@ -338,7 +314,7 @@ func (r *reload[Req, Resp]) dispatch() (err, undoErr error) {
 		err, undoErr error
 	}
 	done := make(chan result, 1)
-	rollback := r.e.cfg.health.Timeout + r.cfg.drain
+	rollback := r.e.cfg.health.Timeout + r.e.cfg.drain
 	go func() {
 		steps, err, undoErr := dispatch(r.pause, r.plan, r.sw, rollback)
 		done <- result{steps, err, undoErr}
@@ -354,7 +330,7 @@ func (r *reload[Req, Resp]) dispatch() (err, undoErr error) {
 	if res.err != nil {
 		r.release()
 		if r.pause.Err() != nil && r.ctx.Err() == nil {
-			res.err = fmt.Errorf("the handoffs did not finish within the drain timeout of %v: %w", r.cfg.drain, res.err)
+			res.err = fmt.Errorf("the handoffs did not finish within the drain timeout of %v: %w", r.e.cfg.drain, res.err)
 		}
 	}
 	return res.err, res.undoErr
@@ -396,8 +372,8 @@ func (r *reload[Req, Resp]) fail(ctx context.Context, phase string, err, undoErr
 		r.rep.setParked(r.gt)
 	}
 	re := &ReloadError{Plugin: name, Phase: phase, Err: cause, RollbackErr: undoErr,
-		codes: []error{newError(CodeReloadFailed, name, "reload failed in %s", phase)}}
-	if code != "" && code != CodeReloadFailed {
+		codes: []error{newError(codeReloadFailed, name, "reload failed in %s", phase)}}
+	if code != "" && code != codeReloadFailed {
 		re.codes = append(re.codes, newError(code, name, "reload failed in %s", phase))
 	}
 	if se := (*stepError)(nil); errors.As(err, &se) {
@@ -455,7 +431,7 @@ func (r *ReloadReport) setParked(gt *gate) {
 }
 
 // classify returns the one code a reload failure matches besides
-// ErrReloadFailed, and its cause: the reason ctx ended (ErrShuttingDown
+// ErrReloadFailed, and its cause: the reason ctx ended (ErrClosed
 // when Shutdown aborted the reload, ErrCanceled when the caller's ctx
 // ended; the cause is then ctx's, not the step's error, which the ending
 // caused), else ErrDrainTimeout when pause ended, else err's own code.
@@ -466,9 +442,9 @@ func classify(ctx, pause context.Context, err error) (goerrors.ErrorCode, error)
 		if code := ErrorCode(cause); code != "" {
 			return code, cause
 		}
-		return CodeCanceled, cause
+		return codeCanceled, cause
 	case pause != nil && pause.Err() != nil:
-		return CodeDrainTimeout, err
+		return codeDrainTimeout, err
 	}
 	return ErrorCode(err), err
 }
@@ -476,13 +452,13 @@ func classify(ctx, pause context.Context, err error) (goerrors.ErrorCode, error)
 // checkReloadVersion applies the version policy and dependents' constraints.
 func (m *Manager[Req, Resp]) checkReloadVersion(info PluginInfo, dependents []dependentConstraint) error {
 	if m.cfg.policy != nil {
-		if err := m.cfg.policy.CheckPlugin(info.Name, info.Version); err != nil {
+		if err := m.cfg.policy.checkPlugin(info.Name, info.Version); err != nil {
 			return err
 		}
 	}
 	for _, d := range dependents {
 		if err := checkDependency(d.dependent, info.Name, d.constraint, info.Version); err != nil {
-			return wrapError(err, CodeIncompatibleVersion, info.Name,
+			return wrapError(err, codeIncompatibleVersion, info.Name,
 				"loaded plugin %q needs %s, so version %s would break it", d.dependent, d.constraint, info.Version)
 		}
 	}
@@ -510,12 +486,12 @@ func (e *entry[Req, Resp]) swapTo(ng *generation[Req, Resp]) {
 	}
 }
 
-// mergeCancel returns a ctx that also ends, with ErrShuttingDown as its
+// mergeCancel returns a ctx that also ends, with ErrClosed as its
 // cause, when also (the manager's closing ctx) ends.
 func mergeCancel(ctx, also context.Context) (context.Context, context.CancelFunc) {
 	merged, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(also, func() {
-		cancel(newError(CodeShuttingDown, "", "the manager is shutting down"))
+		cancel(newError(codeClosed, "", "the manager is shutting down"))
 	})
 	return merged, func() {
 		stop()

@@ -116,12 +116,12 @@ func NewReloadDispatcher() *ReloadDispatcher {
 // that is registered already is refused.
 func (d *ReloadDispatcher) Register(h Handoff) error {
 	if h.Surface == "" || (h.Preflight == nil && h.Prepare == nil && h.Transfer == nil && h.Resume == nil) {
-		return newError(CodeInvalidConfig, "", "a handoff needs a surface name and at least one step (Preflight, Prepare, Transfer or Resume)")
+		return newError(codeInvalidConfig, "", "a handoff needs a surface name and at least one step (Preflight, Prepare, Transfer or Resume)")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if slices.ContainsFunc(d.handoffs, func(x Handoff) bool { return x.Surface == h.Surface }) {
-		return newError(CodeInvalidConfig, "", "a handoff for surface %q is registered already", h.Surface)
+		return newError(codeInvalidConfig, "", "a handoff for surface %q is registered already", h.Surface)
 	}
 	d.handoffs = append(d.handoffs, h)
 	return nil
@@ -151,7 +151,7 @@ func (d *ReloadDispatcher) plan(sw *Swap, host []Handoff) ([]Handoff, error) {
 				sw.NextInfo.Version, s, sw.OldInfo.Version, s)
 		}
 		if !slices.ContainsFunc(d.handoffs, has(s)) {
-			return nil, newError(CodeInvalidConfig, sw.Plugin,
+			return nil, newError(codeInvalidConfig, sw.Plugin,
 				"no handoff handles the %q surface the plugin declares, so its %s would be lost; register one with ReloadDispatcher.Register and pass the dispatcher with WithReloadDispatcher", s, s)
 		}
 	}
@@ -164,9 +164,9 @@ func (d *ReloadDispatcher) plan(sw *Swap, host []Handoff) ([]Handoff, error) {
 	for i, h := range host {
 		switch {
 		case h.Surface == "":
-			return nil, newError(CodeInvalidConfig, sw.Plugin, "a host-owned handoff (WithHandoff) has no Surface; name it for reports and errors")
+			return nil, newError(codeInvalidConfig, sw.Plugin, "a host-owned handoff (WithHandoff) has no Surface; name it for reports and errors")
 		case slices.ContainsFunc(d.handoffs, has(h.Surface)) || slices.ContainsFunc(host[:i], has(h.Surface)):
-			return nil, newError(CodeInvalidConfig, sw.Plugin, "the host-owned handoff %q reuses the name of another handoff; give it a name of its own", h.Surface)
+			return nil, newError(codeInvalidConfig, sw.Plugin, "the host-owned handoff %q reuses the name of another handoff; give it a name of its own", h.Surface)
 		}
 	}
 	return append(plan, host...), nil
@@ -187,7 +187,7 @@ func (e *stepError) Unwrap() error { return e.err }
 func runStep(surface Surface, step string, f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = &stepError{surface, step, newError(CodePanic, "",
+			err = &stepError{surface, step, newError(codePanic, "",
 				"the %s step of the %s handoff panicked (%v); the host recovered, but it has a bug to fix", step, surface, r)}
 		}
 	}()
@@ -280,7 +280,7 @@ var schemaHandoff = Handoff{
 		}
 		return runStep(SurfaceSchema, "preflight", func() error {
 			if err := next.CheckCompat(ctx, sw.OldInfo); err != nil {
-				return wrapError(err, CodeSchemaIncompatible, sw.Plugin,
+				return wrapError(err, codeSchemaIncompatible, sw.Plugin,
 					"version %s refuses to take over from %s", sw.NextInfo.Version, sw.OldInfo.Version)
 			}
 			return nil

@@ -220,7 +220,7 @@ func (l *load) end(t *testing.T) int64 {
 // down when the test ends.
 func newReloadManager(t *testing.T, opts ...Option) *Manager[int, int] {
 	t.Helper()
-	m := NewManager[int, int](append([]Option{WithHealthCheck(HealthConfig{Interval: -1})}, opts...)...)
+	m := NewManager[int, int](append([]Option{WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1}))}, opts...)...)
 	t.Cleanup(func() { require.NoError(t, m.Shutdown(context.Background())) })
 	return m
 }
@@ -303,9 +303,9 @@ func waitBlockedIn(t *testing.T, frames ...string) {
 	}
 }
 
-// blockingKind is a host-owned reload kind whose transfer reports that it
+// blockingHandoff is a host-owned handoff whose transfer reports that it
 // started and then waits for release (or ctx).
-func blockingKind(surface Surface, entered chan<- struct{}, release <-chan struct{}) Handoff {
+func blockingHandoff(surface Surface, entered chan<- struct{}, release <-chan struct{}) Handoff {
 	return Handoff{
 		Surface: surface,
 		Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
@@ -338,12 +338,12 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		// cancelInDrain cancels the reload's ctx once the plugin is gated.
 		cancelInDrain bool
 
-		want        []error // the error matches each
-		phase, kind string
-		step        string
-		handed      []Surface // the error carries bytes for these kinds
-		oldResumes  int       // times the old plugin resumed its stream (undo)
-		parks       bool      // the reload pauses long enough to park calls
+		want           []error // the error matches each
+		phase, surface string
+		step           string
+		handed         []Surface // the error carries bytes for these kinds
+		oldResumes     int       // times the old plugin resumed its stream (undo)
+		parks          bool      // the reload pauses long enough to park calls
 	}
 	all := []Surface{SurfaceSchema, SurfaceState, SurfaceStream}
 	rows := []row{
@@ -353,7 +353,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				next.failCompat = errInjected
 				return nil
 			},
-			want: []error{ErrReloadFailed, ErrSchemaIncompatible, errInjected}, phase: "preflight", kind: "schema", step: "preflight",
+			want: []error{ErrReloadFailed, ErrSchemaIncompatible, errInjected}, phase: "preflight", surface: "schema", step: "preflight",
 		},
 		{
 			name: "version rule", oldSurfaces: all, nextSurfaces: all, nextVersion: "2.0.0",
@@ -368,7 +368,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		{
 			name: "dependent constraint", oldSurfaces: all, nextSurfaces: all, nextVersion: "2.0.0",
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithDependentConstraint("app", "~1.0")}
+				return []ReloadOption{withDependentConstraint("app", "~1.0")}
 			},
 			want: []error{ErrReloadFailed, ErrIncompatibleVersion}, phase: "preflight",
 		},
@@ -400,10 +400,10 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			nextValue: func(_, _ *swappable) Plugin[int, int] {
 				return &scripted{name: "sw", version: "1.1.0", surfaces: all}
 			},
-			want: []error{ErrReloadFailed}, phase: "preflight", kind: "schema", step: "preflight",
+			want: []error{ErrReloadFailed}, phase: "preflight", surface: "schema", step: "preflight",
 		},
 		{
-			name: "host kind without a name", oldSurfaces: all, nextSurfaces: all,
+			name: "host handoff without a name", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
 				return []ReloadOption{WithHandoff(Handoff{Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 					return nil, nil
@@ -412,7 +412,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
 		},
 		{
-			name: "host kind reuses a built-in name", oldSurfaces: all, nextSurfaces: all,
+			name: "host handoff reuses a built-in name", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
 				return []ReloadOption{WithHandoff(Handoff{Surface: SurfaceState, Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
 					return nil, nil
@@ -421,7 +421,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
 		},
 		{
-			name: "no kind for a declared surface", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
+			name: "no handoff for a declared surface", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
 			want: []error{ErrReloadFailed, ErrInvalidConfig}, phase: "preflight",
 		},
 		{
@@ -438,8 +438,8 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 		},
 		{
 			name: "drain timeout", oldSurfaces: all, nextSurfaces: all, hold: true,
-			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond)}
+			mgrOpts: func(*testing.T) []Option {
+				return []Option{WithPluginDefaults(WithDrainTimeout(20 * time.Millisecond))}
 			},
 			want: []error{ErrReloadFailed, ErrDrainTimeout}, phase: "drain", parks: true,
 		},
@@ -454,7 +454,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				old.failPersist = errInjected
 				return nil
 			},
-			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "persist",
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", surface: "state", step: "persist",
 			handed: []Surface{SurfaceStream}, oldResumes: 1, // the stream stopped first
 		},
 		{
@@ -463,7 +463,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				next.failRestore = errInjected
 				return nil
 			},
-			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "state", step: "restore",
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", surface: "state", step: "restore",
 			handed: []Surface{SurfaceStream, SurfaceState}, oldResumes: 1,
 		},
 		{
@@ -472,7 +472,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				old.failCheckpoint = errInjected
 				return nil
 			},
-			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "stream", step: "checkpoint",
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", surface: "stream", step: "checkpoint",
 		},
 		{
 			name: "resume fails", oldSurfaces: all, nextSurfaces: all,
@@ -480,11 +480,11 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				next.failResume = errInjected
 				return nil
 			},
-			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "stream", step: "resume",
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", surface: "stream", step: "resume",
 			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
 		},
 		{
-			name: "host kind fails", oldSurfaces: all, nextSurfaces: all,
+			name: "host handoff fails", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
 				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
@@ -494,11 +494,11 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 					},
 				})}
 			},
-			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "conn", step: "transfer",
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", surface: "conn", step: "transfer",
 			handed: []Surface{SurfaceState, SurfaceStream, "conn"}, oldResumes: 1,
 		},
 		{
-			name: "host kind panics", oldSurfaces: all, nextSurfaces: all,
+			name: "host handoff panics", oldSurfaces: all, nextSurfaces: all,
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
 				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
@@ -507,11 +507,11 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 					},
 				})}
 			},
-			want: []error{ErrReloadFailed, ErrPanic}, phase: "dispatch", kind: "conn", step: "transfer",
+			want: []error{ErrReloadFailed, ErrPanic}, phase: "dispatch", surface: "conn", step: "transfer",
 			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
 		},
 		{
-			name: "custom kind fails", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
+			name: "custom handoff fails", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
 			mgrOpts: func(t *testing.T) []Option {
 				d := NewReloadDispatcher()
 				require.NoError(t, d.Register(Handoff{
@@ -522,11 +522,11 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				}))
 				return []Option{WithReloadDispatcher(d)}
 			},
-			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", kind: "cache", step: "transfer",
+			want: []error{ErrReloadFailed, errInjected}, phase: "dispatch", surface: "cache", step: "transfer",
 			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
 		},
 		{
-			name: "custom kind preflight refuses", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
+			name: "custom handoff preflight refuses", oldSurfaces: append(all, "cache"), nextSurfaces: append(all, "cache"),
 			mgrOpts: func(t *testing.T) []Option {
 				d := NewReloadDispatcher()
 				require.NoError(t, d.Register(Handoff{
@@ -535,12 +535,15 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 				}))
 				return []Option{WithReloadDispatcher(d)}
 			},
-			want: []error{ErrReloadFailed, errInjected}, phase: "preflight", kind: "cache", step: "preflight",
+			want: []error{ErrReloadFailed, errInjected}, phase: "preflight", surface: "cache", step: "preflight",
 		},
 		{
 			name: "handoffs exceed the drain timeout", oldSurfaces: all, nextSurfaces: all,
+			mgrOpts: func(*testing.T) []Option {
+				return []Option{WithPluginDefaults(WithDrainTimeout(20 * time.Millisecond))}
+			},
 			inject: func(*testing.T, *swappable, *swappable, context.CancelFunc) []ReloadOption {
-				return []ReloadOption{WithDrainTimeout(20 * time.Millisecond), WithHandoff(Handoff{
+				return []ReloadOption{WithHandoff(Handoff{
 					Surface: "conn",
 					Transfer: func(ctx context.Context, _ *Swap) (func(context.Context) error, error) {
 						<-ctx.Done()
@@ -548,7 +551,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 					},
 				})}
 			},
-			want: []error{ErrReloadFailed, ErrDrainTimeout, context.DeadlineExceeded}, phase: "dispatch", kind: "conn", step: "transfer",
+			want: []error{ErrReloadFailed, ErrDrainTimeout, context.DeadlineExceeded}, phase: "dispatch", surface: "conn", step: "transfer",
 			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
 		},
 		{
@@ -563,7 +566,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 					},
 				})}
 			},
-			want: []error{ErrReloadFailed, context.Canceled}, phase: "dispatch", kind: "conn", step: "transfer",
+			want: []error{ErrReloadFailed, context.Canceled}, phase: "dispatch", surface: "conn", step: "transfer",
 			handed: []Surface{SurfaceState, SurfaceStream}, oldResumes: 1,
 		},
 		{
@@ -641,7 +644,7 @@ func TestReloadFailureLeavesOldPluginServing(t *testing.T) {
 			require.ErrorAs(t, err, &re)
 			assert.Equal(t, "sw", re.Plugin)
 			assert.Equal(t, r.phase, re.Phase)
-			assert.Equal(t, Surface(r.kind), re.Surface)
+			assert.Equal(t, Surface(r.surface), re.Surface)
 			assert.Equal(t, r.step, re.Step)
 			assert.NoError(t, re.RollbackErr)
 			assert.ElementsMatch(t, r.handed, slices.Collect(maps.Keys(re.Handed)))
@@ -762,7 +765,7 @@ func TestReloadReportAndEvents(t *testing.T) {
 	}
 	parkedCall := make(chan result, 1)
 	rep, err := m.Reload(context.Background(), "sw", next,
-		WithDependentConstraint("app", "^1.0.0"), // 1.1.0 meets it
+		withDependentConstraint("app", "^1.0.0"), // 1.1.0 meets it
 		WithHandoff(Handoff{
 			Surface: "conn",
 			Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
@@ -848,7 +851,7 @@ func TestReloadParkedCallCtxEnds(t *testing.T) {
 	}
 	reloaded := make(chan result, 1)
 	go func() {
-		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.1.0"), WithHandoff(blockingKind("conn", entered, release)))
+		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.1.0"), WithHandoff(blockingHandoff("conn", entered, release)))
 		reloaded <- result{rep, err}
 	}()
 	<-entered
@@ -881,12 +884,12 @@ func TestReloadSerializedPerPlugin(t *testing.T) {
 	}
 	first, second := make(chan result, 1), make(chan result, 1)
 	go func() {
-		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.1.0"), WithHandoff(blockingKind("conn", entered, release)))
+		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.1.0"), WithHandoff(blockingHandoff("conn", entered, release)))
 		first <- result{rep, err}
 	}()
 	<-entered
 	go func() {
-		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.2.0"), WithHandoff(blockingKind("conn", entered, release)))
+		rep, err := m.Reload(context.Background(), "echo", newEcho("echo", "1.2.0"), WithHandoff(blockingHandoff("conn", entered, release)))
 		second <- result{rep, err}
 	}()
 	// The second reload waits for the first to end before it starts.
@@ -896,7 +899,7 @@ func TestReloadSerializedPerPlugin(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()
 	third := newEcho("echo", "1.3.0")
-	_, err := m.Reload(ctx, "echo", third, WithHandoff(blockingKind("conn", entered, release)))
+	_, err := m.Reload(ctx, "echo", third, WithHandoff(blockingHandoff("conn", entered, release)))
 	assert.ErrorIs(t, err, ErrReloadFailed)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Empty(t, entered, "the third reload never started its handoffs")
@@ -956,7 +959,7 @@ func TestReloadThenUnregisterWaits(t *testing.T) {
 	entered, release := make(chan struct{}, 1), make(chan struct{})
 	reloaded := make(chan error, 1)
 	go func() {
-		_, err := m.Reload(context.Background(), "echo", next, WithHandoff(blockingKind("conn", entered, release)))
+		_, err := m.Reload(context.Background(), "echo", next, WithHandoff(blockingHandoff("conn", entered, release)))
 		reloaded <- err
 	}()
 	<-entered
@@ -985,7 +988,7 @@ func TestReloadAbortedByShutdown(t *testing.T) {
 	entered := make(chan struct{}, 1)
 	reloaded := make(chan error, 1)
 	go func() {
-		_, err := m.Reload(context.Background(), "ctr", next, WithHandoff(blockingKind("conn", entered, nil)))
+		_, err := m.Reload(context.Background(), "ctr", next, WithHandoff(blockingHandoff("conn", entered, nil)))
 		reloaded <- err
 	}()
 	<-entered
@@ -993,7 +996,7 @@ func TestReloadAbortedByShutdown(t *testing.T) {
 
 	err = <-reloaded
 	assert.ErrorIs(t, err, ErrReloadFailed)
-	assert.ErrorIs(t, err, ErrShuttingDown)
+	assert.ErrorIs(t, err, ErrClosed)
 	var re *ReloadError
 	require.ErrorAs(t, err, &re)
 	assert.Equal(t, "dispatch", re.Phase)
@@ -1002,9 +1005,9 @@ func TestReloadAbortedByShutdown(t *testing.T) {
 	assert.Equal(t, int32(1), old.closed.Load(), "Shutdown closed the old plugin once")
 	assert.Zero(t, next.closed.Load(), "the next plugin stays the caller's")
 	_, err = m.Execute(context.Background(), "ctr", 0)
-	assert.ErrorIs(t, err, ErrShuttingDown)
+	assert.ErrorIs(t, err, ErrClosed)
 	_, err = m.Reload(context.Background(), "ctr", next)
-	assert.ErrorIs(t, err, ErrShuttingDown)
+	assert.ErrorIs(t, err, ErrClosed)
 }
 
 func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
@@ -1018,7 +1021,7 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 		order = append(order, s)
 		mu.Unlock()
 	}
-	kind := func(s Surface, fail, failUndo error) Handoff {
+	handoff := func(s Surface, fail, failUndo error) Handoff {
 		return Handoff{
 			Surface: s,
 			Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
@@ -1032,7 +1035,7 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 	}
 	errUndo, errHost := errors.New("undo failed"), errors.New("host handoff failed")
 	d := NewReloadDispatcher()
-	require.NoError(t, d.Register(kind("cache", nil, errUndo)))
+	require.NoError(t, d.Register(handoff("cache", nil, errUndo)))
 	assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, "cache"}, d.Surfaces())
 	m := newReloadManager(t, WithReloadDispatcher(d))
 	surfaces := []Surface{SurfaceState, SurfaceStream, "cache"}
@@ -1041,7 +1044,7 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 	require.NoError(t, m.Register(old))
 	next := newSwappable("sw", "1.1.0", surfaces...)
 
-	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(kind("h1", nil, nil)), WithHandoff(kind("h2", errHost, nil)))
+	_, err := m.Reload(context.Background(), "sw", next, WithHandoff(handoff("h1", nil, nil)), WithHandoff(handoff("h2", errHost, nil)))
 	assert.ErrorIs(t, err, ErrReloadFailed)
 	assert.ErrorIs(t, err, errHost)
 	assert.ErrorIs(t, err, errUndo, "the failed undo is reported")
@@ -1063,11 +1066,11 @@ func TestReloadRollbackRunsUndosInReverse(t *testing.T) {
 func TestReloadDispatcherRegister(t *testing.T) {
 	noop := func(context.Context, *Swap) error { return nil }
 	tests := []struct {
-		name string
-		kind Handoff
-		ok   bool
+		name    string
+		handoff Handoff
+		ok      bool
 	}{
-		{"custom kind", Handoff{Surface: "cache", Preflight: noop}, true},
+		{"custom handoff", Handoff{Surface: "cache", Preflight: noop}, true},
 		{"no surface", Handoff{Preflight: noop}, false},
 		{"no funcs", Handoff{Surface: "cache"}, false},
 		{"built-in surface", Handoff{Surface: SurfaceState, Preflight: noop}, false},
@@ -1075,11 +1078,11 @@ func TestReloadDispatcherRegister(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := NewReloadDispatcher()
-			err := d.Register(tt.kind)
+			err := d.Register(tt.handoff)
 			if tt.ok {
 				require.NoError(t, err)
-				assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, tt.kind.Surface}, d.Surfaces())
-				assert.ErrorIs(t, d.Register(tt.kind), ErrInvalidConfig, "registered twice")
+				assert.Equal(t, []Surface{SurfaceSchema, SurfaceState, SurfaceStream, tt.handoff.Surface}, d.Surfaces())
+				assert.ErrorIs(t, d.Register(tt.handoff), ErrInvalidConfig, "registered twice")
 				return
 			}
 			assert.ErrorIs(t, err, ErrInvalidConfig)
@@ -1096,7 +1099,7 @@ func TestReloadNotRegistered(t *testing.T) {
 
 func TestReloadWaitsForTimedOutCall(t *testing.T) {
 	verifyNoLeaks(t)
-	m := newReloadManager(t, WithTimeout(10*time.Millisecond))
+	m := newReloadManager(t, WithPluginDefaults(WithTimeout(10*time.Millisecond)))
 	old := newSwappable("sw", "1.0.0")
 	old.hold, old.held = make(chan struct{}), make(chan struct{}, 1)
 	require.NoError(t, m.Register(old))
@@ -1141,7 +1144,7 @@ func TestReloadAbortedByShutdownDuringDrain(t *testing.T) {
 
 	err := <-reloaded
 	assert.ErrorIs(t, err, ErrReloadFailed)
-	assert.ErrorIs(t, err, ErrShuttingDown)
+	assert.ErrorIs(t, err, ErrClosed)
 	var re *ReloadError
 	require.ErrorAs(t, err, &re)
 	assert.Equal(t, "drain", re.Phase)
@@ -1251,7 +1254,7 @@ func TestReloadStreamRollbackNeverRunsBothStreams(t *testing.T) {
 // a clean breaker, even when the breaker was closed with failures counted.
 func TestReloadResetsBreakerFailures(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}), WithBreaker(BreakerConfig{ConsecutiveFailures: 3}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1}), WithBreaker(BreakerConfig{ConsecutiveFailures: 3})))
 	defer m.Shutdown(context.Background())
 	boom := errors.New("boom")
 	failing := func(context.Context, int) (int, error) { return 0, boom }
@@ -1401,7 +1404,7 @@ func TestReloadParkedCallsBoundedByDrainTimeout(t *testing.T) {
 	verifyNoLeaks(t)
 	m := newReloadManager(t)
 	old := newSwappable("sw", "1.0.0")
-	require.NoError(t, m.Register(old))
+	require.NoError(t, m.Register(old, WithDrainTimeout(50*time.Millisecond)))
 	entered, release := make(chan struct{}, 1), make(chan struct{})
 	undone := make(chan struct{})
 	stubborn := Handoff{Surface: "conn", Transfer: func(context.Context, *Swap) (func(context.Context) error, error) {
@@ -1412,7 +1415,7 @@ func TestReloadParkedCallsBoundedByDrainTimeout(t *testing.T) {
 	reloaded := make(chan error, 1)
 	go func() {
 		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"),
-			WithHandoff(stubborn), WithDrainTimeout(50*time.Millisecond))
+			WithHandoff(stubborn))
 		reloaded <- err
 	}()
 	<-entered
@@ -1447,7 +1450,7 @@ func (p *canceller) CheckCompat(ctx context.Context, _ PluginInfo) error {
 func TestReloadCancelledDuringCompatReportsCtx(t *testing.T) {
 	for _, byShutdown := range []bool{false, true} {
 		t.Run(fmt.Sprintf("shutdown=%v", byShutdown), func(t *testing.T) {
-			m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+			m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 			defer m.Shutdown(context.Background())
 			require.NoError(t, m.Register(newSwappable("sw", "1.0.0", SurfaceSchema)))
 			next := &canceller{newSwappable("sw", "1.1.0", SurfaceSchema), make(chan struct{})}
@@ -1465,7 +1468,7 @@ func TestReloadCancelledDuringCompatReportsCtx(t *testing.T) {
 			require.ErrorIs(t, err, ErrReloadFailed)
 			require.NotErrorIs(t, err, ErrSchemaIncompatible)
 			if byShutdown {
-				require.ErrorIs(t, err, ErrShuttingDown)
+				require.ErrorIs(t, err, ErrClosed)
 			} else {
 				require.ErrorIs(t, err, ErrCanceled)
 				require.ErrorIs(t, err, context.Canceled)
@@ -1495,7 +1498,7 @@ func TestReloadPreflightExcludesLockWait(t *testing.T) {
 	entered, release := make(chan struct{}, 1), make(chan struct{})
 	first := make(chan error, 1)
 	go func() {
-		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"), WithHandoff(blockingKind("hold", entered, release)))
+		_, err := m.Reload(context.Background(), "sw", newSwappable("sw", "1.1.0"), WithHandoff(blockingHandoff("hold", entered, release)))
 		first <- err
 	}()
 	<-entered

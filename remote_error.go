@@ -13,15 +13,15 @@ func remoteError(plugin, op, code, message string, flagged bool) error {
 	if code == wire.CodeFrameTooLarge {
 		flagged = false
 	}
-	err := wrapError(&ErrorReply{Code: code, Message: message, Retryable: flagged}, CodeRemote, plugin, "%s failed in the plugin", op)
+	err := wrapError(&ErrorReply{Code: code, Message: message, Retryable: flagged}, codeRemote, plugin, "%s failed in the plugin", op)
 	if flagged {
 		err = retryable(err)
 	}
 	switch code {
 	case wire.CodeFrameTooLarge:
-		return wrapError(err, CodeFrameTooLarge, plugin, "the plugin refused an oversized frame; the request cannot be retried as it is")
+		return wrapError(err, codeFrameTooLarge, plugin, "the plugin refused an oversized frame; the request cannot be retried as it is")
 	case wire.CodePanic:
-		return wrapError(err, CodePanic, plugin, "the plugin's handler panicked; the plugin serves on")
+		return wrapError(err, codePanic, plugin, "the plugin's handler panicked; the plugin serves on")
 	}
 	return err
 }

@@ -83,13 +83,13 @@ func TestShutdownWhileReloadHoldsPlugin(t *testing.T) {
 		shut <- m.Shutdown(ctx)
 	}()
 	err := awaitErr(t, "Shutdown", shut)
-	require.ErrorIs(t, err, ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
 	require.ErrorIs(t, err, ErrDrainTimeout, "the reload held the plugin past ctx")
 
 	close(release)
 	err = awaitErr(t, "Reload", reloaded)
 	require.ErrorIs(t, err, ErrReloadFailed, "Shutdown aborts the reload")
-	require.ErrorIs(t, err, ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
 	awaitClosed(t, "the old plugin", old.closedCh)
 	require.Zero(t, next.closed.Load(), "a failed reload leaves next to its caller")
 }
@@ -98,7 +98,7 @@ func TestShutdownWhileReloadHoldsPlugin(t *testing.T) {
 // short: the plugin is closed before Shutdown returns.
 func TestShutdownWaitsForUnregister(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	entered, release := make(chan struct{}), make(chan struct{})
 	p := newCloseNotifier(&scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) {
 		close(entered)
@@ -123,7 +123,7 @@ func TestShutdownWaitsForUnregister(t *testing.T) {
 	go func() { shut <- m.Shutdown(context.Background()) }()
 	err := awaitErr(t, "Unregister", unregistered)
 	require.ErrorIs(t, err, ErrDrainTimeout, "Shutdown cuts Unregister's drain short")
-	require.ErrorIs(t, err, ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
 	select {
 	case err := <-shut:
 		t.Fatalf("Shutdown returned (%v) with a call in flight on an unregistered plugin", err)
@@ -141,7 +141,7 @@ func TestShutdownWaitsForUnregister(t *testing.T) {
 // Shutdown, and the plugin is closed all the same.
 func TestHealthIgnoringCtxDoesNotBlock(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: time.Millisecond, Timeout: 50 * time.Millisecond}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: time.Millisecond, Timeout: 50 * time.Millisecond})))
 	release := make(chan struct{})
 	defer close(release) // lets the stuck checks end before the leak check
 	p := newCloseNotifier(&scripted{name: "p", version: "1.0.0",
@@ -167,7 +167,7 @@ func TestHealthIgnoringCtxDoesNotBlock(t *testing.T) {
 // ctx reports ErrDrainTimeout (as its doc promises) and changes nothing.
 func TestUnregisterWhileReloadHoldsPlugin(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	defer m.Shutdown(context.Background())
 	require.NoError(t, m.Register(&scripted{name: "p", version: "1.0.0", exec: func(context.Context, int) (int, error) { return 1, nil }}))
 	entered, release := make(chan struct{}), make(chan struct{})
@@ -233,7 +233,7 @@ func TestEventsFollowTheChanges(t *testing.T) {
 // delivers nothing more, not even events queued before.
 func TestCancelStopsQueuedDelivery(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	defer m.Shutdown(context.Background())
 	entered, release := make(chan struct{}), make(chan struct{})
 	var delivered atomic.Int32
@@ -261,7 +261,7 @@ func TestCancelStopsQueuedDelivery(t *testing.T) {
 // call nor a concurrent one deadlocks or burns its ctx.
 func TestShutdownFromSubscriber(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	inner := make(chan error, 1)
 	m.Subscribe(func(ev Event) {
 		if ev.Kind == EventRegistered {
@@ -281,7 +281,7 @@ func TestEndedCtxGivesDeterministicResults(t *testing.T) {
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
 	for range 50 {
-		m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1}))
+		m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 		a, b := newEcho("a", "1.0.0"), newEcho("b", "1.0.0")
 		require.NoError(t, m.Register(a))
 		require.NoError(t, m.Register(b))
@@ -297,7 +297,7 @@ func TestEndedCtxGivesDeterministicResults(t *testing.T) {
 // returns the result every call after it returns too.
 func TestShutdownAgainFinishesTheJob(t *testing.T) {
 	verifyNoLeaks(t)
-	m := NewManager[int, int](WithHealthCheck(HealthConfig{Interval: -1, Timeout: time.Millisecond}))
+	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1, Timeout: time.Millisecond})))
 	release := make(chan struct{})
 	closing := make(chan struct{})
 	p := &slowCloser{echo: newEcho("p", "1.0.0"), entered: closing, release: release}
@@ -305,7 +305,7 @@ func TestShutdownAgainFinishesTheJob(t *testing.T) {
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := m.Shutdown(ended)
-	require.ErrorIs(t, err, ErrShuttingDown)
+	require.ErrorIs(t, err, ErrClosed)
 	require.ErrorIs(t, err, context.Canceled)
 	awaitClosed(t, "Close", closing)
 	close(release)

@@ -440,7 +440,7 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 		return nil, canceledError(ctx, c.name)
 	}
 	if size := wire.MinFrameSize + len(payload); size > c.peerMax {
-		return nil, newError(CodeFrameTooLarge, c.name, "the %s request of %d bytes is over the plugin's maximum frame size of %d bytes; nothing was sent", t, size, c.peerMax)
+		return nil, newError(codeFrameTooLarge, c.name, "the %s request of %d bytes is over the plugin's maximum frame size of %d bytes; nothing was sent", t, size, c.peerMax)
 	}
 	var timer <-chan time.Time
 	if timeout > 0 {
@@ -489,7 +489,7 @@ func (c *subConn) abandon(id uint64, sc *subCall) {
 
 // tooLarge is the error of a call whose answer was over the host's limit.
 func (c *subConn) tooLarge(tl *wire.FrameTooLargeError) error {
-	return newError(CodeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)
+	return newError(codeFrameTooLarge, c.name, "the answer of %d bytes is over the host's maximum frame size of %d bytes (SubprocessConfig.MaxFrameSize); the connection stays up", tl.Size, tl.Max)
 }
 
 // misdirected is the protocol violation of a plugin that sends a frame of
@@ -499,7 +499,7 @@ func misdirected(t wire.Type) error {
 }
 
 func (c *subConn) timeoutError(t wire.Type, timeout time.Duration) error {
-	return newError(CodeTimeout, c.name, "no answer to %s within the call timeout of %v (SubprocessConfig.CallTimeout); the plugin was asked to cancel it", t, timeout)
+	return newError(codeTimeout, c.name, "no answer to %s within the call timeout of %v (SubprocessConfig.CallTimeout); the plugin was asked to cancel it", t, timeout)
 }
 
 // answer turns a RESULT into its payload and an ERROR into an error.
@@ -512,7 +512,7 @@ func (c *subConn) answer(t wire.Type, r subReply) ([]byte, error) {
 	}
 	var rep wire.ErrorReply
 	if err := json.Unmarshal(r.f.Payload, &rep); err != nil {
-		return nil, wrapError(err, CodeTransport, c.name, "the plugin's ERROR payload to %s does not decode", t)
+		return nil, wrapError(err, codeTransport, c.name, "the plugin's ERROR payload to %s does not decode", t)
 	}
 	return nil, remoteError(c.name, t.String(), rep.Code, rep.Message, rep.Retryable)
 }
@@ -563,15 +563,15 @@ func (c *subConn) exitError(cause error) error {
 	}
 	switch v := c.violation.Load(); {
 	case c.closing.Load():
-		return newError(CodeClosed, c.name, "the plugin was closed (%s)", status)
+		return newError(codeClosed, c.name, "the plugin was closed (%s)", status)
 	case v != nil:
-		return withStderr(wrapError(*v, CodeTransport, c.name, "the plugin broke the protocol and was killed (%s)", status), c.proc)
+		return withStderr(wrapError(*v, codeTransport, c.name, "the plugin broke the protocol and was killed (%s)", status), c.proc)
 	case c.stalled.Load():
-		return withStderr(newError(CodeCrashed, c.name, "the plugin stopped reading its input for %v (SubprocessConfig.StallTimeout) and was killed (%s); it is restarted", c.lim.stall, status), c.proc)
+		return withStderr(newError(codeCrashed, c.name, "the plugin stopped reading its input for %v (SubprocessConfig.StallTimeout) and was killed (%s); it is restarted", c.lim.stall, status), c.proc)
 	case cause == io.EOF || errors.Is(cause, io.ErrUnexpectedEOF) || errors.Is(cause, os.ErrClosed) || errors.Is(cause, syscall.EPIPE):
-		return withStderr(newError(CodeCrashed, c.name, "the plugin process exited (%s)", status), c.proc)
+		return withStderr(newError(codeCrashed, c.name, "the plugin process exited (%s)", status), c.proc)
 	default:
-		return withStderr(wrapError(cause, CodeCrashed, c.name, "the connection to the plugin failed and the process ended (%s)", status), c.proc)
+		return withStderr(wrapError(cause, codeCrashed, c.name, "the connection to the plugin failed and the process ended (%s)", status), c.proc)
 	}
 }
 

@@ -176,7 +176,7 @@ func TestSubprocessShortDeadlineDoesNotKillSlowReader(t *testing.T) {
 	if got, err := p.Execute(context.Background(), big); err != nil || got != big {
 		t.Fatalf("patient call after it: %d bytes, %v", len(got), err)
 	}
-	if n := p.Restarts(); n != 0 {
+	if n := p.restartCount(); n != 0 {
 		t.Fatalf("%d restarts: the short deadline killed a plugin that was reading", n)
 	}
 }

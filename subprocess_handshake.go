@@ -47,34 +47,30 @@ func (s *Subprocess[Req, Resp]) welcome(f wire.Frame) (wire.Welcome, error) {
 	case wire.TypeError:
 		var rep wire.ErrorReply
 		_ = json.Unmarshal(f.Payload, &rep)
-		code := CodeHandshake
-		if rep.Code == wire.CodeProtocolVersion {
-			code = CodeProtocolVersion
-		}
-		return w, newError(code, name, "the plugin refused the handshake: %s: %s", rep.Code, rep.Message)
+		return w, newError(codeHandshake, name, "the plugin refused the handshake: %s: %s", rep.Code, rep.Message)
 	case wire.TypeWelcome:
 	default:
-		return w, newError(CodeHandshake, name, "the plugin answered HELLO with %s, not WELCOME", f.Type)
+		return w, newError(codeHandshake, name, "the plugin answered HELLO with %s, not WELCOME", f.Type)
 	}
 	if err := json.Unmarshal(f.Payload, &w); err != nil {
-		return w, wrapError(err, CodeHandshake, name, "the plugin's WELCOME does not decode")
+		return w, wrapError(err, codeHandshake, name, "the plugin's WELCOME does not decode")
 	}
 	switch {
 	case w.Protocol != wire.ProtocolVersion:
-		return w, newError(CodeProtocolVersion, name, "the plugin chose protocol version %d; the host offered [%d]: rebuild the plugin with a matching SDK", w.Protocol, wire.ProtocolVersion)
+		return w, newError(codeHandshake, name, "the plugin chose protocol version %d; the host offered [%d]: rebuild the plugin with a matching SDK", w.Protocol, wire.ProtocolVersion)
 	case w.Name != name:
-		return w, newError(CodeHandshake, name, "%s reports the name %q; the host expects %q: check SubprocessConfig.Path", s.cfg.Command, w.Name, name)
+		return w, newError(codeHandshake, name, "%s reports the name %q; the host expects %q: check SubprocessConfig.Path", s.cfg.Command, w.Name, name)
 	case w.MaxFrameSize < wire.MinMaxFrameSize:
-		return w, newError(CodeHandshake, name, "the plugin's maximum frame size %d is below the minimum of %d bytes", w.MaxFrameSize, wire.MinMaxFrameSize)
+		return w, newError(codeHandshake, name, "the plugin's maximum frame size %d is below the minimum of %d bytes", w.MaxFrameSize, wire.MinMaxFrameSize)
 	case w.MaxFrameSize > wire.MaxFrameSizeLimit:
-		return w, newError(CodeHandshake, name, "the plugin's maximum frame size %d is over the protocol's limit of %d bytes: fix the plugin's WELCOME", w.MaxFrameSize, wire.MaxFrameSizeLimit)
+		return w, newError(codeHandshake, name, "the plugin's maximum frame size %d is over the protocol's limit of %d bytes: fix the plugin's WELCOME", w.MaxFrameSize, wire.MaxFrameSizeLimit)
 	}
 	if _, err := parseVersion(name, w.Version); err != nil {
-		return w, wrapError(err, CodeHandshake, name, "the plugin reports a bad version")
+		return w, wrapError(err, codeHandshake, name, "the plugin reports a bad version")
 	}
 	if s.cfg.Version != "" && w.Version != s.cfg.Version {
-		return w, wrapError(newError(CodeIncompatibleVersion, name, "version %s, expected %s", w.Version, s.cfg.Version),
-			CodeHandshake, name, "%s is not the configured version", s.cfg.Command)
+		return w, wrapError(newError(codeIncompatibleVersion, name, "version %s, expected %s", w.Version, s.cfg.Version),
+			codeHandshake, name, "%s is not the configured version", s.cfg.Command)
 	}
 	return w, nil
 }
@@ -86,11 +82,11 @@ func (s *Subprocess[Req, Resp]) handshakeFailed(ctx context.Context, c *subConn,
 	name := s.cfg.Name
 	switch {
 	case ctx.Err() != nil:
-		return wrapError(ctx.Err(), CodeHandshake, name, "the handshake with %s was abandoned", s.cfg.Command)
+		return wrapError(ctx.Err(), codeHandshake, name, "the handshake with %s was abandoned", s.cfg.Command)
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return withStderr(newError(CodeHandshake, name, "%s did not answer the handshake within %v: is it a goplugins plugin?", s.cfg.Command, s.cfg.StartTimeout), c.proc)
+		return withStderr(newError(codeHandshake, name, "%s did not answer the handshake within %v: is it a goplugins plugin?", s.cfg.Command, s.cfg.StartTimeout), c.proc)
 	case errors.Is(err, wire.ErrMalformed):
-		return withStderr(wrapError(err, CodeHandshake, name, "%s answered HELLO with bytes that are not a frame: is it a goplugins plugin?", s.cfg.Command), c.proc)
+		return withStderr(wrapError(err, codeHandshake, name, "%s answered HELLO with bytes that are not a frame: is it a goplugins plugin?", s.cfg.Command), c.proc)
 	}
 	t := time.NewTimer(min(time.Until(deadline), drainTimeout))
 	defer t.Stop()
@@ -102,9 +98,9 @@ func (s *Subprocess[Req, Resp]) handshakeFailed(ctx context.Context, c *subConn,
 	case <-ctx.Done():
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrClosed) {
-		return withStderr(newError(CodeHandshake, name, "%s closed the protocol pipe without a handshake (%s): is it a goplugins plugin built with the sdk?", s.cfg.Command, status), c.proc)
+		return withStderr(newError(codeHandshake, name, "%s closed the protocol pipe without a handshake (%s): is it a goplugins plugin built with the sdk?", s.cfg.Command, status), c.proc)
 	}
-	return withStderr(wrapError(err, CodeHandshake, name, "%s broke off the handshake (%s)", s.cfg.Command, status), c.proc)
+	return withStderr(wrapError(err, codeHandshake, name, "%s broke off the handshake (%s)", s.cfg.Command, status), c.proc)
 }
 
 // hello writes HELLO with payload and reads the plugin's first frame, both

@@ -226,8 +226,8 @@ func (p *GRPCPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
 }
 
 func (cfg *GRPCConfig) validate() error {
-	if err := ValidateName(cfg.Name); err != nil {
-		return wrapError(err, CodeInvalidConfig, cfg.Name, "GRPCConfig.Name is invalid")
+	if err := validateName(cfg.Name); err != nil {
+		return wrapError(err, codeInvalidConfig, cfg.Name, "GRPCConfig.Name is invalid")
 	}
 	if cfg.Version != "" {
 		if _, err := parseVersion(cfg.Name, cfg.Version); err != nil {
@@ -236,15 +236,15 @@ func (cfg *GRPCConfig) validate() error {
 	}
 	switch {
 	case (cfg.Command == "") == (cfg.Endpoint == ""):
-		return newError(CodeInvalidConfig, cfg.Name, "set exactly one of GRPCConfig.Command (a child the host starts) and GRPCConfig.Endpoint (a remote service)")
+		return newError(codeInvalidConfig, cfg.Name, "set exactly one of GRPCConfig.Command (a child the host starts) and GRPCConfig.Endpoint (a remote service)")
 	case cfg.AutoMTLS && cfg.Command == "":
-		return newError(CodeInvalidConfig, cfg.Name, "GRPCConfig.AutoMTLS applies to a child the host starts; secure a remote endpoint with GRPCConfig.TLS")
+		return newError(codeInvalidConfig, cfg.Name, "GRPCConfig.AutoMTLS applies to a child the host starts; secure a remote endpoint with GRPCConfig.TLS")
 	case cfg.TLS != nil && cfg.Endpoint == "":
-		return newError(CodeInvalidConfig, cfg.Name, "GRPCConfig.TLS applies to a remote endpoint; secure a child with GRPCConfig.AutoMTLS")
+		return newError(codeInvalidConfig, cfg.Name, "GRPCConfig.TLS applies to a remote endpoint; secure a child with GRPCConfig.AutoMTLS")
 	}
 	for k := range cfg.Env {
 		if !envVarName(k) {
-			return newError(CodeInvalidConfig, cfg.Name, "GRPCConfig.Env has the invalid variable name %q", k)
+			return newError(codeInvalidConfig, cfg.Name, "GRPCConfig.Env has the invalid variable name %q", k)
 		}
 	}
 	return nil
@@ -260,7 +260,7 @@ func (p *GRPCPlugin[Req, Resp]) setCodec(c Codec) {
 			p.codec, p.encode, p.decode = protocodec.Name, req.Marshal, resp.Unmarshal
 			return
 		}
-		c = JSONCodec
+		c = JSONCodec{}
 	}
 	p.codec = c.Name()
 	p.encode = func(req Req) ([]byte, error) { return c.Marshal(req) }
@@ -280,12 +280,12 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	if cfg.Checksum != "" {
 		var err error
 		if sum, err = proc.ParseChecksum(cfg.Checksum); err != nil {
-			return wrapError(err, CodeInvalidConfig, p.name, "GRPCConfig.Checksum is invalid")
+			return wrapError(err, codeInvalidConfig, p.name, "GRPCConfig.Checksum is invalid")
 		}
 	}
 	dir, err := os.MkdirTemp(socketTempDir(), "gp-")
 	if err != nil {
-		return wrapError(err, CodeTransport, p.name, "creating the directory for the plugin's socket")
+		return wrapError(err, codeTransport, p.name, "creating the directory for the plugin's socket")
 	}
 	l.child = &grpcChild{dir: dir}
 	sock := filepath.Join(dir, "plugin.sock")
@@ -295,7 +295,7 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 		var mtlsEnv []string
 		creds, mtlsEnv, err = newAutoMTLS()
 		if err != nil {
-			return wrapError(err, CodeTransport, p.name, "generating the automatic mTLS certificates")
+			return wrapError(err, codeTransport, p.name, "generating the automatic mTLS certificates")
 		}
 		launch = append(launch, mtlsEnv...)
 	}
@@ -321,7 +321,7 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 		Stderr: lineLogger(logger, "stderr"),
 	})
 	if err != nil {
-		return startError(err, p.name, cfg.Command, "GRPCConfig", CodeHandshake)
+		return startError(err, p.name, cfg.Command, "GRPCConfig", codeHandshake)
 	}
 	l.child.proc = pr
 	return nil
@@ -335,7 +335,7 @@ func (p *GRPCPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
 	if cfg.TLS != nil {
 		var err error
 		if creds, err = cfg.TLS.credentials(); err != nil {
-			return wrapError(err, CodeInvalidConfig, p.name, "GRPCConfig.TLS does not load")
+			return wrapError(err, codeInvalidConfig, p.name, "GRPCConfig.TLS does not load")
 		}
 	}
 	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...))
@@ -344,7 +344,7 @@ func (p *GRPCPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
 func (p *GRPCPlugin[Req, Resp]) connect(l *grpcLink, target string, opts []grpc.DialOption) error {
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
-		return wrapError(err, CodeInvalidConfig, p.name, "the gRPC target %q is unusable", target)
+		return wrapError(err, codeInvalidConfig, p.name, "the gRPC target %q is unusable", target)
 	}
 	l.conn = conn
 	l.client = pluginpb.NewPluginClient(conn)
@@ -365,7 +365,7 @@ func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, l *grpcLink
 	r, err := l.client.Info(sctx, &pluginpb.InfoRequest{})
 	if err != nil {
 		if l.child == nil && ctx.Err() == nil && sctx.Err() != nil {
-			return newError(CodeTransport, p.name, "the endpoint %s did not answer Info within the start timeout", cfg.Endpoint)
+			return newError(codeTransport, p.name, "the endpoint %s did not answer Info within the start timeout", cfg.Endpoint)
 		}
 		return p.callError(ctx, l, "Info", err)
 	}
@@ -374,16 +374,16 @@ func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, l *grpcLink
 		info.Surfaces = append(info.Surfaces, Surface(s))
 	}
 	if info.Name != cfg.Name {
-		return newError(CodeInvalidPlugin, cfg.Name, "the gRPC plugin reports the name %q; point GRPCConfig at the right plugin or fix its name", info.Name)
+		return newError(codeInvalidPlugin, cfg.Name, "the gRPC plugin reports the name %q; point GRPCConfig at the right plugin or fix its name", info.Name)
 	}
 	if _, err := parseVersion(info.Name, info.Version); err != nil {
 		return err
 	}
 	if cfg.Version != "" && info.Version != cfg.Version {
-		return newError(CodeIncompatibleVersion, cfg.Name, "the gRPC plugin reports version %s, GRPCConfig.Version expects %s", info.Version, cfg.Version)
+		return newError(codeIncompatibleVersion, cfg.Name, "the gRPC plugin reports version %s, GRPCConfig.Version expects %s", info.Version, cfg.Version)
 	}
 	if !slices.Contains(r.Codecs, p.codec) {
-		return newError(CodeInvalidConfig, cfg.Name, "the gRPC plugin accepts the codecs %v, not the host's %q: configure the same codec on both sides", r.Codecs, p.codec)
+		return newError(codeInvalidConfig, cfg.Name, "the gRPC plugin accepts the codecs %v, not the host's %q: configure the same codec on both sides", r.Codecs, p.codec)
 	}
 	p.info.Store(&info)
 	return nil
@@ -407,18 +407,18 @@ func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context, l *grpcL
 	cancel()
 	select {
 	case <-exited:
-		return withStderr(newError(CodeHandshake, p.name, "the plugin process exited during start (%v); see the error's stderr_tail", l.child.proc.State()), l.child.proc)
+		return withStderr(newError(codeHandshake, p.name, "the plugin process exited during start (%v); see the error's stderr_tail", l.child.proc.State()), l.child.proc)
 	default:
 	}
 	switch {
 	case err == nil:
 		return nil
 	case ctx.Err() != nil:
-		return wrapError(ctx.Err(), CodeHandshake, p.name, "the start was abandoned")
+		return wrapError(ctx.Err(), codeHandshake, p.name, "the start was abandoned")
 	case sctx.Err() != nil:
-		return withStderr(newError(CodeHandshake, p.name, "the plugin did not report SERVING within the start timeout; it must serve with grpcplugin.Serve"), l.child.proc)
+		return withStderr(newError(codeHandshake, p.name, "the plugin did not report SERVING within the start timeout; it must serve with grpcplugin.Serve"), l.child.proc)
 	default:
-		return wrapError(err, CodeHandshake, p.name, "waiting for the plugin to serve")
+		return wrapError(err, codeHandshake, p.name, "waiting for the plugin to serve")
 	}
 }
 
@@ -463,7 +463,7 @@ func (p *GRPCPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 	defer l.release()
 	payload, err := p.encode(req)
 	if err != nil {
-		return zero, wrapError(err, CodeInvalidConfig, p.name, "the request does not encode with codec %q", p.codec)
+		return zero, wrapError(err, codeInvalidConfig, p.name, "the request does not encode with codec %q", p.codec)
 	}
 	r, err := l.client.Execute(ctx, &pluginpb.ExecuteRequest{Codec: p.codec, Payload: payload})
 	if err != nil {
@@ -471,7 +471,7 @@ func (p *GRPCPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 	}
 	resp, err := p.decode(r.Payload)
 	if err != nil {
-		return zero, wrapError(err, CodeRemote, p.name, "the answer does not decode with codec %q; host and plugin disagree on the response type", p.codec)
+		return zero, wrapError(err, codeRemote, p.name, "the answer does not decode with codec %q; host and plugin disagree on the response type", p.codec)
 	}
 	return resp, nil
 }
@@ -490,7 +490,7 @@ func (p *GRPCPlugin[Req, Resp]) Health(ctx context.Context) error {
 		return p.callError(ctx, l, "Health", err)
 	}
 	if r.Status != healthpb.HealthCheckResponse_SERVING {
-		return newError(CodeUnhealthy, p.name, "the plugin's health service reports %s", r.Status)
+		return newError(codeUnhealthy, p.name, "the plugin's health service reports %s", r.Status)
 	}
 	return nil
 }
@@ -571,9 +571,9 @@ func (p *GRPCPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo)
 	return nil
 }
 
-// Restarts returns how many restart attempts of a crashed child were made
-// so far.
-func (p *GRPCPlugin[Req, Resp]) Restarts() int { return int(p.restarts.Load()) }
+// restartCount returns how many restart attempts of a crashed child were
+// made so far.
+func (p *GRPCPlugin[Req, Resp]) restartCount() int { return int(p.restarts.Load()) }
 
 // Pid returns the process id of the plugin's child process (also its
 // process group id), or 0 for a remote endpoint and while the child is
@@ -700,7 +700,7 @@ func (s grpcSupervised[Req, Resp]) Wait(ctx context.Context) error {
 	if err := s.p.closeLink(ctx, s.l); err != nil {
 		s.p.log.Warn("goplugins: releasing the exited gRPC plugin", "plugin", s.p.name, "err", err)
 	}
-	return newError(CodeCrashed, s.p.name, "the gRPC plugin process (pid %d) exited: %v", pr.Pid(), pr.State())
+	return newError(codeCrashed, s.p.name, "the gRPC plugin process (pid %d) exited: %v", pr.Pid(), pr.State())
 }
 
 // Close disconnects from the plugin. It stops restarting a crashed child
@@ -761,7 +761,7 @@ func (p *GRPCPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) erro
 	}
 	if l.conn != nil {
 		if err := l.conn.Close(); err != nil {
-			errs = append(errs, wrapError(err, CodeTransport, p.name, "closing the connection"))
+			errs = append(errs, wrapError(err, codeTransport, p.name, "closing the connection"))
 		}
 	}
 	if l.child != nil {
@@ -771,14 +771,14 @@ func (p *GRPCPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) erro
 			}
 		}
 		if err := os.RemoveAll(l.child.dir); err != nil {
-			errs = append(errs, wrapError(err, CodeTransport, p.name, "removing the socket directory %s", l.child.dir))
+			errs = append(errs, wrapError(err, codeTransport, p.name, "removing the socket directory %s", l.child.dir))
 		}
 	}
 	return errors.Join(errs...)
 }
 
 func (p *GRPCPlugin[Req, Resp]) closedError() error {
-	return newError(CodeClosed, p.name, "the gRPC plugin is closed; create a new one with NewGRPCPlugin")
+	return newError(codeClosed, p.name, "the gRPC plugin is closed; create a new one with NewGRPCPlugin")
 }
 
 // callError turns the error of a call to the plugin over l into the
@@ -801,7 +801,7 @@ func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op s
 		// confirmed once it has been reaped.
 		if l.exited() || st.Code() == codes.Unavailable && l.awaitExit(ctx) {
 			pr := l.child.proc
-			return withStderr(newError(CodeCrashed, p.name, "%s failed: the plugin process exited (%v)", op, pr.State()), pr)
+			return withStderr(newError(codeCrashed, p.name, "%s failed: the plugin process exited (%v)", op, pr.State()), pr)
 		}
 		if ctx.Err() != nil {
 			return canceledError(ctx, p.name)
@@ -815,11 +815,11 @@ func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op s
 func (p *GRPCPlugin[Req, Resp]) statusError(ctx context.Context, op string, st *status.Status) error {
 	switch st.Code() {
 	case codes.Unavailable:
-		return retryable(newError(CodeTransport, p.name, "%s failed: the plugin is unreachable (%s); the call may be retried", op, st.Message()))
+		return retryable(newError(codeTransport, p.name, "%s failed: the plugin is unreachable (%s); the call may be retried", op, st.Message()))
 	case codes.ResourceExhausted:
-		return newError(CodeFrameTooLarge, p.name, "%s failed: a message is over a gRPC size limit (%s); the request cannot be retried as it is", op, st.Message())
+		return newError(codeFrameTooLarge, p.name, "%s failed: a message is over a gRPC size limit (%s); the request cannot be retried as it is", op, st.Message())
 	case codes.Aborted:
-		return retryable(newError(CodeRemote, p.name, "%s failed with %s: %s; the call may be retried", op, st.Code(), st.Message()))
+		return retryable(newError(codeRemote, p.name, "%s failed with %s: %s; the call may be retried", op, st.Code(), st.Message()))
 	case codes.DeadlineExceeded:
 		// gRPC can see the caller's deadline pass before ctx's own timer
 		// marks ctx done; the plugin's deadline derives from ctx's and is
@@ -827,15 +827,15 @@ func (p *GRPCPlugin[Req, Resp]) statusError(ctx context.Context, op string, st *
 		if d, ok := ctx.Deadline(); ok && time.Until(d) <= 0 {
 			return canceledError(ctx, p.name)
 		}
-		return newError(CodeTimeout, p.name, "%s got no answer in time: %s", op, st.Message())
+		return newError(codeTimeout, p.name, "%s got no answer in time: %s", op, st.Message())
 	case codes.Canceled:
-		return newError(CodeTransport, p.name, "%s was cancelled by the connection: %s", op, st.Message())
+		return newError(codeTransport, p.name, "%s was cancelled by the connection: %s", op, st.Message())
 	case codes.Unauthenticated, codes.PermissionDenied:
-		return newError(CodeTransport, p.name, "%s was refused (%s): %s; check the TLS and credential settings", op, st.Code(), st.Message())
+		return newError(codeTransport, p.name, "%s was refused (%s): %s; check the TLS and credential settings", op, st.Code(), st.Message())
 	case codes.Unimplemented:
-		return newError(CodeRemote, p.name, "%s is not implemented by the plugin: %s", op, st.Message())
+		return newError(codeRemote, p.name, "%s is not implemented by the plugin: %s", op, st.Message())
 	default:
-		return newError(CodeRemote, p.name, "%s failed with %s: %s", op, st.Code(), st.Message())
+		return newError(codeRemote, p.name, "%s failed with %s: %s", op, st.Code(), st.Message())
 	}
 }
 

@@ -550,7 +550,7 @@ func TestGRPCChildCrashAndRestart(t *testing.T) {
 	assert.Equal(t, "after restart", resp.Text)
 	assert.Equal(t, 1, resp.Total, "the new process starts from zero")
 	require.NoError(t, p.Health(ctx))
-	assert.Equal(t, 1, p.Restarts())
+	assert.Equal(t, 1, p.restartCount())
 
 	cur := grpcChildOf(t, p)
 	assert.NotEqual(t, old.proc.Pid(), cur.proc.Pid(), "a new process")
@@ -595,7 +595,7 @@ func TestGRPCChildDownFailsFast(t *testing.T) {
 			require.NoError(t, p.Close(ctx), "Close while down (a restart pending or not)")
 			_, err = p.Execute(ctx, counterReq{Op: "echo"})
 			require.ErrorIs(t, err, ErrClosed)
-			assert.Equal(t, 0, p.Restarts())
+			assert.Equal(t, 0, p.restartCount())
 			assert.Equal(t, children, grpcChildPids(t), "no child left")
 			assert.Equal(t, dirs, gpSocketDirs(t), "no socket directory left")
 		})
@@ -670,8 +670,8 @@ func grpcChildPids(t *testing.T) []string {
 type upperJSON struct{}
 
 func (upperJSON) Name() string                       { return "upper-json" }
-func (upperJSON) Marshal(v any) ([]byte, error)      { return JSONCodec.Marshal(v) }
-func (upperJSON) Unmarshal(data []byte, v any) error { return JSONCodec.Unmarshal(data, v) }
+func (upperJSON) Marshal(v any) ([]byte, error)      { return JSONCodec{}.Marshal(v) }
+func (upperJSON) Unmarshal(data []byte, v any) error { return JSONCodec{}.Unmarshal(data, v) }
 
 func TestGRPCReloadHandsStateOver(t *testing.T) {
 	verifyNoLeaks(t)
@@ -734,7 +734,7 @@ func TestGRPCProtoCodec(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []byte{0, 1, 2, 255}, resp.Value)
 
-	_, err = NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target, Codec: JSONCodec})
+	_, err = NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target, Codec: JSONCodec{}})
 	require.ErrorIs(t, err, ErrInvalidConfig, "the plugin accepts only proto; a JSON host is refused before any call")
 }
 

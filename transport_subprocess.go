@@ -111,7 +111,7 @@ type Subprocess[Req, Resp any] struct {
 // NewSubprocess starts the plugin described by cfg and completes the
 // handshake. Errors match ErrInvalidConfig (bad cfg), ErrChecksumMismatch
 // (nothing ran), ErrHandshake (not a plugin, or the name or version is not
-// the expected one), ErrProtocolVersion, or ErrTransport (matching
+// the expected one), ErrHandshake, or ErrTransport (matching
 // errors.ErrUnsupported too) on an OS without child processes (Windows).
 func NewSubprocess[Req, Resp any](ctx context.Context, cfg SubprocessConfig) (*Subprocess[Req, Resp], error) {
 	s := &Subprocess[Req, Resp]{cfg: cfg, codec: cfg.Codec, log: cfg.Logger}
@@ -133,36 +133,36 @@ func NewSubprocess[Req, Resp any](ctx context.Context, cfg SubprocessConfig) (*S
 // validate checks cfg and fills in defaults.
 func (s *Subprocess[Req, Resp]) validate() error {
 	cfg := &s.cfg
-	if err := ValidateName(cfg.Name); err != nil {
-		return wrapError(err, CodeInvalidConfig, cfg.Name, "SubprocessConfig.Name")
+	if err := validateName(cfg.Name); err != nil {
+		return wrapError(err, codeInvalidConfig, cfg.Name, "SubprocessConfig.Name")
 	}
 	if cfg.Version != "" {
 		if _, err := parseVersion(cfg.Name, cfg.Version); err != nil {
-			return wrapError(err, CodeInvalidConfig, cfg.Name, "SubprocessConfig.Version")
+			return wrapError(err, codeInvalidConfig, cfg.Name, "SubprocessConfig.Version")
 		}
 	}
 	if cfg.Command == "" {
-		return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.Command is empty; set it to the plugin program")
+		return newError(codeInvalidConfig, cfg.Name, "SubprocessConfig.Command is empty; set it to the plugin program")
 	}
 	if cfg.Checksum != "" {
 		sum, err := proc.ParseChecksum(cfg.Checksum)
 		if err != nil {
-			return wrapError(err, CodeInvalidConfig, cfg.Name, "SubprocessConfig.Checksum")
+			return wrapError(err, codeInvalidConfig, cfg.Name, "SubprocessConfig.Checksum")
 		}
 		s.sum = sum
 	}
 	for k := range cfg.Env {
 		if !envVarName(k) {
-			return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.Env has the invalid variable name %q", k)
+			return newError(codeInvalidConfig, cfg.Name, "SubprocessConfig.Env has the invalid variable name %q", k)
 		}
 	}
 	switch {
 	case cfg.MaxFrameSize == 0:
 		cfg.MaxFrameSize = wire.DefaultMaxFrameSize
 	case cfg.MaxFrameSize < wire.MinMaxFrameSize:
-		return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.MaxFrameSize %d is below the minimum of %d bytes", cfg.MaxFrameSize, wire.MinMaxFrameSize)
+		return newError(codeInvalidConfig, cfg.Name, "SubprocessConfig.MaxFrameSize %d is below the minimum of %d bytes", cfg.MaxFrameSize, wire.MinMaxFrameSize)
 	case cfg.MaxFrameSize > wire.MaxFrameSizeLimit:
-		return newError(CodeInvalidConfig, cfg.Name, "SubprocessConfig.MaxFrameSize %d is over the protocol's limit of %d bytes", cfg.MaxFrameSize, wire.MaxFrameSizeLimit)
+		return newError(codeInvalidConfig, cfg.Name, "SubprocessConfig.MaxFrameSize %d is over the protocol's limit of %d bytes", cfg.MaxFrameSize, wire.MaxFrameSizeLimit)
 	}
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = defaultStartTimeout
@@ -171,7 +171,7 @@ func (s *Subprocess[Req, Resp]) validate() error {
 		cfg.StopGrace = defaultStopGrace
 	}
 	if s.codec == nil {
-		s.codec = JSONCodec
+		s.codec = JSONCodec{}
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -185,13 +185,13 @@ func (s *Subprocess[Req, Resp]) start(ctx context.Context) (*subConn, error) {
 	name := s.cfg.Name
 	childIn, toChild, err := os.Pipe()
 	if err != nil {
-		return nil, wrapError(err, CodeTransport, name, "creating the protocol pipe")
+		return nil, wrapError(err, codeTransport, name, "creating the protocol pipe")
 	}
 	toHost, childOut, err := os.Pipe()
 	if err != nil {
 		childIn.Close()
 		toChild.Close()
-		return nil, wrapError(err, CodeTransport, name, "creating the protocol pipe")
+		return nil, wrapError(err, codeTransport, name, "creating the protocol pipe")
 	}
 	p, err := proc.Start(proc.Config{
 		Path:       s.cfg.Command,
@@ -208,7 +208,7 @@ func (s *Subprocess[Req, Resp]) start(ctx context.Context) (*subConn, error) {
 	if err != nil {
 		toChild.Close()
 		toHost.Close()
-		return nil, startError(err, name, s.cfg.Command, "SubprocessConfig", CodeTransport)
+		return nil, startError(err, name, s.cfg.Command, "SubprocessConfig", codeTransport)
 	}
 	c := newSubConn(name, p, toChild, toHost, subLimits{readMax: s.cfg.MaxFrameSize, grace: s.cfg.StopGrace, stall: s.cfg.StallTimeout})
 	if err := s.handshake(ctx, c); err != nil {
@@ -252,7 +252,7 @@ func (s *Subprocess[Req, Resp]) restart(ctx context.Context) (supervise.Child, e
 	defer s.mu.Unlock()
 	if s.closed {
 		c.kill()
-		return nil, newError(CodeClosed, s.cfg.Name, "the plugin was closed during a restart")
+		return nil, newError(codeClosed, s.cfg.Name, "the plugin was closed during a restart")
 	}
 	s.serve(c)
 	return subChild[Req, Resp]{s, c}, nil
@@ -303,8 +303,8 @@ func (s *Subprocess[Req, Resp]) Info() PluginInfo {
 	return info
 }
 
-// Restarts returns how many restart attempts were made so far.
-func (s *Subprocess[Req, Resp]) Restarts() int { return int(s.restarts.Load()) }
+// restartCount returns how many restart attempts were made so far.
+func (s *Subprocess[Req, Resp]) restartCount() int { return int(s.restarts.Load()) }
 
 // Execute sends req to the child and returns its answer. When ctx ends
 // first the call is abandoned (a request already sent is cancelled in the
@@ -318,7 +318,7 @@ func (s *Subprocess[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 	}
 	payload, err := s.codec.Marshal(req)
 	if err != nil {
-		return zero, wrapError(err, CodeTransport, s.cfg.Name, "encoding the request with codec %q", s.codec.Name())
+		return zero, wrapError(err, codeTransport, s.cfg.Name, "encoding the request with codec %q", s.codec.Name())
 	}
 	out, err := c.call(ctx, wire.TypeCall, payload, s.cfg.CallTimeout)
 	if err != nil {
@@ -326,7 +326,7 @@ func (s *Subprocess[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 	}
 	var resp Resp
 	if err := s.codec.Unmarshal(out, &resp); err != nil {
-		return zero, wrapError(err, CodeTransport, s.cfg.Name, "the plugin's answer does not decode with codec %q", s.codec.Name())
+		return zero, wrapError(err, codeTransport, s.cfg.Name, "the plugin's answer does not decode with codec %q", s.codec.Name())
 	}
 	c.served.Store(true)
 	return resp, nil
@@ -366,11 +366,11 @@ func (s *Subprocess[Req, Resp]) Resume(ctx context.Context, position []byte) err
 func (s *Subprocess[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo) error {
 	payload, err := json.Marshal(old)
 	if err != nil {
-		return wrapError(err, CodeInvalidPlugin, s.cfg.Name, "encoding the old plugin's info")
+		return wrapError(err, codeInvalidPlugin, s.cfg.Name, "encoding the old plugin's info")
 	}
 	_, err = s.control(ctx, wire.TypeCheckCompat, SurfaceSchema, payload)
 	if errors.Is(err, ErrRemote) {
-		return wrapError(err, CodeSchemaIncompatible, s.cfg.Name, "the plugin cannot replace %s %s", old.Name, old.Version)
+		return wrapError(err, codeSchemaIncompatible, s.cfg.Name, "the plugin cannot replace %s %s", old.Name, old.Version)
 	}
 	return err
 }
@@ -378,7 +378,7 @@ func (s *Subprocess[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo)
 // control sends a control request that needs surface (none when "").
 func (s *Subprocess[Req, Resp]) control(ctx context.Context, t wire.Type, surface Surface, payload []byte) ([]byte, error) {
 	if surface != "" && !s.Info().Has(surface) {
-		return nil, newError(CodeInvalidPlugin, s.cfg.Name, "the plugin does not declare the %q surface, so it cannot answer %s", surface, t)
+		return nil, newError(codeInvalidPlugin, s.cfg.Name, "the plugin does not declare the %q surface, so it cannot answer %s", surface, t)
 	}
 	c, err := s.live()
 	if err != nil {

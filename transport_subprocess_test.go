@@ -189,8 +189,8 @@ func TestSubprocessCrashAndRestart(t *testing.T) {
 	if newPID := pidOf(t, p); newPID == pid {
 		t.Fatalf("pid %d unchanged after the restart", pid)
 	}
-	if p.Restarts() != 1 {
-		t.Fatalf("Restarts = %d, want 1", p.Restarts())
+	if p.restartCount() != 1 {
+		t.Fatalf("Restarts = %d, want 1", p.restartCount())
 	}
 	checkReaped(t, pid)
 }
@@ -443,7 +443,7 @@ func TestSubprocessStartFailures(t *testing.T) {
 		{"silent non-plugin", SubprocessConfig{Name: "sh", Command: "/bin/sh", Args: []string{"-c", "exec sleep 30"}, StartTimeout: 200 * time.Millisecond}, []error{ErrHandshake}},
 		{"wrong name", SubprocessConfig{Name: "other", Command: echoBin}, []error{ErrHandshake}},
 		{"wrong version", SubprocessConfig{Name: "echo", Version: "9.9.9", Command: echoBin}, []error{ErrHandshake, ErrIncompatibleVersion}},
-		{"protocol version", SubprocessConfig{Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "badversion"}}, []error{ErrProtocolVersion}},
+		{"protocol version", SubprocessConfig{Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "badversion"}}, []error{ErrHandshake}},
 		{"plugin's maximum frame size over the limit", SubprocessConfig{Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "hugemax"}}, []error{ErrHandshake}},
 		{"maximum frame size over the limit", SubprocessConfig{Name: "echo", Command: echoBin, MaxFrameSize: 1<<30 + 1}, []error{ErrInvalidConfig}},
 		{"checksum mismatch", SubprocessConfig{Name: "sh", Command: "/bin/sh", Args: []string{"-c", "touch " + marker}, Checksum: "sha256:" + hex.EncodeToString(shSum[:])}, []error{ErrChecksumMismatch}},

@@ -14,7 +14,7 @@ import (
 func parseVersion(plugin, version string) (*semver.Version, error) {
 	v, err := semver.StrictNewVersion(version)
 	if err != nil {
-		return nil, newError(CodeInvalidVersion, plugin,
+		return nil, newError(codeInvalidVersion, plugin,
 			"version %q is not a strict semantic version (want MAJOR.MINOR.PATCH, e.g. 1.4.0): %v", version, err)
 	}
 	return v, nil
@@ -22,14 +22,14 @@ func parseVersion(plugin, version string) (*semver.Version, error) {
 
 // parseConstraint parses a version constraint in Masterminds syntax
 // (">=1.2.0, <2.0.0", "^1.4", "~2.1", "1.x", "1.0 - 2.0", "a || b").
-// A malformed constraint yields an error matching ErrInvalidConstraint.
+// A malformed constraint yields an error matching ErrInvalidVersion.
 func parseConstraint(plugin, constraint string) (*semver.Constraints, error) {
 	if strings.TrimSpace(constraint) == "" {
-		return nil, newError(CodeInvalidConstraint, plugin, "version constraint is empty; use \"*\" to accept any version")
+		return nil, newError(codeInvalidVersion, plugin, "version constraint is empty; use \"*\" to accept any version")
 	}
 	c, err := semver.NewConstraint(constraint)
 	if err != nil {
-		return nil, newError(CodeInvalidConstraint, plugin, "version constraint %q does not parse: %v", constraint, err)
+		return nil, newError(codeInvalidVersion, plugin, "version constraint %q does not parse: %v", constraint, err)
 	}
 	return c, nil
 }
@@ -42,7 +42,7 @@ func checkConstraint(plugin, subject string, v *semver.Version, c *semver.Constr
 	if ok {
 		return nil
 	}
-	return newError(CodeIncompatibleVersion, plugin, "%s %s does not satisfy %q: %s",
+	return newError(codeIncompatibleVersion, plugin, "%s %s does not satisfy %q: %s",
 		subject, v, c, joinReasons(reasons))
 }
 
@@ -73,13 +73,13 @@ type VersionPolicy struct {
 func NewVersionPolicy(host string) (*VersionPolicy, error) {
 	v, err := semver.StrictNewVersion(host)
 	if err != nil {
-		return nil, newError(CodeInvalidVersion, "", "host version %q is not a strict semantic version: %v", host, err)
+		return nil, newError(codeInvalidVersion, "", "host version %q is not a strict semantic version: %v", host, err)
 	}
 	return &VersionPolicy{host: v, rules: make(map[string]*semver.Constraints)}, nil
 }
 
-// Host returns the host's plugin API version.
-func (p *VersionPolicy) Host() *semver.Version { return p.host }
+// hostVersion returns the host's plugin API version.
+func (p *VersionPolicy) hostVersion() *semver.Version { return p.host }
 
 // SetRule makes every version of plugin name that is loaded or reloaded
 // satisfy constraint. An empty constraint removes the rule.
@@ -100,9 +100,9 @@ func (p *VersionPolicy) SetRule(name, constraint string) error {
 	return nil
 }
 
-// CheckHost checks a plugin's "requires.host" constraint against the host
+// checkHost checks a plugin's "requires.host" constraint against the host
 // version. An empty constraint accepts any host.
-func (p *VersionPolicy) CheckHost(name, requires string) error {
+func (p *VersionPolicy) checkHost(name, requires string) error {
 	if requires == "" {
 		return nil
 	}
@@ -111,15 +111,15 @@ func (p *VersionPolicy) CheckHost(name, requires string) error {
 		return err
 	}
 	if ok, reasons := c.Validate(p.host); !ok {
-		return newError(CodeIncompatibleVersion, name,
+		return newError(codeIncompatibleVersion, name,
 			"the plugin requires host %q but this host is %s (%s); use a build of the plugin made for this host",
 			requires, p.host, joinReasons(reasons))
 	}
 	return nil
 }
 
-// CheckPlugin checks a plugin's own version against the rule set for it, if any.
-func (p *VersionPolicy) CheckPlugin(name, version string) error {
+// checkPlugin checks a plugin's own version against the rule set for it, if any.
+func (p *VersionPolicy) checkPlugin(name, version string) error {
 	v, err := parseVersion(name, version)
 	if err != nil {
 		return err

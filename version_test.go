@@ -107,7 +107,7 @@ func TestParseConstraint(t *testing.T) {
 		t.Run(tt.constraint, func(t *testing.T) {
 			c, err := parseConstraint("auth", tt.constraint)
 			assert.Nil(t, c)
-			require.ErrorIs(t, err, ErrInvalidConstraint)
+			require.ErrorIs(t, err, ErrInvalidVersion)
 			assert.Contains(t, err.Error(), `plugin "auth"`)
 			for _, s := range tt.contains {
 				assert.Contains(t, err.Error(), s)
@@ -214,7 +214,7 @@ func TestVersionPolicyHost(t *testing.T) {
 
 	p, err := NewVersionPolicy("1.4.0")
 	require.NoError(t, err)
-	assert.Equal(t, "1.4.0", p.Host().String())
+	assert.Equal(t, "1.4.0", p.hostVersion().String())
 
 	tests := []struct {
 		requires string
@@ -228,11 +228,11 @@ func TestVersionPolicyHost(t *testing.T) {
 		{"^2.0.0", ErrIncompatibleVersion, []string{`"^2.0.0"`, "1.4.0", "is less than"}},
 		{">=1.5.0-0", ErrIncompatibleVersion, []string{"is less than"}},
 		{"1.4", nil, nil},
-		{">>1", ErrInvalidConstraint, []string{`">>1"`, "does not parse"}},
+		{">>1", ErrInvalidVersion, []string{`">>1"`, "does not parse"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.requires, func(t *testing.T) {
-			err := p.CheckHost("auth", tt.requires)
+			err := p.checkHost("auth", tt.requires)
 			if tt.is == nil {
 				assert.NoError(t, err)
 				return
@@ -251,32 +251,32 @@ func TestVersionPolicyRules(t *testing.T) {
 	require.NoError(t, err)
 
 	// Without a rule, any strict version is accepted; a loose one never is.
-	require.NoError(t, p.CheckPlugin("auth", "9.9.9"))
-	err = p.CheckPlugin("auth", "1.5")
+	require.NoError(t, p.checkPlugin("auth", "9.9.9"))
+	err = p.checkPlugin("auth", "1.5")
 	require.ErrorIs(t, err, ErrInvalidVersion)
 	assert.Contains(t, err.Error(), `plugin "auth"`)
 
 	require.NoError(t, p.SetRule("auth", "~1.4"))
-	require.NoError(t, p.CheckPlugin("auth", "1.4.7"))
-	err = p.CheckPlugin("auth", "1.5.0")
+	require.NoError(t, p.checkPlugin("auth", "1.4.7"))
+	err = p.checkPlugin("auth", "1.5.0")
 	require.ErrorIs(t, err, ErrIncompatibleVersion)
 	for _, s := range []string{`plugin "auth"`, "plugin version 1.5.0", `"~1.4"`, "does not have same major and minor version"} {
 		assert.Contains(t, err.Error(), s)
 	}
-	require.NoError(t, p.CheckPlugin("billing", "9.0.0"), "a rule binds only its plugin")
+	require.NoError(t, p.checkPlugin("billing", "9.0.0"), "a rule binds only its plugin")
 
 	// A bad rule is refused and the rule in force stays.
 	err = p.SetRule("auth", ">>1")
-	require.ErrorIs(t, err, ErrInvalidConstraint)
+	require.ErrorIs(t, err, ErrInvalidVersion)
 	assert.Contains(t, err.Error(), `">>1"`)
-	require.ErrorIs(t, p.CheckPlugin("auth", "1.5.0"), ErrIncompatibleVersion)
+	require.ErrorIs(t, p.checkPlugin("auth", "1.5.0"), ErrIncompatibleVersion)
 
 	// Replacing the rule, then removing it.
 	require.NoError(t, p.SetRule("auth", ">=1.5.0"))
-	require.NoError(t, p.CheckPlugin("auth", "1.5.0"))
-	require.ErrorIs(t, p.CheckPlugin("auth", "1.4.7"), ErrIncompatibleVersion)
+	require.NoError(t, p.checkPlugin("auth", "1.5.0"))
+	require.ErrorIs(t, p.checkPlugin("auth", "1.4.7"), ErrIncompatibleVersion)
 	require.NoError(t, p.SetRule("auth", ""))
-	require.NoError(t, p.CheckPlugin("auth", "0.1.0"))
+	require.NoError(t, p.checkPlugin("auth", "0.1.0"))
 	require.NoError(t, p.SetRule("never-set", ""), "removing a missing rule is fine")
 }
 
@@ -295,7 +295,7 @@ func TestVersionPolicyConcurrent(t *testing.T) {
 	wg.Go(func() {
 		for range 200 {
 			// Every rule the writer sets accepts 1.2.0.
-			errs <- p.CheckPlugin("auth", "1.2.0")
+			errs <- p.checkPlugin("auth", "1.2.0")
 		}
 	})
 	wg.Wait()
@@ -318,9 +318,9 @@ func TestCheckDependency(t *testing.T) {
 			[]string{`plugin "web"`, `dependency "db" version 1.1.0`, `"^1.2.0"`, "is less than"}},
 		{"prerelease excluded", "^1.2.0", "1.3.0-beta", ErrIncompatibleVersion,
 			[]string{`plugin "web"`, "is a prerelease version"}},
-		{"bad constraint", "^^1", "1.3.0", ErrInvalidConstraint,
+		{"bad constraint", "^^1", "1.3.0", ErrInvalidVersion,
 			[]string{`plugin "web"`, `"^^1"`}},
-		{"empty constraint", "", "1.3.0", ErrInvalidConstraint,
+		{"empty constraint", "", "1.3.0", ErrInvalidVersion,
 			[]string{`plugin "web"`, "empty"}},
 		{"loose found version", "^1.2.0", "v1.3.0", ErrInvalidVersion,
 			[]string{`plugin "db"`, `"v1.3.0"`}},

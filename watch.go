@@ -131,7 +131,7 @@ func linked(p string) bool {
 func (fw *fileWatch) start(ctx context.Context, paths []string, queue []DiscoveryEvent, out chan<- DiscoveryEvent, check watchCheck, done chan<- struct{}) error {
 	fw.set(paths)
 	if err := fw.argus.Start(); err != nil {
-		return wrapError(err, CodeInvalidConfig, "", "the file watcher does not start")
+		return wrapError(err, codeInvalidConfig, "", "the file watcher does not start")
 	}
 	go func() {
 		defer close(done)

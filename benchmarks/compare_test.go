@@ -230,7 +230,7 @@ func startGoplugins(b *testing.B, env map[string]string) (*goplugins.Manager[str
 	if err != nil {
 		b.Fatal(err)
 	}
-	m := goplugins.NewManager[string, string](goplugins.WithHealthCheck(goplugins.HealthConfig{Interval: -1}))
+	m := goplugins.NewManager[string, string](goplugins.WithPluginDefaults(goplugins.WithHealthCheck(goplugins.HealthConfig{Interval: -1})))
 	if err := m.Register(p); err != nil {
 		b.Fatal(err)
 	}

@@ -1,6 +1,6 @@
 package sdk
 
-import "encoding/json"
+import "github.com/goplugins/goplugins/internal/jsoncodec"
 
 // Codec encodes request and response bodies. The host names the codec in
 // the handshake; Serve knows JSONCodec and those passed with WithCodec.
@@ -10,14 +10,7 @@ type Codec interface {
 	Unmarshal(data []byte, v any) error
 }
 
-// JSONCodec is the default codec, named "json" (encoding/json).
-type JSONCodec struct{}
-
-// Name returns "json".
-func (JSONCodec) Name() string { return "json" }
-
-// Marshal encodes v with encoding/json.
-func (JSONCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
-
-// Unmarshal decodes data into v with encoding/json.
-func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+// JSONCodec is the default codec: encoding/json, named "json" on the wire.
+// It is the same type as the host's goplugins.JSONCodec. Its zero value is
+// ready to use: JSONCodec{}.
+type JSONCodec = jsoncodec.Codec

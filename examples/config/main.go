@@ -104,7 +104,7 @@ func run(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer watcher.Close()
-	loader := goplugins.NewDynamicLoader(m, watcher, goplugins.WithHostPolicy(cfg.VersionPolicy()))
+	loader := goplugins.NewDynamicLoader(m, watcher) // checks requires.host against the manager's policy
 	defer loader.Shutdown(context.Background())
 	loader.RegisterFactory("inprocess", func(_ context.Context, mf *goplugins.Manifest) (goplugins.Plugin[string, string], error) {
 		return greeter{info: mf.Info()}, nil

@@ -2,7 +2,8 @@
 // their manifests with version constraints: the DynamicLoader loads them in
 // dependency order (the plugins of one level in parallel), keeps a plugin
 // whose dependency is missing pending until the dependency's manifest
-// appears, and refuses to unload a plugin that loaded plugins depend on.
+// appears, refuses to unload a plugin that loaded plugins depend on, and
+// unloads it with its dependents on a cascade.
 //
 // The plugins are in-process Go values made by the host's "inprocess"
 // factory, so the example needs no build; the manifests are real files in a
@@ -92,28 +93,6 @@ func run(ctx context.Context, out io.Writer) (err error) {
 		}
 	}()
 
-	// The graph the manifests describe (the loader builds the same).
-	scan, err := engine.Scan(ctx)
-	if err != nil {
-		return err
-	}
-	g := goplugins.NewDependencyGraph()
-	for _, mf := range scan.Manifests {
-		deps := make([]goplugins.Dependency, 0, len(mf.Dependencies))
-		for _, d := range mf.Dependencies {
-			deps = append(deps, goplugins.Dependency(d))
-		}
-		if err := g.Add(mf.Name, mf.Version, deps...); err != nil {
-			return err
-		}
-	}
-	fmt.Fprintln(out, "graph check:", g.Check())
-	order, err := g.LoadOrderFor("logging", "metrics", "auth")
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(out, "load order without api:", strings.Join(order, " -> "))
-
 	// Start: everything that can load, loads, level by level.
 	if err := engine.Start(ctx); err != nil {
 		return err
@@ -129,12 +108,12 @@ func run(ctx context.Context, out io.Writer) (err error) {
 		}
 		registered = append(registered, ev.Plugin)
 	}
-	if err := checkOrder(g, registered); err != nil {
+	if err := checkOrder(engine.Manifests(), registered); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, "registered, each after its dependencies:", strings.Join(registered, ", "))
 	for _, st := range loader.Status() {
-		if st.State == goplugins.StatePending {
+		if st.State == goplugins.LoadPending {
 			fmt.Fprintf(out, "%s is %s: missing dependency: %v\n", st.Name, st.State, errors.Is(st.Err, goplugins.ErrDependencyMissing))
 		}
 	}
@@ -154,16 +133,6 @@ func run(ctx context.Context, out io.Writer) (err error) {
 		}
 		fmt.Fprintf(out, "loaded %s %s\n", ev.Plugin, ev.Version)
 	}
-	if err := g.Add("cache", "1.0.2", goplugins.Dependency{Name: "logging", Constraint: "^1.0.0"}); err != nil {
-		return err
-	}
-	levels, err := g.Levels()
-	if err != nil {
-		return err
-	}
-	for i, level := range levels {
-		fmt.Fprintf(out, "level %d: %s\n", i, strings.Join(level, " "))
-	}
 	resp, err := m.Execute(ctx, "api", "GET /orders")
 	if err != nil {
 		return err
@@ -176,7 +145,20 @@ func run(ctx context.Context, out io.Writer) (err error) {
 		return fmt.Errorf("unloading logging returned %v, want ErrDependentsLoaded", err)
 	}
 	fmt.Fprintln(out, "unload logging refused: dependents loaded")
-	fmt.Fprintln(out, "a cascade would unload, in order:", strings.Join(g.Dependents("logging"), ", "), "then logging")
+
+	// A cascade unloads the dependents first, in reverse load order.
+	if err := loader.Unload(ctx, "logging", goplugins.UnloadCascade); err != nil {
+		return err
+	}
+	var unloaded []string
+	for len(unloaded) < 5 {
+		ev, err := await(ctx, events, goplugins.EventUnregistered)
+		if err != nil {
+			return err
+		}
+		unloaded = append(unloaded, ev.Plugin)
+	}
+	fmt.Fprintln(out, "cascade unloaded, in order:", strings.Join(unloaded, ", "))
 	return nil
 }
 
@@ -194,12 +176,16 @@ func writeManifest(root, name, text string) error {
 }
 
 // checkOrder reports an error if a plugin was registered before one of its
-// dependencies.
-func checkOrder(g *goplugins.DependencyGraph, registered []string) error {
-	for i, name := range registered {
-		for _, d := range g.Dependencies(name) {
+// dependencies, as its manifest declares them.
+func checkOrder(manifests []*goplugins.Manifest, registered []string) error {
+	for _, mf := range manifests {
+		i := slices.Index(registered, mf.Name)
+		if i < 0 {
+			continue
+		}
+		for _, d := range mf.Dependencies {
 			if j := slices.Index(registered, d.Name); j > i || (j < 0 && !d.Optional) {
-				return fmt.Errorf("%s was registered before its dependency %s", name, d.Name)
+				return fmt.Errorf("%s was registered before its dependency %s", mf.Name, d.Name)
 			}
 		}
 	}

@@ -83,10 +83,7 @@ func (flaky) Health(context.Context) error { return nil }
 func (flaky) Close(context.Context) error  { return nil }
 
 func run(ctx context.Context, out io.Writer) error {
-	m := goplugins.NewManager[string, string](
-		goplugins.WithTimeout(time.Second),
-		goplugins.WithBreaker(goplugins.BreakerConfig{ConsecutiveFailures: 3, OpenTimeout: time.Minute}),
-	)
+	m := goplugins.NewManager[string, string](goplugins.WithPluginDefaults(goplugins.WithTimeout(time.Second), goplugins.WithBreaker(goplugins.BreakerConfig{ConsecutiveFailures: 3, OpenTimeout: time.Minute})))
 	defer m.Shutdown(context.WithoutCancel(ctx))
 	if err := m.Register(&greeter{version: "1.0.0", greeting: "hello"}); err != nil {
 		return err

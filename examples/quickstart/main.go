@@ -150,7 +150,7 @@ func runQuickstart(ctx context.Context, out io.Writer) (res Result, err error) {
 		default: // nobody is waiting for more: never block the manager's shutdown
 		}
 	})
-	loader := goplugins.NewDynamicLoader(m, engine, goplugins.WithLoaderLogger(logger))
+	loader := goplugins.NewDynamicLoader(m, engine) // logs to the manager's logger
 	loader.RegisterFactory("subprocess", goplugins.SubprocessFactory[request, response](goplugins.SubprocessConfig{Logger: logger}))
 	defer func() {
 		// Clean up even when ctx was cancelled (Ctrl-C): give it its own time.

@@ -78,15 +78,19 @@ func run(ctx context.Context, w io.Writer) (err error) {
 			return a
 		},
 	}))
-	restarted := make(chan error, 8)
+	type restart struct {
+		attempt int
+		err     error
+	}
+	restarted := make(chan restart, 8)
 	p, err := goplugins.NewSubprocess[request, response](ctx, goplugins.SubprocessConfig{
 		Name:    "hasher",
 		Command: bin,
 		Logger:  logger,
 		Restart: goplugins.RestartPolicy{MaxAttempts: 5, Backoff: 50 * time.Millisecond},
-		OnRestart: func(_ string, _ int, err error) {
+		OnRestart: func(_ string, attempt int, err error) {
 			select { // it runs on the supervisor: never block it
-			case restarted <- err:
+			case restarted <- restart{attempt, err}:
 			default:
 			}
 		},
@@ -126,17 +130,18 @@ func run(ctx context.Context, w io.Writer) (err error) {
 		return fmt.Errorf("the crashing call returned %v, want ErrCrashed", err)
 	}
 	fmt.Fprintln(out, "call during the crash: ErrCrashed")
+	var r restart
 	select {
-	case err := <-restarted:
-		if err != nil {
-			return fmt.Errorf("the restart failed: %w", err)
+	case r = <-restarted:
+		if r.err != nil {
+			return fmt.Errorf("the restart failed: %w", r.err)
 		}
 	case <-time.After(10 * time.Second):
 		return errors.New("the plugin was not restarted within 10s")
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	fmt.Fprintf(out, "restarted after %d attempt(s)\n", p.Restarts())
+	fmt.Fprintf(out, "restarted after %d attempt(s)\n", r.attempt)
 
 	again, err := m.Execute(ctx, "hasher", request{Text: "hello"})
 	if err != nil {
