@@ -149,10 +149,14 @@ func wrapError(cause error, code goerrors.ErrorCode, plugin, format string, args
 
 // canceledError is the error of a call whose caller's ctx ended before the
 // plugin answered: it matches ErrCanceled and wraps context.Cause(ctx), and
-// ctx.Err() too when the cause is another error.
+// ctx.Err() too when the cause is another error. A ctx whose deadline has
+// passed before its timer marked it done counts as ended at its deadline.
 func canceledError(ctx context.Context, plugin string) error {
-	cause := context.Cause(ctx)
-	if err := ctx.Err(); !errors.Is(cause, err) {
+	cause, err := context.Cause(ctx), ctx.Err()
+	switch {
+	case err == nil:
+		cause = context.DeadlineExceeded
+	case !errors.Is(cause, err):
 		cause = fmt.Errorf("%w: %w", err, cause)
 	}
 	return wrapError(cause, codeCanceled, plugin, "the caller's context ended before the plugin answered")

@@ -784,7 +784,7 @@ func (p *GRPCPlugin[Req, Resp]) closedError() error {
 // callError turns the error of a call to the plugin over l into the
 // library's typed error, naming the plugin and the operation.
 func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op string, err error) error {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || deadlinePassed(ctx) {
 		return canceledError(ctx, p.name)
 	}
 	if p.closed.Load() {
@@ -810,6 +810,14 @@ func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op s
 	return p.statusError(ctx, op, st)
 }
 
+// deadlinePassed reports whether ctx's deadline has passed though ctx's
+// own timer may not have marked it done yet: gRPC, and the plugin's
+// handler (whose deadline derives from ctx's), can see it pass first.
+func deadlinePassed(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ok && time.Until(d) <= 0
+}
+
 // statusError is the error of a gRPC status without the plugin's Error
 // detail.
 func (p *GRPCPlugin[Req, Resp]) statusError(ctx context.Context, op string, st *status.Status) error {
@@ -821,12 +829,6 @@ func (p *GRPCPlugin[Req, Resp]) statusError(ctx context.Context, op string, st *
 	case codes.Aborted:
 		return retryable(newError(codeRemote, p.name, "%s failed with %s: %s; the call may be retried", op, st.Code(), st.Message()))
 	case codes.DeadlineExceeded:
-		// gRPC can see the caller's deadline pass before ctx's own timer
-		// marks ctx done; the plugin's deadline derives from ctx's and is
-		// never earlier (grpc-timeout rounds up).
-		if d, ok := ctx.Deadline(); ok && time.Until(d) <= 0 {
-			return canceledError(ctx, p.name)
-		}
 		return newError(codeTimeout, p.name, "%s got no answer in time: %s", op, st.Message())
 	case codes.Canceled:
 		return newError(codeTransport, p.name, "%s was cancelled by the connection: %s", op, st.Message())
