@@ -61,7 +61,7 @@ func benchManagerPath(b *testing.B) func() {
 		done <- grpcplugin.ServeListener[*wrapperspb.BytesValue, *wrapperspb.BytesValue](ctx, lis, benchEcho{}, sdk.Info{Name: "echo", Version: "1.0.0"})
 	}()
 	b.Cleanup(func() { cancel(); <-done })
-	p, err := NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target})
+	p, err := newGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target})
 	if err != nil {
 		b.Fatal(err)
 	}

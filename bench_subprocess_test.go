@@ -61,7 +61,7 @@ func BenchmarkSubprocessStart(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		p, err := NewSubprocess[echoReq, echoResp](ctx, cfg)
+		p, err := newSubprocess[echoReq, echoResp](ctx, cfg)
 		if err != nil {
 			b.Fatal(err)
 		}

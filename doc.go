@@ -102,6 +102,7 @@
 //     ConfigWatcher (Config), both a ManifestSource.
 //   - DynamicLoader, with a Factory per transport: SubprocessFactory,
 //     GRPCFactory, or the host's own.
-//   - Subprocess and GRPCPlugin, the out-of-process transports, with Codec.
+//   - NewSubprocess and NewGRPCPlugin, the out-of-process transports, with
+//     their SubprocessConfig and GRPCConfig, and Codec.
 //   - ReloadDispatcher and Handoff, for surfaces of the host's own.
 package goplugins

@@ -17,7 +17,7 @@ import (
 )
 
 // startRaw starts the raw test plugin in mode; it is closed at cleanup.
-func startRaw(t *testing.T, mode string, h *recordingHandler, mod func(*SubprocessConfig)) *Subprocess[string, string] {
+func startRaw(t *testing.T, mode string, h *recordingHandler, mod func(*SubprocessConfig)) *subprocessPlugin[string, string] {
 	t.Helper()
 	cfg := SubprocessConfig{
 		Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": mode},
@@ -26,7 +26,7 @@ func startRaw(t *testing.T, mode string, h *recordingHandler, mod func(*Subproce
 	if mod != nil {
 		mod(&cfg)
 	}
-	p, err := NewSubprocess[string, string](context.Background(), cfg)
+	p, err := newSubprocess[string, string](context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("NewSubprocess: %v", err)
 	}
@@ -145,13 +145,13 @@ func connConfig(t testing.TB, mode string, h *recordingHandler) SubprocessConfig
 }
 
 // startConn starts the conn test plugin in mode; it is closed at cleanup.
-func startConn(t *testing.T, mode string, h *recordingHandler, mod func(*SubprocessConfig)) *Subprocess[string, string] {
+func startConn(t *testing.T, mode string, h *recordingHandler, mod func(*SubprocessConfig)) *subprocessPlugin[string, string] {
 	t.Helper()
 	cfg := connConfig(t, mode, h)
 	if mod != nil {
 		mod(&cfg)
 	}
-	p, err := NewSubprocess[string, string](context.Background(), cfg)
+	p, err := newSubprocess[string, string](context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("NewSubprocess: %v", err)
 	}
@@ -262,7 +262,7 @@ func TestSubprocessCloseReadsLateAnswers(t *testing.T) {
 	h := newRecordingHandler()
 	cfg := connConfig(t, "late", h)
 	cfg.StopGrace = time.Hour
-	p, err := NewSubprocess[string, string](context.Background(), cfg)
+	p, err := newSubprocess[string, string](context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +339,7 @@ func TestNewSubprocessBadHandshakeHonoursBounds(t *testing.T) {
 				}
 				done := make(chan error, 1)
 				go func() {
-					p, err := NewSubprocess[string, string](ctx, cfg)
+					p, err := newSubprocess[string, string](ctx, cfg)
 					if err == nil {
 						p.Close(context.Background())
 					}

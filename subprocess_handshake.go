@@ -13,7 +13,7 @@ import (
 
 // handshake sends HELLO and checks the WELCOME, within StartTimeout and
 // ctx, then starts the connection's reader and writer.
-func (s *Subprocess[Req, Resp]) handshake(ctx context.Context, c *subConn) error {
+func (s *subprocessPlugin[Req, Resp]) handshake(ctx context.Context, c *subConn) error {
 	name := s.cfg.Name
 	deadline := time.Now().Add(s.cfg.StartTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -40,7 +40,7 @@ func (s *Subprocess[Req, Resp]) handshake(ctx context.Context, c *subConn) error
 }
 
 // welcome checks the plugin's answer to HELLO.
-func (s *Subprocess[Req, Resp]) welcome(f wire.Frame) (wire.Welcome, error) {
+func (s *subprocessPlugin[Req, Resp]) welcome(f wire.Frame) (wire.Welcome, error) {
 	name := s.cfg.Name
 	var w wire.Welcome
 	switch f.Type {
@@ -78,7 +78,7 @@ func (s *Subprocess[Req, Resp]) welcome(f wire.Frame) (wire.Welcome, error) {
 // handshakeFailed explains a handshake that broke off. It waits for the
 // exit status of a child that closed its pipe for at most drainTimeout,
 // and never past the handshake's deadline or ctx.
-func (s *Subprocess[Req, Resp]) handshakeFailed(ctx context.Context, c *subConn, deadline time.Time, err error) error {
+func (s *subprocessPlugin[Req, Resp]) handshakeFailed(ctx context.Context, c *subConn, deadline time.Time, err error) error {
 	name := s.cfg.Name
 	switch {
 	case ctx.Err() != nil:

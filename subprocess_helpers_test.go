@@ -175,7 +175,7 @@ type echoResp struct {
 	PID     int    `json:"pid,omitempty"`
 }
 
-type echoPlugin = Subprocess[echoReq, echoResp]
+type echoPlugin = subprocessPlugin[echoReq, echoResp]
 
 // startEcho starts the echo plugin with cfg adjusted by mod; it is closed
 // at cleanup.
@@ -191,7 +191,7 @@ func startEcho(t testing.TB, h *recordingHandler, mod func(*SubprocessConfig)) *
 	if mod != nil {
 		mod(&cfg)
 	}
-	p, err := NewSubprocess[echoReq, echoResp](context.Background(), cfg)
+	p, err := newSubprocess[echoReq, echoResp](context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("NewSubprocess: %v", err)
 	}

@@ -98,19 +98,8 @@ type GRPCConfig struct {
 	DialOptions []grpc.DialOption
 }
 
-// GRPCPlugin is a plugin served over gRPC. It implements Plugin[Req, Resp],
-// StatefulPlugin, StreamPlugin and SchemaPlugin by calling the plugin; its
-// Info declares the surfaces the plugin reported. It is safe for
-// concurrent use.
-//
-// A child the host started is supervised: if it exits, calls in flight
-// fail with ErrCrashed (with its exit status; the tail of its stderr is in
-// the error's context under "stderr_tail"), it is restarted as
-// GRPCConfig.Restart says, and meanwhile calls and Health fail fast with a
-// retryable ErrCrashed. A Manager it is registered with reports the
-// crashes and restarts as events (EventCrashed, EventRestarted,
-// EventRestartFailed, EventLeftDown).
-type GRPCPlugin[Req, Resp any] struct {
+// grpcPlugin is the plugin NewGRPCPlugin returns.
+type grpcPlugin[Req, Resp any] struct {
 	lifecycle
 	name   string
 	cfg    GRPCConfig
@@ -159,22 +148,43 @@ type grpcChild struct {
 // error instead of a crash.
 const grpcExitWait = 2 * time.Second
 
-// NewGRPCPlugin connects to the plugin cfg describes: it starts the child
-// and waits, bounded by ctx and cfg.StartTimeout, until the child's
-// standard health service reports SERVING, or, for a remote endpoint, makes
-// the first call. It then checks the plugin's Info against cfg: name,
-// version, and that the plugin accepts the codec. On error nothing is left
-// running.
+// NewGRPCPlugin connects to the plugin cfg describes, served over gRPC: it
+// starts the child and waits, bounded by ctx and cfg.StartTimeout, until
+// the child's standard health service reports SERVING, or, for a remote
+// endpoint, makes the first call. It then checks the plugin's Info against
+// cfg: name, version, and that the plugin accepts the codec. On error
+// nothing is left running. The plugin is safe for concurrent use.
+//
+// A child the host started is supervised: if it exits, calls in flight
+// fail with ErrCrashed (the tail of its stderr is in the error's context
+// under "stderr_tail"), it is restarted as cfg.Restart says, and meanwhile
+// calls and Health fail fast with a retryable ErrCrashed. A Manager it is
+// registered with reports the crashes and restarts as events
+// (EventCrashed, EventRestarted, EventRestartFailed, EventLeftDown).
+//
+// Besides Plugin, the returned value implements StatefulPlugin,
+// StreamPlugin and SchemaPlugin by calling the plugin (Info().Surfaces
+// says which it really has), and interface{ Pid() int }: the process id
+// of the serving child, 0 for a remote endpoint or while the child is down.
 //
 // Errors: ErrInvalidConfig for a bad cfg; ErrChecksumMismatch; ErrHandshake
 // when a child does not come up; ErrTransport (retryable) when a remote
 // endpoint cannot be reached; ErrInvalidPlugin or ErrIncompatibleVersion
 // when the plugin is not the one expected.
-func NewGRPCPlugin[Req, Resp any](ctx context.Context, cfg GRPCConfig) (*GRPCPlugin[Req, Resp], error) {
+func NewGRPCPlugin[Req, Resp any](ctx context.Context, cfg GRPCConfig) (Plugin[Req, Resp], error) {
+	p, err := newGRPCPlugin[Req, Resp](ctx, cfg)
+	if err != nil {
+		return nil, err // not a typed nil
+	}
+	return p, nil
+}
+
+// newGRPCPlugin is NewGRPCPlugin with the concrete type.
+func newGRPCPlugin[Req, Resp any](ctx context.Context, cfg GRPCConfig) (*grpcPlugin[Req, Resp], error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	p := &GRPCPlugin[Req, Resp]{name: cfg.Name, cfg: cfg, grace: cfg.StopGrace, log: cfg.Logger}
+	p := &grpcPlugin[Req, Resp]{name: cfg.Name, cfg: cfg, grace: cfg.StopGrace, log: cfg.Logger}
 	if p.grace <= 0 {
 		p.grace = defaultStopGrace
 	}
@@ -199,7 +209,7 @@ func NewGRPCPlugin[Req, Resp any](ctx context.Context, cfg GRPCConfig) (*GRPCPlu
 // open connects to the plugin (starting a child first) and checks its
 // Info, bounded by ctx and the start timeout. On error nothing is left
 // running.
-func (p *GRPCPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
+func (p *grpcPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
 	start := p.cfg.StartTimeout
 	if start <= 0 {
 		start = defaultStartTimeout
@@ -252,7 +262,7 @@ func (cfg *GRPCConfig) validate() error {
 
 // setCodec chooses the payload codec and binds its functions to Req and
 // Resp once, so that calls do no type inspection.
-func (p *GRPCPlugin[Req, Resp]) setCodec(c Codec) {
+func (p *grpcPlugin[Req, Resp]) setCodec(c Codec) {
 	if c == nil {
 		req, okReq := protocodec.For[Req]()
 		resp, okResp := protocodec.For[Resp]()
@@ -274,7 +284,7 @@ func (p *GRPCPlugin[Req, Resp]) setCodec(c Codec) {
 // startChild creates l's client for a unix socket in a new private
 // directory, then starts cfg.Command serving on it; the connection is made
 // by the handshake.
-func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
+func (p *grpcPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	cfg := &p.cfg
 	var sum []byte
 	if cfg.Checksum != "" {
@@ -329,7 +339,7 @@ func (p *GRPCPlugin[Req, Resp]) startChild(l *grpcLink) error {
 
 // dialRemote creates the client of a remote endpoint; grpc-go connects on
 // the first call.
-func (p *GRPCPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
+func (p *grpcPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
 	cfg := &p.cfg
 	creds := insecure.NewCredentials()
 	if cfg.TLS != nil {
@@ -341,7 +351,7 @@ func (p *GRPCPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
 	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...))
 }
 
-func (p *GRPCPlugin[Req, Resp]) connect(l *grpcLink, target string, opts []grpc.DialOption) error {
+func (p *grpcPlugin[Req, Resp]) connect(l *grpcLink, target string, opts []grpc.DialOption) error {
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return wrapError(err, codeInvalidConfig, p.name, "the gRPC target %q is unusable", target)
@@ -355,7 +365,7 @@ func (p *GRPCPlugin[Req, Resp]) connect(l *grpcLink, target string, opts []grpc.
 // handshake waits for a child to serve, then fetches and checks Info and
 // stores it as the plugin's. sctx is bounded by the start timeout; ctx is
 // the caller's.
-func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, l *grpcLink) error {
+func (p *grpcPlugin[Req, Resp]) handshake(sctx, ctx context.Context, l *grpcLink) error {
 	cfg := &p.cfg
 	if l.child != nil {
 		if err := p.awaitServing(sctx, ctx, l); err != nil {
@@ -391,7 +401,7 @@ func (p *GRPCPlugin[Req, Resp]) handshake(sctx, ctx context.Context, l *grpcLink
 
 // awaitServing watches the child's standard health service until it
 // reports SERVING for the plugin service, the child exits, or sctx ends.
-func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context, l *grpcLink) error {
+func (p *grpcPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context, l *grpcLink) error {
 	wctx, cancel := context.WithCancel(sctx)
 	defer cancel()
 	exited := make(chan struct{})
@@ -422,7 +432,7 @@ func (p *GRPCPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context, l *grpcL
 	}
 }
 
-func (p *GRPCPlugin[Req, Resp]) watchServing(ctx context.Context, l *grpcLink) error {
+func (p *grpcPlugin[Req, Resp]) watchServing(ctx context.Context, l *grpcLink) error {
 	stream, err := l.health.Watch(ctx, &healthpb.HealthCheckRequest{Service: pluginpb.ServiceName}, grpc.WaitForReady(true))
 	if err != nil {
 		return err
@@ -440,7 +450,7 @@ func (p *GRPCPlugin[Req, Resp]) watchServing(ctx context.Context, l *grpcLink) e
 
 // Info describes the plugin as it reported itself when it was last
 // connected (started or restarted).
-func (p *GRPCPlugin[Req, Resp]) Info() PluginInfo {
+func (p *grpcPlugin[Req, Resp]) Info() PluginInfo {
 	info := *p.info.Load()
 	info.Surfaces = slices.Clone(info.Surfaces)
 	info.Metadata = maps.Clone(info.Metadata)
@@ -454,7 +464,7 @@ func (p *GRPCPlugin[Req, Resp]) Info() PluginInfo {
 // (retryable while a restart is pending) when it is down; ErrRemote for
 // the plugin's own errors, with its code in the message and retryable as
 // the plugin flagged it; ErrClosed after Close.
-func (p *GRPCPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, error) {
+func (p *grpcPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, error) {
 	var zero Resp
 	l, err := p.live()
 	if err != nil {
@@ -479,7 +489,7 @@ func (p *GRPCPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 // Health checks the plugin through the standard grpc.health.v1 service:
 // nil when it reports SERVING, ErrUnhealthy when it reports otherwise, the
 // call's error (see Execute) when it cannot answer or its child is down.
-func (p *GRPCPlugin[Req, Resp]) Health(ctx context.Context) error {
+func (p *grpcPlugin[Req, Resp]) Health(ctx context.Context) error {
 	l, err := p.live()
 	if err != nil {
 		return err
@@ -496,7 +506,7 @@ func (p *GRPCPlugin[Req, Resp]) Health(ctx context.Context) error {
 }
 
 // PersistState asks the plugin for its state (surface "state").
-func (p *GRPCPlugin[Req, Resp]) PersistState(ctx context.Context) ([]byte, error) {
+func (p *grpcPlugin[Req, Resp]) PersistState(ctx context.Context) ([]byte, error) {
 	l, err := p.live()
 	if err != nil {
 		return nil, err
@@ -510,7 +520,7 @@ func (p *GRPCPlugin[Req, Resp]) PersistState(ctx context.Context) ([]byte, error
 }
 
 // RestoreState hands state to the plugin (surface "state").
-func (p *GRPCPlugin[Req, Resp]) RestoreState(ctx context.Context, state []byte) error {
+func (p *grpcPlugin[Req, Resp]) RestoreState(ctx context.Context, state []byte) error {
 	l, err := p.live()
 	if err != nil {
 		return err
@@ -524,7 +534,7 @@ func (p *GRPCPlugin[Req, Resp]) RestoreState(ctx context.Context, state []byte) 
 
 // Checkpoint stops the plugin's stream processing and returns its position
 // (surface "stream").
-func (p *GRPCPlugin[Req, Resp]) Checkpoint(ctx context.Context) ([]byte, error) {
+func (p *grpcPlugin[Req, Resp]) Checkpoint(ctx context.Context) ([]byte, error) {
 	l, err := p.live()
 	if err != nil {
 		return nil, err
@@ -539,7 +549,7 @@ func (p *GRPCPlugin[Req, Resp]) Checkpoint(ctx context.Context) ([]byte, error) 
 
 // Resume restarts the plugin's stream processing from position (surface
 // "stream").
-func (p *GRPCPlugin[Req, Resp]) Resume(ctx context.Context, position []byte) error {
+func (p *grpcPlugin[Req, Resp]) Resume(ctx context.Context, position []byte) error {
 	l, err := p.live()
 	if err != nil {
 		return err
@@ -553,7 +563,7 @@ func (p *GRPCPlugin[Req, Resp]) Resume(ctx context.Context, position []byte) err
 
 // CheckCompat asks the plugin whether it can replace the plugin old
 // describes (surface "schema"); the plugin's refusal is an ErrRemote.
-func (p *GRPCPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo) error {
+func (p *grpcPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo) error {
 	l, err := p.live()
 	if err != nil {
 		return err
@@ -573,16 +583,16 @@ func (p *GRPCPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo)
 
 // restartCount returns how many restart attempts of a crashed child were
 // made so far.
-func (p *GRPCPlugin[Req, Resp]) restartCount() int { return int(p.restarts.Load()) }
+func (p *grpcPlugin[Req, Resp]) restartCount() int { return int(p.restarts.Load()) }
 
 // Pid returns the process id of the plugin's child process (also its
 // process group id), or 0 for a remote endpoint and while the child is
 // down.
-func (p *GRPCPlugin[Req, Resp]) Pid() int { return int(p.pid.Load()) }
+func (p *grpcPlugin[Req, Resp]) Pid() int { return int(p.pid.Load()) }
 
 // live returns the connection to call, counting the call in flight until
 // its release, or the error explaining why there is none.
-func (p *GRPCPlugin[Req, Resp]) live() (*grpcLink, error) {
+func (p *grpcPlugin[Req, Resp]) live() (*grpcLink, error) {
 	if p.closed.Load() {
 		return nil, p.closedError()
 	}
@@ -647,7 +657,7 @@ func (l *grpcLink) awaitExit(ctx context.Context) bool {
 }
 
 // serve makes l the connection calls use.
-func (p *GRPCPlugin[Req, Resp]) serve(l *grpcLink) {
+func (p *grpcPlugin[Req, Resp]) serve(l *grpcLink) {
 	p.link.Store(l)
 	if l.child != nil {
 		p.pid.Store(int64(l.child.proc.Pid()))
@@ -656,7 +666,7 @@ func (p *GRPCPlugin[Req, Resp]) serve(l *grpcLink) {
 
 // supervise restarts the child each time it exits, until Close. l is the
 // serving connection.
-func (p *GRPCPlugin[Req, Resp]) supervise(l *grpcLink) {
+func (p *grpcPlugin[Req, Resp]) supervise(l *grpcLink) {
 	defer p.wg.Done()
 	last := supervise.Run(p.ctx, supervise.Config{
 		Policy: p.cfg.Restart.policy(),
@@ -672,7 +682,7 @@ func (p *GRPCPlugin[Req, Resp]) supervise(l *grpcLink) {
 
 // restart starts a new child and makes it the serving one. Close, if it
 // is running, swaps it out and closes it after the supervisor returned.
-func (p *GRPCPlugin[Req, Resp]) restart(ctx context.Context) (supervise.Child, error) {
+func (p *grpcPlugin[Req, Resp]) restart(ctx context.Context) (supervise.Child, error) {
 	l, err := p.open(ctx)
 	if err != nil {
 		return nil, err
@@ -683,7 +693,7 @@ func (p *GRPCPlugin[Req, Resp]) restart(ctx context.Context) (supervise.Child, e
 
 // grpcSupervised is a child as the supervisor sees it.
 type grpcSupervised[Req, Resp any] struct {
-	p *GRPCPlugin[Req, Resp]
+	p *grpcPlugin[Req, Resp]
 	l *grpcLink
 }
 
@@ -713,7 +723,7 @@ func (s grpcSupervised[Req, Resp]) Wait(ctx context.Context) error {
 // (SIGKILL at once when ctx ends). It is reaped and its socket directory
 // removed. A remote service is left
 // running. Calling Close again returns the first call's result.
-func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
+func (p *grpcPlugin[Req, Resp]) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
 		p.mu.Lock()
 		p.closed.Store(true)
@@ -735,7 +745,7 @@ func (p *GRPCPlugin[Req, Resp]) Close(ctx context.Context) error {
 // until StopGrace after it to finish the calls in flight over l (the
 // connection is closed after them) and exit, then SIGTERM and SIGKILL
 // follow StopGrace apart; one that refuses it gets SIGTERM at once.
-func (p *GRPCPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) error {
+func (p *grpcPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) error {
 	var errs []error
 	asked := time.Now()
 	if l.child != nil && l.child.proc != nil && !l.exited() {
@@ -777,13 +787,13 @@ func (p *GRPCPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) erro
 	return errors.Join(errs...)
 }
 
-func (p *GRPCPlugin[Req, Resp]) closedError() error {
+func (p *grpcPlugin[Req, Resp]) closedError() error {
 	return newError(codeClosed, p.name, "the gRPC plugin is closed; create a new one with NewGRPCPlugin")
 }
 
 // callError turns the error of a call to the plugin over l into the
 // library's typed error, naming the plugin and the operation.
-func (p *GRPCPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op string, err error) error {
+func (p *grpcPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op string, err error) error {
 	if ctx.Err() != nil || deadlinePassed(ctx) {
 		return canceledError(ctx, p.name)
 	}
@@ -820,7 +830,7 @@ func deadlinePassed(ctx context.Context) bool {
 
 // statusError is the error of a gRPC status without the plugin's Error
 // detail.
-func (p *GRPCPlugin[Req, Resp]) statusError(ctx context.Context, op string, st *status.Status) error {
+func (p *grpcPlugin[Req, Resp]) statusError(ctx context.Context, op string, st *status.Status) error {
 	switch st.Code() {
 	case codes.Unavailable:
 		return retryable(newError(codeTransport, p.name, "%s failed: the plugin is unreachable (%s); the call may be retried", op, st.Message()))
@@ -861,8 +871,8 @@ func socketTempDir() string {
 
 // Interfaces a GRPCPlugin implements.
 var (
-	_ Plugin[any, any] = (*GRPCPlugin[any, any])(nil)
-	_ StatefulPlugin   = (*GRPCPlugin[any, any])(nil)
-	_ StreamPlugin     = (*GRPCPlugin[any, any])(nil)
-	_ SchemaPlugin     = (*GRPCPlugin[any, any])(nil)
+	_ Plugin[any, any] = (*grpcPlugin[any, any])(nil)
+	_ StatefulPlugin   = (*grpcPlugin[any, any])(nil)
+	_ StreamPlugin     = (*grpcPlugin[any, any])(nil)
+	_ SchemaPlugin     = (*grpcPlugin[any, any])(nil)
 )

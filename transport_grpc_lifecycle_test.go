@@ -20,7 +20,7 @@ func TestGRPCHandlerCanceledIsARemoteError(t *testing.T) {
 	verifyNoLeaks(t)
 	bin := buildGRPCCounter(t)
 	ctx := context.Background()
-	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin})
+	p, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin})
 	require.NoError(t, err)
 	defer p.Close(ctx)
 	_, err = p.Execute(ctx, counterReq{Op: "canceled"})
@@ -56,7 +56,7 @@ func TestGRPCStopWithinTwoGracesWhenShutdownFails(t *testing.T) {
 	bin := buildGRPCCounter(t)
 	ctx := context.Background()
 	const grace = 500 * time.Millisecond
-	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, StopGrace: grace})
+	p, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, StopGrace: grace})
 	require.NoError(t, err)
 	require.NotZero(t, p.Pid())
 	assert.Equal(t, grpcChildOf(t, p).proc.Pid(), p.Pid(), "Pid is the child's")

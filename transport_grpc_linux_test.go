@@ -19,7 +19,7 @@ func TestGRPCHelperHost(t *testing.T) {
 	if bin == "" {
 		t.Skip("helper process for TestGRPCChildDiesWithHost")
 	}
-	p, err := NewGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{Name: "counter", Command: bin})
+	p, err := newGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{Name: "counter", Command: bin})
 	if err != nil {
 		fmt.Println("error:", err)
 		os.Exit(1)

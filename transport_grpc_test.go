@@ -148,9 +148,9 @@ func unixListener(t *testing.T) (net.Listener, string) {
 	return lis, "unix://" + path
 }
 
-func newRemote(t *testing.T, cfg GRPCConfig) *GRPCPlugin[counterReq, counterResp] {
+func newRemote(t *testing.T, cfg GRPCConfig) *grpcPlugin[counterReq, counterResp] {
 	t.Helper()
-	p, err := NewGRPCPlugin[counterReq, counterResp](context.Background(), cfg)
+	p, err := newGRPCPlugin[counterReq, counterResp](context.Background(), cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, p.Close(context.Background())) })
 	return p
@@ -358,7 +358,7 @@ func TestGRPCTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			lis, addr := tcpListener(t)
 			serveGRPC(t, lis, addr, newInProcPlugin(), grpcplugin.WithTLS(pki.serverCert, pki.serverKey, tc.clientCA))
-			p, err := NewGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{Name: "counter", Endpoint: addr, TLS: tc.files})
+			p, err := newGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{Name: "counter", Endpoint: addr, TLS: tc.files})
 			if tc.wantError {
 				require.ErrorIs(t, err, ErrTransport)
 				assert.Nil(t, p)
@@ -375,7 +375,7 @@ func TestGRPCTLS(t *testing.T) {
 	t.Run("plaintext client refused", func(t *testing.T) {
 		lis, addr := tcpListener(t)
 		serveGRPC(t, lis, addr, newInProcPlugin(), grpcplugin.WithTLS(pki.serverCert, pki.serverKey, ""))
-		_, err := NewGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{Name: "counter", Endpoint: addr})
+		_, err := newGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{Name: "counter", Endpoint: addr})
 		require.ErrorIs(t, err, ErrTransport)
 	})
 }
@@ -422,7 +422,7 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		fds := grpcOpenFDs(t)
 		var logs syncBuffer
 		logger := slog.New(slog.NewTextHandler(&logs, nil))
-		p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, AutoMTLS: true, Logger: logger})
+		p, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, AutoMTLS: true, Logger: logger})
 		require.NoError(t, err)
 		child := grpcChildOf(t, p)
 		dir, pid := child.dir, child.proc.Pid()
@@ -477,7 +477,7 @@ func TestGRPCChildLifecycle(t *testing.T) {
 	for _, tc := range errorCases {
 		t.Run(tc.name, func(t *testing.T) {
 			before, children := gpSocketDirs(t), grpcChildPids(t)
-			p, err := NewGRPCPlugin[counterReq, counterResp](ctx, tc.cfg)
+			p, err := newGRPCPlugin[counterReq, counterResp](ctx, tc.cfg)
 			require.ErrorIs(t, err, tc.want)
 			assert.Nil(t, p)
 			assert.Equal(t, before, gpSocketDirs(t), "a failed start leaves no socket directory")
@@ -496,7 +496,7 @@ func (secureOnlyCreds) GetRequestMetadata(context.Context, ...string) (map[strin
 func (secureOnlyCreds) RequireTransportSecurity() bool { return true }
 
 // grpcChildOf returns the child p is connected to now.
-func grpcChildOf(t *testing.T, p *GRPCPlugin[counterReq, counterResp]) *grpcChild {
+func grpcChildOf(t *testing.T, p *grpcPlugin[counterReq, counterResp]) *grpcChild {
 	t.Helper()
 	l := p.link.Load()
 	require.NotNil(t, l, "the plugin is down")
@@ -524,7 +524,7 @@ func TestGRPCChildCrashAndRestart(t *testing.T) {
 	ctx := context.Background()
 	children, dirs := grpcChildPids(t), gpSocketDirs(t)
 	restarted := make(chan error, 10)
-	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
+	p, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: bin, AutoMTLS: true,
 		Restart:   RestartPolicy{MaxAttempts: 3, Backoff: 10 * time.Millisecond},
 		OnRestart: func(_ string, _ int, err error) { restarted <- err },
@@ -581,7 +581,7 @@ func TestGRPCChildDownFailsFast(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			children, dirs := grpcChildPids(t), gpSocketDirs(t)
-			p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, Restart: tt.policy})
+			p, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, Restart: tt.policy})
 			require.NoError(t, err)
 			_, err = p.Execute(ctx, counterReq{Op: "exit"})
 			require.ErrorIs(t, err, ErrCrashed)
@@ -617,7 +617,7 @@ func TestGRPCCloseDuringRestart(t *testing.T) {
 		": > "+first+"\nexec "+bin+"\n"), 0o755))
 	children, dirs := grpcChildPids(t), gpSocketDirs(t)
 	restarted := make(chan error, 10)
-	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
+	p, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: script, StartTimeout: time.Minute,
 		Restart:   RestartPolicy{Backoff: time.Millisecond},
 		OnRestart: func(_ string, _ int, err error) { restarted <- err },
@@ -680,7 +680,7 @@ func TestGRPCReloadHandsStateOver(t *testing.T) {
 	m := NewManager[counterReq, counterResp]()
 	defer m.Shutdown(ctx)
 
-	v1, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, Args: []string{"-version", "1.0.0"}, AutoMTLS: true})
+	v1, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, Args: []string{"-version", "1.0.0"}, AutoMTLS: true})
 	require.NoError(t, err)
 	assert.ElementsMatch(t, []Surface{SurfaceState, SurfaceStream}, v1.Info().Surfaces)
 	require.NoError(t, m.Register(v1))
@@ -689,7 +689,7 @@ func TestGRPCReloadHandsStateOver(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	v2, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, Args: []string{"-version", "2.0.0"}, AutoMTLS: true})
+	v2, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: bin, Args: []string{"-version", "2.0.0"}, AutoMTLS: true})
 	require.NoError(t, err)
 	oldChild := grpcChildOf(t, v1)
 	oldDir, oldPid := oldChild.dir, oldChild.proc.Pid()
@@ -726,7 +726,7 @@ func TestGRPCProtoCodec(t *testing.T) {
 	}()
 	defer func() { cancel(); require.NoError(t, <-done) }()
 
-	p, err := NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target})
+	p, err := newGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target})
 	require.NoError(t, err)
 	defer p.Close(context.Background())
 	assert.Equal(t, "proto", p.codec, "protobuf message types choose the proto codec")
@@ -734,7 +734,7 @@ func TestGRPCProtoCodec(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []byte{0, 1, 2, 255}, resp.Value)
 
-	_, err = NewGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target, Codec: JSONCodec{}})
+	_, err = newGRPCPlugin[*wrapperspb.BytesValue, *wrapperspb.BytesValue](context.Background(), GRPCConfig{Name: "echo", Endpoint: target, Codec: JSONCodec{}})
 	require.ErrorIs(t, err, ErrInvalidConfig, "the plugin accepts only proto; a JSON host is refused before any call")
 }
 
@@ -818,7 +818,7 @@ func TestGRPCFactoryRestartPolicy(t *testing.T) {
 			p, err := GRPCFactory[counterReq, counterResp](base)(ctx, m)
 			require.NoError(t, err)
 			defer p.Close(ctx)
-			assert.Equal(t, tt.want, p.(*GRPCPlugin[counterReq, counterResp]).cfg.Restart)
+			assert.Equal(t, tt.want, p.(*grpcPlugin[counterReq, counterResp]).cfg.Restart)
 		})
 	}
 }
@@ -831,7 +831,7 @@ func TestGRPCRestartUnderConcurrentCalls(t *testing.T) {
 	bin := buildGRPCCounter(t)
 	ctx := context.Background()
 	restarted := make(chan error, 10)
-	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
+	p, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: bin,
 		Restart:   RestartPolicy{Backoff: time.Millisecond},
 		OnRestart: func(_ string, _ int, err error) { restarted <- err },
@@ -881,7 +881,7 @@ func TestGRPCCloseFinishesCallsInFlight(t *testing.T) {
 	ctx := context.Background()
 	children, dirs := grpcChildPids(t), gpSocketDirs(t)
 	sent := &requestSent{method: "/" + pluginpb.ServiceName + "/Execute", ch: make(chan struct{}, 1)}
-	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
+	p, err := newGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{
 		Name: "counter", Command: bin, AutoMTLS: true,
 		DialOptions: []grpc.DialOption{grpc.WithStatsHandler(sent)},
 	})

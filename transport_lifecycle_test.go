@@ -187,7 +187,7 @@ func TestSubprocessSurvivesItsStarterThread(t *testing.T) {
 // newlines before it crashes leaves a short tail in the error.
 func TestSubprocessStderrFloodIsBounded(t *testing.T) {
 	verifyNoLeaks(t)
-	_, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{
+	_, err := newSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{
 		Name: "flood", Command: "/bin/sh", Args: []string{"-c", "head -c 2000000 /dev/zero | tr '\\0' x >&2; exit 1"},
 		Logger: slog.New(slog.DiscardHandler),
 	})
@@ -254,7 +254,7 @@ func TestRemoteErrorIsTheSameOnBothTransports(t *testing.T) {
 func TestSubprocessCloseCountsGraceFromShutdown(t *testing.T) {
 	verifyNoLeaks(t)
 	const grace = 400 * time.Millisecond
-	p, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{
+	p, err := newSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{
 		Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "noread"},
 		StopGrace: grace, Logger: slog.New(slog.DiscardHandler),
 	})

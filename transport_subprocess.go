@@ -78,18 +78,8 @@ type SubprocessConfig struct {
 	Logger *slog.Logger
 }
 
-// Subprocess is a plugin running as a supervised child process. It
-// implements Plugin, StatefulPlugin, StreamPlugin and SchemaPlugin by
-// forwarding over the wire; the surfaces the child reports in its handshake
-// (PluginInfo.Surfaces) say which of them the child really has.
-//
-// Calls are multiplexed over one child. If the child crashes, calls in
-// flight fail with ErrCrashed (with the exit status and the tail of its
-// stderr), the child is restarted as SubprocessConfig.Restart says, and
-// meanwhile calls and Health fail fast with a retryable ErrCrashed. A
-// Manager it is registered with reports the crashes and restarts as
-// events (EventCrashed, EventRestarted, EventRestartFailed, EventLeftDown).
-type Subprocess[Req, Resp any] struct {
+// subprocessPlugin is the plugin NewSubprocess returns.
+type subprocessPlugin[Req, Resp any] struct {
 	lifecycle
 	cfg   SubprocessConfig
 	sum   []byte
@@ -108,13 +98,36 @@ type Subprocess[Req, Resp any] struct {
 	down   error // set when restarts were given up
 }
 
-// NewSubprocess starts the plugin described by cfg and completes the
-// handshake. Errors match ErrInvalidConfig (bad cfg), ErrChecksumMismatch
-// (nothing ran), ErrHandshake (not a plugin, or the name or version is not
-// the expected one), ErrHandshake, or ErrTransport (matching
-// errors.ErrUnsupported too) on an OS without child processes (Windows).
-func NewSubprocess[Req, Resp any](ctx context.Context, cfg SubprocessConfig) (*Subprocess[Req, Resp], error) {
-	s := &Subprocess[Req, Resp]{cfg: cfg, codec: cfg.Codec, log: cfg.Logger}
+// NewSubprocess starts the plugin described by cfg as a supervised child
+// process and completes the handshake. Calls are multiplexed over the one
+// child. If it crashes, calls in flight fail with ErrCrashed (the tail of
+// its stderr is in the error's context under "stderr_tail"), the child is
+// restarted as cfg.Restart says, and meanwhile calls and Health fail fast
+// with a retryable ErrCrashed. A Manager it is registered with reports the
+// crashes and restarts as events (EventCrashed, EventRestarted,
+// EventRestartFailed, EventLeftDown). The plugin is safe for concurrent use.
+//
+// Besides Plugin, the returned value implements StatefulPlugin,
+// StreamPlugin and SchemaPlugin by forwarding over the wire (the surfaces
+// the child declared in its handshake, in Info().Surfaces, say which of
+// them it really has), and interface{ Pid() int }: the process id of the
+// serving child (also its process group id), 0 while it is down.
+//
+// Errors match ErrInvalidConfig (bad cfg), ErrChecksumMismatch (nothing
+// ran), ErrHandshake (not a plugin, or the name or version is not the
+// expected one), or ErrTransport (matching errors.ErrUnsupported too) on an
+// OS without child processes (Windows).
+func NewSubprocess[Req, Resp any](ctx context.Context, cfg SubprocessConfig) (Plugin[Req, Resp], error) {
+	p, err := newSubprocess[Req, Resp](ctx, cfg)
+	if err != nil {
+		return nil, err // not a typed nil
+	}
+	return p, nil
+}
+
+// newSubprocess is NewSubprocess with the concrete type.
+func newSubprocess[Req, Resp any](ctx context.Context, cfg SubprocessConfig) (*subprocessPlugin[Req, Resp], error) {
+	s := &subprocessPlugin[Req, Resp]{cfg: cfg, codec: cfg.Codec, log: cfg.Logger}
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
@@ -131,7 +144,7 @@ func NewSubprocess[Req, Resp any](ctx context.Context, cfg SubprocessConfig) (*S
 }
 
 // validate checks cfg and fills in defaults.
-func (s *Subprocess[Req, Resp]) validate() error {
+func (s *subprocessPlugin[Req, Resp]) validate() error {
 	cfg := &s.cfg
 	if err := validateName(cfg.Name); err != nil {
 		return wrapError(err, codeInvalidConfig, cfg.Name, "SubprocessConfig.Name")
@@ -181,7 +194,7 @@ func (s *Subprocess[Req, Resp]) validate() error {
 }
 
 // start starts a child and completes the handshake.
-func (s *Subprocess[Req, Resp]) start(ctx context.Context) (*subConn, error) {
+func (s *subprocessPlugin[Req, Resp]) start(ctx context.Context) (*subConn, error) {
 	name := s.cfg.Name
 	childIn, toChild, err := os.Pipe()
 	if err != nil {
@@ -220,14 +233,14 @@ func (s *Subprocess[Req, Resp]) start(ctx context.Context) (*subConn, error) {
 }
 
 // serve makes c the serving child.
-func (s *Subprocess[Req, Resp]) serve(c *subConn) {
+func (s *subprocessPlugin[Req, Resp]) serve(c *subConn) {
 	s.conn.Store(c)
 	s.info.Store(&c.info)
 	s.pid.Store(int64(c.proc.Pid()))
 }
 
 // supervise restarts the child each time it dies, until Close.
-func (s *Subprocess[Req, Resp]) supervise(c *subConn) {
+func (s *subprocessPlugin[Req, Resp]) supervise(c *subConn) {
 	defer s.wg.Done()
 	last := supervise.Run(s.ctx, supervise.Config{
 		Policy: s.cfg.Restart.policy(),
@@ -243,7 +256,7 @@ func (s *Subprocess[Req, Resp]) supervise(c *subConn) {
 
 // restart starts a new child and makes it the serving one, unless Close
 // began meanwhile.
-func (s *Subprocess[Req, Resp]) restart(ctx context.Context) (supervise.Child, error) {
+func (s *subprocessPlugin[Req, Resp]) restart(ctx context.Context) (supervise.Child, error) {
 	c, err := s.start(ctx)
 	if err != nil {
 		return nil, err
@@ -260,7 +273,7 @@ func (s *Subprocess[Req, Resp]) restart(ctx context.Context) (supervise.Child, e
 
 // subChild is a child as the supervisor sees it.
 type subChild[Req, Resp any] struct {
-	s *Subprocess[Req, Resp]
+	s *subprocessPlugin[Req, Resp]
 	c *subConn
 }
 
@@ -281,7 +294,7 @@ func (sc subChild[Req, Resp]) Wait(ctx context.Context) error {
 }
 
 // live returns the serving child, or the error explaining why none is.
-func (s *Subprocess[Req, Resp]) live() (*subConn, error) {
+func (s *subprocessPlugin[Req, Resp]) live() (*subConn, error) {
 	if c := s.conn.Load(); c != nil && !c.isDead() {
 		return c, nil
 	}
@@ -292,11 +305,11 @@ func (s *Subprocess[Req, Resp]) live() (*subConn, error) {
 
 // Pid returns the process id of the plugin's child process (also its
 // process group id), or 0 while it is down.
-func (s *Subprocess[Req, Resp]) Pid() int { return int(s.pid.Load()) }
+func (s *subprocessPlugin[Req, Resp]) Pid() int { return int(s.pid.Load()) }
 
 // Info returns the info the child reported in its handshake (a copy: the
 // caller may modify it).
-func (s *Subprocess[Req, Resp]) Info() PluginInfo {
+func (s *subprocessPlugin[Req, Resp]) Info() PluginInfo {
 	info := *s.info.Load()
 	info.Surfaces = slices.Clone(info.Surfaces)
 	info.Metadata = maps.Clone(info.Metadata)
@@ -304,13 +317,13 @@ func (s *Subprocess[Req, Resp]) Info() PluginInfo {
 }
 
 // restartCount returns how many restart attempts were made so far.
-func (s *Subprocess[Req, Resp]) restartCount() int { return int(s.restarts.Load()) }
+func (s *subprocessPlugin[Req, Resp]) restartCount() int { return int(s.restarts.Load()) }
 
 // Execute sends req to the child and returns its answer. When ctx ends
 // first the call is abandoned (a request already sent is cancelled in the
 // child, one not yet sent is dropped) and the error matches ErrCanceled and
 // ctx's error; past CallTimeout it matches ErrTimeout.
-func (s *Subprocess[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, error) {
+func (s *subprocessPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, error) {
 	var zero Resp
 	c, err := s.live()
 	if err != nil {
@@ -333,37 +346,37 @@ func (s *Subprocess[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 }
 
 // Health pings the child; it fails while the child is down.
-func (s *Subprocess[Req, Resp]) Health(ctx context.Context) error {
+func (s *subprocessPlugin[Req, Resp]) Health(ctx context.Context) error {
 	_, err := s.control(ctx, wire.TypeHealth, "", nil)
 	return err
 }
 
 // PersistState asks the child for its state (surface "state").
-func (s *Subprocess[Req, Resp]) PersistState(ctx context.Context) ([]byte, error) {
+func (s *subprocessPlugin[Req, Resp]) PersistState(ctx context.Context) ([]byte, error) {
 	return s.control(ctx, wire.TypePersist, SurfaceState, nil)
 }
 
 // RestoreState hands state to the child (surface "state").
-func (s *Subprocess[Req, Resp]) RestoreState(ctx context.Context, state []byte) error {
+func (s *subprocessPlugin[Req, Resp]) RestoreState(ctx context.Context, state []byte) error {
 	_, err := s.control(ctx, wire.TypeRestore, SurfaceState, state)
 	return err
 }
 
 // Checkpoint stops the child's stream and returns its position (surface
 // "stream").
-func (s *Subprocess[Req, Resp]) Checkpoint(ctx context.Context) ([]byte, error) {
+func (s *subprocessPlugin[Req, Resp]) Checkpoint(ctx context.Context) ([]byte, error) {
 	return s.control(ctx, wire.TypeCheckpoint, SurfaceStream, nil)
 }
 
 // Resume restarts the child's stream from position (surface "stream").
-func (s *Subprocess[Req, Resp]) Resume(ctx context.Context, position []byte) error {
+func (s *subprocessPlugin[Req, Resp]) Resume(ctx context.Context, position []byte) error {
 	_, err := s.control(ctx, wire.TypeResume, SurfaceStream, position)
 	return err
 }
 
 // CheckCompat asks the child whether it can replace old (surface "schema").
 // A refusal matches ErrSchemaIncompatible.
-func (s *Subprocess[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo) error {
+func (s *subprocessPlugin[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo) error {
 	payload, err := json.Marshal(old)
 	if err != nil {
 		return wrapError(err, codeInvalidPlugin, s.cfg.Name, "encoding the old plugin's info")
@@ -376,7 +389,7 @@ func (s *Subprocess[Req, Resp]) CheckCompat(ctx context.Context, old PluginInfo)
 }
 
 // control sends a control request that needs surface (none when "").
-func (s *Subprocess[Req, Resp]) control(ctx context.Context, t wire.Type, surface Surface, payload []byte) ([]byte, error) {
+func (s *subprocessPlugin[Req, Resp]) control(ctx context.Context, t wire.Type, surface Surface, payload []byte) ([]byte, error) {
 	if surface != "" && !s.Info().Has(surface) {
 		return nil, newError(codeInvalidPlugin, s.cfg.Name, "the plugin does not declare the %q surface, so it cannot answer %s", surface, t)
 	}
@@ -392,7 +405,7 @@ func (s *Subprocess[Req, Resp]) control(ctx context.Context, t wire.Type, surfac
 // once when ctx ends). It returns when the child is reaped and every
 // goroutine and descriptor of the plugin is released. Calling Close again
 // returns nil.
-func (s *Subprocess[Req, Resp]) Close(ctx context.Context) error {
+func (s *subprocessPlugin[Req, Resp]) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -415,8 +428,8 @@ func (s *Subprocess[Req, Resp]) Close(ctx context.Context) error {
 
 // Compile-time checks of the interfaces Subprocess implements.
 var (
-	_ Plugin[any, any] = (*Subprocess[any, any])(nil)
-	_ StatefulPlugin   = (*Subprocess[any, any])(nil)
-	_ StreamPlugin     = (*Subprocess[any, any])(nil)
-	_ SchemaPlugin     = (*Subprocess[any, any])(nil)
+	_ Plugin[any, any] = (*subprocessPlugin[any, any])(nil)
+	_ StatefulPlugin   = (*subprocessPlugin[any, any])(nil)
+	_ StreamPlugin     = (*subprocessPlugin[any, any])(nil)
+	_ SchemaPlugin     = (*subprocessPlugin[any, any])(nil)
 )

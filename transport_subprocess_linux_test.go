@@ -21,7 +21,7 @@ func TestSubprocessHelperHost(t *testing.T) {
 	if bin == "" {
 		t.Skip("helper process for TestSubprocessChildDiesWithHost")
 	}
-	p, err := NewSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{Name: "echo", Command: bin})
+	p, err := newSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{Name: "echo", Command: bin})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -367,7 +367,7 @@ func TestSubprocessOutputReachesLogger(t *testing.T) {
 func TestSubprocessGarbageOnProtocolPipe(t *testing.T) {
 	verifyNoLeaks(t)
 	checkNoFDLeak(t)
-	p, err := NewSubprocess[string, string](context.Background(), SubprocessConfig{
+	p, err := newSubprocess[string, string](context.Background(), SubprocessConfig{
 		Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "garbage"},
 		Restart: RestartPolicy{MaxAttempts: -1}, Logger: slog.New(newRecordingHandler()),
 	})
@@ -405,7 +405,7 @@ func TestSubprocessFrameTooLarge(t *testing.T) {
 		}
 	})
 	t.Run("answer over the host's limit, refused by the host", func(t *testing.T) {
-		p, err := NewSubprocess[string, string](ctx, SubprocessConfig{
+		p, err := newSubprocess[string, string](ctx, SubprocessConfig{
 			Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "bigframe"},
 			MaxFrameSize: 4096, Logger: slog.New(newRecordingHandler()),
 		})
@@ -453,7 +453,7 @@ func TestSubprocessStartFailures(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.cfg.Logger = slog.New(newRecordingHandler())
-			p, err := NewSubprocess[echoReq, echoResp](context.Background(), tt.cfg)
+			p, err := newSubprocess[echoReq, echoResp](context.Background(), tt.cfg)
 			if err == nil {
 				p.Close(context.Background())
 				t.Fatal("NewSubprocess succeeded")
@@ -593,7 +593,7 @@ func TestSubprocessPythonPlugin(t *testing.T) {
 	verifyNoLeaks(t)
 	checkNoFDLeak(t)
 	ctx := context.Background()
-	p, err := NewSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
+	p, err := newSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
 		Name: "pyecho", Version: "1.0.0", Command: python, Args: []string{"testdata/plugins/python/echo_plugin.py"},
 		Logger: slog.New(newRecordingHandler()),
 	})
@@ -635,7 +635,7 @@ func TestSubprocessVerifiedScriptPlugin(t *testing.T) {
 	}
 	sum := sha256.Sum256(script)
 	ctx := context.Background()
-	p, err := NewSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
+	p, err := newSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
 		Name: "pyecho", Version: "1.0.0", Command: path, Checksum: "sha256:" + hex.EncodeToString(sum[:]),
 		Logger: slog.New(newRecordingHandler()),
 	})

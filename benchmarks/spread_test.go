@@ -128,8 +128,8 @@ func startParallel(b *testing.B, n int, start func(i int) error) {
 
 // startSpreadGoplugins starts n goplugins echo children; stop (also run at
 // cleanup) stops them.
-func startSpreadGoplugins(b *testing.B, n int) (ps []*goplugins.Subprocess[string, string], stop func()) {
-	ps = make([]*goplugins.Subprocess[string, string], n)
+func startSpreadGoplugins(b *testing.B, n int) (ps []goplugins.Plugin[string, string], stop func()) {
+	ps = make([]goplugins.Plugin[string, string], n)
 	stop = sync.OnceFunc(func() {
 		startParallel(b, n, func(i int) error {
 			if ps[i] != nil {
