@@ -294,3 +294,29 @@ func awaitPipeFull(t *testing.T, pid int) {
 		require.True(t, time.Now().Before(deadline), "the request pipe holds %d bytes after a minute", n)
 	}
 }
+
+// TestConstructorsExposePidAndSurfaces: the plugins NewSubprocess and
+// NewGRPCPlugin return implement the reload surfaces and interface{ Pid()
+// int }, as their docs promise, reached by type assertion.
+func TestConstructorsExposePidAndSurfaces(t *testing.T) {
+	verifyNoLeaks(t)
+	ctx := context.Background()
+	sub, err := NewSubprocess[echoReq, echoResp](ctx, SubprocessConfig{Name: "echo", Command: pluginBinary(t, "echo"), Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	defer sub.Close(ctx)
+	grpcp, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: buildGRPCCounter(t), Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	defer grpcp.Close(ctx)
+	for name, p := range map[string]any{"subprocess": sub, "grpc": grpcp} {
+		pp, ok := p.(interface{ Pid() int })
+		require.True(t, ok, "%s: no Pid method", name)
+		assert.NotZero(t, pp.Pid(), "%s: the serving child's pid", name)
+		for _, ok := range []bool{
+			func() bool { _, ok := p.(StatefulPlugin); return ok }(),
+			func() bool { _, ok := p.(StreamPlugin); return ok }(),
+			func() bool { _, ok := p.(SchemaPlugin); return ok }(),
+		} {
+			assert.True(t, ok, "%s: a reload surface is missing", name)
+		}
+	}
+}
