@@ -2,6 +2,7 @@ package goplugins
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -10,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestMain removes the plugin binaries built for the tests.
@@ -50,9 +54,7 @@ func pluginBinary(tb testing.TB, name string) string {
 			}
 		}
 	})
-	if testPlugins.err != nil {
-		tb.Fatalf("building the test plugins: %v", testPlugins.err)
-	}
+	require.NoError(tb, testPlugins.err, "building the test plugins")
 	return filepath.Join(testPlugins.dir, name)
 }
 
@@ -110,6 +112,13 @@ func (h *recordingHandler) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
+// records returns a copy of the records seen so far, for failure messages.
+func (h *recordingHandler) records() []record {
+	h.root.mu.Lock()
+	defer h.root.mu.Unlock()
+	return append([]record(nil), h.root.records...)
+}
+
 // wait returns the first record matching ok, waiting for new records until
 // ctx ends.
 func (h *recordingHandler) wait(ctx context.Context, ok func(record) bool) (record, bool) {
@@ -147,19 +156,18 @@ func checkNoFDLeak(t *testing.T) {
 	t.Helper()
 	before := openFDs(t)
 	t.Cleanup(func() {
-		if after := openFDs(t); after > before {
-			t.Errorf("%d descriptors open after the test, %d before", after, before)
-		}
+		after := openFDs(t)
+		assert.LessOrEqual(t, after, before, "%d descriptors open after the test, %d before", after, before)
 	})
 }
 
 // checkReaped fails t if process pid still exists (running or zombie).
 func checkReaped(t *testing.T, pid int) {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); !os.IsNotExist(err) {
-		b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-		t.Errorf("plugin process %d still exists after Close: %s", pid, b)
-	}
+	dir := filepath.Join("/proc", strconv.Itoa(pid))
+	_, err := os.Stat(dir)
+	stat, _ := os.ReadFile(filepath.Join(dir, "stat")) // for the message
+	assert.ErrorIs(t, err, fs.ErrNotExist, "plugin process %d still exists after Close: %s", pid, stat)
 }
 
 type echoReq struct {
@@ -192,9 +200,7 @@ func startEcho(t testing.TB, h *recordingHandler, mod func(*SubprocessConfig)) *
 		mod(&cfg)
 	}
 	p, err := newSubprocess[echoReq, echoResp](context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("NewSubprocess: %v", err)
-	}
+	require.NoError(t, err, "NewSubprocess")
 	t.Cleanup(func() { p.Close(context.Background()) })
 	return p
 }
@@ -202,8 +208,6 @@ func startEcho(t testing.TB, h *recordingHandler, mod func(*SubprocessConfig)) *
 func pidOf(t *testing.T, p *echoPlugin) int {
 	t.Helper()
 	resp, err := p.Execute(context.Background(), echoReq{Op: "pid"})
-	if err != nil {
-		t.Fatalf("pid call: %v", err)
-	}
+	require.NoError(t, err, "pid call")
 	return resp.PID
 }

@@ -8,11 +8,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +20,8 @@ import (
 	"time"
 
 	goerrors "github.com/agilira/go-errors"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestSubprocessLifecycle(t *testing.T) {
@@ -29,30 +31,23 @@ func TestSubprocessLifecycle(t *testing.T) {
 	p := startEcho(t, nil, nil)
 
 	info := p.Info()
-	if info.Name != "echo" || info.Version != "1.0.0" || !info.Has(SurfaceState) || !info.Has(SurfaceStream) || info.Has(SurfaceSchema) {
-		t.Fatalf("Info = %+v; want echo 1.0.0 with surfaces state and stream", info)
-	}
+	const wantInfo = "Info = %+v; want echo 1.0.0 with surfaces state and stream"
+	require.Equal(t, "echo", info.Name, wantInfo, info)
+	require.Equal(t, "1.0.0", info.Version, wantInfo, info)
+	require.True(t, info.Has(SurfaceState), wantInfo, info)
+	require.True(t, info.Has(SurfaceStream), wantInfo, info)
+	require.False(t, info.Has(SurfaceSchema), wantInfo, info)
 	resp, err := p.Execute(ctx, echoReq{Data: "hello"})
-	if err != nil || resp.Data != "hello" {
-		t.Fatalf("Execute = %+v, %v; want hello", resp, err)
-	}
-	if err := p.Health(ctx); err != nil {
-		t.Fatalf("Health: %v", err)
-	}
+	require.NoError(t, err, "Execute")
+	require.Equal(t, "hello", resp.Data, "Execute")
+	require.NoError(t, p.Health(ctx), "Health")
 	pid := pidOf(t, p)
-	if err := p.Close(ctx); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	if err := p.Close(ctx); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
+	require.NoError(t, p.Close(ctx), "Close")
+	require.NoError(t, p.Close(ctx), "second Close")
 	checkReaped(t, pid)
-	if _, err := p.Execute(ctx, echoReq{Data: "late"}); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Execute after Close error = %v, want ErrClosed", err)
-	}
-	if err := p.Health(ctx); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Health after Close error = %v, want ErrClosed", err)
-	}
+	_, err = p.Execute(ctx, echoReq{Data: "late"})
+	require.ErrorIs(t, err, ErrClosed, "Execute after Close")
+	require.ErrorIs(t, p.Health(ctx), ErrClosed, "Health after Close")
 }
 
 func TestSubprocessConcurrentCalls(t *testing.T) {
@@ -90,12 +85,10 @@ func TestSubprocessConcurrentCalls(t *testing.T) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		t.Error(err)
+		assert.NoError(t, err)
 	}
 	unblock()
-	if err := <-blocked; !errors.Is(err, context.Canceled) {
-		t.Fatalf("blocked call error = %v, want context.Canceled", err)
-	}
+	require.ErrorIs(t, <-blocked, context.Canceled, "blocked call")
 }
 
 func TestSubprocessCancellationReachesHandler(t *testing.T) {
@@ -128,25 +121,21 @@ func TestSubprocessCancellationReachesHandler(t *testing.T) {
 			if tt.cancel {
 				startCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 				defer stop()
-				if _, err := tt.p.Execute(startCtx, echoReq{Op: "started", Key: tt.name}); err != nil {
-					t.Fatalf("waiting for the handler to start: %v", err)
-				}
+				_, err := tt.p.Execute(startCtx, echoReq{Op: "started", Key: tt.name})
+				require.NoError(t, err, "waiting for the handler to start")
 				cancel()
 			}
 			err := <-done
 			for _, want := range tt.wantErr {
-				if !errors.Is(err, want) {
-					t.Fatalf("Execute error = %v, want %v", err, want)
-				}
+				require.ErrorIs(t, err, want, "Execute")
 			}
 			// The plugin answers "await" only once the blocked handler has
 			// seen its ctx end: proof that the cancellation crossed over.
 			awaitCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 			defer stop()
 			resp, err := tt.p.Execute(awaitCtx, echoReq{Op: "await", Key: tt.name})
-			if err != nil || resp.Data != "handler observed cancellation" {
-				t.Fatalf("await = %+v, %v; the handler never saw its ctx end", resp, err)
-			}
+			require.NoError(t, err, "await: the handler never saw its ctx end")
+			require.Equal(t, "handler observed cancellation", resp.Data, "await: the handler never saw its ctx end")
 		})
 	}
 }
@@ -163,35 +152,21 @@ func TestSubprocessCrashAndRestart(t *testing.T) {
 	pid := pidOf(t, p)
 
 	_, err := p.Execute(ctx, echoReq{Op: "crash", Data: "mid-call"})
-	if !errors.Is(err, ErrCrashed) {
-		t.Fatalf("crash error = %v, want ErrCrashed", err)
-	}
-	if !strings.Contains(err.Error(), "exit status 3") {
-		t.Errorf("crash error %q lacks the exit status", err)
-	}
+	require.ErrorIs(t, err, ErrCrashed, "crash error")
+	assert.ErrorContains(t, err, "exit status 3", "crash error lacks the exit status")
 	var ge *goerrors.Error
-	if !errors.As(err, &ge) || !strings.Contains(fmt.Sprint(ge.Context["stderr_tail"]), "fatal: crashing on purpose: mid-call") {
-		t.Errorf("crash error %q lacks the stderr tail in its context", err)
+	if assert.ErrorAs(t, err, &ge, "crash error lacks the stderr tail in its context") {
+		assert.Contains(t, fmt.Sprint(ge.Context["stderr_tail"]), "fatal: crashing on purpose: mid-call",
+			"crash error %q lacks the stderr tail in its context", err)
 	}
-	if strings.Contains(err.Error(), "crashing on purpose") {
-		t.Errorf("crash error %q has the stderr tail in its message: keep it one line", err)
-	}
-	if IsRetryable(err) {
-		t.Errorf("the error of a call in flight during a crash is retryable: %v", err)
-	}
-	if err := <-restarted; err != nil {
-		t.Fatalf("restart failed: %v", err)
-	}
+	assert.NotContains(t, err.Error(), "crashing on purpose", "crash error has the stderr tail in its message: keep it one line")
+	assert.False(t, IsRetryable(err), "the error of a call in flight during a crash is retryable: %v", err)
+	require.NoError(t, <-restarted, "restart failed")
 	resp, err := p.Execute(ctx, echoReq{Data: "after restart"})
-	if err != nil || resp.Data != "after restart" {
-		t.Fatalf("Execute after restart = %+v, %v", resp, err)
-	}
-	if newPID := pidOf(t, p); newPID == pid {
-		t.Fatalf("pid %d unchanged after the restart", pid)
-	}
-	if p.restartCount() != 1 {
-		t.Fatalf("Restarts = %d, want 1", p.restartCount())
-	}
+	require.NoError(t, err, "Execute after restart")
+	require.Equal(t, "after restart", resp.Data, "Execute after restart")
+	require.NotEqual(t, pid, pidOf(t, p), "pid %d unchanged after the restart", pid)
+	require.Equal(t, 1, p.restartCount(), "Restarts")
 	checkReaped(t, pid)
 }
 
@@ -206,15 +181,9 @@ func TestSubprocessKilledWhileIdle(t *testing.T) {
 		c.OnRestart = func(_ string, attempt int, err error) { restarted <- err }
 	})
 	pid := pidOf(t, p)
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-restarted; err != nil {
-		t.Fatalf("restart failed: %v", err)
-	}
-	if got := pidOf(t, p); got == pid {
-		t.Fatalf("pid %d unchanged after the restart", pid)
-	}
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.NoError(t, <-restarted, "restart failed")
+	require.NotEqual(t, pid, pidOf(t, p), "pid %d unchanged after the restart", pid)
 	checkReaped(t, pid)
 }
 
@@ -232,20 +201,14 @@ func TestSubprocessDownFailsFast(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := startEcho(t, nil, func(c *SubprocessConfig) { c.Restart = tt.policy })
-			if _, err := p.Execute(ctx, echoReq{Op: "crash"}); !errors.Is(err, ErrCrashed) {
-				t.Fatalf("crash error = %v, want ErrCrashed", err)
-			}
+			_, err := p.Execute(ctx, echoReq{Op: "crash"})
+			require.ErrorIs(t, err, ErrCrashed, "crash error")
 			// The crash error was returned, so the connection is dead.
-			_, err := p.Execute(ctx, echoReq{Data: "while down"})
-			if !errors.Is(err, ErrCrashed) || IsRetryable(err) != tt.retryable {
-				t.Fatalf("Execute while down error = %v (retryable %v), want ErrCrashed with retryable %v", err, IsRetryable(err), tt.retryable)
-			}
-			if err := p.Health(ctx); err == nil {
-				t.Fatal("Health is nil while the plugin is down")
-			}
-			if err := p.Close(ctx); err != nil {
-				t.Fatal(err)
-			}
+			_, err = p.Execute(ctx, echoReq{Data: "while down"})
+			require.ErrorIs(t, err, ErrCrashed, "Execute while down")
+			require.Equal(t, tt.retryable, IsRetryable(err), "Execute while down: IsRetryable(%v)", err)
+			require.Error(t, p.Health(ctx), "Health is nil while the plugin is down")
+			require.NoError(t, p.Close(ctx))
 		})
 	}
 }
@@ -257,25 +220,20 @@ func TestSubprocessCloseKillsHungPlugin(t *testing.T) {
 	h := newRecordingHandler()
 	p := startEcho(t, h, func(c *SubprocessConfig) { c.StopGrace = 100 * time.Millisecond })
 	pid := pidOf(t, p)
-	if _, err := p.Execute(ctx, echoReq{Op: "ignore_term"}); err != nil {
-		t.Fatal(err)
-	}
+	_, err := p.Execute(ctx, echoReq{Op: "ignore_term"})
+	require.NoError(t, err)
 	hangCtx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := p.Execute(hangCtx, echoReq{Op: "hang", Key: "hung"}); !errors.Is(err, ErrCanceled) {
-		t.Fatalf("hang error = %v, want ErrCanceled", err)
-	}
-	if err := p.Close(ctx); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	_, err = p.Execute(hangCtx, echoReq{Op: "hang", Key: "hung"})
+	require.ErrorIs(t, err, ErrCanceled, "hang error")
+	require.NoError(t, p.Close(ctx), "Close")
 	checkReaped(t, pid)
 	waitCtx, stop := context.WithTimeout(ctx, 5*time.Second)
 	defer stop()
-	if _, ok := h.wait(waitCtx, func(r record) bool {
+	_, ok := h.wait(waitCtx, func(r record) bool {
 		return r.msg == "plugin did not exit on shutdown" && r.attrs["signal"] == "killed"
-	}); !ok {
-		t.Fatalf("no record says the hung plugin was SIGKILLed: %+v", h.root.records)
-	}
+	})
+	require.True(t, ok, "no record says the hung plugin was SIGKILLed: %+v", h.records())
 }
 
 func TestSubprocessCloseWithCallInFlight(t *testing.T) {
@@ -303,23 +261,17 @@ func TestSubprocessCloseWithCallInFlight(t *testing.T) {
 				_, err := p.Execute(context.Background(), echoReq{Op: "hang", Key: "close"})
 				done <- err
 			}()
-			if _, err := p.Execute(context.Background(), echoReq{Op: "started", Key: "close"}); err != nil {
-				t.Fatal(err)
-			}
-			if err := p.Close(tt.closeCtx); err != nil {
-				t.Fatalf("Close: %v", err)
-			}
-			if err := <-done; !errors.Is(err, ErrClosed) {
-				t.Fatalf("call in flight during Close: %v, want ErrClosed", err)
-			}
+			_, err := p.Execute(context.Background(), echoReq{Op: "started", Key: "close"})
+			require.NoError(t, err)
+			require.NoError(t, p.Close(tt.closeCtx), "Close")
+			require.ErrorIs(t, <-done, ErrClosed, "call in flight during Close")
 			checkReaped(t, pid)
 			waitCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
 			defer stop()
-			if _, ok := h.wait(waitCtx, func(r record) bool {
+			_, ok := h.wait(waitCtx, func(r record) bool {
 				return r.msg == "plugin did not exit on shutdown" && r.attrs["signal"] == tt.signal
-			}); !ok {
-				t.Fatalf("no record says Close sent %s: %+v", tt.signal, h.root.records)
-			}
+			})
+			require.True(t, ok, "no record says Close sent %s: %+v", tt.signal, h.records())
 		})
 	}
 }
@@ -330,9 +282,8 @@ func TestSubprocessOutputReachesLogger(t *testing.T) {
 	h := newRecordingHandler()
 	p := startEcho(t, h, nil)
 	resp, err := p.Execute(ctx, echoReq{Op: "print", Data: "still works"})
-	if err != nil || resp.Data != "still works" {
-		t.Fatalf("Execute after stdout pollution = %+v, %v", resp, err)
-	}
+	require.NoError(t, err, "Execute after stdout pollution")
+	require.Equal(t, "still works", resp.Data, "Execute after stdout pollution")
 	tests := []struct {
 		name   string
 		level  slog.Level
@@ -351,14 +302,13 @@ func TestSubprocessOutputReachesLogger(t *testing.T) {
 			waitCtx, stop := context.WithTimeout(ctx, 5*time.Second)
 			defer stop()
 			r, ok := h.wait(waitCtx, func(r record) bool { return r.msg == tt.msg })
-			if !ok {
-				t.Fatalf("no record %q", tt.msg)
-			}
-			if r.level != tt.level || r.attrs["plugin"] != "echo" || r.attrs["stream"] != tt.stream {
-				t.Fatalf("record = %+v; want level %v, plugin echo, stream %s", r, tt.level, tt.stream)
-			}
-			if tt.attr != "" && r.attrs[tt.attr] != tt.value {
-				t.Fatalf("record attribute %s = %v, want %v", tt.attr, r.attrs[tt.attr], tt.value)
+			require.True(t, ok, "no record %q", tt.msg)
+			const wantRecord = "record = %+v; want level %v, plugin echo, stream %s"
+			require.Equal(t, tt.level, r.level, wantRecord, r, tt.level, tt.stream)
+			require.Equal(t, "echo", r.attrs["plugin"], wantRecord, r, tt.level, tt.stream)
+			require.Equal(t, tt.stream, r.attrs["stream"], wantRecord, r, tt.level, tt.stream)
+			if tt.attr != "" {
+				require.Equal(t, tt.value, r.attrs[tt.attr], "record attribute %s", tt.attr)
 			}
 		})
 	}
@@ -371,14 +321,11 @@ func TestSubprocessGarbageOnProtocolPipe(t *testing.T) {
 		Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "garbage"},
 		Restart: RestartPolicy{MaxAttempts: -1}, Logger: slog.New(newRecordingHandler()),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(context.Background())
 	_, err = p.Execute(context.Background(), "hi")
-	if !errors.Is(err, ErrTransport) || !strings.Contains(err.Error(), "broke the protocol") {
-		t.Fatalf("Execute error = %v, want ErrTransport saying the plugin broke the protocol", err)
-	}
+	require.ErrorIs(t, err, ErrTransport, "Execute: want ErrTransport saying the plugin broke the protocol")
+	require.ErrorContains(t, err, "broke the protocol", "Execute: want ErrTransport saying the plugin broke the protocol")
 }
 
 func TestSubprocessFrameTooLarge(t *testing.T) {
@@ -387,38 +334,30 @@ func TestSubprocessFrameTooLarge(t *testing.T) {
 	t.Run("request over the plugin's limit", func(t *testing.T) {
 		p := startEcho(t, nil, func(c *SubprocessConfig) { c.Env = map[string]string{"ECHO_MAX_FRAME": "2048"} })
 		_, err := p.Execute(ctx, echoReq{Data: strings.Repeat("y", 4000)})
-		if !errors.Is(err, ErrFrameTooLarge) {
-			t.Fatalf("error = %v, want ErrFrameTooLarge", err)
-		}
-		if _, err := p.Execute(ctx, echoReq{Data: "small"}); err != nil {
-			t.Fatalf("call after the refused one: %v", err)
-		}
+		require.ErrorIs(t, err, ErrFrameTooLarge)
+		_, err = p.Execute(ctx, echoReq{Data: "small"})
+		require.NoError(t, err, "call after the refused one")
 	})
 	t.Run("answer over the host's limit, refused by the plugin", func(t *testing.T) {
 		p := startEcho(t, nil, func(c *SubprocessConfig) { c.MaxFrameSize = 4096 })
 		_, err := p.Execute(ctx, echoReq{Op: "big", N: 10000})
-		if !errors.Is(err, ErrFrameTooLarge) || !errors.Is(err, ErrRemote) {
-			t.Fatalf("error = %v, want ErrFrameTooLarge from the plugin", err)
-		}
-		if _, err := p.Execute(ctx, echoReq{Data: "small"}); err != nil {
-			t.Fatalf("call after the refused one: %v", err)
-		}
+		require.ErrorIs(t, err, ErrFrameTooLarge, "want ErrFrameTooLarge from the plugin")
+		require.ErrorIs(t, err, ErrRemote, "want ErrFrameTooLarge from the plugin")
+		_, err = p.Execute(ctx, echoReq{Data: "small"})
+		require.NoError(t, err, "call after the refused one")
 	})
 	t.Run("answer over the host's limit, refused by the host", func(t *testing.T) {
 		p, err := newSubprocess[string, string](ctx, SubprocessConfig{
 			Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": "bigframe"},
 			MaxFrameSize: 4096, Logger: slog.New(newRecordingHandler()),
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer p.Close(ctx)
-		if _, err := p.Execute(ctx, "big"); !errors.Is(err, ErrFrameTooLarge) {
-			t.Fatalf("error = %v, want ErrFrameTooLarge", err)
-		}
-		if got, err := p.Execute(ctx, "small"); err != nil || got != "small" {
-			t.Fatalf("call after the refused one = %q, %v", got, err)
-		}
+		_, err = p.Execute(ctx, "big")
+		require.ErrorIs(t, err, ErrFrameTooLarge)
+		got, err := p.Execute(ctx, "small")
+		require.NoError(t, err, "call after the refused one")
+		require.Equal(t, "small", got, "call after the refused one")
 	})
 }
 
@@ -456,31 +395,26 @@ func TestSubprocessStartFailures(t *testing.T) {
 			p, err := newSubprocess[echoReq, echoResp](context.Background(), tt.cfg)
 			if err == nil {
 				p.Close(context.Background())
-				t.Fatal("NewSubprocess succeeded")
 			}
+			require.Error(t, err, "NewSubprocess succeeded")
 			for _, want := range tt.want {
-				if !errors.Is(err, want) {
-					t.Fatalf("error = %v, want %v", err, want)
-				}
+				require.ErrorIs(t, err, want)
 			}
 		})
 	}
-	if _, err := os.Stat(marker); !os.IsNotExist(err) {
-		t.Fatal("the binary with the wrong checksum ran")
-	}
+	_, err = os.Stat(marker)
+	require.ErrorIs(t, err, fs.ErrNotExist, "the binary with the wrong checksum ran")
 }
 
 func TestSubprocessChecksumVerifiedExec(t *testing.T) {
 	verifyNoLeaks(t)
 	b, err := os.ReadFile(pluginBinary(t, "echo"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	sum := sha256.Sum256(b)
 	p := startEcho(t, nil, func(c *SubprocessConfig) { c.Checksum = "sha256:" + hex.EncodeToString(sum[:]) })
-	if resp, err := p.Execute(context.Background(), echoReq{Data: "verified"}); err != nil || resp.Data != "verified" {
-		t.Fatalf("Execute = %+v, %v", resp, err)
-	}
+	resp, err := p.Execute(context.Background(), echoReq{Data: "verified"})
+	require.NoError(t, err, "Execute")
+	require.Equal(t, "verified", resp.Data, "Execute")
 }
 
 func TestSubprocessRunByHand(t *testing.T) {
@@ -490,9 +424,11 @@ func TestSubprocessRunByHand(t *testing.T) {
 		cmd.Env = env
 		out, err := cmd.CombinedOutput()
 		var exit *exec.ExitError
-		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "cannot be run by hand") {
-			t.Errorf("env %q: err %v, output %q; want exit status 1 and a message", env, err, out)
+		const want = "env %q: err %v, output %q; want exit status 1 and a message"
+		if assert.ErrorAs(t, err, &exit, want, env, err, out) {
+			assert.Equal(t, 1, exit.ExitCode(), want, env, err, out)
 		}
+		assert.Contains(t, string(out), "cannot be run by hand", want, env, err, out)
 	}
 }
 
@@ -504,47 +440,31 @@ func TestSubprocessReloadSurfaces(t *testing.T) {
 	mustExec := func(p *echoPlugin, req echoReq) echoResp {
 		t.Helper()
 		resp, err := p.Execute(ctx, req)
-		if err != nil {
-			t.Fatalf("%s: %v", req.Op, err)
-		}
+		require.NoError(t, err, req.Op)
 		return resp
 	}
 
 	mustExec(v1, echoReq{Op: "set", Data: "alpha"})
 	state, err := v1.PersistState(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v2.RestoreState(ctx, state); err != nil {
-		t.Fatal(err)
-	}
-	if got := mustExec(v2, echoReq{Op: "get"}); got.Data != "alpha (restored from 1.0.0)" || got.Version != "2.0.0" {
-		t.Fatalf("v2 state = %+v", got)
-	}
-	if got := mustExec(v1, echoReq{Op: "get"}); got.Data != "alpha" {
-		t.Fatalf("v1 state after PersistState = %q, want it unchanged", got.Data)
-	}
+	require.NoError(t, err)
+	require.NoError(t, v2.RestoreState(ctx, state))
+	got := mustExec(v2, echoReq{Op: "get"})
+	require.Equal(t, "alpha (restored from 1.0.0)", got.Data, "v2 state = %+v", got)
+	require.Equal(t, "2.0.0", got.Version, "v2 state = %+v", got)
+	require.Equal(t, "alpha", mustExec(v1, echoReq{Op: "get"}).Data, "v1 state after PersistState: want it unchanged")
 
 	for range 3 {
 		mustExec(v1, echoReq{Op: "tick"})
 	}
 	pos, err := v1.Checkpoint(ctx)
-	if err != nil || string(pos) != "3" {
-		t.Fatalf("Checkpoint = %q, %v; want 3", pos, err)
-	}
-	if _, err := v1.Execute(ctx, echoReq{Op: "tick"}); !errors.Is(err, ErrRemote) {
-		t.Fatalf("tick after Checkpoint error = %v, want the plugin's refusal", err)
-	}
-	if err := v2.Resume(ctx, pos); err != nil {
-		t.Fatal(err)
-	}
-	if got := mustExec(v2, echoReq{Op: "tick"}); got.Data != "4" {
-		t.Fatalf("v2 tick after Resume = %q, want 4", got.Data)
-	}
+	require.NoError(t, err, "Checkpoint")
+	require.Equal(t, "3", string(pos), "Checkpoint")
+	_, err = v1.Execute(ctx, echoReq{Op: "tick"})
+	require.ErrorIs(t, err, ErrRemote, "tick after Checkpoint: want the plugin's refusal")
+	require.NoError(t, v2.Resume(ctx, pos))
+	require.Equal(t, "4", mustExec(v2, echoReq{Op: "tick"}).Data, "v2 tick after Resume")
 
-	if err := v1.CheckCompat(ctx, v2.Info()); !errors.Is(err, ErrInvalidPlugin) {
-		t.Fatalf("CheckCompat on a plugin without the schema surface: %v, want ErrInvalidPlugin", err)
-	}
+	require.ErrorIs(t, v1.CheckCompat(ctx, v2.Info()), ErrInvalidPlugin, "CheckCompat on a plugin without the schema surface")
 }
 
 func TestSubprocessRemoteErrors(t *testing.T) {
@@ -567,22 +487,16 @@ func TestSubprocessRemoteErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := p.Execute(ctx, tt.req)
 			for _, want := range tt.want {
-				if !errors.Is(err, want) {
-					t.Fatalf("error = %v, want %v", err, want)
-				}
+				require.ErrorIs(t, err, want)
 			}
 			var rep *ErrorReply
-			if !errors.As(err, &rep) || rep.Code != tt.code {
-				t.Fatalf("error = %v, want an ErrorReply with code %q", err, tt.code)
-			}
-			if IsRetryable(err) != tt.retryable {
-				t.Fatalf("IsRetryable = %v, want %v", IsRetryable(err), tt.retryable)
-			}
+			require.ErrorAs(t, err, &rep, "want an ErrorReply with code %q", tt.code)
+			require.Equal(t, tt.code, rep.Code, "error = %v, want an ErrorReply with code %q", err, tt.code)
+			require.Equal(t, tt.retryable, IsRetryable(err), "IsRetryable(%v)", err)
 		})
 	}
-	if got := pidOf(t, p); got != pid {
-		t.Fatalf("the plugin was replaced (pid %d, then %d): a panic must not kill it", pid, got)
-	}
+	got := pidOf(t, p)
+	require.Equal(t, pid, got, "the plugin was replaced (pid %d, then %d): a panic must not kill it", pid, got)
 }
 
 func TestSubprocessPythonPlugin(t *testing.T) {
@@ -597,20 +511,13 @@ func TestSubprocessPythonPlugin(t *testing.T) {
 		Name: "pyecho", Version: "1.0.0", Command: python, Args: []string{"testdata/plugins/python/echo_plugin.py"},
 		Logger: slog.New(newRecordingHandler()),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(ctx)
 	resp, err := p.Execute(ctx, map[string]any{"data": "from Go to Python"})
-	if err != nil || resp["data"] != "from Go to Python" {
-		t.Fatalf("Execute = %v, %v", resp, err)
-	}
-	if err := p.Health(ctx); err != nil {
-		t.Fatalf("Health: %v", err)
-	}
-	if err := p.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "Execute")
+	require.Equal(t, "from Go to Python", resp["data"], "Execute = %v", resp)
+	require.NoError(t, p.Health(ctx), "Health")
+	require.NoError(t, p.Close(ctx))
 }
 
 // TestSubprocessVerifiedScriptPlugin: an executable script plugin with a
@@ -624,32 +531,23 @@ func TestSubprocessVerifiedScriptPlugin(t *testing.T) {
 	verifyNoLeaks(t)
 	checkNoFDLeak(t)
 	src, err := os.ReadFile("testdata/plugins/python/echo_plugin.py")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	_, body, _ := strings.Cut(string(src), "\n")
 	script := []byte("#!" + python + "\n" + body)
 	path := filepath.Join(t.TempDir(), "echo_plugin.py")
-	if err := os.WriteFile(path, script, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(path, script, 0o755))
 	sum := sha256.Sum256(script)
 	ctx := context.Background()
 	p, err := newSubprocess[map[string]any, map[string]any](ctx, SubprocessConfig{
 		Name: "pyecho", Version: "1.0.0", Command: path, Checksum: "sha256:" + hex.EncodeToString(sum[:]),
 		Logger: slog.New(newRecordingHandler()),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(ctx)
 	resp, err := p.Execute(ctx, map[string]any{"data": "verified script"})
-	if err != nil || resp["data"] != "verified script" {
-		t.Fatalf("Execute = %v, %v", resp, err)
-	}
-	if err := p.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "Execute")
+	require.Equal(t, "verified script", resp["data"], "Execute = %v", resp)
+	require.NoError(t, p.Close(ctx))
 }
 
 func TestSubprocessEnvironment(t *testing.T) {
@@ -672,21 +570,13 @@ func TestSubprocessEnvironment(t *testing.T) {
 				c.InheritEnv = tt.inherit
 			})
 			resp, err := p.Execute(context.Background(), echoReq{Op: "env"})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			got := strings.Split(resp.Data, "\n")
 			if tt.want != nil {
-				slices.Sort(got)
-				slices.Sort(tt.want)
-				if !slices.Equal(got, tt.want) {
-					t.Fatalf("plugin environment %q, want exactly %q", got, tt.want)
-				}
+				require.ElementsMatch(t, tt.want, got, "plugin environment %q, want exactly %q", got, tt.want)
 			}
 			for _, kv := range tt.wantHas {
-				if !slices.Contains(got, kv) {
-					t.Fatalf("plugin environment lacks %q: %q", kv, got)
-				}
+				require.Contains(t, got, kv, "plugin environment lacks %q: %q", kv, got)
 			}
 		})
 	}
