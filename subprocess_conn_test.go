@@ -2,7 +2,6 @@ package goplugins
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // startRaw starts the raw test plugin in mode; it is closed at cleanup.
@@ -27,9 +29,7 @@ func startRaw(t *testing.T, mode string, h *recordingHandler, mod func(*Subproce
 		mod(&cfg)
 	}
 	p, err := newSubprocess[string, string](context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("NewSubprocess: %v", err)
-	}
+	require.NoError(t, err, "NewSubprocess")
 	t.Cleanup(func() { p.Close(context.Background()) })
 	return p
 }
@@ -89,23 +89,21 @@ func TestSubprocessStalledPluginDoesNotBlockCaller(t *testing.T) {
 			select {
 			case err := <-done:
 				for _, want := range tt.want {
-					if !errors.Is(err, want) {
-						t.Fatalf("Execute error = %v, want it to match %v", err, want)
-					}
+					require.ErrorIs(t, err, want, "Execute")
 				}
 			case <-time.After(hangLimit):
 				t.Fatalf("Execute still blocked %v after its deadline: the write to the stalled plugin holds the caller", hangLimit)
 			}
 			select {
 			case err := <-restarted:
-				if err != nil {
-					t.Fatalf("restart after the stall: %v", err)
-				}
+				require.NoError(t, err, "restart after the stall")
 			case <-time.After(hangLimit):
 				t.Fatal("the stalled plugin was not killed and restarted by the watchdog")
 			}
-			if err := <-patient; tt.callTimeout == 0 && (!errors.Is(err, ErrCrashed) || !strings.Contains(err.Error(), "StallTimeout")) {
-				t.Fatalf("patient call to the stalled plugin: %v, want ErrCrashed naming StallTimeout", err)
+			err := <-patient
+			if tt.callTimeout == 0 {
+				require.ErrorIs(t, err, ErrCrashed, "patient call to the stalled plugin: want ErrCrashed naming StallTimeout")
+				require.ErrorContains(t, err, "StallTimeout", "patient call to the stalled plugin: want ErrCrashed naming StallTimeout")
 			}
 		})
 	}
@@ -121,9 +119,7 @@ func connBinary(t testing.TB) string {
 			connPlugin.err = fmt.Errorf("go build ./testdata/plugins/conn: %v\n%s", err, out)
 		}
 	})
-	if connPlugin.err != nil {
-		t.Fatal(connPlugin.err)
-	}
+	require.NoError(t, connPlugin.err)
 	return connPlugin.path
 }
 
@@ -152,9 +148,7 @@ func startConn(t *testing.T, mode string, h *recordingHandler, mod func(*Subproc
 		mod(&cfg)
 	}
 	p, err := newSubprocess[string, string](context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("NewSubprocess: %v", err)
-	}
+	require.NoError(t, err, "NewSubprocess")
 	t.Cleanup(func() { p.Close(context.Background()) })
 	return p
 }
@@ -170,15 +164,14 @@ func TestSubprocessShortDeadlineDoesNotKillSlowReader(t *testing.T) {
 	big := strings.Repeat("x", 1<<20)
 	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	if _, err := p.Execute(short, big); !errors.Is(err, ErrCanceled) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("short-deadline call: %v, want ErrCanceled and context.DeadlineExceeded", err)
-	}
-	if got, err := p.Execute(context.Background(), big); err != nil || got != big {
-		t.Fatalf("patient call after it: %d bytes, %v", len(got), err)
-	}
-	if n := p.restartCount(); n != 0 {
-		t.Fatalf("%d restarts: the short deadline killed a plugin that was reading", n)
-	}
+	_, err := p.Execute(short, big)
+	require.ErrorIs(t, err, ErrCanceled, "short-deadline call")
+	require.ErrorIs(t, err, context.DeadlineExceeded, "short-deadline call")
+	got, err := p.Execute(context.Background(), big)
+	require.NoError(t, err, "patient call after it")
+	require.True(t, got == big, "patient call after it: %d bytes, want the %d sent", len(got), len(big)) // not Equal: no 1 MiB diff
+	n := p.restartCount()
+	require.Zero(t, n, "%d restarts: the short deadline killed a plugin that was reading", n)
 }
 
 // TestSubprocessDroppedRequestNeverWritten: a caller whose ctx ends while
@@ -196,26 +189,19 @@ func TestSubprocessDroppedRequestNeverWritten(t *testing.T) {
 	}()
 	ctx, stop := context.WithTimeout(context.Background(), hangLimit)
 	defer stop()
-	if _, ok := h.wait(ctx, func(r record) bool { return r.msg == "reading" }); !ok {
-		t.Fatal("the plugin did not start reading the big call")
-	}
+	_, ok := h.wait(ctx, func(r record) bool { return r.msg == "reading" })
+	require.True(t, ok, "the plugin did not start reading the big call")
 	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	if _, err := p.Execute(short, "dropme"); !errors.Is(err, ErrCanceled) {
-		t.Fatalf("queued call: %v, want ErrCanceled", err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("big call: %v", err)
-	}
-	if _, err := p.Execute(context.Background(), "after"); err != nil {
-		t.Fatalf("call after: %v", err)
-	}
-	if _, ok := h.wait(ctx, func(r record) bool { return r.msg == `got "after"` }); !ok {
-		t.Fatal("the plugin did not log the last call")
-	}
-	if _, ok := h.wait(canceledCtx(), func(r record) bool { return r.msg == `got "dropme"` }); ok {
-		t.Fatal("the plugin received the request its caller dropped before it was written")
-	}
+	_, err := p.Execute(short, "dropme")
+	require.ErrorIs(t, err, ErrCanceled, "queued call")
+	require.NoError(t, <-done, "big call")
+	_, err = p.Execute(context.Background(), "after")
+	require.NoError(t, err, "call after")
+	_, ok = h.wait(ctx, func(r record) bool { return r.msg == `got "after"` })
+	require.True(t, ok, "the plugin did not log the last call")
+	_, ok = h.wait(canceledCtx(), func(r record) bool { return r.msg == `got "dropme"` })
+	require.False(t, ok, "the plugin received the request its caller dropped before it was written")
 }
 
 func canceledCtx() context.Context {
@@ -243,14 +229,11 @@ func TestSubprocessNonReadingPluginMemoryBounded(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		_, err := p.Execute(ctx, big)
 		cancel()
-		if !errors.Is(err, ErrCanceled) {
-			t.Fatalf("Execute: %v, want ErrCanceled", err)
-		}
+		require.ErrorIs(t, err, ErrCanceled, "Execute")
 	}
 	const bound = subQueueBytes + 4<<20 // the queue, and the batch being written
-	if grown := int64(heap()) - int64(before); grown > bound {
-		t.Fatalf("the heap grew by %d MiB after 40 abandoned 1 MiB calls; the bound is %d MiB", grown>>20, bound>>20)
-	}
+	grown := int64(heap()) - int64(before)
+	require.LessOrEqual(t, grown, int64(bound), "the heap grew by %d MiB after 40 abandoned 1 MiB calls; the bound is %d MiB", grown>>20, bound>>20)
 }
 
 // TestSubprocessCloseReadsLateAnswers: Close of an sdk plugin that still
@@ -263,9 +246,7 @@ func TestSubprocessCloseReadsLateAnswers(t *testing.T) {
 	cfg := connConfig(t, "late", h)
 	cfg.StopGrace = time.Hour
 	p, err := newSubprocess[string, string](context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
@@ -273,9 +254,8 @@ func TestSubprocessCloseReadsLateAnswers(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 			defer cancel()
-			if _, err := p.Execute(ctx, "x"); !errors.Is(err, ErrCanceled) {
-				t.Errorf("Execute: %v, want ErrCanceled", err)
-			}
+			_, err := p.Execute(ctx, "x")
+			assert.ErrorIs(t, err, ErrCanceled, "Execute")
 		}()
 	}
 	wg.Wait()
@@ -283,15 +263,12 @@ func TestSubprocessCloseReadsLateAnswers(t *testing.T) {
 	go func() { done <- p.Close(context.Background()) }()
 	select {
 	case err := <-done:
-		if err != nil {
-			t.Fatalf("Close: %v", err)
-		}
+		require.NoError(t, err, "Close")
 	case <-time.After(hangLimit):
 		t.Fatal("Close is blocked: nobody reads the plugin's late answers during stop")
 	}
-	if r, ok := h.wait(canceledCtx(), func(r record) bool { return r.msg == "plugin did not exit on shutdown" }); ok {
-		t.Fatalf("Close had to signal the plugin: %v", r.attrs)
-	}
+	r, ok := h.wait(canceledCtx(), func(r record) bool { return r.msg == "plugin did not exit on shutdown" })
+	require.False(t, ok, "Close had to signal the plugin: %v", r.attrs)
 }
 
 // TestSubprocessShortLengthFrameFailsAtOnce: a frame whose length field is
@@ -308,9 +285,8 @@ func TestSubprocessShortLengthFrameFailsAtOnce(t *testing.T) {
 	}()
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrTransport) || !strings.Contains(err.Error(), "broke the protocol") {
-			t.Fatalf("Execute: %v, want ErrTransport for a broken protocol", err)
-		}
+		require.ErrorIs(t, err, ErrTransport, "Execute: want ErrTransport for a broken protocol")
+		require.ErrorContains(t, err, "broke the protocol", "Execute: want ErrTransport for a broken protocol")
 	case <-time.After(hangLimit):
 		t.Fatal("the call hangs after a frame with a length field below 9")
 	}
@@ -347,9 +323,7 @@ func TestNewSubprocessBadHandshakeHonoursBounds(t *testing.T) {
 				}()
 				select {
 				case err := <-done:
-					if !errors.Is(err, ErrHandshake) {
-						t.Fatalf("NewSubprocess: %v, want ErrHandshake", err)
-					}
+					require.ErrorIs(t, err, ErrHandshake, "NewSubprocess")
 				case <-time.After(hangLimit):
 					t.Fatalf("NewSubprocess ignores its %s", bound)
 				}
@@ -365,14 +339,13 @@ func TestSubprocessInfoIsACopy(t *testing.T) {
 	checkNoFDLeak(t)
 	p := startConn(t, "info", nil, nil)
 	info := p.Info()
-	if len(info.Surfaces) != 1 || info.Metadata["k"] != "v" {
-		t.Fatalf("Info = %+v, want surface state and metadata k=v", info)
-	}
+	require.Len(t, info.Surfaces, 1, "Info = %+v, want surface state and metadata k=v", info)
+	require.Equal(t, "v", info.Metadata["k"], "Info = %+v, want surface state and metadata k=v", info)
 	info.Surfaces[0] = "changed"
 	info.Metadata["k"] = "changed"
-	if again := p.Info(); again.Surfaces[0] != SurfaceState || again.Metadata["k"] != "v" {
-		t.Fatalf("Info after changing a returned copy = %+v", again)
-	}
+	again := p.Info()
+	require.Equal(t, SurfaceState, again.Surfaces[0], "Info after changing a returned copy = %+v", again)
+	require.Equal(t, "v", again.Metadata["k"], "Info after changing a returned copy = %+v", again)
 }
 
 // TestSubprocessCallerCtxIsErrCanceled: the caller's ctx ending before the
@@ -385,18 +358,18 @@ func TestSubprocessCallerCtxIsErrCanceled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	_, err := p.Execute(ctx, echoReq{Op: "block", Key: "deadline"})
-	if !errors.Is(err, ErrCanceled) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrTimeout) {
-		t.Fatalf("caller deadline: %v, want ErrCanceled and context.DeadlineExceeded, not ErrTimeout", err)
-	}
+	require.ErrorIs(t, err, ErrCanceled, "caller deadline")
+	require.ErrorIs(t, err, context.DeadlineExceeded, "caller deadline")
+	require.NotErrorIs(t, err, ErrTimeout, "caller deadline")
 	ctx, cancel = context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)
-	if _, err := p.Execute(ctx, echoReq{Op: "block", Key: "cancel"}); !errors.Is(err, ErrCanceled) || !errors.Is(err, context.Canceled) {
-		t.Fatalf("caller cancel: %v, want ErrCanceled and context.Canceled", err)
-	}
+	_, err = p.Execute(ctx, echoReq{Op: "block", Key: "cancel"})
+	require.ErrorIs(t, err, ErrCanceled, "caller cancel")
+	require.ErrorIs(t, err, context.Canceled, "caller cancel")
 	q := startEcho(t, nil, func(c *SubprocessConfig) { c.CallTimeout = 50 * time.Millisecond })
-	if _, err := q.Execute(context.Background(), echoReq{Op: "block", Key: "timeout"}); !errors.Is(err, ErrTimeout) || errors.Is(err, ErrCanceled) {
-		t.Fatalf("CallTimeout: %v, want ErrTimeout", err)
-	}
+	_, err = q.Execute(context.Background(), echoReq{Op: "block", Key: "timeout"})
+	require.ErrorIs(t, err, ErrTimeout, "CallTimeout")
+	require.NotErrorIs(t, err, ErrCanceled, "CallTimeout")
 }
 
 // TestSubprocessAnswersBeforeExitDelivered: answers a plugin writes before
@@ -425,17 +398,12 @@ func TestSubprocessAnswersBeforeExitDelivered(t *testing.T) {
 			}
 			waitCtx, stop := context.WithTimeout(context.Background(), hangLimit)
 			defer stop()
-			if _, ok := h.wait(waitCtx, func(r record) bool { return r.msg == fmt.Sprint("queued ", calls) }); !ok {
-				t.Fatal("the plugin did not receive every call")
-			}
-			if err := p.Close(context.Background()); err != nil {
-				t.Fatalf("Close: %v", err)
-			}
+			_, ok := h.wait(waitCtx, func(r record) bool { return r.msg == fmt.Sprint("queued ", calls) })
+			require.True(t, ok, "the plugin did not receive every call")
+			require.NoError(t, p.Close(context.Background()), "Close")
 			wg.Wait()
 			for i, err := range errs {
-				if err != nil {
-					t.Errorf("call %d: %v (the plugin answered it before exiting)", i, err)
-				}
+				assert.NoError(t, err, "call %d (the plugin answered it before exiting)", i)
 			}
 		})
 	}
@@ -476,19 +444,15 @@ func TestSubprocessIsolatedCallWakeups(t *testing.T) {
 	const calls = 50
 	before := childSwitches(t, pid)
 	for range calls {
-		if _, err := p.Execute(context.Background(), echoReq{Data: "x"}); err != nil {
-			t.Fatal(err)
-		}
+		_, err := p.Execute(context.Background(), echoReq{Data: "x"})
+		require.NoError(t, err)
 		time.Sleep(5 * time.Millisecond) // spreads the calls: each finds the plugin idle
 	}
 	perCall := float64(childSwitches(t, pid)-before) / calls
 	t.Logf("%.1f wake-ups of the plugin per isolated call", perCall)
-	if perCall > 10 {
-		t.Fatalf("the plugin wakes %.1f times per isolated call; a request must cost a small fixed number", perCall)
-	}
+	require.LessOrEqual(t, perCall, 10.0, "the plugin wakes %.1f times per isolated call; a request must cost a small fixed number", perCall)
 	idle := childSwitches(t, pid)
 	time.Sleep(100 * time.Millisecond) // an idle period, to count the wake-ups in it
-	if woke := childSwitches(t, pid) - idle; woke > 3 {
-		t.Fatalf("the idle plugin woke %d times in 100ms", woke)
-	}
+	woke := childSwitches(t, pid) - idle
+	require.LessOrEqual(t, woke, 3, "the idle plugin woke %d times in 100ms", woke)
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"testing"
 
+	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,9 +23,7 @@ func TestSubprocessHelperHost(t *testing.T) {
 		t.Skip("helper process for TestSubprocessChildDiesWithHost")
 	}
 	p, err := newSubprocess[echoReq, echoResp](context.Background(), SubprocessConfig{Name: "echo", Command: bin})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	fmt.Println(pidOf(t, p))
 	io.Copy(io.Discard, os.Stdin) // until the parent test kills this process
 }
@@ -33,23 +32,17 @@ func TestSubprocessChildDiesWithHost(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSubprocessHelperHost$")
 	cmd.Env = append(os.Environ(), "GOPLUGINS_HELPER_HOST_PLUGIN="+pluginBinary(t, "echo"))
 	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer stdin.Close()
 	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
 	var pid int
-	if _, err := fmt.Fscan(stdout, &pid); err != nil {
+	if _, err = fmt.Fscan(stdout, &pid); err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
-		t.Fatalf("reading the plugin pid from the helper host: %v", err)
 	}
+	require.NoError(t, err, "reading the plugin pid from the helper host")
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		cmd.Process.Kill()
@@ -57,9 +50,7 @@ func TestSubprocessChildDiesWithHost(t *testing.T) {
 		t.Skipf("pidfd_open: %v", err)
 	}
 	defer unix.Close(pidfd)
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, cmd.Process.Kill())
 	cmd.Wait()
 	// The pidfd becomes readable when the plugin exits.
 	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
@@ -68,12 +59,8 @@ func TestSubprocessChildDiesWithHost(t *testing.T) {
 		if err == unix.EINTR {
 			continue
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			t.Fatalf("plugin %d still runs 10s after its host was killed", pid)
-		}
+		require.NoError(t, err)
+		require.NotZero(t, n, "plugin %d still runs 10s after its host was killed", pid)
 		return
 	}
 }
