@@ -210,9 +210,8 @@ func (l *load) end(t *testing.T) int64 {
 	t.Helper()
 	close(l.stop)
 	l.wg.Wait()
-	if n := l.failed.Load(); n != 0 {
-		t.Errorf("%d call(s) of the concurrent load failed, e.g. %v", n, l.errs)
-	}
+	n := l.failed.Load()
+	assert.Zero(t, n, "%d call(s) of the concurrent load failed, e.g. %v", n, l.errs)
 	return l.ok.Load()
 }
 
@@ -262,21 +261,15 @@ func gateOf(m *Manager[int, int], name string) *gate {
 // sends no event, so it polls, with a deadline.
 func waitParked(t *testing.T, m *Manager[int, int], name string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if gt := gateOf(m, name); gt != nil {
-			gt.mu.Lock()
-			parked := len(gt.starts)
-			gt.mu.Unlock()
-			if parked >= n {
-				return
-			}
+	require.Eventually(t, func() bool {
+		gt := gateOf(m, name)
+		if gt == nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d call(s) to %q not parked within 10s", n, name)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		gt.mu.Lock()
+		defer gt.mu.Unlock()
+		return len(gt.starts) >= n
+	}, 10*time.Second, time.Millisecond, "%d call(s) to %q not parked within 10s", n, name)
 }
 
 // waitBlockedIn waits until some goroutine's stack holds every one of
@@ -285,22 +278,18 @@ func waitParked(t *testing.T, m *Manager[int, int], name string, n int) {
 func waitBlockedIn(t *testing.T, frames ...string) {
 	t.Helper()
 	buf := make([]byte, 1<<20)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	require.Eventually(t, func() bool {
 		stacks := string(buf[:runtime.Stack(buf, true)])
 		for _, g := range strings.Split(stacks, "\n\n") {
 			if !strings.Contains(g, "[chan send") && !strings.Contains(g, "[select") {
 				continue
 			}
 			if !slices.ContainsFunc(frames, func(f string) bool { return !strings.Contains(g, f) }) {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no goroutine blocked in %v within 10s", frames)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return false
+	}, 10*time.Second, time.Millisecond, "no goroutine blocked in %v within 10s", frames)
 }
 
 // blockingHandoff is a host-owned handoff whose transfer reports that it
