@@ -509,13 +509,15 @@ func childEnvVar(t *testing.T, pid int, key string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
 	require.NoError(t, err)
+	var v string
+	found := false
 	for _, kv := range strings.Split(string(b), "\x00") {
-		if v, ok := strings.CutPrefix(kv, key+"="); ok {
-			return v
+		if v, found = strings.CutPrefix(kv, key+"="); found {
+			break
 		}
 	}
-	t.Fatalf("process %d has no %s in its environment", pid, key)
-	return ""
+	require.True(t, found, "process %d has no %s in its environment", pid, key)
+	return v
 }
 
 func TestGRPCChildCrashAndRestart(t *testing.T) {

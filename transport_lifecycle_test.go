@@ -50,9 +50,7 @@ func TestSubprocessComesBackUnderRandomKills(t *testing.T) {
 	for range 8 {
 		pid := p.Pid()
 		for pid == 0 { // down: wait for the restart under way
-			if err := awaitRestart(t, restarted); err != nil {
-				t.Fatalf("restart failed: %v", err)
-			}
+			require.NoError(t, awaitRestart(t, restarted), "restart failed")
 			pid = p.Pid()
 		}
 		require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
@@ -220,14 +218,13 @@ func TestParseLogLine(t *testing.T) {
 		for _, a := range attrs {
 			got = append(got, a.String())
 		}
-		if level != tt.level || msg != tt.msg || strings.Join(got, " ") != tt.attrs {
-			t.Errorf("parseLogLine(%s) = %v %q %q, want %v %q %q", tt.line, level, msg, got, tt.level, tt.msg, tt.attrs)
-		}
+		assert.Equal(t, tt.level, level, "parseLogLine(%s): level", tt.line)
+		assert.Equal(t, tt.msg, msg, "parseLogLine(%s): message", tt.line)
+		assert.Equal(t, tt.attrs, strings.Join(got, " "), "parseLogLine(%s): attributes", tt.line)
 	}
 	_, _, attrs := parseLogLine([]byte(`{"level":"info","size":4194304}`))
-	if attrs[0].Value.Kind() != slog.KindInt64 {
-		t.Errorf("an integer field has kind %v, want Int64", attrs[0].Value.Kind())
-	}
+	require.NotEmpty(t, attrs, "the integer field is missing")
+	assert.Equal(t, slog.KindInt64, attrs[0].Value.Kind(), "an integer field has kind %v, want Int64", attrs[0].Value.Kind())
 }
 
 func TestRemoteErrorIsTheSameOnBothTransports(t *testing.T) {
