@@ -3,6 +3,8 @@ package goplugins
 import (
 	"os/exec"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestExamplesBuild builds every program under examples/ (and the plugins
@@ -10,7 +12,5 @@ import (
 // example fails here. Each example's own main_test.go runs it.
 func TestExamplesBuild(t *testing.T) {
 	out, err := exec.Command("go", "build", "./examples/...").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build ./examples/...: %v\n%s", err, out)
-	}
+	require.NoError(t, err, "go build ./examples/...\n%s", out)
 }

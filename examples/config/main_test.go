@@ -4,14 +4,16 @@ import (
 	"bytes"
 	"context"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestRun(t *testing.T) {
 	t.Setenv("GREETING", "") // empty: the file's default applies
 	var out bytes.Buffer
-	if err := run(context.Background(), &out); err != nil {
-		t.Fatalf("%v\n%s", err, out.String())
-	}
+	err := run(context.Background(), &out)
+	require.NoError(t, err, out.String())
 	for _, want := range []string{
 		`hello says "Hello, world! (hello 1.0.0)"`,
 		`hello says "Good day, world! (hello 1.1.0)"`,
@@ -19,8 +21,6 @@ func TestRun(t *testing.T) {
 		"refused, the last good configuration keeps serving",
 		"unloaded bye: [hello@1.1.0]",
 	} {
-		if !bytes.Contains(out.Bytes(), []byte(want)) {
-			t.Errorf("output lacks %q:\n%s", want, out.String())
-		}
+		assert.Contains(t, out.String(), want, "output lacks %q", want)
 	}
 }

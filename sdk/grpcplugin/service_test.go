@@ -75,13 +75,15 @@ func detail(t *testing.T, err error) (codes.Code, *pluginpb.Error) {
 	t.Helper()
 	require.Error(t, err)
 	st := status.Convert(err)
+	var e *pluginpb.Error
 	for _, d := range st.Details() {
-		if e, ok := d.(*pluginpb.Error); ok {
-			return st.Code(), e
+		if de, ok := d.(*pluginpb.Error); ok {
+			e = de
+			break
 		}
 	}
-	t.Fatalf("status %v has no Error detail", st)
-	return 0, nil
+	require.NotNil(t, e, "status %v has no Error detail", st)
+	return st.Code(), e
 }
 
 func TestServiceAnswers(t *testing.T) {
