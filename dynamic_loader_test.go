@@ -353,19 +353,25 @@ func TestLoaderConcurrentEvents(t *testing.T) {
 
 	var wg sync.WaitGroup
 	for w := range 3 {
+		// The events are made here, in the test's goroutine: manifest
+		// fails the test with require.
+		var events []DiscoveryEvent
+		for i := range 30 {
+			name := fmt.Sprintf("p%d", (i+w)%5)
+			switch i % 3 {
+			case 0:
+				events = append(events, DiscoveryEvent{Kind: DiscoveryAdded, Name: name, Manifest: manifest(t, name, "1.0.0", nil)})
+			case 1:
+				events = append(events, DiscoveryEvent{Kind: DiscoveryUpdated, Name: name, Manifest: manifest(t, name, fmt.Sprintf("1.0.%d", i), nil)})
+			case 2:
+				events = append(events, DiscoveryEvent{Kind: DiscoveryRemoved, Name: name})
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range 30 {
-				name := fmt.Sprintf("p%d", (i+w)%5)
-				switch i % 3 {
-				case 0:
-					src.events <- DiscoveryEvent{Kind: DiscoveryAdded, Name: name, Manifest: manifest(t, name, "1.0.0", nil)}
-				case 1:
-					src.events <- DiscoveryEvent{Kind: DiscoveryUpdated, Name: name, Manifest: manifest(t, name, fmt.Sprintf("1.0.%d", i), nil)}
-				case 2:
-					src.events <- DiscoveryEvent{Kind: DiscoveryRemoved, Name: name}
-				}
+			for _, ev := range events {
+				src.events <- ev
 			}
 		}()
 		wg.Add(1)

@@ -158,14 +158,18 @@ func TestSubprocessSurvivesItsStarterThread(t *testing.T) {
 	verifyNoLeaks(t)
 	type started struct {
 		p   *echoPlugin
+		err error
 		tid int
 	}
+	cfg := SubprocessConfig{Name: "echo", Command: pluginBinary(t, "echo"), StopGrace: 2 * time.Second, Logger: slog.New(newRecordingHandler())}
 	ch := make(chan started, 1)
-	go func() {
+	go func() { // no require here: it would end this goroutine, not the test
 		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		ch <- started{startEcho(t, nil, nil), syscall.Gettid()}
+		p, err := newSubprocess[echoReq, echoResp](context.Background(), cfg)
+		ch <- started{p, err, syscall.Gettid()}
 	}()
 	s := <-ch
+	require.NoError(t, s.err, "NewSubprocess")
 	defer s.p.Close(context.Background())
 	task := "/proc/self/task/" + strconv.Itoa(s.tid)
 	for deadline := time.Now().Add(10 * time.Second); ; runtime.Gosched() {
