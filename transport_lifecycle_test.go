@@ -163,12 +163,22 @@ func TestSubprocessSurvivesItsStarterThread(t *testing.T) {
 	}
 	cfg := SubprocessConfig{Name: "echo", Command: pluginBinary(t, "echo"), StopGrace: 2 * time.Second, Logger: slog.New(newRecordingHandler())}
 	ch := make(chan started, 1)
-	go func() { // no require here: it would end this goroutine, not the test
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		p, err := newSubprocess[echoReq, echoResp](context.Background(), cfg)
-		ch <- started{p, err, syscall.Gettid()}
-	}()
-	s := <-ch
+	var s started
+	for s.tid == 0 {
+		go func() { // no require here: it would end this goroutine, not the test
+			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+			if syscall.Gettid() == syscall.Getpid() {
+				// The main thread is never ended, only parked: try
+				// another goroutine, which runs on another thread.
+				runtime.UnlockOSThread()
+				ch <- started{}
+				return
+			}
+			p, err := newSubprocess[echoReq, echoResp](context.Background(), cfg)
+			ch <- started{p, err, syscall.Gettid()}
+		}()
+		s = <-ch
+	}
 	require.NoError(t, s.err, "NewSubprocess")
 	defer s.p.Close(context.Background())
 	task := "/proc/self/task/" + strconv.Itoa(s.tid)
