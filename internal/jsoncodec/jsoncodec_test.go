@@ -2,21 +2,19 @@ package jsoncodec
 
 import (
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestCodecRoundTripsWithEncodingJSON: the codec is named "json" and
 // encodes and decodes as encoding/json does.
 func TestCodecRoundTripsWithEncodingJSON(t *testing.T) {
 	var c Codec
-	if c.Name() != "json" {
-		t.Fatalf("Name() = %q, want json", c.Name())
-	}
+	require.Equal(t, "json", c.Name())
 	data, err := c.Marshal(map[string]int{"a": 1})
-	if err != nil || string(data) != `{"a":1}` {
-		t.Fatalf("Marshal = %s, %v", data, err)
-	}
+	require.NoError(t, err, "Marshal")
+	require.JSONEq(t, `{"a":1}`, string(data), "Marshal")
 	var back map[string]int
-	if err := c.Unmarshal(data, &back); err != nil || back["a"] != 1 {
-		t.Fatalf("Unmarshal = %v, %v", back, err)
-	}
+	require.NoError(t, c.Unmarshal(data, &back), "Unmarshal")
+	require.Equal(t, map[string]int{"a": 1}, back, "Unmarshal")
 }
