@@ -281,7 +281,7 @@ func (sc subChild[Req, Resp]) Wait(ctx context.Context) error {
 	c := sc.c
 	select {
 	case <-c.dead:
-	case <-c.proc.Done(): // crashed while no call was reading
+	case <-c.proc.Done(): // exited; a descendant may still hold its pipe open
 		c.ended(io.EOF)
 	case <-ctx.Done():
 		return nil
