@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	goerrors "github.com/agilira/go-errors"
@@ -242,6 +243,7 @@ type reload[Req, Resp any] struct {
 	ctx         context.Context // the caller's ctx, ended by Shutdown too
 	pause       context.Context // ends at the drain timeout or with ctx
 	cancelPause context.CancelFunc
+	decided     atomic.Bool // the pause was ended by a release, or the handoffs claimed the commit
 }
 
 // preflight checks next and plans the handoffs; nothing is touched.
@@ -302,38 +304,31 @@ func (r *reload[Req, Resp]) release() {
 	r.gt.open()
 }
 
-// dispatch runs the handoffs (and, on failure, their undos) on a goroutine
-// of its own, so that the parked calls wait no longer than the pause: if
-// the pause ends first (a step ignores its ctx), they are released to the
-// old plugin at once, and dispatch waits for the step to return and its
-// undos to run.
+// dispatch runs the handoffs (and, on failure, their undos). The parked
+// calls wait no longer than the pause: if it ends while a step still runs
+// (one that ignores its ctx), they are released to the old plugin at once,
+// and the reload fails once the step has returned and its undos have run.
+// Exactly one side decides, through r.decided: the release when the pause
+// ends, or the handoffs' claim to commit when they all succeeded.
 func (r *reload[Req, Resp]) dispatch() (err, undoErr error) {
 	t := time.Now()
-	type result struct {
-		steps        []Surface
-		err, undoErr error
-	}
-	done := make(chan result, 1)
+	stop := context.AfterFunc(r.pause, func() {
+		if r.decided.CompareAndSwap(false, true) {
+			r.release()
+		}
+	})
+	defer stop()
+	claim := func() bool { return r.decided.CompareAndSwap(false, true) }
 	rollback := r.e.cfg.health.Timeout + r.e.cfg.drain
-	go func() {
-		steps, err, undoErr := dispatch(r.pause, r.plan, r.sw, rollback)
-		done <- result{steps, err, undoErr}
-	}()
-	var res result
-	select {
-	case res = <-done:
-	case <-r.pause.Done():
-		r.release()
-		res = <-done
-	}
-	r.rep.Steps, r.rep.Dispatch = res.steps, time.Since(t)
-	if res.err != nil {
+	steps, err, undoErr := dispatch(r.pause, r.plan, r.sw, rollback, claim)
+	r.rep.Steps, r.rep.Dispatch = steps, time.Since(t)
+	if err != nil {
 		r.release()
 		if r.pause.Err() != nil && r.ctx.Err() == nil {
-			res.err = fmt.Errorf("the handoffs did not finish within the drain timeout of %v: %w", r.e.cfg.drain, res.err)
+			err = fmt.Errorf("the handoffs did not finish within the drain timeout of %v: %w", r.e.cfg.drain, err)
 		}
 	}
-	return res.err, res.undoErr
+	return err, undoErr
 }
 
 // commit swaps in the next generation, releases the parked calls to it and

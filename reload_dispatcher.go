@@ -210,10 +210,12 @@ func preflight(ctx context.Context, plan []Handoff, sw *Swap) error {
 }
 
 // dispatch runs the plan's steps: every Prepare, then every Transfer, then
-// every Resume. On failure it runs the undos gathered so far in reverse,
-// bounded by rollbackTimeout even if ctx is done, and returns the surfaces
-// whose steps all completed, the step's error and the first undo error.
-func dispatch(ctx context.Context, plan []Handoff, sw *Swap, rollbackTimeout time.Duration) (done []Surface, err, undoErr error) {
+// every Resume. When they all succeed it asks claim whether the reload may
+// commit; if ctx has ended or claim refuses, that is a failure too. On
+// failure it runs the undos gathered so far in reverse, bounded by
+// rollbackTimeout even if ctx is done, and returns the surfaces whose steps
+// all completed, the step's error and the first undo error.
+func dispatch(ctx context.Context, plan []Handoff, sw *Swap, rollbackTimeout time.Duration, claim func() bool) (done []Surface, err, undoErr error) {
 	type stepFn = func(context.Context, *Swap) (func(context.Context) error, error)
 	steps := []struct {
 		name string
@@ -248,9 +250,10 @@ run:
 			}
 		}
 	}
-	if err == nil && ctx.Err() != nil {
-		// The last step finished but ctx ended: the reload must not
-		// commit, and the undos are still at hand.
+	if err == nil && (ctx.Err() != nil || !claim()) {
+		// The last step finished but ctx ended (or the parked calls were
+		// released meanwhile): the reload must not commit, and the undos
+		// are still at hand.
 		err = fmt.Errorf("ctx ended after the handoffs, before the commit: %w", context.Cause(ctx))
 	}
 	if err == nil {
