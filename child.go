@@ -258,6 +258,17 @@ func (l *lifecycle) event(ev supervise.Event) {
 	}
 }
 
+// supervise runs the supervisor over the serving child first, with start
+// making each new one, until ctx ends (it returns nil) or policy leaves the
+// plugin down (it returns the error that calls then fail with).
+func (l *lifecycle) supervise(ctx context.Context, policy RestartPolicy, start func(context.Context) (supervise.Child, error), first supervise.Child) error {
+	last := supervise.Run(ctx, supervise.Config{Policy: policy.policy(), Start: start, Event: l.event}, first)
+	if last == nil {
+		return nil
+	}
+	return leftDownError(l.plugin, policy, last)
+}
+
 // watchLifecycle hands emit to a plugin that reports its own lifecycle
 // events (the transports do); Register and Reload call it.
 func watchLifecycle(p any, emit func(Event)) {

@@ -668,14 +668,9 @@ func (p *grpcPlugin[Req, Resp]) serve(l *grpcLink) {
 // serving connection.
 func (p *grpcPlugin[Req, Resp]) supervise(l *grpcLink) {
 	defer p.wg.Done()
-	last := supervise.Run(p.ctx, supervise.Config{
-		Policy: p.cfg.Restart.policy(),
-		Start:  p.restart,
-		Event:  p.event,
-	}, grpcSupervised[Req, Resp]{p, l})
-	if last != nil {
+	if down := p.lifecycle.supervise(p.ctx, p.cfg.Restart, p.restart, grpcSupervised[Req, Resp]{p, l}); down != nil {
 		p.mu.Lock()
-		p.down = leftDownError(p.name, p.cfg.Restart, last)
+		p.down = down
 		p.mu.Unlock()
 	}
 }

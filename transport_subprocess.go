@@ -242,14 +242,9 @@ func (s *subprocessPlugin[Req, Resp]) serve(c *subConn) {
 // supervise restarts the child each time it dies, until Close.
 func (s *subprocessPlugin[Req, Resp]) supervise(c *subConn) {
 	defer s.wg.Done()
-	last := supervise.Run(s.ctx, supervise.Config{
-		Policy: s.cfg.Restart.policy(),
-		Start:  s.restart,
-		Event:  s.event,
-	}, subChild[Req, Resp]{s, c})
-	if last != nil {
+	if down := s.lifecycle.supervise(s.ctx, s.cfg.Restart, s.restart, subChild[Req, Resp]{s, c}); down != nil {
 		s.mu.Lock()
-		s.down = leftDownError(s.cfg.Name, s.cfg.Restart, last)
+		s.down = down
 		s.mu.Unlock()
 	}
 }
