@@ -450,7 +450,10 @@ func TestGRPCChildLifecycle(t *testing.T) {
 		_, err = p.Execute(ctx, counterReq{Op: "echo"})
 		require.ErrorIs(t, err, ErrClosed)
 		require.NoError(t, p.Close(ctx), "Close is idempotent")
-		assert.Equal(t, fds, grpcOpenFDs(t), "descriptors open before and after")
+		// grpc-go closes a client's connections on goroutines of its own:
+		// a leak stays, a closing descriptor goes within moments.
+		assert.Eventually(t, func() bool { return grpcOpenFDs(t) <= fds }, 5*time.Second, 10*time.Millisecond,
+			"descriptors open after Close: %d, before: %d", grpcOpenFDs(t), fds)
 	})
 
 	errorCases := []struct {
