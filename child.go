@@ -227,8 +227,9 @@ type lifecycle struct {
 	log       *slog.Logger
 	onRestart func(plugin string, attempt int, err error)
 	events    atomic.Pointer[func(Event)]
-	pid       atomic.Int64 // the serving child's, 0 while down
-	restarts  atomic.Int64 // attempts made
+	pid       atomic.Int64          // the serving child's, 0 while down
+	restarts  atomic.Int64          // attempts made
+	down      atomic.Pointer[error] // see leftDown
 }
 
 // setEvents makes fn receive the lifecycle events; the Manager calls it
@@ -259,14 +260,27 @@ func (l *lifecycle) event(ev supervise.Event) {
 }
 
 // supervise runs the supervisor over the serving child first, with start
-// making each new one, until ctx ends (it returns nil) or policy leaves the
-// plugin down (it returns the error that calls then fail with).
-func (l *lifecycle) supervise(ctx context.Context, policy RestartPolicy, start func(context.Context) (supervise.Child, error), first supervise.Child) error {
-	last := supervise.Run(ctx, supervise.Config{Policy: policy.policy(), Start: start, Event: l.event}, first)
-	if last == nil {
-		return nil
+// making each new one, until ctx ends or policy leaves the plugin down.
+// When it does, leftDown reports the error calls then fail with, set before
+// EventLeftDown is sent.
+func (l *lifecycle) supervise(ctx context.Context, policy RestartPolicy, start func(context.Context) (supervise.Child, error), first supervise.Child) {
+	event := func(ev supervise.Event) {
+		if ev.Kind == supervise.LeftDown {
+			err := leftDownError(l.plugin, policy, ev.Err)
+			l.down.Store(&err)
+		}
+		l.event(ev)
 	}
-	return leftDownError(l.plugin, policy, last)
+	supervise.Run(ctx, supervise.Config{Policy: policy.policy(), Start: start, Event: event}, first)
+}
+
+// leftDown returns the error calls fail with once the supervisor gave up,
+// nil before.
+func (l *lifecycle) leftDown() error {
+	if err := l.down.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // watchLifecycle hands emit to a plugin that reports its own lifecycle

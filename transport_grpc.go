@@ -117,8 +117,7 @@ type grpcPlugin[Req, Resp any] struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the supervisor
 
-	mu   sync.Mutex
-	down error // set when restarts were given up
+	mu sync.Mutex
 
 	closeOnce sync.Once
 	closeErr  error
@@ -602,7 +601,7 @@ func (p *grpcPlugin[Req, Resp]) live() (*grpcLink, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return nil, downError(p.name, p.closed.Load(), p.down, p.cfg.Restart)
+	return nil, downError(p.name, p.closed.Load(), p.leftDown(), p.cfg.Restart)
 }
 
 // release ends a call that live counted.
@@ -668,11 +667,7 @@ func (p *grpcPlugin[Req, Resp]) serve(l *grpcLink) {
 // serving connection.
 func (p *grpcPlugin[Req, Resp]) supervise(l *grpcLink) {
 	defer p.wg.Done()
-	if down := p.lifecycle.supervise(p.ctx, p.cfg.Restart, p.restart, grpcSupervised[Req, Resp]{p, l}); down != nil {
-		p.mu.Lock()
-		p.down = down
-		p.mu.Unlock()
-	}
+	p.lifecycle.supervise(p.ctx, p.cfg.Restart, p.restart, grpcSupervised[Req, Resp]{p, l})
 }
 
 // restart starts a new child and makes it the serving one. Close, if it

@@ -95,7 +95,6 @@ type subprocessPlugin[Req, Resp any] struct {
 
 	mu     sync.Mutex
 	closed bool
-	down   error // set when restarts were given up
 }
 
 // NewSubprocess starts the plugin described by cfg as a supervised child
@@ -242,11 +241,7 @@ func (s *subprocessPlugin[Req, Resp]) serve(c *subConn) {
 // supervise restarts the child each time it dies, until Close.
 func (s *subprocessPlugin[Req, Resp]) supervise(c *subConn) {
 	defer s.wg.Done()
-	if down := s.lifecycle.supervise(s.ctx, s.cfg.Restart, s.restart, subChild[Req, Resp]{s, c}); down != nil {
-		s.mu.Lock()
-		s.down = down
-		s.mu.Unlock()
-	}
+	s.lifecycle.supervise(s.ctx, s.cfg.Restart, s.restart, subChild[Req, Resp]{s, c})
 }
 
 // restart starts a new child and makes it the serving one, unless Close
@@ -295,7 +290,7 @@ func (s *subprocessPlugin[Req, Resp]) live() (*subConn, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return nil, downError(s.cfg.Name, s.closed, s.down, s.cfg.Restart)
+	return nil, downError(s.cfg.Name, s.closed, s.leftDown(), s.cfg.Restart)
 }
 
 // Pid returns the process id of the plugin's child process (also its
