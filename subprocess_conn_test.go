@@ -25,6 +25,13 @@ func startRaw(t *testing.T, mode string, h *recordingHandler, mod func(*Subproce
 		Name: "raw", Command: pluginBinary(t, "raw"), Env: map[string]string{"RAW_MODE": mode},
 		StopGrace: 200 * time.Millisecond, Logger: slog.New(h),
 	}
+	return startString(t, cfg, mod)
+}
+
+// startString starts the plugin cfg describes, after mod (if any) changed
+// cfg; it is closed at cleanup.
+func startString(t *testing.T, cfg SubprocessConfig, mod func(*SubprocessConfig)) *subprocessPlugin[string, string] {
+	t.Helper()
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -144,13 +151,7 @@ func connConfig(t testing.TB, mode string, h *recordingHandler) SubprocessConfig
 func startConn(t *testing.T, mode string, h *recordingHandler, mod func(*SubprocessConfig)) *subprocessPlugin[string, string] {
 	t.Helper()
 	cfg := connConfig(t, mode, h)
-	if mod != nil {
-		mod(&cfg)
-	}
-	p, err := newSubprocess[string, string](context.Background(), cfg)
-	require.NoError(t, err, "NewSubprocess")
-	t.Cleanup(func() { p.Close(context.Background()) })
-	return p
+	return startString(t, cfg, mod)
 }
 
 // TestSubprocessShortDeadlineDoesNotKillSlowReader: a caller whose deadline
