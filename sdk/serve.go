@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unicode/utf8"
 
@@ -41,8 +42,9 @@ func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 // waits for the requests in flight and for every answer queued to be
 // written, then returns nil) or goes away (Serve cancels the requests in
 // flight and returns nil). A goroutine reads the host's pipe at all
-// times: the one that reads a request hands reading on to a new goroutine
-// and runs the request's handler itself, which writes the answer. So
+// times: the one that reads a request hands reading on to an idle worker
+// goroutine (a new one when none waits) and runs the request's handler
+// itself, which writes the answer. So
 // handlers run concurrently, a CANCEL reaches a handler that blocks, and
 // an idle plugin wakes on no timer. A handler that panics
 // answers with the "panic" error code and the plugin serves on. Whatever
@@ -98,6 +100,7 @@ func newServer[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, 
 		cancel:  cancel,
 		cancels: make(map[uint64]context.CancelFunc),
 		end:     make(chan error, 1),
+		seat:    make(chan struct{}, 1),
 	}
 	s.execute = func(ctx context.Context, payload []byte) ([]byte, error) {
 		var req Req
@@ -162,6 +165,8 @@ type server struct {
 	requests     sync.WaitGroup // the requests being served
 	end          chan error     // how serving ends: nil or why it failed
 	shuttingDown bool           // SHUTDOWN was read; touched by the reading goroutine only
+	seat         chan struct{}  // the reading seat, passed to an idle worker
+	idle         atomic.Int32   // the workers committed to take the seat
 }
 
 // handshake answers the host's HELLO and returns the chosen codec.
@@ -209,12 +214,17 @@ func (s *server) handshake(codecs []Codec) (Codec, error) {
 	return codecs[i], nil
 }
 
-// loop serves until shutdown or the end of the stream. One goroutine at a
-// time reads; on a request it starts the next reader and serves the
-// request, so that the request reaches its handler without a goroutine
-// switch while reading goes on.
+// loop serves until shutdown or the end of the stream.
+//
+// Requests are served by a pool of worker goroutines, one of which holds
+// the reading seat: it reads frames until it reads a request, passes the
+// seat to an idle worker (starting one when none waits), and serves the
+// request itself, so that a request reaches its handler without a
+// goroutine switch while reading goes on. A worker that finished waits,
+// parked, for the seat again; at most maxIdleWorkers wait, so a worker
+// keeps its grown stack from one request to the next.
 func (s *server) loop() error {
-	go s.read()
+	go s.work()
 	err := <-s.end
 	// Answers queued behind another goroutine's write are written before
 	// Serve returns and the plugin exits.
@@ -223,9 +233,73 @@ func (s *server) loop() error {
 	return err
 }
 
-// read reads frames until it hands reading on (after a request) or the
-// stream ends (it then reports on s.end).
-func (s *server) read() {
+// maxIdleWorkers bounds the workers parked for the reading seat.
+const maxIdleWorkers = 16
+
+// work is one worker: it reads while it holds the seat, serves the request
+// it read, and waits for the seat again, until the stream ends or too
+// many workers are idle.
+func (s *server) work() {
+	for {
+		r, ok := s.read()
+		if !ok {
+			return
+		}
+		s.passSeat()
+		s.serve(r)
+		if !s.awaitSeat() {
+			return
+		}
+	}
+}
+
+// passSeat hands reading on to an idle worker, or to a new one if none
+// waits. s.idle counts the workers committed to take the seat.
+func (s *server) passSeat() {
+	for {
+		n := s.idle.Load()
+		if n <= 0 {
+			go s.work()
+			return
+		}
+		if s.idle.CompareAndSwap(n, n-1) {
+			s.seat <- struct{}{} // buffered: the seat is one token
+			return
+		}
+	}
+}
+
+// awaitSeat parks the worker until it gets the seat (true), unless
+// maxIdleWorkers wait already or serving ended (false).
+func (s *server) awaitSeat() bool {
+	for {
+		n := s.idle.Load()
+		if n >= maxIdleWorkers {
+			return false
+		}
+		if s.idle.CompareAndSwap(n, n+1) {
+			break
+		}
+	}
+	select {
+	case <-s.seat:
+		return true
+	case <-s.ctx.Done():
+		return false
+	}
+}
+
+// request is a request read and registered, to be served.
+type request struct {
+	f      wire.Frame
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// read reads frames until it reads a request, which it returns registered
+// (a CANCEL read after it finds its cancel func), or the stream ends (it
+// then reports on s.end and returns false).
+func (s *server) read() (request, bool) {
 	for {
 		f, err := s.in.Read()
 		var tl *wire.FrameTooLargeError
@@ -235,19 +309,23 @@ func (s *server) read() {
 			continue
 		case err == io.EOF:
 			s.finish(nil) // the host went away: cancel everything and exit
-			return
+			return request{}, false
 		case err != nil:
 			s.finish(fmt.Errorf("sdk: reading from the host: %w", err))
-			return
+			return request{}, false
 		}
 		if s.frame(f) {
-			return
+			ctx, cancel := context.WithCancel(s.ctx)
+			s.mu.Lock()
+			s.cancels[f.ID] = cancel
+			s.mu.Unlock()
+			return request{f, ctx, cancel}, true
 		}
 	}
 }
 
-// frame acts on one frame read from the host. For a request it hands
-// reading on to a new goroutine, serves the request and reports true.
+// frame acts on one frame read from the host and reports whether it is a
+// request to serve (registered in s.requests).
 func (s *server) frame(f wire.Frame) bool {
 	switch f.Type {
 	case wire.TypeCancel:
@@ -273,14 +351,7 @@ func (s *server) frame(f wire.Frame) bool {
 			s.replyError(f.ID, &Error{Code: wire.CodeShuttingDown, Message: fmt.Sprintf("%s refused: the plugin is shutting down", f.Type)})
 			return false
 		}
-		ctx, cancel := context.WithCancel(s.ctx)
-		s.mu.Lock()
-		s.cancels[f.ID] = cancel
-		s.mu.Unlock()
 		s.requests.Add(1)
-		defer s.requests.Done()
-		go s.read()
-		s.serveRequest(ctx, cancel, f)
 		return true
 	default:
 		s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames", f.Type)})
@@ -304,9 +375,11 @@ func (s *server) cancelAll() {
 	s.mu.Unlock()
 }
 
-// serveRequest runs one request's handler and sends its answer.
-func (s *server) serveRequest(ctx context.Context, cancel context.CancelFunc, f wire.Frame) {
-	resp, err := s.dispatch(ctx, f)
+// serve runs the handler of request r and sends its answer.
+func (s *server) serve(r request) {
+	defer s.requests.Done()
+	f, cancel := r.f, r.cancel
+	resp, err := s.dispatch(r.ctx, f)
 	s.mu.Lock()
 	delete(s.cancels, f.ID)
 	s.mu.Unlock()

@@ -1,9 +1,12 @@
 package sdk
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -86,4 +89,48 @@ func TestServeCancelReachesBlockedHandler(t *testing.T) {
 	h.send(wire.TypeShutdown, 0, nil)
 	assert.NoError(t, <-h.done, "serve after SHUTDOWN")
 	h.toPl.Close() // the reader, reading on after SHUTDOWN, meets EOF
+}
+
+// gateAll is a plugin whose handlers block until release is closed.
+type gateAll struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func (g gateAll) Execute(ctx context.Context, req string) (string, error) {
+	g.started <- struct{}{}
+	<-g.release
+	return req, nil
+}
+
+// TestServeIdleWorkersBounded: after a burst of concurrent requests, at
+// most maxIdleWorkers workers stay parked for the reading seat (one more
+// holds it), and none is left once serving ends.
+func TestServeIdleWorkersBounded(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	const burst = 3 * maxIdleWorkers
+	g := gateAll{started: make(chan struct{}), release: make(chan struct{})}
+	h, _ := startServer(t, g)
+	h.handshake()
+	for id := range uint64(burst) {
+		h.send(wire.TypeCall, id+1, "x")
+		<-g.started
+	}
+	assert.Equal(t, burst+1, workers(), "a worker serves each blocked request, one reads")
+	close(g.release)
+	for range burst {
+		require.Equal(t, wire.TypeResult, h.read().Type)
+	}
+	// Workers past the bound exit on their own once they answered.
+	require.Eventually(t, func() bool { return workers() == maxIdleWorkers+1 },
+		5*time.Second, time.Millisecond, "workers after the burst: %d", workers())
+	h.toPl.Close()
+	assert.NoError(t, <-h.done, "serve after EOF")
+}
+
+// workers counts the goroutines running server.work.
+func workers() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return bytes.Count(buf, []byte("sdk.(*server).work("))
 }
