@@ -43,6 +43,8 @@ const (
 	codeNoFactory           goerrors.ErrorCode = "PLUGIN_NO_FACTORY"
 	codeClosed              goerrors.ErrorCode = "PLUGIN_CLOSED"
 	codeCanceled            goerrors.ErrorCode = "PLUGIN_CANCELED"
+	codeNotGranted          goerrors.ErrorCode = "PLUGIN_HOST_CALL_NOT_GRANTED"
+	codeOverloaded          goerrors.ErrorCode = "PLUGIN_OVERLOADED"
 )
 
 // Sentinels for errors.Is, the one way to match an error of the library.
@@ -109,6 +111,12 @@ var (
 	// error also matches the context's error (context.Canceled or
 	// context.DeadlineExceeded) with errors.Is.
 	ErrCanceled = sentinel(codeCanceled)
+	// ErrNotGranted: a plugin called a host function that is not offered or
+	// not granted to it (see WithGrants).
+	ErrNotGranted = sentinel(codeNotGranted)
+	// ErrOverloaded: a plugin has as many host calls running as its limit
+	// allows (see HostCallLimits); the call may succeed if made again.
+	ErrOverloaded = sentinel(codeOverloaded)
 )
 
 func sentinel(code goerrors.ErrorCode) error {

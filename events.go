@@ -47,6 +47,9 @@ const (
 	// EventLeftDown: the RestartPolicy allows no more attempts; the plugin
 	// stays down until it is reloaded or unregistered.
 	EventLeftDown
+	// EventHostCallRefused: the plugin called a host function it may not
+	// call (see WithGrants); HostFunc names it and Err says why.
+	EventHostCallRefused
 )
 
 var eventKindNames = [...]string{
@@ -64,6 +67,7 @@ var eventKindNames = [...]string{
 	EventRestarted:       "restarted",
 	EventRestartFailed:   "restart-failed",
 	EventLeftDown:        "left-down",
+	EventHostCallRefused: "host-call-refused",
 }
 
 // String returns the kind's name, such as "breaker-opened".
@@ -100,6 +104,8 @@ type Event struct {
 	Attempt int
 	// Reload is the report of EventReloaded and EventReloadFailed.
 	Reload *ReloadReport
+	// HostFunc is the host function of EventHostCallRefused.
+	HostFunc string
 }
 
 // subscriber delivers events to one callback from its own goroutine, so a

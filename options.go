@@ -19,6 +19,7 @@ type managerConfig struct {
 	sampleMask  uint64
 	plugin      pluginConfig
 	dispatcher  *ReloadDispatcher
+	host        hostConfig
 }
 
 type pluginConfig struct {
@@ -37,6 +38,7 @@ func defaultManagerConfig() managerConfig {
 		eventBuffer: 256,
 		sampleMask:  63,
 		dispatcher:  NewReloadDispatcher(),
+		host:        hostConfig{limits: HostCallLimits{}.withDefaults()},
 		plugin: pluginConfig{
 			drain:   10 * time.Second,
 			breaker: BreakerConfig{}.withDefaults(),

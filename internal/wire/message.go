@@ -54,4 +54,7 @@ const (
 	CodeCanceled        = "canceled"         // the request was cancelled
 	CodeShuttingDown    = "shutting_down"    // the plugin is shutting down
 	CodeError           = "error"            // an error without a code of its own
+	CodeNotGranted      = "not_granted"      // protocol 2: the host function is not granted to the plugin
+	CodeOverloaded      = "overloaded"       // protocol 2: too many host calls running; retryable
+	CodeTimeout         = "timeout"          // protocol 2: the host call ran past the host's timeout
 )
