@@ -145,6 +145,9 @@ func WithRegisterOptions(f func(*Manifest) []PluginOption) LoaderOption {
 // concurrent use. It follows its manager's settings: each manifest's
 // "requires.host" and version are checked against the manager's
 // VersionPolicy (WithVersionPolicy), and it logs to the manager's logger.
+// A plugin it loads may call only the host functions its manifest asks for
+// (host_functions) and the manager grants (WithGrants); a reload applies
+// the new manifest's list.
 type DynamicLoader[Req, Resp any] struct {
 	m   *Manager[Req, Resp]
 	src ManifestSource
@@ -421,7 +424,7 @@ func (l *DynamicLoader[Req, Resp]) reloadLocked(ctx context.Context, mf *Manifes
 		return err
 	}
 	l.mu.Lock()
-	var opts []ReloadOption
+	opts := []ReloadOption{withReaskedHostFuncs(mf.HostFunctions)}
 	for _, dc := range l.loadedDependentsLocked(mf.Name) {
 		opts = append(opts, withDependentConstraint(dc.dependent, dc.constraint))
 	}
@@ -727,7 +730,7 @@ func (l *DynamicLoader[Req, Resp]) loadOne(ctx context.Context, name string) err
 
 	p, err := l.newPlugin(ctx, mf)
 	if err == nil {
-		var opts []PluginOption
+		opts := []PluginOption{withAskedHostFuncs(mf.HostFunctions)}
 		if mf.Timeout > 0 {
 			opts = append(opts, WithTimeout(mf.Timeout))
 		}

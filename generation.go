@@ -37,6 +37,7 @@ type generation[Req, Resp any] struct {
 	plugin Plugin[Req, Resp]
 	info   PluginInfo
 	id     uint64
+	host   *Host // the plugin value's handle; closed after its Close
 	// baseCalls and baseStarted are the calls and starts of the
 	// generations before this one; set before it is published.
 	baseCalls, baseStarted uint64
@@ -211,9 +212,12 @@ func (g *generation[Req, Resp]) checkDone() {
 
 // close closes the plugin once; later calls return the first result. It
 // refuses new health checks and waits for the running ones, bounded by ctx;
-// when ctx ends first it closes the plugin all the same.
+// when ctx ends first it closes the plugin all the same. The plugin's host
+// handle is closed once its Close has returned (a plugin may call the host
+// while it closes).
 func (g *generation[Req, Resp]) close(ctx context.Context, name string) error {
 	g.closeOnce.Do(func() {
+		defer g.host.close()
 		g.checkMu.Lock()
 		g.closing = true
 		var idle chan struct{}

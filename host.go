@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -12,24 +13,38 @@ import (
 
 // HostUser is implemented by plugins that call host functions. Register,
 // and Reload for the incoming plugin value, call UseHost with the value's
-// handle before the value serves or takes part in a handoff. The subprocess
-// and gRPC transports implement it and relay their plugin's host calls.
+// handle before the value serves or takes part in a handoff (a stream's
+// first Resume, a schema check). A panic in UseHost fails the Register or
+// Reload with ErrInvalidPlugin. The subprocess and gRPC transports
+// implement it and relay their plugin's host calls.
 type HostUser interface {
 	UseHost(h *Host)
 }
 
 // Host is one plugin value's handle for calling host functions (see
 // CallHost). It is safe for concurrent use, and stops working (ErrClosed)
-// once its plugin value is closed: during a reload, the old value's handle
-// works until the old value has drained and closed.
+// once its plugin value's Close has returned: during a reload, the old
+// value's handle works until the old value has drained and closed, and a
+// plugin may still call the host from its own Close. The handle given to
+// a value whose Register or Reload failed is closed too.
 type Host struct {
-	caller  Caller
-	cfg     *hostConfig
-	plugin  *hostPlugin
-	allowed map[string]access // by function; read-only
-	log     *slog.Logger
-	emit    func(Event)
-	closed  atomic.Bool
+	caller     Caller
+	cfg        *hostConfig
+	plugin     *hostPlugin
+	limits     HostCallLimits
+	allowed    map[string]hostGrant // by function; read-only
+	asked      []string             // what the manifest asks for; nil: no manifest
+	log        *slog.Logger
+	emit       func(Event)
+	overloaded error // built once: refusing allocates nothing
+	closed     atomic.Bool
+}
+
+// hostGrant is a function one plugin value may call.
+type hostGrant struct {
+	f          *HostFunc
+	ctr        *hostCounters
+	background bool // outside a request too
 }
 
 // hostPlugin is the host-call state of one registered plugin, shared by
@@ -54,19 +69,29 @@ func newHostPlugin(cfg *hostConfig) *hostPlugin {
 }
 
 // bind returns the handle of the plugin value caller; asked is what its
-// manifest asks for (nil: no manifest).
+// manifest asks for (nil: no manifest, the grants alone decide). A nil log
+// or emit discards.
 func (hp *hostPlugin) bind(cfg *hostConfig, caller Caller, asked []string, log *slog.Logger, emit func(Event)) *Host {
-	h := &Host{caller: caller, cfg: cfg, plugin: hp, allowed: make(map[string]access), log: log, emit: emit}
-	for name := range cfg.funcs {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if emit == nil {
+		emit = func(Event) {}
+	}
+	h := &Host{caller: caller, cfg: cfg, plugin: hp, limits: cfg.limits.withDefaults(), asked: asked,
+		allowed: make(map[string]hostGrant), log: log, emit: emit}
+	for name, f := range cfg.funcs {
 		if a := cfg.grantFor(caller.Plugin, name, asked); a != accessNone {
-			h.allowed[name] = a
+			h.allowed[name] = hostGrant{f: f, ctr: hp.counters[name], background: a == accessBackground}
 		}
 	}
 	for _, name := range asked {
-		if h.allowed[name] == accessNone {
+		if _, ok := h.allowed[name]; !ok {
 			log.Warn("goplugins: the plugin asks for a host function that is not granted or not offered", "plugin", caller.Plugin, "host_func", name)
 		}
 	}
+	h.overloaded = retryable(newError(codeOverloaded, caller.Plugin,
+		"host call refused: the plugin has %d host calls running, the limit (HostCallLimits.MaxConcurrent); retry later", h.limits.MaxConcurrent))
 	return h
 }
 
@@ -82,42 +107,48 @@ func (h *Host) close() {
 
 // admit checks a call of function name and counts it in; release counts
 // it out. background says the plugin made it outside a request.
-func (h *Host) admit(ctx context.Context, name string, background bool) (*HostFunc, *hostCounters, error) {
+func (h *Host) admit(ctx context.Context, name string, background bool) (hostGrant, error) {
 	if h == nil {
-		return nil, nil, newError(codeNotGranted, "", "host function %q called without a host handle: the plugin is not registered with a manager yet", name)
+		return hostGrant{}, newError(codeNotGranted, "", "host function %q called without a host handle: the plugin is not registered with a manager yet", name)
 	}
 	if h.closed.Load() {
-		return nil, nil, newError(codeClosed, h.caller.Plugin, "host function %q called after the plugin (generation %d) was closed", name, h.caller.Generation)
+		h.plugin.refused.Add(1)
+		return hostGrant{}, newError(codeClosed, h.caller.Plugin, "host function %q called after the plugin value (generation %d) was closed", name, h.caller.Generation)
 	}
-	f := h.cfg.funcs[name]
-	if a := h.allowed[name]; f == nil || a == accessNone || (background && a != accessBackground) {
-		return nil, nil, h.refuse(name, f == nil, background)
+	g, ok := h.allowed[name]
+	if !ok || (background && !g.background) {
+		return hostGrant{}, h.refuse(name, ok)
 	}
-	if ctx.Err() != nil {
-		return nil, nil, canceledError(ctx, h.caller.Plugin)
-	}
-	if n := h.plugin.inFlight.Add(1); n > int64(h.cfg.limits.MaxConcurrent) {
+	if n := h.plugin.inFlight.Add(1); n > int64(h.limits.MaxConcurrent) {
 		h.plugin.inFlight.Add(-1)
-		return nil, nil, newError(codeOverloaded, h.caller.Plugin, "host function %q refused: the plugin has %d host calls running, the limit (HostCallLimits.MaxConcurrent); retry later", name, h.cfg.limits.MaxConcurrent)
+		h.plugin.refused.Add(1)
+		return hostGrant{}, h.overloaded
 	}
-	ctr := h.plugin.counters[name]
-	ctr.calls.Add(1)
-	return f, ctr, nil
+	g.ctr.calls.Add(1)
+	if ctx.Err() != nil {
+		g.ctr.errors.Add(1)
+		h.release()
+		return hostGrant{}, canceledError(ctx, h.caller.Plugin)
+	}
+	return g, nil
 }
 
 func (h *Host) release() { h.plugin.inFlight.Add(-1) }
 
-// refuse counts, logs and reports a call the plugin may not make.
-func (h *Host) refuse(name string, unknown, background bool) error {
+// refuse counts, logs and reports a call the plugin may not make: granted
+// says the function is granted, but only within a request.
+func (h *Host) refuse(name string, granted bool) error {
 	h.plugin.refused.Add(1)
 	var err error
 	switch {
-	case unknown:
-		err = newError(codeNotGranted, h.caller.Plugin, "no host function %q is offered (WithHostFuncs)", name)
-	case background && h.allowed[name] != accessNone:
+	case granted:
 		err = newError(codeNotGranted, h.caller.Plugin, "host function %q may be called only within a request: set Grant.Background to allow background calls", name)
+	case h.cfg.funcs[name] == nil:
+		err = newError(codeNotGranted, h.caller.Plugin, "no host function %q is offered (WithHostFuncs)", name)
+	case h.asked != nil && !slices.Contains(h.asked, name):
+		err = newError(codeNotGranted, h.caller.Plugin, "host function %q is not asked for: list it in the manifest's host_functions (and grant it with WithGrants)", name)
 	default:
-		err = newError(codeNotGranted, h.caller.Plugin, "host function %q is not granted to the plugin: grant it with WithGrants (and ask for it in the manifest's host_functions)", name)
+		err = newError(codeNotGranted, h.caller.Plugin, "host function %q is not granted to the plugin: grant it with WithGrants", name)
 	}
 	h.log.Warn("goplugins: host call refused", "plugin", h.caller.Plugin, "host_func", name, "err", err)
 	h.emit(Event{Kind: EventHostCallRefused, Plugin: h.caller.Plugin, Version: h.caller.Version, HostFunc: name, Err: err})
@@ -129,10 +160,10 @@ func (h *Host) refuse(name string, unknown, background bool) error {
 // cancel), so that a call within a request with a deadline allocates
 // nothing.
 func (h *Host) bound(ctx context.Context) (context.Context, context.CancelFunc) {
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= h.cfg.limits.Timeout {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= h.limits.Timeout {
 		return ctx, nil
 	}
-	return context.WithTimeout(ctx, h.cfg.limits.Timeout)
+	return context.WithTimeout(ctx, h.limits.Timeout)
 }
 
 // outcome turns what the function returned into the call's error: the
@@ -146,11 +177,11 @@ func (h *Host) outcome(parent, cctx context.Context, name string, ctr *hostCount
 	switch {
 	case panicked != nil:
 		h.log.Error("goplugins: host function panicked", "plugin", h.caller.Plugin, "host_func", name, "panic", panicked)
-		return newError(codePanic, h.caller.Plugin, "host function %q panicked: %v", name, panicked)
+		return newError(codePanic, h.caller.Plugin, "host function %q panicked (%v); the host recovered, but the function has a bug to fix", name, panicked)
 	case parent.Err() != nil:
 		return canceledError(parent, h.caller.Plugin)
 	case errors.Is(cctx.Err(), context.DeadlineExceeded):
-		return newError(codeTimeout, h.caller.Plugin, "host function %q ran past the host-call timeout of %v (HostCallLimits.Timeout)", name, h.cfg.limits.Timeout)
+		return newError(codeTimeout, h.caller.Plugin, "host function %q ran past the host-call timeout of %v (HostCallLimits.Timeout)", name, h.limits.Timeout)
 	}
 	return err
 }
@@ -158,10 +189,11 @@ func (h *Host) outcome(parent, cctx context.Context, name string, ctr *hostCount
 // serve runs a host call that a plugin out of process made: body is the
 // request encoded with codec, and background says the plugin made it
 // outside a request. It returns the response encoded with codec; its
-// errors are CallHost's. A transport whose plugin is not registered yet
-// calls it on a nil handle, which refuses.
+// errors are CallHost's, and ErrInvalidPlugin when body does not decode. A
+// transport whose plugin is not registered yet calls it on a nil handle,
+// which refuses.
 func (h *Host) serve(ctx context.Context, name string, background bool, codec Codec, body []byte) ([]byte, error) {
-	f, ctr, err := h.admit(ctx, name, background)
+	g, err := h.admit(ctx, name, background)
 	if err != nil {
 		return nil, err
 	}
@@ -170,8 +202,8 @@ func (h *Host) serve(ctx context.Context, name string, background bool, codec Co
 	if cancel != nil {
 		defer cancel()
 	}
-	out, err, panicked := callEncoded(cctx, f, h.caller, codec, body)
-	if err := h.outcome(ctx, cctx, name, ctr, err, panicked); err != nil {
+	out, err, panicked := callEncoded(cctx, g.f, h.caller, codec, body)
+	if err := h.outcome(ctx, cctx, name, g.ctr, err, panicked); err != nil {
 		return nil, err
 	}
 	return out, nil

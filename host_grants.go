@@ -76,22 +76,55 @@ func WithHostFuncs(fns ...HostFunc) Option {
 }
 
 // WithGrants adds grants (see Grant); it may be given more than once, and a
-// call is allowed when any grant allows it. It panics on a malformed
-// pattern (see path.Match), a programming error.
+// call is allowed when any grant allows it. It panics on a malformed or
+// empty pattern (see path.Match) and on a grant without Funcs: programming
+// errors.
 func WithGrants(grants ...Grant) Option {
 	for _, g := range grants {
+		if len(g.Funcs) == 0 {
+			panic(fmt.Sprintf("goplugins: WithGrants: the grant to %q has no Funcs; name the functions (\"*\" for all)", g.Plugins))
+		}
 		for _, p := range append([]string{g.Plugins}, g.Funcs...) {
+			if p == "" {
+				panic("goplugins: WithGrants: an empty pattern matches nothing; use \"*\" for all")
+			}
 			if _, err := path.Match(p, ""); err != nil {
 				panic(fmt.Sprintf("goplugins: WithGrants: pattern %q: %v", p, err))
 			}
 		}
 	}
+	grants = slices.Clone(grants)
 	return managerOption(func(c *managerConfig) { c.host.grants = append(c.host.grants, grants...) })
 }
 
 // WithHostCallLimits sets the bounds of host calls (see HostCallLimits).
 func WithHostCallLimits(l HostCallLimits) Option {
 	return managerOption(func(c *managerConfig) { c.host.limits = l.withDefaults() })
+}
+
+// withAskedHostFuncs is the Register option of a plugin loaded from a
+// manifest: asked is its host_functions, and the plugin may call only
+// those (of the functions granted to it).
+func withAskedHostFuncs(asked []string) PluginOption {
+	asked = nonNil(asked)
+	return pluginOption(func(c *pluginConfig) { c.hostAsked = asked })
+}
+
+// withReaskedHostFuncs is withAskedHostFuncs for a Reload, with the next
+// manifest's host_functions. Without it, the next value may call what the
+// old one might.
+func withReaskedHostFuncs(asked []string) ReloadOption {
+	asked = nonNil(asked)
+	return reloadOption(func(c *reloadConfig) { c.hostAsked, c.reasked = asked, true })
+}
+
+// nonNil returns s, or an empty slice for nil: a manifest that asks for
+// nothing is not the same as no manifest.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // access is what a plugin may do with one host function.

@@ -61,7 +61,11 @@ func NewHostFunc[Req, Resp any](name string, fn func(ctx context.Context, caller
 			if err != nil {
 				return nil, err
 			}
-			return codec.Marshal(resp)
+			out, err := codec.Marshal(resp)
+			if err != nil {
+				return nil, fmt.Errorf("the response of host function %q does not encode with codec %q: %w", name, codec.Name(), err)
+			}
+			return out, nil
 		},
 	}
 }
@@ -83,23 +87,22 @@ func (f HostFunc) Name() string { return f.name }
 // calls it directly; otherwise the request and response go through JSON.
 func CallHost[Req, Resp any](ctx context.Context, h *Host, name string, req Req) (Resp, error) {
 	var zero Resp
-	f, ctr, err := h.admit(ctx, name, false)
+	g, err := h.admit(ctx, name, false)
 	if err != nil {
 		return zero, err
 	}
 	defer h.release()
 	cctx, cancel := h.bound(ctx)
-	fn, ok := f.typed.(func(context.Context, Caller, Req) (Resp, error))
 	var (
 		resp     Resp
 		panicked any
 	)
-	if ok {
+	if fn, ok := g.f.typed.(func(context.Context, Caller, Req) (Resp, error)); ok {
 		resp, err, panicked = callTyped(cctx, fn, h.caller, req)
 	} else {
-		resp, err, panicked = callViaJSON[Req, Resp](cctx, f, h.caller, req)
+		resp, err, panicked = callViaJSON[Req, Resp](cctx, g.f, h.caller, req)
 	}
-	err = h.outcome(ctx, cctx, name, ctr, err, panicked)
+	err = h.outcome(ctx, cctx, name, g.ctr, err, panicked)
 	if cancel != nil {
 		cancel()
 	}
@@ -117,13 +120,14 @@ func callTyped[Req, Resp any](ctx context.Context, fn func(context.Context, Call
 }
 
 // callViaJSON runs f with req and the response converted through JSON, for
-// a caller whose types differ from the function's.
+// a caller whose types differ from the function's. A request or response
+// that does not convert fails with ErrInvalidPlugin.
 func callViaJSON[Req, Resp any](ctx context.Context, f *HostFunc, caller Caller, req Req) (resp Resp, err error, panicked any) {
+	defer func() { panicked = recover() }()
 	body, err := JSONCodec{}.Marshal(req)
 	if err != nil {
 		return resp, wrapError(err, codeInvalidPlugin, caller.Plugin, "the request to host function %q does not encode as JSON", f.name), nil
 	}
-	defer func() { panicked = recover() }()
 	out, err := f.encoded(ctx, caller, JSONCodec{}, body)
 	if err != nil {
 		return resp, err, nil

@@ -69,6 +69,7 @@ type entry[Req, Resp any] struct {
 	unhealthy atomic.Bool
 	brk       breaker
 	ctr       pluginCounters
+	host      *hostPlugin
 
 	// op serializes Reload and Unregister of this plugin; a one-slot
 	// semaphore so that waiting for it is bounded by a ctx.
@@ -127,17 +128,23 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...PluginOption)
 	if m.reg.Load().entries[info.Name] != nil {
 		return m.taken(info.Name)
 	}
-	stopStream, err := startStream(p, info, cfg)
+	e := m.newEntry(info.Name, cfg)
+	g, err := m.newGeneration(e, p, info, 1, cfg.hostAsked)
 	if err != nil {
 		return err
 	}
-	e := m.newEntry(info.Name, cfg)
+	stopStream, err := startStream(p, info, cfg)
+	if err != nil {
+		g.host.close()
+		return err
+	}
 
 	m.mu.Lock()
 	r := m.reg.Load()
 	if r.closed || r.entries[info.Name] != nil {
 		m.mu.Unlock()
 		stopStream()
+		g.host.close()
 		if r.closed {
 			return newError(codeClosed, info.Name, "cannot register: the manager is shut down")
 		}
@@ -145,7 +152,7 @@ func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...PluginOption)
 	}
 	watchLifecycle(p, m.emit)
 	e.genSeq = 1
-	e.gen.Store(newGeneration(p, info, 1))
+	e.gen.Store(g)
 	next := maps.Clone(r.entries)
 	next[info.Name] = e
 	m.reg.Store(&registry[Req, Resp]{entries: next})
@@ -196,6 +203,32 @@ func startStream[Req, Resp any](p Plugin[Req, Resp], info PluginInfo, cfg plugin
 	}, nil
 }
 
+// newGeneration makes generation id of entry e, plugin value p, with its
+// host handle (see HostUser); asked is what p's manifest asks for (nil: no
+// manifest). It fails if p's UseHost panics.
+func (m *Manager[Req, Resp]) newGeneration(e *entry[Req, Resp], p Plugin[Req, Resp], info PluginInfo, id uint64, asked []string) (*generation[Req, Resp], error) {
+	g := newGeneration(p, info, id)
+	g.host = e.host.bind(&m.cfg.host, Caller{Plugin: info.Name, Version: info.Version, Generation: id}, asked, m.cfg.logger, m.emit)
+	if u, ok := p.(HostUser); ok {
+		if err := useHost(u, g.host); err != nil {
+			g.host.close()
+			return nil, err
+		}
+	}
+	return g, nil
+}
+
+// useHost gives u its handle, recovering a panic.
+func useHost(u HostUser, h *Host) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = newError(codeInvalidPlugin, h.caller.Plugin, "the plugin's UseHost method panicked: %v", r)
+		}
+	}()
+	u.UseHost(h)
+	return nil
+}
+
 // pluginInfo reads and validates p.Info, recovering a panic.
 func pluginInfo[Req, Resp any](p Plugin[Req, Resp]) (info PluginInfo, err error) {
 	defer func() {
@@ -208,7 +241,7 @@ func pluginInfo[Req, Resp any](p Plugin[Req, Resp]) (info PluginInfo, err error)
 }
 
 func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req, Resp] {
-	e := &entry[Req, Resp]{m: m, name: name, cfg: cfg, op: make(chan struct{}, 1)}
+	e := &entry[Req, Resp]{m: m, name: name, cfg: cfg, op: make(chan struct{}, 1), host: newHostPlugin(&m.cfg.host)}
 	e.breakerErr = newError(codeBreakerOpen, name,
 		"circuit breaker is open after repeated failures; calls resume after a successful probe once its open timeout passes")
 	e.unhealthyErr = newError(codeUnhealthy, name,
@@ -775,6 +808,7 @@ func (m *Manager[Req, Resp]) Metrics() Metrics {
 			Health:   e.healthReport().Status,
 			Latency:  e.ctr.latency.snapshot(int(m.cfg.sampleMask + 1)),
 		}
+		pm.HostCalls, pm.HostCallsRefused = e.host.metrics()
 		if g := e.gen.Load(); g != nil {
 			pm.Calls = g.baseCalls + g.calls()
 			pm.InFlight = g.inFlight()

@@ -41,6 +41,9 @@ const defaultManifestMaxSize = 1 << 20
 //	tls           "grpc" with endpoint only: {"ca_file", "cert_file",
 //	              "key_file", "server_name", "insecure"}; files relative to
 //	              the plugin folder; cert_file and key_file together enable mTLS
+//	host_functions the host functions the plugin asks to call, e.g.
+//	              ["kv.get", "kv.put"]; it may call those the host also
+//	              grants (see WithGrants), and no other
 //
 // Field names are case-sensitive. Unknown fields are errors that name the
 // field, so that a misspelt field is never silently ignored. Durations must parse with time.ParseDuration and be
@@ -87,6 +90,10 @@ type Manifest struct {
 	Endpoint string
 	// TLS configures the connection to Endpoint; nil means plaintext.
 	TLS *ManifestTLS
+	// HostFunctions lists the host functions the plugin asks to call, in
+	// the manifest's order; a DynamicLoader lets it call those of them the
+	// host grants (see WithGrants), and no other.
+	HostFunctions []string
 
 	// Path is the cleaned absolute path of the manifest file.
 	Path string

@@ -26,22 +26,23 @@ import (
 
 // rawManifest is the file format; see Manifest.
 type rawManifest struct {
-	Name         string                   `json:"name" yaml:"name"`
-	Version      string                   `json:"version" yaml:"version"`
-	Description  string                   `json:"description" yaml:"description"`
-	Transport    string                   `json:"transport" yaml:"transport"`
-	Command      string                   `json:"command" yaml:"command"`
-	Args         []string                 `json:"args" yaml:"args"`
-	Env          map[string]string        `json:"env" yaml:"env"`
-	Checksum     string                   `json:"checksum" yaml:"checksum"`
-	Requires     rawRequires              `json:"requires" yaml:"requires"`
-	Dependencies map[string]rawDependency `json:"dependencies" yaml:"dependencies"`
-	Surfaces     []string                 `json:"surfaces" yaml:"surfaces"`
-	Timeout      string                   `json:"timeout" yaml:"timeout"`
-	Health       rawHealth                `json:"health" yaml:"health"`
-	Restart      rawRestart               `json:"restart" yaml:"restart"`
-	Endpoint     string                   `json:"endpoint" yaml:"endpoint"`
-	TLS          *rawTLS                  `json:"tls" yaml:"tls"`
+	Name          string                   `json:"name" yaml:"name"`
+	Version       string                   `json:"version" yaml:"version"`
+	Description   string                   `json:"description" yaml:"description"`
+	Transport     string                   `json:"transport" yaml:"transport"`
+	Command       string                   `json:"command" yaml:"command"`
+	Args          []string                 `json:"args" yaml:"args"`
+	Env           map[string]string        `json:"env" yaml:"env"`
+	Checksum      string                   `json:"checksum" yaml:"checksum"`
+	Requires      rawRequires              `json:"requires" yaml:"requires"`
+	Dependencies  map[string]rawDependency `json:"dependencies" yaml:"dependencies"`
+	Surfaces      []string                 `json:"surfaces" yaml:"surfaces"`
+	Timeout       string                   `json:"timeout" yaml:"timeout"`
+	Health        rawHealth                `json:"health" yaml:"health"`
+	Restart       rawRestart               `json:"restart" yaml:"restart"`
+	Endpoint      string                   `json:"endpoint" yaml:"endpoint"`
+	TLS           *rawTLS                  `json:"tls" yaml:"tls"`
+	HostFunctions []string                 `json:"host_functions" yaml:"host_functions"`
 }
 
 type rawRequires struct {
@@ -184,6 +185,8 @@ func (raw *rawManifest) field(d *jsonDecoder, k []byte) error {
 		return d.str("endpoint", &raw.Endpoint)
 	case "tls":
 		return raw.tlsField(d)
+	case "host_functions":
+		return d.strs("host_functions", &raw.HostFunctions)
 	}
 	return unknownJSONField("", k)
 }

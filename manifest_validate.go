@@ -138,6 +138,7 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 	}
 	v.validateDependencies(r, m)
 	v.validateSurfaces(r, m)
+	v.validateHostFunctions(r, m)
 	m.Timeout = v.duration("timeout", r.Timeout)
 	m.Health.Interval = v.duration("health.interval", r.Health.Interval)
 	m.Health.Timeout = v.duration("health.timeout", r.Health.Timeout)
@@ -406,5 +407,25 @@ func (v *manifestValidator) validateSurfaces(r *rawManifest, m *Manifest) {
 		}
 		seen[s] = true
 		m.Surfaces = append(m.Surfaces, Surface(s))
+	}
+}
+
+func (v *manifestValidator) validateHostFunctions(r *rawManifest, m *Manifest) {
+	if len(r.HostFunctions) == 0 {
+		return
+	}
+	m.HostFunctions = make([]string, 0, len(r.HostFunctions))
+	seen := make(map[string]bool, len(r.HostFunctions))
+	for _, f := range r.HostFunctions {
+		if !validName(f) {
+			v.fail("host_functions", "%q is not a host function name: use 1 to %d characters of [a-z0-9._-], starting with a letter or digit, such as \"kv.get\"", f, maxNameLen)
+			continue
+		}
+		if seen[f] {
+			v.fail("host_functions", "%q is listed twice", f)
+			continue
+		}
+		seen[f] = true
+		m.HostFunctions = append(m.HostFunctions, f)
 	}
 }

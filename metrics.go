@@ -44,6 +44,39 @@ type PluginMetrics struct {
 	Health  HealthStatus
 	// Latency is the histogram of sampled call durations.
 	Latency LatencyHistogram
+	// HostCalls counts the plugin's calls of host functions, by function
+	// (see CallHost); functions it never called are absent, and the map is
+	// nil when it called none.
+	HostCalls map[string]HostCallMetrics
+	// HostCallsRefused counts the plugin's host calls refused before the
+	// function ran: not granted (see EventHostCallRefused), over
+	// HostCallLimits.MaxConcurrent, or made through a closed handle.
+	HostCallsRefused uint64
+}
+
+// HostCallMetrics are the counters of one plugin's calls of one host
+// function, summed over the plugin's generations.
+type HostCallMetrics struct {
+	// Calls counts the calls admitted (granted and within the limit).
+	Calls uint64
+	// Errors counts those of them that failed, whatever the cause: the
+	// function's error, a timeout, a panic, the caller's ctx.
+	Errors uint64
+}
+
+// metrics returns the plugin's host-call counters (see PluginMetrics).
+func (hp *hostPlugin) metrics() (map[string]HostCallMetrics, uint64) {
+	var calls map[string]HostCallMetrics
+	for name, c := range hp.counters {
+		errs := c.errors.Load() // before calls: a call counts in before it fails
+		if n := c.calls.Load(); n > 0 {
+			if calls == nil {
+				calls = make(map[string]HostCallMetrics)
+			}
+			calls[name] = HostCallMetrics{Calls: n, Errors: errs}
+		}
+	}
+	return calls, hp.refused.Load()
 }
 
 // latencyBounds are the upper bounds of the histogram buckets: 1-2-5 steps

@@ -30,6 +30,7 @@ type pluginConfig struct {
 	breaker     BreakerConfig
 	retry       RetryPolicy
 	health      HealthConfig
+	hostAsked   []string // the manifest's host_functions; nil: no manifest
 }
 
 func defaultManagerConfig() managerConfig {

@@ -20,6 +20,8 @@ type ReloadOption interface{ applyReload(*reloadConfig) }
 type reloadConfig struct {
 	host       []Handoff
 	dependents []dependentConstraint
+	hostAsked  []string // the next manifest's host_functions
+	reasked    bool     // hostAsked is set; else the old value's asks carry over
 }
 
 type dependentConstraint struct{ dependent, constraint string }
@@ -275,10 +277,18 @@ func (r *reload[Req, Resp]) preflight(ctx context.Context, next Plugin[Req, Resp
 	if r.plan, err = r.m.cfg.dispatcher.plan(r.sw, r.cfg.host); err != nil {
 		return err
 	}
+	asked := r.old.host.asked
+	if r.cfg.reasked {
+		asked = r.cfg.hostAsked
+	}
+	// Made before the pause, to keep it short, and before the handoffs'
+	// preflight, which may call the host.
+	if r.next, err = r.m.newGeneration(r.e, next, info, r.e.genSeq+1, asked); err != nil {
+		return err
+	}
 	if err := preflight(ctx, r.plan, r.sw); err != nil {
 		return err
 	}
-	r.next = newGeneration(next, info, r.e.genSeq+1) // made before the pause, to keep it short
 	watchLifecycle(next, r.m.emit)
 	return nil
 }
@@ -361,6 +371,9 @@ func (r *reload[Req, Resp]) commit(ctx context.Context) ReloadReport {
 // (see classify), and sends EventReloadFailed.
 func (r *reload[Req, Resp]) fail(ctx context.Context, phase string, err, undoErr error) (ReloadReport, error) {
 	name := r.e.name
+	if r.next != nil {
+		r.next.host.close()
+	}
 	code, cause := classify(ctx, r.pause, err)
 	r.rep.Total = time.Since(r.began)
 	if r.gt != nil {
