@@ -662,4 +662,3 @@ func TestInProcessPluginReadsMetadata(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "00-abc", got)
 }
-
