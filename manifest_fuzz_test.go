@@ -21,6 +21,8 @@ import (
 func FuzzManifest(f *testing.F) {
 	f.Add([]byte(`{"name": "auth", "version": "1.4.0", "transport": "subprocess", "command": "./auth"}`), false)
 	f.Add([]byte("name: metrics\nversion: 2.1.3\ntransport: grpc\nendpoint: localhost:9000\n"), true)
+	f.Add([]byte(`{"name": "kv", "version": "1.0.0", "transport": "inprocess", "host_functions": ["kv.get", "kv.put"]}`), false)
+	f.Add([]byte("name: kv\nversion: 1.0.0\ntransport: inprocess\nhost_functions: [kv.get]\n"), true)
 	dir := filepath.Join(f.TempDir(), "plugin")
 	f.Fuzz(func(t *testing.T, data []byte, asYAML bool) {
 		path := filepath.Join(dir, "plugin.json")
@@ -122,6 +124,10 @@ func checkManifestRules(t *testing.T, m *Manifest, data []byte) {
 		require.NoError(t, err, "dependency %q accepted", d.Name)
 		require.NotEqual(t, m.Name, d.Name, "dependency %q accepted", d.Name)
 	}
+	for i, f := range m.HostFunctions {
+		require.NoError(t, validateName(f), "accepted host function %q", f)
+		require.NotContains(t, m.HostFunctions[:i], f, "host function %q accepted twice", f)
+	}
 	require.Equal(t, sha256.Sum256(data), m.Hash, "hash is not the SHA-256 of the bytes")
 }
 
@@ -163,6 +169,7 @@ func manifestJSONForm(m *Manifest) map[string]any {
 		out["dependencies"] = deps
 	}
 	set("surfaces", m.Surfaces, m.Surfaces != nil)
+	set("host_functions", m.HostFunctions, m.HostFunctions != nil)
 	set("timeout", m.Timeout.String(), m.Timeout != 0)
 	health := map[string]any{}
 	if m.Health.Interval != 0 {

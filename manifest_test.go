@@ -261,3 +261,35 @@ func TestManifestDependenciesGoToTheGraph(t *testing.T) {
 	require.NoError(t, g.Add(m.Name, m.Version, m.Dependencies...))
 	assert.Equal(t, m.Dependencies, g.Dependencies(m.Name))
 }
+
+func TestManifestHostFunctions(t *testing.T) {
+	cases := []struct {
+		name    string
+		file    string
+		data    string
+		want    []string
+		wantErr string
+	}{
+		{"json", "plugin.json", `{"name": "kv", "version": "1.0.0", "transport": "inprocess", "host_functions": ["kv.get", "kv.put"]}`, []string{"kv.get", "kv.put"}, ""},
+		{"yaml", "plugin.yaml", "name: kv\nversion: 1.0.0\ntransport: inprocess\nhost_functions: [kv.get]\n", []string{"kv.get"}, ""},
+		{"absent", "plugin.json", `{"name": "kv", "version": "1.0.0", "transport": "inprocess"}`, nil, ""},
+		{"empty", "plugin.json", `{"name": "kv", "version": "1.0.0", "transport": "inprocess", "host_functions": []}`, nil, ""},
+		{"invalid name", "plugin.json", `{"name": "kv", "version": "1.0.0", "transport": "inprocess", "host_functions": ["KV Get"]}`, nil, `field "host_functions": "KV Get" is not a host function name`},
+		{"twice", "plugin.yaml", "name: kv\nversion: 1.0.0\ntransport: inprocess\nhost_functions: [kv.get, kv.get]\n", nil, `field "host_functions": "kv.get" is listed twice`},
+		{"not a list", "plugin.json", `{"name": "kv", "version": "1.0.0", "transport": "inprocess", "host_functions": "kv.get"}`, nil, `host_functions`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "kv", tc.file)
+			m, err := ParseManifest(path, []byte(tc.data))
+			if tc.wantErr != "" {
+				require.ErrorIs(t, err, ErrInvalidManifest)
+				require.Contains(t, err.Error(), tc.wantErr)
+				require.Contains(t, err.Error(), path)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, m.HostFunctions)
+		})
+	}
+}
