@@ -84,7 +84,11 @@ func (f HostFunc) Name() string { return f.name }
 // otherwise with the function's own error.
 //
 // When Req and Resp are the types the function was made with, CallHost
-// calls it directly; otherwise the request and response go through JSON.
+// calls it directly; otherwise the request and response go through JSON
+// (ErrInvalidPlugin if they do not convert). A direct call allocates
+// nothing of its own when ctx has a deadline no later than
+// HostCallLimits.Timeout; otherwise CallHost derives a ctx with the
+// timeout. Calls are counted in PluginMetrics.HostCalls.
 func CallHost[Req, Resp any](ctx context.Context, h *Host, name string, req Req) (Resp, error) {
 	var zero Resp
 	g, err := h.admit(ctx, name, false)

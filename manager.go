@@ -107,7 +107,9 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 // plugin. opts configure this plugin, after the manager's
 // WithPluginDefaults; the settings last for its life, reloads included.
 // With WithStreamStart, Register starts the plugin's first stream (Resume)
-// before the plugin serves.
+// before the plugin serves. A plugin that implements HostUser gets its
+// host handle (generation 1) before anything else is called on it; the
+// handle is closed if Register fails.
 func (m *Manager[Req, Resp]) Register(p Plugin[Req, Resp], opts ...PluginOption) error {
 	if p == nil {
 		return newError(codeInvalidPlugin, "", "Register got a nil plugin")

@@ -161,8 +161,10 @@ func (e *ReloadError) Unwrap() []error {
 //     same name and a strict-semver version that passes the manager's
 //     VersionPolicy and the constraints loaded dependents hold on the
 //     plugin (withDependentConstraint); it keeps every surface of the old
-//     plugin; every handoff's Preflight passes (schema runs CheckCompat
-//     here). Failure: nothing changed.
+//     plugin; next, if a HostUser, gets its host handle (the next
+//     generation's; it may call what the old value might); every
+//     handoff's Preflight passes (schema runs CheckCompat here). Failure:
+//     nothing changed.
 //  2. Drain: new calls park, each bounded by its own ctx; calls in flight
 //     on the old plugin finish.
 //  3. Dispatch: the handoffs of the plugin's surfaces run their steps,
@@ -177,7 +179,7 @@ func (e *ReloadError) Unwrap() []error {
 //     parked calls are released to the old plugin, which serves on with
 //     its state. The error is a *ReloadError naming the phase, surface and
 //     step and carrying what was handed over; EventReloadFailed is sent.
-//     next is not closed: the caller still owns it.
+//     next is not closed: the caller still owns it; its host handle is.
 //
 // The drain timeout (WithDrainTimeout) bounds phases 2 and 3 together, and
 // so how long a call stays parked, even when a step ignores its ctx: at the
