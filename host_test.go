@@ -662,3 +662,9 @@ func TestInProcessPluginReadsMetadata(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "00-abc", got)
 }
+
+func TestHostCallLimitsDefaults(t *testing.T) {
+	require.Equal(t, HostCallLimits{MaxConcurrent: 64, Timeout: 30 * time.Second}, HostCallLimits{}.withDefaults())
+	require.Equal(t, HostCallLimits{MaxConcurrent: 64, Timeout: 30 * time.Second}, HostCallLimits{MaxConcurrent: -1, Timeout: -1}.withDefaults())
+	require.Equal(t, HostCallLimits{MaxConcurrent: 3, Timeout: time.Second}, HostCallLimits{MaxConcurrent: 3, Timeout: time.Second}.withDefaults())
+}

@@ -78,8 +78,9 @@ func (f HostFunc) Name() string { return f.name }
 // serves, or its own for background work. It fails with ErrNotGranted when
 // the host granted the plugin no such function (see WithGrants),
 // ErrOverloaded when the plugin has as many host calls running as
-// HostCallLimits.MaxConcurrent allows, ErrClosed once the plugin value was
-// closed, ErrCanceled when ctx ends, ErrTimeout past
+// HostCallLimits.MaxConcurrent allows (retryable; the error is built once
+// per plugin value: do not modify it), ErrClosed once the plugin value's
+// Close has returned, ErrCanceled when ctx ends, ErrTimeout past
 // HostCallLimits.Timeout, ErrPanic when the function panicked, and
 // otherwise with the function's own error.
 //
