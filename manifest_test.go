@@ -293,3 +293,11 @@ func TestManifestHostFunctions(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigInlinePluginHostFunctions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "plugins.yaml")
+	cfg, err := ParseConfig(path, []byte("plugins:\n  - {name: kv, version: 1.0.0, transport: inprocess, host_functions: [kv.get]}\n"))
+	require.NoError(t, err)
+	require.Len(t, cfg.Plugins, 1)
+	require.Equal(t, []string{"kv.get"}, cfg.Plugins[0].HostFunctions)
+}
