@@ -240,6 +240,7 @@ func TestHostCallRefusalLoggedWithPluginAndSentAsEvent(t *testing.T) {
 }
 
 func TestHostCallOverLimitOverloadedAcrossGenerations(t *testing.T) {
+	verifyNoLeaks(t)
 	entered, unblock := make(chan struct{}), make(chan struct{})
 	block := NewHostFunc("block", func(ctx context.Context, _ Caller, _ int) (int, error) {
 		entered <- struct{}{}
@@ -278,6 +279,7 @@ func TestHostCallOverLimitOverloadedAcrossGenerations(t *testing.T) {
 }
 
 func TestHostCallTimeoutEndsCtxWithErrTimeout(t *testing.T) {
+	verifyNoLeaks(t)
 	wait := NewHostFunc("wait", func(ctx context.Context, _ Caller, _ int) (int, error) {
 		<-ctx.Done()
 		return 0, ctx.Err()
@@ -302,6 +304,7 @@ func TestHostCallTimeoutEndsCtxWithErrTimeout(t *testing.T) {
 }
 
 func TestHostCallCanceledWithRequest(t *testing.T) {
+	verifyNoLeaks(t)
 	entered := make(chan struct{})
 	wait := NewHostFunc("wait", func(ctx context.Context, _ Caller, _ int) (int, error) {
 		close(entered)
@@ -363,6 +366,7 @@ func TestHostFuncOwnErrorReturnedUnchanged(t *testing.T) {
 }
 
 func TestReloadOldGenerationCallsHostUntilClosed(t *testing.T) {
+	verifyNoLeaks(t)
 	kv := &kvStore{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
 	inCall, finish := make(chan struct{}), make(chan struct{})
