@@ -13,7 +13,7 @@ func BenchmarkHostCallInProcess(b *testing.B) {
 	f := NewHostFunc("add", func(_ context.Context, _ Caller, n int) (int, error) { return n + 1, nil })
 	m := NewManager[int, int](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})),
 		WithHostFuncs(f), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	if err := m.Register(p); err != nil {
 		b.Fatal(err)
 	}

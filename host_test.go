@@ -15,45 +15,45 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// kvReq and kvResp are the types of the test key-value host functions.
-type kvReq struct {
+// memKVReq and memKVResp are the types of the test key-value host functions.
+type memKVReq struct {
 	Key, Value string
 }
 
-type kvResp struct {
+type memKVResp struct {
 	Value string
 	Found bool
 }
 
-// kvStore is a host's key-value store, scoped by the calling plugin.
-type kvStore struct {
+// memKV is a host's key-value store, scoped by the calling plugin.
+type memKV struct {
 	mu sync.Mutex
 	m  map[string]string
 }
 
-func (s *kvStore) funcs() []HostFunc {
+func (s *memKV) funcs() []HostFunc {
 	return []HostFunc{
-		NewHostFunc("kv.get", func(_ context.Context, c Caller, req kvReq) (kvResp, error) {
+		NewHostFunc("kv.get", func(_ context.Context, c Caller, req memKVReq) (memKVResp, error) {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			v, ok := s.m[c.Plugin+"/"+req.Key]
-			return kvResp{Value: v, Found: ok}, nil
+			return memKVResp{Value: v, Found: ok}, nil
 		}),
-		NewHostFunc("kv.put", func(_ context.Context, c Caller, req kvReq) (kvResp, error) {
+		NewHostFunc("kv.put", func(_ context.Context, c Caller, req memKVReq) (memKVResp, error) {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			if s.m == nil {
 				s.m = map[string]string{}
 			}
 			s.m[c.Plugin+"/"+req.Key] = req.Value
-			return kvResp{}, nil
+			return memKVResp{}, nil
 		}),
 	}
 }
 
-// hostCaller is an in-process plugin that calls host functions with the
+// inprocHostUser is an in-process plugin that calls host functions with the
 // handle it was given.
-type hostCaller struct {
+type inprocHostUser struct {
 	name, version string
 	surfaces      []Surface
 	host          atomic.Pointer[Host]
@@ -63,97 +63,97 @@ type hostCaller struct {
 	compat        error // CheckCompat's answer, with SurfaceSchema
 }
 
-func newHostCaller(name string, exec func(ctx context.Context, h *Host, req int) (int, error)) *hostCaller {
-	return &hostCaller{name: name, version: "1.0.0", exec: exec}
+func newInprocHostUser(name string, exec func(ctx context.Context, h *Host, req int) (int, error)) *inprocHostUser {
+	return &inprocHostUser{name: name, version: "1.0.0", exec: exec}
 }
 
-func (p *hostCaller) UseHost(h *Host) { p.host.Store(h); p.hosts.Add(1) }
-func (p *hostCaller) Info() PluginInfo {
+func (p *inprocHostUser) UseHost(h *Host) { p.host.Store(h); p.hosts.Add(1) }
+func (p *inprocHostUser) Info() PluginInfo {
 	return PluginInfo{Name: p.name, Version: p.version, Surfaces: p.surfaces}
 }
-func (p *hostCaller) Execute(ctx context.Context, req int) (int, error) {
+func (p *inprocHostUser) Execute(ctx context.Context, req int) (int, error) {
 	return p.exec(ctx, p.host.Load(), req)
 }
-func (p *hostCaller) Health(context.Context) error { return nil }
-func (p *hostCaller) Close(context.Context) error {
+func (p *inprocHostUser) Health(context.Context) error { return nil }
+func (p *inprocHostUser) Close(context.Context) error {
 	if p.onClose != nil {
 		p.onClose(p.host.Load())
 	}
 	return nil
 }
-func (p *hostCaller) CheckCompat(context.Context, PluginInfo) error { return p.compat }
+func (p *inprocHostUser) CheckCompat(context.Context, PluginInfo) error { return p.compat }
 
-// callGet calls kv.get with key, for plugins whose Execute does one call.
-func callGet(ctx context.Context, h *Host, _ int) (int, error) {
-	_, err := CallHost[kvReq, kvResp](ctx, h, "kv.get", kvReq{Key: "k"})
+// callMemKVGet calls kv.get with key, for plugins whose Execute does one call.
+func callMemKVGet(ctx context.Context, h *Host, _ int) (int, error) {
+	_, err := CallHost[memKVReq, memKVResp](ctx, h, "kv.get", memKVReq{Key: "k"})
 	return 0, err
 }
 
 func TestHostFuncsScopeByCaller(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "*", Funcs: []string{"kv.*"}}))
-	plugins := map[string]*hostCaller{}
+	plugins := map[string]*inprocHostUser{}
 	for _, name := range []string{"billing", "auth"} {
-		p := newHostCaller(name, nil)
+		p := newInprocHostUser(name, nil)
 		require.NoError(t, m.Register(p))
 		plugins[name] = p
 	}
 	ctx := context.Background()
 	for name, p := range plugins {
-		_, err := CallHost[kvReq, kvResp](ctx, p.host.Load(), "kv.put", kvReq{Key: "owner", Value: name})
+		_, err := CallHost[memKVReq, memKVResp](ctx, p.host.Load(), "kv.put", memKVReq{Key: "owner", Value: name})
 		require.NoError(t, err)
 	}
 	for name, p := range plugins {
-		resp, err := CallHost[kvReq, kvResp](ctx, p.host.Load(), "kv.get", kvReq{Key: "owner"})
+		resp, err := CallHost[memKVReq, memKVResp](ctx, p.host.Load(), "kv.get", memKVReq{Key: "owner"})
 		require.NoError(t, err)
-		assert.Equal(t, kvResp{Value: name, Found: true}, resp, "each plugin reads its own key")
+		assert.Equal(t, memKVResp{Value: name, Found: true}, resp, "each plugin reads its own key")
 		assert.Equal(t, Caller{Plugin: name, Version: "1.0.0", Generation: 1}, p.host.Load().Caller())
 	}
 }
 
 func TestUseHostCalledBeforeServing(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "app", Funcs: []string{"*"}}))
-	p := newHostCaller("app", callGet)
+	p := newInprocHostUser("app", callMemKVGet)
 	require.NoError(t, m.Register(p))
 	require.EqualValues(t, 1, p.hosts.Load())
 	_, err := m.Execute(context.Background(), "app", 0)
 	require.NoError(t, err, "the plugin's first call already has its handle")
 }
 
-// callArg is a request that JSON cannot carry: a direct call is the only
+// directArg is a request that JSON cannot carry: a direct call is the only
 // way for it to arrive intact.
-type callArg struct {
+type directArg struct {
 	ch chan int
 }
 
 func TestCallHostCallsDirectlyWhenTypesMatch(t *testing.T) {
-	f := NewHostFunc("direct", func(_ context.Context, _ Caller, req *callArg) (*callArg, error) { return req, nil })
+	f := NewHostFunc("direct", func(_ context.Context, _ Caller, req *directArg) (*directArg, error) { return req, nil })
 	m := newTestManager(t, WithHostFuncs(f), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
-	arg := &callArg{ch: make(chan int)}
-	got, err := CallHost[*callArg, *callArg](context.Background(), p.host.Load(), "direct", arg)
+	arg := &directArg{ch: make(chan int)}
+	got, err := CallHost[*directArg, *directArg](context.Background(), p.host.Load(), "direct", arg)
 	require.NoError(t, err)
 	require.Same(t, arg, got)
 }
 
 func TestCallHostConvertsThroughJSONWhenTypesDiffer(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
 	h := p.host.Load()
 	ctx := context.Background()
 	_, err := CallHost[map[string]string, struct{}](ctx, h, "kv.put", map[string]string{"Key": "a", "Value": "b"})
 	require.NoError(t, err)
-	got, err := CallHost[kvReq, map[string]any](ctx, h, "kv.get", kvReq{Key: "a"})
+	got, err := CallHost[memKVReq, map[string]any](ctx, h, "kv.get", memKVReq{Key: "a"})
 	require.NoError(t, err)
 	require.Equal(t, map[string]any{"Value": "b", "Found": true}, got)
 
-	_, err = CallHost[chan int, kvResp](ctx, h, "kv.get", make(chan int))
+	_, err = CallHost[chan int, memKVResp](ctx, h, "kv.get", make(chan int))
 	require.ErrorIs(t, err, ErrInvalidPlugin, "a request JSON cannot encode")
-	_, err = CallHost[kvReq, int](ctx, h, "kv.get", kvReq{Key: "a"})
+	_, err = CallHost[memKVReq, int](ctx, h, "kv.get", memKVReq{Key: "a"})
 	require.ErrorIs(t, err, ErrInvalidPlugin, "a response that does not decode into the caller's type")
 	require.Contains(t, err.Error(), `"kv.get"`)
 }
@@ -179,12 +179,12 @@ func TestGrantsMatchPluginAndFunctionPatterns(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			kv := &kvStore{}
-			clock := NewHostFunc("clock.now", func(context.Context, Caller, kvReq) (kvResp, error) { return kvResp{}, nil })
+			kv := &memKV{}
+			clock := NewHostFunc("clock.now", func(context.Context, Caller, memKVReq) (memKVResp, error) { return memKVResp{}, nil })
 			m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithHostFuncs(clock), WithGrants(tc.grants...))
-			p := newHostCaller(tc.plugin, nil)
+			p := newInprocHostUser(tc.plugin, nil)
 			require.NoError(t, m.Register(p))
-			_, err := CallHost[kvReq, kvResp](context.Background(), p.host.Load(), tc.fn, kvReq{})
+			_, err := CallHost[memKVReq, memKVResp](context.Background(), p.host.Load(), tc.fn, memKVReq{})
 			if tc.allowed {
 				require.NoError(t, err)
 				return
@@ -198,7 +198,7 @@ func TestGrantsMatchPluginAndFunctionPatterns(t *testing.T) {
 
 func TestCallHostUnknownFunctionNotGranted(t *testing.T) {
 	m := newTestManager(t, WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
 	_, err := CallHost[int, int](context.Background(), p.host.Load(), "nope", 0)
 	require.ErrorIs(t, err, ErrNotGranted)
@@ -206,7 +206,7 @@ func TestCallHostUnknownFunctionNotGranted(t *testing.T) {
 }
 
 func TestHostCallRefusalLoggedWithPluginAndSentAsEvent(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	h := newRecordingHandler()
 	m := newTestManager(t, WithLogger(slog.New(h)), WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "app", Funcs: []string{"kv.get"}}))
 	events := make(chan Event, 16)
@@ -215,8 +215,8 @@ func TestHostCallRefusalLoggedWithPluginAndSentAsEvent(t *testing.T) {
 			events <- ev
 		}
 	})
-	p := newHostCaller("app", func(ctx context.Context, h *Host, _ int) (int, error) {
-		_, err := CallHost[kvReq, kvResp](ctx, h, "kv.put", kvReq{Key: "k"})
+	p := newInprocHostUser("app", func(ctx context.Context, h *Host, _ int) (int, error) {
+		_, err := CallHost[memKVReq, memKVResp](ctx, h, "kv.put", memKVReq{Key: "k"})
 		return 0, err
 	})
 	require.NoError(t, m.Register(p))
@@ -249,7 +249,7 @@ func TestHostCallOverLimitOverloadedAcrossGenerations(t *testing.T) {
 	})
 	m := newTestManager(t, WithHostFuncs(block), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}),
 		WithHostCallLimits(HostCallLimits{MaxConcurrent: 2}))
-	old := newHostCaller("app", nil)
+	old := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(old))
 	// Two calls of generation 1 run on, past the reload to generation 2.
 	results := make(chan error, 2)
@@ -260,7 +260,7 @@ func TestHostCallOverLimitOverloadedAcrossGenerations(t *testing.T) {
 		}()
 		<-entered
 	}
-	next := newHostCaller("app", nil)
+	next := newInprocHostUser("app", nil)
 	_, err := m.Reload(context.Background(), "app", next)
 	require.NoError(t, err)
 
@@ -286,7 +286,7 @@ func TestHostCallTimeoutEndsCtxWithErrTimeout(t *testing.T) {
 	})
 	m := newTestManager(t, WithHostFuncs(wait), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}),
 		WithHostCallLimits(HostCallLimits{Timeout: 20 * time.Millisecond}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
 	_, err := CallHost[int, int](context.Background(), p.host.Load(), "wait", 0)
 	require.ErrorIs(t, err, ErrTimeout)
@@ -312,7 +312,7 @@ func TestHostCallCanceledWithRequest(t *testing.T) {
 		return 0, errors.New("stopped")
 	})
 	m := newTestManager(t, WithHostFuncs(wait), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", func(ctx context.Context, h *Host, _ int) (int, error) {
+	p := newInprocHostUser("app", func(ctx context.Context, h *Host, _ int) (int, error) {
 		return CallHost[int, int](ctx, h, "wait", 0)
 	})
 	require.NoError(t, m.Register(p))
@@ -339,7 +339,7 @@ func TestHostFuncPanicRecoveredAsErrPanic(t *testing.T) {
 	})
 	h := newRecordingHandler()
 	m := newTestManager(t, WithLogger(slog.New(h)), WithHostFuncs(boom), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
 	_, err := CallHost[int, int](context.Background(), p.host.Load(), "boom", 0)
 	require.ErrorIs(t, err, ErrPanic)
@@ -359,7 +359,7 @@ func TestHostFuncOwnErrorReturnedUnchanged(t *testing.T) {
 	mine := errors.New("no such key")
 	f := NewHostFunc("fail", func(context.Context, Caller, int) (int, error) { return 0, mine })
 	m := newTestManager(t, WithHostFuncs(f), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
 	_, err := CallHost[int, int](context.Background(), p.host.Load(), "fail", 0)
 	require.Same(t, mine, err)
@@ -367,18 +367,18 @@ func TestHostFuncOwnErrorReturnedUnchanged(t *testing.T) {
 
 func TestReloadOldGenerationCallsHostUntilClosed(t *testing.T) {
 	verifyNoLeaks(t)
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
 	inCall, finish := make(chan struct{}), make(chan struct{})
-	old := newHostCaller("app", func(ctx context.Context, h *Host, _ int) (int, error) {
+	old := newInprocHostUser("app", func(ctx context.Context, h *Host, _ int) (int, error) {
 		close(inCall)
 		<-finish // the reload drains while this call runs
-		_, err := CallHost[kvReq, kvResp](ctx, h, "kv.put", kvReq{Key: "k", Value: "v1"})
+		_, err := CallHost[memKVReq, memKVResp](ctx, h, "kv.put", memKVReq{Key: "k", Value: "v1"})
 		return 0, err
 	})
 	var closeErr error
 	old.onClose = func(h *Host) {
-		_, closeErr = CallHost[kvReq, kvResp](context.Background(), h, "kv.get", kvReq{Key: "k"})
+		_, closeErr = CallHost[memKVReq, memKVResp](context.Background(), h, "kv.get", memKVReq{Key: "k"})
 	}
 	require.NoError(t, m.Register(old))
 	oldHost := old.host.Load()
@@ -386,7 +386,7 @@ func TestReloadOldGenerationCallsHostUntilClosed(t *testing.T) {
 	go func() { _, err := m.Execute(context.Background(), "app", 0); callDone <- err }()
 	<-inCall
 
-	next := newHostCaller("app", nil)
+	next := newInprocHostUser("app", nil)
 	next.version = "1.1.0"
 	reloaded := make(chan error, 1)
 	go func() { _, err := m.Reload(context.Background(), "app", next); reloaded <- err }()
@@ -395,13 +395,13 @@ func TestReloadOldGenerationCallsHostUntilClosed(t *testing.T) {
 	require.NoError(t, <-reloaded)
 	require.NoError(t, closeErr, "the old value may call the host from its Close")
 
-	_, err := CallHost[kvReq, kvResp](context.Background(), oldHost, "kv.get", kvReq{Key: "k"})
+	_, err := CallHost[memKVReq, memKVResp](context.Background(), oldHost, "kv.get", memKVReq{Key: "k"})
 	require.ErrorIs(t, err, ErrClosed, "closed with its value")
 	require.Contains(t, err.Error(), "generation 1")
 	require.Equal(t, Caller{Plugin: "app", Version: "1.1.0", Generation: 2}, next.host.Load().Caller())
-	resp, err := CallHost[kvReq, kvResp](context.Background(), next.host.Load(), "kv.get", kvReq{Key: "k"})
+	resp, err := CallHost[memKVReq, memKVResp](context.Background(), next.host.Load(), "kv.get", memKVReq{Key: "k"})
 	require.NoError(t, err)
-	require.Equal(t, kvResp{Value: "v1", Found: true}, resp)
+	require.Equal(t, memKVResp{Value: "v1", Found: true}, resp)
 	pm := m.Metrics().Plugins["app"]
 	assert.Equal(t, HostCallMetrics{Calls: 1}, pm.HostCalls["kv.put"])
 	assert.Equal(t, HostCallMetrics{Calls: 2}, pm.HostCalls["kv.get"], "summed over the generations")
@@ -409,45 +409,45 @@ func TestReloadOldGenerationCallsHostUntilClosed(t *testing.T) {
 }
 
 func TestReloadHandleGivenBeforeHandoffPreflight(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	old := newHostCaller("app", nil)
+	old := newInprocHostUser("app", nil)
 	old.surfaces = []Surface{SurfaceSchema}
 	require.NoError(t, m.Register(old))
-	next := &hostCallerCompat{hostCaller: newHostCaller("app", nil)}
+	next := &inprocHostUserCompat{inprocHostUser: newInprocHostUser("app", nil)}
 	next.surfaces = []Surface{SurfaceSchema}
 	_, err := m.Reload(context.Background(), "app", next)
 	require.NoError(t, err)
 	require.NoError(t, next.compatErr, "CheckCompat could call the host")
 }
 
-// hostCallerCompat calls the host from its schema check.
-type hostCallerCompat struct {
-	*hostCaller
+// inprocHostUserCompat calls the host from its schema check.
+type inprocHostUserCompat struct {
+	*inprocHostUser
 	compatErr error
 }
 
-func (p *hostCallerCompat) CheckCompat(ctx context.Context, _ PluginInfo) error {
-	_, p.compatErr = CallHost[kvReq, kvResp](ctx, p.host.Load(), "kv.get", kvReq{Key: "k"})
+func (p *inprocHostUserCompat) CheckCompat(ctx context.Context, _ PluginInfo) error {
+	_, p.compatErr = CallHost[memKVReq, memKVResp](ctx, p.host.Load(), "kv.get", memKVReq{Key: "k"})
 	return nil
 }
 
 func TestFailedReloadClosesIncomingHandle(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	old := newHostCaller("app", nil)
+	old := newInprocHostUser("app", nil)
 	old.surfaces = []Surface{SurfaceSchema}
 	require.NoError(t, m.Register(old))
-	next := newHostCaller("app", nil)
+	next := newInprocHostUser("app", nil)
 	next.surfaces = []Surface{SurfaceSchema}
 	next.compat = errors.New("schema v3 unknown")
 	_, err := m.Reload(context.Background(), "app", next)
 	require.ErrorIs(t, err, ErrReloadFailed)
 
 	ctx := context.Background()
-	_, err = CallHost[kvReq, kvResp](ctx, next.host.Load(), "kv.get", kvReq{})
+	_, err = CallHost[memKVReq, memKVResp](ctx, next.host.Load(), "kv.get", memKVReq{})
 	require.ErrorIs(t, err, ErrClosed)
-	_, err = CallHost[kvReq, kvResp](ctx, old.host.Load(), "kv.get", kvReq{})
+	_, err = CallHost[memKVReq, memKVResp](ctx, old.host.Load(), "kv.get", memKVReq{})
 	require.NoError(t, err, "the old value serves on")
 
 	next.compat = nil
@@ -458,47 +458,47 @@ func TestFailedReloadClosesIncomingHandle(t *testing.T) {
 }
 
 func TestFailedRegisterClosesHandle(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", nil) // not a StreamPlugin: the stream start fails
+	p := newInprocHostUser("app", nil) // not a StreamPlugin: the stream start fails
 	require.ErrorIs(t, m.Register(p, WithStreamStart(nil)), ErrInvalidPlugin)
-	_, err := CallHost[kvReq, kvResp](context.Background(), p.host.Load(), "kv.get", kvReq{})
+	_, err := CallHost[memKVReq, memKVResp](context.Background(), p.host.Load(), "kv.get", memKVReq{})
 	require.ErrorIs(t, err, ErrClosed)
 }
 
-// panicky panics in UseHost.
-type panicky struct{ *hostCaller }
+// panicsInUseHost panics in UseHost.
+type panicsInUseHost struct{ *inprocHostUser }
 
-func (panicky) UseHost(*Host) { panic("no thanks") }
+func (panicsInUseHost) UseHost(*Host) { panic("no thanks") }
 
 func TestUseHostPanicFailsRegister(t *testing.T) {
 	m := newTestManager(t)
-	err := m.Register(panicky{newHostCaller("app", nil)})
+	err := m.Register(panicsInUseHost{newInprocHostUser("app", nil)})
 	require.ErrorIs(t, err, ErrInvalidPlugin)
 	require.Contains(t, err.Error(), "UseHost")
 	require.Empty(t, m.Plugins())
 }
 
 func TestUnregisterAndShutdownCloseHandles(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := NewManager[int, int](WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	a, b := newHostCaller("a", nil), newHostCaller("b", nil)
+	a, b := newInprocHostUser("a", nil), newInprocHostUser("b", nil)
 	require.NoError(t, m.Register(a))
 	require.NoError(t, m.Register(b))
 	ctx := context.Background()
 	require.NoError(t, m.Unregister(ctx, "a"))
-	_, err := CallHost[kvReq, kvResp](ctx, a.host.Load(), "kv.get", kvReq{})
+	_, err := CallHost[memKVReq, memKVResp](ctx, a.host.Load(), "kv.get", memKVReq{})
 	require.ErrorIs(t, err, ErrClosed)
 	require.NoError(t, m.Shutdown(ctx))
-	_, err = CallHost[kvReq, kvResp](ctx, b.host.Load(), "kv.get", kvReq{})
+	_, err = CallHost[memKVReq, memKVResp](ctx, b.host.Load(), "kv.get", memKVReq{})
 	require.ErrorIs(t, err, ErrClosed)
 }
 
 func TestHostServeBackgroundNeedsGrant(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...),
 		WithGrants(Grant{Plugins: "*", Funcs: []string{"kv.get"}}, Grant{Plugins: "*", Funcs: []string{"kv.put"}, Background: true}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
 	h, ctx := p.host.Load(), context.Background()
 
@@ -515,9 +515,9 @@ func TestHostServeBackgroundNeedsGrant(t *testing.T) {
 }
 
 func TestHostServeBadBodyIsInvalidPlugin(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
 	_, err := p.host.Load().serve(context.Background(), "kv.get", false, JSONCodec{}, []byte(`{"Key":`))
 	require.ErrorIs(t, err, ErrInvalidPlugin)
@@ -533,7 +533,7 @@ func TestHostServeNilHandleRefuses(t *testing.T) {
 
 func TestHostBindDefaultsLimitsAndLoggers(t *testing.T) {
 	// The transports' tests bind handles from a bare hostConfig.
-	kv := &kvStore{}
+	kv := &memKV{}
 	cfg := &hostConfig{funcs: map[string]*HostFunc{}, grants: []Grant{{Plugins: "*", Funcs: []string{"*"}}}}
 	for _, f := range kv.funcs() {
 		cfg.funcs[f.Name()] = &f
@@ -546,7 +546,7 @@ func TestHostBindDefaultsLimitsAndLoggers(t *testing.T) {
 }
 
 func TestBindWarnsOfAskedFunctionsNotGranted(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	rh := newRecordingHandler()
 	cfg := &hostConfig{funcs: map[string]*HostFunc{}, grants: []Grant{{Plugins: "*", Funcs: []string{"kv.get"}}}}
 	for _, f := range kv.funcs() {
@@ -604,21 +604,21 @@ func TestHostConfigPanicsOnProgrammingErrors(t *testing.T) {
 }
 
 func TestWithGrantsCopiesItsArguments(t *testing.T) {
-	kv := &kvStore{}
+	kv := &memKV{}
 	grants := []Grant{{Plugins: "app", Funcs: []string{"kv.get"}}}
 	opt := WithGrants(grants...)
 	grants[0].Plugins = "other"
 	m := newTestManager(t, WithHostFuncs(kv.funcs()...), opt)
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
-	_, err := CallHost[kvReq, kvResp](context.Background(), p.host.Load(), "kv.get", kvReq{})
+	_, err := CallHost[memKVReq, memKVResp](context.Background(), p.host.Load(), "kv.get", memKVReq{})
 	require.NoError(t, err)
 }
 
 func TestCallHostWithinDeadlineAllocatesNothing(t *testing.T) {
 	f := NewHostFunc("add", func(_ context.Context, _ Caller, n int) (int, error) { return n + 1, nil })
 	m := newTestManager(t, WithHostFuncs(f), WithGrants(Grant{Plugins: "*", Funcs: []string{"*"}}))
-	p := newHostCaller("app", nil)
+	p := newInprocHostUser("app", nil)
 	require.NoError(t, m.Register(p))
 	h := p.host.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second) // within the 30s default
