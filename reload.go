@@ -162,9 +162,10 @@ func (e *ReloadError) Unwrap() []error {
 //     VersionPolicy and the constraints loaded dependents hold on the
 //     plugin (withDependentConstraint); it keeps every surface of the old
 //     plugin; next, if a HostUser, gets its host handle (the next
-//     generation's; it may call what the old value might); every
-//     handoff's Preflight passes (schema runs CheckCompat here). Failure:
-//     nothing changed.
+//     generation's, allowed what the old value was, unless a
+//     DynamicLoader reloads it with a new manifest's host_functions);
+//     every handoff's Preflight passes (schema runs CheckCompat here).
+//     Failure: nothing changed.
 //  2. Drain: new calls park, each bounded by its own ctx; calls in flight
 //     on the old plugin finish.
 //  3. Dispatch: the handoffs of the plugin's surfaces run their steps,
