@@ -471,12 +471,19 @@ type panicsInUseHost struct{ *inprocHostUser }
 
 func (panicsInUseHost) UseHost(*Host) { panic("no thanks") }
 
-func TestUseHostPanicFailsRegister(t *testing.T) {
+func TestUseHostPanicFailsRegisterAndReload(t *testing.T) {
 	m := newTestManager(t)
 	err := m.Register(panicsInUseHost{newInprocHostUser("app", nil)})
 	require.ErrorIs(t, err, ErrInvalidPlugin)
 	require.Contains(t, err.Error(), "UseHost")
 	require.Empty(t, m.Plugins())
+
+	require.NoError(t, m.Register(newEcho("app", "1.0.0")))
+	_, err = m.Reload(context.Background(), "app", panicsInUseHost{newInprocHostUser("app", nil)})
+	require.ErrorIs(t, err, ErrInvalidPlugin)
+	require.ErrorIs(t, err, ErrReloadFailed)
+	info, _ := m.Info("app")
+	require.Equal(t, "1.0.0", info.Version, "the old value serves on")
 }
 
 func TestUnregisterAndShutdownCloseHandles(t *testing.T) {
