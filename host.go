@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,9 @@ type Host struct {
 	emit       func(Event)
 	overloaded error // built once: refusing allocates nothing
 	closed     atomic.Bool
+
+	warnMu sync.Mutex
+	warned map[string]struct{} // functions whose refusal was logged as a warning
 }
 
 // hostGrant is a function one plugin value may call.
@@ -150,9 +154,32 @@ func (h *Host) refuse(name string, granted bool) error {
 	default:
 		err = newError(codeNotGranted, h.caller.Plugin, "host function %q is not granted to the plugin: grant it with WithGrants", name)
 	}
-	h.log.Warn("goplugins: host call refused", "plugin", h.caller.Plugin, "host_func", name, "err", err)
+	level := slog.LevelDebug
+	if h.firstRefusal(name) {
+		level = slog.LevelWarn
+	}
+	h.log.Log(context.Background(), level, "goplugins: host call refused", "plugin", h.caller.Plugin, "host_func", name, "err", err)
 	h.emit(Event{Kind: EventHostCallRefused, Plugin: h.caller.Plugin, Version: h.caller.Version, HostFunc: name, Err: err})
 	return err
+}
+
+// maxWarned bounds the function names a handle remembers refusing.
+const maxWarned = 32
+
+// firstRefusal reports whether this is the handle's first refusal of
+// function name, so that a plugin calling in a loop what it may not call
+// logs one warning per function (the rest at debug level), not a flood.
+func (h *Host) firstRefusal(name string) bool {
+	h.warnMu.Lock()
+	defer h.warnMu.Unlock()
+	if _, ok := h.warned[name]; ok || len(h.warned) >= maxWarned {
+		return false
+	}
+	if h.warned == nil {
+		h.warned = map[string]struct{}{}
+	}
+	h.warned[name] = struct{}{}
+	return true
 }
 
 // bound returns ctx bounded by the host-call timeout, and its cancel func;

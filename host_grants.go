@@ -10,7 +10,11 @@ import (
 // Grant allows plugins to call host functions. Nothing is granted by
 // default: a plugin may call a function only if a grant matches both its
 // name and the function's, and, for a plugin loaded from a manifest, the
-// manifest asks for the function (Manifest.HostFunctions).
+// manifest asks for the function (Manifest.HostFunctions). A call refused
+// fails with ErrNotGranted in the plugin, is counted
+// (PluginMetrics.HostCallsRefused), sent as EventHostCallRefused and
+// logged with the plugin's name: as a warning the first time a plugin value
+// is refused a function, at debug level after that.
 type Grant struct {
 	// Plugins is a path.Match pattern of plugin names: "billing",
 	// "auth-*", or "*" for every plugin.

@@ -237,6 +237,21 @@ func TestHostCallRefusalLoggedWithPluginAndSentAsEvent(t *testing.T) {
 	assert.Equal(t, "app", rec.attrs["plugin"])
 	assert.Equal(t, "kv.put", rec.attrs["host_func"])
 	assert.EqualValues(t, 1, m.Metrics().Plugins["app"].HostCallsRefused)
+
+	// The same refusal again is logged at debug level: a plugin calling in
+	// a loop what it may not call does not flood the log with warnings.
+	_, err = m.Execute(context.Background(), "app", 0)
+	require.ErrorIs(t, err, ErrNotGranted)
+	rec, ok = h.wait(ctx, func(r record) bool { return r.msg == "goplugins: host call refused" && r.level == slog.LevelDebug })
+	require.True(t, ok, "records: %v", h.records())
+	warnings := 0
+	for _, r := range h.records() {
+		if r.msg == "goplugins: host call refused" && r.level == slog.LevelWarn {
+			warnings++
+		}
+	}
+	assert.Equal(t, 1, warnings, "one warning per refused function")
+	assert.EqualValues(t, 2, m.Metrics().Plugins["app"].HostCallsRefused)
 }
 
 func TestHostCallOverLimitOverloadedAcrossGenerations(t *testing.T) {
