@@ -104,10 +104,10 @@ func runGraph(env *cli, args []string) int {
 // nothing is started.
 type stubPlugin struct{ info goplugins.PluginInfo }
 
-func (s stubPlugin) Info() goplugins.PluginInfo                      { return s.info }
+func (s stubPlugin) Info() goplugins.PluginInfo                          { return s.info }
 func (s stubPlugin) Execute(context.Context, struct{}) (struct{}, error) { return struct{}{}, nil }
-func (s stubPlugin) Health(context.Context) error                    { return nil }
-func (s stubPlugin) Close(context.Context) error                     { return nil }
+func (s stubPlugin) Health(context.Context) error                        { return nil }
+func (s stubPlugin) Close(context.Context) error                         { return nil }
 
 // resolveGraph loads the valid manifests of res as stubs into a
 // DynamicLoader, which screens them as it would for real, and reads the
