@@ -206,9 +206,30 @@ func (s *session) request(t wire.Type, payload []byte) (answer wire.Frame, other
 	s.nextID++
 	id := s.nextID
 	if err := s.send(t, id, payload); err != nil {
-		return wire.Frame{}, nil, fmt.Errorf("writing %s: %w", t, err)
+		return wire.Frame{}, nil, s.why(fmt.Errorf("writing %s: %w", t, err))
 	}
-	return s.await(id)
+	answer, others, err = s.await(id)
+	return answer, others, s.why(err)
+}
+
+// why adds to err, when the plugin has exited, its exit status and its
+// last stderr line.
+func (s *session) why(err error) error {
+	if err == nil {
+		return nil
+	}
+	t := time.NewTimer(s.timeout)
+	defer t.Stop()
+	select {
+	case <-s.p.Done():
+	case <-t.C:
+		return err
+	}
+	_, stderr := s.output()
+	if len(stderr) == 0 {
+		return fmt.Errorf("%w (the plugin exited with status %d)", err, s.p.State().ExitCode())
+	}
+	return fmt.Errorf("%w (the plugin exited with status %d; its last stderr line: %q)", err, s.p.State().ExitCode(), stderr[len(stderr)-1])
 }
 
 // await returns the answer to id, and the frames met before it.

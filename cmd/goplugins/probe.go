@@ -145,7 +145,7 @@ func reportedName(t *target, timeout time.Duration) (string, error) {
 	defer s.close()
 	w, err := s.handshake("")
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", t.command, err)
+		return "", fmt.Errorf("%s did not complete the handshake (is it a goplugins plugin?): %w", t.command, err)
 	}
 	return w.Name, nil
 }
