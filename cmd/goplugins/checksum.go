@@ -263,8 +263,8 @@ func yamlEdit(data []byte) (manifestEdit, error) {
 		if cmdVal.Line != cmdKey.Line || cmdVal.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
 			return nil, errors.New("command's value does not sit on its key's line")
 		}
-		eol := "\n"
-		if strings.HasSuffix(lines[cmdKey.Line-1], "\r\n") {
+		eol := "\n" // as the file's lines end
+		if i := bytes.IndexByte(data, '\n'); i > 0 && data[i-1] == '\r' {
 			eol = "\r\n"
 		}
 		if !strings.HasSuffix(lines[cmdKey.Line-1], "\n") {
