@@ -209,3 +209,5 @@ func testdata(t *testing.T, elem ...string) string {
 
 // lines splits s into its lines.
 func lines(s string) []string { return strings.Split(strings.TrimRight(s, "\n"), "\n") }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
