@@ -63,9 +63,10 @@ func runGraph(env *cli, args []string) int {
 		"Resolves the dependency graph of the manifests under the folders the way a DynamicLoader\n"+
 			"does, without starting any plugin: load order, levels, pending plugins (a dependency\n"+
 			"missing or at a refused version) and cycles (with their path). Exit 1 if a plugin is\n"+
-			"pending, on a cycle or failed, or a manifest is invalid.")
+			"pending, on a cycle or failed (e.g. refused by --host), or a manifest is invalid.")
 	asJSON := fs.Bool("json", false, "print one JSON document")
 	dot := fs.Bool("dot", false, "print the graph in Graphviz's dot language")
+	host := fs.String("host", "", "a host version: plugins whose requires.host it does not satisfy fail")
 	var sf scanFlags
 	sf.add(fs)
 	roots, code, ok := parse(fs, args, false)
@@ -78,14 +79,18 @@ func runGraph(env *cli, args []string) int {
 	if *asJSON && *dot {
 		return env.usageError("graph", "give --json or --dot, not both")
 	}
+	var policy *goplugins.VersionPolicy
+	if *host != "" {
+		var err error
+		if policy, err = goplugins.NewVersionPolicy(*host); err != nil {
+			return env.usageError("graph", "--host %q is not a strict semantic version", *host)
+		}
+	}
 	res, err := sf.scan(roots)
 	if err != nil {
 		return env.fail("graph", exitCannot, err)
 	}
-	rep, err := resolveGraph(res)
-	if err != nil {
-		return env.fail("graph", exitCannot, err)
-	}
+	rep := resolveGraph(res, policy)
 	switch {
 	case *asJSON:
 		env.writeJSON(rep)
@@ -110,15 +115,20 @@ func (s stubPlugin) Health(context.Context) error                        { retur
 func (s stubPlugin) Close(context.Context) error                         { return nil }
 
 // resolveGraph loads the valid manifests of res as stubs into a
-// DynamicLoader, which screens them as it would for real, and reads the
-// outcome from its Status and LoadAll's error.
-func resolveGraph(res goplugins.ScanResult) (graphReport, error) {
+// DynamicLoader, which screens them as it would for real (with policy,
+// when not nil, as the manager's VersionPolicy), and reads the outcome
+// from its Status and LoadAll's error.
+func resolveGraph(res goplugins.ScanResult, policy *goplugins.VersionPolicy) graphReport {
 	rep := graphReport{Order: []string{}, Levels: [][]string{}, Pending: []graphIssue{}, Cycles: [][]string{},
 		Failed: []graphIssue{}, Invalid: []fileReport{}, Plugins: []graphNode{}}
 	for _, p := range res.Invalid {
 		rep.Invalid = append(rep.Invalid, fileReport{File: p.Path, Name: p.Name, Problems: manifestProblems(p.Err)})
 	}
-	m := goplugins.NewManager[struct{}, struct{}](goplugins.WithLogger(slog.New(slog.DiscardHandler)))
+	opts := []goplugins.Option{goplugins.WithLogger(slog.New(slog.DiscardHandler))}
+	if policy != nil {
+		opts = append(opts, goplugins.WithVersionPolicy(policy))
+	}
+	m := goplugins.NewManager[struct{}, struct{}](opts...)
 	defer m.Shutdown(context.Background())
 	l := goplugins.NewDynamicLoader(m, nil, goplugins.WithAutoLoad(false))
 	defer l.Shutdown(context.Background())
@@ -136,15 +146,21 @@ func resolveGraph(res goplugins.ScanResult) (graphReport, error) {
 		}
 		manifests[mf.Name] = mf
 	}
-	loadErr := l.LoadAll(context.Background())
-	for _, err := range unjoin(loadErr) {
+	for _, err := range unjoin(l.LoadAll(context.Background())) {
 		if errors.Is(err, goplugins.ErrDependencyCycle) {
 			rep.Cycles = append(rep.Cycles, cyclePath(err))
 		}
 	}
+	rep.layout(manifests, rep.states(l.Status()))
+	return rep
+}
+
+// states records the pending and failed plugins of the loader's status
+// and returns the state of each plugin: "ok" (loaded), "pending", "cycle"
+// or "failed".
+func (rep *graphReport) states(status []goplugins.PluginStatus) map[string]string {
 	state := map[string]string{}
-	level := map[string]int{}
-	for _, st := range l.Status() {
+	for _, st := range status {
 		switch {
 		case st.State == goplugins.LoadLoaded:
 			state[st.Name] = "ok"
@@ -158,6 +174,12 @@ func resolveGraph(res goplugins.ScanResult) (graphReport, error) {
 			rep.Failed = append(rep.Failed, graphIssue{st.Name, reason(st.Err, st.Name)})
 		}
 	}
+	return state
+}
+
+// layout fills the nodes, the levels and the load order.
+func (rep *graphReport) layout(manifests map[string]*goplugins.Manifest, state map[string]string) {
+	level := map[string]int{}
 	names := slices.Sorted(maps.Keys(manifests))
 	for _, n := range names {
 		if state[n] == "ok" {
@@ -176,7 +198,6 @@ func resolveGraph(res goplugins.ScanResult) (graphReport, error) {
 	for _, lv := range rep.Levels {
 		rep.Order = append(rep.Order, lv...)
 	}
-	return rep, nil
 }
 
 // levelOf returns the level of the loadable plugin n: 0 when it needs no

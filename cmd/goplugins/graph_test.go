@@ -67,3 +67,36 @@ func TestGraphDot(t *testing.T) {
 	assert.Contains(t, broken, `  "cyca" -> "cycb" [label="^1.0.0", color=red];`)
 	assert.Contains(t, broken, `  "needsx" [label="needsx\n1.0.0", color=orange];`)
 }
+
+// TestGraphHostVersion covers --host: a plugin whose requires.host the
+// host version does not satisfy fails, and its dependents wait.
+func TestGraphHostVersion(t *testing.T) {
+	tests := []struct {
+		host    string
+		code    int
+		order   []string
+		failed  []graphIssue
+		pending []string
+	}{
+		{"1.5.0", exitOK, []string{"base", "side", "mid", "top"}, []graphIssue{}, nil},
+		{"0.5.0", exitProblems, []string{"base", "side"},
+			[]graphIssue{{"mid", `the plugin requires host ">=1.0.0" but this host is 0.5.0 ("0.5.0" is less than "1.0.0"); use a build of the plugin made for this host`}},
+			[]string{"top"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.host, func(t *testing.T) {
+			var rep graphReport
+			r := runJSON(t, &rep, "graph", "--json", "--host", tt.host, testdata(t, "graph", "ok"))
+			assert.Equal(t, tt.code, r.code)
+			assert.Equal(t, tt.order, rep.Order)
+			assert.Equal(t, tt.failed, rep.Failed)
+			var pending []string
+			for _, p := range rep.Pending {
+				pending = append(pending, p.Name)
+			}
+			assert.Equal(t, tt.pending, pending)
+		})
+	}
+	r := run(t, "", "graph", "--host", "1.0", testdata(t, "graph", "ok"))
+	assert.Equal(t, exitUsage, r.code)
+}

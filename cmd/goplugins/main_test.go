@@ -20,9 +20,9 @@ import (
 // command itself (with -race when the tests run with it), the echo test
 // plugin of the root package, and the misbehaving plugin of testdata.
 var (
-	cmdBin    string
-	echoBin   string
-	badBin    string
+	cmdBin  string
+	echoBin string
+	badBin  string
 )
 
 func TestMain(m *testing.M) {
