@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 // pluginFolder makes a plugin folder holding a copy of bin and a manifest
@@ -190,8 +191,12 @@ func TestConformChecksTheManifest(t *testing.T) {
 
 // TestConformSkipsChecksOfALaterProtocol covers the suite's extension
 // point: a check that needs a protocol version the plugin did not choose
-// is skipped, saying so.
+// is skipped, saying so. Run in the test's process, it also shows that a
+// run leaves no goroutine and no descriptor behind.
 func TestConformSkipsChecksOfALaterProtocol(t *testing.T) {
+	defer goleak.VerifyNone(t, leakOptions...)
+	fds := openFDs(t)
+	defer func() { assert.Equal(t, fds, openFDs(t), "descriptors left open") }()
 	saved := conformChecks
 	t.Cleanup(func() { conformChecks = saved })
 	ran := false
@@ -203,4 +208,14 @@ func TestConformSkipsChecksOfALaterProtocol(t *testing.T) {
 	assert.Equal(t, checkReport{"host-calls", "a protocol 2 check", "skip", "the plugin did not offer protocol 2"}, rep.Checks[2])
 	assert.False(t, ran)
 	assert.Equal(t, 2, rep.Passed)
+}
+
+// openFDs counts the test process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd on this system")
+	}
+	return len(ents)
 }

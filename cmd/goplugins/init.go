@@ -64,19 +64,12 @@ func runInit(env *cli, args []string) int {
 	switch *lang {
 	case "go":
 		var err error
-		if *root == "" {
-			if *root, err = findGoplugins(); err != nil {
+		if files, err = d.forGo(*root, *module); err != nil {
+			if *root == "" {
 				return env.usageError("init", "%v; give --goplugins PATH", err)
 			}
-		}
-		if d.Goplugins, d.GoVersion, err = goDirective(*root); err != nil {
 			return env.fail("init", exitCannot, err)
 		}
-		d.Module, d.Command = *module, "./"+name
-		if d.Module == "" {
-			d.Module = "example.com/plugins/" + name
-		}
-		files = []initFile{{"main.go", "templates/go/main.go.tmpl", 0o644}, {"go.mod", "templates/go/go.mod.tmpl", 0o644}}
 	case "python":
 		d.Command = "./plugin.py"
 		files = []initFile{{"plugin.py", "templates/python/plugin.py.tmpl", 0o755}}
@@ -90,22 +83,49 @@ func runInit(env *cli, args []string) int {
 		return env.fail("init", exitCannot, err)
 	}
 	if *lang == "go" {
-		if err := copyFile(filepath.Join(d.Goplugins, "go.sum"), filepath.Join(*dir, "go.sum")); err != nil {
+		if err := env.finishGo(*dir, d, *build); err != nil {
 			return env.fail("init", exitCannot, err)
-		}
-		if *build {
-			p := env.progress("init")
-			p.step("building %s", name)
-			err := goBuild(*dir, name)
-			p.done()
-			if err != nil {
-				return env.fail("init", exitCannot, err)
-			}
 		}
 	}
 	fmt.Fprintf(env.stdout, "wrote %s (%s plugin %s %s)\n", *dir, *lang, name, d.Version)
 	fmt.Fprintf(env.stdout, "next: goplugins conform %s\n", *dir)
 	return exitOK
+}
+
+// forGo fills in the Go fields of d, against the goplugins checkout root
+// ("" to find it), and returns the Go files to write.
+func (d *initData) forGo(root, module string) ([]initFile, error) {
+	if root == "" {
+		var err error
+		if root, err = findGoplugins(); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	if d.Goplugins, d.GoVersion, err = goDirective(root); err != nil {
+		return nil, err
+	}
+	d.Module, d.Command = module, "./"+d.Name
+	if d.Module == "" {
+		d.Module = "example.com/plugins/" + d.Name
+	}
+	return []initFile{{"main.go", "templates/go/main.go.tmpl", 0o644}, {"go.mod", "templates/go/go.mod.tmpl", 0o644}}, nil
+}
+
+// finishGo gives the Go folder the checkout's go.sum (a superset of the
+// sums the plugin needs, so that it builds without the network) and, if
+// build is set, builds the binary.
+func (env *cli) finishGo(dir string, d initData, build bool) error {
+	if err := copyFile(filepath.Join(d.Goplugins, "go.sum"), filepath.Join(dir, "go.sum")); err != nil {
+		return err
+	}
+	if !build {
+		return nil
+	}
+	p := env.progress("init")
+	p.step("building %s", d.Name)
+	defer p.done()
+	return goBuild(dir, d.Name)
 }
 
 // writeFolder writes the files into dir, which must be empty or absent.

@@ -45,8 +45,7 @@ func TestInitWritesAPluginThatBuildsConformsAndLoads(t *testing.T) {
 // DynamicLoader, calls name with {"name": "Ada"}, and returns the message.
 func loadAndCall(t *testing.T, root, name string) string {
 	t.Helper()
-	defer goleak.VerifyNone(t, goleak.IgnoreTopFunction("github.com/agilira/go-timecache.(*TimeCache).updateLoop"),
-		goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, append(leakOptions, goleak.IgnoreCurrent())...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	type msg = map[string]string

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 // The programs the tests run, built once per test binary by TestMain: the
@@ -57,6 +58,9 @@ func buildAndRun(m *testing.M, dir string) (int, error) {
 	}
 	return m.Run(), nil
 }
+
+// leakOptions ignores the goroutine go-errors starts when it is imported.
+var leakOptions = []goleak.Option{goleak.IgnoreTopFunction("github.com/agilira/go-timecache.(*TimeCache).updateLoop")}
 
 // result is one run of the command.
 type result struct {
