@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -59,6 +60,9 @@ func runConform(env *cli, args []string) int {
 	if len(pos) == 0 {
 		return env.usageError("conform", "give a manifest or a command")
 	}
+	if !json.Valid([]byte(*request)) {
+		return env.usageError("conform", "--request %q is not JSON (the suite offers the json codec)", *request)
+	}
 	t, err := resolveTarget(pos[0], pos[1:])
 	if err != nil {
 		return env.fail("conform", exitCannot, err)
@@ -67,11 +71,11 @@ func runConform(env *cli, args []string) int {
 		return env.fail("conform", exitCannot, errors.New("the suite is for subprocess plugins; a gRPC plugin speaks the gRPC service: use goplugins probe"))
 	}
 	c := &conformRun{target: t.target, timeout: *timeout, request: []byte(*request)}
-	if s, err := startSession(c.target, true, c.timeout); err != nil {
+	s, err := startSession(c.target, true, c.timeout)
+	if err != nil {
 		return env.fail("conform", exitCannot, fmt.Errorf("the plugin does not start: %w", err))
-	} else {
-		s.close()
 	}
+	s.close()
 	rep := c.run(env.progress("conform"))
 	if *asJSON {
 		env.writeJSON(rep)
@@ -94,9 +98,9 @@ func (c *conformRun) run(p *progress) conformReport {
 		p.step("[%d/%d] %s", i+1, len(conformChecks), ch.name)
 		var r checkResult
 		switch {
-		case c.welcome == nil && ch.name != "cookie" && ch.name != "handshake":
+		case ch.protocol > 0 && c.welcome == nil:
 			r = skip("no valid handshake")
-		case c.welcome != nil && c.welcome.Protocol < ch.protocol:
+		case ch.protocol > 0 && c.welcome.Protocol < ch.protocol:
 			r = skip("the plugin did not offer protocol %d", ch.protocol)
 		default:
 			r = ch.run(c)

@@ -21,17 +21,18 @@ type conformCheck struct {
 	name  string
 	about string
 	// protocol is the lowest protocol version the check needs: a plugin
-	// that chose a lower one in the handshake check skips it.
+	// that chose a lower one in the handshake check skips it. 0 marks the
+	// checks that run without the handshake check's WELCOME.
 	protocol int
 	run      func(c *conformRun) checkResult
 }
 
-// conformChecks is the suite, in order; "handshake" must come before every
+// conformChecks is the suite, in order; "handshake" comes before every
 // check that uses the WELCOME. Checks of a later protocol version are
 // appended with their protocol set.
 var conformChecks = []conformCheck{
-	{"cookie", "started without the magic cookie, it does not speak the protocol and exits non-zero", 1, checkCookie},
-	{"handshake", "HELLO is answered by a valid WELCOME", 1, checkHandshake},
+	{"cookie", "started without the magic cookie, it does not speak the protocol and exits non-zero", 0, checkCookie},
+	{"handshake", "HELLO is answered by a valid WELCOME", 0, checkHandshake},
 	{"protocol-refusal", "HELLO offering no version it speaks gets ERROR protocol_version, then exit 1", 1, checkProtocolRefusal},
 	{"codec-refusal", "HELLO with an unknown codec gets ERROR codec, then exit 1", 1, checkCodecRefusal},
 	{"health", "HEALTH gets an empty RESULT", 1, checkHealth},

@@ -111,6 +111,8 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{"probe bad call", []string{"probe", "--call", "{nope", "x"}, exitUsage, "", "is not JSON"},
 		{"probe grpc without name", []string{"probe", "--grpc", "x"}, exitUsage, "", "--grpc needs --name"},
 		{"conform without plugin", []string{"conform"}, exitUsage, "", "give a manifest or a command"},
+		{"conform bad request", []string{"conform", "--request", "nope", "x"}, exitUsage, "", "is not JSON"},
+		{"conform inprocess manifest", []string{"conform", "testdata/validate/good/alpha"}, exitCannot, "", "has no command to start"},
 		{"init without name", []string{"init", "--lang", "go"}, exitUsage, "", "give one plugin NAME"},
 		{"init bad name", []string{"init", "Bad Name", "--lang", "go"}, exitUsage, "", "is not a plugin name"},
 		{"init without lang", []string{"init", "x"}, exitUsage, "", "give --lang go or --lang python"},

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -48,10 +49,7 @@ type scanFlags struct {
 	allowOutside   bool
 }
 
-func (s *scanFlags) add(fs interface {
-	IntVar(*int, string, int, string)
-	BoolVar(*bool, string, bool, string)
-}) {
+func (s *scanFlags) add(fs *flag.FlagSet) {
 	fs.IntVar(&s.depth, "depth", 2, "how many folder levels below a root are searched for manifests")
 	fs.BoolVar(&s.followSymlinks, "follow-symlinks", false, "follow symbolic links that stay inside the root")
 	fs.BoolVar(&s.allowOutside, "allow-outside", false, "let command and TLS paths leave their plugin folder")
