@@ -98,15 +98,22 @@ func startSession(t *target, cookie bool, timeout time.Duration) (*session, erro
 	return s, nil
 }
 
+// maxLines bounds the lines of stdout, and of stderr, a session keeps: a
+// plugin that floods its output costs the suite no more.
+const maxLines = 1000
+
 func (s *session) lineTo(dst *[]string) func([]byte) {
 	return func(line []byte) {
 		s.mu.Lock()
-		*dst = append(*dst, string(line))
+		if len(*dst) < maxLines {
+			*dst = append(*dst, string(line))
+		}
 		s.mu.Unlock()
 	}
 }
 
-// output returns the plugin's stdout and stderr lines so far.
+// output returns the plugin's stdout and stderr lines so far (the first
+// maxLines of each).
 func (s *session) output() (stdout, stderr []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
