@@ -221,7 +221,7 @@ func expectResult(what string, f wire.Frame, empty bool) (checkResult, bool) {
 func expectAnswer(f wire.Frame) (string, error) {
 	switch f.Type {
 	case wire.TypeResult:
-		return fmt.Sprintf("RESULT of %d bytes", len(f.Payload)), nil
+		return "RESULT of " + count(len(f.Payload), "byte"), nil
 	case wire.TypeError:
 		rep, err := decodeError(f)
 		if err != nil {
@@ -457,7 +457,7 @@ func checkPair(c *conformRun, surface string, first, second wire.Type) checkResu
 	if r, ok := expectResult(second.String()+" of the bytes "+first.String()+" returned", f, true); !ok {
 		return r
 	}
-	return pass("%s returned %d bytes; %s accepted them", first, len(data), second)
+	return pass("%s returned %s, which %s accepted", first, count(len(data), "byte"), second)
 }
 
 func checkState(c *conformRun) checkResult {
@@ -529,7 +529,7 @@ func checkStdout(c *conformRun) checkResult {
 			return fail("stdout line %d holds binary data (frames belong on descriptor 4): %q", i+1, cut(line, 40))
 		}
 	}
-	return pass("%d lines on stdout, none of them protocol data; the protocol ran beside them", len(stdout))
+	return pass("%s on stdout, no protocol data; the protocol ran beside it", count(len(stdout), "line"))
 }
 
 // hostLevels are the JSON "level" values the host understands.
@@ -558,7 +558,7 @@ func checkStderr(c *conformRun) checkResult {
 	if len(stderr) == 0 {
 		return pass("nothing on stderr")
 	}
-	detail := fmt.Sprintf("%d lines, %d of them JSON records", len(stderr), records)
+	detail := fmt.Sprintf("%s, %d of them JSON records", count(len(stderr), "line"), records)
 	if len(levels) > 0 {
 		detail += " with levels " + strings.Join(slices.Sorted(maps.Keys(levels)), ",")
 	}
@@ -612,6 +612,14 @@ func checkEOF(c *conformRun) checkResult {
 		return pass("exit status %d", st)
 	}
 	return fail("still running %v after descriptor 3 reached its end", c.timeout)
+}
+
+// count says "1 line", "2 lines".
+func count(n int, unit string) string {
+	if n == 1 {
+		return "1 " + unit
+	}
+	return fmt.Sprintf("%d %ss", n, unit)
 }
 
 func cut(s string, n int) string {
