@@ -89,7 +89,12 @@ func checkCookie(c *conformRun) checkResult {
 	hello, _ := json.Marshal(defaultHello(c.target.name))
 	_ = s.send(wire.TypeHello, 0, hello) // it may have closed descriptor 3 already
 	code := s.exit()
-	frames, _ := s.eof()
+	var frames []wire.Frame
+	if code == -1 {
+		frames = s.received()
+	} else {
+		frames, _ = s.eof()
+	}
 	_, stderr := s.output()
 	switch {
 	case len(frames) > 0:

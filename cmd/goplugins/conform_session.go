@@ -287,6 +287,22 @@ func (s *session) eof() ([]wire.Frame, error) {
 	}
 }
 
+// received returns the frames the plugin has sent that no one has read,
+// without waiting.
+func (s *session) received() []wire.Frame {
+	var frames []wire.Frame
+	for {
+		select {
+		case fe := <-s.frames:
+			if fe.err == nil {
+				frames = append(frames, fe.f)
+			}
+		default:
+			return frames
+		}
+	}
+}
+
 // close ends the session: it closes descriptor 3 (the plugin must exit at
 // once), escalates to SIGTERM and SIGKILL of the plugin's group if it does
 // not, and waits until it is reaped and its output read.

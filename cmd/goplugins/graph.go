@@ -122,7 +122,7 @@ func resolveGraph(res goplugins.ScanResult, policy *goplugins.VersionPolicy) gra
 	rep := graphReport{Order: []string{}, Levels: [][]string{}, Pending: []graphIssue{}, Cycles: [][]string{},
 		Failed: []graphIssue{}, Invalid: []fileReport{}, Plugins: []graphNode{}}
 	for _, p := range res.Invalid {
-		rep.Invalid = append(rep.Invalid, fileReport{File: p.Path, Name: p.Name, Problems: manifestProblems(p.Err)})
+		rep.Invalid = append(rep.Invalid, fileReport{File: p.Path, Name: p.Name, Problems: manifestProblems(p.Err, p.Path)})
 	}
 	opts := []goplugins.Option{goplugins.WithLogger(slog.New(slog.DiscardHandler))}
 	if policy != nil {

@@ -93,7 +93,7 @@ func runValidate(env *cli, args []string) int {
 		rep.Files = append(rep.Files, f)
 	}
 	for _, p := range res.Invalid {
-		rep.Files = append(rep.Files, fileReport{File: p.Path, Name: p.Name, Problems: manifestProblems(p.Err)})
+		rep.Files = append(rep.Files, fileReport{File: p.Path, Name: p.Name, Problems: manifestProblems(p.Err, p.Path)})
 	}
 	slices.SortFunc(rep.Files, func(a, b fileReport) int { return strings.Compare(a.File, b.File) })
 	for i := range rep.Files {
@@ -143,28 +143,25 @@ func printValidate(w io.Writer, rep validateReport) {
 // decoders).
 var fieldPrefix = regexp.MustCompile(`^(?:field "([^"]+)": |unknown field "([^"]+)"|line \d+: (?:unknown field "([^"]+)")?|and \d+ more problems$)`)
 
-// manifestProblems splits the library's one-line error about a manifest
-// into its problems. The library lists every problem of a file in one
-// message ("manifest PATH: field "a": why; field "b": why"); values in
-// it are quoted with %q, so a "; field " inside a value is escaped and
-// cannot be taken for a separator.
-func manifestProblems(err error) []problem {
+// pluginPrefix is the `plugin "name": ` a library message starts with.
+var pluginPrefix = regexp.MustCompile(`^plugin "(?:[^"\\]|\\.)*": `)
+
+// manifestProblems splits the library's one-line error about the manifest
+// file at path into its problems. The library lists every problem of a
+// file in one message ("manifest PATH: field "a": why; field "b": why");
+// values in it are quoted with %q, so a "; field " inside a value is
+// escaped and cannot be taken for a separator.
+func manifestProblems(err error, path string) []problem {
 	msg := err.Error()
 	var ge *goerrors.Error
 	if errors.As(err, &ge) {
 		msg = ge.Message
 	}
-	if i := strings.Index(msg, "manifest "); i >= 0 && strings.HasPrefix(msg, "plugin ") {
-		msg = msg[i:] // drop `plugin "name": `
-	}
-	if rest, ok := strings.CutPrefix(msg, "manifest "); ok {
-		// "manifest PATH: ..." or "manifest PATH does not parse: ...": the
-		// path is the file's, already named.
-		for _, sep := range []string{" does not parse: ", ": "} {
-			if i := strings.Index(rest, sep); i >= 0 && !strings.Contains(rest[:i], " ") {
-				msg = rest[i+len(sep):]
-				break
-			}
+	msg = pluginPrefix.ReplaceAllString(msg, "")
+	for _, head := range []string{"manifest " + path + ": ", "manifest " + path + " does not parse: "} {
+		if rest, ok := strings.CutPrefix(msg, head); ok {
+			msg = rest // the file is named already
+			break
 		}
 	}
 	var out []problem

@@ -120,6 +120,29 @@ func TestManifestProblemsSplitsOnlyBetweenProblems(t *testing.T) {
 	assert.Equal(t, []problem{
 		{"version", `"1; field \"name\": no" is not a strict semantic version`},
 		{"timeout", `"soon" is not a duration; write it like "5s"`},
-	}, manifestProblems(err))
-	assert.Equal(t, []problem{{"", "manifest is a named pipe"}}, manifestProblems(errors.New("manifest is a named pipe")))
+	}, manifestProblems(err, "/p/plugin.json"))
+	assert.Equal(t, []problem{{"", "manifest /p/plugin.json is a named pipe"}},
+		manifestProblems(errors.New("manifest /p/plugin.json is a named pipe"), "/p/plugin.json"))
+	dup := goerrors.New("PLUGIN_INVALID_MANIFEST", `plugin "x": declared by more than one manifest (/a/plugin.json, /b/plugin.json); neither is used`)
+	assert.Equal(t, []problem{{"", "declared by more than one manifest (/a/plugin.json, /b/plugin.json); neither is used"}},
+		manifestProblems(dup, "/a/plugin.json"))
+}
+
+// TestValidateReportsDuplicateNames covers two manifests of one name:
+// both files are reported, each with the reason.
+func TestValidateReportsDuplicateNames(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"a", "b"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(root, d), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(root, d, "plugin.json"), []byte(`{"name":"x","version":"1.0.0","transport":"inprocess"}`), 0o644))
+	}
+	var rep validateReport
+	r := runJSON(t, &rep, "validate", "--json", root)
+	assert.Equal(t, exitProblems, r.code)
+	require.Len(t, rep.Files, 2)
+	for _, f := range rep.Files {
+		require.Len(t, f.Problems, 1, f.File)
+		assert.Equal(t, "", f.Problems[0].Field)
+		assert.True(t, strings.HasPrefix(f.Problems[0].Reason, "declared by more than one manifest ("), f.Problems[0].Reason)
+	}
 }
