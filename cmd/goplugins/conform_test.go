@@ -17,8 +17,8 @@ import (
 )
 
 // pluginFolder makes a plugin folder holding a copy of bin and a manifest
-// with the given JSON fields after name, version and transport; the
-// checksum of the copy is set unless fields give one.
+// with the given JSON fields after name and command; version 1.0.0 and the
+// checksum of the copy are set unless fields give them.
 func pluginFolder(t *testing.T, bin, name, fields string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -29,7 +29,10 @@ func pluginFolder(t *testing.T, bin, name, fields string) string {
 	if !strings.Contains(fields, `"checksum"`) {
 		fields += `, "checksum": "sha256:` + hex.EncodeToString(sum[:]) + `"`
 	}
-	manifest := `{"name": "` + name + `", "version": "1.0.0", "command": "./` + filepath.Base(bin) + `"` + fields + `}`
+	if !strings.Contains(fields, `"version"`) {
+		fields += `, "version": "1.0.0"`
+	}
+	manifest := `{"name": "` + name + `", "command": "./` + filepath.Base(bin) + `"` + fields + `}`
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "plugin.json"), []byte(manifest), 0o644))
 	return dir
 }
@@ -122,6 +125,7 @@ func TestConformFindsEachFault(t *testing.T) {
 		{"shutdown-exit-1", []string{"shutdown"}},
 		{"ignore-eof", []string{"eof"}},
 		{"bad-state", []string{"state"}},
+		{"unhealthy", []string{"health", "cancel", "frame-too-large"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.fault, func(t *testing.T) {
@@ -165,6 +169,7 @@ func TestConformChecksTheManifest(t *testing.T) {
 		detail               string
 	}{
 		{"other name", "other", `, "transport": "subprocess"`, exitProblems, `name "echo", but the manifest says "other"`},
+		{"other version", "echo", `, "transport": "subprocess", "version": "2.0.0"`, exitProblems, `version "1.0.0", but the manifest says "2.0.0"`},
 		{"undeclared surface", "echo", `, "transport": "subprocess", "surfaces": ["schema"]`, exitProblems, `the manifest lists surface "schema", the WELCOME does not`},
 		{"checksum mismatch", "echo", `, "transport": "subprocess", "checksum": "sha256:` + strings.Repeat("0", 64) + `"`, exitCannot, "checksum mismatch"},
 		{"grpc", "echo", `, "transport": "grpc"`, exitCannot, "the suite is for subprocess plugins"},

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,13 +83,15 @@ func TestInitRefuses(t *testing.T) {
 		{"folder holds files", []string{"init", "taken", "--lang", "python"}, exitCannot, "holds files already"},
 		{"not a goplugins checkout", []string{"init", "x", "--lang", "go", "--goplugins", root}, exitCannot, "go.mod"},
 		{"another module", []string{"init", "x", "--lang", "go", "--goplugins", "testdata/module"}, exitCannot, `holds module "example.com/other"`},
+		{"build fails", []string{"init", "x", "--lang", "go", "--goplugins", "testdata/nosdk"}, exitCannot, "go build in x"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := run(t, root, tt.args...)
-			if tt.args[len(tt.args)-1] == "testdata/module" {
-				r = run(t, "", append(tt.args[:len(tt.args)-1], testdata(t, "module"))...)
+			args := tt.args
+			if last := args[len(args)-1]; strings.HasPrefix(last, "testdata/") {
+				args = append(slices.Clone(args[:len(args)-1]), testdata(t, strings.TrimPrefix(last, "testdata/")))
 			}
+			r := run(t, root, args...)
 			assert.Equal(t, tt.code, r.code, r.stdout+r.stderr)
 			assert.Contains(t, r.stderr, tt.stderr)
 		})
@@ -109,4 +113,16 @@ func TestInitGoAgainstAGivenCheckout(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(dir, "plug"))
 	require.NoError(t, err, "the binary is built")
 	assert.NotZero(t, fi.Mode().Perm()&0o100)
+}
+
+// TestInitGoWithoutBuilding covers --build=false: the folder is written,
+// nothing is built.
+func TestInitGoWithoutBuilding(t *testing.T) {
+	root := t.TempDir()
+	r := run(t, root, "init", "plain", "--lang", "go", "--build=false")
+	require.Equal(t, exitOK, r.code, r.stderr)
+	for _, f := range []string{"main.go", "go.mod", "go.sum", "plugin.json"} {
+		assert.FileExists(t, filepath.Join(root, "plain", f))
+	}
+	assert.NoFileExists(t, filepath.Join(root, "plain", "plain"))
 }

@@ -84,3 +84,23 @@ func TestProbeRefusesAWrongName(t *testing.T) {
 	assert.Equal(t, exitCannot, r.code)
 	assert.Contains(t, r.stderr, `reports the name "echo"; the host expects "other"`)
 }
+
+// TestProbeReportsUnhealthy covers exit 1 for a failing health check.
+func TestProbeReportsUnhealthy(t *testing.T) {
+	var rep probeReport
+	r := runJSON(t, &rep, "probe", "--json", badBin, "unhealthy")
+	assert.Equal(t, exitProblems, r.code)
+	assert.False(t, rep.Health.OK)
+	assert.Contains(t, rep.Health.Error, "the disk is full")
+	assert.True(t, rep.Stop.OK)
+}
+
+// TestProbeLog covers --log: the plugin's stderr lines reach stderr,
+// tagged with the plugin, JSON records with their level; without it,
+// stderr stays empty.
+func TestProbeLog(t *testing.T) {
+	r := run(t, "", "probe", "--log", badBin)
+	assert.Equal(t, exitOK, r.code)
+	assert.Regexp(t, `level=INFO msg="badplugin ready" plugin=bad stream=stderr`, r.stderr)
+	quietInScripts(t, run(t, "", "probe", badBin))
+}

@@ -12,6 +12,7 @@
 //	shutdown-exit-1  exits 1 after SHUTDOWN
 //	ignore-eof       keeps running at the end of descriptor 3
 //	bad-state        declares "state" but refuses PERSIST
+//	unhealthy        answers HEALTH with ERROR
 package main
 
 import (
@@ -83,7 +84,11 @@ func serve(fault string, r *wire.Reader, w *wire.Writer) int {
 				_ = w.Write(wire.TypeResult, f.ID, f.Payload)
 			}
 		case wire.TypeHealth:
-			_ = w.Write(wire.TypeResult, f.ID, nil)
+			if fault == "unhealthy" {
+				reply(w, wire.TypeError, f.ID, wire.ErrorReply{Code: "unhealthy", Message: "the disk is full"})
+			} else {
+				_ = w.Write(wire.TypeResult, f.ID, nil)
+			}
 		case wire.TypePersist:
 			if fault == "bad-state" {
 				reply(w, wire.TypeError, f.ID, wire.ErrorReply{Code: wire.CodeUnsupported, Message: "no"})
