@@ -54,7 +54,7 @@ func runProbe(env *cli, args []string) int {
 	asJSON := fs.Bool("json", false, "print one JSON document")
 	call := fs.String("call", "", "a JSON request to send in one call, e.g. '{\"data\":\"hi\"}'")
 	timeout := fs.Duration("timeout", 10*time.Second, "bound of the start, the health check, the call and the stop, each")
-	name := fs.String("name", "", "the plugin name a COMMAND must report (default: the name it reports)")
+	name := fs.String("name", "", "the plugin name a COMMAND must report (default: the name it reports, learned by starting it once before)")
 	grpcCmd := fs.Bool("grpc", false, "COMMAND is a gRPC plugin (grpcplugin.Serve); needs --name")
 	logs := fs.Bool("log", false, "show the plugin's stdout and stderr (and the transport's records) on stderr")
 	pos, code, ok := parse(fs, args, true)

@@ -64,6 +64,8 @@ func TestValidateExitStatus(t *testing.T) {
 		{"all valid", []string{testdata(t, "validate", "good")}, exitOK, "2 valid, 0 invalid"},
 		{"two roots", []string{testdata(t, "validate", "good"), testdata(t, "validate", "bad")}, exitProblems, "3 valid, 3 invalid"},
 		{"no manifest", []string{empty}, exitProblems, "no manifest found under " + empty},
+		{"depth", []string{"--depth", "1", testdata(t, "validate")}, exitProblems, "no manifest found under " + testdata(t, "validate")},
+		{"depth 2", []string{"--depth", "2", testdata(t, "validate")}, exitProblems, "3 valid, 3 invalid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
