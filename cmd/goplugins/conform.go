@@ -49,7 +49,8 @@ func runConform(env *cli, args []string) int {
 			"cookie, a minimal environment) and drives it frame by frame, one process per check.\n"+
 			"MANIFEST is a plugin.json/.yaml/.yml or the folder holding it (its command, args, env,\n"+
 			"checksum; name, version and surfaces are checked against the handshake); anything else\n"+
-			"is the program to run, with ARGS. Exit 1 if a check fails, 3 if the plugin does not start.")
+			"is the program to run, with ARGS. Exit 1 if a check fails, 3 if the plugin does not start.\n\n"+
+			"checks:\n"+checkList())
 	asJSON := fs.Bool("json", false, "print one JSON document")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long each step waits for the plugin")
 	request := fs.String("request", "{}", "the CALL payload the checks send (the plugin's answer may be an ERROR)")
@@ -86,6 +87,18 @@ func runConform(env *cli, args []string) int {
 		return exitProblems
 	}
 	return exitOK
+}
+
+// checkList lists the checks with what each one checks, for -h.
+func checkList() string {
+	var b strings.Builder
+	for i, c := range conformChecks {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		fmt.Fprintf(&b, "  %-20s %s", c.name, c.about)
+	}
+	return b.String()
 }
 
 // run runs every check in order.

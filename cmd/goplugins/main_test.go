@@ -114,6 +114,7 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{"probe bad call", []string{"probe", "--call", "{nope", "x"}, exitUsage, "", "is not JSON"},
 		{"probe grpc without name", []string{"probe", "--grpc", "x"}, exitUsage, "", "--grpc needs --name"},
 		{"conform without plugin", []string{"conform"}, exitUsage, "", "give a manifest or a command"},
+		{"conform lists its checks", []string{"conform", "-h"}, exitOK, "  frame-too-large      a CALL over the plugin's maximum frame size gets ERROR frame_too_large", ""},
 		{"conform bad request", []string{"conform", "--request", "nope", "x"}, exitUsage, "", "is not JSON"},
 		{"conform inprocess manifest", []string{"conform", "testdata/validate/good/alpha"}, exitCannot, "", "has no command to start"},
 		{"init without name", []string{"init", "--lang", "go"}, exitUsage, "", "give one plugin NAME"},
