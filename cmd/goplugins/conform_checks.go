@@ -113,8 +113,6 @@ func checkCookie(c *conformRun) checkResult {
 // nameRule is PluginInfo.Name's rule.
 var nameRule = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
-var knownSurfaces = []string{"state", "stream", "schema"}
-
 func checkHandshake(c *conformRun) checkResult {
 	s, err := startSession(c.target, true, c.timeout)
 	if err != nil {
@@ -132,6 +130,21 @@ func checkHandshake(c *conformRun) checkResult {
 	if err := json.Unmarshal(f.Payload, &w); err != nil {
 		return fail("the WELCOME does not decode: %v", err)
 	}
+	problems := welcomeProblems(w, c.target)
+	if len(problems) > 0 {
+		return fail("%s", strings.Join(problems, "; "))
+	}
+	c.welcome = &w
+	surfaces := "no surfaces"
+	if len(w.Surfaces) > 0 {
+		surfaces = "surfaces " + strings.Join(w.Surfaces, ",")
+	}
+	return pass("%s %s, protocol %d, max frame %d bytes, %s", w.Name, w.Version, w.Protocol, w.MaxFrameSize, surfaces)
+}
+
+// welcomeProblems checks a WELCOME against the protocol's rules and the
+// manifest, if any.
+func welcomeProblems(w wire.Welcome, t *target) []string {
 	var problems []string
 	if !slices.Contains(defaultHello("").Protocols, w.Protocol) {
 		problems = append(problems, fmt.Sprintf("it chose protocol %d, which was not offered", w.Protocol))
@@ -145,7 +158,6 @@ func checkHandshake(c *conformRun) checkResult {
 	if _, err := semver.StrictNewVersion(w.Version); err != nil {
 		problems = append(problems, fmt.Sprintf("version %q is not strict semantic versioning", w.Version))
 	}
-	t := c.target
 	if t.name != "" && w.Name != t.name {
 		problems = append(problems, fmt.Sprintf("name %q, but the manifest says %q", w.Name, t.name))
 	}
@@ -157,15 +169,7 @@ func checkHandshake(c *conformRun) checkResult {
 			problems = append(problems, fmt.Sprintf("the manifest lists surface %q, the WELCOME does not", sf))
 		}
 	}
-	if len(problems) > 0 {
-		return fail("%s", strings.Join(problems, "; "))
-	}
-	c.welcome = &w
-	surfaces := "no surfaces"
-	if len(w.Surfaces) > 0 {
-		surfaces = "surfaces " + strings.Join(w.Surfaces, ",")
-	}
-	return pass("%s %s, protocol %d, max frame %d bytes, %s", w.Name, w.Version, w.Protocol, w.MaxFrameSize, surfaces)
+	return problems
 }
 
 // checkRefusal sends h and expects ERROR id 0 with code, then exit 1.
