@@ -33,12 +33,23 @@ def read_exact(f, n):
 
 
 def read_frame(f):
+    """Returns (type, id, payload), None at the end of the stream, or
+    (type, id, None) for a frame over MAX_FRAME, whose payload is skipped
+    so that the stream stays usable."""
     header = read_exact(f, HEADER.size)
     if header is None:
         return None
     length, ftype, rid = HEADER.unpack(header)
-    if length < 9 or length > MAX_FRAME:
+    if length < 9:
         raise ValueError("bad frame length %d" % length)
+    if length > MAX_FRAME:
+        left = length - 9
+        while left > 0:
+            chunk = f.read(min(left, 1 << 16))
+            if not chunk:
+                return None
+            left -= len(chunk)
+        return ftype, rid, None
     payload = read_exact(f, length - 9) if length > 9 else b""
     if payload is None:
         return None
@@ -101,7 +112,9 @@ def main():
         if frame is None:
             return 0  # the host went away
         ftype, rid, payload = frame
-        if ftype == CALL:
+        if payload is None:
+            write_error(out, rid, "frame_too_large", "the request is over %d bytes" % MAX_FRAME)
+        elif ftype == CALL:
             resp, err = handle(payload)
             if err:
                 write_error(out, rid, *err)

@@ -1,0 +1,3 @@
+module github.com/goplugins/goplugins
+
+go 1.26
