@@ -19,6 +19,8 @@ type managerConfig struct {
 	sampleMask  uint64
 	plugin      pluginConfig
 	dispatcher  *ReloadDispatcher
+	// interceptors, first outermost (WithInterceptors)
+	interceptors []Interceptor
 }
 
 type pluginConfig struct {
