@@ -49,6 +49,10 @@ type Call struct {
 	// serving after it.
 	Version    string
 	Generation uint64
+	// OutOfProcess reports whether that value runs outside the host's
+	// process (a plugin of the subprocess or gRPC transport): only then
+	// does metadata put in the ctx (a trace context) reach the plugin.
+	OutOfProcess bool
 	// Request is Execute's req, Reload's next plugin (a Plugin[Req, Resp]),
 	// or the host call's argument.
 	Request any
@@ -142,23 +146,44 @@ func (m *Manager[Req, Resp]) intercept(ctx context.Context, c *Call, op Handler)
 func (m *Manager[Req, Resp]) serving(c *Call) {
 	if e := m.reg.Load().entries[c.Plugin]; e != nil {
 		if g := e.gen.Load(); g != nil {
-			c.Version, c.Generation = g.info.Version, g.id
+			servedBy(c, g)
 		}
+	}
+}
+
+// servedBy names g as the plugin value of c.
+func servedBy[Req, Resp any](c *Call, g *generation[Req, Resp]) {
+	c.Version, c.Generation = g.info.Version, g.id
+	switch g.plugin.(type) {
+	case *subprocessPlugin[Req, Resp], *grpcPlugin[Req, Resp]:
+		c.OutOfProcess = true
+	default:
+		c.OutOfProcess = false
 	}
 }
 
 // executeIntercepted is Execute through the interceptors.
 func (m *Manager[Req, Resp]) executeIntercepted(ctx context.Context, name string, req Req) (Resp, error) {
-	c := &Call{Kind: CallExecute, Plugin: name, Request: req}
-	m.serving(c)
-	var resp Resp
-	err := m.intercept(ctx, c, func(ctx context.Context) error {
-		var err error
-		resp, err = m.execute(ctx, name, req, c)
-		c.Response = resp
-		return err
-	})
-	return resp, err
+	x := &intercepted[Req, Resp]{m: m, req: req}
+	x.call = Call{Kind: CallExecute, Plugin: name, Request: req}
+	m.serving(&x.call)
+	err := m.intercept(ctx, &x.call, x.execute)
+	return x.resp, err
+}
+
+// intercepted is one intercepted Execute: its Call and its response, in
+// one allocation.
+type intercepted[Req, Resp any] struct {
+	call Call
+	m    *Manager[Req, Resp]
+	req  Req
+	resp Resp
+}
+
+func (x *intercepted[Req, Resp]) execute(ctx context.Context) (err error) {
+	x.resp, err = x.m.execute(ctx, x.call.Plugin, x.req, &x.call)
+	x.call.Response = x.resp
+	return err
 }
 
 // reloadIntercepted is Reload through the interceptors.

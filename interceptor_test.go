@@ -293,3 +293,37 @@ func TestCallKindString(t *testing.T) {
 		assert.Equal(t, want, k.String())
 	}
 }
+
+// TestInterceptorSeesOutOfProcess: OutOfProcess is set for plugins of the
+// subprocess and gRPC transports (real children), not for in-process ones.
+func TestInterceptorSeesOutOfProcess(t *testing.T) {
+	var seen atomic.Bool
+	see := func(ctx context.Context, c *Call, next Handler) error {
+		err := next(ctx)
+		seen.Store(c.OutOfProcess)
+		return err
+	}
+	ctx := context.Background()
+
+	sub := NewManager[echoReq, echoResp](WithInterceptors(see))
+	defer sub.Shutdown(ctx)
+	require.NoError(t, sub.Register(startEcho(t, nil, nil)))
+	_, err := sub.Execute(ctx, "echo", echoReq{Op: "echo", Data: "hi"})
+	require.NoError(t, err)
+	assert.True(t, seen.Load(), "subprocess")
+
+	rpc := NewManager[counterReq, counterResp](WithInterceptors(see))
+	defer rpc.Shutdown(ctx)
+	p, err := NewGRPCPlugin[counterReq, counterResp](ctx, GRPCConfig{Name: "counter", Command: buildGRPCCounter(t)})
+	require.NoError(t, err)
+	require.NoError(t, rpc.Register(p))
+	_, err = rpc.Execute(ctx, "counter", counterReq{Op: "echo", Text: "hi"})
+	require.NoError(t, err)
+	assert.True(t, seen.Load(), "gRPC")
+
+	in := newTestManager(t, WithInterceptors(see))
+	require.NoError(t, in.Register(newEcho("echo", "1.0.0")))
+	_, err = in.Execute(ctx, "echo", 1)
+	require.NoError(t, err)
+	assert.False(t, seen.Load(), "in-process")
+}

@@ -302,7 +302,7 @@ func (m *Manager[Req, Resp]) execute(ctx context.Context, name string, req Req, 
 			continue
 		}
 		if c != nil {
-			c.Version, c.Generation = g.info.Version, g.id
+			servedBy(c, g)
 		}
 		return e.run(ctx, g, shard, n, t, req, c)
 	}

@@ -34,23 +34,38 @@ func (i *Instrumentation) intercept(ctx context.Context, c *goplugins.Call, next
 // execute records one Execute: a span, its trace context passed on to the
 // plugin, and the call metrics.
 func (i *Instrumentation) execute(ctx context.Context, c *goplugins.Call, next goplugins.Handler) error {
+	p := i.plugin(c.Plugin, c.Version, c.Generation)
 	start := time.Now()
-	ctx, span := i.tracer.Start(ctx, "goplugins.execute", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithTimestamp(start), trace.WithAttributes(keyPlugin.String(c.Plugin)))
-	err := next(i.propagate(ctx))
-	end := time.Now()
-	if span.IsRecording() {
-		span.SetAttributes(keyVersion.String(c.Version), keyGeneration.Int64(int64(c.Generation)),
-			keyRetries.Int(c.Retries), keyParked.Float64(c.Parked.Seconds()))
-		endSpan(span, err, end)
+	ctx, span := i.tracer.Start(ctx, "goplugins.execute", clientSpan...)
+	recording := span.IsRecording()
+	if recording { // set here, not as a start option: that would copy them once more
+		span.SetAttributes(p.attrs...)
 	}
-	i.calls.Add(ctx, 1, i.measure(setKey{plugin: c.Plugin}, "", ""))
-	i.duration.Record(ctx, end.Sub(start).Seconds(), i.measure(setKey{plugin: c.Plugin}, "", ""))
+	if c.OutOfProcess {
+		ctx = i.propagate(ctx)
+	}
+	err := next(ctx)
+	d := time.Since(start)
+	if recording {
+		if c.Generation != p.generation { // parked behind a reload, run by the next value
+			span.SetAttributes(keyVersion.String(c.Version), keyGeneration.Int64(int64(c.Generation)))
+		}
+		if c.Retries > 0 {
+			span.SetAttributes(keyRetries.Int(c.Retries))
+		}
+		if c.Parked > 0 {
+			span.SetAttributes(keyParked.Float64(c.Parked.Seconds()))
+		}
+		endSpan(span, err)
+	}
+	i.duration.Record(ctx, d.Seconds(), p.record...)
 	if err != nil {
 		i.callErrors.Add(ctx, 1, i.measure(setKey{plugin: c.Plugin, a: errorType(err)}, keyErrorType, ""))
 	}
 	return err
 }
+
+var clientSpan = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}
 
 // propagate returns ctx carrying its trace context in the outgoing
 // metadata of every transport that has some (see carriers).
@@ -77,7 +92,6 @@ func (i *Instrumentation) reload(ctx context.Context, c *goplugins.Call, next go
 	ctx, span := i.tracer.Start(ctx, "goplugins.reload", trace.WithTimestamp(start),
 		trace.WithAttributes(keyPlugin.String(c.Plugin), keyVersion.String(c.Version), keyGeneration.Int64(int64(c.Generation))))
 	err := next(ctx)
-	end := time.Now()
 	rep, ran := c.Response.(goplugins.ReloadReport)
 	if ran {
 		pause := rep.Drain + rep.Dispatch + rep.Commit
@@ -91,7 +105,7 @@ func (i *Instrumentation) reload(ctx context.Context, c *goplugins.Call, next go
 		if errors.As(err, &re) {
 			span.SetAttributes(attribute.String("goplugins.reload.failed_phase", re.Phase))
 		}
-		endSpan(span, err, end)
+		endSpan(span, err)
 	}
 	return err
 }
@@ -124,30 +138,29 @@ func reloadEvents(span trace.Span, start time.Time, rep goplugins.ReloadReport) 
 // hostCall records one call from a plugin to a host function.
 func (i *Instrumentation) hostCall(ctx context.Context, c *goplugins.Call, next goplugins.Handler) error {
 	start := time.Now()
-	ctx, span := i.tracer.Start(ctx, "goplugins.host_call", trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start),
+	ctx, span := i.tracer.Start(ctx, "goplugins.host_call", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(keyPlugin.String(c.Plugin), keyFunction.String(c.Function),
 			keyVersion.String(c.Version), keyGeneration.Int64(int64(c.Generation))))
 	err := next(ctx)
-	end := time.Now()
-	endSpan(span, err, end)
+	d := time.Since(start)
+	endSpan(span, err)
 	code := ""
 	if err != nil {
 		code = errorType(err)
 	}
 	i.hostCalls.Add(ctx, 1, i.measure(setKey{plugin: c.Plugin, a: c.Function, b: code}, keyFunction, keyErrorType))
-	i.hostDuration.Record(ctx, end.Sub(start).Seconds(), i.measure(setKey{plugin: c.Plugin, a: c.Function}, keyFunction, ""))
+	i.hostDuration.Record(ctx, d.Seconds(), i.measure(setKey{plugin: c.Plugin, a: c.Function}, keyFunction, ""))
 	return err
 }
 
-// endSpan sets the outcome and ends span at end.
-func endSpan(span trace.Span, err error, end time.Time) {
+// endSpan sets the outcome and ends span: on failure the status Error,
+// with the error's text, and the attribute error.type; else status Unset.
+func endSpan(span trace.Span, err error, opts ...trace.SpanEndOption) {
 	if err != nil {
-		span.SetAttributes(keyOutcome.String("error"), keyErrorType.String(errorType(err)))
+		span.SetAttributes(keyErrorType.String(errorType(err)))
 		span.SetStatus(codes.Error, err.Error())
-	} else {
-		span.SetAttributes(keyOutcome.String("ok"))
 	}
-	span.End(trace.WithTimestamp(end))
+	span.End(opts...)
 }
 
 // errorType is the goplugins error code of err, or "_OTHER" (the
@@ -159,6 +172,7 @@ func errorType(err error) string {
 	return "_OTHER"
 }
 
+// outcome is the value of the goplugins.outcome attribute.
 func outcome(err error) string {
 	if err != nil {
 		return "error"

@@ -58,7 +58,7 @@ func sumOf(t *testing.T, rm metricdata.ResourceMetrics, name string, kv ...strin
 				total += p.Value
 			}
 		}
-	case metricdata.Gauge[int64]:
+	case metricdata.Gauge[int64]: // the observed ones
 		for _, p := range d.DataPoints {
 			if matches(p.Attributes, kv) {
 				total += p.Value
@@ -115,6 +115,7 @@ func TestCallMetrics(t *testing.T) {
 
 	rm := tel.collect(t)
 	assert.Equal(t, int64(3), sumOf(t, rm, "goplugins.calls", "goplugins.plugin.name", "p"), "the running call is counted when it ends")
+	assert.Equal(t, int64(0), sumOf(t, rm, "goplugins.calls", "goplugins.plugin.name", "echo"))
 	assert.Equal(t, int64(1), sumOf(t, rm, "goplugins.call.errors", "goplugins.plugin.name", "p", "error.type", "_OTHER"))
 	assert.Equal(t, int64(1), sumOf(t, rm, "goplugins.call.errors", "goplugins.plugin.name", "missing", "error.type", string(goplugins.ErrorCode(goplugins.ErrNotFound))))
 	assert.Equal(t, uint64(3), histogramCount(t, rm, "goplugins.call.duration", "goplugins.plugin.name", "p"))

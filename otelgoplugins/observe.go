@@ -23,20 +23,22 @@ type Manager interface {
 // Observe records what m reports outside calls: a span per restart of a
 // plugin's child process, from EventCrashed to EventRestarted (or
 // EventLeftDown, or the plugin's removal), each failed attempt an event on
-// it; the crash and restart counters; and, at each collection, the calls
-// in flight and the breaker state of every plugin. stop ends the
+// it; the crash and restart counters; and, at each collection, the calls,
+// the calls in flight and the breaker state of every plugin (from
+// m.Metrics). stop ends the
 // recording (a restart span still open ends then, as an error); it waits
 // for nothing and may be called more than once.
 func (i *Instrumentation) Observe(m Manager) (stop func(), err error) {
 	o := &observer{i: i, open: map[string]trace.Span{}}
 	reg, err := i.meter.RegisterCallback(func(ctx context.Context, obs metric.Observer) error {
 		for name, pm := range m.Metrics().Plugins {
-			set := i.measure(setKey{plugin: name}, "", "").(metric.ObserveOption)
+			set := i.measure(setKey{plugin: name}, "", "")
 			obs.ObserveInt64(i.inFlight, pm.InFlight, set)
 			obs.ObserveInt64(i.breaker, int64(pm.Breaker), set)
+			obs.ObserveInt64(i.calls, int64(pm.Calls), set)
 		}
 		return nil
-	}, i.inFlight, i.breaker)
+	}, i.inFlight, i.breaker, i.calls)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +102,7 @@ func (o *observer) end(ev goplugins.Event, err error) {
 	}
 	delete(o.open, ev.Plugin)
 	span.SetAttributes(keyAttempt.Int(ev.Attempt))
-	endSpan(span, err, ev.Time)
+	endSpan(span, err, trace.WithTimestamp(ev.Time))
 }
 
 func (o *observer) endAll() {

@@ -21,8 +21,8 @@
 // Metrics (instrument names; every one has the attribute
 // goplugins.plugin.name):
 //
-//	goplugins.calls                calls that went through the interceptor
-//	goplugins.call.errors          of those, the failed ones, by error.type (the goplugins error code, or _OTHER)
+//	goplugins.calls                calls that reached the plugin (Observe; PluginMetrics.Calls)
+//	goplugins.call.errors          calls that failed, by error.type (the goplugins error code, or _OTHER)
 //	goplugins.call.duration        call latency, in seconds
 //	goplugins.calls.in_flight      calls running now (Observe)
 //	goplugins.breaker.state        0 closed, 1 open, 2 half-open (Observe)
@@ -109,11 +109,40 @@ type Instrumentation struct {
 	prop   propagation.TextMapPropagator
 	inject bool // prop writes something
 
-	calls, callErrors, hostCalls, crashes, restarts metric.Int64Counter
-	duration, hostDuration, reloadPause          metric.Float64Histogram
-	inFlight, breaker                            metric.Int64ObservableGauge
+	callErrors, hostCalls, crashes, restarts metric.Int64Counter
+	duration, hostDuration, reloadPause      metric.Float64Histogram
+	inFlight, breaker                        metric.Int64ObservableGauge
+	calls                                    metric.Int64ObservableCounter
 
-	sets sync.Map // setKey -> metric.MeasurementOption, built once a key
+	sets    sync.Map // setKey -> metric.MeasurementOption, built once a key
+	plugins sync.Map // plugin name -> *pluginOptions
+}
+
+// pluginOptions are the options of a call's span and measurements for one
+// plugin value, built once: a call allocates nothing for them.
+type pluginOptions struct {
+	version    string
+	generation uint64
+	attrs      []attribute.KeyValue // of the span
+	record     []metric.RecordOption
+}
+
+// plugin returns the options for the plugin value, made anew after a
+// reload.
+func (i *Instrumentation) plugin(name, version string, generation uint64) *pluginOptions {
+	if p, ok := i.plugins.Load(name); ok {
+		if p := p.(*pluginOptions); p.generation == generation && p.version == version {
+			return p
+		}
+	}
+	set := i.measure(setKey{plugin: name}, "", "")
+	p := &pluginOptions{
+		version: version, generation: generation,
+		attrs:  []attribute.KeyValue{keyPlugin.String(name), keyVersion.String(version), keyGeneration.Int64(int64(generation))},
+		record: []metric.RecordOption{set},
+	}
+	i.plugins.Store(name, p)
+	return p
 }
 
 // New returns an Instrumentation configured by opts. It fails only if an
@@ -151,7 +180,10 @@ func (i *Instrumentation) instruments() error {
 		errs = append(errs, err)
 		return g
 	}
-	i.calls = counter("goplugins.calls", "{call}", "Calls to a plugin that went through the interceptor.")
+	calls, err := i.meter.Int64ObservableCounter("goplugins.calls", metric.WithUnit("{call}"),
+		metric.WithDescription("Calls that reached a plugin (goplugins.PluginMetrics.Calls)."))
+	i.calls = calls
+	errs = append(errs, err)
 	i.callErrors = counter("goplugins.call.errors", "{call}", "Calls to a plugin that failed, by error.type.")
 	i.duration = seconds("goplugins.call.duration", "Latency of calls to a plugin.")
 	i.inFlight = gauge("goplugins.calls.in_flight", "{call}", "Calls running on a plugin now.")
