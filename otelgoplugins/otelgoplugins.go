@@ -187,7 +187,7 @@ func (i *Instrumentation) instruments() error {
 	i.callErrors = counter("goplugins.call.errors", "{call}", "Calls to a plugin that failed, by error.type.")
 	i.duration = seconds("goplugins.call.duration", "Latency of calls to a plugin.")
 	i.inFlight = gauge("goplugins.calls.in_flight", "{call}", "Calls running on a plugin now.")
-	i.breaker = gauge("goplugins.breaker.state", "1", "The plugin's circuit breaker: 0 closed, 1 open, 2 half-open.")
+	i.breaker = gauge("goplugins.breaker.state", "{state}", "The plugin's circuit breaker: 0 closed, 1 open, 2 half-open.")
 	i.crashes = counter("goplugins.crashes", "{crash}", "Child processes of a plugin that ended unexpectedly.")
 	i.restarts = counter("goplugins.restarts", "{restart}", "Restart attempts of a plugin's child process, by goplugins.outcome.")
 	i.reloadPause = seconds("goplugins.reload.pause", "Traffic pause of a reload: drain, dispatch and commit.")
