@@ -2,6 +2,7 @@ package goplugins
 
 import (
 	"context"
+	"log/slog"
 	"runtime/debug"
 	"time"
 )
@@ -130,16 +131,16 @@ func chainedNext(ics []Interceptor, c *Call, final Handler) Handler {
 	}
 }
 
-// intercept runs op through the interceptors, turning a panic in one of
-// them into ErrPanic. The manager must have interceptors.
-func (m *Manager[Req, Resp]) intercept(ctx context.Context, c *Call, op Handler) (err error) {
+// intercept runs op through ic (not nil), turning a panic in an
+// interceptor into ErrPanic, logged to log.
+func intercept(ctx context.Context, ic Interceptor, log *slog.Logger, c *Call, op Handler) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			m.cfg.logger.Error("goplugins: interceptor panicked", "plugin", c.Plugin, "call", c.Kind.String(), "panic", r, "stack", string(debug.Stack()))
+			log.Error("goplugins: interceptor panicked", "plugin", c.Plugin, "call", c.Kind.String(), "panic", r, "stack", string(debug.Stack()))
 			err = newError(codePanic, c.Plugin, "an interceptor panicked during %s (%v); the host recovered, but the interceptor has a bug to fix", c.Kind, r)
 		}
 	}()
-	return m.interceptor(ctx, c, op)
+	return ic(ctx, c, op)
 }
 
 // serving fills in the plugin value serving name now.
@@ -167,7 +168,7 @@ func (m *Manager[Req, Resp]) executeIntercepted(ctx context.Context, name string
 	x := &intercepted[Req, Resp]{m: m, req: req}
 	x.call = Call{Kind: CallExecute, Plugin: name, Request: req}
 	m.serving(&x.call)
-	err := m.intercept(ctx, &x.call, x.execute)
+	err := intercept(ctx, m.interceptor, m.cfg.logger, &x.call, x.execute)
 	return x.resp, err
 }
 
@@ -191,7 +192,7 @@ func (m *Manager[Req, Resp]) reloadIntercepted(ctx context.Context, name string,
 	c := &Call{Kind: CallReload, Plugin: name, Request: next}
 	m.serving(c)
 	rep := ReloadReport{Plugin: name, From: c.Version, Generation: c.Generation}
-	err := m.intercept(ctx, c, func(ctx context.Context) error {
+	err := intercept(ctx, m.interceptor, m.cfg.logger, c, func(ctx context.Context) error {
 		var err error
 		rep, err = m.reload(ctx, name, next, opts)
 		c.Response, c.Version, c.Generation = rep, rep.From, rep.Generation
@@ -203,17 +204,20 @@ func (m *Manager[Req, Resp]) reloadIntercepted(ctx context.Context, name string,
 	return rep, err
 }
 
-// hostCall runs a host call through the interceptors: plugin (its value
-// version and generation) calls the host function named function with req,
-// and fn runs it. It is the one entry point for the host-call code; it
-// costs nothing beyond fn when the manager has no interceptors.
-func (m *Manager[Req, Resp]) hostCall(ctx context.Context, plugin, version string, generation uint64, function string, req any, fn func(context.Context) (any, error)) (any, error) {
-	if m.interceptor == nil {
+// interceptHostCall runs a host call through ic, the manager's chained
+// interceptors (nil when it has none: fn then runs directly, at no cost):
+// the plugin value (plugin, version, generation) calls the host function
+// named function with req, and fn runs it. It is the one entry point for
+// the host-call code, which takes ic and log from the manager when it
+// binds a plugin value.
+func interceptHostCall[Req, Resp any](ctx context.Context, ic Interceptor, log *slog.Logger,
+	plugin, version string, generation uint64, function string, req Req, fn func(context.Context) (Resp, error)) (Resp, error) {
+	if ic == nil {
 		return fn(ctx)
 	}
 	c := &Call{Kind: CallHost, Plugin: plugin, Function: function, Version: version, Generation: generation, Request: req}
-	var resp any
-	err := m.intercept(ctx, c, func(ctx context.Context) error {
+	var resp Resp
+	err := intercept(ctx, ic, log, c, func(ctx context.Context) error {
 		var err error
 		resp, err = fn(ctx)
 		c.Response = resp

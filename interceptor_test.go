@@ -3,6 +3,7 @@ package goplugins
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -255,17 +256,17 @@ func TestInterceptorPanicIsErrPanic(t *testing.T) {
 // TestInterceptorWrapsHostCalls: the host-call entry point runs the call
 // through the interceptors, and runs it directly when there is none.
 func TestInterceptorWrapsHostCalls(t *testing.T) {
-	fn := func(ctx context.Context) (any, error) { return "result:" + ctx.Value(ctxKey{}).(string), nil }
+	fn := func(ctx context.Context) (string, error) { return "result:" + ctx.Value(ctxKey{}).(string), nil }
 	ctx := context.WithValue(context.Background(), ctxKey{}, "v")
+	log := slog.New(slog.DiscardHandler)
 
-	bare := newTestManager(t)
-	got, err := bare.hostCall(ctx, "p", "1.0.0", 1, "kv.get", "key", fn)
+	got, err := interceptHostCall(ctx, nil, log, "p", "1.0.0", 1, "kv.get", "key", fn)
 	require.NoError(t, err)
 	assert.Equal(t, "result:v", got)
 
 	rec := &recorder{}
 	m := newTestManager(t, WithInterceptors(rec.intercept))
-	got, err = m.hostCall(ctx, "p", "1.0.0", 3, "kv.get", "key", fn)
+	got, err = interceptHostCall(ctx, m.interceptor, m.cfg.logger, "p", "1.0.0", 3, "kv.get", "key", fn)
 	require.NoError(t, err)
 	assert.Equal(t, "result:v", got)
 	before, after := rec.last()
@@ -273,6 +274,10 @@ func TestInterceptorWrapsHostCalls(t *testing.T) {
 	assert.Equal(t, want, before)
 	want.Response = "result:v"
 	assert.Equal(t, want, after)
+
+	boom := func(ctx context.Context, c *Call, next Handler) error { panic("interceptor bug") }
+	_, err = interceptHostCall(ctx, chainInterceptors([]Interceptor{boom}), log, "p", "1.0.0", 3, "kv.get", "key", fn)
+	require.ErrorIs(t, err, ErrPanic)
 }
 
 // TestExecuteWithoutInterceptorsAllocatesNothing: no interceptor, no cost.

@@ -1,3 +1,9 @@
+//go:build !goplugins_callmetadata
+
+// Until goplugins.ContextWithMetadata is in the goplugins module, the
+// trace context reaches gRPC plugins as gRPC metadata set here; with it,
+// carrier_metadata.go carries it to both transports and this file goes.
+
 package otelgoplugins
 
 import (

@@ -82,7 +82,8 @@ func (i *Instrumentation) propagate(ctx context.Context) context.Context {
 }
 
 // carriers put a trace context into a transport's call metadata: gRPC
-// metadata (carrier_grpc.go), subprocess call metadata (carrier_subprocess.go).
+// metadata (carrier_grpc.go) now, call metadata (carrier_metadata.go) once
+// goplugins has it.
 var carriers []func(context.Context, propagation.MapCarrier) context.Context
 
 // reload records one Reload: a span with its phases as events, and the
