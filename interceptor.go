@@ -16,11 +16,11 @@ const (
 	CallExecute CallKind = iota + 1
 	// CallReload is a Manager.Reload.
 	CallReload
-	// CallHost is a plugin's call to a host function.
-	CallHost
+	// CallHostFunc is a plugin's call to a host function.
+	CallHostFunc
 )
 
-var callKindNames = [...]string{CallExecute: "execute", CallReload: "reload", CallHost: "host-call"}
+var callKindNames = [...]string{CallExecute: "execute", CallReload: "reload", CallHostFunc: "host-call"}
 
 // String returns the kind's name: "execute", "reload" or "host-call".
 func (k CallKind) String() string {
@@ -39,9 +39,9 @@ type Call struct {
 	// Kind says what the operation is.
 	Kind CallKind
 	// Plugin is the plugin's name, as given to Execute or Reload (for
-	// CallHost, the calling plugin).
+	// CallHostFunc, the calling plugin).
 	Plugin string
-	// Function is the host function called, for CallHost.
+	// Function is the host function called, for CallHostFunc.
 	Function string
 	// Version and Generation name the plugin value: before next, the one
 	// serving when the operation began (empty and 0 if none is
@@ -215,7 +215,7 @@ func interceptHostCall[Req, Resp any](ctx context.Context, ic Interceptor, log *
 	if ic == nil {
 		return fn(ctx)
 	}
-	c := &Call{Kind: CallHost, Plugin: plugin, Function: function, Version: version, Generation: generation, Request: req}
+	c := &Call{Kind: CallHostFunc, Plugin: plugin, Function: function, Version: version, Generation: generation, Request: req}
 	var resp Resp
 	err := intercept(ctx, ic, log, c, func(ctx context.Context) error {
 		var err error

@@ -270,7 +270,7 @@ func TestInterceptorWrapsHostCalls(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "result:v", got)
 	before, after := rec.last()
-	want := Call{Kind: CallHost, Plugin: "p", Function: "kv.get", Version: "1.0.0", Generation: 3, Request: "key"}
+	want := Call{Kind: CallHostFunc, Plugin: "p", Function: "kv.get", Version: "1.0.0", Generation: 3, Request: "key"}
 	assert.Equal(t, want, before)
 	want.Response = "result:v"
 	assert.Equal(t, want, after)
@@ -294,7 +294,7 @@ func TestExecuteWithoutInterceptorsAllocatesNothing(t *testing.T) {
 }
 
 func TestCallKindString(t *testing.T) {
-	for k, want := range map[CallKind]string{CallExecute: "execute", CallReload: "reload", CallHost: "host-call", 0: "unknown", 9: "unknown"} {
+	for k, want := range map[CallKind]string{CallExecute: "execute", CallReload: "reload", CallHostFunc: "host-call", 0: "unknown", 9: "unknown"} {
 		assert.Equal(t, want, k.String())
 	}
 }

@@ -25,7 +25,7 @@ func (i *Instrumentation) intercept(ctx context.Context, c *goplugins.Call, next
 	switch c.Kind {
 	case goplugins.CallReload:
 		return i.reload(ctx, c, next)
-	case goplugins.CallHost:
+	case goplugins.CallHostFunc:
 		return i.hostCall(ctx, c, next)
 	}
 	return i.execute(ctx, c, next)

@@ -169,13 +169,13 @@ func TestReloadSpanHasPhases(t *testing.T) {
 }
 
 // TestHostCallSpanAndMetrics: host calls, which reach the interceptor as
-// goplugins.CallHost, get a span and their own metrics.
+// goplugins.CallHostFunc, get a span and their own metrics.
 func TestHostCallSpanAndMetrics(t *testing.T) {
 	tel := newTelemetry(t)
 	ic := tel.inst.Interceptor()
 	refused := goerrors.New("NOT_GRANTED", "kv.put is not granted")
 	for _, err := range []error{nil, refused} {
-		c := &goplugins.Call{Kind: goplugins.CallHost, Plugin: "p", Function: "kv.put", Version: "1.0.0", Generation: 1}
+		c := &goplugins.Call{Kind: goplugins.CallHostFunc, Plugin: "p", Function: "kv.put", Version: "1.0.0", Generation: 1}
 		got := ic(context.Background(), c, func(context.Context) error { return err })
 		require.Equal(t, err, got)
 	}
