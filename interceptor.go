@@ -58,9 +58,9 @@ type Call struct {
 	// or the host call's argument.
 	Request any
 
-	// Response is set when next returns: the response Execute returns (its
-	// Resp, the zero value after a failure), the ReloadReport of a reload,
-	// or the host call's result.
+	// Response is set when next returns: the response Execute returns
+	// (the plugin's, or the zero Resp if the call reached no plugin), the
+	// ReloadReport of a reload, or the host call's result.
 	Response any
 	// Retries counts the attempts after the first (see WithRetry), for
 	// CallExecute.

@@ -18,8 +18,8 @@ import (
 // Execute is lock-free: it reads an immutable snapshot of the registry
 // through an atomic pointer, which Register and Unregister replace
 // copy-on-write. On its success path, and when it refuses a call, it
-// takes no mutex and allocates nothing (unless a timeout is configured,
-// see WithTimeout).
+// takes no mutex and allocates nothing (unless a timeout or interceptors
+// are configured, see WithTimeout and WithInterceptors).
 //
 // A Manager is safe for concurrent use. Shutdown releases everything it
 // holds; no goroutine of the manager outlives a Shutdown that returned nil,
@@ -258,7 +258,8 @@ func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req,
 // reload: no call is dropped. A refused call (breaker open, unhealthy)
 // returns an error built once per plugin: do not modify it.
 //
-// With interceptors (WithInterceptors), the call runs through them.
+// With interceptors (WithInterceptors), the call runs through them, and
+// Execute returns the error the outermost one returns.
 func (m *Manager[Req, Resp]) Execute(ctx context.Context, name string, req Req) (Resp, error) {
 	if m.interceptor != nil {
 		return m.executeIntercepted(ctx, name, req)

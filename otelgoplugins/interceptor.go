@@ -60,7 +60,7 @@ func (i *Instrumentation) execute(ctx context.Context, c *goplugins.Call, next g
 	}
 	i.duration.Record(ctx, d.Seconds(), p.record...)
 	if err != nil {
-		i.callErrors.Add(ctx, 1, i.measure(setKey{plugin: c.Plugin, a: errorType(err)}, keyErrorType, ""))
+		i.callErrors.Add(ctx, 1, i.measure(setKey{plugin: p.metricName, a: errorType(err)}, keyErrorType, ""))
 	}
 	return err
 }
@@ -94,7 +94,7 @@ func (i *Instrumentation) reload(ctx context.Context, c *goplugins.Call, next go
 		trace.WithAttributes(keyPlugin.String(c.Plugin), keyVersion.String(c.Version), keyGeneration.Int64(int64(c.Generation))))
 	err := next(ctx)
 	rep, ran := c.Response.(goplugins.ReloadReport)
-	if ran {
+	if ran && rep.Generation != 0 { // 0: no such plugin, nothing ran
 		pause := rep.Drain + rep.Dispatch + rep.Commit
 		i.reloadPause.Record(ctx, pause.Seconds(), i.measure(setKey{plugin: c.Plugin, a: outcome(err)}, keyOutcome, ""))
 		if span.IsRecording() {

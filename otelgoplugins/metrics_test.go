@@ -117,7 +117,9 @@ func TestCallMetrics(t *testing.T) {
 	assert.Equal(t, int64(3), sumOf(t, rm, "goplugins.calls", "goplugins.plugin.name", "p"), "the running call is counted when it ends")
 	assert.Equal(t, int64(0), sumOf(t, rm, "goplugins.calls", "goplugins.plugin.name", "echo"))
 	assert.Equal(t, int64(1), sumOf(t, rm, "goplugins.call.errors", "goplugins.plugin.name", "p", "error.type", "_OTHER"))
-	assert.Equal(t, int64(1), sumOf(t, rm, "goplugins.call.errors", "goplugins.plugin.name", "missing", "error.type", string(goplugins.ErrorCode(goplugins.ErrNotFound))))
+	assert.Equal(t, int64(1), sumOf(t, rm, "goplugins.call.errors", "goplugins.plugin.name", "_OTHER", "error.type", string(goplugins.ErrorCode(goplugins.ErrNotFound))),
+		"a name no plugin has is measured as _OTHER: callers choose it")
+	assert.Zero(t, sumOf(t, rm, "goplugins.call.errors", "goplugins.plugin.name", "missing"))
 	assert.Equal(t, uint64(3), histogramCount(t, rm, "goplugins.call.duration", "goplugins.plugin.name", "p"))
 	assert.Equal(t, int64(1), sumOf(t, rm, "goplugins.calls.in_flight", "goplugins.plugin.name", "p"))
 	assert.Equal(t, int64(0), sumOf(t, rm, "goplugins.calls.in_flight", "goplugins.plugin.name", "echo"))

@@ -13,13 +13,18 @@
 // ("goplugins.reload", its phases as span events), per host call
 // ("goplugins.host_call") and per restart of a plugin's child process
 // ("goplugins.restart", from the manager's events). A call's span is the
-// child of the span in the caller's ctx, and its trace context travels
-// into the plugin: in gRPC metadata for the gRPC transport, in the call
-// metadata of subprocess protocol version 2 (see the README), so that a
-// plugin's own spans join the host's trace.
+// child of the span in the caller's ctx. For a plugin out of process its
+// trace context travels into the plugin, written by the propagator (see
+// WithPropagator), so that the plugin's own spans join the host's trace:
+// as gRPC metadata for the gRPC transport (otelgrpc's server handler
+// continues it), and, once goplugins has call metadata (subprocess protocol
+// version 2; until then only when built with the goplugins_callmetadata
+// tag), in the call metadata that a subprocess plugin reads with
+// sdk.Metadata.
 //
 // Metrics (instrument names; every one has the attribute
-// goplugins.plugin.name):
+// goplugins.plugin.name, which is "_OTHER" for calls to a name no plugin
+// has, since callers choose those):
 //
 //	goplugins.calls                calls that reached the plugin (Observe; PluginMetrics.Calls)
 //	goplugins.call.errors          calls that failed, by error.type (the goplugins error code, or _OTHER)
@@ -123,13 +128,22 @@ type Instrumentation struct {
 type pluginOptions struct {
 	version    string
 	generation uint64
+	metricName string               // the plugin's name in measurements
 	attrs      []attribute.KeyValue // of the span
 	record     []metric.RecordOption
 }
 
+// unknownPlugin is the name measurements give calls to a name no plugin
+// has: callers choose those names, and a series each would be unbounded.
+const unknownPlugin = "_OTHER"
+
 // plugin returns the options for the plugin value, made anew after a
-// reload.
+// reload. Generation 0 (no such plugin) is not cached.
 func (i *Instrumentation) plugin(name, version string, generation uint64) *pluginOptions {
+	if generation == 0 {
+		return &pluginOptions{metricName: unknownPlugin, attrs: []attribute.KeyValue{keyPlugin.String(name)},
+			record: []metric.RecordOption{i.measure(setKey{plugin: unknownPlugin}, "", "")}}
+	}
 	if p, ok := i.plugins.Load(name); ok {
 		if p := p.(*pluginOptions); p.generation == generation && p.version == version {
 			return p
@@ -137,7 +151,7 @@ func (i *Instrumentation) plugin(name, version string, generation uint64) *plugi
 	}
 	set := i.measure(setKey{plugin: name}, "", "")
 	p := &pluginOptions{
-		version: version, generation: generation,
+		version: version, generation: generation, metricName: name,
 		attrs:  []attribute.KeyValue{keyPlugin.String(name), keyVersion.String(version), keyGeneration.Int64(int64(generation))},
 		record: []metric.RecordOption{set},
 	}

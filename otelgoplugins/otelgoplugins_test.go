@@ -17,6 +17,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
 
 	"github.com/goplugins/goplugins"
@@ -237,3 +238,57 @@ func TestGRPCPluginSpanIsChildOfHostSpan(t *testing.T) {
 }
 
 var errPlain = errors.New("plain")
+
+// TestTraceContextOnlyForOutOfProcessPlugins: the call's trace context is
+// put in the outgoing metadata for a plugin out of process, not for one in
+// process, and not when the propagator writes nothing (the global default).
+func TestTraceContextOnlyForOutOfProcessPlugins(t *testing.T) {
+	tel := newTelemetry(t)
+	silent, err := otelgoplugins.New(otelgoplugins.WithTracerProvider(tel.tp)) // the global propagator: writes nothing
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name         string
+		inst         *otelgoplugins.Instrumentation
+		outOfProcess bool
+		want         bool
+	}{
+		{"out of process", tel.inst, true, true},
+		{"in process", tel.inst, false, false},
+		{"propagator writes nothing", silent, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var sent []string
+			var spanID string
+			c := &goplugins.Call{Kind: goplugins.CallExecute, Plugin: "p", Version: "1.0.0", Generation: 1, OutOfProcess: tc.outOfProcess}
+			require.NoError(t, tc.inst.Interceptor()(context.Background(), c, func(ctx context.Context) error {
+				sent = sentTraceparent(ctx)
+				spanID = trace.SpanContextFromContext(ctx).SpanID().String()
+				return nil
+			}))
+			if !tc.want {
+				assert.Empty(t, sent)
+				return
+			}
+			require.Len(t, sent, 1)
+			assert.Contains(t, sent[0], spanID, "the call's own span is the parent")
+		})
+	}
+}
+
+// TestExecuteSpanOfAParkedCall: a call parked behind a reload names the
+// value that ran it and the time it was parked.
+func TestExecuteSpanOfAParkedCall(t *testing.T) {
+	tel := newTelemetry(t)
+	c := &goplugins.Call{Kind: goplugins.CallExecute, Plugin: "p", Version: "1.0.0", Generation: 1}
+	require.NoError(t, tel.inst.Interceptor()(context.Background(), c, func(context.Context) error {
+		c.Version, c.Generation, c.Parked = "1.1.0", 2, 3*time.Millisecond // as the manager sets them
+		return nil
+	}))
+	spans := tel.ended("goplugins.execute")
+	require.Len(t, spans, 1)
+	a := attrs(spans[0])
+	assert.Equal(t, "1.1.0", a["goplugins.plugin.version"].AsString())
+	assert.Equal(t, int64(2), a["goplugins.plugin.generation"].AsInt64())
+	assert.Equal(t, 0.003, a["goplugins.call.parked"].AsFloat64())
+	assert.NotContains(t, a, attribute.Key("goplugins.call.retries"), "no retry: no attribute")
+}
