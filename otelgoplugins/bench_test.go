@@ -67,3 +67,18 @@ func tracedInstrumentation(b *testing.B, sampler sdktrace.Sampler) *otelgoplugin
 	}
 	return inst
 }
+
+// BenchmarkSDKSpan is what the SDK alone costs for one span (start and end,
+// the batch processor and no-op exporter of BenchmarkExecuteTraced): the
+// floor under BenchmarkExecuteTraced's overhead.
+func BenchmarkSDKSpan(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	tr := tp.Tracer("bench")
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		_, s := tr.Start(ctx, "span")
+		s.End()
+	}
+}

@@ -12,7 +12,11 @@
 // Traces: a span per call ("goplugins.execute"), per reload
 // ("goplugins.reload", its phases as span events), per host call
 // ("goplugins.host_call") and per restart of a plugin's child process
-// ("goplugins.restart", from the manager's events). A call's span is the
+// ("goplugins.restart", from the manager's events). A call's span has the
+// attributes goplugins.plugin.name, .version and .generation (of the value
+// that ran it), goplugins.call.retries and goplugins.call.parked (seconds
+// behind a reload; both only when not zero), and on failure the status
+// Error and error.type (the goplugins error code, or _OTHER). A call's span is the
 // child of the span in the caller's ctx. For a plugin out of process its
 // trace context travels into the plugin, written by the propagator (see
 // WithPropagator), so that the plugin's own spans join the host's trace:
