@@ -33,8 +33,9 @@ func (k CallKind) String() string {
 // Call is what an Interceptor sees of one operation. The manager fills in
 // the request side before the first interceptor runs and the outcome when
 // the operation returns, before next returns; an interceptor reads the
-// outcome after calling next. A Call belongs to one operation: do not keep
-// it after the interceptor returns.
+// outcome after calling next. The manager reads nothing back from it:
+// changing a field changes only what the interceptors after see. A Call
+// belongs to one operation: do not keep it after the interceptor returns.
 type Call struct {
 	// Kind says what the operation is.
 	Kind CallKind
@@ -95,9 +96,9 @@ type Interceptor func(ctx context.Context, call *Call, next Handler) error
 // WithInterceptors adds interceptors that wrap every Execute, Reload and
 // host call of the manager. The first given is the outermost: it runs
 // first and sees the outcome last; a later WithInterceptors adds inside
-// the earlier ones. Without interceptors, Execute costs what it costs
-// without this option; with them, each call allocates (the Call, the
-// request and response as any).
+// the earlier ones; nil ones are ignored. Without any, Execute costs no
+// more than without the option and allocates nothing; with them, each call
+// allocates (the Call, the request and the response as any).
 func WithInterceptors(ics ...Interceptor) Option {
 	return managerOption(func(c *managerConfig) {
 		for _, ic := range ics {
@@ -165,7 +166,7 @@ func servedBy[Req, Resp any](c *Call, g *generation[Req, Resp]) {
 
 // executeIntercepted is Execute through the interceptors.
 func (m *Manager[Req, Resp]) executeIntercepted(ctx context.Context, name string, req Req) (Resp, error) {
-	x := &intercepted[Req, Resp]{m: m, req: req}
+	x := &intercepted[Req, Resp]{m: m, name: name, req: req}
 	x.call = Call{Kind: CallExecute, Plugin: name, Request: req}
 	m.serving(&x.call)
 	err := intercept(ctx, m.interceptor, m.cfg.logger, &x.call, x.execute)
@@ -177,12 +178,13 @@ func (m *Manager[Req, Resp]) executeIntercepted(ctx context.Context, name string
 type intercepted[Req, Resp any] struct {
 	call Call
 	m    *Manager[Req, Resp]
+	name string
 	req  Req
 	resp Resp
 }
 
 func (x *intercepted[Req, Resp]) execute(ctx context.Context) (err error) {
-	x.resp, err = x.m.execute(ctx, x.call.Plugin, x.req, &x.call)
+	x.resp, err = x.m.execute(ctx, x.name, x.req, &x.call)
 	x.call.Response = x.resp
 	return err
 }

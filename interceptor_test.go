@@ -110,6 +110,31 @@ func TestInterceptorShortCircuits(t *testing.T) {
 	assert.Equal(t, BreakerClosed, pm.Breaker)
 }
 
+// TestInterceptorChangingCallChangesNothing: the manager reads nothing
+// back from the Call; the interceptors after see the change.
+func TestInterceptorChangingCallChangesNothing(t *testing.T) {
+	redirect := func(ctx context.Context, c *Call, next Handler) error {
+		c.Plugin, c.Request = "other", 99
+		return next(ctx)
+	}
+	var inner Call
+	see := func(ctx context.Context, c *Call, next Handler) error {
+		inner = *c
+		return next(ctx)
+	}
+	m := newTestManager(t, WithInterceptors(redirect, see))
+	require.NoError(t, m.Register(newEcho("echo", "1.0.0")))
+	require.NoError(t, m.Register(&scripted{name: "other", version: "1.0.0", exec: func(context.Context, int) (int, error) {
+		t.Error("the call went to the plugin the interceptor named")
+		return 0, nil
+	}}))
+	resp, err := m.Execute(context.Background(), "echo", 7)
+	require.NoError(t, err)
+	assert.Equal(t, 7, resp, "echo served the caller's request")
+	assert.Equal(t, "other", inner.Plugin)
+	assert.Equal(t, 99, inner.Request)
+}
+
 // TestInterceptorReplacesError: Execute returns what the outermost
 // interceptor returns, and the response the plugin gave.
 func TestInterceptorReplacesError(t *testing.T) {
