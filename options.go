@@ -13,14 +13,15 @@ type Option interface{ applyManager(*managerConfig) }
 type PluginOption interface{ applyPlugin(*pluginConfig) }
 
 type managerConfig struct {
+	// interceptors, first outermost (WithInterceptors)
+	interceptors []Interceptor
+
 	logger      *slog.Logger
 	policy      *VersionPolicy
 	eventBuffer int
 	sampleMask  uint64
 	plugin      pluginConfig
 	dispatcher  *ReloadDispatcher
-	// interceptors, first outermost (WithInterceptors)
-	interceptors []Interceptor
 }
 
 type pluginConfig struct {
