@@ -27,7 +27,8 @@ type Manager interface {
 // the calls in flight and the breaker state of every plugin (from
 // m.Metrics). stop ends the
 // recording (a restart span still open ends then, as an error); it waits
-// for nothing and may be called more than once.
+// for nothing and may be called more than once. Observe a manager once:
+// a second Observe counts its events twice.
 func (i *Instrumentation) Observe(m Manager) (stop func(), err error) {
 	o := &observer{i: i, open: map[string]trace.Span{}}
 	reg, err := i.meter.RegisterCallback(func(ctx context.Context, obs metric.Observer) error {

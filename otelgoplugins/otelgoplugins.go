@@ -4,7 +4,7 @@
 //
 // One Instrumentation serves any number of managers:
 //
-//	inst, err := otelgoplugins.New() // the global providers, or WithTracerProvider...
+//	inst, err := otelgoplugins.New() // the global providers, or WithTracerProvider, ...
 //	m := goplugins.NewManager[Req, Resp](goplugins.WithInterceptors(inst.Interceptor()))
 //	stop, err := inst.Observe(m) // restarts, in-flight calls, breaker states
 //	defer stop()
@@ -110,8 +110,10 @@ func WithPropagator(p propagation.TextMapPropagator) Option {
 }
 
 // Instrumentation turns a manager's calls, reloads, host calls and events
-// into spans and measurements. It is safe for concurrent use, and one may
-// serve several managers.
+// into spans and measurements. It is safe for concurrent use. One may serve
+// several managers whose plugins have different names; the series of
+// managers that share plugin names mix, so give each its own (with
+// providers or attributes that tell them apart).
 type Instrumentation struct {
 	tracer trace.Tracer
 	meter  metric.Meter
