@@ -57,6 +57,8 @@ func (i *Instrumentation) execute(ctx context.Context, c *goplugins.Call, next g
 			span.SetAttributes(keyParked.Float64(c.Parked.Seconds()))
 		}
 		endSpan(span, err)
+	} else {
+		span.End()
 	}
 	i.duration.Record(ctx, d.Seconds(), p.record...)
 	if err != nil {
@@ -101,13 +103,11 @@ func (i *Instrumentation) reload(ctx context.Context, c *goplugins.Call, next go
 			reloadEvents(span, start, rep)
 		}
 	}
-	if span.IsRecording() {
-		var re *goplugins.ReloadError
-		if errors.As(err, &re) {
-			span.SetAttributes(attribute.String("goplugins.reload.failed_phase", re.Phase))
-		}
-		endSpan(span, err)
+	var re *goplugins.ReloadError
+	if span.IsRecording() && errors.As(err, &re) {
+		span.SetAttributes(attribute.String("goplugins.reload.failed_phase", re.Phase))
 	}
+	endSpan(span, err)
 	return err
 }
 

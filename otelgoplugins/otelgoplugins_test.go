@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/goleak"
 
 	"github.com/goplugins/goplugins"
@@ -291,4 +293,48 @@ func TestExecuteSpanOfAParkedCall(t *testing.T) {
 	assert.Equal(t, int64(2), a["goplugins.plugin.generation"].AsInt64())
 	assert.Equal(t, 0.003, a["goplugins.call.parked"].AsFloat64())
 	assert.NotContains(t, a, attribute.Key("goplugins.call.retries"), "no retry: no attribute")
+}
+
+// endCounter is a TracerProvider whose spans do not record and count
+// their ends.
+type endCounter struct {
+	noop.TracerProvider
+	started, ended atomic.Int32
+}
+
+func (p *endCounter) Tracer(string, ...trace.TracerOption) trace.Tracer { return countingTracer{p: p} }
+
+type countingTracer struct {
+	noop.Tracer
+	p *endCounter
+}
+
+func (t countingTracer) Start(ctx context.Context, _ string, _ ...trace.SpanStartOption) (context.Context, trace.Span) {
+	t.p.started.Add(1)
+	s := countingSpan{p: t.p}
+	return trace.ContextWithSpan(ctx, s), s
+}
+
+type countingSpan struct {
+	noop.Span
+	p *endCounter
+}
+
+func (s countingSpan) End(...trace.SpanEndOption) { s.p.ended.Add(1) }
+
+// TestSpansEndWhenNotRecording: every span started is ended, also one
+// that does not record (a sampled-out span).
+func TestSpansEndWhenNotRecording(t *testing.T) {
+	tp := &endCounter{}
+	inst, err := otelgoplugins.New(otelgoplugins.WithTracerProvider(tp))
+	require.NoError(t, err)
+	m := goplugins.NewManager[int, int](goplugins.WithInterceptors(inst.Interceptor()))
+	defer m.Shutdown(context.Background())
+	require.NoError(t, m.Register(echo("1.0.0")))
+	_, err = m.Execute(context.Background(), "echo", 1)
+	require.NoError(t, err)
+	_, err = m.Reload(context.Background(), "echo", echo("1.1.0"))
+	require.NoError(t, err)
+	assert.Equal(t, int32(2), tp.started.Load())
+	assert.Equal(t, int32(2), tp.ended.Load())
 }
