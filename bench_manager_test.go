@@ -59,3 +59,21 @@ func BenchmarkExecuteRejected(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkExecuteIntercepted: the cost of one interceptor that only
+// calls next (compare with BenchmarkExecute in the same run).
+func BenchmarkExecuteIntercepted(b *testing.B) {
+	pass := func(ctx context.Context, c *Call, next Handler) error { return next(ctx) }
+	m := NewManager[int, int](WithInterceptors(pass), WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
+	if err := m.Register(newEcho("echo", "1.0.0")); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Shutdown(context.Background()) })
+	ctx := context.Background()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if _, err := m.Execute(ctx, "echo", i); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

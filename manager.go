@@ -18,8 +18,8 @@ import (
 // Execute is lock-free: it reads an immutable snapshot of the registry
 // through an atomic pointer, which Register and Unregister replace
 // copy-on-write. On its success path, and when it refuses a call, it
-// takes no mutex and allocates nothing (unless a timeout is configured,
-// see WithTimeout).
+// takes no mutex and allocates nothing (unless a timeout or interceptors
+// are configured, see WithTimeout and WithInterceptors).
 //
 // A Manager is safe for concurrent use. Shutdown releases everything it
 // holds; no goroutine of the manager outlives a Shutdown that returned nil,
@@ -28,9 +28,11 @@ import (
 // Manager cannot be reused after Shutdown.
 type Manager[Req, Resp any] struct {
 	cfg managerConfig
-	reg atomic.Pointer[registry[Req, Resp]]
-	mu  sync.Mutex // serializes writers of reg
-	bus eventBus
+	// interceptor chains cfg.interceptors; nil when there is none.
+	interceptor Interceptor
+	reg         atomic.Pointer[registry[Req, Resp]]
+	mu          sync.Mutex // serializes writers of reg
+	bus         eventBus
 
 	// closing is cancelled when Shutdown starts; it aborts reloads.
 	closing       context.Context
@@ -91,7 +93,7 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 	for _, o := range opts {
 		o.applyManager(&cfg)
 	}
-	m := &Manager[Req, Resp]{cfg: cfg}
+	m := &Manager[Req, Resp]{cfg: cfg, interceptor: chainInterceptors(cfg.interceptors)}
 	m.bus = eventBus{log: cfg.logger, buffer: cfg.eventBuffer}
 	m.closing, m.cancelClosing = context.WithCancel(context.Background())
 	m.abandon, m.cancelAbandon = context.WithCancel(context.Background())
@@ -290,7 +292,19 @@ func (m *Manager[Req, Resp]) newEntry(name string, cfg pluginConfig) *entry[Req,
 // the drain timeout) and then runs on whichever plugin serves after the
 // reload: no call is dropped. A refused call (breaker open, unhealthy)
 // returns an error built once per plugin: do not modify it.
+//
+// With interceptors (WithInterceptors), the call runs through them, and
+// Execute returns the error the outermost one returns.
 func (m *Manager[Req, Resp]) Execute(ctx context.Context, name string, req Req) (Resp, error) {
+	if m.interceptor != nil {
+		return m.executeIntercepted(ctx, name, req)
+	}
+	return m.execute(ctx, name, req, nil)
+}
+
+// execute is Execute; c, when not nil, gets the plugin value that served,
+// the retries and the time parked.
+func (m *Manager[Req, Resp]) execute(ctx context.Context, name string, req Req, c *Call) (Resp, error) {
 	for {
 		e := m.reg.Load().entries[name]
 		if e == nil {
@@ -317,18 +331,32 @@ func (m *Manager[Req, Resp]) Execute(ctx context.Context, name string, req Req) 
 		if gt := g.gate.Load(); gt != nil {
 			g.backout(shard)
 			e.brk.release(t)
-			if gt.wait(ctx) != nil {
+			if park(ctx, gt, c) != nil {
 				var zero Resp
 				return zero, canceledError(ctx, name)
 			}
 			continue
 		}
-		return e.execute(ctx, g, shard, n, t, req)
+		if c != nil {
+			servedBy(c, g)
+		}
+		return e.run(ctx, g, shard, n, t, req, c)
 	}
 }
 
-// execute runs an admitted call, with retries, and books it.
-func (e *entry[Req, Resp]) execute(ctx context.Context, g *generation[Req, Resp], shard uint32, n uint64, t ticket, req Req) (Resp, error) {
+// park waits on the gate, adding the time to c's when c is not nil.
+func park(ctx context.Context, gt *gate, c *Call) error {
+	if c == nil {
+		return gt.wait(ctx)
+	}
+	start := time.Now()
+	err := gt.wait(ctx)
+	c.Parked += time.Since(start)
+	return err
+}
+
+// run runs an admitted call, with retries, and books it.
+func (e *entry[Req, Resp]) run(ctx context.Context, g *generation[Req, Resp], shard uint32, n uint64, t ticket, req Req, c *Call) (Resp, error) {
 	var start time.Time
 	sampled := n&e.m.cfg.sampleMask == 0
 	if sampled {
@@ -337,7 +365,7 @@ func (e *entry[Req, Resp]) execute(ctx context.Context, g *generation[Req, Resp]
 	resp, err := e.attempt(ctx, g, req)
 	e.brk.record(ctx, t, err)
 	if err != nil && e.cfg.retry.MaxAttempts > 1 {
-		resp, err = e.retry(ctx, g, req, err)
+		resp, err = e.retry(ctx, g, req, err, c)
 	}
 	g.finish(shard)
 	if sampled {
@@ -355,7 +383,7 @@ func (e *entry[Req, Resp]) execute(ctx context.Context, g *generation[Req, Resp]
 // retry re-runs a failed call while its error is retryable, with backoff.
 // A retry the breaker refuses ends the call with the last attempt's error:
 // the call ran and failed, so it is not counted as rejected too.
-func (e *entry[Req, Resp]) retry(ctx context.Context, g *generation[Req, Resp], req Req, err error) (Resp, error) {
+func (e *entry[Req, Resp]) retry(ctx context.Context, g *generation[Req, Resp], req Req, err error, c *Call) (Resp, error) {
 	var resp Resp
 	backoff := e.cfg.retry.Backoff
 	for attempt := 1; attempt < e.cfg.retry.MaxAttempts && IsRetryable(err); attempt++ {
@@ -372,6 +400,9 @@ func (e *entry[Req, Resp]) retry(ctx context.Context, g *generation[Req, Resp], 
 			return resp, err
 		}
 		e.ctr.retries.Add(1)
+		if c != nil {
+			c.Retries++
+		}
 		resp, err = e.attempt(ctx, g, req)
 		e.brk.record(ctx, t, err)
 	}

@@ -13,6 +13,9 @@ type Option interface{ applyManager(*managerConfig) }
 type PluginOption interface{ applyPlugin(*pluginConfig) }
 
 type managerConfig struct {
+	// interceptors, first outermost (WithInterceptors)
+	interceptors []Interceptor
+
 	logger      *slog.Logger
 	policy      *VersionPolicy
 	eventBuffer int

@@ -195,8 +195,16 @@ func (e *ReloadError) Unwrap() []error {
 // closes the old plugin. Unregister during a reload waits for it and
 // removes whichever version serves. A plugin that is not registered is
 // reported with ErrNotFound (or ErrClosed after Shutdown), without a
-// ReloadError.
+// ReloadError. With interceptors (WithInterceptors), the reload runs
+// through them.
 func (m *Manager[Req, Resp]) Reload(ctx context.Context, name string, next Plugin[Req, Resp], opts ...ReloadOption) (ReloadReport, error) {
+	if m.interceptor != nil {
+		return m.reloadIntercepted(ctx, name, next, opts)
+	}
+	return m.reload(ctx, name, next, opts)
+}
+
+func (m *Manager[Req, Resp]) reload(ctx context.Context, name string, next Plugin[Req, Resp], opts []ReloadOption) (ReloadReport, error) {
 	r := &reload[Req, Resp]{m: m, began: time.Now(), rep: ReloadReport{Plugin: name}}
 	for _, o := range opts {
 		o.applyReload(&r.cfg)
