@@ -2,6 +2,7 @@ package goplugins
 
 import (
 	"crypto/sha256"
+	goerrors "github.com/agilira/go-errors"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -268,7 +269,7 @@ func parseManifestNamed(path string, data []byte, o manifestOptions) (*Manifest,
 		name = ""
 	}
 	if err != nil {
-		return nil, name, wrapError(err, codeInvalidManifest, name, "manifest %s does not parse", abs)
+		return nil, name, parseError(err, name, abs)
 	}
 	v := manifestValidator{path: abs, dir: filepath.Dir(abs), opts: o}
 	m := v.validate(&raw)
@@ -277,4 +278,17 @@ func parseManifestNamed(path string, data []byte, o manifestOptions) (*Manifest,
 	}
 	m.Hash = sha256.Sum256(data)
 	return m, name, nil
+}
+
+// parseError is the error of a manifest that does not decode: its problems
+// (see ManifestProblems) are the decoder's, each naming its field where the
+// decoder knows it.
+func parseError(err error, name, path string) error {
+	ps, ok := err.(decodeProblems)
+	if !ok {
+		ps = decodeProblems{{Reason: err.Error()}}
+	}
+	e := wrapError(err, codeInvalidManifest, name, "manifest %s does not parse", path).(*goerrors.Error)
+	e.WithContext(problemsKey, []ManifestProblem(ps))
+	return e
 }

@@ -279,7 +279,25 @@ func unknownJSONField(path string, key []byte) error {
 	if path != "" {
 		name = path + "." + name
 	}
-	return fmt.Errorf("unknown field %q (remove it or fix its spelling)", name)
+	return fieldProblem(name, "unknown field %q (remove it or fix its spelling)", name)
+}
+
+// decodeProblems are the problems of a manifest that does not decode,
+// each naming its field where the decoder knows it; Reason is the whole
+// message.
+type decodeProblems []ManifestProblem
+
+func (d decodeProblems) Error() string {
+	msgs := make([]string, len(d))
+	for i, p := range d {
+		msgs[i] = p.Reason
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// fieldProblem is the decoding problem of one field.
+func fieldProblem(field, format string, args ...any) error {
+	return decodeProblems{{Field: field, Reason: fmt.Sprintf(format, args...)}}
 }
 
 // jsonDecoder reads JSON values from data (RFC 8259).
@@ -353,7 +371,7 @@ func (d *jsonDecoder) kind() string {
 
 func (d *jsonDecoder) typeError(field, want string) error {
 	if got := d.kind(); got != "value" {
-		return fmt.Errorf("field %q: got a JSON %s, want %s", field, got, want)
+		return fieldProblem(field, "field %q: got a JSON %s, want %s", field, got, want)
 	}
 	return d.syntax("a JSON value")
 }
@@ -493,13 +511,13 @@ func (d *jsonDecoder) int(field string, n *int) error {
 	case d.pos == digits:
 		return d.syntax("a digit")
 	case d.data[digits] == '0' && d.pos-digits > 1:
-		return fmt.Errorf("field %q: number at byte %d has a leading zero", field, start)
+		return fieldProblem(field, "field %q: number at byte %d has a leading zero", field, start)
 	case d.pos < len(d.data) && (d.data[d.pos] == '.' || d.data[d.pos] == 'e' || d.data[d.pos] == 'E'):
-		return fmt.Errorf("field %q: want an integer, got a fraction or exponent at byte %d", field, d.pos)
+		return fieldProblem(field, "field %q: want an integer, got a fraction or exponent at byte %d", field, d.pos)
 	}
 	v, err := strconv.Atoi(string(d.data[start:d.pos]))
 	if err != nil {
-		return fmt.Errorf("field %q: %s is out of range", field, d.data[start:d.pos])
+		return fieldProblem(field, "field %q: %s is out of range", field, d.data[start:d.pos])
 	}
 	*n = v
 	return nil
@@ -544,9 +562,9 @@ func (s *keySet) add(key []byte) bool {
 // YAML refuses it: encoding/json would keep the last one quietly.
 func duplicateJSONKey(field string, key []byte) error {
 	if field == "" {
-		return fmt.Errorf("field %q is given twice; give each field once", key)
+		return fieldProblem(string(key), "field %q is given twice; give each field once", key)
 	}
-	return fmt.Errorf("field %q: key %q is given twice; give each key once", field, key)
+	return fieldProblem(field, "field %q: key %q is given twice; give each key once", field, key)
 }
 
 // key reads an object key at d.pos, which holds '"'. Without escapes it is
@@ -693,7 +711,7 @@ func decodeYAMLManifest(data []byte, raw *rawManifest) (err error) {
 		}
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
-			return errors.New(yamlTypeErrors(te))
+			return yamlTypeErrors(te)
 		}
 		return err
 	}
@@ -704,24 +722,26 @@ func decodeYAMLManifest(data []byte, raw *rawManifest) (err error) {
 	return nil
 }
 
-// yamlTypeErrors rewrites yaml's "field x not found in type goplugins.raw…"
-// into `unknown field "x"`, which names the field without internal types.
-func yamlTypeErrors(te *yaml.TypeError) string {
+// yamlTypeErrors turns yaml's errors into problems, rewriting "field x not
+// found in type goplugins.raw…" into `unknown field "x"`, which names the
+// field without internal types.
+func yamlTypeErrors(te *yaml.TypeError) decodeProblems {
 	errs := te.Errors
 	if len(errs) > maxProblems {
 		errs = errs[:maxProblems]
 	}
-	msgs := make([]string, len(errs), len(errs)+1)
+	ps := make(decodeProblems, len(errs), len(errs)+1)
 	for i, e := range errs {
+		ps[i].Reason = e
 		if j := strings.Index(e, ": field "); j >= 0 {
 			if k := strings.Index(e[j:], " not found in type "); k >= 0 {
-				e = fmt.Sprintf("%s: unknown field %q (remove it or fix its spelling)", e[:j], e[j+len(": field "):j+k])
+				ps[i].Field = e[j+len(": field ") : j+k]
+				ps[i].Reason = fmt.Sprintf("%s: unknown field %q (remove it or fix its spelling)", e[:j], ps[i].Field)
 			}
 		}
-		msgs[i] = e
 	}
 	if n := len(te.Errors) - len(errs); n > 0 {
-		msgs = append(msgs, fmt.Sprintf("and %d more problems", n))
+		ps = append(ps, ManifestProblem{Reason: fmt.Sprintf("and %d more problems", n)})
 	}
-	return strings.Join(msgs, "; ")
+	return ps
 }

@@ -301,3 +301,33 @@ func TestConfigInlinePluginHostFunctions(t *testing.T) {
 	require.Len(t, cfg.Plugins, 1)
 	require.Equal(t, []string{"kv.get"}, cfg.Plugins[0].HostFunctions)
 }
+
+// TestManifestProblemsListsEachProblem: ManifestProblems gives every field
+// problem of a file on its own, a file that does not parse as one problem
+// without a field, and nothing for an error of another kind.
+func TestManifestProblemsListsEachProblem(t *testing.T) {
+	_, err := ParseManifest("/p/plugin.json", []byte(`{"name": "p", "version": "v1", "transport": "wasm"}`))
+	require.ErrorIs(t, err, ErrInvalidManifest)
+	ps := ManifestProblems(err)
+	require.Len(t, ps, 2, "%v", ps)
+	assert.Equal(t, "version", ps[0].Field)
+	assert.Contains(t, ps[0].Reason, `"v1"`)
+	assert.Equal(t, "transport", ps[1].Field)
+	assert.Contains(t, ps[1].Reason, `"wasm" is unknown`)
+	assert.Contains(t, err.Error(), ps[1].String(), "the message lists each problem")
+
+	_, err = ParseManifest("/p/plugin.json", []byte(`{"name": "p",`))
+	ps = ManifestProblems(err)
+	require.Len(t, ps, 1)
+	assert.Empty(t, ps[0].Field)
+	assert.Contains(t, ps[0].Reason, "unexpected end of JSON input")
+	assert.NotContains(t, ps[0].Reason, `plugin "p": `, "the plugin is not named twice")
+
+	_, err = ParseManifest("/p/plugin.yaml", []byte("name: p\nversion: 1.0.0\ntransport: inprocess\ntimout: 1s\nhelth: {}\n"))
+	ps = ManifestProblems(err)
+	require.Len(t, ps, 2, "%v", ps)
+	assert.Equal(t, []string{"timout", "helth"}, []string{ps[0].Field, ps[1].Field}, "each unknown YAML field on its own")
+
+	assert.Nil(t, ManifestProblems(ErrTimeout))
+	assert.Nil(t, ManifestProblems(nil))
+}

@@ -25,7 +25,7 @@ import (
 type manifestValidator struct {
 	path, dir string
 	opts      manifestOptions
-	problems  []string
+	problems  []ManifestProblem
 	more      int   // problems beyond maxProblems
 	cause     error // the first cause
 }
@@ -42,15 +42,15 @@ func (v *manifestValidator) fail(field, format string, args ...any) {
 		v.more++
 		return
 	}
-	msg := fmt.Sprintf("field %q: ", field) + fmt.Sprintf(format, args...)
-	if len(msg) > maxProblemLen {
+	reason := fmt.Sprintf(format, args...)
+	if len(reason) > maxProblemLen {
 		cut := maxProblemLen
-		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
 			cut--
 		}
-		msg = msg[:cut] + "..."
+		reason = reason[:cut] + "..."
 	}
-	v.problems = append(v.problems, msg)
+	v.problems = append(v.problems, ManifestProblem{Field: field, Reason: reason})
 }
 
 func (v *manifestValidator) failCause(field string, cause error, format string, args ...any) {
@@ -65,22 +65,75 @@ func (v *manifestValidator) err(name string) error {
 		return nil
 	}
 	if v.more > 0 {
-		v.problems = append(v.problems, fmt.Sprintf("and %d more problems", v.more))
+		v.problems = append(v.problems, ManifestProblem{Reason: fmt.Sprintf("and %d more problems", v.more)})
 	}
+	parts := make([]string, len(v.problems))
+	for i, p := range v.problems {
+		parts[i] = p.String()
+	}
+	msg := fmt.Sprintf("manifest %s: %s", v.path, strings.Join(parts, "; "))
+	var e *goerrors.Error
 	if v.cause == nil {
-		return newError(codeInvalidManifest, name, "manifest %s: %s", v.path, strings.Join(v.problems, "; "))
+		e = newError(codeInvalidManifest, name, "%s", msg).(*goerrors.Error)
+	} else {
+		// The problems already describe the cause: wrap it for errors.Is
+		// without repeating its text.
+		if name != "" {
+			msg = fmt.Sprintf("plugin %q: %s", name, msg)
+		}
+		e = goerrors.Wrap(v.cause, codeInvalidManifest, msg)
+		if name != "" {
+			e.WithContext("plugin", name)
+		}
 	}
-	// The problems already describe the cause: wrap it for errors.Is
-	// without repeating its text.
-	msg := fmt.Sprintf("manifest %s: %s", v.path, strings.Join(v.problems, "; "))
-	if name != "" {
-		msg = fmt.Sprintf("plugin %q: %s", name, msg)
-	}
-	e := goerrors.Wrap(v.cause, codeInvalidManifest, msg)
-	if name != "" {
-		e.WithContext("plugin", name)
-	}
+	e.WithContext(problemsKey, slices.Clone(v.problems))
 	return e
+}
+
+// ManifestProblem is one problem found in a manifest file.
+type ManifestProblem struct {
+	// Field is the manifest field concerned, such as "requires.host";
+	// empty for a problem of the whole file.
+	Field string
+	// Reason says what is wrong and what to do about it.
+	Reason string
+}
+
+// String returns `field "F": reason`, or the reason alone.
+func (p ManifestProblem) String() string {
+	if p.Field == "" {
+		return p.Reason
+	}
+	return fmt.Sprintf("field %q: %s", p.Field, p.Reason)
+}
+
+// problemsKey is the error context field that holds a manifest's problems.
+const problemsKey = "manifest_problems"
+
+// ManifestProblems returns the problems listed by err, an error matching
+// ErrInvalidManifest (from LoadManifest, ParseManifest, a scan or the
+// loader): every field problem of the file, each on its own, or one
+// problem without a field for a file that does not parse, is too large or
+// is declared twice. It returns nil for an error that does not match
+// ErrInvalidManifest.
+func ManifestProblems(err error) []ManifestProblem {
+	if !errors.Is(err, ErrInvalidManifest) {
+		return nil
+	}
+	var ge *goerrors.Error
+	for e := err; errors.As(e, &ge); e = ge.Unwrap() {
+		if ps, ok := ge.Context[problemsKey].([]ManifestProblem); ok {
+			return slices.Clone(ps)
+		}
+	}
+	if !errors.As(err, &ge) {
+		return []ManifestProblem{{Reason: err.Error()}}
+	}
+	msg := ge.Message
+	if plugin, ok := ge.Context["plugin"].(string); ok {
+		msg = strings.TrimPrefix(msg, fmt.Sprintf("plugin %q: ", plugin))
+	}
+	return []ManifestProblem{{Reason: msg}}
 }
 
 func validName(name string) bool { return validateName(name) == nil }

@@ -9,11 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
-
-	goerrors "github.com/agilira/go-errors"
 
 	"github.com/goplugins/goplugins"
 )
@@ -138,66 +135,26 @@ func printValidate(w io.Writer, rep validateReport) {
 	fmt.Fprintf(w, "%d valid, %d invalid\n", rep.Valid, rep.Invalid)
 }
 
-// fieldPrefix matches the start of one problem in the library's messages:
-// `field "name": ` (validation) or `unknown field "x"` and `line 3:` (the
-// decoders).
-var fieldPrefix = regexp.MustCompile(`^(?:field "([^"]+)": |unknown field "([^"]+)"|line \d+: (?:unknown field "([^"]+)")?|and \d+ more problems$)`)
-
-// pluginPrefix is the `plugin "name": ` a library message starts with.
-var pluginPrefix = regexp.MustCompile(`^plugin "(?:[^"\\]|\\.)*": `)
-
-// manifestProblems splits the library's one-line error about the manifest
-// file at path into its problems. The library lists every problem of a
-// file in one message ("manifest PATH: field "a": why; field "b": why");
-// values in it are quoted with %q, so a "; field " inside a value is
-// escaped and cannot be taken for a separator.
+// manifestProblems returns the problems of the manifest file at path that
+// err reports, each with its field (see goplugins.ManifestProblems); the
+// file's own name is left out of a reason, as the report names it.
 func manifestProblems(err error, path string) []problem {
-	msg := err.Error()
-	var ge *goerrors.Error
-	if errors.As(err, &ge) {
-		msg = ge.Message
+	ps := goplugins.ManifestProblems(err)
+	if ps == nil {
+		ps = []goplugins.ManifestProblem{{Reason: err.Error()}}
 	}
-	msg = pluginPrefix.ReplaceAllString(msg, "")
-	for _, head := range []string{"manifest " + path + ": ", "manifest " + path + " does not parse: "} {
-		if rest, ok := strings.CutPrefix(msg, head); ok {
-			msg = rest // the file is named already
-			break
+	out := make([]problem, len(ps))
+	for i, p := range ps {
+		reason := p.Reason
+		for _, head := range []string{"manifest " + path + ": ", "manifest " + path + " does not parse: "} {
+			if rest, ok := strings.CutPrefix(reason, head); ok {
+				reason = rest
+				break
+			}
 		}
-	}
-	var out []problem
-	for _, part := range splitProblems(msg) {
-		out = append(out, toProblem(part))
+		out[i] = problem{Field: p.Field, Reason: reason}
 	}
 	return out
-}
-
-// splitProblems cuts msg at each "; " that starts a new problem.
-func splitProblems(msg string) []string {
-	var parts []string
-	start := 0
-	for i := 0; i+2 < len(msg); i++ {
-		if msg[i] == ';' && msg[i+1] == ' ' && fieldPrefix.MatchString(msg[i+2:]) {
-			parts = append(parts, msg[start:i])
-			start = i + 2
-		}
-	}
-	return append(parts, msg[start:])
-}
-
-func toProblem(part string) problem {
-	m := fieldPrefix.FindStringSubmatch(part)
-	if m == nil {
-		return problem{Reason: part}
-	}
-	switch {
-	case m[1] != "":
-		return problem{Field: m[1], Reason: part[len(m[0]):]}
-	case m[2] != "":
-		return problem{Field: m[2], Reason: part}
-	case m[3] != "":
-		return problem{Field: m[3], Reason: part}
-	}
-	return problem{Reason: part}
 }
 
 // commandProblems checks the file a valid manifest's command names: that

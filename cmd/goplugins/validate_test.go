@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	goerrors "github.com/agilira/go-errors"
+	"github.com/goplugins/goplugins"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -113,21 +113,22 @@ func TestValidateChecksTheCommandFile(t *testing.T) {
 	}
 }
 
-// TestManifestProblemsSplitsOnlyBetweenProblems covers the reading of the
-// library's message: a value holding `; field "` is quoted (escaped), so
-// it is not taken for the start of another problem.
-func TestManifestProblemsSplitsOnlyBetweenProblems(t *testing.T) {
-	err := goerrors.New("PLUGIN_INVALID_MANIFEST",
-		`plugin "x": manifest /p/plugin.json: field "version": "1; field \"name\": no" is not a strict semantic version; field "timeout": "soon" is not a duration; write it like "5s"`)
-	assert.Equal(t, []problem{
-		{"version", `"1; field \"name\": no" is not a strict semantic version`},
-		{"timeout", `"soon" is not a duration; write it like "5s"`},
-	}, manifestProblems(err, "/p/plugin.json"))
+// TestManifestProblemsNamesFieldsAndLeavesOutTheFile covers the reading
+// of the library's problems: each field problem on its own, a value
+// holding `; field "` kept whole, and the file's own name left out.
+func TestManifestProblemsNamesFieldsAndLeavesOutTheFile(t *testing.T) {
+	_, err := goplugins.ParseManifest("/p/plugin.json", []byte(`{"name": "x", "version": "1; field \"name\": no", "transport": "inprocess", "timeout": "soon"}`))
+	ps := manifestProblems(err, "/p/plugin.json")
+	require.Len(t, ps, 2, "%v", ps)
+	assert.Equal(t, "version", ps[0].Field)
+	assert.Contains(t, ps[0].Reason, `1; field \"name\": no`)
+	assert.Equal(t, "timeout", ps[1].Field)
 	assert.Equal(t, []problem{{"", "manifest /p/plugin.json is a named pipe"}},
 		manifestProblems(errors.New("manifest /p/plugin.json is a named pipe"), "/p/plugin.json"))
-	dup := goerrors.New("PLUGIN_INVALID_MANIFEST", `plugin "x": declared by more than one manifest (/a/plugin.json, /b/plugin.json); neither is used`)
-	assert.Equal(t, []problem{{"", "declared by more than one manifest (/a/plugin.json, /b/plugin.json); neither is used"}},
-		manifestProblems(dup, "/a/plugin.json"))
+	_, err = goplugins.ParseManifest("/p/plugin.json", []byte(`{"name": "x",`))
+	ps = manifestProblems(err, "/p/plugin.json")
+	require.Len(t, ps, 1)
+	assert.NotContains(t, ps[0].Reason, "/p/plugin.json", "the file is named by the report")
 }
 
 // TestValidateReportsDuplicateNames covers two manifests of one name:
