@@ -110,6 +110,7 @@ type grpcPlugin[Req, Resp any] struct {
 	log    *slog.Logger
 
 	link   atomic.Pointer[grpcLink] // nil while a crashed child is down
+	host   atomic.Pointer[Host]     // set by UseHost
 	info   atomic.Pointer[PluginInfo]
 	closed atomic.Bool
 
@@ -129,7 +130,8 @@ type grpcLink struct {
 	conn   *grpc.ClientConn
 	client pluginpb.PluginClient
 	health healthpb.HealthClient
-	child  *grpcChild // nil for a remote endpoint
+	child  *grpcChild     // nil for a remote endpoint
+	hosts  *grpcHostCalls // nil until the handshake passed
 
 	calls    atomic.Int64  // calls in flight, counted by live and release
 	draining atomic.Bool   // closeLink waits for the calls to end
@@ -225,6 +227,9 @@ func (p *grpcPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
 	if err == nil {
 		err = p.handshake(sctx, ctx, l)
 	}
+	if err == nil {
+		p.openHostCalls(sctx, l)
+	}
 	if err != nil {
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 2*p.grace)
 		defer ccancel()
@@ -315,6 +320,7 @@ func (p *grpcPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	// reconnect backoff starts at one second.
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
+		grpc.WithChainUnaryInterceptor(outgoingMetadata),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
 			BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond,
 		}}),
@@ -347,7 +353,7 @@ func (p *grpcPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
 			return wrapError(err, codeInvalidConfig, p.name, "GRPCConfig.TLS does not load")
 		}
 	}
-	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...))
+	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithChainUnaryInterceptor(outgoingMetadata)}, cfg.DialOptions...))
 }
 
 func (p *grpcPlugin[Req, Resp]) connect(l *grpcLink, target string, opts []grpc.DialOption) error {
@@ -474,7 +480,14 @@ func (p *grpcPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 	if err != nil {
 		return zero, wrapError(err, codeInvalidConfig, p.name, "the request does not encode with codec %q", p.codec)
 	}
-	r, err := l.client.Execute(ctx, &pluginpb.ExecuteRequest{Codec: p.codec, Payload: payload})
+	er := &pluginpb.ExecuteRequest{Codec: p.codec, Payload: payload}
+	cctx := ctx
+	if hc := l.hosts; hc != nil && hc.on.Load() {
+		var cancel context.CancelFunc
+		cctx, cancel = hc.begin(ctx, er)
+		defer hc.end(er, cancel)
+	}
+	r, err := l.client.Execute(cctx, er)
 	if err != nil {
 		return zero, p.callError(ctx, l, "Execute", err)
 	}
@@ -763,6 +776,9 @@ func (p *grpcPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) erro
 		if err := l.conn.Close(); err != nil {
 			errs = append(errs, wrapError(err, codeTransport, p.name, "closing the connection"))
 		}
+	}
+	if l.hosts != nil && !l.hosts.close(ctx) {
+		p.log.Warn("goplugins: host calls of the gRPC plugin were still running when the connection closed", "plugin", p.name)
 	}
 	if l.child != nil {
 		if l.child.proc != nil {

@@ -49,6 +49,7 @@ type config struct {
 	codecs     []sdk.Codec
 	tls        *tlsFiles
 	serverOpts []grpc.ServerOption
+	background []func(context.Context)
 }
 
 type tlsFiles struct{ cert, key, clientCA string }
@@ -149,12 +150,12 @@ func serve[Req, Resp any](ctx context.Context, lis net.Listener, creds credentia
 	for _, o := range opts {
 		o(&cf)
 	}
-	svc, err := newService(p, info, cf.codecs)
+	svc, err := newService(p, info, cf)
 	if err != nil {
 		lis.Close()
 		return err
 	}
-	sopts := cf.serverOpts
+	sopts := append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(svc.countCalls)}, cf.serverOpts...)
 	if creds != nil {
 		sopts = append([]grpc.ServerOption{grpc.Creds(creds)}, sopts...)
 	}
@@ -166,7 +167,16 @@ func serve[Req, Resp any](ctx context.Context, lis net.Listener, creds credentia
 		once.Do(func() {
 			go func() {
 				hs.Shutdown()
-				srv.GracefulStop()
+				graceful := make(chan struct{})
+				go func() {
+					srv.GracefulStop()
+					close(graceful)
+				}()
+				// GracefulStop waits for the HostCalls streams too, which
+				// last until the handlers in flight no longer call the host.
+				svc.drain()
+				<-graceful
+				svc.wg.Wait()
 				close(stopped)
 			}()
 		})
