@@ -228,7 +228,7 @@ func (p *grpcPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
 		err = p.handshake(sctx, ctx, l)
 	}
 	if err == nil {
-		p.openHostCalls(sctx, l)
+		l.hosts = p.newHostCalls(l)
 	}
 	if err != nil {
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 2*p.grace)
@@ -673,6 +673,9 @@ func (p *grpcPlugin[Req, Resp]) serve(l *grpcLink) {
 	p.link.Store(l)
 	if l.child != nil {
 		p.pid.Store(int64(l.child.proc.Pid()))
+	}
+	if p.host.Load() != nil {
+		p.startHostCalls(l)
 	}
 }
 

@@ -27,9 +27,17 @@ const (
 
 // UseHost gives the plugin its handle for the host calls it makes over
 // gRPC; a Manager calls it at Register (and at Reload for the incoming
-// plugin). Before it, the plugin's host calls are refused. The handle
-// survives restarts of the plugin's child.
-func (p *grpcPlugin[Req, Resp]) UseHost(h *Host) { p.host.Store(h) }
+// plugin). It opens the connection's HostCalls stream, and returns once
+// the plugin relays host calls over it, or has none (an older plugin), or
+// after GRPCConfig.StartTimeout. Before it, the plugin cannot call the
+// host. The handle survives restarts of the plugin's child: each new
+// child's stream is opened before the child serves.
+func (p *grpcPlugin[Req, Resp]) UseHost(h *Host) {
+	p.host.Store(h)
+	if l := p.link.Load(); l != nil {
+		p.startHostCalls(l)
+	}
+}
 
 // grpcHostCalls serves the host calls a plugin makes over one connection:
 // it keeps the connection's HostCalls stream open (opening it again when it
@@ -55,15 +63,15 @@ type grpcHostCalls struct {
 	wg      sync.WaitGroup // the stream loop and the calls it serves
 	running atomic.Int64   // calls served now; only the stream's reader adds
 	freed   chan struct{}  // a call ended while the reader waited for room
+	start   sync.Once      // starts run
 	first   chan struct{}  // closed once the first stream is ready, or cannot be
 	once    sync.Once      // closes first
 	done    chan struct{}  // closed when wg is done
 }
 
-// openHostCalls starts serving the host calls of the connection l and
-// waits, bounded by ctx, until the plugin relays them or turns out not to
-// (an older plugin).
-func (p *grpcPlugin[Req, Resp]) openHostCalls(ctx context.Context, l *grpcLink) {
+// newHostCalls returns the host-call state of the connection l, not
+// serving yet (see startHostCalls).
+func (p *grpcPlugin[Req, Resp]) newHostCalls(l *grpcLink) *grpcHostCalls {
 	codec := p.cfg.Codec
 	if codec == nil {
 		codec = JSONCodec{}
@@ -74,13 +82,31 @@ func (p *grpcPlugin[Req, Resp]) openHostCalls(ctx context.Context, l *grpcLink) 
 		first: make(chan struct{}), done: make(chan struct{}), freed: make(chan struct{}, 1),
 	}
 	hc.ctx, hc.cancel = context.WithCancel(context.Background())
-	l.hosts = hc
-	hc.wg.Add(1)
-	go hc.run()
+	return hc
+}
+
+// startHostCalls opens the HostCalls stream of the connection l, once, and
+// waits, at most the start timeout, until the plugin relays host calls or
+// turns out not to (an older plugin). It runs once the plugin has both a
+// handle and a connection, whichever comes last: background work of the
+// plugin, which starts when the stream opens, can then call the host.
+func (p *grpcPlugin[Req, Resp]) startHostCalls(l *grpcLink) {
+	hc := l.hosts
+	hc.start.Do(func() {
+		hc.wg.Add(1)
+		go hc.run()
+	})
+	wait := p.cfg.StartTimeout
+	if wait <= 0 {
+		wait = defaultStartTimeout
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
 	select {
 	case <-hc.first:
-	case <-ctx.Done():
-		p.log.Debug("goplugins: the gRPC plugin's HostCalls stream is not ready within the start; host calls wait for it", "plugin", p.name)
+	case <-hc.ctx.Done():
+	case <-t.C:
+		p.log.Warn("goplugins: the gRPC plugin's HostCalls stream is not ready within the start timeout; its host calls fail until it is", "plugin", p.name)
 	}
 }
 

@@ -50,9 +50,12 @@ func CallHost[Req, Resp any](ctx context.Context, name string, req Req) (Resp, e
 	if !ok {
 		return zero, &sdk.Error{Code: codeUnsupported, Message: fmt.Sprintf("host call %q: CallHost needs the ctx of an Execute handler or of WithBackground work", name)}
 	}
-	l := r.links.get(r.link)
+	var l *hostLink
+	if r.link != 0 {
+		l = r.links.get(r.link)
+	}
 	if l == nil {
-		return zero, &sdk.Error{Code: codeUnsupported, Message: fmt.Sprintf("host call %q: the host opened no HostCalls stream to this process (a host without host calls, or a load balancer sent the request to another replica than the stream)", name)}
+		return zero, &sdk.Error{Code: codeUnsupported, Message: fmt.Sprintf("host call %q: the host opened no HostCalls stream to this process (the plugin is not registered with a host manager, the host is older, or a load balancer sent the request to another replica than the stream)", name)}
 	}
 	if l.codec == nil {
 		return zero, &sdk.Error{Code: codeCodec, Message: fmt.Sprintf("host call %q: the host encodes host calls with codec %q, which the plugin lacks: add it with grpcplugin.WithCodec", name, l.codecName)}

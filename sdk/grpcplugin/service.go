@@ -135,9 +135,7 @@ func (s *service[Req, Resp]) Execute(ctx context.Context, r *pluginpb.ExecuteReq
 		return nil, errorStatus(codes.InvalidArgument, &sdk.Error{Code: codeBadRequest,
 			Message: fmt.Sprintf("the request does not decode with codec %q: %v", c.name, err)})
 	}
-	if r.Link != 0 {
-		ctx = context.WithValue(ctx, requestKey{}, hostRequest{links: &s.links, link: r.Link, parent: r.RequestId})
-	}
+	ctx = context.WithValue(ctx, requestKey{}, hostRequest{links: &s.links, link: r.Link, parent: r.RequestId})
 	resp, err := s.plugin.Execute(ctx, req)
 	if err != nil {
 		return nil, handlerStatus(err)

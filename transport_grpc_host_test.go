@@ -1,0 +1,465 @@
+package goplugins
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+
+	"github.com/goplugins/goplugins/internal/pluginpb"
+	"github.com/goplugins/goplugins/sdk"
+	"github.com/goplugins/goplugins/sdk/grpcplugin"
+)
+
+type kvReq struct {
+	Key string `json:"key"`
+}
+
+type kvResp struct {
+	Value string `json:"value"`
+}
+
+// hostFixture is a Host made the way a Manager makes one, with host
+// functions that report to the test.
+type hostFixture struct {
+	host    *Host
+	entered chan struct{} // "block" started
+	ended   chan error    // how "block"'s ctx ended
+	events  chan Event
+	logs    *syncBuffer
+}
+
+func newHostFixture(t *testing.T, opts ...Option) *hostFixture {
+	t.Helper()
+	f := &hostFixture{entered: make(chan struct{}, 4), ended: make(chan error, 4), events: make(chan Event, 16), logs: &syncBuffer{}}
+	c := defaultManagerConfig()
+	WithHostFuncs(
+		NewHostFunc("kv.get", func(_ context.Context, c Caller, r kvReq) (kvResp, error) {
+			return kvResp{Value: c.Plugin + ":" + r.Key}, nil
+		}),
+		NewHostFunc("block", func(ctx context.Context, _ Caller, _ kvReq) (kvResp, error) {
+			f.entered <- struct{}{}
+			<-ctx.Done()
+			f.ended <- ctx.Err()
+			return kvResp{}, ctx.Err()
+		}),
+		NewHostFunc("boom", func(context.Context, Caller, kvReq) (kvResp, error) { panic("host function bug") }),
+		NewHostFunc("big", func(context.Context, Caller, kvReq) (kvResp, error) {
+			return kvResp{Value: strings.Repeat("x", pluginpb.MaxHostMessage)}, nil
+		}),
+		NewHostFunc("coded", func(context.Context, Caller, kvReq) (kvResp, error) {
+			return kvResp{}, &ErrorReply{Code: "no_such_key", Message: "k is not there", Retryable: true}
+		}),
+	).applyManager(&c)
+	for _, o := range opts {
+		o.applyManager(&c)
+	}
+	log := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f.host = newHostPlugin(&c.host).bind(&c.host, Caller{Plugin: "counter", Version: "1.0.0", Generation: 1}, nil, log, func(e Event) { f.events <- e })
+	return f
+}
+
+// hostCallPlugin is an in-process sdk plugin served over gRPC that calls the
+// host: "host" calls the function named by Text and answers its value;
+// "detached" calls it on a goroutine whose ctx keeps the request's values
+// but not its cancellation, and returns once the host function runs;
+// "no-ctx" calls it with a ctx of its own; "keep" hands its ctx, without
+// its cancellation, to the test and returns; "metadata" answers the call's
+// metadata as JSON; "wait" waits for proceed, then does as "host".
+type hostCallPlugin struct {
+	entered  chan struct{} // the fixture's: a detached call reached the host
+	detached chan error
+	proceed  chan struct{}
+	waiting  chan struct{}
+	kept     chan context.Context
+}
+
+func newHostCallPlugin(f *hostFixture) *hostCallPlugin {
+	return &hostCallPlugin{entered: f.entered, detached: make(chan error, 1), proceed: make(chan struct{}), waiting: make(chan struct{}, 1), kept: make(chan context.Context, 1)}
+}
+
+func (p *hostCallPlugin) Execute(ctx context.Context, r counterReq) (counterResp, error) {
+	switch r.Op {
+	case "detached":
+		go func() {
+			_, err := grpcplugin.CallHost[kvReq, kvResp](context.WithoutCancel(ctx), r.Text, kvReq{Key: "k"})
+			p.detached <- err
+		}()
+		<-p.entered
+		return counterResp{}, nil
+	case "no-ctx":
+		ctx = context.Background()
+	case "keep":
+		p.kept <- context.WithoutCancel(ctx)
+		return counterResp{}, nil
+	case "metadata":
+		b, err := json.Marshal(grpcplugin.Metadata(ctx))
+		return counterResp{Text: string(b)}, err
+	case "wait":
+		p.waiting <- struct{}{}
+		<-p.proceed
+	}
+	resp, err := grpcplugin.CallHost[kvReq, kvResp](ctx, r.Text, kvReq{Key: "k"})
+	if err != nil {
+		return counterResp{}, err
+	}
+	return counterResp{Text: resp.Value}, nil
+}
+
+// hostCallCode returns the code of the host call error that the plugin
+// passed on as its own, or "" if err is none.
+func hostCallCode(t *testing.T, err error) string {
+	t.Helper()
+	var rep *ErrorReply
+	if !errors.As(err, &rep) {
+		return ""
+	}
+	return rep.Code
+}
+
+// newHostCallRemote serves p on a unix socket and returns the host's
+// plugin with f's handle.
+func newHostCallRemote(t *testing.T, f *hostFixture, p sdk.Plugin[counterReq, counterResp], opts ...grpcplugin.Option) (*grpcPlugin[counterReq, counterResp], *grpcServer) {
+	t.Helper()
+	lis, addr := unixListener(t)
+	srv := serveGRPC(t, lis, addr, p, opts...)
+	gp := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr, Logger: slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	gp.UseHost(f.host)
+	return gp, srv
+}
+
+func TestGRPCHostCallsServedWithGrantsAndTypedErrors(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.*", "boom", "big", "coded"}}))
+	p, _ := newHostCallRemote(t, f, newHostCallPlugin(f))
+	ctx := context.Background()
+
+	resp, err := p.Execute(ctx, counterReq{Op: "host", Text: "kv.get"})
+	require.NoError(t, err)
+	assert.Equal(t, "counter:k", resp.Text, "the host function ran with the caller's identity")
+
+	cases := []struct {
+		name, fn, code string
+		retryable      bool
+	}{
+		{"not granted", "block", "not_granted", false},
+		{"not offered", "kv-missing", "not_granted", false},
+		{"a panic is recovered", "boom", "panic", false},
+		{"the function's own code", "coded", "no_such_key", true},
+		{"a response over the limit", "big", "frame_too_large", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := p.Execute(ctx, counterReq{Op: "host", Text: tc.fn})
+			require.ErrorIs(t, err, ErrRemote)
+			assert.Equal(t, tc.code, hostCallCode(t, err), "%v", err)
+			var rep *ErrorReply
+			require.ErrorAs(t, err, &rep)
+			assert.Equal(t, tc.retryable, rep.Retryable)
+		})
+	}
+	ev := <-f.events
+	assert.Equal(t, EventHostCallRefused, ev.Kind)
+	assert.Equal(t, "block", ev.HostFunc)
+	assert.Contains(t, f.logs.String(), `msg="goplugins: host call refused" plugin=counter host_func=block`, "a refusal is logged with the plugin's name")
+
+	resp, err = p.Execute(ctx, counterReq{Op: "host", Text: "kv.get"})
+	require.NoError(t, err, "the stream serves on after refusals, a panic and an oversized answer")
+	assert.Equal(t, "counter:k", resp.Text)
+
+	_, err = p.Execute(ctx, counterReq{Op: "no-ctx", Text: "kv.get"})
+	assert.Equal(t, "unsupported", hostCallCode(t, err), "a ctx neither of a handler nor of background work: %v", err)
+	assert.Equal(t, uint64(1), f.host.plugin.counters["kv.get"].calls.Load()-1, "the calls are counted per function")
+}
+
+func TestGRPCHostCallEndsWithItsRequest(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"block"}}))
+	plugin := newHostCallPlugin(f)
+	p, _ := newHostCallRemote(t, f, plugin)
+
+	t.Run("the caller cancels the request", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() {
+			_, err := p.Execute(ctx, counterReq{Op: "host", Text: "block"})
+			errc <- err
+		}()
+		<-f.entered
+		cancel()
+		require.ErrorIs(t, <-errc, ErrCanceled)
+		assert.ErrorIs(t, <-f.ended, context.Canceled, "the host function's ctx ended with the request")
+	})
+	t.Run("the request is answered while its host call runs", func(t *testing.T) {
+		// The plugin's goroutine keeps the request's tag but ignores its
+		// end: the host itself cancels the call when the answer arrives.
+		_, err := p.Execute(context.Background(), counterReq{Op: "detached", Text: "block"})
+		require.NoError(t, err)
+		assert.ErrorIs(t, <-f.ended, context.Canceled, "the host function's ctx ended with the request")
+		assert.Equal(t, "canceled", hostCallCode(t, asRemote(<-plugin.detached)), "the plugin is told its call was cancelled")
+	})
+	t.Run("the host-call timeout", func(t *testing.T) {
+		f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"block"}}), WithHostCallLimits(HostCallLimits{Timeout: 20 * time.Millisecond}))
+		p.UseHost(f.host)
+		_, err := p.Execute(context.Background(), counterReq{Op: "host", Text: "block"})
+		assert.Equal(t, "timeout", hostCallCode(t, err), "%v", err)
+		<-f.entered
+		assert.ErrorIs(t, <-f.ended, context.DeadlineExceeded)
+	})
+}
+
+// asRemote turns a plugin-side host call error into the host's view of it,
+// as if the plugin had answered it.
+func asRemote(err error) error {
+	var e *sdk.Error
+	if errors.As(err, &e) {
+		return remoteError("counter", "host call", e.Code, e.Message, e.Retryable)
+	}
+	return err
+}
+
+func TestGRPCHostCallPluginSideCancellation(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"block"}, Background: true}))
+	calls := make(chan error, 1)
+	cancelled := make(chan context.CancelFunc, 1)
+	bg := grpcplugin.WithBackground(func(ctx context.Context) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancelled <- cancel
+		_, err := grpcplugin.CallHost[kvReq, kvResp](cctx, "block", kvReq{})
+		calls <- err
+		<-ctx.Done()
+	})
+	newHostCallRemote(t, f, newHostCallPlugin(f), bg)
+	<-f.entered
+	(<-cancelled)()
+	err := <-calls
+	assert.ErrorIs(t, err, context.Canceled, "CallHost returns at once with ctx's error")
+	var e *sdk.Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, "canceled", e.Code)
+	assert.ErrorIs(t, <-f.ended, context.Canceled, "the plugin's cancellation reached the host function")
+}
+
+func TestGRPCHostCallsBackground(t *testing.T) {
+	verifyNoLeaks(t)
+	for _, granted := range []bool{true, false} {
+		t.Run(map[bool]string{true: "granted", false: "not granted"}[granted], func(t *testing.T) {
+			f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.get"}, Background: granted}))
+			got := make(chan error, 1)
+			var value string
+			bg := grpcplugin.WithBackground(func(ctx context.Context) {
+				resp, err := grpcplugin.CallHost[kvReq, kvResp](ctx, "kv.get", kvReq{Key: "bg"})
+				value = resp.Value
+				got <- err
+				<-ctx.Done()
+			})
+			newHostCallRemote(t, f, newHostCallPlugin(f), bg)
+			err := <-got
+			if granted {
+				require.NoError(t, err)
+				assert.Equal(t, "counter:bg", value)
+				return
+			}
+			var e *sdk.Error
+			require.ErrorAs(t, err, &e)
+			assert.Equal(t, "not_granted", e.Code)
+			assert.Contains(t, e.Message, "Grant.Background")
+		})
+	}
+	t.Run("a call whose request ended counts as background", func(t *testing.T) {
+		f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.get"}}))
+		plugin := newHostCallPlugin(f)
+		p, _ := newHostCallRemote(t, f, plugin)
+		_, err := p.Execute(context.Background(), counterReq{Op: "keep"})
+		require.NoError(t, err)
+		_, err = grpcplugin.CallHost[kvReq, kvResp](<-plugin.kept, "kv.get", kvReq{})
+		var e *sdk.Error
+		require.ErrorAs(t, err, &e)
+		assert.Equal(t, "not_granted", e.Code, "%v", err)
+		assert.Contains(t, e.Message, "Grant.Background")
+	})
+}
+
+func TestGRPCHostCallLimit(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"block", "kv.get"}}), WithHostCallLimits(HostCallLimits{MaxConcurrent: 1}))
+	p, _ := newHostCallRemote(t, f, newHostCallPlugin(f))
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Execute(ctx, counterReq{Op: "host", Text: "block"})
+		errc <- err
+	}()
+	<-f.entered
+	_, err := p.Execute(context.Background(), counterReq{Op: "host", Text: "kv.get"})
+	assert.Equal(t, "overloaded", hostCallCode(t, err), "%v", err)
+	assert.True(t, IsRetryable(err), "overloaded is retryable")
+	cancel()
+	<-errc
+	<-f.ended
+	_, err = p.Execute(context.Background(), counterReq{Op: "host", Text: "kv.get"})
+	require.NoError(t, err)
+}
+
+func TestGRPCHostCallsWithoutHandle(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t)
+	lis, addr := unixListener(t)
+	serveGRPC(t, lis, addr, newHostCallPlugin(f))
+	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr})
+	_, err := p.Execute(context.Background(), counterReq{Op: "host", Text: "kv.get"})
+	assert.Equal(t, "unsupported", hostCallCode(t, err), "before UseHost the plugin cannot call the host: %v", err)
+	assert.Contains(t, err.Error(), "opened no HostCalls stream")
+}
+
+func TestGRPCMetadataReachesThePlugin(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t)
+	p, _ := newHostCallRemote(t, f, newHostCallPlugin(f))
+
+	resp, err := p.Execute(context.Background(), counterReq{Op: "metadata"})
+	require.NoError(t, err)
+	assert.Equal(t, "null", resp.Text, "no pairs without ContextWithMetadata")
+
+	ctx := ContextWithMetadata(context.Background(), map[string]string{"traceparent": "00-abc-def-01", "Tenant": "acme"})
+	resp, err = p.Execute(ctx, counterReq{Op: "metadata"})
+	require.NoError(t, err)
+	var md map[string]string
+	require.NoError(t, json.Unmarshal([]byte(resp.Text), &md))
+	assert.Equal(t, map[string]string{"traceparent": "00-abc-def-01", "tenant": "acme"}, md, "the pairs, keys lowercase, without gRPC's headers")
+}
+
+// oldPlugin is a plugin service of an older grpcplugin: no HostCalls.
+type oldPlugin struct {
+	pluginpb.UnimplementedPluginServer
+	links chan uint64
+}
+
+func (oldPlugin) Info(context.Context, *pluginpb.InfoRequest) (*pluginpb.InfoResponse, error) {
+	return &pluginpb.InfoResponse{Name: "counter", Version: "1.0.0", Codecs: []string{"json"}}, nil
+}
+
+func (o oldPlugin) Execute(_ context.Context, r *pluginpb.ExecuteRequest) (*pluginpb.ExecuteResponse, error) {
+	o.links <- r.Link
+	return &pluginpb.ExecuteResponse{Payload: []byte(`{"text":"old"}`)}, nil
+}
+
+func TestGRPCOlderPluginWithoutHostCalls(t *testing.T) {
+	verifyNoLeaks(t)
+	lis, addr := unixListener(t)
+	srv := grpc.NewServer()
+	srv0 := oldPlugin{links: make(chan uint64, 1)}
+	pluginpb.RegisterPluginServer(srv, srv0)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	defer func() { srv.Stop(); <-done }()
+	var logs syncBuffer
+	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	p.UseHost(newHostFixture(t).host)
+	resp, err := p.Execute(context.Background(), counterReq{Op: "echo"})
+	require.NoError(t, err, "an older plugin serves as before")
+	assert.Equal(t, "old", resp.Text)
+	assert.Contains(t, logs.String(), "level=DEBUG", "the missing stream is logged at debug")
+	assert.Contains(t, logs.String(), "has no HostCalls stream")
+	assert.Zero(t, <-srv0.links, "the requests are not tagged for host calls")
+	assert.NotContains(t, logs.String(), "level=WARN")
+	assert.NotContains(t, logs.String(), "level=ERROR")
+}
+
+func TestGRPCHostCallsDuringPluginStop(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.get"}}))
+	plugin := newHostCallPlugin(f)
+	p, srv := newHostCallRemote(t, f, plugin)
+	errc := make(chan error, 1)
+	var resp counterResp
+	go func() {
+		var err error
+		resp, err = p.Execute(context.Background(), counterReq{Op: "wait", Text: "kv.get"})
+		errc <- err
+	}()
+	<-plugin.waiting
+	srv.cancel() // the plugin stops: it finishes the call in flight
+	stopped := make(chan error, 1)
+	go func() { stopped <- <-srv.done }()
+	close(plugin.proceed)
+	require.NoError(t, <-errc, "a host call of a request in flight is served while the plugin stops")
+	assert.Equal(t, "counter:k", resp.Text)
+	require.NoError(t, <-stopped, "the plugin stopped")
+	srv.done = nil
+}
+
+func TestGRPCHostCallsStreamReopened(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.get"}}))
+	dir, err := os.MkdirTemp("", "gpt-")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "s.sock")
+	lis, err := net.Listen("unix", path)
+	require.NoError(t, err)
+	srv := serveGRPC(t, lis, "unix://"+path, newHostCallPlugin(f))
+	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: "unix://" + path})
+	p.UseHost(f.host)
+	_, err = p.Execute(context.Background(), counterReq{Op: "host", Text: "kv.get"})
+	require.NoError(t, err)
+
+	srv.stop(t)
+	lis2, err := net.Listen("unix", path)
+	require.NoError(t, err)
+	serveGRPC(t, lis2, "unix://"+path, newHostCallPlugin(f))
+	// grpc-go reconnects, and the host opens the stream again, on their
+	// own backoff; no event tells when, so poll with a deadline.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := p.Execute(context.Background(), counterReq{Op: "host", Text: "kv.get"})
+		if err == nil {
+			assert.Equal(t, "counter:k", resp.Text)
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "no host call after the reconnect within 10s: %v", err)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestGRPCHostCallsFromChildAcrossRestart(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := buildGRPCCounter(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.get"}}))
+	restarted := make(chan error, 4)
+	p, err := newGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{
+		Name: "counter", Command: bin, AutoMTLS: true,
+		Restart:   RestartPolicy{MaxAttempts: 3, Backoff: 10 * time.Millisecond},
+		OnRestart: func(_ string, _ int, err error) { restarted <- err },
+	})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, p.Close(context.Background())) }()
+	p.UseHost(f.host)
+	ctx := context.Background()
+	resp, err := p.Execute(ctx, counterReq{Op: "host", Text: "kv.get"})
+	require.NoError(t, err)
+	assert.Equal(t, "counter:k", resp.Text)
+	_, err = p.Execute(ctx, counterReq{Op: "host", Text: "block"})
+	assert.Equal(t, "not_granted", hostCallCode(t, err), "%v", err)
+
+	_, err = p.Execute(ctx, counterReq{Op: "exit"})
+	require.ErrorIs(t, err, ErrCrashed)
+	require.NoError(t, <-restarted)
+	resp, err = p.Execute(ctx, counterReq{Op: "host", Text: "kv.get"})
+	require.NoError(t, err, "the restarted child calls the host through the same handle")
+	assert.Equal(t, "counter:k", resp.Text)
+}
