@@ -320,7 +320,7 @@ func (p *grpcPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	// reconnect backoff starts at one second.
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
-		grpc.WithChainUnaryInterceptor(outgoingMetadata),
+		grpc.WithChainUnaryInterceptor(outgoingMetadata(p.name)),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
 			BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond,
 		}}),
@@ -353,7 +353,7 @@ func (p *grpcPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
 			return wrapError(err, codeInvalidConfig, p.name, "GRPCConfig.TLS does not load")
 		}
 	}
-	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithChainUnaryInterceptor(outgoingMetadata)}, cfg.DialOptions...))
+	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithChainUnaryInterceptor(outgoingMetadata(p.name))}, cfg.DialOptions...))
 }
 
 func (p *grpcPlugin[Req, Resp]) connect(l *grpcLink, target string, opts []grpc.DialOption) error {
@@ -808,6 +808,9 @@ func (p *grpcPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op s
 	}
 	if p.closed.Load() {
 		return p.closedError()
+	}
+	if errors.Is(err, ErrInvalidConfig) {
+		return err // the host's own check, before sending
 	}
 	st := status.Convert(err)
 	for _, d := range st.Details() {

@@ -3,9 +3,11 @@ package goplugins
 import (
 	"context"
 	"log/slog"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -113,6 +115,7 @@ func (p *grpcPlugin[Req, Resp]) startHostCalls(l *grpcLink) {
 // close stops serving host calls: the calls running are cancelled, and
 // close waits for them, bounded by ctx, and reports whether they ended.
 func (hc *grpcHostCalls) close(ctx context.Context) bool {
+	hc.start.Do(func() {}) // a later startHostCalls starts nothing
 	hc.cancel()
 	go func() { hc.wg.Wait(); close(hc.done) }()
 	select {
@@ -323,15 +326,44 @@ func (st *grpcHostStream) send(r *pluginpb.HostReply) {
 	_ = st.s.Send(r)
 }
 
-// outgoingMetadata is a client interceptor that sends the pairs of the
-// call's ctx (see ContextWithMetadata) as gRPC metadata.
-func outgoingMetadata(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if md := MetadataFromContext(ctx); len(md) > 0 {
-		kv := make([]string, 0, 2*len(md))
-		for k, v := range md {
-			kv = append(kv, k, v)
+// outgoingMetadata returns a client interceptor that sends the pairs of
+// the call's ctx (see ContextWithMetadata) as gRPC metadata, keys in lower
+// case. A pair gRPC cannot carry fails the call with ErrInvalidConfig.
+func outgoingMetadata(plugin string) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if md := MetadataFromContext(ctx); len(md) > 0 {
+			kv := make([]string, 0, 2*len(md))
+			for k, v := range md {
+				k = strings.ToLower(k)
+				if err := checkMetadataPair(k, v); err != nil {
+					return newError(codeInvalidConfig, plugin, "call metadata (ContextWithMetadata): %s", err)
+				}
+				kv = append(kv, k, v)
+			}
+			ctx = metadata.AppendToOutgoingContext(ctx, kv...)
 		}
-		ctx = metadata.AppendToOutgoingContext(ctx, kv...)
+		return invoke(ctx, method, req, reply, cc, opts...)
 	}
-	return invoke(ctx, method, req, reply, cc, opts...)
+}
+
+// checkMetadataPair says why gRPC cannot carry the pair k (lower case), v,
+// if it cannot.
+func checkMetadataPair(k, v string) error {
+	if k == "" || strings.HasPrefix(k, "grpc-") || strings.HasPrefix(k, "goplugins-") {
+		return fmt.Errorf("the key %q is empty or reserved (grpc-*, goplugins-*)", k)
+	}
+	for _, c := range []byte(k) {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("the key %q has characters other than [0-9a-z-_.]", k)
+		}
+	}
+	if strings.HasSuffix(k, "-bin") {
+		return nil
+	}
+	for _, c := range []byte(v) {
+		if c < 0x20 || c > 0x7e {
+			return fmt.Errorf("the value of %q is not printable ASCII; binary values need a key ending in -bin", k)
+		}
+	}
+	return nil
 }

@@ -463,3 +463,19 @@ func TestGRPCHostCallsFromChildAcrossRestart(t *testing.T) {
 	require.NoError(t, err, "the restarted child calls the host through the same handle")
 	assert.Equal(t, "counter:k", resp.Text)
 }
+
+func TestGRPCMetadataGRPCCannotCarryIsInvalidConfig(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t)
+	p, _ := newHostCallRemote(t, f, newHostCallPlugin(f))
+	for _, md := range []map[string]string{
+		{"bad key": "v"}, {"grpc-timeout": "1S"}, {"é": "v"}, {"x-trace": "line\nbreak"}, {"goplugins-link": "1"},
+	} {
+		_, err := p.Execute(ContextWithMetadata(context.Background(), md), counterReq{Op: "metadata"})
+		require.ErrorIs(t, err, ErrInvalidConfig, "%v", md)
+		assert.Contains(t, err.Error(), "ContextWithMetadata")
+	}
+	resp, err := p.Execute(ContextWithMetadata(context.Background(), map[string]string{"trace-bin": "\x00\x01"}), counterReq{Op: "metadata"})
+	require.NoError(t, err, "a -bin key carries any bytes")
+	assert.JSONEq(t, `{"trace-bin":"\u0000\u0001"}`, resp.Text)
+}
