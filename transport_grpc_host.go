@@ -2,8 +2,8 @@ package goplugins
 
 import (
 	"context"
-	"log/slog"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strconv"
