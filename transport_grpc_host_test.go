@@ -75,7 +75,8 @@ func newHostFixture(t *testing.T, opts ...Option) *hostFixture {
 // but not its cancellation, and returns once the host function runs;
 // "no-ctx" calls it with a ctx of its own; "keep" hands its ctx, without
 // its cancellation, to the test and returns; "metadata" answers the call's
-// metadata as JSON; "wait" waits for proceed, then does as "host".
+// metadata as JSON; "wait" waits for proceed, then does as "host";
+// "host-big" sends a request over the limit.
 type hostCallPlugin struct {
 	entered  chan struct{} // the fixture's: a detached call reached the host
 	detached chan error
@@ -109,7 +110,11 @@ func (p *hostCallPlugin) Execute(ctx context.Context, r counterReq) (counterResp
 		p.waiting <- struct{}{}
 		<-p.proceed
 	}
-	resp, err := grpcplugin.CallHost[kvReq, kvResp](ctx, r.Text, kvReq{Key: "k"})
+	key := "k"
+	if r.Op == "host-big" {
+		key = strings.Repeat("k", pluginpb.MaxHostMessage)
+	}
+	resp, err := grpcplugin.CallHost[kvReq, kvResp](ctx, r.Text, kvReq{Key: key})
 	if err != nil {
 		return counterResp{}, err
 	}
@@ -478,4 +483,144 @@ func TestGRPCMetadataGRPCCannotCarryIsInvalidConfig(t *testing.T) {
 	resp, err := p.Execute(ContextWithMetadata(context.Background(), map[string]string{"trace-bin": "\x00\x01"}), counterReq{Op: "metadata"})
 	require.NoError(t, err, "a -bin key carries any bytes")
 	assert.JSONEq(t, `{"trace-bin":"\u0000\u0001"}`, resp.Text)
+}
+
+// rawHostCaller is a plugin service that speaks the HostCalls stream by
+// hand: the test sends what it wants with calls and reads the answers
+// from replies.
+type rawHostCaller struct {
+	oldPlugin
+	calls   chan *pluginpb.HostCall
+	replies chan *pluginpb.HostReply
+}
+
+func (r rawHostCaller) HostCalls(s pluginpb.Plugin_HostCallsServer) error {
+	if err := s.SendHeader(map[string][]string{pluginpb.MDHostCalls: {pluginpb.Ready}}); err != nil {
+		return err
+	}
+	go func() {
+		for {
+			rep, err := s.Recv()
+			if err != nil {
+				return
+			}
+			r.replies <- rep
+		}
+	}()
+	for {
+		select {
+		case c := <-r.calls:
+			if err := s.Send(c); err != nil {
+				return err
+			}
+		case <-s.Context().Done():
+			return nil
+		}
+	}
+}
+
+func TestGRPCHostCallsStreamProtocol(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"*"}, Background: true}))
+	raw := rawHostCaller{oldPlugin: oldPlugin{links: make(chan uint64, 1)}, calls: make(chan *pluginpb.HostCall), replies: make(chan *pluginpb.HostReply, 4)}
+	lis, addr := unixListener(t)
+	srv := grpc.NewServer()
+	pluginpb.RegisterPluginServer(srv, raw)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	defer func() { srv.Stop(); <-done }()
+	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr})
+	p.UseHost(f.host)
+
+	_, err := p.Execute(context.Background(), counterReq{})
+	require.NoError(t, err)
+	assert.NotZero(t, <-raw.links, "requests are tagged once the stream is ready")
+
+	call := func(c *pluginpb.HostCall) *pluginpb.HostReply {
+		raw.calls <- c
+		return <-raw.replies
+	}
+	rep := call(&pluginpb.HostCall{Id: 1, Name: "kv.get", Body: []byte(`{"key":"a"}`)})
+	assert.Equal(t, `{"value":"counter:a"}`, string(rep.Body), "a background call, granted")
+	assert.Nil(t, rep.Error)
+
+	cases := []struct {
+		name string
+		call *pluginpb.HostCall
+		code string
+	}{
+		{"a zero id", &pluginpb.HostCall{Id: 0, Name: "kv.get", Body: []byte(`{}`)}, "bad_request"},
+		{"a body that does not decode", &pluginpb.HostCall{Id: 2, Name: "kv.get", Body: []byte(`[1]`)}, "bad_request"},
+		{"a parent that is not a request in flight counts as background, granted here", &pluginpb.HostCall{Id: 3, Parent: 99, Name: "kv.get", Body: []byte(`{}`)}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := call(tc.call)
+			assert.Equal(t, tc.call.Id, rep.Id)
+			if tc.code == "" {
+				assert.Nil(t, rep.Error, "background work is granted here")
+				return
+			}
+			require.NotNil(t, rep.Error)
+			assert.Equal(t, tc.code, rep.Error.Code, rep.Error.Message)
+		})
+	}
+
+	t.Run("a duplicate id in flight, then a cancellation", func(t *testing.T) {
+		raw.calls <- &pluginpb.HostCall{Id: 7, Name: "block", Body: []byte(`{}`)}
+		<-f.entered
+		rep := call(&pluginpb.HostCall{Id: 7, Name: "kv.get", Body: []byte(`{}`)})
+		require.NotNil(t, rep.Error)
+		assert.Equal(t, "bad_request", rep.Error.Code, rep.Error.Message)
+		rep = call(&pluginpb.HostCall{Id: 7, Cancel: true})
+		assert.Equal(t, uint64(7), rep.Id, "the cancelled call is answered")
+		require.NotNil(t, rep.Error)
+		assert.Equal(t, "canceled", rep.Error.Code)
+		assert.ErrorIs(t, <-f.ended, context.Canceled)
+	})
+
+	t.Run("after the plugin value closed", func(t *testing.T) {
+		f.host.close()
+		rep := call(&pluginpb.HostCall{Id: 8, Name: "kv.get", Body: []byte(`{}`)})
+		require.NotNil(t, rep.Error)
+		assert.Equal(t, "shutting_down", rep.Error.Code, rep.Error.Message)
+	})
+}
+
+func TestGRPCHostCallRequestOverTheLimit(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.get"}}))
+	p, _ := newHostCallRemote(t, f, newHostCallPlugin(f))
+	_, err := p.Execute(context.Background(), counterReq{Op: "host-big", Text: "kv.get"})
+	assert.Equal(t, "frame_too_large", hostCallCode(t, err), "%v", err)
+	resp, err := p.Execute(context.Background(), counterReq{Op: "host", Text: "kv.get"})
+	require.NoError(t, err)
+	assert.Equal(t, "counter:k", resp.Text)
+}
+
+func TestGRPCBackgroundWorkEndsBeforeServeReturns(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.get"}, Background: true}))
+	running, ctxEnded, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	bg := grpcplugin.WithBackground(func(ctx context.Context) {
+		close(running)
+		<-ctx.Done()
+		close(ctxEnded)
+		<-release
+	})
+	_, srv := newHostCallRemote(t, f, newHostCallPlugin(f), bg)
+	<-running
+	srv.cancel()
+	<-ctxEnded
+	select {
+	case err := <-srv.done:
+		t.Fatalf("ServeListener returned (%v) while background work ran", err)
+	default:
+	}
+	close(release)
+	require.NoError(t, <-srv.done)
+	srv.done = nil
 }
