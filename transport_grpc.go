@@ -165,8 +165,14 @@ const grpcExitWait = 2 * time.Second
 //
 // Besides Plugin, the returned value implements StatefulPlugin,
 // StreamPlugin and SchemaPlugin by calling the plugin (Info().Surfaces
-// says which it really has), and interface{ Pid() int }: the process id
-// of the serving child, 0 for a remote endpoint or while the child is down.
+// says which it really has), HostUser (the plugin calls host functions over
+// a stream the host opens, see docs/GRPC.md), and interface{ Pid() int }:
+// the process id of the serving child, 0 for a remote endpoint or while the
+// child is down.
+//
+// Every unary call made with a ctx carrying ContextWithMetadata pairs sends
+// them as gRPC metadata; pairs gRPC cannot carry fail the call with
+// ErrInvalidConfig.
 //
 // Errors: ErrInvalidConfig for a bad cfg; ErrChecksumMismatch; ErrHandshake
 // when a child does not come up; ErrTransport (retryable) when a remote
@@ -670,11 +676,18 @@ func (l *grpcLink) awaitExit(ctx context.Context) bool {
 
 // serve makes l the connection calls use.
 func (p *grpcPlugin[Req, Resp]) serve(l *grpcLink) {
+	// With a handle, the stream is ready before the connection serves: the
+	// plugin's first requests can call the host. A UseHost racing with the
+	// store starts it otherwise.
+	started := p.host.Load() != nil
+	if started {
+		p.startHostCalls(l)
+	}
 	p.link.Store(l)
 	if l.child != nil {
 		p.pid.Store(int64(l.child.proc.Pid()))
 	}
-	if p.host.Load() != nil {
+	if !started && p.host.Load() != nil {
 		p.startHostCalls(l)
 	}
 }
@@ -887,4 +900,5 @@ var (
 	_ StatefulPlugin   = (*grpcPlugin[any, any])(nil)
 	_ StreamPlugin     = (*grpcPlugin[any, any])(nil)
 	_ SchemaPlugin     = (*grpcPlugin[any, any])(nil)
+	_ HostUser         = (*grpcPlugin[any, any])(nil)
 )
