@@ -463,7 +463,15 @@ func TestGRPCHostCallsFromChildAcrossRestart(t *testing.T) {
 
 	_, err = p.Execute(ctx, counterReq{Op: "exit"})
 	require.ErrorIs(t, err, ErrCrashed)
-	require.NoError(t, <-restarted)
+	// A restart attempt can fail on a loaded machine; the policy tries
+	// again, and the test waits for the attempt that serves.
+	for attempt := 1; ; attempt++ {
+		err := <-restarted
+		if err == nil {
+			break
+		}
+		require.Less(t, attempt, 3, "no restart served: %v", err)
+	}
 	resp, err = p.Execute(ctx, counterReq{Op: "host", Text: "kv.get"})
 	require.NoError(t, err, "the restarted child calls the host through the same handle")
 	assert.Equal(t, "counter:k", resp.Text)
