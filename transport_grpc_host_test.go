@@ -632,3 +632,67 @@ func TestGRPCBackgroundWorkEndsBeforeServeReturns(t *testing.T) {
 	require.NoError(t, <-srv.done)
 	srv.done = nil
 }
+
+// handleProbe is an in-process plugin that records whether it got a host
+// handle.
+type handleProbe struct{ got bool }
+
+func (p *handleProbe) UseHost(*Host) { p.got = true }
+func (*handleProbe) Info() PluginInfo {
+	return PluginInfo{Name: "probe", Version: "1.0.0"}
+}
+func (*handleProbe) Execute(context.Context, counterReq) (counterResp, error) {
+	return counterResp{}, nil
+}
+func (*handleProbe) Health(context.Context) error { return nil }
+func (*handleProbe) Close(context.Context) error  { return nil }
+
+// skipWithoutManagerHandles skips a test of the manager's wiring of host
+// handles where Register does not give them yet (a branch without it).
+func skipWithoutManagerHandles(t *testing.T) {
+	t.Helper()
+	m := NewManager[counterReq, counterResp]()
+	defer m.Shutdown(context.Background())
+	probe := &handleProbe{}
+	require.NoError(t, m.Register(probe))
+	if !probe.got {
+		t.Skip("Manager.Register gives no host handles on this branch yet")
+	}
+}
+
+func TestGRPCHostCallsThroughManager(t *testing.T) {
+	verifyNoLeaks(t)
+	skipWithoutManagerHandles(t)
+	f := newHostFixture(t)
+	gens := make(chan uint64, 8)
+	m := NewManager[counterReq, counterResp](
+		WithHostFuncs(NewHostFunc("kv.get", func(_ context.Context, c Caller, r kvReq) (kvResp, error) {
+			gens <- c.Generation
+			return kvResp{Value: c.Plugin + ":" + r.Key}, nil
+		})),
+		WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.get"}}),
+	)
+	defer m.Shutdown(context.Background())
+	lis, addr := unixListener(t)
+	serveGRPC(t, lis, addr, newHostCallPlugin(f))
+	p, err := NewGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{Name: "counter", Endpoint: addr})
+	require.NoError(t, err)
+	require.NoError(t, m.Register(p))
+	resp, err := m.Execute(context.Background(), "counter", counterReq{Op: "host", Text: "kv.get"})
+	require.NoError(t, err)
+	assert.Equal(t, "counter:k", resp.Text)
+	assert.Equal(t, uint64(1), <-gens)
+
+	lis2, addr2 := unixListener(t)
+	serveGRPC(t, lis2, addr2, newHostCallPlugin(f))
+	p2, err := NewGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{Name: "counter", Endpoint: addr2})
+	require.NoError(t, err)
+	_, err = m.Reload(context.Background(), "counter", p2)
+	require.NoError(t, err)
+	resp, err = m.Execute(context.Background(), "counter", counterReq{Op: "host", Text: "kv.get"})
+	require.NoError(t, err)
+	assert.Equal(t, "counter:k", resp.Text)
+	assert.Equal(t, uint64(2), <-gens)
+	_, err = m.Execute(context.Background(), "counter", counterReq{Op: "host", Text: "block"})
+	assert.Equal(t, "not_granted", hostCallCode(t, err))
+}
