@@ -2,6 +2,7 @@ package grpcplugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -149,7 +150,8 @@ type hostLink struct {
 	codecName string
 	nextID    atomic.Uint64
 
-	sendMu sync.Mutex // a gRPC stream's SendMsg is not safe for concurrent use
+	sendMu sync.Mutex  // a gRPC stream's SendMsg is not safe for concurrent use
+	ended  atomic.Bool // the stream's handler returns: sending would touch a finished stream
 
 	mu      sync.Mutex
 	pending map[uint64]chan *pluginpb.HostReply // nil once the stream ended
@@ -190,6 +192,9 @@ func (l *hostLink) unavailable(name string) error {
 func (l *hostLink) send(c *pluginpb.HostCall) error {
 	l.sendMu.Lock()
 	defer l.sendMu.Unlock()
+	if l.ended.Load() {
+		return errors.New("the HostCalls stream ended")
+	}
 	return l.s.Send(c)
 }
 
@@ -211,8 +216,9 @@ func (l *hostLink) deliver(r *pluginpb.HostReply) {
 	}
 }
 
-// end fails the calls waiting for answers.
+// end fails the calls waiting for answers, and sends no more.
 func (l *hostLink) end() {
+	l.ended.Store(true)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, ch := range l.pending {

@@ -14,6 +14,11 @@
 // sdk.HealthChecker, sdk.StatefulPlugin, sdk.StreamPlugin and
 // sdk.SchemaPlugin, and errors as *sdk.Error. The package is separate from
 // sdk so that plugins that do not speak gRPC do not link it.
+//
+// A plugin calls the host's functions with CallHost, from a handler's ctx
+// or from background work (WithBackground), over a stream the host opens:
+// the plugin never dials its host. Metadata returns the pairs the host
+// attached to a request.
 package grpcplugin
 
 import (
