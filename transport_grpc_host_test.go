@@ -1,6 +1,7 @@
 package goplugins
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -500,9 +501,11 @@ type rawHostCaller struct {
 	oldPlugin
 	calls   chan *pluginpb.HostCall
 	replies chan *pluginpb.HostReply
+	opened  chan struct{}
 }
 
 func (r rawHostCaller) HostCalls(s pluginpb.Plugin_HostCallsServer) error {
+	r.opened <- struct{}{}
 	if err := s.SendHeader(map[string][]string{pluginpb.MDHostCalls: {pluginpb.Ready}}); err != nil {
 		return err
 	}
@@ -519,6 +522,7 @@ func (r rawHostCaller) HostCalls(s pluginpb.Plugin_HostCallsServer) error {
 		select {
 		case c := <-r.calls:
 			if err := s.Send(c); err != nil {
+				go func() { r.calls <- c }() // for the host's next stream
 				return err
 			}
 		case <-s.Context().Done():
@@ -530,7 +534,7 @@ func (r rawHostCaller) HostCalls(s pluginpb.Plugin_HostCallsServer) error {
 func TestGRPCHostCallsStreamProtocol(t *testing.T) {
 	verifyNoLeaks(t)
 	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"*"}, Background: true}))
-	raw := rawHostCaller{oldPlugin: oldPlugin{links: make(chan uint64, 1)}, calls: make(chan *pluginpb.HostCall), replies: make(chan *pluginpb.HostReply, 4)}
+	raw := rawHostCaller{oldPlugin: oldPlugin{links: make(chan uint64, 1)}, calls: make(chan *pluginpb.HostCall), replies: make(chan *pluginpb.HostReply, 4), opened: make(chan struct{}, 2)}
 	lis, addr := unixListener(t)
 	srv := grpc.NewServer()
 	pluginpb.RegisterPluginServer(srv, raw)
@@ -588,6 +592,14 @@ func TestGRPCHostCallsStreamProtocol(t *testing.T) {
 		require.NotNil(t, rep.Error)
 		assert.Equal(t, "canceled", rep.Error.Code)
 		assert.ErrorIs(t, <-f.ended, context.Canceled)
+	})
+
+	t.Run("a call over gRPC's receive limit breaks the stream, which is opened again", func(t *testing.T) {
+		<-raw.opened
+		raw.calls <- &pluginpb.HostCall{Id: 9, Name: "kv.get", Body: bytes.Repeat([]byte(" "), 5<<20)}
+		<-raw.opened
+		rep := call(&pluginpb.HostCall{Id: 10, Name: "kv.get", Body: []byte(`{"key":"b"}`)})
+		assert.Equal(t, `{"value":"counter:b"}`, string(rep.Body))
 	})
 
 	t.Run("after the plugin value closed", func(t *testing.T) {
