@@ -16,6 +16,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/goplugins/goplugins/internal/pluginpb"
 	"github.com/goplugins/goplugins/sdk"
@@ -707,4 +710,48 @@ func TestGRPCHostCallsThroughManager(t *testing.T) {
 	assert.Equal(t, uint64(2), <-gens)
 	_, err = m.Execute(context.Background(), "counter", counterReq{Op: "host", Text: "block"})
 	assert.Equal(t, "not_granted", hostCallCode(t, err))
+}
+
+func TestGRPCPluginHostCallFailsWhenTheStreamEnds(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"block"}, Background: true}))
+	got := make(chan error, 1)
+	bg := grpcplugin.WithBackground(func(ctx context.Context) {
+		// A ctx that never ends: only the stream's end stops the call.
+		_, err := grpcplugin.CallHost[kvReq, kvResp](context.WithoutCancel(ctx), "block", kvReq{})
+		got <- err
+	})
+	p, _ := newHostCallRemote(t, f, newHostCallPlugin(f), bg)
+	<-f.entered
+	require.NoError(t, p.Close(context.Background()))
+	err := <-got
+	var e *sdk.Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, "unavailable", e.Code, "%v", err)
+	assert.True(t, e.Retryable)
+	assert.ErrorIs(t, <-f.ended, context.Canceled, "closing the connection cancels the host call")
+}
+
+func TestGRPCPluginLacksTheHostCallCodec(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t)
+	lis, addr := unixListener(t)
+	serveGRPC(t, lis, addr, newHostCallPlugin(f))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := pluginpb.NewPluginClient(conn)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := client.HostCalls(metadata.NewOutgoingContext(ctx, metadata.Pairs(pluginpb.MDLink, "5", pluginpb.MDHostCodec, "nope")))
+	require.NoError(t, err)
+	h, err := s.Header()
+	require.NoError(t, err)
+	require.Equal(t, []string{pluginpb.Ready}, h.Get(pluginpb.MDHostCalls))
+	_, err = client.Execute(ctx, &pluginpb.ExecuteRequest{Codec: "json", Payload: []byte(`{"op":"host","text":"kv.get"}`), Link: 5, RequestId: 1})
+	st := status.Convert(err)
+	require.Len(t, st.Details(), 1, "%v", err)
+	e := st.Details()[0].(*pluginpb.Error)
+	assert.Equal(t, "codec", e.Code, e.Message)
+	assert.Contains(t, e.Message, "grpcplugin.WithCodec")
 }
