@@ -329,7 +329,7 @@ func TestGRPCHostCallsWithoutHandle(t *testing.T) {
 	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr})
 	_, err := p.Execute(context.Background(), counterReq{Op: "host", Text: "kv.get"})
 	assert.Equal(t, "unsupported", hostCallCode(t, err), "before UseHost the plugin cannot call the host: %v", err)
-	assert.Contains(t, err.Error(), "opened no HostCalls stream")
+	assert.Contains(t, err.Error(), "from a host that relays host calls")
 }
 
 func TestGRPCMetadataReachesThePlugin(t *testing.T) {

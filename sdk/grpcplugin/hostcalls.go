@@ -49,12 +49,9 @@ func CallHost[Req, Resp any](ctx context.Context, name string, req Req) (Resp, e
 	var zero Resp
 	r, ok := ctx.Value(requestKey{}).(hostRequest)
 	if !ok {
-		return zero, &sdk.Error{Code: codeUnsupported, Message: fmt.Sprintf("host call %q: CallHost needs the ctx of an Execute handler or of WithBackground work", name)}
+		return zero, &sdk.Error{Code: codeUnsupported, Message: fmt.Sprintf("host call %q: CallHost needs the ctx of an Execute handler or of WithBackground work, from a host that relays host calls (the plugin is registered with a host's manager, and the host is not older)", name)}
 	}
-	var l *hostLink
-	if r.link != 0 {
-		l = r.links.get(r.link)
-	}
+	l := r.links.get(r.link)
 	if l == nil {
 		return zero, &sdk.Error{Code: codeUnsupported, Message: fmt.Sprintf("host call %q: the host opened no HostCalls stream to this process (the plugin is not registered with a host manager, the host is older, or a load balancer sent the request to another replica than the stream)", name)}
 	}

@@ -135,7 +135,9 @@ func (s *service[Req, Resp]) Execute(ctx context.Context, r *pluginpb.ExecuteReq
 		return nil, errorStatus(codes.InvalidArgument, &sdk.Error{Code: codeBadRequest,
 			Message: fmt.Sprintf("the request does not decode with codec %q: %v", c.name, err)})
 	}
-	ctx = context.WithValue(ctx, requestKey{}, hostRequest{links: &s.links, link: r.Link, parent: r.RequestId})
+	if r.Link != 0 { // the host relays host calls
+		ctx = context.WithValue(ctx, requestKey{}, hostRequest{links: &s.links, link: r.Link, parent: r.RequestId})
+	}
 	resp, err := s.plugin.Execute(ctx, req)
 	if err != nil {
 		return nil, handlerStatus(err)
