@@ -41,11 +41,12 @@ type hostFixture struct {
 	ended   chan error    // how "block"'s ctx ended
 	events  chan Event
 	logs    *syncBuffer
+	gate    chan struct{} // "gate" signals entered, then waits for it
 }
 
 func newHostFixture(t *testing.T, opts ...Option) *hostFixture {
 	t.Helper()
-	f := &hostFixture{entered: make(chan struct{}, 4), ended: make(chan error, 4), events: make(chan Event, 16), logs: &syncBuffer{}}
+	f := &hostFixture{entered: make(chan struct{}, 4), ended: make(chan error, 4), events: make(chan Event, 16), logs: &syncBuffer{}, gate: make(chan struct{})}
 	c := defaultManagerConfig()
 	WithHostFuncs(
 		NewHostFunc("kv.get", func(_ context.Context, c Caller, r kvReq) (kvResp, error) {
@@ -60,6 +61,11 @@ func newHostFixture(t *testing.T, opts ...Option) *hostFixture {
 		NewHostFunc("boom", func(context.Context, Caller, kvReq) (kvResp, error) { panic("host function bug") }),
 		NewHostFunc("big", func(context.Context, Caller, kvReq) (kvResp, error) {
 			return kvResp{Value: strings.Repeat("x", pluginpb.MaxHostMessage)}, nil
+		}),
+		NewHostFunc("gate", func(context.Context, Caller, kvReq) (kvResp, error) {
+			f.entered <- struct{}{}
+			<-f.gate
+			return kvResp{Value: "through"}, nil
 		}),
 		NewHostFunc("coded", func(context.Context, Caller, kvReq) (kvResp, error) {
 			return kvResp{}, &ErrorReply{Code: "no_such_key", Message: "k is not there", Retryable: true}
@@ -754,4 +760,43 @@ func TestGRPCPluginLacksTheHostCallCodec(t *testing.T) {
 	e := st.Details()[0].(*pluginpb.Error)
 	assert.Equal(t, "codec", e.Code, e.Message)
 	assert.Contains(t, e.Message, "grpcplugin.WithCodec")
+}
+
+func TestGRPCChildServesHostCallsDuringShutdown(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := buildGRPCCounter(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"gate"}}))
+	shutdownSent := make(chan struct{})
+	onShutdown := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoke(ctx, method, req, reply, cc, opts...)
+		if method == pluginpb.Plugin_Shutdown_FullMethodName {
+			close(shutdownSent)
+		}
+		return err
+	}
+	p, err := newGRPCPlugin[counterReq, counterResp](context.Background(), GRPCConfig{
+		Name: "counter", Command: bin, DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(onShutdown)},
+	})
+	require.NoError(t, err)
+	p.UseHost(f.host)
+	child := grpcChildOf(t, p)
+	type result struct {
+		resp counterResp
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := p.Execute(context.Background(), counterReq{Op: "host", Text: "gate"})
+		res <- result{resp, err}
+	}()
+	<-f.entered
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close(context.Background()) }()
+	<-shutdownSent
+	close(f.gate)
+	r := <-res
+	require.NoError(t, r.err, "the host call in flight is served after Shutdown")
+	assert.Equal(t, "through", r.resp.Text)
+	require.NoError(t, <-closed)
+	assert.Equal(t, 0, child.proc.State().ExitCode(), "the child exited gracefully")
 }
