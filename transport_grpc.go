@@ -326,7 +326,7 @@ func (p *grpcPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	// reconnect backoff starts at one second.
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
-		grpc.WithChainUnaryInterceptor(outgoingMetadata(p.name)),
+		grpc.WithChainUnaryInterceptor(p.interceptor(l)),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
 			BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond,
 		}}),
@@ -359,7 +359,7 @@ func (p *grpcPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
 			return wrapError(err, codeInvalidConfig, p.name, "GRPCConfig.TLS does not load")
 		}
 	}
-	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithChainUnaryInterceptor(outgoingMetadata(p.name))}, cfg.DialOptions...))
+	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithChainUnaryInterceptor(p.interceptor(l))}, cfg.DialOptions...))
 }
 
 func (p *grpcPlugin[Req, Resp]) connect(l *grpcLink, target string, opts []grpc.DialOption) error {
@@ -491,7 +491,7 @@ func (p *grpcPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 	if hc := l.hosts; hc != nil && hc.on.Load() {
 		var cancel context.CancelFunc
 		cctx, cancel = hc.begin(ctx, er)
-		defer hc.end(er, cancel)
+		defer hc.end(er.RequestId, cancel)
 	}
 	r, err := l.client.Execute(cctx, er)
 	if err != nil {

@@ -261,9 +261,9 @@ func (hc *grpcHostCalls) begin(ctx context.Context, r *pluginpb.ExecuteRequest) 
 	return rctx, cancel
 }
 
-// end ends the request r that begin tagged, cancelling its host calls.
-func (hc *grpcHostCalls) end(r *pluginpb.ExecuteRequest, cancel context.CancelFunc) {
-	hc.requests.Delete(r.RequestId)
+// end ends the request id that begin tagged, cancelling its host calls.
+func (hc *grpcHostCalls) end(id uint64, cancel context.CancelFunc) {
+	hc.requests.Delete(id)
 	cancel()
 }
 
@@ -326,20 +326,34 @@ func (st *grpcHostStream) send(r *pluginpb.HostReply) {
 	_ = st.s.Send(r)
 }
 
-// outgoingMetadata returns a client interceptor that sends the pairs of
-// the call's ctx (see ContextWithMetadata) as gRPC metadata, keys in lower
-// case. A pair gRPC cannot carry fails the call with ErrInvalidConfig.
-func outgoingMetadata(plugin string) grpc.UnaryClientInterceptor {
+// interceptor returns the client interceptor of the connection l's unary
+// calls: it sends the pairs of the call's ctx (see ContextWithMetadata) as
+// gRPC metadata, keys in lower case (a pair gRPC cannot carry fails the
+// call with ErrInvalidConfig), and tags the calls other than Execute (the
+// reload surfaces, Info, Health) for host calls, as Execute tags its
+// request, with metadata.
+func (p *grpcPlugin[Req, Resp]) interceptor(l *grpcLink) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		var kv []string
 		if md := MetadataFromContext(ctx); len(md) > 0 {
-			kv := make([]string, 0, 2*len(md))
+			kv = make([]string, 0, 2*len(md)+4)
 			for k, v := range md {
 				k = strings.ToLower(k)
 				if err := checkMetadataPair(k, v); err != nil {
-					return newError(codeInvalidConfig, plugin, "call metadata (ContextWithMetadata): %s", err)
+					return newError(codeInvalidConfig, p.name, "call metadata (ContextWithMetadata): %s", err)
 				}
 				kv = append(kv, k, v)
 			}
+		}
+		if hc := l.hosts; hc != nil && hc.on.Load() && method != pluginpb.Plugin_Execute_FullMethodName {
+			id := hc.nextID.Add(1)
+			rctx, cancel := context.WithCancel(ctx)
+			hc.requests.Store(id, rctx)
+			defer hc.end(id, cancel)
+			ctx = rctx
+			kv = append(kv, pluginpb.MDLink, strconv.FormatUint(hc.token, 10), pluginpb.MDRequest, strconv.FormatUint(id, 10))
+		}
+		if len(kv) > 0 {
 			ctx = metadata.AppendToOutgoingContext(ctx, kv...)
 		}
 		return invoke(ctx, method, req, reply, cc, opts...)

@@ -131,6 +131,21 @@ func (p *hostCallPlugin) Execute(ctx context.Context, r counterReq) (counterResp
 	return counterResp{Text: resp.Value}, nil
 }
 
+// PersistState answers the value of the host function "kv.get".
+func (p *hostCallPlugin) PersistState(ctx context.Context) ([]byte, error) {
+	resp, err := grpcplugin.CallHost[kvReq, kvResp](ctx, "kv.get", kvReq{Key: "state"})
+	return []byte(resp.Value), err
+}
+
+// RestoreState calls the host function named after "call:" in state.
+func (p *hostCallPlugin) RestoreState(ctx context.Context, state []byte) error {
+	if fn, ok := strings.CutPrefix(string(state), "call:"); ok {
+		_, err := grpcplugin.CallHost[kvReq, kvResp](ctx, fn, kvReq{})
+		return err
+	}
+	return nil
+}
+
 // hostCallCode returns the code of the host call error that the plugin
 // passed on as its own, or "" if err is none.
 func hostCallCode(t *testing.T, err error) string {
@@ -323,6 +338,9 @@ func TestGRPCHostCallLimit(t *testing.T) {
 	cancel()
 	<-errc
 	<-f.ended
+	// The cancelled call leaves the limit's count once its function has
+	// returned, just after it reported its end.
+	require.Eventually(t, func() bool { return f.host.plugin.inFlight.Load() == 0 }, 5*time.Second, time.Millisecond)
 	_, err = p.Execute(context.Background(), counterReq{Op: "host", Text: "kv.get"})
 	require.NoError(t, err)
 }
@@ -799,4 +817,21 @@ func TestGRPCChildServesHostCallsDuringShutdown(t *testing.T) {
 	assert.Equal(t, "through", r.resp.Text)
 	require.NoError(t, <-closed)
 	assert.Equal(t, 0, child.proc.State().ExitCode(), "the child exited gracefully")
+}
+
+func TestGRPCHostCallsFromReloadSurfaces(t *testing.T) {
+	verifyNoLeaks(t)
+	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"kv.get", "block"}}))
+	p, _ := newHostCallRemote(t, f, newHostCallPlugin(f))
+	state, err := p.PersistState(context.Background())
+	require.NoError(t, err, "a PersistState handler calls the host within its request")
+	assert.Equal(t, "counter:state", string(state))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- p.RestoreState(ctx, []byte("call:block")) }()
+	<-f.entered
+	cancel()
+	require.ErrorIs(t, <-errc, ErrCanceled)
+	assert.ErrorIs(t, <-f.ended, context.Canceled, "the host call ends with the RestoreState request")
 }

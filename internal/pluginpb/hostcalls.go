@@ -10,6 +10,11 @@ const (
 	// MDHostCodec is the request metadata key of the HostCalls stream that
 	// names the codec of host-call bodies.
 	MDHostCodec = "goplugins-host-codec"
+	// MDRequest is the request metadata key of a unary call other than
+	// Execute that carries its request id (decimal), with MDLink: the
+	// ExecuteRequest fields of the other calls, for the host calls their
+	// handlers make.
+	MDRequest = "goplugins-request"
 	// MDHostCalls is the response header key with which the plugin says,
 	// with the value Ready, that it relays host calls over the stream.
 	MDHostCalls = "goplugins-host-calls"

@@ -29,8 +29,9 @@ const (
 // the host's GRPCConfig.Codec is set; the plugin must have it, see
 // WithCodec).
 //
-// ctx must be the ctx of an Execute handler (or derived from it): the call
-// is made within that request, and ends when the request ends; or the ctx
+// ctx must be the ctx of a handler (Execute or a reload surface's, or
+// derived from it): the call is made within that request, and ends when
+// the request ends; or the ctx
 // of background work (see WithBackground), for a call outside any
 // request, which the host allows only if it granted it. When ctx ends,
 // CallHost asks the host to cancel the call and returns at once.
@@ -49,7 +50,7 @@ func CallHost[Req, Resp any](ctx context.Context, name string, req Req) (Resp, e
 	var zero Resp
 	r, ok := ctx.Value(requestKey{}).(hostRequest)
 	if !ok {
-		return zero, &sdk.Error{Code: codeUnsupported, Message: fmt.Sprintf("host call %q: CallHost needs the ctx of an Execute handler or of WithBackground work, from a host that relays host calls (the plugin is registered with a host's manager, and the host is not older)", name)}
+		return zero, &sdk.Error{Code: codeUnsupported, Message: fmt.Sprintf("host call %q: CallHost needs the ctx of a handler or of WithBackground work, from a host that relays host calls (the plugin is registered with a host's manager, and the host is not older)", name)}
 	}
 	l := r.links.get(r.link)
 	if l == nil {

@@ -7,10 +7,12 @@ import (
 	"os"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/goplugins/goplugins/internal/pluginpb"
@@ -239,10 +241,20 @@ func (s *service[Req, Resp]) Shutdown(context.Context, *pluginpb.ShutdownRequest
 }
 
 // countCalls is a unary server interceptor that counts the calls being
-// handled (see inflight).
-func (s *service[Req, Resp]) countCalls(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// handled (see inflight) and gives the handlers of calls other than
+// Execute, which has fields of its own, the request the host tagged them
+// with for host calls (metadata pluginpb.MDLink and MDRequest).
+func (s *service[Req, Resp]) countCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	s.calls.begin()
 	defer s.calls.end()
+	if info.FullMethod != pluginpb.Plugin_Execute_FullMethodName {
+		md, _ := metadata.FromIncomingContext(ctx)
+		link, _ := strconv.ParseUint(last(md.Get(pluginpb.MDLink)), 10, 64)
+		id, _ := strconv.ParseUint(last(md.Get(pluginpb.MDRequest)), 10, 64)
+		if link != 0 && id != 0 {
+			ctx = context.WithValue(ctx, requestKey{}, hostRequest{links: &s.links, link: link, parent: id})
+		}
+	}
 	return handler(ctx, req)
 }
 
