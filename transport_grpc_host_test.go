@@ -728,6 +728,7 @@ func TestGRPCHostCallsThroughManager(t *testing.T) {
 	require.NoError(t, err)
 	_, err = m.Reload(context.Background(), "counter", p2)
 	require.NoError(t, err)
+	assert.Equal(t, uint64(1), <-gens, "the old value's PersistState called the host during the handoff")
 	resp, err = m.Execute(context.Background(), "counter", counterReq{Op: "host", Text: "kv.get"})
 	require.NoError(t, err)
 	assert.Equal(t, "counter:k", resp.Text)
