@@ -28,11 +28,29 @@ import (
 
 var benchPayload = bytes.Repeat([]byte("x"), 64)
 
-// benchEcho echoes its request.
+// benchEcho echoes its request; a request that starts with 'h' makes the
+// round trip through the host function "echo" first.
 type benchEcho struct{}
 
-func (benchEcho) Execute(_ context.Context, r *wrapperspb.BytesValue) (*wrapperspb.BytesValue, error) {
+func (benchEcho) Execute(ctx context.Context, r *wrapperspb.BytesValue) (*wrapperspb.BytesValue, error) {
+	if len(r.Value) > 0 && r.Value[0] == 'h' {
+		v, err := grpcplugin.CallHost[[]byte, []byte](ctx, "echo", r.Value)
+		return wrapperspb.Bytes(v), err
+	}
 	return r, nil
+}
+
+// benchHost is the handle of a plugin "echo" granted the host function
+// "echo", which echoes.
+func benchHost() *Host {
+	c := defaultManagerConfig()
+	for _, o := range []Option{
+		WithHostFuncs(NewHostFunc("echo", func(_ context.Context, _ Caller, b []byte) ([]byte, error) { return b, nil })),
+		WithGrants(Grant{Plugins: "echo", Funcs: []string{"echo"}}),
+	} {
+		o.applyManager(&c)
+	}
+	return newHostPlugin(&c.host).bind(&c.host, Caller{Plugin: "echo", Version: "1.0.0", Generation: 1}, nil, c.logger, func(Event) {})
 }
 
 // benchSocket returns a unix listener in a fresh short directory.
@@ -52,8 +70,10 @@ func benchSocket(b *testing.B) (net.Listener, string) {
 }
 
 // benchManagerPath serves benchEcho with grpcplugin on a unix socket and
-// returns a call through Manager.Execute and a GRPCPlugin.
-func benchManagerPath(b *testing.B) func() {
+// returns a call through Manager.Execute and a GRPCPlugin with a host
+// handle (so its requests are tagged for host calls), and the same call
+// making one host call while it is handled.
+func benchManagerPath(b *testing.B) (call, hostCall func()) {
 	lis, target := benchSocket(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -65,18 +85,21 @@ func benchManagerPath(b *testing.B) func() {
 	if err != nil {
 		b.Fatal(err)
 	}
+	p.UseHost(benchHost())
 	m := NewManager[*wrapperspb.BytesValue, *wrapperspb.BytesValue]()
 	b.Cleanup(func() { m.Shutdown(context.Background()) })
 	if err := m.Register(p); err != nil {
 		b.Fatal(err)
 	}
-	req := wrapperspb.Bytes(benchPayload)
-	return func() {
-		resp, err := m.Execute(context.Background(), "echo", req)
-		if err != nil || len(resp.Value) != len(benchPayload) {
-			b.Fatalf("Execute = %v, %v", resp, err)
+	execute := func(req *wrapperspb.BytesValue) func() {
+		return func() {
+			resp, err := m.Execute(context.Background(), "echo", req)
+			if err != nil || len(resp.Value) != len(benchPayload) {
+				b.Fatalf("Execute = %v, %v", resp, err)
+			}
 		}
 	}
+	return execute(wrapperspb.Bytes(benchPayload)), execute(wrapperspb.Bytes(append([]byte("h"), benchPayload[1:]...)))
 }
 
 // rawEcho is a bare goplugins.plugin.v1.Plugin server that echoes the
@@ -119,14 +142,30 @@ func benchRawPath(b *testing.B) func() {
 // both alike ("ratio": the median time of each, and x-raw, the ratio of the
 // medians, whose budget is 1.2).
 func BenchmarkGRPCRoundTrip(b *testing.B) {
-	managed, raw := benchManagerPath(b), benchRawPath(b)
-	b.Run("manager", func(b *testing.B) {
+	managed, _ := benchManagerPath(b)
+	benchRatio(b, managed, benchRawPath(b), "manager", "raw")
+}
+
+// BenchmarkGRPCHostCallRoundTrip measures the 64-byte echo of
+// BenchmarkGRPCRoundTrip's manager path ("plain") and the same echo making
+// one host call of the echoed bytes while it is handled (plugin -> host ->
+// plugin, "host-call"), alternately in "ratio" (x-plain).
+func BenchmarkGRPCHostCallRoundTrip(b *testing.B) {
+	plain, hostCall := benchManagerPath(b)
+	benchRatio(b, hostCall, plain, "host-call", "plain")
+}
+
+// benchRatio runs a and c on their own, then alternately, call by call,
+// reporting the median of each and their ratio, x-<cName>.
+func benchRatio(b *testing.B, a, c func(), aName, cName string) {
+	managed, raw := a, c
+	b.Run(aName, func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			managed()
 		}
 	})
-	b.Run("raw", func(b *testing.B) {
+	b.Run(cName, func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			raw()
@@ -148,9 +187,9 @@ func BenchmarkGRPCRoundTrip(b *testing.B) {
 		}
 		b.StopTimer()
 		mm, rm := median(m), median(r)
-		b.ReportMetric(float64(mm.Nanoseconds()), "manager-ns/op")
-		b.ReportMetric(float64(rm.Nanoseconds()), "raw-ns/op")
-		b.ReportMetric(float64(mm)/float64(rm), "x-raw")
+		b.ReportMetric(float64(mm.Nanoseconds()), aName+"-ns/op")
+		b.ReportMetric(float64(rm.Nanoseconds()), cName+"-ns/op")
+		b.ReportMetric(float64(mm)/float64(rm), "x-"+cName)
 	})
 }
 

@@ -110,6 +110,7 @@ type grpcPlugin[Req, Resp any] struct {
 	log    *slog.Logger
 
 	link   atomic.Pointer[grpcLink] // nil while a crashed child is down
+	host   atomic.Pointer[Host]     // set by UseHost
 	info   atomic.Pointer[PluginInfo]
 	closed atomic.Bool
 
@@ -129,7 +130,8 @@ type grpcLink struct {
 	conn   *grpc.ClientConn
 	client pluginpb.PluginClient
 	health healthpb.HealthClient
-	child  *grpcChild // nil for a remote endpoint
+	child  *grpcChild     // nil for a remote endpoint
+	hosts  *grpcHostCalls // nil until the handshake passed
 
 	calls    atomic.Int64  // calls in flight, counted by live and release
 	draining atomic.Bool   // closeLink waits for the calls to end
@@ -163,8 +165,14 @@ const grpcExitWait = 2 * time.Second
 //
 // Besides Plugin, the returned value implements StatefulPlugin,
 // StreamPlugin and SchemaPlugin by calling the plugin (Info().Surfaces
-// says which it really has), and interface{ Pid() int }: the process id
-// of the serving child, 0 for a remote endpoint or while the child is down.
+// says which it really has), HostUser (the plugin calls host functions over
+// a stream the host opens, see docs/GRPC.md), and interface{ Pid() int }:
+// the process id of the serving child, 0 for a remote endpoint or while the
+// child is down.
+//
+// Every unary call made with a ctx carrying ContextWithMetadata pairs sends
+// them as gRPC metadata; pairs gRPC cannot carry fail the call with
+// ErrInvalidConfig.
 //
 // Errors: ErrInvalidConfig for a bad cfg; ErrChecksumMismatch; ErrHandshake
 // when a child does not come up; ErrTransport (retryable) when a remote
@@ -224,6 +232,9 @@ func (p *grpcPlugin[Req, Resp]) open(ctx context.Context) (*grpcLink, error) {
 	}
 	if err == nil {
 		err = p.handshake(sctx, ctx, l)
+	}
+	if err == nil {
+		l.hosts = p.newHostCalls(l)
 	}
 	if err != nil {
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 2*p.grace)
@@ -315,6 +326,7 @@ func (p *grpcPlugin[Req, Resp]) startChild(l *grpcLink) error {
 	// reconnect backoff starts at one second.
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
+		grpc.WithChainUnaryInterceptor(p.interceptor(l)),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
 			BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond,
 		}}),
@@ -347,7 +359,7 @@ func (p *grpcPlugin[Req, Resp]) dialRemote(l *grpcLink) error {
 			return wrapError(err, codeInvalidConfig, p.name, "GRPCConfig.TLS does not load")
 		}
 	}
-	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...))
+	return p.connect(l, cfg.Endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithChainUnaryInterceptor(p.interceptor(l))}, cfg.DialOptions...))
 }
 
 func (p *grpcPlugin[Req, Resp]) connect(l *grpcLink, target string, opts []grpc.DialOption) error {
@@ -474,7 +486,14 @@ func (p *grpcPlugin[Req, Resp]) Execute(ctx context.Context, req Req) (Resp, err
 	if err != nil {
 		return zero, wrapError(err, codeInvalidConfig, p.name, "the request does not encode with codec %q", p.codec)
 	}
-	r, err := l.client.Execute(ctx, &pluginpb.ExecuteRequest{Codec: p.codec, Payload: payload})
+	er := &pluginpb.ExecuteRequest{Codec: p.codec, Payload: payload}
+	cctx := ctx
+	if hc := l.hosts; hc != nil && hc.on.Load() {
+		var cancel context.CancelFunc
+		cctx, cancel = hc.begin(ctx, er)
+		defer hc.end(er.RequestId, cancel)
+	}
+	r, err := l.client.Execute(cctx, er)
 	if err != nil {
 		return zero, p.callError(ctx, l, "Execute", err)
 	}
@@ -657,9 +676,19 @@ func (l *grpcLink) awaitExit(ctx context.Context) bool {
 
 // serve makes l the connection calls use.
 func (p *grpcPlugin[Req, Resp]) serve(l *grpcLink) {
+	// With a handle, the stream is ready before the connection serves: the
+	// plugin's first requests can call the host. A UseHost racing with the
+	// store starts it otherwise.
+	started := p.host.Load() != nil
+	if started {
+		p.startHostCalls(l)
+	}
 	p.link.Store(l)
 	if l.child != nil {
 		p.pid.Store(int64(l.child.proc.Pid()))
+	}
+	if !started && p.host.Load() != nil {
+		p.startHostCalls(l)
 	}
 }
 
@@ -764,6 +793,9 @@ func (p *grpcPlugin[Req, Resp]) closeLink(ctx context.Context, l *grpcLink) erro
 			errs = append(errs, wrapError(err, codeTransport, p.name, "closing the connection"))
 		}
 	}
+	if l.hosts != nil && !l.hosts.close(ctx) {
+		p.log.Warn("goplugins: host calls of the gRPC plugin were still running when the connection closed", "plugin", p.name)
+	}
 	if l.child != nil {
 		if l.child.proc != nil {
 			if sig := l.child.proc.StopSince(ctx, asked, p.grace); sig != 0 {
@@ -789,6 +821,9 @@ func (p *grpcPlugin[Req, Resp]) callError(ctx context.Context, l *grpcLink, op s
 	}
 	if p.closed.Load() {
 		return p.closedError()
+	}
+	if errors.Is(err, ErrInvalidConfig) {
+		return err // the host's own check, before sending
 	}
 	st := status.Convert(err)
 	for _, d := range st.Details() {
@@ -865,4 +900,5 @@ var (
 	_ StatefulPlugin   = (*grpcPlugin[any, any])(nil)
 	_ StreamPlugin     = (*grpcPlugin[any, any])(nil)
 	_ SchemaPlugin     = (*grpcPlugin[any, any])(nil)
+	_ HostUser         = (*grpcPlugin[any, any])(nil)
 )

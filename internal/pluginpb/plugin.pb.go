@@ -232,8 +232,14 @@ func (x *InfoResponse) GetCodecs() []string {
 type ExecuteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// codec names the codec of payload and of the answer's payload.
-	Codec         string `protobuf:"bytes,1,opt,name=codec,proto3" json:"codec,omitempty"`
-	Payload       []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	Codec   string `protobuf:"bytes,1,opt,name=codec,proto3" json:"codec,omitempty"`
+	Payload []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	// link is the token of the host's HostCalls stream and request_id the
+	// request's id among the host's requests over it: a host call made while
+	// handling the request goes over that stream with HostCall.parent set to
+	// request_id. Both are 0 when the host has no HostCalls stream.
+	Link          uint64 `protobuf:"fixed64,3,opt,name=link,proto3" json:"link,omitempty"`
+	RequestId     uint64 `protobuf:"varint,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -280,6 +286,20 @@ func (x *ExecuteRequest) GetPayload() []byte {
 		return x.Payload
 	}
 	return nil
+}
+
+func (x *ExecuteRequest) GetLink() uint64 {
+	if x != nil {
+		return x.Link
+	}
+	return 0
+}
+
+func (x *ExecuteRequest) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
 }
 
 type ExecuteResponse struct {
@@ -799,6 +819,162 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_goplugins_plugin_v1_plugin_proto_rawDescGZIP(), []int{16}
 }
 
+// HostCall is a plugin's call of a host function, or the cancellation of
+// one.
+type HostCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the call's id: nonzero, unique among the plugin's host calls in
+	// flight over the stream.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// parent is the ExecuteRequest.request_id of the request during which
+	// the plugin calls; 0 for background work. The call's context ends when
+	// that request ends. A parent that is not a request in flight counts as
+	// background work, which the host refuses unless it granted it.
+	Parent uint64 `protobuf:"varint,2,opt,name=parent,proto3" json:"parent,omitempty"`
+	// name is the host function's name, e.g. "kv.get".
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// body is the request, encoded with the stream's codec.
+	Body []byte `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	// cancel asks the host to cancel the call id (the other fields are
+	// unused); the host still answers the call.
+	Cancel        bool `protobuf:"varint,5,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostCall) Reset() {
+	*x = HostCall{}
+	mi := &file_goplugins_plugin_v1_plugin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostCall) ProtoMessage() {}
+
+func (x *HostCall) ProtoReflect() protoreflect.Message {
+	mi := &file_goplugins_plugin_v1_plugin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostCall.ProtoReflect.Descriptor instead.
+func (*HostCall) Descriptor() ([]byte, []int) {
+	return file_goplugins_plugin_v1_plugin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *HostCall) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *HostCall) GetParent() uint64 {
+	if x != nil {
+		return x.Parent
+	}
+	return 0
+}
+
+func (x *HostCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HostCall) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *HostCall) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+// HostReply answers one HostCall.
+type HostReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the HostCall's id.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// body is the response, encoded with the stream's codec, unless error is
+	// set.
+	Body []byte `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	// error is set when the call failed: code "not_granted", "overloaded"
+	// (retryable), "timeout", "canceled", "panic", "shutting_down",
+	// "bad_request", "frame_too_large", "codec", "error", or the code of the
+	// host function's own error.
+	Error         *Error `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostReply) Reset() {
+	*x = HostReply{}
+	mi := &file_goplugins_plugin_v1_plugin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostReply) ProtoMessage() {}
+
+func (x *HostReply) ProtoReflect() protoreflect.Message {
+	mi := &file_goplugins_plugin_v1_plugin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostReply.ProtoReflect.Descriptor instead.
+func (*HostReply) Descriptor() ([]byte, []int) {
+	return file_goplugins_plugin_v1_plugin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *HostReply) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *HostReply) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *HostReply) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 var File_goplugins_plugin_v1_plugin_proto protoreflect.FileDescriptor
 
 const file_goplugins_plugin_v1_plugin_proto_rawDesc = "" +
@@ -818,10 +994,13 @@ const file_goplugins_plugin_v1_plugin_proto_rawDesc = "" +
 	"\x06codecs\x18\x06 \x03(\tR\x06codecs\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"@\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"s\n" +
 	"\x0eExecuteRequest\x12\x14\n" +
 	"\x05codec\x18\x01 \x01(\tR\x05codec\x12\x18\n" +
-	"\apayload\x18\x02 \x01(\fR\apayload\"+\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x12\x12\n" +
+	"\x04link\x18\x03 \x01(\x06R\x04link\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\x04R\trequestId\"+\n" +
 	"\x0fExecuteResponse\x12\x18\n" +
 	"\apayload\x18\x01 \x01(\fR\apayload\"\x15\n" +
 	"\x13PersistStateRequest\",\n" +
@@ -840,7 +1019,17 @@ const file_goplugins_plugin_v1_plugin_proto_rawDesc = "" +
 	"\x03old\x18\x01 \x01(\v2!.goplugins.plugin.v1.InfoResponseR\x03old\"\x15\n" +
 	"\x13CheckCompatResponse\"\x11\n" +
 	"\x0fShutdownRequest\"\x12\n" +
-	"\x10ShutdownResponse2\xe2\x05\n" +
+	"\x10ShutdownResponse\"r\n" +
+	"\bHostCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
+	"\x06parent\x18\x02 \x01(\x04R\x06parent\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x12\n" +
+	"\x04body\x18\x04 \x01(\fR\x04body\x12\x16\n" +
+	"\x06cancel\x18\x05 \x01(\bR\x06cancel\"a\n" +
+	"\tHostReply\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04body\x18\x02 \x01(\fR\x04body\x120\n" +
+	"\x05error\x18\x03 \x01(\v2\x1a.goplugins.plugin.v1.ErrorR\x05error2\xb2\x06\n" +
 	"\x06Plugin\x12K\n" +
 	"\x04Info\x12 .goplugins.plugin.v1.InfoRequest\x1a!.goplugins.plugin.v1.InfoResponse\x12T\n" +
 	"\aExecute\x12#.goplugins.plugin.v1.ExecuteRequest\x1a$.goplugins.plugin.v1.ExecuteResponse\x12c\n" +
@@ -850,7 +1039,8 @@ const file_goplugins_plugin_v1_plugin_proto_rawDesc = "" +
 	"Checkpoint\x12&.goplugins.plugin.v1.CheckpointRequest\x1a'.goplugins.plugin.v1.CheckpointResponse\x12Q\n" +
 	"\x06Resume\x12\".goplugins.plugin.v1.ResumeRequest\x1a#.goplugins.plugin.v1.ResumeResponse\x12`\n" +
 	"\vCheckCompat\x12'.goplugins.plugin.v1.CheckCompatRequest\x1a(.goplugins.plugin.v1.CheckCompatResponse\x12W\n" +
-	"\bShutdown\x12$.goplugins.plugin.v1.ShutdownRequest\x1a%.goplugins.plugin.v1.ShutdownResponseB2Z0github.com/goplugins/goplugins/internal/pluginpbb\x06proto3"
+	"\bShutdown\x12$.goplugins.plugin.v1.ShutdownRequest\x1a%.goplugins.plugin.v1.ShutdownResponse\x12N\n" +
+	"\tHostCalls\x12\x1e.goplugins.plugin.v1.HostReply\x1a\x1d.goplugins.plugin.v1.HostCall(\x010\x01B2Z0github.com/goplugins/goplugins/internal/pluginpbb\x06proto3"
 
 var (
 	file_goplugins_plugin_v1_plugin_proto_rawDescOnce sync.Once
@@ -864,7 +1054,7 @@ func file_goplugins_plugin_v1_plugin_proto_rawDescGZIP() []byte {
 	return file_goplugins_plugin_v1_plugin_proto_rawDescData
 }
 
-var file_goplugins_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_goplugins_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_goplugins_plugin_v1_plugin_proto_goTypes = []any{
 	(*Error)(nil),                // 0: goplugins.plugin.v1.Error
 	(*InfoRequest)(nil),          // 1: goplugins.plugin.v1.InfoRequest
@@ -883,32 +1073,37 @@ var file_goplugins_plugin_v1_plugin_proto_goTypes = []any{
 	(*CheckCompatResponse)(nil),  // 14: goplugins.plugin.v1.CheckCompatResponse
 	(*ShutdownRequest)(nil),      // 15: goplugins.plugin.v1.ShutdownRequest
 	(*ShutdownResponse)(nil),     // 16: goplugins.plugin.v1.ShutdownResponse
-	nil,                          // 17: goplugins.plugin.v1.InfoResponse.MetadataEntry
+	(*HostCall)(nil),             // 17: goplugins.plugin.v1.HostCall
+	(*HostReply)(nil),            // 18: goplugins.plugin.v1.HostReply
+	nil,                          // 19: goplugins.plugin.v1.InfoResponse.MetadataEntry
 }
 var file_goplugins_plugin_v1_plugin_proto_depIdxs = []int32{
-	17, // 0: goplugins.plugin.v1.InfoResponse.metadata:type_name -> goplugins.plugin.v1.InfoResponse.MetadataEntry
+	19, // 0: goplugins.plugin.v1.InfoResponse.metadata:type_name -> goplugins.plugin.v1.InfoResponse.MetadataEntry
 	2,  // 1: goplugins.plugin.v1.CheckCompatRequest.old:type_name -> goplugins.plugin.v1.InfoResponse
-	1,  // 2: goplugins.plugin.v1.Plugin.Info:input_type -> goplugins.plugin.v1.InfoRequest
-	3,  // 3: goplugins.plugin.v1.Plugin.Execute:input_type -> goplugins.plugin.v1.ExecuteRequest
-	5,  // 4: goplugins.plugin.v1.Plugin.PersistState:input_type -> goplugins.plugin.v1.PersistStateRequest
-	7,  // 5: goplugins.plugin.v1.Plugin.RestoreState:input_type -> goplugins.plugin.v1.RestoreStateRequest
-	9,  // 6: goplugins.plugin.v1.Plugin.Checkpoint:input_type -> goplugins.plugin.v1.CheckpointRequest
-	11, // 7: goplugins.plugin.v1.Plugin.Resume:input_type -> goplugins.plugin.v1.ResumeRequest
-	13, // 8: goplugins.plugin.v1.Plugin.CheckCompat:input_type -> goplugins.plugin.v1.CheckCompatRequest
-	15, // 9: goplugins.plugin.v1.Plugin.Shutdown:input_type -> goplugins.plugin.v1.ShutdownRequest
-	2,  // 10: goplugins.plugin.v1.Plugin.Info:output_type -> goplugins.plugin.v1.InfoResponse
-	4,  // 11: goplugins.plugin.v1.Plugin.Execute:output_type -> goplugins.plugin.v1.ExecuteResponse
-	6,  // 12: goplugins.plugin.v1.Plugin.PersistState:output_type -> goplugins.plugin.v1.PersistStateResponse
-	8,  // 13: goplugins.plugin.v1.Plugin.RestoreState:output_type -> goplugins.plugin.v1.RestoreStateResponse
-	10, // 14: goplugins.plugin.v1.Plugin.Checkpoint:output_type -> goplugins.plugin.v1.CheckpointResponse
-	12, // 15: goplugins.plugin.v1.Plugin.Resume:output_type -> goplugins.plugin.v1.ResumeResponse
-	14, // 16: goplugins.plugin.v1.Plugin.CheckCompat:output_type -> goplugins.plugin.v1.CheckCompatResponse
-	16, // 17: goplugins.plugin.v1.Plugin.Shutdown:output_type -> goplugins.plugin.v1.ShutdownResponse
-	10, // [10:18] is the sub-list for method output_type
-	2,  // [2:10] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	0,  // 2: goplugins.plugin.v1.HostReply.error:type_name -> goplugins.plugin.v1.Error
+	1,  // 3: goplugins.plugin.v1.Plugin.Info:input_type -> goplugins.plugin.v1.InfoRequest
+	3,  // 4: goplugins.plugin.v1.Plugin.Execute:input_type -> goplugins.plugin.v1.ExecuteRequest
+	5,  // 5: goplugins.plugin.v1.Plugin.PersistState:input_type -> goplugins.plugin.v1.PersistStateRequest
+	7,  // 6: goplugins.plugin.v1.Plugin.RestoreState:input_type -> goplugins.plugin.v1.RestoreStateRequest
+	9,  // 7: goplugins.plugin.v1.Plugin.Checkpoint:input_type -> goplugins.plugin.v1.CheckpointRequest
+	11, // 8: goplugins.plugin.v1.Plugin.Resume:input_type -> goplugins.plugin.v1.ResumeRequest
+	13, // 9: goplugins.plugin.v1.Plugin.CheckCompat:input_type -> goplugins.plugin.v1.CheckCompatRequest
+	15, // 10: goplugins.plugin.v1.Plugin.Shutdown:input_type -> goplugins.plugin.v1.ShutdownRequest
+	18, // 11: goplugins.plugin.v1.Plugin.HostCalls:input_type -> goplugins.plugin.v1.HostReply
+	2,  // 12: goplugins.plugin.v1.Plugin.Info:output_type -> goplugins.plugin.v1.InfoResponse
+	4,  // 13: goplugins.plugin.v1.Plugin.Execute:output_type -> goplugins.plugin.v1.ExecuteResponse
+	6,  // 14: goplugins.plugin.v1.Plugin.PersistState:output_type -> goplugins.plugin.v1.PersistStateResponse
+	8,  // 15: goplugins.plugin.v1.Plugin.RestoreState:output_type -> goplugins.plugin.v1.RestoreStateResponse
+	10, // 16: goplugins.plugin.v1.Plugin.Checkpoint:output_type -> goplugins.plugin.v1.CheckpointResponse
+	12, // 17: goplugins.plugin.v1.Plugin.Resume:output_type -> goplugins.plugin.v1.ResumeResponse
+	14, // 18: goplugins.plugin.v1.Plugin.CheckCompat:output_type -> goplugins.plugin.v1.CheckCompatResponse
+	16, // 19: goplugins.plugin.v1.Plugin.Shutdown:output_type -> goplugins.plugin.v1.ShutdownResponse
+	17, // 20: goplugins.plugin.v1.Plugin.HostCalls:output_type -> goplugins.plugin.v1.HostCall
+	12, // [12:21] is the sub-list for method output_type
+	3,  // [3:12] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_goplugins_plugin_v1_plugin_proto_init() }
@@ -922,7 +1117,7 @@ func file_goplugins_plugin_v1_plugin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_goplugins_plugin_v1_plugin_proto_rawDesc), len(file_goplugins_plugin_v1_plugin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -48,6 +48,7 @@ const (
 	Plugin_Resume_FullMethodName       = "/goplugins.plugin.v1.Plugin/Resume"
 	Plugin_CheckCompat_FullMethodName  = "/goplugins.plugin.v1.Plugin/CheckCompat"
 	Plugin_Shutdown_FullMethodName     = "/goplugins.plugin.v1.Plugin/Shutdown"
+	Plugin_HostCalls_FullMethodName    = "/goplugins.plugin.v1.Plugin/HostCalls"
 )
 
 // PluginClient is the client API for Plugin service.
@@ -77,6 +78,17 @@ type PluginClient interface {
 	// finishes the calls in flight and exits. Plugins deployed as remote
 	// services refuse it with PERMISSION_DENIED.
 	Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error)
+	// HostCalls carries the plugin's calls of host functions. The host opens
+	// it right after connecting, and again after a reconnect, with the
+	// request metadata "goplugins-link" (the link token: decimal digits, as
+	// in ExecuteRequest.link) and "goplugins-host-codec" (the codec of
+	// HostCall.body and HostReply.body). The plugin sends its response
+	// headers, with "goplugins-host-calls: ready", once it relays calls; then
+	// it sends a HostCall for each call, and the host answers each call
+	// exactly once with a HostReply of the same id, in any order. A plugin
+	// without host calls answers UNIMPLEMENTED, and the host then makes none
+	// possible. The stream lasts as long as the connection.
+	HostCalls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HostReply, HostCall], error)
 }
 
 type pluginClient struct {
@@ -167,6 +179,19 @@ func (c *pluginClient) Shutdown(ctx context.Context, in *ShutdownRequest, opts .
 	return out, nil
 }
 
+func (c *pluginClient) HostCalls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HostReply, HostCall], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Plugin_ServiceDesc.Streams[0], Plugin_HostCalls_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[HostReply, HostCall]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Plugin_HostCallsClient = grpc.BidiStreamingClient[HostReply, HostCall]
+
 // PluginServer is the server API for Plugin service.
 // All implementations must embed UnimplementedPluginServer
 // for forward compatibility.
@@ -194,6 +219,17 @@ type PluginServer interface {
 	// finishes the calls in flight and exits. Plugins deployed as remote
 	// services refuse it with PERMISSION_DENIED.
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
+	// HostCalls carries the plugin's calls of host functions. The host opens
+	// it right after connecting, and again after a reconnect, with the
+	// request metadata "goplugins-link" (the link token: decimal digits, as
+	// in ExecuteRequest.link) and "goplugins-host-codec" (the codec of
+	// HostCall.body and HostReply.body). The plugin sends its response
+	// headers, with "goplugins-host-calls: ready", once it relays calls; then
+	// it sends a HostCall for each call, and the host answers each call
+	// exactly once with a HostReply of the same id, in any order. A plugin
+	// without host calls answers UNIMPLEMENTED, and the host then makes none
+	// possible. The stream lasts as long as the connection.
+	HostCalls(grpc.BidiStreamingServer[HostReply, HostCall]) error
 	mustEmbedUnimplementedPluginServer()
 }
 
@@ -227,6 +263,9 @@ func (UnimplementedPluginServer) CheckCompat(context.Context, *CheckCompatReques
 }
 func (UnimplementedPluginServer) Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Shutdown not implemented")
+}
+func (UnimplementedPluginServer) HostCalls(grpc.BidiStreamingServer[HostReply, HostCall]) error {
+	return status.Error(codes.Unimplemented, "method HostCalls not implemented")
 }
 func (UnimplementedPluginServer) mustEmbedUnimplementedPluginServer() {}
 func (UnimplementedPluginServer) testEmbeddedByValue()                {}
@@ -393,6 +432,13 @@ func _Plugin_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Plugin_HostCalls_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PluginServer).HostCalls(&grpc.GenericServerStream[HostReply, HostCall]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Plugin_HostCallsServer = grpc.BidiStreamingServer[HostReply, HostCall]
+
 // Plugin_ServiceDesc is the grpc.ServiceDesc for Plugin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -433,6 +479,13 @@ var Plugin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Plugin_Shutdown_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "HostCalls",
+			Handler:       _Plugin_HostCalls_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "goplugins/plugin/v1/plugin.proto",
 }

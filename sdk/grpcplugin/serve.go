@@ -14,6 +14,11 @@
 // sdk.HealthChecker, sdk.StatefulPlugin, sdk.StreamPlugin and
 // sdk.SchemaPlugin, and errors as *sdk.Error. The package is separate from
 // sdk so that plugins that do not speak gRPC do not link it.
+//
+// A plugin calls the host's functions with CallHost, from a handler's ctx
+// or from background work (WithBackground), over a stream the host opens:
+// the plugin never dials its host. Metadata returns the pairs the host
+// attached to a request.
 package grpcplugin
 
 import (
@@ -49,6 +54,7 @@ type config struct {
 	codecs     []sdk.Codec
 	tls        *tlsFiles
 	serverOpts []grpc.ServerOption
+	background []func(context.Context)
 }
 
 type tlsFiles struct{ cert, key, clientCA string }
@@ -149,12 +155,12 @@ func serve[Req, Resp any](ctx context.Context, lis net.Listener, creds credentia
 	for _, o := range opts {
 		o(&cf)
 	}
-	svc, err := newService(p, info, cf.codecs)
+	svc, err := newService(p, info, cf)
 	if err != nil {
 		lis.Close()
 		return err
 	}
-	sopts := cf.serverOpts
+	sopts := append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(svc.countCalls)}, cf.serverOpts...)
 	if creds != nil {
 		sopts = append([]grpc.ServerOption{grpc.Creds(creds)}, sopts...)
 	}
@@ -166,7 +172,16 @@ func serve[Req, Resp any](ctx context.Context, lis net.Listener, creds credentia
 		once.Do(func() {
 			go func() {
 				hs.Shutdown()
-				srv.GracefulStop()
+				graceful := make(chan struct{})
+				go func() {
+					srv.GracefulStop()
+					close(graceful)
+				}()
+				// GracefulStop waits for the HostCalls streams too, which
+				// last until the handlers in flight no longer call the host.
+				svc.drain()
+				<-graceful
+				svc.wg.Wait()
 				close(stopped)
 			}()
 		})

@@ -7,8 +7,12 @@ import (
 	"os"
 	"runtime/debug"
 	"slices"
+	"strconv"
+	"sync"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/goplugins/goplugins/internal/pluginpb"
@@ -42,12 +46,21 @@ type service[Req, Resp any] struct {
 	codecs []payloadCodec[Req, Resp]
 	// shutdown stops the server gracefully; nil when Shutdown is refused.
 	shutdown func()
+
+	// Host calls.
+	links      hostLinks
+	hostCodecs []sdk.Codec // the codecs the host may name for host calls
+	background []func(context.Context)
+	calls      inflight       // the unary calls being handled
+	stopLinks  chan struct{}  // closed to end the HostCalls streams
+	wg         sync.WaitGroup // the streams' readers and the background work
 }
 
-func newService[Req, Resp any](p sdk.Plugin[Req, Resp], info sdk.Info, extra []sdk.Codec) (*service[Req, Resp], error) {
+func newService[Req, Resp any](p sdk.Plugin[Req, Resp], info sdk.Info, cf config) (*service[Req, Resp], error) {
 	if p == nil {
 		return nil, errors.New("grpcplugin: the plugin is nil")
 	}
+	extra := cf.codecs
 	var codecs []payloadCodec[Req, Resp]
 	reqProto, isReqProto := protocodec.For[Req]()
 	respProto, isRespProto := protocodec.For[Resp]()
@@ -70,7 +83,10 @@ func newService[Req, Resp any](p sdk.Plugin[Req, Resp], info sdk.Info, extra []s
 			encode: func(resp Resp) ([]byte, error) { return c.Marshal(resp) },
 		})
 	}
-	s := &service[Req, Resp]{plugin: p, first: codecs[0], codecs: codecs, info: infoMessage(p, info)}
+	s := &service[Req, Resp]{plugin: p, first: codecs[0], codecs: codecs, info: infoMessage(p, info),
+		hostCodecs: append([]sdk.Codec{sdk.JSONCodec{}}, cf.codecs...), background: cf.background,
+		calls: inflight{idle: make(chan struct{}, 1)}, stopLinks: make(chan struct{}),
+	}
 	for _, c := range codecs {
 		s.info.Codecs = append(s.info.Codecs, c.name)
 	}
@@ -120,6 +136,9 @@ func (s *service[Req, Resp]) Execute(ctx context.Context, r *pluginpb.ExecuteReq
 	if err != nil {
 		return nil, errorStatus(codes.InvalidArgument, &sdk.Error{Code: codeBadRequest,
 			Message: fmt.Sprintf("the request does not decode with codec %q: %v", c.name, err)})
+	}
+	if r.Link != 0 { // the host relays host calls
+		ctx = context.WithValue(ctx, requestKey{}, hostRequest{links: &s.links, link: r.Link, parent: r.RequestId})
 	}
 	resp, err := s.plugin.Execute(ctx, req)
 	if err != nil {
@@ -219,6 +238,31 @@ func (s *service[Req, Resp]) Shutdown(context.Context, *pluginpb.ShutdownRequest
 	}
 	s.shutdown()
 	return &pluginpb.ShutdownResponse{}, nil
+}
+
+// countCalls is a unary server interceptor that counts the calls being
+// handled (see inflight) and gives the handlers of calls other than
+// Execute, which has fields of its own, the request the host tagged them
+// with for host calls (metadata pluginpb.MDLink and MDRequest).
+func (s *service[Req, Resp]) countCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	s.calls.begin()
+	defer s.calls.end()
+	if info.FullMethod != pluginpb.Plugin_Execute_FullMethodName {
+		md, _ := metadata.FromIncomingContext(ctx)
+		link, _ := strconv.ParseUint(last(md.Get(pluginpb.MDLink)), 10, 64)
+		id, _ := strconv.ParseUint(last(md.Get(pluginpb.MDRequest)), 10, 64)
+		if link != 0 && id != 0 {
+			ctx = context.WithValue(ctx, requestKey{}, hostRequest{links: &s.links, link: link, parent: id})
+		}
+	}
+	return handler(ctx, req)
+}
+
+// drain waits for the unary calls being handled, whose handlers may call
+// the host, then ends the HostCalls streams and the background work.
+func (s *service[Req, Resp]) drain() {
+	s.calls.wait()
+	close(s.stopLinks)
 }
 
 // recoverInto turns a handler panic into a "panic" error status.

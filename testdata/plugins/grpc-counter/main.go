@@ -1,7 +1,8 @@
 // Command grpc-counter is a gRPC test plugin named "counter": it echoes
 // text, adds to a running total (its state, surface "state"), counts the
 // events it processed (its stream position, surface "stream"), fails and
-// sleeps on request. Its version is the -version flag, so that one binary
+// sleeps on request, and calls the host function named by Text ("host",
+// with the request {"key": "k"}; it answers the response's "value"). Its version is the -version flag, so that one binary
 // plays two versions in reload tests.
 package main
 
@@ -20,7 +21,7 @@ import (
 
 // Request is what the host sends.
 type Request struct {
-	Op   string `json:"op"` // "echo", "add", "fail", "canceled", "sleep", "exit"
+	Op   string `json:"op"` // "echo", "add", "fail", "canceled", "sleep", "exit", "host"
 	Text string `json:"text,omitempty"`
 	N    int    `json:"n,omitempty"`
 }
@@ -67,6 +68,13 @@ func (c *counter) Execute(ctx context.Context, r Request) (Response, error) {
 		c.mu.Lock()
 	case "exit":
 		os.Exit(3)
+	case "host":
+		c.mu.Unlock()
+		resp, err := grpcplugin.CallHost[map[string]string, map[string]string](ctx, r.Text, map[string]string{"key": "k"})
+		if err != nil {
+			return Response{}, err
+		}
+		return Response{Text: resp["value"], Version: c.version}, nil
 	}
 	resp := Response{Text: r.Text, Total: c.total, Events: c.events, Version: c.version, Resumed: c.resumed, Restored: c.restored}
 	c.mu.Unlock()
