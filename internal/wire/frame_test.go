@@ -57,6 +57,7 @@ func TestReaderErrors(t *testing.T) {
 		{"short payload", valid[:len(valid)-1], io.ErrUnexpectedEOF},
 		{"length below minimum", []byte{0, 0, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0, 1}, ErrMalformed},
 		{"unknown type", AppendFrame(nil, Type(0x7f), 1, nil), ErrMalformed},
+		{"type after version 2", AppendFrame(nil, Type(0x13), 1, nil), ErrMalformed},
 		{"text on the pipe", []byte("hello, world! this is not a frame\n"), ErrMalformed},
 	}
 	for _, tt := range tests {
