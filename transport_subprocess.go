@@ -88,6 +88,7 @@ type subprocessPlugin[Req, Resp any] struct {
 
 	conn atomic.Pointer[subConn] // nil while down
 	info atomic.Pointer[PluginInfo]
+	host atomic.Pointer[Host] // the handle its host calls are served with; kept across restarts
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -222,7 +223,9 @@ func (s *subprocessPlugin[Req, Resp]) start(ctx context.Context) (*subConn, erro
 		toHost.Close()
 		return nil, startError(err, name, s.cfg.Command, "SubprocessConfig", codeTransport)
 	}
-	c := newSubConn(name, p, toChild, toHost, subLimits{readMax: s.cfg.MaxFrameSize, grace: s.cfg.StopGrace, stall: s.cfg.StallTimeout})
+	c := newSubConn(name, p, toChild, toHost,
+		subLimits{readMax: s.cfg.MaxFrameSize, grace: s.cfg.StopGrace, stall: s.cfg.StallTimeout},
+		hostSide{host: &s.host, codec: s.codec, log: s.log})
 	if err := s.handshake(ctx, c); err != nil {
 		c.kill()
 		return nil, err
@@ -292,6 +295,11 @@ func (s *subprocessPlugin[Req, Resp]) live() (*subConn, error) {
 	defer s.mu.Unlock()
 	return nil, downError(s.cfg.Name, s.closed, s.leftDown(), s.cfg.Restart)
 }
+
+// UseHost makes h the handle that serves the host calls of the plugin's
+// child (protocol version 2), this one and those restarted after it.
+// Until it is called, host calls are refused with ErrNotGranted.
+func (s *subprocessPlugin[Req, Resp]) UseHost(h *Host) { s.host.Store(h) }
 
 // Pid returns the process id of the plugin's child process (also its
 // process group id), or 0 while it is down.
@@ -422,4 +430,5 @@ var (
 	_ StatefulPlugin   = (*subprocessPlugin[any, any])(nil)
 	_ StreamPlugin     = (*subprocessPlugin[any, any])(nil)
 	_ SchemaPlugin     = (*subprocessPlugin[any, any])(nil)
+	_ HostUser         = (*subprocessPlugin[any, any])(nil)
 )
