@@ -85,12 +85,12 @@ type subLimits struct {
 // it hands each to a goroutine of its own (subprocess_hostcall.go), whose
 // answer goes through the writer's queue like a request.
 type subConn struct {
-	name    string
-	proc    *proc.Process
-	toChild *os.File // host → plugin pipe
-	toHost  *os.File // plugin → host pipe
-	r       *wire.Reader
-	lim     subLimits
+	name     string
+	proc     *proc.Process
+	toChild  *os.File // host → plugin pipe
+	toHost   *os.File // plugin → host pipe
+	r        *wire.Reader
+	lim      subLimits
 	peerMax  int // the plugin's maximum frame size; set by run
 	protocol int // the protocol version the plugin chose; set by run
 	info     PluginInfo
@@ -201,15 +201,15 @@ func newSubConn(name string, p *proc.Process, toChild, toHost *os.File, lim subL
 	}
 	return &subConn{
 		name: name, proc: p, toChild: toChild, toHost: toHost,
-		r:       wire.NewReader(toHost, lim.readMax),
+		r:         wire.NewReader(toHost, lim.readMax),
 		lim:       lim,
 		hs:        hs,
 		hostCalls: make(map[uint64]context.CancelFunc),
 		pending:   make(map[uint64]*subCall),
-		room:    make(chan struct{}),
-		wake:    make(chan struct{}, 1),
-		quit:    make(chan struct{}),
-		dead:    make(chan struct{}),
+		room:      make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		quit:      make(chan struct{}),
+		dead:      make(chan struct{}),
 	}
 }
 
