@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 
@@ -17,9 +18,11 @@ import (
 //	orphan    HOST_CALL "kv.get" whose parent is no request in flight
 //	cancel    HOST_CALL "block", then HOST_CANCEL of it at once
 //	answered  HOST_CALL "block", then RESULT "answered" at once, without
-//	          HOST_CANCEL; the host's answer to the host call is dropped
+//	          HOST_CANCEL; the host's answer to the host call is printed
+//	          to stderr: "answer to the host call: <type> <payload>"
 //	hold      HOST_CALL "block", and the CALL stays unanswered
-//	shutdown  the CALL stays unanswered until SHUTDOWN; then HOST_CALL
+//	shutdown  the CALL stays unanswered (stderr: "held until shutdown")
+//	          until SHUTDOWN; then HOST_CALL
 //	          "kv.get", whose answer answers the CALL, and exit 0
 //	dup       two HOST_CALLs "block" with the same id; the answer to the
 //	          second (the refused duplicate), then HOST_CANCEL of the first
@@ -72,12 +75,15 @@ func playV2(in *wire.Reader, out *wire.Writer) {
 				id := hostCall(f.ID, "block", []byte(`""`), answerWith(f))
 				out.Write(wire.TypeHostCancel, id, nil)
 			case "answered":
-				hostCall(f.ID, "block", []byte(`""`), drop)
+				hostCall(f.ID, "block", []byte(`""`), func(a wire.Frame) {
+					fmt.Fprintf(os.Stderr, "answer to the host call: %s %s\n", a.Type, a.Payload)
+				})
 				out.Write(wire.TypeResult, f.ID, []byte(`"answered"`))
 			case "hold":
 				hostCall(f.ID, "block", []byte(`""`), drop)
 			case "shutdown":
 				held = append(held, f)
+				fmt.Fprintln(os.Stderr, "held until shutdown")
 			case "dup":
 				id := hostCall(f.ID, "block", []byte(`""`), drop)
 				waits[id] = func(a wire.Frame) { // the refusal of the duplicate comes first
