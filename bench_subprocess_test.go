@@ -38,6 +38,29 @@ func BenchmarkSubprocessRoundTrip(b *testing.B) {
 	}
 }
 
+// BenchmarkHostCallRoundTrip: one caller, a call through Manager.Execute
+// to a child process that, while handling it, calls the host function
+// echo with 64 bytes and answers with its response. Its budget is 1.5x
+// BenchmarkSubprocessRoundTrip in the same run.
+func BenchmarkHostCallRoundTrip(b *testing.B) {
+	th := newTestHost(b, "hostcall", HostCallLimits{}, grantAll)
+	p := startHostcall(b, th, nil, func(c *SubprocessConfig) { c.Logger = slog.New(slog.DiscardHandler) })
+	p.UseHost(th.h)
+	m := NewManager[hostcallReq, hostcallResp](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
+	if err := m.Register(p); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Shutdown(context.Background()) })
+	req := hostcallReq{Op: "call", Func: "echo", Data: strings.Repeat("x", 64)}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp, err := m.Execute(ctx, "hostcall", req); err != nil || len(resp.Data) != 64 {
+			b.Fatal(resp, err)
+		}
+	}
+}
+
 // BenchmarkSubprocessParallel: many callers pipelining 64-byte echoes over
 // one child.
 func BenchmarkSubprocessParallel(b *testing.B) {

@@ -29,7 +29,7 @@ type hostcallResp struct {
 // testHost is a host-call handle made as a manager makes one, with the
 // test's host functions: kv.get answers "<caller's plugin>:<key>", block
 // waits for its ctx to end (started and ended report it), boom panics,
-// big answers 2000 bytes.
+// big answers 2000 bytes, echo answers its request.
 type testHost struct {
 	h       *Host
 	hp      *hostPlugin
@@ -40,7 +40,7 @@ type testHost struct {
 	ended   chan error    // receives block's ctx error when its ctx ends
 }
 
-func newTestHost(t *testing.T, plugin string, limits HostCallLimits, grants ...Grant) *testHost {
+func newTestHost(t testing.TB, plugin string, limits HostCallLimits, grants ...Grant) *testHost {
 	t.Helper()
 	th := &testHost{log: newRecordingHandler(), started: make(chan struct{}, 8), ended: make(chan error, 8)}
 	fns := []HostFunc{
@@ -53,6 +53,7 @@ func newTestHost(t *testing.T, plugin string, limits HostCallLimits, grants ...G
 		}),
 		NewHostFunc("boom", func(context.Context, Caller, string) (string, error) { panic("host function bug") }),
 		NewHostFunc("big", func(context.Context, Caller, string) (string, error) { return strings.Repeat("x", 2000), nil }),
+		NewHostFunc("echo", func(_ context.Context, _ Caller, s string) (string, error) { return s, nil }),
 	}
 	cfg := &hostConfig{funcs: make(map[string]*HostFunc), grants: grants, limits: limits.withDefaults()}
 	for i := range fns {
@@ -94,7 +95,7 @@ var grantAll = Grant{Plugins: "*", Funcs: []string{"*"}}
 
 // startHostcall starts the hostcall test plugin bound to th (nil: not
 // bound); it is closed at cleanup.
-func startHostcall(t *testing.T, th *testHost, h *recordingHandler, mod func(*SubprocessConfig)) *subprocessPlugin[hostcallReq, hostcallResp] {
+func startHostcall(t testing.TB, th *testHost, h *recordingHandler, mod func(*SubprocessConfig)) *subprocessPlugin[hostcallReq, hostcallResp] {
 	t.Helper()
 	if h == nil {
 		h = newRecordingHandler()

@@ -167,10 +167,10 @@ func TestDocumentedPayloads(t *testing.T) {
 		v    any
 		want string
 	}{
-		{Hello{Protocols: []int{1}, Codec: "json", MaxFrameSize: DefaultMaxFrameSize, Name: "echo"},
-			`{"protocols":[1],"codec":"json","max_frame_size":4194304,"name":"echo"}`},
-		{Welcome{Protocol: 1, MaxFrameSize: DefaultMaxFrameSize, Info: Info{Name: "echo", Version: "1.0.0"}},
-			`{"protocol":1,"max_frame_size":4194304,"name":"echo","version":"1.0.0"}`},
+		{Hello{Protocols: []int{1, 2}, Codec: "json", MaxFrameSize: DefaultMaxFrameSize, Name: "echo"},
+			`{"protocols":[1,2],"codec":"json","max_frame_size":4194304,"name":"echo"}`},
+		{Welcome{Protocol: 2, MaxFrameSize: DefaultMaxFrameSize, Info: Info{Name: "echo", Version: "1.0.0"}},
+			`{"protocol":2,"max_frame_size":4194304,"name":"echo","version":"1.0.0"}`},
 		{ErrorReply{Code: CodeCanceled, Message: "context canceled"},
 			`{"code":"canceled","message":"context canceled"}`},
 	}
