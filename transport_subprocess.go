@@ -110,8 +110,12 @@ type subprocessPlugin[Req, Resp any] struct {
 // Besides Plugin, the returned value implements StatefulPlugin,
 // StreamPlugin and SchemaPlugin by forwarding over the wire (the surfaces
 // the child declared in its handshake, in Info().Surfaces, say which of
-// them it really has), and interface{ Pid() int }: the process id of the
-// serving child (also its process group id), 0 while it is down.
+// them it really has), HostUser (a Manager gives it the handle that
+// serves the host calls of a child speaking protocol version 2; a host
+// call made before it is refused with not_granted), and
+// interface{ Pid() int }: the process id of the serving child (also its
+// process group id), 0 while it is down. The metadata of an Execute's ctx
+// (ContextWithMetadata) reaches a version 2 child with the request.
 //
 // Errors match ErrInvalidConfig (bad cfg), ErrChecksumMismatch (nothing
 // ran), ErrHandshake (not a plugin, or the name or version is not the
@@ -400,9 +404,11 @@ func (s *subprocessPlugin[Req, Resp]) control(ctx context.Context, t wire.Type, 
 
 // Close stops the child: the shutdown message, then StopGrace after it
 // SIGTERM to its process group, then 2·StopGrace after it SIGKILL (at
-// once when ctx ends). It returns when the child is reaped and every
-// goroutine and descriptor of the plugin is released. Calling Close again
-// returns nil.
+// once when ctx ends). The child's host calls are served until it exits;
+// those still running then are cancelled. It returns when the child is
+// reaped and every goroutine and descriptor of the plugin is released
+// (a host function that ignores its ctx is waited for until ctx ends).
+// Calling Close again returns nil.
 func (s *subprocessPlugin[Req, Resp]) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
