@@ -44,13 +44,13 @@ func BenchmarkSubprocessRoundTrip(b *testing.B) {
 // BenchmarkSubprocessRoundTrip in the same run.
 func BenchmarkHostCallRoundTrip(b *testing.B) {
 	th := newTestHost(b, "hostcall", HostCallLimits{}, grantAll)
-	p := startHostcall(b, th, nil, func(c *SubprocessConfig) { c.Logger = slog.New(slog.DiscardHandler) })
-	p.UseHost(th.h)
+	p := startHostcall(b, nil, nil, func(c *SubprocessConfig) { c.Logger = slog.New(slog.DiscardHandler) })
 	m := NewManager[hostcallReq, hostcallResp](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
 	if err := m.Register(p); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { m.Shutdown(context.Background()) })
+	p.UseHost(th.h) // after Register, which may bind the manager's own handle
 	req := hostcallReq{Op: "call", Func: "echo", Data: strings.Repeat("x", 64)}
 	ctx := context.Background()
 	b.ReportAllocs()
