@@ -582,11 +582,11 @@ func (c *subConn) abandon(id uint64, sc *subCall) {
 	delete(c.pending, id)
 	end := sc.endHostCalls()
 	c.mu.Unlock()
-	if end != nil {
-		end()
-	}
 	if !sc.state.CompareAndSwap(callQueued, callDropped) {
 		c.post(wire.TypeCancel, id)
+	}
+	if end != nil {
+		end() // after the CANCEL is queued: the plugin reads it before the host calls' answers
 	}
 }
 

@@ -109,7 +109,11 @@ func (s *server) callHost(ctx context.Context, parent uint64, name string, body 
 	}
 	select {
 	case f := <-answer:
-		return hostAnswer(name, f)
+		out, err := hostAnswer(name, f)
+		if errors.Is(err, ErrCanceled) && ctx.Err() != nil {
+			return nil, canceled(name, ctx.Err()) // the host cancelled it because the request ended
+		}
+		return out, err
 	case <-ctx.Done():
 		if s.forgetHostCall(id) {
 			_ = s.out.Write(wire.TypeHostCancel, id, nil) // a write error ends the loop's stream too

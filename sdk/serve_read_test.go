@@ -116,7 +116,10 @@ func TestServeIdleWorkersBounded(t *testing.T) {
 		h.send(wire.TypeCall, id+1, "x")
 		<-g.started
 	}
-	assert.Equal(t, burst+1, workers(), "a worker serves each blocked request, one reads")
+	// The reader started last may not have run yet (a goroutine that has
+	// not started shows its go statement's wrapper, not work).
+	require.Eventually(t, func() bool { return workers() == burst+1 },
+		5*time.Second, time.Millisecond, "a worker serves each blocked request, one reads: %d", workers())
 	close(g.release)
 	for range burst {
 		require.Equal(t, wire.TypeResult, h.read().Type)
