@@ -278,6 +278,10 @@ func TestSubprocessHostCallWire(t *testing.T) {
 			`HOST_RESULT "raw:k"`, ""},
 		{"HOST_CANCEL cancels the host call, which is still answered", "cancel", grantAll,
 			`HOST_ERROR {"code":"canceled"`, ""},
+		{"id 0 is refused", "zero", grantAll,
+			`HOST_ERROR {"code":"bad_request"`, ""},
+		{"a malformed payload is refused", "malformed", grantAll,
+			`HOST_ERROR {"code":"bad_request"`, ""},
 		{"an id in use is refused", "dup", grantAll,
 			`HOST_ERROR {"code":"bad_request"`, ""},
 		{"the request's answer ends its host calls", "answered", grantAll,
@@ -322,6 +326,29 @@ func TestSubprocessHostCallEndsWhenRequestAbandoned(t *testing.T) {
 	cancel()
 	require.ErrorIs(t, <-errc, ErrCanceled, "Execute")
 	assert.ErrorIs(t, th.awaitBlockEnded(t), context.Canceled, "the host function's ctx")
+}
+
+// TestSubprocessCloseCancelsHostCalls: host calls still running when the
+// child has exited are cancelled, and Close returns after them.
+func TestSubprocessCloseCancelsHostCalls(t *testing.T) {
+	verifyNoLeaks(t)
+	th := newTestHost(t, "raw", HostCallLimits{}, grantAll)
+	p := startRaw(t, "v2", newRecordingHandler(), nil)
+	p.UseHost(th.h)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Execute(context.Background(), "hold")
+		errc <- err
+	}()
+	th.awaitBlock(t)
+	require.NoError(t, p.Close(context.Background()))
+	select {
+	case err := <-th.ended:
+		assert.ErrorIs(t, err, context.Canceled, "the host function's ctx")
+	default:
+		t.Fatal("Close returned before the host call running ended")
+	}
+	require.ErrorIs(t, <-errc, ErrClosed, "the call in flight")
 }
 
 // TestSubprocessHostCallServedDuringShutdown: after SHUTDOWN the host

@@ -138,6 +138,27 @@ type handlerFunc func(ctx context.Context, req string) (string, error)
 
 func (f handlerFunc) Execute(ctx context.Context, req string) (string, error) { return f(ctx, req) }
 
+// TestCallHostFailsLocally: a request over the host's maximum frame size
+// is not sent (ErrFrameTooLarge), and a response that does not decode
+// fails with ErrBadRequest.
+func TestCallHostFailsLocally(t *testing.T) {
+	errs := make(chan error, 2)
+	h := startServe(t, handlerFunc(func(ctx context.Context, req string) (string, error) {
+		_, err := CallHost[string, int](ctx, "kv.get", req)
+		errs <- err
+		return "", nil
+	}))
+	h.handshakeV2() // the host's limit: 4096 bytes
+	h.send(wire.TypeCall, 1, string(make([]byte, 5000)))
+	assert.ErrorIs(t, <-errs, ErrFrameTooLarge)
+	assert.Equal(t, "", h.readResult(1), "no HOST_CALL was sent before the RESULT")
+	h.send(wire.TypeCall, 2, "k")
+	id, _ := h.readHostCall()
+	h.send(wire.TypeHostResult, id, "not a number")
+	assert.ErrorIs(t, <-errs, ErrBadRequest)
+	h.readResult(2)
+}
+
 // TestCallHostUnsupported: with a host that chose protocol version 1, and
 // with a ctx that is not one of Serve's, CallHost fails with
 // ErrUnsupported.

@@ -24,6 +24,8 @@ import (
 //	shutdown  the CALL stays unanswered (stderr: "held until shutdown")
 //	          until SHUTDOWN; then HOST_CALL
 //	          "kv.get", whose answer answers the CALL, and exit 0
+//	zero      HOST_CALL with id 0
+//	malformed HOST_CALL whose name is longer than its payload
 //	dup       two HOST_CALLs "block" with the same id; the answer to the
 //	          second (the refused duplicate), then HOST_CANCEL of the first
 func playV2(in *wire.Reader, out *wire.Writer) {
@@ -84,6 +86,14 @@ func playV2(in *wire.Reader, out *wire.Writer) {
 			case "shutdown":
 				held = append(held, f)
 				fmt.Fprintln(os.Stderr, "held until shutdown")
+			case "zero", "malformed":
+				id, payload := uint64(0), wire.AppendHostCall(nil, wire.HostCall{Parent: f.ID, Name: "kv.get", Body: []byte(`"k"`)})
+				if scenario == "malformed" {
+					nextID++
+					id, payload = nextID, []byte{0, 0, 0, 0, 0, 0, 0, 1, 200, 'k'} // a name longer than the payload
+				}
+				waits[id] = answerWith(f)
+				out.Write(wire.TypeHostCall, id, payload)
 			case "dup":
 				id := hostCall(f.ID, "block", []byte(`""`), drop)
 				waits[id] = func(a wire.Frame) { // the refusal of the duplicate comes first
