@@ -29,22 +29,7 @@ import (
 //	dup       two HOST_CALLs "block" with the same id; the answer to the
 //	          second (the refused duplicate), then HOST_CANCEL of the first
 func playV2(in *wire.Reader, out *wire.Writer) {
-	waits := map[uint64]func(wire.Frame){}
-	var held []wire.Frame
-	nextID := uint64(0)
-	hostCall := func(parent uint64, name string, body []byte, then func(wire.Frame)) uint64 {
-		nextID++
-		waits[nextID] = then
-		out.Write(wire.TypeHostCall, nextID, wire.AppendHostCall(nil, wire.HostCall{Parent: parent, Name: name, Body: body}))
-		return nextID
-	}
-	answerWith := func(call wire.Frame) func(wire.Frame) {
-		return func(a wire.Frame) {
-			b, _ := json.Marshal(a.Type.String() + " " + string(a.Payload))
-			out.Write(wire.TypeResult, call.ID, b)
-		}
-	}
-	drop := func(wire.Frame) {}
+	p := &player{out: out, waits: map[uint64]func(wire.Frame){}}
 	for {
 		f, err := in.Read()
 		if err != nil {
@@ -52,59 +37,96 @@ func playV2(in *wire.Reader, out *wire.Writer) {
 		}
 		switch f.Type {
 		case wire.TypeHostResult, wire.TypeHostError:
-			if then := waits[f.ID]; then != nil {
-				delete(waits, f.ID)
+			if then := p.waits[f.ID]; then != nil {
+				delete(p.waits, f.ID)
 				then(f)
 			}
 		case wire.TypeShutdown:
-			if len(held) == 0 {
-				os.Exit(0)
-			}
-			for _, call := range held {
-				answer := answerWith(call)
-				hostCall(call.ID, "kv.get", []byte(`"k"`), func(a wire.Frame) { answer(a); os.Exit(0) })
-			}
+			p.shutdown()
 		case wire.TypeCall:
 			var scenario string
 			_ = json.Unmarshal(f.Payload, &scenario)
-			switch scenario {
-			case "big":
-				body, _ := json.Marshal(strings.Repeat("x", 2000))
-				hostCall(f.ID, "kv.get", body, answerWith(f))
-			case "orphan":
-				hostCall(f.ID+1000, "kv.get", []byte(`"k"`), answerWith(f))
-			case "cancel":
-				id := hostCall(f.ID, "block", []byte(`""`), answerWith(f))
-				out.Write(wire.TypeHostCancel, id, nil)
-			case "answered":
-				hostCall(f.ID, "block", []byte(`""`), func(a wire.Frame) {
-					fmt.Fprintf(os.Stderr, "answer to the host call: %s %s\n", a.Type, a.Payload)
-				})
-				out.Write(wire.TypeResult, f.ID, []byte(`"answered"`))
-			case "hold":
-				hostCall(f.ID, "block", []byte(`""`), drop)
-			case "shutdown":
-				held = append(held, f)
-				fmt.Fprintln(os.Stderr, "held until shutdown")
-			case "zero", "malformed":
-				id, payload := uint64(0), wire.AppendHostCall(nil, wire.HostCall{Parent: f.ID, Name: "kv.get", Body: []byte(`"k"`)})
-				if scenario == "malformed" {
-					nextID++
-					id, payload = nextID, []byte{0, 0, 0, 0, 0, 0, 0, 1, 200, 'k'} // a name longer than the payload
-				}
-				waits[id] = answerWith(f)
-				out.Write(wire.TypeHostCall, id, payload)
-			case "dup":
-				id := hostCall(f.ID, "block", []byte(`""`), drop)
-				waits[id] = func(a wire.Frame) { // the refusal of the duplicate comes first
-					answerWith(f)(a)
-					waits[id] = drop
-					out.Write(wire.TypeHostCancel, id, nil)
-				}
-				out.Write(wire.TypeHostCall, id, wire.AppendHostCall(nil, wire.HostCall{Parent: f.ID, Name: "block", Body: []byte(`""`)}))
-			default:
-				out.Write(wire.TypeResult, f.ID, f.Payload)
-			}
+			p.play(f, scenario)
 		}
+	}
+}
+
+// player is the state of playV2: the host calls waiting for their answer
+// and the CALLs held until SHUTDOWN.
+type player struct {
+	out    *wire.Writer
+	waits  map[uint64]func(wire.Frame)
+	held   []wire.Frame
+	nextID uint64
+}
+
+// hostCall sends a HOST_CALL and runs then with its answer.
+func (p *player) hostCall(parent uint64, name string, body []byte, then func(wire.Frame)) uint64 {
+	p.nextID++
+	p.waits[p.nextID] = then
+	p.out.Write(wire.TypeHostCall, p.nextID, wire.AppendHostCall(nil, wire.HostCall{Parent: parent, Name: name, Body: body}))
+	return p.nextID
+}
+
+// answerWith returns the func that answers call with a host call's answer.
+func (p *player) answerWith(call wire.Frame) func(wire.Frame) {
+	return func(a wire.Frame) {
+		b, _ := json.Marshal(a.Type.String() + " " + string(a.Payload))
+		p.out.Write(wire.TypeResult, call.ID, b)
+	}
+}
+
+func drop(wire.Frame) {}
+
+// shutdown answers the held CALLs after a host call each, then exits.
+func (p *player) shutdown() {
+	if len(p.held) == 0 {
+		os.Exit(0)
+	}
+	for _, call := range p.held {
+		answer := p.answerWith(call)
+		p.hostCall(call.ID, "kv.get", []byte(`"k"`), func(a wire.Frame) { answer(a); os.Exit(0) })
+	}
+}
+
+// play starts the scenario of CALL f.
+func (p *player) play(f wire.Frame, scenario string) {
+	switch scenario {
+	case "big":
+		body, _ := json.Marshal(strings.Repeat("x", 2000))
+		p.hostCall(f.ID, "kv.get", body, p.answerWith(f))
+	case "orphan":
+		p.hostCall(f.ID+1000, "kv.get", []byte(`"k"`), p.answerWith(f))
+	case "cancel":
+		id := p.hostCall(f.ID, "block", []byte(`""`), p.answerWith(f))
+		p.out.Write(wire.TypeHostCancel, id, nil)
+	case "answered":
+		p.hostCall(f.ID, "block", []byte(`""`), func(a wire.Frame) {
+			fmt.Fprintf(os.Stderr, "answer to the host call: %s %s\n", a.Type, a.Payload)
+		})
+		p.out.Write(wire.TypeResult, f.ID, []byte(`"answered"`))
+	case "hold":
+		p.hostCall(f.ID, "block", []byte(`""`), drop)
+	case "shutdown":
+		p.held = append(p.held, f)
+		fmt.Fprintln(os.Stderr, "held until shutdown")
+	case "zero", "malformed":
+		id, payload := uint64(0), wire.AppendHostCall(nil, wire.HostCall{Parent: f.ID, Name: "kv.get", Body: []byte(`"k"`)})
+		if scenario == "malformed" {
+			p.nextID++
+			id, payload = p.nextID, []byte{0, 0, 0, 0, 0, 0, 0, 1, 200, 'k'} // a name longer than the payload
+		}
+		p.waits[id] = p.answerWith(f)
+		p.out.Write(wire.TypeHostCall, id, payload)
+	case "dup":
+		id := p.hostCall(f.ID, "block", []byte(`""`), drop)
+		p.waits[id] = func(a wire.Frame) { // the refusal of the duplicate comes first
+			p.answerWith(f)(a)
+			p.waits[id] = drop
+			p.out.Write(wire.TypeHostCancel, id, nil)
+		}
+		p.out.Write(wire.TypeHostCall, id, wire.AppendHostCall(nil, wire.HostCall{Parent: f.ID, Name: "block", Body: []byte(`""`)}))
+	default:
+		p.out.Write(wire.TypeResult, f.ID, f.Payload)
 	}
 }
