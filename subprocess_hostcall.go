@@ -71,8 +71,12 @@ func (c *subConn) runHostCall(ctx context.Context, id uint64, hc wire.HostCall, 
 	defer c.hostWG.Done()
 	h := c.hs.handle()
 	out, err := h.serve(ctx, hc.Name, background, c.hs.codec, hc.Body)
-	if h == nil {
-		c.hs.log.Warn("goplugins: host call refused", "plugin", c.name, "host_func", hc.Name, "err", err)
+	if h == nil { // a warning the first time, debug after: a plugin may call in a loop
+		level := slog.LevelDebug
+		if c.warnedNoHost.CompareAndSwap(false, true) {
+			level = slog.LevelWarn
+		}
+		c.hs.log.Log(ctx, level, "goplugins: host call refused", "plugin", c.name, "host_func", hc.Name, "err", err)
 	}
 	c.mu.Lock()
 	cancel := c.hostCalls[id]
