@@ -38,6 +38,71 @@ func BenchmarkSubprocessRoundTrip(b *testing.B) {
 	}
 }
 
+// benchHostCallManager registers the hostcall plugin with a manager,
+// health checks off, its host calls served by a handle with the host
+// function echo; the call it returns makes one 64-byte host call.
+func benchHostCallManager(b *testing.B) func() {
+	th := newTestHost(b, "hostcall", HostCallLimits{}, grantAll)
+	p := startHostcall(b, nil, nil, func(c *SubprocessConfig) { c.Logger = slog.New(slog.DiscardHandler) })
+	m := NewManager[hostcallReq, hostcallResp](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
+	if err := m.Register(p); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Shutdown(context.Background()) })
+	p.UseHost(th.h) // after Register, which may bind the manager's own handle
+	req := hostcallReq{Op: "call", Func: "echo", Data: strings.Repeat("x", 64)}
+	return func() {
+		if resp, err := m.Execute(context.Background(), "hostcall", req); err != nil || len(resp.Data) != 64 {
+			b.Fatal(resp, err)
+		}
+	}
+}
+
+// BenchmarkHostCallRoundTrip: one caller, a call through Manager.Execute
+// to a child process that, while handling it, calls the host function
+// echo with 64 bytes and answers with its response. Its budget is 1.5x
+// BenchmarkSubprocessRoundTrip in the same run (see
+// BenchmarkHostCallRatio).
+func BenchmarkHostCallRoundTrip(b *testing.B) {
+	call := benchHostCallManager(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		call()
+	}
+}
+
+// BenchmarkHostCallRatio runs BenchmarkHostCallRoundTrip's call and
+// BenchmarkSubprocessRoundTrip's alternately, call by call, so that the
+// load of a shared machine weighs on both alike, and reports the median
+// of each and x-roundtrip, the ratio of the medians.
+func BenchmarkHostCallRatio(b *testing.B) {
+	host := benchHostCallManager(b)
+	m := benchSubprocessManager(b)
+	plain := func() {
+		if resp, err := m.Execute(context.Background(), "echo", bench64); err != nil || len(resp.Data) != 64 {
+			b.Fatal(resp, err)
+		}
+	}
+	h, r := make([]time.Duration, b.N), make([]time.Duration, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		first, second, fd, sd := host, plain, &h[i], &r[i]
+		if i%2 == 1 {
+			first, second, fd, sd = plain, host, &r[i], &h[i]
+		}
+		start := time.Now()
+		first()
+		mid := time.Now()
+		second()
+		*fd, *sd = mid.Sub(start), time.Since(mid)
+	}
+	b.StopTimer()
+	hm, rm := median(h), median(r)
+	b.ReportMetric(float64(hm.Nanoseconds()), "hostcall-ns/op")
+	b.ReportMetric(float64(rm.Nanoseconds()), "roundtrip-ns/op")
+	b.ReportMetric(float64(hm)/float64(rm), "x-roundtrip")
+}
+
 // BenchmarkSubprocessParallel: many callers pipelining 64-byte echoes over
 // one child.
 func BenchmarkSubprocessParallel(b *testing.B) {

@@ -9,16 +9,16 @@ import (
 
 // SubprocessFactory returns the Factory for "subprocess" manifests. The
 // manifest gives the name, version, command, arguments, environment,
-// checksum and restart policy (and a "requires.protocol" other than the
-// host's wire protocol is refused with ErrHandshake); base gives what manifests do not carry
+// checksum and restart policy (and a "requires.protocol" the host does
+// not speak, 1 to wire.ProtocolVersion, is refused with ErrHandshake); base gives what manifests do not carry
 // (Logger, Codec, InheritEnv, timeouts) and the defaults of the rest. The
 // child runs in the manifest's folder unless base.Dir is set.
 func SubprocessFactory[Req, Resp any](base SubprocessConfig) Factory[Req, Resp] {
 	return func(ctx context.Context, m *Manifest) (Plugin[Req, Resp], error) {
-		if p := m.Requires.Protocol; p != 0 && p != wire.ProtocolVersion {
+		if p := m.Requires.Protocol; p != 0 && (p < wire.ProtocolV1 || p > wire.ProtocolVersion) {
 			return nil, newError(codeHandshake, m.Name,
-				"the manifest requires wire protocol %d but this host speaks %d; use a plugin build for protocol %d",
-				p, wire.ProtocolVersion, wire.ProtocolVersion)
+				"the manifest requires wire protocol %d but this host speaks %d to %d; use a plugin build for one of those",
+				p, wire.ProtocolV1, wire.ProtocolVersion)
 		}
 		cfg := base
 		cfg.Name, cfg.Version, cfg.Command, cfg.Checksum = m.Name, m.Version, m.Command, m.Checksum

@@ -94,11 +94,11 @@ func TestDiscoveryToReloadEndToEnd(t *testing.T) {
 
 func TestSubprocessFactoryRefusesOtherProtocol(t *testing.T) {
 	mf, err := ParseManifest(filepath.Join(t.TempDir(), "plugin.json"),
-		[]byte(`{"name": "echo", "version": "1.0.0", "transport": "subprocess", "command": "./echo", "requires": {"protocol": 2}}`))
+		[]byte(`{"name": "echo", "version": "1.0.0", "transport": "subprocess", "command": "./echo", "requires": {"protocol": 3}}`))
 	require.NoError(t, err)
 	_, err = SubprocessFactory[echoReq, echoResp](SubprocessConfig{})(context.Background(), mf)
 	require.ErrorIs(t, err, ErrHandshake)
-	require.ErrorContains(t, err, "protocol 2")
+	require.ErrorContains(t, err, "protocol 3")
 }
 
 // TestLoaderChecksumErrorNamesManifestFieldOnce checks the error a host

@@ -66,8 +66,9 @@ type subLimits struct {
 // subConn is one running child and the protocol connection to it.
 //
 // The surface the rest of the transport uses: newSubConn (from the process,
-// its pipes and limits), run (after the handshake), call, stop, kill, the
-// dead channel with err, info, served, ended and release.
+// its pipes, limits and host-call settings), run (after the handshake),
+// call, stop, kill, the dead channel with err, info, served, ended and
+// release.
 //
 // One reader goroutine reads the child's pipe at all times and hands each
 // answer to its caller through the pending map (late answers, to calls
@@ -79,15 +80,25 @@ type subLimits struct {
 // without waiting, and leaves the rest to the writer: no caller ever blocks
 // on the pipe. No caller's deadline ever cuts a write: when the writer
 // makes no progress for lim.stall, the child stopped reading and is killed.
+//
+// From protocol version 2 the reader also reads the plugin's host calls:
+// it hands each to a goroutine of its own (subprocess_hostcall.go), whose
+// answer goes through the writer's queue like a request.
 type subConn struct {
-	name    string
-	proc    *proc.Process
-	toChild *os.File // host → plugin pipe
-	toHost  *os.File // plugin → host pipe
-	r       *wire.Reader
-	lim     subLimits
-	peerMax int // the plugin's maximum frame size; set by run
-	info    PluginInfo
+	name     string
+	proc     *proc.Process
+	toChild  *os.File // host → plugin pipe
+	toHost   *os.File // plugin → host pipe
+	r        *wire.Reader
+	lim      subLimits
+	peerMax  int // the plugin's maximum frame size; set by run
+	protocol int // the protocol version the plugin chose; set by run
+	info     PluginInfo
+
+	hs           hostSide
+	hostCalls    map[uint64]context.CancelFunc // the plugin's host calls running, by its id; nil once dead; under mu
+	hostWG       sync.WaitGroup                // the goroutines serving host calls
+	warnedNoHost atomic.Bool                   // a host call without a handle was logged as a warning
 
 	nextID    atomic.Uint64
 	served    atomic.Bool           // a call succeeded: the child is not crash-looping
@@ -116,19 +127,50 @@ type subConn struct {
 	err     error         // why; set before dead is closed
 }
 
-// outFrame is a frame in the writer's queue; call is nil for CANCEL and
-// SHUTDOWN.
+// outFrame is a frame in the writer's queue; call is nil for CANCEL,
+// SHUTDOWN and the answers to host calls. meta, when set, is the payload
+// of the METADATA frame written right before it.
 type outFrame struct {
 	t       wire.Type
 	id      uint64
 	payload []byte
+	meta    []byte
 	call    *subCall
+}
+
+// size is the number of bytes f takes on the stream.
+func (f *outFrame) size() int {
+	n := wire.HeaderSize + len(f.payload)
+	if f.meta != nil {
+		n += wire.HeaderSize + len(f.meta)
+	}
+	return n
+}
+
+// appendTo appends f's frames to b, without the payload when head is set.
+func (f *outFrame) appendTo(b []byte, head bool) []byte {
+	if f.meta != nil {
+		b = wire.AppendFrame(b, wire.TypeMetadata, f.id, f.meta)
+	}
+	if head {
+		b = wire.AppendFrame(b, f.t, f.id, nil)
+		binary.BigEndian.PutUint32(b[len(b)-wire.HeaderSize:], uint32(wire.MinFrameSize+len(f.payload)))
+		return b
+	}
+	return wire.AppendFrame(b, f.t, f.id, f.payload)
 }
 
 // subCall is a request waiting for its answer.
 type subCall struct {
 	state atomic.Uint32 // callQueued, then callSent (by the writer) or callDropped (by the caller)
 	reply chan subReply // buffered; sent to at most once
+
+	// The caller's ctx, whose values the request's host calls see, and
+	// the parent of their ctxs, made when the first arrives and cancelled
+	// when the request ends; hctx and hcancel are under the conn's mu.
+	ctx     context.Context
+	hctx    context.Context
+	hcancel context.CancelFunc
 }
 
 const (
@@ -154,26 +196,29 @@ var errStalled = errors.New("no write progress: the plugin stopped reading its i
 // newSubConn returns the connection to the started child p over its
 // protocol pipes; the caller completes the handshake on them, then calls
 // run (or kill).
-func newSubConn(name string, p *proc.Process, toChild, toHost *os.File, lim subLimits) *subConn {
+func newSubConn(name string, p *proc.Process, toChild, toHost *os.File, lim subLimits, hs hostSide) *subConn {
 	if lim.stall <= 0 {
 		lim.stall = subprocessStallTimeout
 	}
 	return &subConn{
 		name: name, proc: p, toChild: toChild, toHost: toHost,
-		r:       wire.NewReader(toHost, lim.readMax),
-		lim:     lim,
-		pending: make(map[uint64]*subCall),
-		room:    make(chan struct{}),
-		wake:    make(chan struct{}, 1),
-		quit:    make(chan struct{}),
-		dead:    make(chan struct{}),
+		r:         wire.NewReader(toHost, lim.readMax),
+		lim:       lim,
+		hs:        hs,
+		hostCalls: make(map[uint64]context.CancelFunc),
+		pending:   make(map[uint64]*subCall),
+		room:      make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		quit:      make(chan struct{}),
+		dead:      make(chan struct{}),
 	}
 }
 
 // run starts the reader and the writer once the handshake is done; peerMax
-// is the plugin's maximum frame size.
-func (c *subConn) run(peerMax int) {
+// is the plugin's maximum frame size, protocol the version it chose.
+func (c *subConn) run(peerMax, protocol int) {
 	c.peerMax = min(peerMax, wire.MaxFrameSizeLimit)
+	c.protocol = protocol
 	c.readDone, c.writeDone = make(chan struct{}), make(chan struct{})
 	c.inline.start(c.toChild)
 	go func() {
@@ -198,7 +243,8 @@ func (c *subConn) run(peerMax int) {
 	}()
 }
 
-// readLoop reads frames and delivers answers until the stream fails.
+// readLoop reads frames, delivers answers and starts host calls until the
+// stream fails.
 func (c *subConn) readLoop() error {
 	for {
 		f, err := c.r.Read()
@@ -206,28 +252,68 @@ func (c *subConn) readLoop() error {
 		switch {
 		case err == nil:
 		case errors.As(err, &tl):
-			c.deliver(tl.ID, subReply{err: c.tooLarge(tl)})
+			switch {
+			case !c.fromPlugin(tl.Type):
+				return c.misdirected(tl.Type)
+			case tl.Type == wire.TypeHostCall:
+				c.hostCallTooLarge(tl)
+			default:
+				c.deliver(tl.ID, subReply{err: c.tooLarge(tl)})
+			}
 			continue
 		default:
 			return err
 		}
-		if f.Type != wire.TypeResult && f.Type != wire.TypeError {
-			return misdirected(f.Type)
+		switch {
+		case !c.fromPlugin(f.Type):
+			return c.misdirected(f.Type)
+		case f.Type == wire.TypeHostCall:
+			c.hostCall(f)
+		case f.Type == wire.TypeHostCancel:
+			c.hostCancel(f.ID)
+		default:
+			c.deliver(f.ID, subReply{f: f})
 		}
-		c.deliver(f.ID, subReply{f: f})
 	}
 }
 
-// deliver hands r to the call waiting for id; an answer nobody waits for
-// is dropped.
+// fromPlugin reports whether the plugin may send frames of type t after
+// the handshake, in the protocol version it chose.
+func (c *subConn) fromPlugin(t wire.Type) bool {
+	switch t {
+	case wire.TypeResult, wire.TypeError:
+		return true
+	case wire.TypeHostCall, wire.TypeHostCancel:
+		return c.protocol >= 2
+	}
+	return false
+}
+
+// deliver hands r to the call waiting for id, and ends the host calls
+// made during it; an answer nobody waits for is dropped.
 func (c *subConn) deliver(id uint64, r subReply) {
 	c.mu.Lock()
 	sc := c.pending[id]
 	delete(c.pending, id)
+	end := sc.endHostCalls()
 	c.mu.Unlock()
+	if end != nil {
+		end()
+	}
 	if sc != nil {
 		sc.reply <- r
 	}
+}
+
+// endHostCalls returns the func that cancels the host calls made during
+// sc's request (nil if none were), with the conn's mu held; sc may be nil.
+func (sc *subCall) endHostCalls() context.CancelFunc {
+	if sc == nil {
+		return nil
+	}
+	end := sc.hcancel
+	sc.hctx, sc.hcancel = nil, nil
+	return end
 }
 
 // writeLoop writes the queued frames until the connection ends (nil) or a
@@ -256,8 +342,8 @@ func (c *subConn) writeLoop() error {
 			buf, err = c.writeBatch(buf[:0], batch)
 		}
 		size := len(rest)
-		for _, f := range batch {
-			size += wire.HeaderSize + len(f.payload)
+		for i := range batch {
+			size += batch[i].size()
 		}
 		clear(batch)
 		c.mu.Lock()
@@ -281,16 +367,16 @@ func (c *subConn) writeLoop() error {
 // writeBatch writes the frames of batch whose callers still wait, using buf
 // as the write buffer, which it returns.
 func (c *subConn) writeBatch(buf []byte, batch []outFrame) ([]byte, error) {
-	for _, f := range batch {
+	for i := range batch {
+		f := &batch[i]
 		if f.call != nil && !f.call.state.CompareAndSwap(callQueued, callSent) {
 			continue // its caller gave up before it was written
 		}
 		if len(f.payload) < directWrite {
-			buf = wire.AppendFrame(buf, f.t, f.id, f.payload)
+			buf = f.appendTo(buf, false)
 			continue
 		}
-		buf = wire.AppendFrame(buf, f.t, f.id, nil)
-		binary.BigEndian.PutUint32(buf[len(buf)-wire.HeaderSize:], uint32(wire.MinFrameSize+len(f.payload)))
+		buf = f.appendTo(buf, true)
 		if err := c.writeAll(buf); err != nil {
 			return buf, err
 		}
@@ -356,7 +442,7 @@ func (c *subConn) writeAll(b []byte) error {
 // ends, timer fires or the connection dies. A frame with a call is
 // registered as pending.
 func (c *subConn) enqueue(ctx context.Context, f outFrame, timer <-chan time.Time, timeout time.Duration) error {
-	size := wire.HeaderSize + len(f.payload)
+	size := f.size()
 	c.mu.Lock()
 	for c.pending != nil && c.queued > 0 && c.queued+size > subQueueBytes {
 		c.waiting = true
@@ -377,7 +463,9 @@ func (c *subConn) enqueue(ctx context.Context, f outFrame, timer <-chan time.Tim
 		c.mu.Unlock()
 		return err
 	}
-	c.pending[f.id] = f.call
+	if f.call != nil {
+		c.pending[f.id] = f.call
+	}
 	if c.writing || len(c.queue) > 0 || size > directWrite {
 		c.push(f, size)
 		c.mu.Unlock()
@@ -393,8 +481,10 @@ func (c *subConn) enqueue(ctx context.Context, f outFrame, timer <-chan time.Tim
 // takes it without waiting, and hands the rest and the stream to the
 // writer.
 func (c *subConn) writeInline(f outFrame) {
-	f.call.state.Store(callSent)
-	b := wire.AppendFrame(c.inline.buf[:0], f.t, f.id, f.payload)
+	if f.call != nil {
+		f.call.state.Store(callSent)
+	}
+	b := f.appendTo(c.inline.buf[:0], false)
 	c.inline.buf = b
 	n := c.inline.write(b)
 	c.mu.Lock()
@@ -434,13 +524,20 @@ func (c *subConn) push(f outFrame, size int) {
 // (the plugin's CallTimeout, when > 0) or for the connection to die. When
 // ctx ends first the error matches ErrCanceled and ctx's error; when the
 // timeout passes, ErrTimeout. Either way a request already written is
-// cancelled in the plugin, and one not yet written is dropped.
+// cancelled in the plugin, and one not yet written is dropped, and the
+// host calls the plugin made during it are cancelled. In protocol version
+// 2 the metadata ctx carries (ContextWithMetadata) precede the request in
+// a METADATA frame.
 func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout time.Duration) ([]byte, error) {
 	if ctx.Err() != nil {
 		return nil, canceledError(ctx, c.name)
 	}
 	if size := wire.MinFrameSize + len(payload); size > c.peerMax {
 		return nil, newError(codeFrameTooLarge, c.name, "the %s request of %d bytes is over the plugin's maximum frame size of %d bytes; nothing was sent", t, size, c.peerMax)
+	}
+	meta, err := c.metadata(ctx, t)
+	if err != nil {
+		return nil, err
 	}
 	var timer <-chan time.Time
 	if timeout > 0 {
@@ -450,13 +547,16 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 	}
 	sc := subCalls.Get().(*subCall)
 	sc.state.Store(callQueued)
+	sc.ctx = ctx
 	id := c.nextID.Add(1)
-	if err := c.enqueue(ctx, outFrame{t: t, id: id, payload: payload, call: sc}, timer, timeout); err != nil {
+	if err := c.enqueue(ctx, outFrame{t: t, id: id, payload: payload, meta: meta, call: sc}, timer, timeout); err != nil {
+		sc.ctx = nil
 		subCalls.Put(sc)
 		return nil, err
 	}
 	select {
 	case r := <-sc.reply:
+		sc.ctx = nil
 		subCalls.Put(sc)
 		return c.answer(t, r)
 	case <-c.dead:
@@ -477,13 +577,17 @@ func (c *subConn) call(ctx context.Context, t wire.Type, payload []byte, timeout
 
 // abandon gives up request id: a request not yet written is dropped, one
 // written is cancelled in the plugin (the CANCEL is queued, never waited
-// for).
+// for), and so are the host calls the plugin made during it.
 func (c *subConn) abandon(id uint64, sc *subCall) {
 	c.mu.Lock()
 	delete(c.pending, id)
+	end := sc.endHostCalls()
 	c.mu.Unlock()
 	if !sc.state.CompareAndSwap(callQueued, callDropped) {
 		c.post(wire.TypeCancel, id)
+	}
+	if end != nil {
+		end() // after the CANCEL is queued: the plugin reads it before the host calls' answers
 	}
 }
 
@@ -494,8 +598,8 @@ func (c *subConn) tooLarge(tl *wire.FrameTooLargeError) error {
 
 // misdirected is the protocol violation of a plugin that sends a frame of
 // type t after the handshake.
-func misdirected(t wire.Type) error {
-	return fmt.Errorf("%w: a plugin may not send %s frames after the handshake", wire.ErrMalformed, t)
+func (c *subConn) misdirected(t wire.Type) error {
+	return fmt.Errorf("%w: a plugin may not send %s frames after the handshake (protocol version %d)", wire.ErrMalformed, t, c.protocol)
 }
 
 func (c *subConn) timeoutError(t wire.Type, timeout time.Duration) error {
@@ -575,13 +679,19 @@ func (c *subConn) exitError(cause error) error {
 	}
 }
 
-// fail marks the connection dead with err; pending calls see it.
+// fail marks the connection dead with err; pending calls see it, and the
+// host calls still running are cancelled.
 func (c *subConn) fail(err error) {
 	c.mu.Lock()
 	c.err = err
 	c.pending = nil
 	c.queue = nil
+	hostCalls := c.hostCalls
+	c.hostCalls = nil
 	c.mu.Unlock()
+	for _, cancel := range hostCalls {
+		cancel()
+	}
 	close(c.dead)
 }
 
@@ -596,15 +706,17 @@ func (c *subConn) isDead() bool {
 
 // stop shuts the child down: SHUTDOWN (queued, never waited for), then
 // SIGTERM and SIGKILL of its group after grace each (at once when ctx
-// ends), reading the child's answers meanwhile; then it fails what is
-// still pending and releases the pipes. It returns the last signal it had
-// to send, 0 if none.
+// ends), reading the child's answers and serving its host calls
+// meanwhile; then it fails what is still pending, cancels the host calls
+// still running and waits for them (until ctx ends), and releases the
+// pipes. It returns the last signal it had to send, 0 if none.
 func (c *subConn) stop(ctx context.Context, grace time.Duration) syscall.Signal {
 	c.closing.Store(true)
 	asked := time.Now() // the grace periods count from the SHUTDOWN
 	c.post(wire.TypeShutdown, 0)
 	sig := c.proc.StopSince(ctx, asked, grace)
 	c.ended(io.EOF)
+	c.awaitHostCalls(ctx)
 	c.release()
 	return sig
 }

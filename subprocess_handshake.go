@@ -6,10 +6,14 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/goplugins/goplugins/internal/wire"
 )
+
+// hostProtocols are the protocol versions the host offers in HELLO.
+var hostProtocols = []int{wire.ProtocolV1, wire.ProtocolVersion}
 
 // handshake sends HELLO and checks the WELCOME, within StartTimeout and
 // ctx, then starts the connection's reader and writer.
@@ -20,7 +24,7 @@ func (s *subprocessPlugin[Req, Resp]) handshake(ctx context.Context, c *subConn)
 		deadline = d
 	}
 	hello, _ := json.Marshal(wire.Hello{ // a struct of ints and strings always encodes
-		Protocols: []int{wire.ProtocolVersion}, Codec: s.codec.Name(),
+		Protocols: hostProtocols, Codec: s.codec.Name(),
 		MaxFrameSize: s.cfg.MaxFrameSize, Name: name,
 	})
 	f, err := c.hello(ctx, deadline, hello)
@@ -35,7 +39,7 @@ func (s *subprocessPlugin[Req, Resp]) handshake(ctx context.Context, c *subConn)
 	for _, sf := range w.Surfaces {
 		c.info.Surfaces = append(c.info.Surfaces, Surface(sf))
 	}
-	c.run(w.MaxFrameSize)
+	c.run(w.MaxFrameSize, w.Protocol)
 	return nil
 }
 
@@ -56,8 +60,8 @@ func (s *subprocessPlugin[Req, Resp]) welcome(f wire.Frame) (wire.Welcome, error
 		return w, wrapError(err, codeHandshake, name, "the plugin's WELCOME does not decode")
 	}
 	switch {
-	case w.Protocol != wire.ProtocolVersion:
-		return w, newError(codeHandshake, name, "the plugin chose protocol version %d; the host offered [%d]: rebuild the plugin with a matching SDK", w.Protocol, wire.ProtocolVersion)
+	case !slices.Contains(hostProtocols, w.Protocol):
+		return w, newError(codeHandshake, name, "the plugin chose protocol version %d; the host offered %v: rebuild the plugin with a matching SDK", w.Protocol, hostProtocols)
 	case w.Name != name:
 		return w, newError(codeHandshake, name, "%s reports the name %q; the host expects %q: check SubprocessConfig.Path", s.cfg.Command, w.Name, name)
 	case w.MaxFrameSize < wire.MinMaxFrameSize:

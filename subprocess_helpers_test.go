@@ -33,7 +33,7 @@ var testPlugins struct {
 }
 
 // pluginBinary returns the path of a test plugin binary: "echo" (1.0.0),
-// "echo2" (the same source built as 2.0.0) or "raw".
+// "echo2" (the same source built as 2.0.0), "raw" or "hostcall".
 func pluginBinary(tb testing.TB, name string) string {
 	tb.Helper()
 	testPlugins.once.Do(func() {
@@ -45,6 +45,7 @@ func pluginBinary(tb testing.TB, name string) string {
 			{"-o", filepath.Join(testPlugins.dir, "echo"), "./testdata/plugins/echo"},
 			{"-ldflags", "-X main.version=2.0.0", "-o", filepath.Join(testPlugins.dir, "echo2"), "./testdata/plugins/echo"},
 			{"-o", filepath.Join(testPlugins.dir, "raw"), "./testdata/plugins/raw"},
+			{"-o", filepath.Join(testPlugins.dir, "hostcall"), "./testdata/plugins/hostcall"},
 		}
 		for _, args := range builds {
 			cmd := exec.Command("go", append([]string{"build"}, args...)...)

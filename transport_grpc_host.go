@@ -203,7 +203,7 @@ func (hc *grpcHostCalls) stream() (ready bool, err error) {
 func (hc *grpcHostCalls) awaitRoom(ctx context.Context) bool {
 	room := int64(16)
 	if h := hc.host.Load(); h != nil {
-		room += int64(h.cfg.limits.MaxConcurrent)
+		room += int64(h.limits.MaxConcurrent)
 	}
 	for hc.running.Load() >= room {
 		select {

@@ -88,6 +88,7 @@ type subprocessPlugin[Req, Resp any] struct {
 
 	conn atomic.Pointer[subConn] // nil while down
 	info atomic.Pointer[PluginInfo]
+	host atomic.Pointer[Host] // the handle its host calls are served with; kept across restarts
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -109,8 +110,12 @@ type subprocessPlugin[Req, Resp any] struct {
 // Besides Plugin, the returned value implements StatefulPlugin,
 // StreamPlugin and SchemaPlugin by forwarding over the wire (the surfaces
 // the child declared in its handshake, in Info().Surfaces, say which of
-// them it really has), and interface{ Pid() int }: the process id of the
-// serving child (also its process group id), 0 while it is down.
+// them it really has), HostUser (a Manager gives it the handle that
+// serves the host calls of a child speaking protocol version 2; a host
+// call made before it is refused with not_granted), and
+// interface{ Pid() int }: the process id of the serving child (also its
+// process group id), 0 while it is down. The metadata of an Execute's ctx
+// (ContextWithMetadata) reaches a version 2 child with the request.
 //
 // Errors match ErrInvalidConfig (bad cfg), ErrChecksumMismatch (nothing
 // ran), ErrHandshake (not a plugin, or the name or version is not the
@@ -222,7 +227,9 @@ func (s *subprocessPlugin[Req, Resp]) start(ctx context.Context) (*subConn, erro
 		toHost.Close()
 		return nil, startError(err, name, s.cfg.Command, "SubprocessConfig", codeTransport)
 	}
-	c := newSubConn(name, p, toChild, toHost, subLimits{readMax: s.cfg.MaxFrameSize, grace: s.cfg.StopGrace, stall: s.cfg.StallTimeout})
+	c := newSubConn(name, p, toChild, toHost,
+		subLimits{readMax: s.cfg.MaxFrameSize, grace: s.cfg.StopGrace, stall: s.cfg.StallTimeout},
+		hostSide{host: &s.host, codec: s.codec, log: s.log})
 	if err := s.handshake(ctx, c); err != nil {
 		c.kill()
 		return nil, err
@@ -292,6 +299,11 @@ func (s *subprocessPlugin[Req, Resp]) live() (*subConn, error) {
 	defer s.mu.Unlock()
 	return nil, downError(s.cfg.Name, s.closed, s.leftDown(), s.cfg.Restart)
 }
+
+// UseHost makes h the handle that serves the host calls of the plugin's
+// child (protocol version 2), this one and those restarted after it.
+// Until it is called, host calls are refused with ErrNotGranted.
+func (s *subprocessPlugin[Req, Resp]) UseHost(h *Host) { s.host.Store(h) }
 
 // Pid returns the process id of the plugin's child process (also its
 // process group id), or 0 while it is down.
@@ -392,9 +404,11 @@ func (s *subprocessPlugin[Req, Resp]) control(ctx context.Context, t wire.Type, 
 
 // Close stops the child: the shutdown message, then StopGrace after it
 // SIGTERM to its process group, then 2·StopGrace after it SIGKILL (at
-// once when ctx ends). It returns when the child is reaped and every
-// goroutine and descriptor of the plugin is released. Calling Close again
-// returns nil.
+// once when ctx ends). The child's host calls are served until it exits;
+// those still running then are cancelled. It returns when the child is
+// reaped and every goroutine and descriptor of the plugin is released
+// (a host function that ignores its ctx is waited for until ctx ends).
+// Calling Close again returns nil.
 func (s *subprocessPlugin[Req, Resp]) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
@@ -422,4 +436,5 @@ var (
 	_ StatefulPlugin   = (*subprocessPlugin[any, any])(nil)
 	_ StreamPlugin     = (*subprocessPlugin[any, any])(nil)
 	_ SchemaPlugin     = (*subprocessPlugin[any, any])(nil)
+	_ HostUser         = (*subprocessPlugin[any, any])(nil)
 )

@@ -7,6 +7,11 @@
 // method sets as the root package's StatefulPlugin, StreamPlugin and Health;
 // Serve detects them on the value it is given and declares the matching
 // reload surfaces in the handshake.
+//
+// With a host that speaks protocol version 2, a handler may call the
+// functions the host offers and grants it (CallHost, with the handler's
+// ctx), background work may too (WithBackground), and a handler reads the
+// metadata the host sent with its request (Metadata).
 package sdk
 
 import "context"

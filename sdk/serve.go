@@ -25,8 +25,9 @@ var ErrNotLaunched = errors.New("sdk: this program is a goplugins plugin; it is 
 type Option func(*config)
 
 type config struct {
-	codecs []Codec
-	max    int
+	codecs     []Codec
+	max        int
+	background []func(ctx context.Context)
 }
 
 // WithCodec adds a codec the host may choose in the handshake.
@@ -41,15 +42,17 @@ func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 // pipes on file descriptors 3 and 4, until the host sends shutdown (Serve
 // waits for the requests in flight and for every answer queued to be
 // written, then returns nil) or goes away (Serve cancels the requests in
-// flight and returns nil). A goroutine reads the host's pipe at all
-// times: the one that reads a request hands reading on to an idle worker
+// flight and returns nil); background work (WithBackground) is cancelled
+// and waited for. A goroutine reads the host's pipe at all times: the one that reads a request hands reading on to an idle worker
 // goroutine (a new one when none waits) and runs the request's handler
 // itself, which writes the answer. So
 // handlers run concurrently, a CANCEL reaches a handler that blocks, and
 // an idle plugin wakes on no timer. A handler that panics
 // answers with the "panic" error code and the plugin serves on. Whatever
 // the program writes to stdout or stderr goes to the host's log, never
-// into the protocol.
+// into the protocol. Serve speaks protocol versions 1 and 2, the highest
+// the host offers; with version 2 handlers may call the host (CallHost)
+// and read the request's metadata (Metadata).
 //
 // Serve returns ErrNotLaunched when the program was run by hand; a typical
 // main prints the error to stderr and exits with status 1.
@@ -90,17 +93,19 @@ func newServer[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, 
 	cf.max = min(max(cf.max, wire.MinMaxFrameSize), wire.MaxFrameSizeLimit)
 	ctx, cancel := context.WithCancel(ctx)
 	s := &server{
-		plugin:  p,
-		info:    withSurfaces(p, info),
-		codecs:  cf.codecs,
-		in:      wire.NewReader(in, cf.max),
-		out:     wire.NewWriter(out, wire.DefaultMaxFrameSize),
-		max:     cf.max,
-		ctx:     ctx,
-		cancel:  cancel,
-		cancels: make(map[uint64]context.CancelFunc),
-		end:     make(chan error, 1),
-		seat:    make(chan struct{}, 1),
+		plugin:     p,
+		info:       withSurfaces(p, info),
+		codecs:     cf.codecs,
+		in:         wire.NewReader(in, cf.max),
+		out:        wire.NewWriter(out, wire.DefaultMaxFrameSize),
+		max:        cf.max,
+		ctx:        ctx,
+		cancel:     cancel,
+		cancels:    make(map[uint64]context.CancelFunc),
+		hostCalls:  make(map[uint64]chan wire.Frame),
+		end:        make(chan error, 1),
+		seat:       make(chan struct{}, 1),
+		background: cf.background,
 	}
 	s.execute = func(ctx context.Context, payload []byte) ([]byte, error) {
 		var req Req
@@ -125,7 +130,14 @@ func (s *server) run() error {
 		return err
 	}
 	s.codec = codec
-	return s.loop()
+	var bg sync.WaitGroup
+	for _, fn := range s.background {
+		bg.Go(func() { fn(&scope{Context: s.ctx, s: s}) })
+	}
+	err = s.loop()
+	s.cancel()
+	bg.Wait()
+	return err
 }
 
 // withSurfaces adds the surfaces p implements to info.Surfaces.
@@ -158,6 +170,13 @@ type server struct {
 	max     int
 	execute func(ctx context.Context, payload []byte) ([]byte, error)
 
+	protocol   int                         // the version chosen in the handshake
+	background []func(ctx context.Context) // run after the handshake
+	hostID     atomic.Uint64               // the last host-call id used
+	hostCalls  map[uint64]chan wire.Frame  // host calls waiting for their answer, under mu
+	meta       map[string]string           // the last METADATA read, for the request metaID; reader-owned
+	metaID     uint64
+
 	ctx          context.Context
 	cancel       context.CancelFunc // cancels ctx: run returned
 	mu           sync.Mutex
@@ -182,8 +201,13 @@ func (s *server) handshake(codecs []Codec) (Codec, error) {
 	if err := json.Unmarshal(f.Payload, &h); err != nil {
 		return nil, fmt.Errorf("sdk: the host's HELLO does not decode: %w", err)
 	}
-	if !slices.Contains(h.Protocols, wire.ProtocolVersion) {
-		err := fmt.Errorf("the plugin speaks protocol version %d, the host offers %v: rebuild the plugin with a matching goplugins/sdk", wire.ProtocolVersion, h.Protocols)
+	switch {
+	case slices.Contains(h.Protocols, wire.ProtocolVersion):
+		s.protocol = wire.ProtocolVersion
+	case slices.Contains(h.Protocols, wire.ProtocolV1):
+		s.protocol = wire.ProtocolV1
+	default:
+		err := fmt.Errorf("the plugin speaks protocol versions %d to %d, the host offers %v: rebuild the plugin with a matching goplugins/sdk", wire.ProtocolV1, wire.ProtocolVersion, h.Protocols)
 		s.replyError(0, &Error{Code: wire.CodeProtocolVersion, Message: err.Error()})
 		return nil, fmt.Errorf("sdk: %w", err)
 	}
@@ -197,7 +221,7 @@ func (s *server) handshake(codecs []Codec) (Codec, error) {
 		s.out.SetMax(h.MaxFrameSize)
 	}
 	w := wire.Welcome{
-		Protocol:     wire.ProtocolVersion,
+		Protocol:     s.protocol,
 		MaxFrameSize: s.max,
 		Info: wire.Info{
 			Name: s.info.Name, Version: s.info.Version, Description: s.info.Description,
@@ -292,7 +316,7 @@ func (s *server) awaitSeat() bool {
 // request is a request read and registered, to be served.
 type request struct {
 	f      wire.Frame
-	ctx    context.Context
+	ctx    *scope
 	cancel context.CancelFunc
 }
 
@@ -305,7 +329,7 @@ func (s *server) read() (request, bool) {
 		var tl *wire.FrameTooLargeError
 		switch {
 		case errors.As(err, &tl):
-			s.replyError(tl.ID, &Error{Code: wire.CodeFrameTooLarge, Message: fmt.Sprintf("%s of %d bytes is over the plugin's maximum frame size of %d bytes", tl.Type, tl.Size, tl.Max)})
+			s.tooLarge(tl)
 			continue
 		case err == io.EOF:
 			s.finish(nil) // the host went away: cancel everything and exit
@@ -314,12 +338,17 @@ func (s *server) read() (request, bool) {
 			s.finish(fmt.Errorf("sdk: reading from the host: %w", err))
 			return request{}, false
 		}
+		if f.Type == wire.TypeMetadata && s.protocol >= 2 {
+			s.readMetadata(f)
+			continue
+		}
+		md := s.takeMetadata(f.ID)
 		if s.frame(f) {
 			ctx, cancel := context.WithCancel(s.ctx)
 			s.mu.Lock()
 			s.cancels[f.ID] = cancel
 			s.mu.Unlock()
-			return request{f, ctx, cancel}, true
+			return request{f, &scope{Context: ctx, s: s, id: f.ID, md: md}, cancel}, true
 		}
 	}
 }
@@ -345,6 +374,12 @@ func (s *server) frame(f wire.Frame) bool {
 				s.finish(nil)
 			}()
 		}
+	case wire.TypeHostResult, wire.TypeHostError:
+		if s.protocol < 2 {
+			s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames in protocol version 1", f.Type)})
+			break
+		}
+		s.hostAnswered(f)
 	case wire.TypeCall, wire.TypeHealth, wire.TypePersist, wire.TypeRestore,
 		wire.TypeCheckpoint, wire.TypeResume, wire.TypeCheckCompat:
 		if s.shuttingDown {
@@ -357,6 +392,21 @@ func (s *server) frame(f wire.Frame) bool {
 		s.replyError(f.ID, &Error{Code: wire.CodeUnsupported, Message: fmt.Sprintf("the plugin does not accept %s frames", f.Type)})
 	}
 	return false
+}
+
+// tooLarge answers a frame over the plugin's maximum frame size, which the
+// reader skipped: a request is refused, a host call's answer fails the
+// call, a METADATA is dropped.
+func (s *server) tooLarge(tl *wire.FrameTooLargeError) {
+	msg := fmt.Sprintf("%s of %d bytes is over the plugin's maximum frame size of %d bytes", tl.Type, tl.Size, tl.Max)
+	switch {
+	case tl.Type == wire.TypeMetadata && s.protocol >= 2:
+	case (tl.Type == wire.TypeHostResult || tl.Type == wire.TypeHostError) && s.protocol >= 2:
+		payload, _ := json.Marshal(wire.ErrorReply{Code: wire.CodeFrameTooLarge, Message: msg}) // strings always encode
+		s.hostAnswered(wire.Frame{Type: wire.TypeHostError, ID: tl.ID, Payload: payload})
+	default:
+		s.replyError(tl.ID, &Error{Code: wire.CodeFrameTooLarge, Message: msg})
+	}
 }
 
 // finish ends Serve with err, unless it is ending already.

@@ -116,7 +116,8 @@ func TestServeIdleWorkersBounded(t *testing.T) {
 		h.send(wire.TypeCall, id+1, "x")
 		<-g.started
 	}
-	// The worker given the seat last may not have started running yet.
+	// The reader started last may not have run yet (a goroutine that has
+	// not started shows its go statement's wrapper, not work).
 	require.Eventually(t, func() bool { return workers() == burst+1 },
 		5*time.Second, time.Millisecond, "a worker serves each blocked request, one reads: %d", workers())
 	close(g.release)

@@ -111,7 +111,7 @@ func TestServeHandshakeRefusals(t *testing.T) {
 		hello wire.Hello
 		code  string
 	}{
-		{"no shared protocol version", wire.Hello{Protocols: []int{2, 3}, Codec: "json"}, wire.CodeProtocolVersion},
+		{"no shared protocol version", wire.Hello{Protocols: []int{3, 4}, Codec: "json"}, wire.CodeProtocolVersion},
 		{"unknown codec", wire.Hello{Protocols: []int{1}, Codec: "msgpack"}, wire.CodeCodec},
 	}
 	for _, tt := range tests {

@@ -2,7 +2,9 @@
 // standard library only, written from docs/PROTOCOL.md) served to a Go host
 // through the subprocess transport, exactly like a Go plugin: the host
 // starts `python3 wordstats_plugin.py`, completes the handshake, and calls
-// it through a Manager. It needs python3 on the PATH.
+// it through a Manager; while it handles a call the plugin calls the
+// host's function "stopwords" (protocol version 2), which the host grants
+// it. It needs python3 on the PATH.
 //
 //	go run ./examples/python
 package main
@@ -27,11 +29,18 @@ type request struct {
 }
 
 type response struct {
-	Words    int    `json:"words"`
-	Distinct int    `json:"distinct"`
-	Top      string `json:"top"`
-	Engine   string `json:"engine"`
+	Words      int    `json:"words"`
+	Distinct   int    `json:"distinct"`
+	Top        string `json:"top"`
+	TopContent string `json:"top_content"` // the most frequent word that is no stop word
+	HostError  string `json:"host_error"`  // the code of the failed host call, if it failed
+	Engine     string `json:"engine"`
 }
+
+// stopwords is the host function the plugin calls.
+var stopwords = goplugins.NewHostFunc("stopwords", func(_ context.Context, _ goplugins.Caller, _ struct{}) ([]string, error) {
+	return []string{"a", "and", "on", "the"}, nil
+})
 
 func main() {
 	if err := run(context.Background(), os.Stdout); err != nil {
@@ -75,7 +84,10 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	info := p.Info()
 	fmt.Fprintf(out, "handshake: %s %s\n", info.Name, info.Version)
 
-	m := goplugins.NewManager[request, response]()
+	m := goplugins.NewManager[request, response](
+		goplugins.WithHostFuncs(stopwords),
+		goplugins.WithGrants(goplugins.Grant{Plugins: "wordstats", Funcs: []string{"stopwords"}}),
+	)
 	defer func() {
 		if serr := m.Shutdown(context.WithoutCancel(ctx)); serr != nil && err == nil {
 			err = serr
@@ -89,7 +101,10 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%d words, %d distinct, most frequent %q (answered by %s)\n", resp.Words, resp.Distinct, resp.Top, resp.Engine)
+	if resp.HostError != "" {
+		return fmt.Errorf("the plugin's host call failed: %s", resp.HostError)
+	}
+	fmt.Fprintf(out, "%d words, %d distinct, most frequent %q, without stop words %q (answered by %s)\n", resp.Words, resp.Distinct, resp.Top, resp.TopContent, resp.Engine)
 
 	_, err = m.Execute(ctx, "wordstats", request{Text: "   "})
 	var reply *goplugins.ErrorReply

@@ -13,8 +13,12 @@ import (
 
 // Protocol constants shared by the host and the plugin SDK.
 const (
-	// ProtocolVersion is the newest protocol version this package speaks.
-	ProtocolVersion = 1
+	// ProtocolVersion is the newest protocol version this package speaks:
+	// version 2 adds the plugin's calls to the host (HOST_CALL and its
+	// answers) and call metadata (METADATA) to version 1.
+	ProtocolVersion = 2
+	// ProtocolV1 is the first protocol version, which every peer speaks.
+	ProtocolV1 = 1
 	// CookieKey is the environment variable the host sets in a plugin's
 	// environment; CookieValue is its value.
 	CookieKey = "GOPLUGINS_MAGIC_COOKIE"
@@ -58,17 +62,34 @@ const (
 	TypeResume      Type = 0x0B // host → plugin: resume the stream from a position
 	TypeCheckCompat Type = 0x0C // host → plugin: can you replace this plugin (PluginInfo)
 	TypeShutdown    Type = 0x0D // host → plugin: finish in-flight requests and exit
+	TypeHostCall    Type = 0x0E // plugin → host, version 2: call a host function (HostCall payload)
+	TypeHostResult  Type = 0x0F // host → plugin, version 2: a host call's response (codec payload)
+	TypeHostError   Type = 0x10 // host → plugin, version 2: a host call's error (ErrorReply)
+	TypeHostCancel  Type = 0x11 // plugin → host, version 2: abandon host call id
+	TypeMetadata    Type = 0x12 // host → plugin, version 2: metadata of the request that follows
 )
 
 var typeNames = [...]string{
 	TypeHello: "HELLO", TypeWelcome: "WELCOME", TypeCall: "CALL", TypeResult: "RESULT",
 	TypeError: "ERROR", TypeCancel: "CANCEL", TypeHealth: "HEALTH", TypePersist: "PERSIST",
 	TypeRestore: "RESTORE", TypeCheckpoint: "CHECKPOINT", TypeResume: "RESUME",
-	TypeCheckCompat: "CHECK_COMPAT", TypeShutdown: "SHUTDOWN",
+	TypeCheckCompat: "CHECK_COMPAT", TypeShutdown: "SHUTDOWN", TypeHostCall: "HOST_CALL",
+	TypeHostResult: "HOST_RESULT", TypeHostError: "HOST_ERROR", TypeHostCancel: "HOST_CANCEL",
+	TypeMetadata: "METADATA",
 }
 
-// Known reports whether t is a frame type of this protocol version.
-func (t Type) Known() bool { return t >= TypeHello && t <= TypeShutdown }
+// Known reports whether t is a frame type of the newest protocol version.
+// A Reader accepts the frames of every version; a peer that chose version
+// 1 and gets a frame of version 2 (see In) treats it as a broken protocol.
+func (t Type) Known() bool { return t >= TypeHello && t <= TypeMetadata }
+
+// In reports whether t is a frame type of protocol version v.
+func (t Type) In(v int) bool {
+	if v < 2 {
+		return t >= TypeHello && t <= TypeShutdown
+	}
+	return t.Known()
+}
 
 // String returns the type's protocol name, or its number when unknown.
 func (t Type) String() string {

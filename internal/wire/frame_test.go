@@ -57,6 +57,7 @@ func TestReaderErrors(t *testing.T) {
 		{"short payload", valid[:len(valid)-1], io.ErrUnexpectedEOF},
 		{"length below minimum", []byte{0, 0, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0, 1}, ErrMalformed},
 		{"unknown type", AppendFrame(nil, Type(0x7f), 1, nil), ErrMalformed},
+		{"type after version 2", AppendFrame(nil, Type(0x13), 1, nil), ErrMalformed},
 		{"text on the pipe", []byte("hello, world! this is not a frame\n"), ErrMalformed},
 	}
 	for _, tt := range tests {
@@ -166,10 +167,10 @@ func TestDocumentedPayloads(t *testing.T) {
 		v    any
 		want string
 	}{
-		{Hello{Protocols: []int{1}, Codec: "json", MaxFrameSize: DefaultMaxFrameSize, Name: "echo"},
-			`{"protocols":[1],"codec":"json","max_frame_size":4194304,"name":"echo"}`},
-		{Welcome{Protocol: 1, MaxFrameSize: DefaultMaxFrameSize, Info: Info{Name: "echo", Version: "1.0.0"}},
-			`{"protocol":1,"max_frame_size":4194304,"name":"echo","version":"1.0.0"}`},
+		{Hello{Protocols: []int{1, 2}, Codec: "json", MaxFrameSize: DefaultMaxFrameSize, Name: "echo"},
+			`{"protocols":[1,2],"codec":"json","max_frame_size":4194304,"name":"echo"}`},
+		{Welcome{Protocol: 2, MaxFrameSize: DefaultMaxFrameSize, Info: Info{Name: "echo", Version: "1.0.0"}},
+			`{"protocol":2,"max_frame_size":4194304,"name":"echo","version":"1.0.0"}`},
 		{ErrorReply{Code: CodeCanceled, Message: "context canceled"},
 			`{"code":"canceled","message":"context canceled"}`},
 	}

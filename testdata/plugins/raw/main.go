@@ -10,6 +10,11 @@
 //	lastwords   keeps every CALL unanswered, printing "queued N" to stderr
 //	            after the Nth; on SHUTDOWN answers them all (echo) in one
 //	            write and exits 0
+//	v1hostcall  sends a HOST_CALL in protocol version 1 on the first CALL
+//	v2          chooses protocol version 2 and plays the host-call
+//	            scenario each CALL names (see v2.go)
+//
+// Every other mode chooses protocol version 1.
 package main
 
 import (
@@ -30,8 +35,10 @@ func main() {
 	if _, err := in.Read(); err != nil {
 		os.Exit(2)
 	}
-	w := wire.Welcome{Protocol: wire.ProtocolVersion, MaxFrameSize: wire.DefaultMaxFrameSize, Info: wire.Info{Name: "raw", Version: "1.0.0"}}
+	w := wire.Welcome{Protocol: wire.ProtocolV1, MaxFrameSize: wire.DefaultMaxFrameSize, Info: wire.Info{Name: "raw", Version: "1.0.0"}}
 	switch mode {
+	case "v2":
+		w.Protocol = 2
 	case "badversion":
 		w.Protocol = 99
 	case "hugemax":
@@ -41,8 +48,12 @@ func main() {
 	if out.Write(wire.TypeWelcome, 0, b) != nil {
 		os.Exit(2)
 	}
-	if mode == "noread" {
+	switch mode {
+	case "noread":
 		time.Sleep(time.Hour)
+	case "v2":
+		playV2(in, out)
+		return
 	}
 	var queued []wire.Frame
 	for {
@@ -69,6 +80,8 @@ func main() {
 			continue
 		}
 		switch {
+		case mode == "v1hostcall":
+			out.Write(wire.TypeHostCall, 1, wire.AppendHostCall(nil, wire.HostCall{Parent: f.ID, Name: "kv.get", Body: []byte(`"k"`)}))
 		case mode == "garbage":
 			outFile.WriteString("this is not a frame, it is garbage\n")
 		case mode == "bigframe" && string(f.Payload) == `"big"`:
