@@ -220,6 +220,15 @@ func (h *Host) outcome(parent, cctx context.Context, name string, ctr *hostCount
 // transport whose plugin is not registered yet calls it on a nil handle,
 // which refuses.
 func (h *Host) serve(ctx context.Context, name string, background bool, codec Codec, body []byte) ([]byte, error) {
+	if h != nil && h.cfg.interceptor != nil {
+		return interceptHostCall(ctx, h.cfg.interceptor, h.log, h.caller.Plugin, h.caller.Version, h.caller.Generation, name, body,
+			func(ctx context.Context) ([]byte, error) { return h.serveDirect(ctx, name, background, codec, body) })
+	}
+	return h.serveDirect(ctx, name, background, codec, body)
+}
+
+// serveDirect is serve without the interceptors.
+func (h *Host) serveDirect(ctx context.Context, name string, background bool, codec Codec, body []byte) ([]byte, error) {
 	g, err := h.admit(ctx, name, background)
 	if err != nil {
 		return nil, err

@@ -53,9 +53,10 @@ func (l HostCallLimits) withDefaults() HostCallLimits {
 
 // hostConfig is the host-call part of a manager's configuration.
 type hostConfig struct {
-	funcs  map[string]*HostFunc
-	grants []Grant
-	limits HostCallLimits
+	funcs       map[string]*HostFunc
+	grants      []Grant
+	limits      HostCallLimits
+	interceptor Interceptor // the manager's chain; nil when there is none
 }
 
 // WithHostFuncs offers fns to the manager's plugins (see NewHostFunc and

@@ -91,6 +91,15 @@ func (f HostFunc) Name() string { return f.name }
 // HostCallLimits.Timeout; otherwise CallHost derives a ctx with the
 // timeout. Calls are counted in PluginMetrics.HostCalls.
 func CallHost[Req, Resp any](ctx context.Context, h *Host, name string, req Req) (Resp, error) {
+	if h != nil && h.cfg.interceptor != nil {
+		return interceptHostCall(ctx, h.cfg.interceptor, h.log, h.caller.Plugin, h.caller.Version, h.caller.Generation, name, req,
+			func(ctx context.Context) (Resp, error) { return callHost[Req, Resp](ctx, h, name, req) })
+	}
+	return callHost[Req, Resp](ctx, h, name, req)
+}
+
+// callHost is CallHost without the interceptors.
+func callHost[Req, Resp any](ctx context.Context, h *Host, name string, req Req) (Resp, error) {
 	var zero Resp
 	g, err := h.admit(ctx, name, false)
 	if err != nil {

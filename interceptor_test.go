@@ -357,3 +357,37 @@ func TestInterceptorSeesOutOfProcess(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, seen.Load(), "in-process")
 }
+
+// TestInterceptorWrapsCallHost: a plugin's host calls, refused ones
+// included, run through the manager's interceptors, inside the Execute
+// during which the plugin made them.
+func TestInterceptorWrapsCallHost(t *testing.T) {
+	kv := &memKV{}
+	rec := &recorder{}
+	m := newTestManager(t, WithInterceptors(rec.intercept), WithHostFuncs(kv.funcs()...),
+		WithGrants(Grant{Plugins: "app", Funcs: []string{"kv.put"}}))
+	p := newInprocHostUser("app", func(ctx context.Context, h *Host, _ int) (int, error) {
+		if _, err := CallHost[memKVReq, memKVResp](ctx, h, "kv.put", memKVReq{Key: "k", Value: "v"}); err != nil {
+			return 0, err
+		}
+		_, err := CallHost[memKVReq, memKVResp](ctx, h, "kv.get", memKVReq{Key: "k"})
+		return 0, err
+	})
+	require.NoError(t, m.Register(p))
+	_, err := m.Execute(context.Background(), "app", 0)
+	require.ErrorIs(t, err, ErrNotGranted)
+
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	kinds := make([]string, len(rec.before))
+	for i, c := range rec.before {
+		kinds[i] = c.Kind.String() + ":" + c.Function
+	}
+	assert.Equal(t, []string{"execute:", "host-call:kv.put", "host-call:kv.get"}, kinds, "Execute outermost, then each host call")
+	put := rec.before[1]
+	assert.Equal(t, "app", put.Plugin)
+	assert.Equal(t, uint64(1), put.Generation)
+	assert.Equal(t, memKVReq{Key: "k", Value: "v"}, put.Request)
+	last := rec.after[len(rec.after)-2] // the refused kv.get ended before the Execute
+	assert.Equal(t, "kv.get", last.Function)
+}

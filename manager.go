@@ -94,6 +94,7 @@ func NewManager[Req, Resp any](opts ...Option) *Manager[Req, Resp] {
 		o.applyManager(&cfg)
 	}
 	m := &Manager[Req, Resp]{cfg: cfg, interceptor: chainInterceptors(cfg.interceptors)}
+	m.cfg.host.interceptor = m.interceptor
 	m.bus = eventBus{log: cfg.logger, buffer: cfg.eventBuffer}
 	m.closing, m.cancelClosing = context.WithCancel(context.Background())
 	m.abandon, m.cancelAbandon = context.WithCancel(context.Background())

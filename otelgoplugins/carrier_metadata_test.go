@@ -1,5 +1,3 @@
-//go:build goplugins_callmetadata
-
 package otelgoplugins_test
 
 import (

@@ -69,24 +69,19 @@ func (i *Instrumentation) execute(ctx context.Context, c *goplugins.Call, next g
 
 var clientSpan = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}
 
-// propagate returns ctx carrying its trace context in the outgoing
-// metadata of every transport that has some (see carriers).
+// propagate returns ctx carrying its trace context as call metadata
+// (goplugins.ContextWithMetadata): the subprocess transport sends it in a
+// METADATA frame, the gRPC transport as gRPC metadata, where a plugin's
+// propagator reads it (propagation.MapCarrier(sdk.Metadata(ctx)) in a
+// subprocess plugin, otelgrpc's server handler in a gRPC one).
 func (i *Instrumentation) propagate(ctx context.Context) context.Context {
 	if !i.inject || !trace.SpanContextFromContext(ctx).IsValid() {
 		return ctx
 	}
 	carrier := propagation.MapCarrier{}
 	i.prop.Inject(ctx, carrier)
-	for _, with := range carriers {
-		ctx = with(ctx, carrier)
-	}
-	return ctx
+	return goplugins.ContextWithMetadata(ctx, carrier)
 }
-
-// carriers put a trace context into a transport's call metadata: gRPC
-// metadata (carrier_grpc.go) now, call metadata (carrier_metadata.go) once
-// goplugins has it.
-var carriers []func(context.Context, propagation.MapCarrier) context.Context
 
 // reload records one Reload: a span with its phases as events, and the
 // traffic pause.

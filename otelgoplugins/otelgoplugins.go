@@ -20,11 +20,10 @@
 // child of the span in the caller's ctx. For a plugin out of process its
 // trace context travels into the plugin, written by the propagator (see
 // WithPropagator), so that the plugin's own spans join the host's trace:
-// as gRPC metadata for the gRPC transport (otelgrpc's server handler
-// continues it), and, once goplugins has call metadata (subprocess protocol
-// version 2; until then only when built with the goplugins_callmetadata
-// tag), in the call metadata that a subprocess plugin reads with
-// sdk.Metadata.
+// as call metadata (goplugins.ContextWithMetadata): gRPC metadata for the
+// gRPC transport (otelgrpc's server handler continues it), and the
+// METADATA frame of subprocess protocol version 2, which a subprocess
+// plugin reads with sdk.Metadata.
 //
 // Metrics (instrument names; every one has the attribute
 // goplugins.plugin.name, which is "_OTHER" for calls to a name no plugin

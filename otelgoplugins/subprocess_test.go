@@ -1,5 +1,3 @@
-//go:build goplugins_callmetadata
-
 package otelgoplugins_test
 
 import (
@@ -21,7 +19,7 @@ import (
 func TestSubprocessPluginSpanIsChildOfHostSpan(t *testing.T) {
 	tel := newTelemetry(t)
 	bin := filepath.Join(t.TempDir(), "subtraced")
-	out, err := exec.Command("go", "build", "-tags", "goplugins_callmetadata", "-o", bin, "./internal/subtraced").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", bin, "./internal/subtraced").CombinedOutput()
 	require.NoError(t, err, "go build ./internal/subtraced:\n%s", out)
 	ctx := context.Background()
 	p, err := goplugins.NewSubprocess[string, tracedSpan](ctx, goplugins.SubprocessConfig{Name: "subtraced", Command: bin})

@@ -1,10 +1,8 @@
-//go:build goplugins_callmetadata
-
 // Command subtraced is a subprocess test plugin (for the tests of
 // otelgoplugins) named "subtraced": it continues the trace context the host
 // sent in the call metadata (sdk.Metadata) in a span of its own, and
-// answers with that span's context and its parent's. It needs subprocess
-// protocol version 2: see carrier_metadata.go for the build tag.
+// answers with that span's context and its parent's (subprocess protocol
+// version 2).
 package main
 
 import (
