@@ -48,6 +48,9 @@ var conformChecks = []conformCheck{
 	{"stderr", "stderr carries text lines (the host's log records)", 1, checkStderr},
 	{"shutdown", "SHUTDOWN: the calls in flight are answered, then exit 0", 1, checkShutdown},
 	{"eof", "end of file on descriptor 3: it exits", 1, checkEOF},
+	{"metadata", "METADATA before a CALL breaks nothing; the CALL gets one answer", 2, checkMetadata},
+	{"host-calls", "HOST_CALLs made during a CALL are well-formed (parent: the CALL's id or 0) and a not_granted answer leaves the CALL answered", 2, checkHostCalls},
+	{"stray-host-answers", "HOST_RESULT and HOST_ERROR for ids the plugin never used are dropped; the stream survives", 2, checkStrayHostAnswers},
 }
 
 // checkResult is a check's outcome.
@@ -636,4 +639,82 @@ func cut(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+func checkMetadata(c *conformRun) checkResult {
+	s, r, ok := c.session()
+	if !ok {
+		return r
+	}
+	defer s.close()
+	md, _ := json.Marshal(map[string]string{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+	if err := s.send(wire.TypeMetadata, s.nextID+1, md); err != nil {
+		return fail("writing METADATA: %v", err)
+	}
+	f, _, err := s.request(wire.TypeCall, c.request)
+	if err != nil {
+		return fail("%v", err)
+	}
+	what, err := expectAnswer(f)
+	if err != nil {
+		return fail("%v", err)
+	}
+	return pass("%s to the CALL after METADATA", what)
+}
+
+func checkHostCalls(c *conformRun) checkResult {
+	s, r, ok := c.session()
+	if !ok {
+		return r
+	}
+	defer s.close()
+	f, _, err := s.request(wire.TypeCall, c.request)
+	if err != nil {
+		return fail("%v", err)
+	}
+	what, err := expectAnswer(f)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if len(s.hostCalls) == 0 {
+		return pass("%s; the plugin made no host call for this request (give one with --request to check them)", what)
+	}
+	seen := map[uint64]bool{}
+	for _, hc := range s.hostCalls {
+		switch {
+		case hc.err != nil:
+			return fail("HOST_CALL %d: %v", hc.id, hc.err)
+		case hc.id == 0:
+			return fail("a HOST_CALL has id 0; host-call ids are nonzero")
+		case seen[hc.id]:
+			return fail("two HOST_CALLs in flight have id %d", hc.id)
+		case hc.hc.Parent != 0 && hc.hc.Parent != f.ID:
+			return fail("HOST_CALL %d names parent %d, not the CALL's id %d (or 0)", hc.id, hc.hc.Parent, f.ID)
+		}
+		seen[hc.id] = true
+	}
+	return pass("%s after %s, each answered not_granted", what, count(len(s.hostCalls), "host call"))
+}
+
+func checkStrayHostAnswers(c *conformRun) checkResult {
+	s, r, ok := c.session()
+	if !ok {
+		return r
+	}
+	defer s.close()
+	var batch []byte
+	batch = wire.AppendFrame(batch, wire.TypeHostResult, 1<<62, []byte("{}"))
+	batch = wire.AppendFrame(batch, wire.TypeHostError, 1<<62+1, notGranted)
+	if err := s.write(batch); err != nil {
+		return fail("writing HOST_RESULT and HOST_ERROR: %v", err)
+	}
+	f, _, err := s.request(wire.TypeCall, c.request)
+	if err != nil {
+		return fail("after stray host answers: %v", err)
+	}
+	what, err := expectAnswer(f)
+	if err != nil {
+		return fail("%v", err)
+	}
+	return pass("%s to the CALL after them", what)
 }

@@ -44,6 +44,20 @@ type session struct {
 	stderr []string
 
 	nextID uint64
+
+	// hostCalls are the HOST_CALLs (protocol 2) the plugin made; each was
+	// answered with HOST_ERROR not_granted: the suite grants nothing.
+	hostCalls []hostCallSeen
+	// hostCancels counts the plugin's HOST_CANCEL frames.
+	hostCancels int
+}
+
+// hostCallSeen is one HOST_CALL of the plugin: its id and payload, or why
+// the payload does not decode.
+type hostCallSeen struct {
+	id  uint64
+	hc  wire.HostCall
+	err error
 }
 
 type frameOrErr struct {
@@ -155,19 +169,44 @@ func (s *session) write(b []byte) error {
 }
 
 // next returns the plugin's next frame, waiting at most the session's
-// timeout.
+// timeout. The plugin's host calls (protocol 2) are answered here, with
+// HOST_ERROR not_granted, and recorded (see hostCalls): they are never
+// returned.
 func (s *session) next() (wire.Frame, error) {
 	t := time.NewTimer(s.timeout)
 	defer t.Stop()
-	select {
-	case fe := <-s.frames:
-		if fe.err == io.EOF {
-			return wire.Frame{}, errEnded
+	for {
+		select {
+		case fe := <-s.frames:
+			if fe.err == io.EOF {
+				return wire.Frame{}, errEnded
+			}
+			if fe.err == nil && s.hostFrame(fe.f) {
+				continue
+			}
+			return fe.f, fe.err
+		case <-t.C:
+			return wire.Frame{}, fmt.Errorf("no frame from the plugin within %v", s.timeout)
 		}
-		return fe.f, fe.err
-	case <-t.C:
-		return wire.Frame{}, fmt.Errorf("no frame from the plugin within %v", s.timeout)
 	}
+}
+
+// notGranted is the suite's answer to every host call.
+var notGranted, _ = json.Marshal(wire.ErrorReply{Code: wire.CodeNotGranted, Message: "goplugins conform grants no host function"})
+
+// hostFrame records and answers f if it is a host call or its cancel.
+func (s *session) hostFrame(f wire.Frame) bool {
+	switch f.Type {
+	case wire.TypeHostCall:
+		hc, err := wire.ParseHostCall(f.Payload)
+		s.hostCalls = append(s.hostCalls, hostCallSeen{f.ID, hc, err})
+		_ = s.send(wire.TypeHostError, f.ID, notGranted) // a write error shows on the next request
+		return true
+	case wire.TypeHostCancel:
+		s.hostCancels++
+		return true
+	}
+	return false
 }
 
 // errEnded is next's error at the end of the plugin's stream.

@@ -81,11 +81,11 @@ func TestConformPassesConformingPlugins(t *testing.T) {
 	}{
 		{"go echo command", []string{echoBin}, "echo", []string{"schema"}},
 		{"go echo manifest", []string{echoDir}, "echo", []string{"schema"}},
-		{"python example", []string{"python3", example}, "wordstats", []string{"state", "stream", "schema"}},
+		{"python example", []string{"--request", `{"text": "the cat and the hat"}`, "python3", example}, "wordstats", []string{"state", "stream", "schema"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.args[0] == "python3" {
+			if slices.Contains(tt.args, "python3") {
 				python(t)
 			}
 			var rep conformReport
@@ -104,6 +104,9 @@ func TestConformPassesConformingPlugins(t *testing.T) {
 			}
 			assert.ElementsMatch(t, tt.skipped, skipped)
 			assert.Equal(t, 0, rep.Failed)
+			if tt.plugin == "wordstats" {
+				assert.Contains(t, detail(rep, "host-calls"), "after 1 host call", "the example calls the host for each request")
+			}
 		})
 	}
 }
@@ -155,7 +158,7 @@ func TestConformTable(t *testing.T) {
 	assert.Equal(t, "bad 1.0.0 (protocol 1): "+badBin+" shutdown-exit-1", out[0])
 	assert.Equal(t, "CHECK                RESULT DETAIL", out[1])
 	assert.Contains(t, out, "shutdown             fail   the calls were answered, then exit status 1; exit 0")
-	assert.Equal(t, "17 checks: 14 passed, 1 failed, 2 skipped", out[len(out)-1])
+	assert.Equal(t, "20 checks: 14 passed, 1 failed, 5 skipped", out[len(out)-1])
 }
 
 // TestConformChecksTheManifest covers a manifest's part: the handshake
@@ -207,7 +210,9 @@ func TestConformSkipsChecksOfALaterProtocol(t *testing.T) {
 	ran := false
 	conformChecks = append(slices.Clone(saved[:2]), conformCheck{"host-calls", "a protocol 2 check", 2,
 		func(*conformRun) checkResult { ran = true; return pass("ran") }})
-	c := &conformRun{target: &target{command: echoBin}, timeout: 10 * time.Second, request: []byte("{}")}
+	v1, err := filepath.Abs("../../testdata/plugins/python/echo_plugin.py") // speaks protocol 1 only
+	require.NoError(t, err)
+	c := &conformRun{target: &target{command: python(t), args: []string{v1}}, timeout: 10 * time.Second, request: []byte("{}")}
 	rep := c.run(&progress{})
 	require.Len(t, rep.Checks, 3)
 	assert.Equal(t, checkReport{"host-calls", "a protocol 2 check", "skip", "the plugin did not offer protocol 2"}, rep.Checks[2])
@@ -223,4 +228,14 @@ func openFDs(t *testing.T) int {
 		t.Skip("no /proc/self/fd on this system")
 	}
 	return len(ents)
+}
+
+// detail returns the detail of check name in rep.
+func detail(rep conformReport, name string) string {
+	for _, c := range rep.Checks {
+		if c.Name == name {
+			return c.Detail
+		}
+	}
+	return ""
 }
