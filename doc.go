@@ -8,7 +8,8 @@
 //
 //	manifest files --DiscoveryEngine--> events --DynamicLoader--> version and dependency checks
 //	   --> Factory (transport) --> Plugin[Req, Resp] --> Manager.Register / Manager.Reload
-//	Manager.Execute(ctx, name, req) --> registry snapshot --> breaker --> plugin.Execute
+//	Manager.Execute(ctx, name, req) --> interceptors --> registry snapshot --> breaker --> plugin.Execute
+//	plugin --CallHost / sdk.CallHost / grpcplugin.CallHost--> grants, limits --> host function
 //	Manager.Reload: preflight --> drain (park new calls, wait in-flight) --> dispatch (each
 //	   surface's Handoff: stop, move, start, each step with an undo) --> commit (atomic swap,
 //	   release parked calls); on any failure: rollback (undo in reverse, old plugin keeps
@@ -37,6 +38,14 @@
 // events (Manager.Subscribe). A caller whose ctx ends before the plugin
 // answers gets an error matching ErrCanceled and ctx's error, on every
 // transport; ErrTimeout is only the plugin's own timeout.
+//
+// Plugins call the host back through host functions (NewHostFunc,
+// WithHostFuncs): nothing is granted by default (WithGrants), a manifest
+// asks for what it needs (host_functions), each call is bounded
+// (HostCallLimits), and a host function learns which plugin value calls
+// (Caller). Interceptors (WithInterceptors) wrap every Execute, Reload and
+// host call; package otelgoplugins, a module of its own, builds
+// OpenTelemetry traces and metrics on them.
 //
 // Reload hot-swaps a plugin without dropping a call: new calls are parked
 // while the calls in flight finish, the plugin's state moves to the new
@@ -105,4 +114,7 @@
 //   - NewSubprocess and NewGRPCPlugin, the out-of-process transports, with
 //     their SubprocessConfig and GRPCConfig, and Codec.
 //   - ReloadDispatcher and Handoff, for surfaces of the host's own.
+//   - HostFunc (NewHostFunc), Grant, HostCallLimits, Host, HostUser and
+//     CallHost: the functions plugins call on the host.
+//   - Interceptor and Call (WithInterceptors), and ContextWithMetadata.
 package goplugins
