@@ -40,17 +40,11 @@ func (benchEcho) Execute(ctx context.Context, r *wrapperspb.BytesValue) (*wrappe
 	return r, nil
 }
 
-// benchHost is the handle of a plugin "echo" granted the host function
-// "echo", which echoes.
-func benchHost() *Host {
-	c := defaultManagerConfig()
-	for _, o := range []Option{
-		WithHostFuncs(NewHostFunc("echo", func(_ context.Context, _ Caller, b []byte) ([]byte, error) { return b, nil })),
-		WithGrants(Grant{Plugins: "echo", Funcs: []string{"echo"}}),
-	} {
-		o.applyManager(&c)
-	}
-	return newHostPlugin(&c.host).bind(&c.host, Caller{Plugin: "echo", Version: "1.0.0", Generation: 1}, nil, c.logger, func(Event) {})
+// benchHostOptions offer the plugin "echo" the host function "echo",
+// which echoes.
+var benchHostOptions = []Option{
+	WithHostFuncs(NewHostFunc("echo", func(_ context.Context, _ Caller, b []byte) ([]byte, error) { return b, nil })),
+	WithGrants(Grant{Plugins: "echo", Funcs: []string{"echo"}}),
 }
 
 // benchSocket returns a unix listener in a fresh short directory.
@@ -85,8 +79,7 @@ func benchManagerPath(b *testing.B) (call, hostCall func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	p.UseHost(benchHost())
-	m := NewManager[*wrapperspb.BytesValue, *wrapperspb.BytesValue]()
+	m := NewManager[*wrapperspb.BytesValue, *wrapperspb.BytesValue](benchHostOptions...)
 	b.Cleanup(func() { m.Shutdown(context.Background()) })
 	if err := m.Register(p); err != nil {
 		b.Fatal(err)

@@ -42,14 +42,14 @@ func BenchmarkSubprocessRoundTrip(b *testing.B) {
 // health checks off, its host calls served by a handle with the host
 // function echo; the call it returns makes one 64-byte host call.
 func benchHostCallManager(b *testing.B) func() {
-	th := newTestHost(b, "hostcall", HostCallLimits{}, grantAll)
 	p := startHostcall(b, nil, nil, func(c *SubprocessConfig) { c.Logger = slog.New(slog.DiscardHandler) })
-	m := NewManager[hostcallReq, hostcallResp](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})))
+	m := NewManager[hostcallReq, hostcallResp](WithPluginDefaults(WithHealthCheck(HealthConfig{Interval: -1})),
+		WithHostFuncs(NewHostFunc("echo", func(_ context.Context, _ Caller, s string) (string, error) { return s, nil })),
+		WithGrants(Grant{Plugins: "hostcall", Funcs: []string{"echo"}}))
 	if err := m.Register(p); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { m.Shutdown(context.Background()) })
-	p.UseHost(th.h) // after Register, which may bind the manager's own handle
 	req := hostcallReq{Op: "call", Func: "echo", Data: strings.Repeat("x", 64)}
 	return func() {
 		if resp, err := m.Execute(context.Background(), "hostcall", req); err != nil || len(resp.Data) != 64 {
