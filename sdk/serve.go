@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/goplugins/goplugins/internal/wire"
+	"github.com/goplugins/goplugins/internal/workers"
 )
 
 // ErrNotLaunched is returned by Serve when the program was not started by a
@@ -104,7 +105,7 @@ func newServer[Req, Resp any](ctx context.Context, in io.Reader, out io.Writer, 
 		cancels:    make(map[uint64]context.CancelFunc),
 		hostCalls:  make(map[uint64]chan wire.Frame),
 		end:        make(chan error, 1),
-		seat:       make(chan struct{}, 1),
+		workers:    workers.New(maxIdleWorkers),
 		background: cf.background,
 	}
 	s.execute = func(ctx context.Context, payload []byte) ([]byte, error) {
@@ -184,8 +185,7 @@ type server struct {
 	requests     sync.WaitGroup // the requests being served
 	end          chan error     // how serving ends: nil or why it failed
 	shuttingDown bool           // SHUTDOWN was read; touched by the reading goroutine only
-	seat         chan struct{}  // the reading seat, passed to an idle worker
-	idle         atomic.Int32   // the workers committed to take the seat
+	workers      *workers.Pool  // the goroutines that take the reading seat in turn
 }
 
 // handshake answers the host's HELLO and returns the chosen codec.
@@ -240,15 +240,15 @@ func (s *server) handshake(codecs []Codec) (Codec, error) {
 
 // loop serves until shutdown or the end of the stream.
 //
-// Requests are served by a pool of worker goroutines, one of which holds
-// the reading seat: it reads frames until it reads a request, passes the
-// seat to an idle worker (starting one when none waits), and serves the
-// request itself, so that a request reaches its handler without a
-// goroutine switch while reading goes on. A worker that finished waits,
-// parked, for the seat again; at most maxIdleWorkers wait, so a worker
-// keeps its grown stack from one request to the next.
+// One goroutine at a time holds the reading seat: it reads frames until it
+// reads a request, hands the seat on to a worker of s.workers, and serves
+// the request itself, so that a request reaches its handler without a
+// goroutine switch while reading goes on. The workers park between
+// requests (at most maxIdleWorkers of them), so a handler runs on a
+// goroutine whose stack has grown already.
 func (s *server) loop() error {
-	go s.work()
+	defer s.workers.Close()
+	s.workers.Go(s.work)
 	err := <-s.end
 	// Answers queued behind another goroutine's write are written before
 	// Serve returns and the plugin exits.
@@ -260,57 +260,15 @@ func (s *server) loop() error {
 // maxIdleWorkers bounds the workers parked for the reading seat.
 const maxIdleWorkers = 16
 
-// work is one worker: it reads while it holds the seat, serves the request
-// it read, and waits for the seat again, until the stream ends or too
-// many workers are idle.
+// work holds the reading seat until it has read a request, which it
+// serves once it handed the seat on; it returns at the end of the stream.
 func (s *server) work() {
-	for {
-		r, ok := s.read()
-		if !ok {
-			return
-		}
-		s.passSeat()
-		s.serve(r)
-		if !s.awaitSeat() {
-			return
-		}
+	r, ok := s.read()
+	if !ok {
+		return
 	}
-}
-
-// passSeat hands reading on to an idle worker, or to a new one if none
-// waits. s.idle counts the workers committed to take the seat.
-func (s *server) passSeat() {
-	for {
-		n := s.idle.Load()
-		if n <= 0 {
-			go s.work()
-			return
-		}
-		if s.idle.CompareAndSwap(n, n-1) {
-			s.seat <- struct{}{} // buffered: the seat is one token
-			return
-		}
-	}
-}
-
-// awaitSeat parks the worker until it gets the seat (true), unless
-// maxIdleWorkers wait already or serving ended (false).
-func (s *server) awaitSeat() bool {
-	for {
-		n := s.idle.Load()
-		if n >= maxIdleWorkers {
-			return false
-		}
-		if s.idle.CompareAndSwap(n, n+1) {
-			break
-		}
-	}
-	select {
-	case <-s.seat:
-		return true
-	case <-s.ctx.Done():
-		return false
-	}
+	s.workers.Go(s.work)
+	s.serve(r)
 }
 
 // request is a request read and registered, to be served.

@@ -118,22 +118,22 @@ func TestServeIdleWorkersBounded(t *testing.T) {
 	}
 	// The reader started last may not have run yet (a goroutine that has
 	// not started shows its go statement's wrapper, not work).
-	require.Eventually(t, func() bool { return workers() == burst+1 },
-		5*time.Second, time.Millisecond, "a worker serves each blocked request, one reads: %d", workers())
+	require.Eventually(t, func() bool { return countWorkers() == burst+1 },
+		5*time.Second, time.Millisecond, "a worker serves each blocked request, one reads: %d", countWorkers())
 	close(g.release)
 	for range burst {
 		require.Equal(t, wire.TypeResult, h.read().Type)
 	}
 	// Workers past the bound exit on their own once they answered.
-	require.Eventually(t, func() bool { return workers() == maxIdleWorkers+1 },
-		5*time.Second, time.Millisecond, "workers after the burst: %d", workers())
+	require.Eventually(t, func() bool { return countWorkers() == maxIdleWorkers+1 },
+		5*time.Second, time.Millisecond, "workers after the burst: %d", countWorkers())
 	h.toPl.Close()
 	assert.NoError(t, <-h.done, "serve after EOF")
 }
 
-// workers counts the goroutines running server.work.
-func workers() int {
+// countWorkers counts the server's worker goroutines.
+func countWorkers() int {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
-	return bytes.Count(buf, []byte("sdk.(*server).work("))
+	return bytes.Count(buf, []byte("workers.(*Pool).run("))
 }
