@@ -266,11 +266,7 @@ func checkCall(c *conformRun) checkResult {
 		return r
 	}
 	defer s.close()
-	f, _, err := s.request(wire.TypeCall, c.request)
-	if err != nil {
-		return fail("%v", err)
-	}
-	what, err := expectAnswer(f)
+	_, what, err := s.call(c.request)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -651,11 +647,7 @@ func checkMetadata(c *conformRun) checkResult {
 	if err := s.send(wire.TypeMetadata, s.nextID+1, md); err != nil {
 		return fail("writing METADATA: %v", err)
 	}
-	f, _, err := s.request(wire.TypeCall, c.request)
-	if err != nil {
-		return fail("%v", err)
-	}
-	what, err := expectAnswer(f)
+	_, what, err := s.call(c.request)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -668,11 +660,7 @@ func checkHostCalls(c *conformRun) checkResult {
 		return r
 	}
 	defer s.close()
-	f, _, err := s.request(wire.TypeCall, c.request)
-	if err != nil {
-		return fail("%v", err)
-	}
-	what, err := expectAnswer(f)
+	f, what, err := s.call(c.request)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -708,13 +696,20 @@ func checkStrayHostAnswers(c *conformRun) checkResult {
 	if err := s.write(batch); err != nil {
 		return fail("writing HOST_RESULT and HOST_ERROR: %v", err)
 	}
-	f, _, err := s.request(wire.TypeCall, c.request)
+	_, what, err := s.call(c.request)
 	if err != nil {
 		return fail("after stray host answers: %v", err)
 	}
-	what, err := expectAnswer(f)
-	if err != nil {
-		return fail("%v", err)
-	}
 	return pass("%s to the CALL after them", what)
+}
+
+// call sends a CALL with payload and checks that it gets one RESULT or
+// ERROR, which what describes.
+func (s *session) call(payload []byte) (f wire.Frame, what string, err error) {
+	f, _, err = s.request(wire.TypeCall, payload)
+	if err != nil {
+		return f, "", err
+	}
+	what, err = expectAnswer(f)
+	return f, what, err
 }
