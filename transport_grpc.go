@@ -443,7 +443,22 @@ func (p *grpcPlugin[Req, Resp]) awaitServing(sctx, ctx context.Context, l *grpcL
 	}
 }
 
+// watchServing waits until the plugin service reports SERVING.
+// A watch that ends Unavailable (the connection broke while the child
+// starts) is made again, as the health protocol asks of its clients,
+// until ctx ends.
 func (p *grpcPlugin[Req, Resp]) watchServing(ctx context.Context, l *grpcLink) error {
+	for {
+		err := watchOnce(ctx, l)
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// watchOnce watches the health of the plugin service until it reports
+// SERVING (nil) or the watch fails.
+func watchOnce(ctx context.Context, l *grpcLink) error {
 	stream, err := l.health.Watch(ctx, &healthpb.HealthCheckRequest{Service: pluginpb.ServiceName}, grpc.WaitForReady(true))
 	if err != nil {
 		return err
