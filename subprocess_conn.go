@@ -95,10 +95,11 @@ type subConn struct {
 	protocol int // the protocol version the plugin chose; set by run
 	info     PluginInfo
 
-	hs           hostSide
-	hostCalls    map[uint64]context.CancelFunc // the plugin's host calls running, by its id; nil once dead; under mu
-	hostWG       sync.WaitGroup                // the goroutines serving host calls
-	warnedNoHost atomic.Bool                   // a host call without a handle was logged as a warning
+	hs              hostSide
+	hostCalls       map[uint64]context.CancelFunc // the plugin's host calls running, by its id; nil once dead; under mu
+	hostWG          sync.WaitGroup                // the goroutines serving host calls
+	warnedNoHost    atomic.Bool                   // a host call without a handle was logged as a warning
+	warnedMalformed atomic.Bool                   // a malformed host call was logged as a warning
 
 	nextID    atomic.Uint64
 	served    atomic.Bool           // a call succeeded: the child is not crash-looping

@@ -104,7 +104,11 @@ func (c *subConn) hostCallTooLarge(tl *wire.FrameTooLargeError) {
 // refuseHostCall logs err and answers host call id with it, on a goroutine
 // of its own: the reader never waits for room in the writer's queue.
 func (c *subConn) refuseHostCall(id uint64, err error) {
-	c.hs.log.Warn("goplugins: host call refused", "plugin", c.name, "host_call_id", id, "err", err)
+	level := slog.LevelDebug // a warning the first time, debug after: a plugin may send them in a loop
+	if c.warnedMalformed.CompareAndSwap(false, true) {
+		level = slog.LevelWarn
+	}
+	c.hs.log.Log(context.Background(), level, "goplugins: host call refused", "plugin", c.name, "host_call_id", id, "err", err)
 	c.mu.Lock()
 	if c.hostCalls == nil {
 		c.mu.Unlock()

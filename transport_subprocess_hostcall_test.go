@@ -389,3 +389,26 @@ func TestSubprocessV1PluginHostCallBreaksProtocol(t *testing.T) {
 	require.ErrorIs(t, err, ErrTransport)
 	require.ErrorContains(t, err, "broke the protocol")
 }
+
+// TestSubprocessMalformedHostCallsWarnOnce: the first malformed host call
+// of a child is logged as a warning, the next ones at debug level, so a
+// plugin sending them in a loop does not flood the host's log.
+func TestSubprocessMalformedHostCallsWarnOnce(t *testing.T) {
+	verifyNoLeaks(t)
+	th := newTestHost(t, "raw", HostCallLimits{}, grantAll)
+	log := newRecordingHandler()
+	p := startRaw(t, "v2", log, nil)
+	p.UseHost(th.h)
+	for range 3 {
+		got, err := p.Execute(context.Background(), "zero")
+		require.NoError(t, err)
+		require.True(t, strings.HasPrefix(got, `HOST_ERROR {"code":"bad_request"`), "answer %q", got)
+	}
+	levels := map[slog.Level]int{}
+	for _, r := range log.records() {
+		if r.msg == "goplugins: host call refused" {
+			levels[r.level]++
+		}
+	}
+	assert.Equal(t, map[slog.Level]int{slog.LevelWarn: 1, slog.LevelDebug: 2}, levels)
+}
