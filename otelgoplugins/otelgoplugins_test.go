@@ -215,28 +215,47 @@ type tracedSpan struct {
 	Recording                     bool
 }
 
-// TestGRPCPluginSpanIsChildOfHostSpan: through a real gRPC child process,
-// the plugin-side span (otelgrpc's server span) has the host's call span
-// as its parent, in the same trace.
-func TestGRPCPluginSpanIsChildOfHostSpan(t *testing.T) {
-	tel := newTelemetry(t)
-	ctx := context.Background()
-	p, err := goplugins.NewGRPCPlugin[string, tracedSpan](ctx, goplugins.GRPCConfig{Name: "traced", Command: buildTraced(t)})
-	require.NoError(t, err)
-	m := goplugins.NewManager[string, tracedSpan](goplugins.WithInterceptors(tel.inst.Interceptor()))
-	defer func() { require.NoError(t, m.Shutdown(context.Background())) }()
-	require.NoError(t, m.Register(p))
+// TestPluginSpanIsChildOfHostSpan: through a real child process, the
+// plugin-side span has the host's call span as its parent, in the same
+// trace: for a gRPC child, otelgrpc's server span (the trace context in
+// gRPC metadata); for a subprocess child of protocol version 2, the
+// plugin's own span, started from the trace context in the call metadata.
+func TestPluginSpanIsChildOfHostSpan(t *testing.T) {
+	tests := []struct {
+		name, plugin string
+		start        func(t *testing.T) (goplugins.Plugin[string, tracedSpan], error)
+	}{
+		{"grpc", "traced", func(t *testing.T) (goplugins.Plugin[string, tracedSpan], error) {
+			return goplugins.NewGRPCPlugin[string, tracedSpan](context.Background(), goplugins.GRPCConfig{Name: "traced", Command: buildTraced(t)})
+		}},
+		{"subprocess", "subtraced", func(t *testing.T) (goplugins.Plugin[string, tracedSpan], error) {
+			bin := filepath.Join(t.TempDir(), "subtraced")
+			out, err := exec.Command("go", "build", "-o", bin, "./internal/subtraced").CombinedOutput()
+			require.NoError(t, err, "go build ./internal/subtraced:\n%s", out)
+			return goplugins.NewSubprocess[string, tracedSpan](context.Background(), goplugins.SubprocessConfig{Name: "subtraced", Command: bin})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tel := newTelemetry(t)
+			p, err := tt.start(t)
+			require.NoError(t, err)
+			m := goplugins.NewManager[string, tracedSpan](goplugins.WithInterceptors(tel.inst.Interceptor()))
+			defer func() { require.NoError(t, m.Shutdown(context.Background())) }()
+			require.NoError(t, m.Register(p))
 
-	got, err := m.Execute(ctx, "traced", "hello")
-	require.NoError(t, err)
-	spans := tel.ended("goplugins.execute")
-	require.Len(t, spans, 1)
-	host := spans[0].SpanContext()
-	assert.True(t, got.Recording, "the plugin's span records")
-	assert.Equal(t, host.TraceID().String(), got.TraceID, "one trace")
-	assert.Equal(t, host.SpanID().String(), got.ParentSpanID, "the plugin-side span's parent is the host's span")
-	assert.True(t, got.ParentRemote)
-	assert.NotEqual(t, host.SpanID().String(), got.SpanID)
+			got, err := m.Execute(context.Background(), tt.plugin, "hello")
+			require.NoError(t, err)
+			spans := tel.ended("goplugins.execute")
+			require.Len(t, spans, 1)
+			host := spans[0].SpanContext()
+			assert.True(t, got.Recording, "the plugin's span records")
+			assert.Equal(t, host.TraceID().String(), got.TraceID, "one trace")
+			assert.Equal(t, host.SpanID().String(), got.ParentSpanID, "the plugin-side span's parent is the host's span")
+			assert.True(t, got.ParentRemote)
+			assert.NotEqual(t, host.SpanID().String(), got.SpanID)
+		})
+	}
 }
 
 var errPlain = errors.New("plain")
@@ -337,4 +356,12 @@ func TestSpansEndWhenNotRecording(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int32(2), tp.started.Load())
 	assert.Equal(t, int32(2), tp.ended.Load())
+}
+
+// sentTraceparent returns the traceparent values ctx sends to a plugin.
+func sentTraceparent(ctx context.Context) []string {
+	if v, ok := goplugins.MetadataFromContext(ctx)["traceparent"]; ok {
+		return []string{v}
+	}
+	return nil
 }
