@@ -44,12 +44,13 @@ func WithMaxFrameSize(n int) Option { return func(cf *config) { cf.max = n } }
 // waits for the requests in flight and for every answer queued to be
 // written, then returns nil) or goes away (Serve cancels the requests in
 // flight and returns nil); background work (WithBackground) is cancelled
-// and waited for. A goroutine reads the host's pipe at all times: the one that reads a request hands reading on to an idle worker
-// goroutine (a new one when none waits) and runs the request's handler
-// itself, which writes the answer. So
-// handlers run concurrently, a CANCEL reaches a handler that blocks, and
-// an idle plugin wakes on no timer. A handler that panics
-// answers with the "panic" error code and the plugin serves on. Whatever
+// and waited for. A goroutine reads the host's pipe at all times: the one
+// that reads a request hands reading on to a parked worker goroutine (a
+// new one when none waits) and runs the request's handler itself, which
+// writes the answer. So handlers run concurrently, a CANCEL reaches a
+// handler that blocks, and an idle plugin wakes on no timer. A handler
+// that panics answers with the "panic" error code and the plugin serves
+// on. Whatever
 // the program writes to stdout or stderr goes to the host's log, never
 // into the protocol. Serve speaks protocol versions 1 and 2, the highest
 // the host offers; with version 2 handlers may call the host (CallHost)
