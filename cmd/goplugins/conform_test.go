@@ -67,11 +67,14 @@ func statuses(t *testing.T, rep conformReport) map[string]string {
 
 // TestConformPassesConformingPlugins covers the suite on plugins that
 // follow the protocol: the Go echo test plugin (by command and by
-// manifest, checksum verified) and the Python example plugin pass; the
+// manifest, checksum verified), the Python echo plugin of protocol 1 and
+// the Python example plugin pass; the
 // surfaces they do not declare are skipped; nothing goes to stderr.
 func TestConformPassesConformingPlugins(t *testing.T) {
 	echoDir := pluginFolder(t, echoBin, "echo", `, "transport": "subprocess", "surfaces": ["state", "stream"]`)
 	example, err := filepath.Abs("../../examples/python/wordstats_plugin.py")
+	require.NoError(t, err)
+	echoPy, err := filepath.Abs("../../testdata/plugins/python/echo_plugin.py") // written from PROTOCOL.md alone
 	require.NoError(t, err)
 	tests := []struct {
 		name    string
@@ -81,6 +84,7 @@ func TestConformPassesConformingPlugins(t *testing.T) {
 	}{
 		{"go echo command", []string{echoBin}, "echo", []string{"schema"}},
 		{"go echo manifest", []string{echoDir}, "echo", []string{"schema"}},
+		{"python echo of protocol 1", []string{"python3", echoPy}, "pyecho", []string{"state", "stream", "schema", "metadata", "host-calls", "stray-host-answers"}},
 		{"python example", []string{"--request", `{"text": "the cat and the hat"}`, "python3", example}, "wordstats", []string{"state", "stream", "schema"}},
 	}
 	for _, tt := range tests {

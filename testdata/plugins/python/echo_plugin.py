@@ -26,12 +26,28 @@ def read_exact(f, n):
 
 
 def read_frame(f):
-    header = read_exact(f, 13)
-    if header is None:
+    """Returns (type, id, payload), None at the end of the stream; payload is
+    None for a frame over MAX_FRAME, whose bytes are skipped (section 3)."""
+    head = read_exact(f, 4)
+    if head is None:
         return None
-    length, ftype, rid = struct.unpack(">IBQ", header)
-    if length < 9:
+    (length,) = struct.unpack(">I", head)
+    if length < 9:  # corrupt: stop at once, without waiting for more bytes
         raise ValueError("malformed frame length %d" % length)
+    rest = read_exact(f, 9)
+    if rest is None:
+        return None
+    ftype, rid = struct.unpack(">BQ", rest)
+    if ftype < HELLO or ftype > SHUTDOWN:
+        raise ValueError("unknown frame type %d" % ftype)
+    if length > MAX_FRAME:
+        left = length - 9
+        while left > 0:
+            chunk = read_exact(f, min(left, 1 << 16))
+            if chunk is None:
+                return None
+            left -= len(chunk)
+        return ftype, rid, None
     payload = read_exact(f, length - 9) if length > 9 else b""
     if payload is None:
         return None
@@ -71,7 +87,10 @@ def main():
         if frame is None:
             return 0  # the host went away
         ftype, rid, payload = frame
-        if ftype == CALL:
+        if payload is None:
+            err = {"code": "frame_too_large", "message": "pyecho takes frames of at most %d bytes" % MAX_FRAME}
+            write_frame(out, ERROR, rid, json.dumps(err).encode())
+        elif ftype == CALL:
             write_frame(out, RESULT, rid, payload)
         elif ftype == HEALTH:
             write_frame(out, RESULT, rid)
