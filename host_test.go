@@ -694,3 +694,22 @@ func TestHostCallLimitsDefaults(t *testing.T) {
 	require.Equal(t, HostCallLimits{MaxConcurrent: 64, Timeout: 30 * time.Second}, HostCallLimits{MaxConcurrent: -1, Timeout: -1}.withDefaults())
 	require.Equal(t, HostCallLimits{MaxConcurrent: 3, Timeout: time.Second}, HostCallLimits{MaxConcurrent: 3, Timeout: time.Second}.withDefaults())
 }
+
+// TestInProcessCallsCountAsWithinARequest: an in-process plugin's calls
+// count as made within a request (Grant.Background's doc), so a function
+// granted without Background is callable from a plugin's own goroutine.
+func TestInProcessCallsCountAsWithinARequest(t *testing.T) {
+	kv := &memKV{}
+	m := newTestManager(t, WithHostFuncs(kv.funcs()...), WithGrants(Grant{Plugins: "app", Funcs: []string{"kv.*"}}))
+	p := newInprocHostUser("app", nil)
+	require.NoError(t, m.Register(p))
+	errc := make(chan error, 1)
+	go func() { // the plugin's own background work: no Execute in flight
+		_, err := CallHost[memKVReq, memKVResp](context.Background(), p.host.Load(), "kv.put", memKVReq{Key: "k", Value: "v"})
+		errc <- err
+	}()
+	require.NoError(t, <-errc)
+	got, err := CallHost[memKVReq, memKVResp](context.Background(), p.host.Load(), "kv.get", memKVReq{Key: "k"})
+	require.NoError(t, err)
+	assert.Equal(t, memKVResp{Value: "v", Found: true}, got)
+}
