@@ -23,7 +23,7 @@ const configMaxSize = 4 << 20
 //	  drain_timeout: 10s
 //	  breaker: {consecutive_failures: 5, failure_rate: 0.5, min_calls: 20, window: 10s, open_timeout: 5s, half_open_probes: 1}
 //	  health: {interval: 10s, timeout: 2s, unhealthy_after: 3}
-//	  restart: {max_attempts: 5, backoff: 100ms, max_backoff: 10s}
+//	  restart: {max_attempts: 5, backoff: 100ms, max_backoff: 10s, min_uptime: 1m}
 //	discovery:                        # manifests on disk (see DiscoveryConfig)
 //	  roots: [./plugins, "${PLUGIN_DIR:-/opt/plugins}"]
 //	  max_depth: 2
@@ -220,6 +220,7 @@ func (v *configValidator) defaults(d rawConfigDefaults) ConfigDefaults {
 			MaxAttempts: d.Restart.MaxAttempts,
 			Backoff:     v.dur("defaults.restart.backoff", d.Restart.Backoff),
 			MaxBackoff:  v.dur("defaults.restart.max_backoff", d.Restart.MaxBackoff),
+			MinUptime:   v.dur("defaults.restart.min_uptime", d.Restart.MinUptime),
 		},
 	}
 }
@@ -422,6 +423,7 @@ type rawConfigDefaults struct {
 		MaxAttempts int    `json:"max_attempts"`
 		Backoff     string `json:"backoff"`
 		MaxBackoff  string `json:"max_backoff"`
+		MinUptime   string `json:"min_uptime"`
 	} `json:"restart"`
 }
 

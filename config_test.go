@@ -34,7 +34,7 @@ defaults:
   drain_timeout: 3s
   breaker: {consecutive_failures: 7, failure_rate: 0.5, min_calls: 10, window: 30s, open_timeout: 2s, half_open_probes: 2}
   health: {interval: 15s, timeout: 1s, unhealthy_after: 4}
-  restart: {max_attempts: 3, backoff: 50ms, max_backoff: 1s}
+  restart: {max_attempts: 3, backoff: 50ms, max_backoff: 1s, min_uptime: 20s}
 discovery:
   roots: ["./${GOPLUGINS_TEST_ROOT}", "${GOPLUGINS_TEST_UNSET:-/opt/plugins}"]
   max_depth: 3
@@ -56,7 +56,7 @@ plugins:
 		Timeout: 5 * time.Second, DrainTimeout: 3 * time.Second,
 		Breaker: BreakerConfig{ConsecutiveFailures: 7, FailureRate: 0.5, MinCalls: 10, Window: 30 * time.Second, OpenTimeout: 2 * time.Second, HalfOpenProbes: 2},
 		Health:  HealthConfig{Interval: 15 * time.Second, Timeout: time.Second, UnhealthyAfter: 4},
-		Restart: RestartPolicy{MaxAttempts: 3, Backoff: 50 * time.Millisecond, MaxBackoff: time.Second},
+		Restart: RestartPolicy{MaxAttempts: 3, Backoff: 50 * time.Millisecond, MaxBackoff: time.Second, MinUptime: 20 * time.Second},
 	}, c.Defaults)
 	require.Equal(t, []string{filepath.Join(dir, "plugins"), "/opt/plugins"}, c.Discovery.Roots)
 	require.Equal(t, 3, c.Discovery.MaxDepth)

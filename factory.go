@@ -82,6 +82,9 @@ func mergeRestart(base RestartPolicy, m RestartPolicy) RestartPolicy {
 	if m.MaxBackoff > 0 {
 		base.MaxBackoff = m.MaxBackoff
 	}
+	if m.MinUptime > 0 {
+		base.MinUptime = m.MinUptime
+	}
 	return base
 }
 

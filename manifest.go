@@ -37,7 +37,7 @@ const defaultManifestMaxSize = 1 << 20
 //	surfaces      reload surfaces, e.g. ["state", "stream"]
 //	timeout       per-call timeout, a Go duration ("5s")
 //	health        {"interval": "10s", "timeout": "2s"}
-//	restart       {"max_attempts": 5, "backoff": "100ms", "max_backoff": "10s"}
+//	restart       {"max_attempts": 5, "backoff": "100ms", "max_backoff": "10s", "min_uptime": "1m"}
 //	endpoint      "grpc" only: "host:port" of a remote service
 //	tls           "grpc" with endpoint only: {"ca_file", "cert_file",
 //	              "key_file", "server_name", "insecure"}; files relative to

@@ -59,6 +59,7 @@ type rawRestart struct {
 	MaxAttempts int    `json:"max_attempts" yaml:"max_attempts"`
 	Backoff     string `json:"backoff" yaml:"backoff"`
 	MaxBackoff  string `json:"max_backoff" yaml:"max_backoff"`
+	MinUptime   string `json:"min_uptime" yaml:"min_uptime"`
 }
 
 type rawTLS struct {
@@ -178,6 +179,8 @@ func (raw *rawManifest) field(d *jsonDecoder, k []byte) error {
 				return d.str("restart.backoff", &raw.Restart.Backoff)
 			case "max_backoff":
 				return d.str("restart.max_backoff", &raw.Restart.MaxBackoff)
+			case "min_uptime":
+				return d.str("restart.min_uptime", &raw.Restart.MinUptime)
 			}
 			return unknownJSONField("restart", f)
 		})

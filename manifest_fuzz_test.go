@@ -110,7 +110,7 @@ func checkManifestRules(t *testing.T, m *Manifest, data []byte) {
 			require.True(t, strings.HasPrefix(p, m.Dir+string(filepath.Separator)), "path %q leaves the plugin folder %q", p, m.Dir)
 		}
 	}
-	for _, d := range []int64{int64(m.Timeout), int64(m.Health.Interval), int64(m.Health.Timeout), int64(m.Restart.Backoff), int64(m.Restart.MaxBackoff)} {
+	for _, d := range []int64{int64(m.Timeout), int64(m.Health.Interval), int64(m.Health.Timeout), int64(m.Restart.Backoff), int64(m.Restart.MaxBackoff), int64(m.Restart.MinUptime)} {
 		require.GreaterOrEqual(t, d, int64(0), "negative duration accepted")
 	}
 	if m.Requires.Host != "" {
@@ -188,6 +188,9 @@ func manifestJSONForm(m *Manifest) map[string]any {
 	}
 	if m.Restart.MaxBackoff != 0 {
 		restart["max_backoff"] = m.Restart.MaxBackoff.String()
+	}
+	if m.Restart.MinUptime != 0 {
+		restart["min_uptime"] = m.Restart.MinUptime.String()
 	}
 	set("restart", restart, len(restart) > 0)
 	if m.TLS != nil {

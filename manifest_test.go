@@ -40,7 +40,7 @@ func TestManifestLoadTestdata(t *testing.T) {
 		assert.Equal(t, []Surface{SurfaceState}, m.Surfaces)
 		assert.Equal(t, 5*time.Second, m.Timeout)
 		assert.Equal(t, ManifestHealth{Interval: 10 * time.Second, Timeout: 2 * time.Second}, m.Health)
-		assert.Equal(t, RestartPolicy{MaxAttempts: 5, Backoff: 100 * time.Millisecond, MaxBackoff: 10 * time.Second}, m.Restart)
+		assert.Equal(t, RestartPolicy{MaxAttempts: 5, Backoff: 100 * time.Millisecond, MaxBackoff: 10 * time.Second, MinUptime: 30 * time.Second}, m.Restart)
 		assert.Equal(t, path, m.Path)
 		assert.Equal(t, filepath.Join(dir, "auth"), m.Dir)
 		assert.Equal(t, sha256.Sum256(data), m.Hash)
@@ -155,6 +155,7 @@ func TestManifestInvalid(t *testing.T) {
 		{name: "timeout unparseable", data: `{` + base + `"transport": "inprocess", "timeout": "5"}`, want: []string{`field "timeout"`, "not a duration"}},
 		{name: "timeout zero", data: `{` + base + `"transport": "inprocess", "timeout": "0s"}`, want: []string{`field "timeout"`, "not positive"}},
 		{name: "health timeout over interval", data: `{` + base + `"transport": "inprocess", "health": {"interval": "1s", "timeout": "2s"}}`, want: []string{`field "health.timeout"`}},
+		{name: "min uptime not a duration", data: `{` + base + `"transport": "subprocess", "command": "p", "restart": {"min_uptime": "a while"}}`, want: []string{`field "restart.min_uptime"`, "not a duration"}},
 		{name: "backoff over max", data: `{` + base + `"transport": "subprocess", "command": "p", "restart": {"backoff": "2s", "max_backoff": "1s"}}`, want: []string{`field "restart.max_backoff"`}},
 		{name: "negative attempts", data: `{` + base + `"transport": "subprocess", "command": "p", "restart": {"max_attempts": -1}}`, want: []string{`field "restart.max_attempts"`}},
 	}

@@ -207,6 +207,7 @@ func (v *manifestValidator) validate(r *rawManifest) *Manifest {
 	if m.Restart.MaxBackoff > 0 && m.Restart.Backoff > m.Restart.MaxBackoff {
 		v.fail("restart.max_backoff", "%s is shorter than restart.backoff %s", m.Restart.MaxBackoff, m.Restart.Backoff)
 	}
+	m.Restart.MinUptime = v.duration("restart.min_uptime", r.Restart.MinUptime)
 	return m
 }
 

@@ -813,8 +813,8 @@ func TestGRPCFactoryRestartPolicy(t *testing.T) {
 		restart RestartPolicy
 		want    RestartPolicy
 	}{
-		{"manifest overrides", RestartPolicy{MaxAttempts: 2, Backoff: 7 * time.Millisecond, MaxBackoff: 70 * time.Millisecond},
-			RestartPolicy{MaxAttempts: 2, Backoff: 7 * time.Millisecond, MaxBackoff: 70 * time.Millisecond}},
+		{"manifest overrides", RestartPolicy{MaxAttempts: 2, Backoff: 7 * time.Millisecond, MaxBackoff: 70 * time.Millisecond, MinUptime: time.Hour},
+			RestartPolicy{MaxAttempts: 2, Backoff: 7 * time.Millisecond, MaxBackoff: 70 * time.Millisecond, MinUptime: time.Hour}},
 		{"base fills the gaps", RestartPolicy{MaxAttempts: -1}, RestartPolicy{MaxAttempts: -1, Backoff: time.Second, MaxBackoff: time.Minute}},
 	}
 	for _, tt := range tests {
