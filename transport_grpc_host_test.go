@@ -836,3 +836,69 @@ func TestGRPCHostCallsFromReloadSurfaces(t *testing.T) {
 	require.ErrorIs(t, <-errc, ErrCanceled)
 	assert.ErrorIs(t, <-f.ended, context.Canceled, "the host call ends with the RestoreState request")
 }
+
+// floodingCaller is a plugin service that sends the host calls it is given
+// over the HostCalls stream and never reads the answers: a plugin flooding
+// the stream.
+type floodingCaller struct {
+	oldPlugin
+	calls chan *pluginpb.HostCall
+}
+
+func (r floodingCaller) HostCalls(s pluginpb.Plugin_HostCallsServer) error {
+	if err := s.SendHeader(map[string][]string{pluginpb.MDHostCalls: {pluginpb.Ready}}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case c := <-r.calls:
+			if err := s.Send(c); err != nil {
+				return err
+			}
+		case <-s.Context().Done():
+			return nil
+		}
+	}
+}
+
+// TestGRPCHostCallsFloodIsBounded: a plugin that sends host calls and
+// never reads their answers gets at most MaxConcurrent + 16 of them served
+// at once (refusals included); past that the host stops reading the stream
+// (docs/GRPC.md, "Bounds").
+func TestGRPCHostCallsFloodIsBounded(t *testing.T) {
+	verifyNoLeaks(t)
+	const limit, sent = 4, 100
+	wide := NewHostFunc("wide", func(context.Context, Caller, kvReq) (kvResp, error) {
+		return kvResp{Value: strings.Repeat("x", 256<<10)}, nil // over gRPC's flow-control window
+	})
+	f := newHostFixture(t, WithHostFuncs(wide), WithHostCallLimits(HostCallLimits{MaxConcurrent: limit}),
+		WithGrants(Grant{Plugins: "counter", Funcs: []string{"*"}, Background: true}))
+	flood := floodingCaller{oldPlugin: oldPlugin{links: make(chan uint64, 1)}, calls: make(chan *pluginpb.HostCall, sent)}
+	lis, addr := unixListener(t)
+	srv := grpc.NewServer()
+	pluginpb.RegisterPluginServer(srv, flood)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	defer func() { srv.Stop(); <-done }()
+	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr})
+	p.UseHost(f.host)
+	l, err := p.live()
+	require.NoError(t, err)
+	hosts := l.hosts
+	l.release()
+	for id := range uint64(sent) {
+		flood.calls <- &pluginpb.HostCall{Id: id + 1, Name: "wide", Body: []byte(`{}`)}
+	}
+
+	room := int64(limit + 16)
+	var seen int64
+	ok := assert.Eventually(t, func() bool { seen = hosts.running.Load(); return seen == room }, 10*time.Second, time.Millisecond)
+	require.True(t, ok, "host calls served at once: %d, want the bound %d", seen, room)
+	for range 20 { // the reader waits for room: the count never passes the bound
+		time.Sleep(time.Millisecond) // sampling a count that must stay bounded, not synchronising
+		require.LessOrEqual(t, hosts.running.Load(), room)
+	}
+}
