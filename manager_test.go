@@ -495,6 +495,7 @@ func TestStorm(t *testing.T) {
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	var ok, missing atomic.Int64
+	served := make(chan struct{}) // closed by the first call served
 	for w := range 4 {
 		wg.Add(1)
 		go func() {
@@ -513,7 +514,9 @@ func TestStorm(t *testing.T) {
 				if !assert.NoError(t, err, "Execute") || !assert.Equal(t, i, got, "Execute") {
 					return
 				}
-				ok.Add(1)
+				if ok.Add(1) == 1 {
+					close(served)
+				}
 			}
 		}()
 	}
@@ -529,6 +532,18 @@ func TestStorm(t *testing.T) {
 		}
 		m.Plugins()
 		m.Metrics()
+	}
+	// With one processor the callers may not have run yet: let them serve
+	// at least once before the storm ends.
+	for _, name := range names {
+		if err := m.Register(newEcho(name, "1.0.0")); err != nil {
+			require.ErrorIs(t, err, ErrAlreadyRegistered)
+		}
+	}
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no call was served")
 	}
 	close(stop)
 	wg.Wait()
