@@ -445,41 +445,36 @@ func (v *manifestValidator) validateDependencies(r *rawManifest, m *Manifest) {
 }
 
 func (v *manifestValidator) validateSurfaces(r *rawManifest, m *Manifest) {
-	if len(r.Surfaces) == 0 {
-		return
-	}
-	m.Surfaces = make([]Surface, 0, len(r.Surfaces))
-	seen := make(map[string]bool, len(r.Surfaces))
-	for _, s := range r.Surfaces {
-		if !validName(s) {
-			v.fail("surfaces", "%q is not a surface name; use [a-z0-9._-] such as \"state\"", s)
-			continue
-		}
-		if seen[s] {
-			v.fail("surfaces", "%q is listed twice", s)
-			continue
-		}
-		seen[s] = true
+	for _, s := range v.nameList("surfaces", r.Surfaces, `a surface name; use [a-z0-9._-] such as "state"`) {
 		m.Surfaces = append(m.Surfaces, Surface(s))
 	}
 }
 
 func (v *manifestValidator) validateHostFunctions(r *rawManifest, m *Manifest) {
-	if len(r.HostFunctions) == 0 {
-		return
+	m.HostFunctions = v.nameList("host_functions", r.HostFunctions,
+		fmt.Sprintf(`a host function name: use 1 to %d characters of [a-z0-9._-], starting with a letter or digit, such as "kv.get"`, maxNameLen))
+}
+
+// nameList returns the valid names of list, field's value, each once; an
+// invalid name fails as not being what, a repeated one as listed twice.
+// It returns nil for an empty list.
+func (v *manifestValidator) nameList(field string, list []string, what string) []string {
+	if len(list) == 0 {
+		return nil
 	}
-	m.HostFunctions = make([]string, 0, len(r.HostFunctions))
-	seen := make(map[string]bool, len(r.HostFunctions))
-	for _, f := range r.HostFunctions {
-		if !validName(f) {
-			v.fail("host_functions", "%q is not a host function name: use 1 to %d characters of [a-z0-9._-], starting with a letter or digit, such as \"kv.get\"", f, maxNameLen)
+	out := make([]string, 0, len(list))
+	seen := make(map[string]bool, len(list))
+	for _, n := range list {
+		if !validName(n) {
+			v.fail(field, "%q is not %s", n, what)
 			continue
 		}
-		if seen[f] {
-			v.fail("host_functions", "%q is listed twice", f)
+		if seen[n] {
+			v.fail(field, "%q is listed twice", n)
 			continue
 		}
-		seen[f] = true
-		m.HostFunctions = append(m.HostFunctions, f)
+		seen[n] = true
+		out = append(out, n)
 	}
+	return out
 }
