@@ -390,16 +390,8 @@ func (o oldPlugin) Execute(_ context.Context, r *pluginpb.ExecuteRequest) (*plug
 
 func TestGRPCOlderPluginWithoutHostCalls(t *testing.T) {
 	verifyNoLeaks(t)
-	lis, addr := unixListener(t)
-	srv := grpc.NewServer()
 	srv0 := oldPlugin{links: make(chan uint64, 1)}
-	pluginpb.RegisterPluginServer(srv, srv0)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	defer func() { srv.Stop(); <-done }()
+	addr := servePluginService(t, srv0)
 	var logs syncBuffer
 	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	p.UseHost(newHostFixture(t).host)
@@ -562,15 +554,7 @@ func TestGRPCHostCallsStreamProtocol(t *testing.T) {
 	verifyNoLeaks(t)
 	f := newHostFixture(t, WithGrants(Grant{Plugins: "counter", Funcs: []string{"*"}, Background: true}))
 	raw := rawHostCaller{oldPlugin: oldPlugin{links: make(chan uint64, 1)}, calls: make(chan *pluginpb.HostCall), replies: make(chan *pluginpb.HostReply, 4), opened: make(chan struct{}, 2)}
-	lis, addr := unixListener(t)
-	srv := grpc.NewServer()
-	pluginpb.RegisterPluginServer(srv, raw)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	defer func() { srv.Stop(); <-done }()
+	addr := servePluginService(t, raw)
 	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr})
 	p.UseHost(f.host)
 
@@ -874,15 +858,7 @@ func TestGRPCHostCallsFloodIsBounded(t *testing.T) {
 	f := newHostFixture(t, WithHostFuncs(wide), WithHostCallLimits(HostCallLimits{MaxConcurrent: limit}),
 		WithGrants(Grant{Plugins: "counter", Funcs: []string{"*"}, Background: true}))
 	flood := floodingCaller{oldPlugin: oldPlugin{links: make(chan uint64, 1)}, calls: make(chan *pluginpb.HostCall, sent)}
-	lis, addr := unixListener(t)
-	srv := grpc.NewServer()
-	pluginpb.RegisterPluginServer(srv, flood)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	defer func() { srv.Stop(); <-done }()
+	addr := servePluginService(t, flood)
 	p := newRemote(t, GRPCConfig{Name: "counter", Endpoint: addr})
 	p.UseHost(f.host)
 	l, err := p.live()
@@ -901,4 +877,20 @@ func TestGRPCHostCallsFloodIsBounded(t *testing.T) {
 		time.Sleep(time.Millisecond) // sampling a count that must stay bounded, not synchronising
 		require.LessOrEqual(t, hosts.running.Load(), room)
 	}
+}
+
+// servePluginService serves impl as the plugin service on a unix socket
+// until the test ends, and returns the socket's address.
+func servePluginService(t *testing.T, impl pluginpb.PluginServer) string {
+	t.Helper()
+	lis, addr := unixListener(t)
+	srv := grpc.NewServer()
+	pluginpb.RegisterPluginServer(srv, impl)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	t.Cleanup(func() { srv.Stop(); <-done })
+	return addr
 }
