@@ -98,8 +98,8 @@ type subConn struct {
 	hs              hostSide
 	hostCalls       map[uint64]context.CancelFunc // the plugin's host calls running, by its id; nil once dead; under mu
 	hostWG          sync.WaitGroup                // the goroutines serving host calls
-	warnedNoHost    atomic.Bool                   // a host call without a handle was logged as a warning
-	warnedMalformed atomic.Bool                   // a malformed host call was logged as a warning
+	warnedNoHost    warnOnce                      // a host call without a handle
+	warnedMalformed warnOnce                      // a malformed host call
 
 	nextID    atomic.Uint64
 	served    atomic.Bool           // a call succeeded: the child is not crash-looping

@@ -71,12 +71,8 @@ func (c *subConn) runHostCall(ctx context.Context, id uint64, hc wire.HostCall, 
 	defer c.hostWG.Done()
 	h := c.hs.handle()
 	out, err := h.serve(ctx, hc.Name, background, c.hs.codec, hc.Body)
-	if h == nil { // a warning the first time, debug after: a plugin may call in a loop
-		level := slog.LevelDebug
-		if c.warnedNoHost.CompareAndSwap(false, true) {
-			level = slog.LevelWarn
-		}
-		c.hs.log.Log(ctx, level, "goplugins: host call refused", "plugin", c.name, "host_func", hc.Name, "err", err)
+	if h == nil {
+		c.hs.log.Log(ctx, c.warnedNoHost.level(), "goplugins: host call refused", "plugin", c.name, "host_func", hc.Name, "err", err)
 	}
 	c.mu.Lock()
 	cancel := c.hostCalls[id]
@@ -104,11 +100,7 @@ func (c *subConn) hostCallTooLarge(tl *wire.FrameTooLargeError) {
 // refuseHostCall logs err and answers host call id with it, on a goroutine
 // of its own: the reader never waits for room in the writer's queue.
 func (c *subConn) refuseHostCall(id uint64, err error) {
-	level := slog.LevelDebug // a warning the first time, debug after: a plugin may send them in a loop
-	if c.warnedMalformed.CompareAndSwap(false, true) {
-		level = slog.LevelWarn
-	}
-	c.hs.log.Log(context.Background(), level, "goplugins: host call refused", "plugin", c.name, "host_call_id", id, "err", err)
+	c.hs.log.Log(context.Background(), c.warnedMalformed.level(), "goplugins: host call refused", "plugin", c.name, "host_call_id", id, "err", err)
 	c.mu.Lock()
 	if c.hostCalls == nil {
 		c.mu.Unlock()
@@ -199,4 +191,16 @@ func (c *subConn) metadata(ctx context.Context, t wire.Type) ([]byte, error) {
 		return nil, newError(codeFrameTooLarge, c.name, "the metadata of the %s request, %d bytes, is over the plugin's maximum frame size of %d bytes; nothing was sent", t, size, c.peerMax)
 	}
 	return b, nil
+}
+
+// warnOnce is the level of a record a plugin may cause in a loop: a
+// warning the first time, debug level after, so that it does not flood the
+// host's log.
+type warnOnce struct{ warned atomic.Bool }
+
+func (w *warnOnce) level() slog.Level {
+	if w.warned.CompareAndSwap(false, true) {
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
 }
