@@ -24,6 +24,7 @@ import (
 
 	"github.com/goplugins/goplugins"
 	"github.com/goplugins/goplugins/otelgoplugins"
+	"github.com/goplugins/goplugins/otelgoplugins/internal/spaninfo"
 )
 
 // telemetry is an Instrumentation on SDK providers whose output a test reads.
@@ -208,12 +209,6 @@ func buildTraced(t *testing.T) string {
 	return bin
 }
 
-// tracedSpan mirrors the grpctraced plugin's response.
-type tracedSpan struct {
-	TraceID, SpanID, ParentSpanID string
-	ParentRemote                  bool
-	Recording                     bool
-}
 
 // TestPluginSpanIsChildOfHostSpan: through a real child process, the
 // plugin-side span has the host's call span as its parent, in the same
@@ -223,16 +218,16 @@ type tracedSpan struct {
 func TestPluginSpanIsChildOfHostSpan(t *testing.T) {
 	tests := []struct {
 		name, plugin string
-		start        func(t *testing.T) (goplugins.Plugin[string, tracedSpan], error)
+		start        func(t *testing.T) (goplugins.Plugin[string, spaninfo.Span], error)
 	}{
-		{"grpc", "traced", func(t *testing.T) (goplugins.Plugin[string, tracedSpan], error) {
-			return goplugins.NewGRPCPlugin[string, tracedSpan](context.Background(), goplugins.GRPCConfig{Name: "traced", Command: buildTraced(t)})
+		{"grpc", "traced", func(t *testing.T) (goplugins.Plugin[string, spaninfo.Span], error) {
+			return goplugins.NewGRPCPlugin[string, spaninfo.Span](context.Background(), goplugins.GRPCConfig{Name: "traced", Command: buildTraced(t)})
 		}},
-		{"subprocess", "subtraced", func(t *testing.T) (goplugins.Plugin[string, tracedSpan], error) {
+		{"subprocess", "subtraced", func(t *testing.T) (goplugins.Plugin[string, spaninfo.Span], error) {
 			bin := filepath.Join(t.TempDir(), "subtraced")
 			out, err := exec.Command("go", "build", "-o", bin, "./internal/subtraced").CombinedOutput()
 			require.NoError(t, err, "go build ./internal/subtraced:\n%s", out)
-			return goplugins.NewSubprocess[string, tracedSpan](context.Background(), goplugins.SubprocessConfig{Name: "subtraced", Command: bin})
+			return goplugins.NewSubprocess[string, spaninfo.Span](context.Background(), goplugins.SubprocessConfig{Name: "subtraced", Command: bin})
 		}},
 	}
 	for _, tt := range tests {
@@ -240,7 +235,7 @@ func TestPluginSpanIsChildOfHostSpan(t *testing.T) {
 			tel := newTelemetry(t)
 			p, err := tt.start(t)
 			require.NoError(t, err)
-			m := goplugins.NewManager[string, tracedSpan](goplugins.WithInterceptors(tel.inst.Interceptor()))
+			m := goplugins.NewManager[string, spaninfo.Span](goplugins.WithInterceptors(tel.inst.Interceptor()))
 			defer func() { require.NoError(t, m.Shutdown(context.Background())) }()
 			require.NoError(t, m.Register(p))
 

@@ -15,39 +15,26 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
+	"github.com/goplugins/goplugins/otelgoplugins/internal/spaninfo"
 	"github.com/goplugins/goplugins/sdk"
 	"github.com/goplugins/goplugins/sdk/grpcplugin"
 )
 
-// Span is the plugin-side span of a call, as the plugin answers it.
-type Span struct {
-	TraceID, SpanID, ParentSpanID string
-	ParentRemote                  bool
-	Recording                     bool
-}
-
 type traced struct{}
 
-func (traced) Execute(ctx context.Context, _ string) (Span, error) {
-	span := trace.SpanFromContext(ctx)
-	ro, ok := span.(sdktrace.ReadOnlySpan)
+func (traced) Execute(ctx context.Context, _ string) (spaninfo.Span, error) {
+	s, ok := spaninfo.Of(trace.SpanFromContext(ctx))
 	if !ok {
-		return Span{}, sdk.Errorf("no_span", false, "the handler's ctx has no SDK span")
+		return s, sdk.Errorf("no_span", false, "the handler's ctx has no SDK span")
 	}
-	return Span{
-		TraceID:      ro.SpanContext().TraceID().String(),
-		SpanID:       ro.SpanContext().SpanID().String(),
-		ParentSpanID: ro.Parent().SpanID().String(),
-		ParentRemote: ro.Parent().IsRemote(),
-		Recording:    span.IsRecording(),
-	}, nil
+	return s, nil
 }
 
 func main() {
 	tp := sdktrace.NewTracerProvider()
 	defer tp.Shutdown(context.Background())
 	handler := otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(propagation.TraceContext{}))
-	err := grpcplugin.Serve[string, Span](traced{}, sdk.Info{Name: "traced", Version: "1.0.0"},
+	err := grpcplugin.Serve[string, spaninfo.Span](traced{}, sdk.Info{Name: "traced", Version: "1.0.0"},
 		grpcplugin.WithServerOptions(grpc.StatsHandler(handler)))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

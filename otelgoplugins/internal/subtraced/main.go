@@ -14,36 +14,24 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/goplugins/goplugins/otelgoplugins/internal/spaninfo"
 	"github.com/goplugins/goplugins/sdk"
 )
 
-// Span is the plugin-side span of a call, as the plugin answers it.
-type Span struct {
-	TraceID, SpanID, ParentSpanID string
-	ParentRemote                  bool
-	Recording                     bool
-}
-
 type traced struct{ tracer trace.Tracer }
 
-func (p traced) Execute(ctx context.Context, _ string) (Span, error) {
+func (p traced) Execute(ctx context.Context, _ string) (spaninfo.Span, error) {
 	ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier(sdk.Metadata(ctx)))
 	_, span := p.tracer.Start(ctx, "plugin.work")
 	defer span.End()
-	ro := span.(sdktrace.ReadOnlySpan)
-	return Span{
-		TraceID:      ro.SpanContext().TraceID().String(),
-		SpanID:       ro.SpanContext().SpanID().String(),
-		ParentSpanID: ro.Parent().SpanID().String(),
-		ParentRemote: ro.Parent().IsRemote(),
-		Recording:    span.IsRecording(),
-	}, nil
+	s, _ := spaninfo.Of(span) // the SDK's tracer makes SDK spans
+	return s, nil
 }
 
 func main() {
 	tp := sdktrace.NewTracerProvider()
 	defer tp.Shutdown(context.Background())
-	if err := sdk.Serve[string, Span](traced{tracer: tp.Tracer("subtraced")}, sdk.Info{Name: "subtraced", Version: "1.0.0"}); err != nil {
+	if err := sdk.Serve[string, spaninfo.Span](traced{tracer: tp.Tracer("subtraced")}, sdk.Info{Name: "subtraced", Version: "1.0.0"}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
