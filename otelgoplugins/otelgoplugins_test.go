@@ -209,7 +209,6 @@ func buildTraced(t *testing.T) string {
 	return bin
 }
 
-
 // TestPluginSpanIsChildOfHostSpan: through a real child process, the
 // plugin-side span has the host's call span as its parent, in the same
 // trace: for a gRPC child, otelgrpc's server span (the trace context in
